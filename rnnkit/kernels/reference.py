@@ -1,0 +1,48 @@
+"""The reference kernel: a Python loop over time calling the cell equations, with autograd.
+
+Slow but obviously right; the oracle for the fast kernels, the path for ONNX export, and the
+fallback for devices and dtypes the fast kernels do not cover.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..cells import CellSpec, State
+from .base import DirectionWeights
+
+
+def run_direction(spec: CellSpec, x: Tensor, w: DirectionWeights, state: State,
+                  mask: Tensor | None, reverse: bool) -> tuple[Tensor, State]:
+    """Run one direction of one layer over a whole sequence.
+
+    x: <float>[T, B, I] (time-major);  state: initial state, each <float>[B, *]
+    mask: <bool>[T, B, 1], True on valid steps, or None when every sequence is full length.
+    Steps past a sequence's end leave its state untouched and output zeros, so the reverse
+    direction starts from the initial state at each sequence's own last valid step.
+    returns output <float>[T, B, P] and the final state.
+    """
+    step = spec.step_fn()
+    gi = F.linear(x, w.w_ih, w.b_ih)  # every step's input projection as one GEMM
+    outputs: list[Tensor] = [x.new_empty(0)] * x.shape[0]
+    for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
+        new = step(gi[t], state, w.w_hh, w.b_hh, w.w_hr)
+        if mask is None:
+            state, outputs[t] = new, new[0]
+        else:
+            state = tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
+            outputs[t] = torch.where(mask[t], new[0], 0.0)
+    return torch.stack(outputs), state
+
+
+def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
+              mask: Tensor | None) -> tuple[Tensor, list[State]]:
+    """Both directions of a layer: output <float>[T, B, D*P], one final state per direction."""
+    outs, finals = [], []
+    for d, (w, s) in enumerate(zip(weights, states)):
+        out, final = run_direction(spec, x, w, s, mask, reverse=d == 1)
+        outs.append(out)
+        finals.append(final)
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals

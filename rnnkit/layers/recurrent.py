@@ -1,0 +1,321 @@
+"""torch.nn-compatible recurrent layers: ``RNN``, ``LSTM`` and ``GRU``.
+
+Same constructor, call signature, return values, parameter names and shapes as torch.nn, so
+``load_state_dict`` works both ways. Beyond torch.nn:
+
+- ``lengths=`` for padded batches: outputs past each sequence's end are zero, ``h_n`` is the state
+  at each sequence's own last valid step, and the reverse direction starts there. A
+  ``PackedSequence`` input is accepted as in torch.nn.
+- ``step(x_t, state) -> (y_t, state)`` for streaming one time step at a time.
+- ``init="keras"``: glorot-uniform input weights, orthogonal recurrent weights, zero biases and an
+  LSTM forget-gate bias of 1 (Keras defaults, ``unit_forget_bias=True``), beside torch.nn's
+  uniform(±1/√H).
+- ``GRU(reset_after=False)``: the reset gate applied before the recurrent matmul (Cho et al. 2014).
+- ``backend=``: which sequence kernel runs the layer (``"auto"`` picks; see ``rnnkit.kernels``).
+
+Shapes (``batch_first=False``; swap the first two for ``batch_first=True``):
+input <float>[T, B, I] or unbatched <float>[T, I];  output <float>[T, B, D*P];
+h_0/h_n <float>[L*D, B, P];  c_0/c_n (LSTM) <float>[L*D, B, H].
+L layers, D = 2 if bidirectional else 1, H hidden size, P = proj_size or H.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import kernels
+from ..cells import CellSpec, State
+from ..kernels import DirectionWeights
+
+Hidden = Tensor | tuple[Tensor, Tensor]
+
+
+def _shape(t: Tensor | Sequence[int]) -> tuple[int, ...]:
+    return tuple(t.shape) if isinstance(t, Tensor) else tuple(t)
+
+
+class RecurrentBase(nn.Module):
+    """Shared machinery of RNN, LSTM and GRU: parameters, validation, the layer loop, step mode."""
+
+    mode: str = ""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, nonlinearity: str = "tanh", reset_after: bool = True,
+                 device=None, dtype=None, *, init: str = "torch", backend: str = "auto") -> None:
+        super().__init__()
+        for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                                 ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        if not (isinstance(dropout, (int, float)) and 0.0 <= dropout <= 1.0):
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if proj_size and self.mode != "LSTM":
+            raise ValueError(f"proj_size: only LSTM supports a projection, got proj_size={proj_size} for {self.mode}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size={hidden_size}, got {proj_size}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        if init not in ("torch", "keras"):
+            raise ValueError(f"init: expected 'torch' or 'keras', got {init!r}")
+        mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[nonlinearity] if self.mode == "RNN" else self.mode
+        self.spec = CellSpec(mode, hidden_size, proj_size, reset_after)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size, self.nonlinearity = bidirectional, proj_size, nonlinearity
+        self.reset_after, self.init, self.backend = reset_after, init, backend
+
+        factory = {"device": device, "dtype": dtype}
+        gh, out = self.spec.gates * hidden_size, self.spec.output_size
+        self._weight_names: list[list[DirectionWeights]] = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else out * self.num_directions
+            names_per_direction = []
+            for suffix in ("", "_reverse")[: self.num_directions]:
+                names = DirectionWeights(f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
+                                         f"bias_ih_l{layer}{suffix}" if bias else None,
+                                         f"bias_hh_l{layer}{suffix}" if bias else None,
+                                         f"weight_hr_l{layer}{suffix}" if proj_size else None)
+                shapes = ((gh, layer_in), (gh, out), (gh,), (gh,), (proj_size, hidden_size))
+                for name, shape in zip(names, shapes):
+                    if name is not None:
+                        self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                names_per_direction.append(names)
+            self._weight_names.append(names_per_direction)
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------- weights
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def direction_weights(self, layer: int, direction: int) -> DirectionWeights:
+        """The parameters of one direction (0 forward, 1 reverse) of one layer."""
+        names = self._weight_names[layer][direction]
+        return DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
+
+    def reset_parameters(self) -> None:
+        """torch.nn's uniform(±1/√H) for every weight, or Keras's defaults with ``init="keras"``."""
+        if self.init == "torch":
+            bound = 1.0 / math.sqrt(self.hidden_size)
+            for p in self.parameters():
+                nn.init.uniform_(p, -bound, bound)
+            return
+        h = self.hidden_size
+        with torch.no_grad():
+            for layer in self._weight_names:
+                for names in layer:
+                    w = DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
+                    nn.init.xavier_uniform_(w.w_ih)  # glorot_uniform; symmetric in fan_in/fan_out
+                    nn.init.orthogonal_(w.w_hh)
+                    if w.w_hr is not None:
+                        nn.init.xavier_uniform_(w.w_hr)
+                    for b in (w.b_ih, w.b_hh):
+                        if b is not None:
+                            b.zero_()
+                    if self.spec.mode == "LSTM" and w.b_ih is not None:
+                        w.b_ih[h: 2 * h] = 1.0  # unit_forget_bias
+
+    def flatten_parameters(self) -> None:
+        """No-op, for drop-in compatibility with torch.nn (which compacts cuDNN weights here)."""
+
+    # -------------------------------------------------------------------------------- validation
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input: expected a torch.Tensor or PackedSequence, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"input: expected a floating-point tensor, got dtype {x.dtype} "
+                            "(token ids go through an embedding layer first)")
+        dtype = self.weight_ih_l0.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"input: expected dtype {dtype} (the layer's parameters), got {x.dtype}")
+        layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
+        if x.dim() not in (2, 3):
+            raise ValueError(f"input: expected 3 dims {layout} or 2 dims (time, features) for one "
+                             f"unbatched sequence, got shape {_shape(x)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features (input_size) in the last dim, "
+                             f"got shape {_shape(x)}")
+
+    def _check_lengths(self, lengths, batch: int, time: int, device: torch.device) -> Tensor:
+        lengths = torch.as_tensor(lengths)
+        if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.dim() != 1:
+            raise TypeError(f"lengths: expected a 1-D integer tensor of {batch} lengths, "
+                            f"got {lengths.dtype} of shape {_shape(lengths)}")
+        if lengths.numel() != batch:
+            raise ValueError(f"lengths: expected {batch} entries (one per sequence in the batch), "
+                             f"got {lengths.numel()}")
+        if batch and int(lengths.min()) < 1:
+            raise ValueError(f"lengths: expected every length >= 1, got {int(lengths.min())}")
+        if batch and int(lengths.max()) > time:
+            raise ValueError(f"lengths: expected every length <= {time} (the input's time steps), "
+                             f"got {int(lengths.max())}")
+        return lengths.to(device=device, dtype=torch.long)
+
+    def _initial_states(self, hx: Hidden | None, batch: int, x: Tensor) -> list[list[State]]:
+        """hx in torch.nn's layout → ``states[layer][direction]``, a tuple of <float>[B, *]."""
+        rows = self.num_layers * self.num_directions
+        sizes = self.spec.state_sizes
+        names = ("h_0", "c_0")
+        if hx is None:
+            parts = [x.new_zeros(rows, batch, n) for n in sizes]
+        else:
+            if self.spec.mode == "LSTM":
+                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                    raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
+                parts = list(hx)
+            else:
+                if not isinstance(hx, Tensor):
+                    raise TypeError(f"hx: expected a tensor h_0, got {type(hx).__name__}")
+                parts = [hx]
+            for name, part, n in zip(names, parts, sizes):
+                if not isinstance(part, Tensor):
+                    raise TypeError(f"{name}: expected a tensor, got {type(part).__name__}")
+                if part.dtype != x.dtype:
+                    raise TypeError(f"{name}: expected dtype {x.dtype} (as the input), got {part.dtype}")
+                if tuple(part.shape) != (rows, batch, n):
+                    raise ValueError(f"{name}: expected shape {(rows, batch, n)} "
+                                     f"(num_layers*num_directions, batch, {n}), got {_shape(part)}")
+        return [[tuple(p[layer * self.num_directions + d] for p in parts)
+                 for d in range(self.num_directions)] for layer in range(self.num_layers)]
+
+    def _final_hidden(self, finals: list[State]) -> Hidden:
+        stacked = tuple(torch.stack([s[i] for s in finals]) for i in range(len(finals[0])))
+        return stacked if self.spec.mode == "LSTM" else stacked[0]
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, input: Tensor | PackedSequence, hx: Hidden | None = None,
+                lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor | PackedSequence, Hidden]:
+        """Run the layer over whole sequences (shapes in the module docstring).
+
+        lengths: <int>[B] valid steps per sequence (padded input only; a PackedSequence carries its own).
+        """
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; pass lengths=None")
+            x, lengths = pad_packed_sequence(packed)  # time-major, original batch order
+            self._check_input(x)
+            unbatched = False
+        else:
+            self._check_input(input)
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            if unbatched and hx is not None:
+                hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+        time, batch = x.shape[0], x.shape[1]
+        mask = None
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, batch, time, x.device)
+            if batch and int(lengths.min()) < time:
+                mask = (torch.arange(time, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+        states = self._initial_states(hx, batch, x)
+
+        finals: list[State] = []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+            weights = [self.direction_weights(layer, d) for d in range(self.num_directions)]
+            x, layer_finals = kernels.run_layer(self.spec, x, weights, states[layer], mask,
+                                                torch.is_grad_enabled(), self.backend)
+            finals.extend(layer_finals)
+        hidden = self._final_hidden(finals)
+
+        if packed is not None:
+            order = packed.sorted_indices
+            x_sorted, len_sorted = (x, lengths) if order is None else (x[:, order], lengths[order])
+            repacked = pack_padded_sequence(x_sorted, len_sorted.cpu(), enforce_sorted=True)
+            return PackedSequence(repacked.data, repacked.batch_sizes, packed.sorted_indices,
+                                  packed.unsorted_indices), hidden
+        if unbatched:
+            hidden = tuple(h.squeeze(1) for h in hidden) if isinstance(hidden, tuple) else hidden.squeeze(1)
+            return x.squeeze(1), hidden
+        return (x.transpose(0, 1) if self.batch_first else x), hidden
+
+    def step(self, x_t: Tensor, state: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        """One time step for streaming: x_t <float>[B, I] → y_t <float>[B, P] and the new state.
+
+        state uses forward's hx layout (<float>[L, B, P], plus c for LSTM); None starts from zeros.
+        Feeding a sequence one step at a time gives the same outputs and final state as forward().
+        """
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional layer needs the whole sequence; use forward()")
+        self._check_input(x_t)
+        if x_t.dim() != 2:
+            raise ValueError(f"x_t: expected 2 dims (batch, features), got shape {_shape(x_t)}")
+        states = self._initial_states(state, x_t.shape[0], x_t)
+        finals: list[State] = []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x_t = nn.functional.dropout(x_t, self.dropout, training=True)
+            new = self.spec.cell(x_t, states[layer][0], *self.direction_weights(layer, 0))
+            x_t = new[0]
+            finals.append(new)
+        return x_t, self._final_hidden(finals)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "proj_size": 0, "init": "torch", "backend": "auto"}
+        for key, default in defaults.items():
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        if self.spec.mode == "RNN_RELU":
+            s += ", nonlinearity='relu'"
+        if self.spec.mode == "GRU" and not self.reset_after:
+            s += ", reset_after=False"
+        return s
+
+
+class RNN(RecurrentBase):
+    """Simple (Elman) RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, act tanh or relu.
+
+    Drop-in for ``torch.nn.RNN``; see the module docstring for shapes and the extras.
+    """
+
+    mode = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, *, init: str = "torch",
+                 backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         nonlinearity=nonlinearity, device=device, dtype=dtype, init=init, backend=backend)
+
+
+class LSTM(RecurrentBase):
+    """LSTM with input, forget and output gates and a cell state; optional ``proj_size``.
+
+    Drop-in for ``torch.nn.LSTM``: returns ``output, (h_n, c_n)``. Equations in ``rnnkit.cells.lstm_step``.
+    """
+
+    mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, init: str = "torch",
+                 backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size=proj_size, device=device, dtype=dtype, init=init, backend=backend)
+
+
+class GRU(RecurrentBase):
+    """GRU with reset and update gates. ``reset_after=True`` (default) is torch.nn.GRU's variant;
+    ``reset_after=False`` is Cho et al. 2014's (Keras ``reset_after=False``).
+
+    Drop-in for ``torch.nn.GRU``. Equations in ``rnnkit.cells.gru_step``.
+    """
+
+    mode = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, reset_after: bool = True, init: str = "torch",
+                 backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         reset_after=reset_after, device=device, dtype=dtype, init=init, backend=backend)
