@@ -22,6 +22,7 @@ L layers, D = 2 if bidirectional else 1, H hidden size, P = proj_size or H.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +70,7 @@ class RecurrentBase(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.nonlinearity = bidirectional, proj_size, nonlinearity
         self.reset_after, self.init, self.backend = reset_after, init, backend
+        self._layer_hooks: OrderedDict[int, object] = OrderedDict()  # weak-referenceable, as torch hooks need
 
         factory = {"device": device, "dtype": dtype}
         gh, out = self.spec.gates * hidden_size, self.spec.output_size
@@ -120,6 +122,13 @@ class RecurrentBase(nn.Module):
                             b.zero_()
                     if self.spec.mode == "LSTM" and w.b_ih is not None:
                         w.b_ih[h: 2 * h] = 1.0  # unit_forget_bias
+
+    def register_layer_hook(self, hook) -> torch.utils.hooks.RemovableHandle:
+        """Call ``hook(layer_index, output)`` after each layer of forward(), output <float>[T, B, D*P]
+        (time-major). For diagnostics, e.g. ``output.retain_grad()`` to read ∂loss/∂h_t per layer."""
+        handle = torch.utils.hooks.RemovableHandle(self._layer_hooks)
+        self._layer_hooks[handle.id] = hook
+        return handle
 
     def flatten_parameters(self) -> None:
         """No-op, for drop-in compatibility with torch.nn (which compacts cuDNN weights here)."""
@@ -224,6 +233,8 @@ class RecurrentBase(nn.Module):
             x, layer_finals = kernels.run_layer(self.spec, x, weights, states[layer], mask,
                                                 torch.is_grad_enabled(), self.backend)
             finals.extend(layer_finals)
+            for hook in self._layer_hooks.values():
+                hook(layer, x)
         hidden = self._final_hidden(finals)
 
         if packed is not None:
