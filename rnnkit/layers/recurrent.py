@@ -125,7 +125,9 @@ class RecurrentBase(nn.Module):
 
     def register_layer_hook(self, hook) -> torch.utils.hooks.RemovableHandle:
         """Call ``hook(layer_index, output)`` after each layer of forward(), output <float>[T, B, D*P]
-        (time-major). For diagnostics, e.g. ``output.retain_grad()`` to read ∂loss/∂h_t per layer."""
+        (time-major), e.g. to record activations. Its gradient is only the direct part of ∂loss/∂h_t
+        (the recurrence does not flow through it); ``rnnkit.diagnostics.hidden_gradient_norms``
+        measures the full gradient through time."""
         handle = torch.utils.hooks.RemovableHandle(self._layer_hooks)
         self._layer_hooks[handle.id] = hook
         return handle
