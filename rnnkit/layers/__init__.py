@@ -1,5 +1,9 @@
 """torch.nn-compatible layers: input → embedding → recurrent → output."""
 
+from .dropout import EmbeddingDropout, LockedDropout
+from .embedding import Embedding
+from .output import OutputLayer, pool, sequence_mask
 from .recurrent import GRU, LSTM, RNN, RecurrentBase
 
-__all__ = ["RNN", "LSTM", "GRU", "RecurrentBase"]
+__all__ = ["RNN", "LSTM", "GRU", "RecurrentBase", "Embedding", "LockedDropout", "EmbeddingDropout",
+           "OutputLayer", "pool", "sequence_mask"]

@@ -1,0 +1,168 @@
+"""Output head: recurrent features → logits per step or per sequence, with the matching
+activation and loss.
+
+    activation   activate()   loss()                 target
+    "linear"     identity     MSE                    <float>, same shape as the logits
+    "sigmoid"    sigmoid      BCE with logits        <float> in [0, 1], same shape as the logits
+    "softmax"    softmax      cross entropy          <int> class ids, the logits' shape without the last dim
+
+forward() returns logits (pre-activation), so that the loss can use the numerically stable fused
+forms; ``activate`` turns them into predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+ACTIVATIONS = ("linear", "sigmoid", "softmax")
+PER = ("step", "sequence")
+POOLINGS = ("last", "mean", "max")
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def sequence_mask(lengths: Tensor | Sequence[int], batch: int, time: int,
+                  device: torch.device | None = None) -> Tensor:
+    """<bool>[batch, time], True at each sequence's valid steps (t < lengths[b]).
+
+    lengths: <int>[batch], each in [1, time].
+    """
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.dim() != 1:
+        raise TypeError(f"lengths: expected a 1-D integer tensor of {batch} lengths, "
+                        f"got {lengths.dtype} of shape {tuple(lengths.shape)}")
+    if lengths.numel() != batch:
+        raise ValueError(f"lengths: expected {batch} entries (one per sequence), got {lengths.numel()}")
+    if batch and not (1 <= int(lengths.min()) and int(lengths.max()) <= time):
+        raise ValueError(f"lengths: expected every length in [1, {time}] (the time steps), "
+                         f"got min {int(lengths.min())}, max {int(lengths.max())}")
+    return torch.arange(time, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def pool(h: Tensor, lengths: Tensor | Sequence[int] | None = None, how: str = "last",
+         directions: int = 1) -> Tensor:
+    """Reduce each sequence's valid steps to one vector: h <float>[B, T, F] → <float>[B, F].
+
+    how="last": the output at each sequence's own last valid step. With ``directions=2`` (h is
+    a bidirectional stack's output, forward features first) the forward half comes from the last
+    valid step and the backward half from t = 0, i.e. each direction's final state (h_n).
+    how="mean" / "max": mean / max over the valid steps only.
+    """
+    _choice("how", how, POOLINGS)
+    if h.dim() != 3:
+        raise ValueError(f"h: expected 3 dims (batch, time, features), got shape {tuple(h.shape)}")
+    batch, time, features = h.shape
+    if lengths is None:
+        if how == "mean":
+            return h.mean(dim=1)
+        if how == "max":
+            return h.amax(dim=1)
+        last = h[:, -1]
+    else:
+        mask = sequence_mask(lengths, batch, time, h.device)
+        if how == "mean":
+            return (h * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+        if how == "max":
+            return h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+        last = h[torch.arange(batch, device=h.device), mask.sum(dim=1) - 1]
+    if directions == 1:
+        return last
+    half = features // 2
+    return torch.cat([last[:, :half], h[:, 0, half:]], dim=1)
+
+
+class OutputLayer(nn.Module):
+    """Linear head over a recurrent stack's output.
+
+    h <float>[B, T, in_features] → logits <float>[B, T, out_features] (per="step") or
+    <float>[B, out_features] (per="sequence", after ``pool(h, lengths, pooling, directions)``).
+
+    directions: 2 when h comes from a bidirectional stack, so that pooling="last" takes each
+    direction's final state (see ``pool``). ``weight`` can be tied to an embedding (``tie_to``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "linear",
+                 per: str = "step", pooling: str = "last", directions: int = 1, bias: bool = True) -> None:
+        super().__init__()
+        self.activation = _choice("activation", activation, ACTIVATIONS)
+        self.per = _choice("per", per, PER)
+        self.pooling = _choice("pooling", pooling, POOLINGS)
+        if directions not in (1, 2) or in_features % directions:
+            raise ValueError(f"directions: expected 1, or 2 with an even in_features, got "
+                             f"directions={directions!r}, in_features={in_features}")
+        self.directions = directions
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    @property
+    def weight(self) -> nn.Parameter:
+        """<float>[out_features, in_features]"""
+        return self.linear.weight
+
+    def forward(self, h: Tensor, lengths: Tensor | Sequence[int] | None = None) -> Tensor:
+        """lengths <int>[B] selects the valid steps for per="sequence" pooling. Per step, the
+        logits at padded steps are meaningless: leave them out of the loss with a mask."""
+        if h.dim() != 3 or h.shape[-1] != self.linear.in_features:
+            raise ValueError(f"h: expected <float>[batch, time, {self.linear.in_features}], "
+                             f"got shape {tuple(h.shape)}")
+        if self.per == "sequence":
+            h = pool(h, lengths, self.pooling, self.directions)
+        return self.linear(h)
+
+    def activate(self, logits: Tensor) -> Tensor:
+        """Predictions from logits: identity, sigmoid, or softmax over the last dim."""
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits)
+        if self.activation == "softmax":
+            return torch.softmax(logits, dim=-1)
+        return logits
+
+    def loss(self, logits: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Mean loss matching the activation (table in the module docstring).
+
+        logits: <float>[B, T, O] or <float>[B, O]
+        mask: <bool>[B, T] or <bool>[B] (the logits' shape without the last dim), False entries
+        are left out (e.g. ``sequence_mask(lengths, B, T)``); None uses every entry.
+        """
+        classes = self.activation == "softmax"
+        expected = tuple(logits.shape[:-1]) if classes else tuple(logits.shape)
+        if tuple(target.shape) != expected:
+            raise ValueError(f"target: expected shape {expected} for logits of shape "
+                             f"{tuple(logits.shape)}, got {tuple(target.shape)}")
+        if classes and (target.is_floating_point() or target.dtype == torch.bool):
+            raise TypeError(f"target: expected integer class ids for a softmax output, got {target.dtype}")
+        if not classes and not target.is_floating_point():
+            raise TypeError(f"target: expected a floating-point tensor for a {self.activation} output, "
+                            f"got {target.dtype}")
+        if mask is not None:
+            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(logits.shape[:-1]):
+                raise ValueError(f"mask: expected <bool>{list(logits.shape[:-1])}, got "
+                                 f"{mask.dtype} of shape {tuple(mask.shape)}")
+            logits, target = logits[mask], target[mask]
+        if classes:
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        if self.activation == "sigmoid":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.mse_loss(logits, target)
+
+    def tie_to(self, embedding: nn.Embedding) -> None:
+        """Share the embedding's weight as this layer's weight (Press & Wolf 2017; Inan et al. 2017).
+
+        Needs embedding.weight of shape (out_features, in_features): vocabulary size ==
+        out_features and embedding_dim == in_features.
+        """
+        expected = tuple(self.linear.weight.shape)
+        if tuple(embedding.weight.shape) != expected:
+            raise ValueError(f"embedding: expected a weight of shape {expected} (out_features, "
+                             f"in_features) to tie to, got {tuple(embedding.weight.shape)}")
+        self.linear.weight = embedding.weight
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}, per={self.per!r}, pooling={self.pooling!r}"

@@ -1,0 +1,260 @@
+"""SequenceModel: input → [embedding] → recurrent stack → output head, batch_first throughout.
+
+    x <int64>[B, T] ids ─► Embedding ─► embedding dropout ─► dropout ─┐
+    x <float>[B, T, I] ───────────────────────────────────────────────┴► recurrent stack (dropout
+        between layers) ─► dropout ─► OutputLayer ─► logits <float>[B, T, O] per step, or <float>[B, O]
+
+The dropout is plain (``dropout``: a new mask per element, on every non-recurrent connection as
+in Zaremba et al. 2014) or variational (``variational_dropout``: one mask per sequence, Gal &
+Ghahramani 2016, AWD-LSTM). Continuous inputs are raw data and are not dropped. With variational
+dropout the stack is a list of single-layer rnnkit layers with locked dropout between them;
+otherwise one multi-layer rnnkit layer (faster), which applies the plain dropout between its
+layers itself. Either way the recurrent state is in torch.nn's hx layout, <float>[L*D, B, H]
+(and the cell state c for LSTM), so truncated BPTT carries it across chunks with ``detach_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from .config import Config
+from .layers.dropout import EmbeddingDropout, LockedDropout
+from .layers.embedding import Embedding
+from .layers.output import OutputLayer, sequence_mask
+from .layers.recurrent import GRU, LSTM, RNN, Hidden
+
+_LAYERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "lstm": (LSTM, {}), "gru": (GRU, {}),
+    "rnn": (RNN, {"nonlinearity": "tanh"}), "rnn_relu": (RNN, {"nonlinearity": "relu"}),
+}
+
+
+class ModelConfig(Config):
+    """Architecture of a SequenceModel."""
+
+    vocab_size: int = Field(0, ge=0, description="number of token ids; 0 = continuous inputs, no embedding")
+    input_size: int = Field(1, ge=1, description="features per step of continuous inputs (vocab_size = 0)")
+    embedding_dim: int = Field(128, ge=1, description="size of the token vectors (vocab_size > 0)")
+    cell: Literal["lstm", "gru", "rnn", "rnn_relu"] = Field(
+        "lstm", description="recurrent cell: LSTM, GRU, or simple RNN with tanh / relu")
+    hidden_size: int = Field(128, ge=1, description="hidden units per layer and direction")
+    num_layers: int = Field(1, ge=1, description="stacked recurrent layers")
+    bidirectional: bool = Field(False, description="run each layer in both directions and concatenate")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "plain dropout on the embedding output, between layers and on the stack output "
+        "(Zaremba et al. 2014)"))
+    variational_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "locked dropout (one mask per sequence) on the embedding output, between layers and on "
+        "the stack output; replaces `dropout`"))
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0,
+                                     description="probability of dropping a whole word's vector (AWD-LSTM)")
+    output_size: int = Field(1, ge=1, description="outputs per step or sequence (classes for softmax)")
+    output_activation: Literal["linear", "sigmoid", "softmax"] = Field(
+        "linear", description="linear (MSE loss), sigmoid (binary cross entropy) or softmax (cross entropy)")
+    output_per: Literal["step", "sequence"] = Field(
+        "step", description="one output per time step, or one per sequence after pooling")
+    pooling: Literal["last", "mean", "max"] = Field(
+        "last", description=("per-sequence pooling over valid steps; 'last' takes each direction's "
+                             "final state"))
+    tie_weights: bool = Field(False, description=(
+        "share the embedding matrix with the output layer; needs output_size = vocab_size and "
+        "embedding_dim = hidden_size * directions"))
+    init: Literal["torch", "keras", "uniform"] = Field("torch", description=(
+        "weight init: torch.nn defaults; Keras defaults (glorot/orthogonal, forget bias 1); or "
+        "every parameter uniform(-init_range, init_range) (Zaremba et al. 2014)"))
+    init_range: float = Field(0.1, gt=0.0, description="half-width of the uniform init (init = 'uniform')")
+    reset_after: bool = Field(True, description="GRU variant: reset gate after the recurrent matmul (torch, Keras default)")
+    padding_idx: int | None = Field(None, ge=0, description="token id of padding: zero vector, no gradient")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> ModelConfig:
+        if self.dropout and self.variational_dropout:
+            raise ValueError(f"dropout, variational_dropout: set one of them, got {self.dropout} and "
+                             f"{self.variational_dropout} (variational dropout replaces plain dropout)")
+        width = self.hidden_size * self.directions
+        if self.tie_weights and self.embedding_dim != width:
+            raise ValueError(f"tie_weights: needs embedding_dim == hidden_size * directions = {width}, "
+                             f"got embedding_dim={self.embedding_dim}")
+        return self
+
+    def check_vocabulary(self) -> None:
+        """The checks that involve vocab_size, which a task may fill in (from its corpus) after
+        the config is read; SequenceModel runs them when it is built."""
+        if not self.vocab_size:
+            used = {"embedding_dropout": self.embedding_dropout > 0, "tie_weights": self.tie_weights,
+                    "padding_idx": self.padding_idx is not None}
+            for name in (name for name, on in used.items() if on):
+                raise ValueError(f"{name}: needs token inputs (vocab_size > 0), "
+                                 f"got {name}={getattr(self, name)!r} with vocab_size=0")
+        if self.padding_idx is not None and self.padding_idx >= self.vocab_size:
+            raise ValueError(f"padding_idx: expected a token id below vocab_size={self.vocab_size}, "
+                             f"got {self.padding_idx}")
+        if self.tie_weights and self.output_size != self.vocab_size:
+            raise ValueError(f"tie_weights: needs output_size == vocab_size = {self.vocab_size}, "
+                             f"got output_size={self.output_size}")
+
+
+def detach_state(state: Hidden | None) -> Hidden | None:
+    """The state cut from its autograd history (``repackage_hidden``): carry it to the next
+    truncated-BPTT chunk without backpropagating into the previous one."""
+    if state is None or isinstance(state, Tensor):
+        return None if state is None else state.detach()
+    return tuple(s.detach() for s in state)
+
+
+class SequenceModel(nn.Module):
+    """The configured network (module docstring); batch_first throughout.
+
+    forward(x, lengths=None, state=None) -> (logits, state)
+      x: <int64>[B, T] token ids (vocab_size > 0) or <float>[B, T, input_size]
+      lengths: <int>[B] valid steps per padded sequence, or None
+      state: <float>[L*D, B, H] for RNN/GRU, (h, c) for LSTM, or None for zeros
+      logits: <float>[B, T, output_size] (output_per="step") or <float>[B, output_size]
+    """
+
+    detach_state = staticmethod(detach_state)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config: expected a ModelConfig (or use SequenceModel.from_config for a "
+                            f"dict), got {type(config).__name__}")
+        config.check_vocabulary()
+        self.config = config
+        cfg, directions = config, config.directions
+        self.embedding = Embedding(cfg.vocab_size, cfg.embedding_dim, cfg.padding_idx) if cfg.vocab_size else None
+        self.embedding_dropout = EmbeddingDropout(cfg.embedding_dropout)
+        layer_cls, options = _LAYERS[cfg.cell]
+        options = {**options, "hidden_size": cfg.hidden_size, "bidirectional": cfg.bidirectional,
+                   "batch_first": True, "init": "keras" if cfg.init == "keras" else "torch"}
+        if cfg.cell == "gru":
+            options["reset_after"] = cfg.reset_after
+        features = cfg.embedding_dim if cfg.vocab_size else cfg.input_size
+        if cfg.variational_dropout:
+            width = cfg.hidden_size * directions
+            self.stack = nn.ModuleList(layer_cls(features if i == 0 else width, num_layers=1, **options)
+                                       for i in range(cfg.num_layers))
+            self.drop: nn.Module = LockedDropout(cfg.variational_dropout)
+        else:
+            self.stack = nn.ModuleList([layer_cls(features, num_layers=cfg.num_layers,
+                                                  dropout=cfg.dropout, **options)])
+            self.drop = nn.Dropout(cfg.dropout)
+        self.output = OutputLayer(cfg.hidden_size * directions, cfg.output_size, cfg.output_activation,
+                                  cfg.output_per, cfg.pooling, directions)
+        if cfg.tie_weights:
+            self.output.tie_to(self.embedding)
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | dict[str, Any]) -> SequenceModel:
+        """Build from a ModelConfig or a plain dict of its fields (e.g. a checkpoint's config.json)."""
+        return cls(config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config, "config"))
+
+    def _init_weights(self) -> None:
+        """Embedding and output per ``config.init`` (the recurrent layers init themselves)."""
+        cfg = self.config
+        with torch.no_grad():
+            if cfg.init == "uniform":
+                for p in self.parameters():
+                    p.uniform_(-cfg.init_range, cfg.init_range)
+            elif cfg.init == "keras":  # Dense: glorot_uniform, zero bias; Embedding: uniform(±0.05)
+                nn.init.xavier_uniform_(self.output.weight)
+                if self.output.linear.bias is not None:
+                    self.output.linear.bias.zero_()
+                if self.embedding is not None:
+                    self.embedding.weight.uniform_(-0.05, 0.05)
+            if self.embedding is not None and self.embedding.padding_idx is not None:
+                self.embedding.weight[self.embedding.padding_idx].zero_()
+
+    # ------------------------------------------------------------------------------------ state
+    def init_state(self, batch_size: int) -> Hidden:
+        """Zero state for ``batch_size`` sequences, on the model's device and dtype."""
+        rows = self.config.num_layers * self.config.directions
+        p = self.output.weight
+        sizes = self.stack[0].spec.state_sizes
+        zeros = tuple(p.new_zeros(rows, batch_size, n) for n in sizes)
+        return zeros if self.config.cell == "lstm" else zeros[0]
+
+    def _split_state(self, state: Hidden | None, batch: int) -> list[Hidden | None]:
+        """hx for the whole stack → one hx per module of ``self.stack``."""
+        if state is None:
+            return [None] * len(self.stack)
+        lstm = self.config.cell == "lstm"
+        if lstm and not (isinstance(state, (tuple, list)) and len(state) == 2):
+            raise TypeError(f"state: expected a tuple (h, c) for an LSTM, got {type(state).__name__}")
+        if not lstm and not isinstance(state, Tensor):
+            raise TypeError(f"state: expected a tensor h for {self.config.cell}, got {type(state).__name__}")
+        parts = tuple(state) if lstm else (state,)
+        rows = self.config.num_layers * self.config.directions
+        for part in parts:
+            if not isinstance(part, Tensor) or part.dim() != 3 or tuple(part.shape[:2]) != (rows, batch):
+                got = tuple(part.shape) if isinstance(part, Tensor) else type(part).__name__
+                raise ValueError(f"state: expected tensors of shape ({rows}, {batch}, size) "
+                                 f"(num_layers*directions, batch, size), got {got}")
+        n = rows // len(self.stack)
+        chunks = [tuple(part[i * n:(i + 1) * n] for part in parts) for i in range(len(self.stack))]
+        return [chunk if lstm else chunk[0] for chunk in chunks]
+
+    @staticmethod
+    def _merge_states(states: list[Hidden]) -> Hidden:
+        if isinstance(states[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*states))
+        return torch.cat(states)
+
+    # ---------------------------------------------------------------------------------- forward
+    def _inputs(self, x: Tensor) -> Tensor:
+        """x → <float>[B, T, features] for the stack: ids are embedded, then dropped out;
+        continuous inputs are raw data and pass unchanged."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if self.embedding is None:
+            if not x.is_floating_point() or x.dim() != 3 or x.shape[-1] != self.config.input_size:
+                raise ValueError(f"x: expected <float>[batch, time, {self.config.input_size}] "
+                                 f"(input_size), got {x.dtype} of shape {tuple(x.shape)}")
+            return x
+        if x.dim() != 2:
+            raise ValueError(f"x: expected token ids <int64>[batch, time], got shape {tuple(x.shape)}")
+        return self.drop(self.embedding_dropout(x, self.embedding(x)))
+
+    def forward(self, x: Tensor, *, lengths: Tensor | Sequence[int] | None = None,
+                state: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        """Logits and the final state (shapes in the class docstring). With ``lengths``, the state
+        is each sequence's state at its own last valid step."""
+        h = self._inputs(x)
+        finals = []
+        for i, (layer, layer_state) in enumerate(zip(self.stack, self._split_state(state, h.shape[0]))):
+            if i:
+                h = self.drop(h)
+            h, final = layer(h, layer_state, lengths=lengths)
+            finals.append(final)
+        return self.output(self.drop(h), lengths), self._merge_states(finals)
+
+    def loss(self, logits: Tensor, target: Tensor, lengths: Tensor | Sequence[int] | None = None) -> Tensor:
+        """The output layer's loss; per step, ``lengths`` leaves padded steps out.
+
+        target: <float> like logits (linear/sigmoid) or <int> class ids (softmax), see OutputLayer.
+        """
+        mask = None
+        if lengths is not None and self.config.output_per == "step":
+            mask = sequence_mask(lengths, logits.shape[0], logits.shape[1], logits.device)
+        return self.output.loss(logits, target, mask)
+
+    def predict(self, x: Tensor, lengths: Tensor | Sequence[int] | None = None) -> Tensor:
+        """Activated outputs (probabilities for sigmoid/softmax) in eval mode, without gradients."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                logits, _ = self(x, lengths=lengths)
+        finally:
+            self.train(was_training)
+        return self.output.activate(logits)

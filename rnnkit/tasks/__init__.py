@@ -1,0 +1,47 @@
+"""Tasks: what rnnkit is used for, each composing data, a SequenceModel and the Trainer.
+
+``load(path)`` reads any task's checkpoint; ``load_experiment(path)`` reads any task's TOML config.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from ..config import Config, apply_overrides, load_toml
+from ..io.checkpoint import load_checkpoint
+from .base import Task
+from .language_model import LanguageModel, LMExperiment
+
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (LanguageModel,)}
+
+
+def _task_class(name: object, source: str) -> type[Task]:
+    if name not in TASKS:
+        raise ValueError(f"{source}: task: expected one of {sorted(TASKS)}, got {name!r}")
+    return TASKS[name]
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML experiment config (its ``task`` key picks the schema) and apply ``key=value`` overrides."""
+    path = Path(path)
+    try:
+        task = tomllib.loads(path.read_text(encoding="utf-8")).get("task", "language_model")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        task = "language_model"  # load_toml below reports the real problem with the file's name
+    experiment = load_toml(path, _task_class(task, str(path)).experiment_cls)
+    return apply_overrides(experiment, overrides)
+
+
+def fit(experiment: Config, out_dir: str | Path, resume: bool = False) -> Task:
+    """Train the experiment's task; the trained task (best checkpoint) is returned."""
+    return _task_class(experiment.task, "experiment").fit(experiment, out_dir, resume=resume)
+
+
+def load(path: str | Path) -> Task:
+    """Load a trained task from its checkpoint directory (e.g. ``runs/ptb/best``)."""
+    config = load_checkpoint(path).config
+    return _task_class(config.get("task"), f"{path}/config.json").load(path)
+
+
+__all__ = ["Task", "TASKS", "LanguageModel", "LMExperiment", "load", "load_experiment", "fit"]

@@ -1,0 +1,248 @@
+"""Language modelling: next-word (or next-character) prediction and text generation.
+
+The pytorch/examples ``word_language_model`` in rnnkit's terms: a text corpus is tokenized, mapped
+through a vocabulary to one id stream, cut into ``batch_size`` parallel rows and trained with
+truncated BPTT (the state carried across ``bptt``-step chunks and detached). The model is
+Embedding → recurrent stack → softmax over the vocabulary, one prediction per step.
+
+    lm = LanguageModel.fit(load_experiment("configs/ptb_small.toml"), "runs/ptb")
+    lm.evaluate("ptb.test.txt")          # {"loss": ..., "ppl": ..., "bpc": ...}
+    lm.predict_next("the cats are", k=5)  # [("very", 0.04), ...]
+    lm.generate("the cats are", length=20, temperature=0.8)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch.nn import functional as F
+
+from .. import distributed
+from ..config import Config
+from ..data.datasets import dataset_file
+from ..data.text import (LMStream, Tokenizer, Vocab, WordTokenizer, CharTokenizer, SubwordTokenizer,
+                         corpus_tokens, encode_corpus, read_corpus, tokenizer_from_dict)
+from ..model import ModelConfig, SequenceModel
+from ..train import TrainConfig, Trainer
+from .base import Task
+
+KNOWN_CORPORA = {  # dataset name → (train, valid, test) files, and the split/tokenizer they imply
+    "ptb": ("ptb.train.txt.gz", "ptb.valid.txt", "ptb.test.txt"),
+    "tinyshakespeare": ("input.txt", "", ""),
+}
+
+
+class LMDataConfig(Config):
+    """Where the text comes from and how it is cut into tokens and batches."""
+
+    dataset: str = Field("", description="a registered corpus ('ptb', 'tinyshakespeare'); or '' to use the files below")
+    data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
+    train: str = Field("", description="training text file (plain or .gz); overrides the dataset's")
+    valid: str = Field("", description="validation text file; '' takes valid_fraction of the training text")
+    test: str = Field("", description="test text file; '' for none")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="tail of the training text used for validation when there is no valid file (nanoGPT: 0.1)")
+    tokenizer: Literal["word", "char", "subword"] = Field("word", description="word (whitespace or regex), char, or subword BPE (tokenizers library)")
+    lowercase: bool = Field(False, description="lowercase words before building the vocabulary")
+    pattern: str = Field("", description="regex for word tokens (re.findall); '' splits on whitespace")
+    min_freq: int = Field(1, ge=1, description="words seen fewer times become <unk>")
+    max_vocab: int = Field(0, ge=0, description="keep only the most frequent words (0: no limit)")
+    subword_vocab: int = Field(4000, ge=256, description="BPE vocabulary size (tokenizer = 'subword')")
+    batch_size: int = Field(20, ge=1, description="parallel streams per training batch (global, across processes)")
+    eval_batch_size: int = Field(10, ge=1, description="parallel streams when evaluating")
+    bptt: int = Field(20, ge=1, description="truncated-BPTT length: steps unrolled per chunk")
+    encoding_errors: Literal["strict", "replace"] = Field("strict", description="undecodable bytes: fail with the file and offset, or replace")
+
+
+class LMExperiment(Config):
+    """A language-model run: `rnnkit train CONFIG` with task = "language_model"."""
+
+    task: Literal["language_model"] = Field("language_model", description="the task this config trains")
+    data: LMDataConfig = Field(default_factory=LMDataConfig, description="corpus, tokenizer, batches")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(cell="lstm", hidden_size=200, embedding_dim=200, num_layers=2), description="the network; vocab and output sizes are set from the corpus")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="optimiser, schedule, checkpoints")
+
+
+def make_tokenizer(cfg: LMDataConfig, train_text: str) -> Tokenizer:
+    """The configured tokenizer (a BPE one is trained on ``train_text``)."""
+    if cfg.tokenizer == "char":
+        return CharTokenizer()
+    if cfg.tokenizer == "subword":
+        return SubwordTokenizer.train([train_text], cfg.subword_vocab)
+    return WordTokenizer(lowercase=cfg.lowercase, pattern=cfg.pattern or None)
+
+
+def load_corpora(cfg: LMDataConfig) -> dict[str, str]:
+    """Training, validation and (if any) test text, by the dataset name or the file paths."""
+    files = dict(zip(("train", "valid", "test"), KNOWN_CORPORA.get(cfg.dataset, ("", "", ""))))
+    if cfg.dataset and cfg.dataset not in KNOWN_CORPORA:
+        raise ValueError(f"data.dataset: expected one of {sorted(KNOWN_CORPORA)} or '', got {cfg.dataset!r}")
+    paths: dict[str, Path] = {}
+    for split in ("train", "valid", "test"):
+        own = getattr(cfg, split)
+        if own:
+            paths[split] = Path(own)
+        elif files[split]:
+            paths[split] = dataset_file(cfg.dataset, files[split], data_dir=cfg.data_dir or None)
+    if "train" not in paths:
+        raise ValueError("data.train: expected a training text file (or data.dataset), got none")
+    texts = {split: read_corpus(path, errors=cfg.encoding_errors) for split, path in paths.items()}
+    if "valid" not in texts:  # hold out the tail, as nanoGPT does for Tiny Shakespeare
+        cut = int(len(texts["train"]) * (1 - cfg.valid_fraction))
+        texts["train"], texts["valid"] = texts["train"][:cut], texts["train"][cut:]
+    return texts
+
+
+@torch.no_grad()
+def stream_loss(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, bptt: int) -> float:
+    """Mean next-token cross-entropy (nats) over an id stream, carrying the state across chunks."""
+    was_training = model.training
+    model.eval()
+    stream = LMStream(ids, min(batch_size, max(1, ids.numel() // 2)), bptt)
+    total, count, state = 0.0, 0, None
+    for inputs, targets in stream:
+        logits, state = model(inputs, state=state)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+        count += targets.numel()
+    model.train(was_training)
+    return total / count
+
+
+class LanguageModel(Task):
+    """A trained language model with its tokenizer and vocabulary (see module docstring)."""
+
+    name = "language_model"
+    experiment_cls = LMExperiment
+
+    def __init__(self, model: SequenceModel, tokenizer: Tokenizer, vocab: Vocab, experiment: LMExperiment) -> None:
+        super().__init__(model, experiment)
+        self.tokenizer, self.vocab = tokenizer, vocab
+
+    # ----------------------------------------------------------------------------------- fit
+    @classmethod
+    def fit(cls, experiment: LMExperiment, out_dir: str | Path, resume: bool = False) -> LanguageModel:
+        """Train on the configured corpus; checkpoints go to ``out_dir/last`` and ``out_dir/best``."""
+        data = experiment.data
+        texts = load_corpora(data)
+        tokenizer = make_tokenizer(data, texts["train"])
+        vocab = Vocab.build(corpus_tokens(texts["train"], tokenizer), min_freq=data.min_freq,
+                            max_size=data.max_vocab or None)
+        ids = {split: encode_corpus(text, tokenizer, vocab) for split, text in texts.items()}
+        experiment = experiment.model_copy(update={
+            "model": experiment.model.model_copy(update={"vocab_size": len(vocab), "output_size": len(vocab),
+                                                         "output_activation": "softmax", "output_per": "step"}),
+            "train": experiment.train.model_copy(update={"out_dir": str(out_dir)})})
+        world, rank = distributed.world_size(), distributed.rank()
+        distributed.per_rank(data.batch_size, "data.batch_size", world)
+        train_stream = LMStream(ids["train"], data.batch_size, data.bptt, rank=rank, world_size=world)
+
+        torch.manual_seed(experiment.train.seed)
+        model = SequenceModel(experiment.model)
+        lm = cls(model, tokenizer, vocab, experiment)
+
+        def loss_fn(net, batch, state):
+            inputs, targets = batch
+            logits, state = net(inputs, state=state)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            return loss, state, targets.numel()
+
+        def evaluate_fn(net):
+            loss = stream_loss(net, ids["valid"], data.eval_batch_size, data.bptt)
+            return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpc": loss / math.log(2)}
+
+        trainer = Trainer(model, experiment.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+                          checkpoint_extras=lm.extras(), model_config=experiment.to_dict())
+        trainer.fit(lambda epoch: train_stream, resume=resume)
+        best = lm.load(Path(out_dir) / "best") if (Path(out_dir) / "best").exists() else lm
+        if "test" in ids and distributed.is_main():
+            loss = stream_loss(best.model, ids["test"], 1, data.bptt)
+            best.results = {"test_loss": loss, "test_ppl": math.exp(loss), "test_bpc": loss / math.log(2)}
+        return best
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def extras(self) -> dict:
+        return {"vocab": self.vocab.to_dict(), "tokenizer": self.tokenizer.to_dict()}
+
+    @classmethod
+    def from_parts(cls, model: SequenceModel, experiment: LMExperiment, extras: dict) -> LanguageModel:
+        for name in ("vocab", "tokenizer"):
+            if name not in extras:
+                raise ValueError(f"checkpoint: expected {name}.json beside the model, found none")
+        vocab = Vocab.from_dict(extras["vocab"])
+        if len(vocab) != experiment.model.vocab_size:
+            raise ValueError(f"checkpoint: vocab.json has {len(vocab)} tokens but the model expects "
+                             f"{experiment.model.vocab_size}")
+        return cls(model, tokenizer_from_dict(extras["tokenizer"]), vocab, experiment)
+
+    # ------------------------------------------------------------------------------- use
+    def _encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Prompt → ids <int64>[1, T]; unknown words become <unk> (with a warning)."""
+        tokens = self.tokenizer.tokenize(prompt)
+        unknown = self.vocab.count_unknown(tokens)
+        if tokens and unknown == len(tokens):
+            warnings.warn(f"prompt: every token of {prompt!r} is unknown to the vocabulary; "
+                          "predicting from <unk>", stacklevel=3)
+        elif unknown:
+            warnings.warn(f"prompt: {unknown} of {len(tokens)} tokens are unknown and read as <unk>", stacklevel=3)
+        ids = self.vocab.encode(tokens) or [self.vocab.eos_id if self._word_level else self.vocab.unk_id]
+        return torch.tensor([ids])
+
+    @property
+    def char_level(self) -> bool:
+        """Whether tokens are characters (figures in bits per character, not perplexity)."""
+        return isinstance(self.tokenizer, CharTokenizer)
+
+    @property
+    def _word_level(self) -> bool:
+        return isinstance(self.tokenizer, WordTokenizer)
+
+    @torch.no_grad()
+    def _next_distribution(self, ids: torch.Tensor, state=None):
+        logits, state = self.model(ids, state=state)
+        logits = logits[0, -1].clone()
+        logits[self.vocab.pad_id] = -math.inf
+        return logits, state
+
+    def predict_next(self, prompt: str, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most likely next tokens after ``prompt``, with their probabilities."""
+        if k < 1:
+            raise ValueError(f"k: expected an integer >= 1, got {k}")
+        self.model.eval()
+        logits, _ = self._next_distribution(self._encode_prompt(prompt))
+        probs, idx = torch.softmax(logits, -1).topk(min(k, len(self.vocab) - 1))
+        return [(self.vocab.token(int(i)), float(p)) for p, i in zip(probs, idx)]
+
+    def generate(self, prompt: str, length: int = 50, temperature: float = 1.0, top_k: int = 0,
+                 seed: int | None = None) -> str:
+        """Sample ``length`` tokens after ``prompt`` (temperature-scaled, optionally top-k) and
+        return the continuation as text (for word models, <eos> becomes a line break)."""
+        if length < 0:
+            raise ValueError(f"length: expected an integer >= 0, got {length}")
+        if temperature <= 0:
+            raise ValueError(f"temperature: expected a number > 0, got {temperature}")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.model.eval()
+        ids, state, out = self._encode_prompt(prompt), None, []
+        for _ in range(length):
+            logits, state = self._next_distribution(ids, state)
+            logits = logits / temperature
+            if top_k:
+                cutoff = logits.topk(min(top_k, logits.numel())).values[-1]
+                logits[logits < cutoff] = -math.inf
+            token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            out.append(token)
+            ids = torch.tensor([[token]])
+        words = ["\n" if t == self.vocab.eos_id else self.vocab.token(t) for t in out]
+        if not self._word_level:
+            return self.tokenizer.detokenize(words)
+        return " ".join(words).replace(" \n ", "\n").replace(" \n", "\n")
+
+    def evaluate(self, path: str | Path, batch_size: int = 1, errors: str = "strict") -> dict[str, float]:
+        """Loss (nats per token), perplexity and bits per token on a text file."""
+        ids = encode_corpus(read_corpus(path, errors=errors), self.tokenizer, self.vocab)
+        loss = stream_loss(self.model, ids, batch_size, self.experiment.data.bptt)
+        return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bpc": loss / math.log(2), "tokens": ids.numel()}
