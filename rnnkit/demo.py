@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import tasks
+from .config import save_toml
 from .model import ModelConfig
 from .tasks.language_model import LMDataConfig, LMExperiment
 from .train import TrainConfig
@@ -23,17 +24,19 @@ PROMPTS = ["the default value is", "an exception is", "the function returns", "i
 
 
 def write_corpus(path: Path) -> Path:
-    """Python's documentation topics (``pydoc_data.topics``) as one text file."""
+    """Python's documentation topics (``pydoc_data.topics``) as one text file, one paragraph per
+    line (the source wraps lines at 70 columns; a line end marks an <eos> for the model)."""
     from pydoc_data.topics import topics
+    paragraphs = (" ".join(p.split()) for key in sorted(topics) for p in topics[key].split("\n\n"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(topics[key] for key in sorted(topics)), encoding="utf-8")
+    path.write_text("\n".join(p for p in paragraphs if p and not set(p) <= set("*=-")), encoding="utf-8")
     return path
 
 
 def experiment(corpus: Path, out: Path, minutes: float) -> LMExperiment:
     return LMExperiment(
         data=LMDataConfig(train=str(corpus), valid_fraction=0.1, tokenizer="word", lowercase=True,
-                          pattern=r"[a-z]+|[0-9]+|[^\sa-z0-9]", min_freq=2, batch_size=32,
+                          pattern=r"[a-z_][a-z0-9_]*|[0-9]+|[^\sa-z0-9_]", min_freq=2, batch_size=32,
                           eval_batch_size=32, bptt=35),
         model=ModelConfig(cell="lstm", embedding_dim=256, hidden_size=256, num_layers=1,
                           dropout=0.3, tie_weights=True),
@@ -51,12 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     corpus = write_corpus(args.out / "pydoc.txt")
     print(f"corpus: {corpus} (Python's documentation text, {corpus.stat().st_size // 1000} kB)")
     start = time.monotonic()
-    lm = tasks.fit(experiment(corpus, args.out, args.minutes), args.out)
-    val = lm.evaluate(corpus.parent / "valid.txt") if (corpus.parent / "valid.txt").exists() else None
-    print(f"\ntrained in {time.monotonic() - start:.0f} s; "
-          f"vocabulary {len(lm.vocab)} words; {sum(p.numel() for p in lm.model.parameters()):,} parameters")
-    if val:
-        print(f"validation perplexity {val['ppl']:.1f}")
+    config = experiment(corpus, args.out, args.minutes)
+    save_toml(config, args.out / "demo.toml")
+    lm = tasks.fit(config, args.out)
+    print(f"\ntrained in {time.monotonic() - start:.0f} s: vocabulary {len(lm.vocab)} words, "
+          f"{sum(p.numel() for p in lm.model.parameters()):,} parameters, "
+          f"validation perplexity {lm.results['val_ppl']:.1f} (last 10% of the text)")
     for prompt in PROMPTS:
         guesses = ", ".join(f"{word} ({p:.2f})" for word, p in lm.predict_next(prompt, k=5))
         print(f"  {prompt!r:26} → {guesses}")
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ncheckpoint: {best}\n\nnext:")
     print(f"  rnnkit generate {best} --prompt 'the default value is' --top-k 5")
     print(f"  rnnkit generate {best} --prompt 'the function' --length 50 --temperature 0.8")
-    print("  rnnkit train configs/demo.toml --set data.train=my_text.txt --out runs/mine   # your own text")
+    print(f"  rnnkit train {args.out / 'demo.toml'} --set data.train=my_text.txt --out runs/mine   # your own text")
     print("  rnnkit train configs/ptb_small.toml --set data.data_dir=../shared/data --out runs/ptb")
 
 

@@ -158,9 +158,12 @@ class LanguageModel(Task):
                           checkpoint_extras=lm.extras(), model_config=experiment.to_dict())
         trainer.fit(lambda epoch: train_stream, resume=resume)
         best = lm.load(Path(out_dir) / "best") if (Path(out_dir) / "best").exists() else lm
-        if "test" in ids and distributed.is_main():
-            loss = stream_loss(best.model, ids["test"], 1, data.bptt)
-            best.results = {"test_loss": loss, "test_ppl": math.exp(loss), "test_bpc": loss / math.log(2)}
+        if distributed.is_main():  # the best model's figures; test with one stream, as Zaremba et al.
+            for split, batch in (("val", data.eval_batch_size), ("test", 1)):
+                if split == "val" or "test" in ids:
+                    loss = stream_loss(best.model, ids["valid" if split == "val" else "test"], batch, data.bptt)
+                    best.results.update({f"{split}_loss": loss, f"{split}_ppl": math.exp(min(loss, 50)),
+                                         f"{split}_bpc": loss / math.log(2)})
         return best
 
     # ---------------------------------------------------------------------------- checkpoint
