@@ -98,6 +98,29 @@ def generate(checkpoint: Annotated[Path, typer.Argument(help="language-model che
 
 
 @app.command()
+@user_errors
+def experiment(name: Annotated[str, typer.Argument(help="adding | copy | vanishing | exploding")],
+               length: Annotated[int, typer.Option(help="sequence length T (copy: the delay)")] = 200,
+               cells: Annotated[str, typer.Option(help="comma-separated: rnn,lstm,gru")] = "rnn,lstm,gru",
+               minutes: Annotated[float, typer.Option(help="training budget per cell")] = 10.0,
+               out: Annotated[Path, typer.Option(help="where the JSON and PNG go")] = Path("runs/long_range")) -> None:
+    """Long-range dependencies: train or probe each cell, print the figures, write JSON and plots."""
+    from .long_range import run_experiment
+    _show_warnings()
+    typer.echo(run_experiment(name, length=length, cells=cells.split(","), minutes=minutes, out=out))
+
+
+@app.command()
+@user_errors
+def diagnose(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directory of a trained task")],
+             length: Annotated[int, typer.Option(help="time steps of the probe sequence")] = 100,
+             out: Annotated[Optional[Path], typer.Option(help="write a PNG of ‖∂L/∂h_t‖ here")] = None) -> None:
+    """Gradient health of a trained model: ‖∂L/∂h_t‖ per step and layer, spectral radius of each W_hh."""
+    from .long_range import diagnose_checkpoint
+    typer.echo(diagnose_checkpoint(checkpoint, length=length, plot=out))
+
+
+@app.command()
 def datasets() -> None:
     """The data sets rnnkit knows, where they come from, and where it looks for them."""
     from .data.datasets import data_roots, list_datasets

@@ -499,8 +499,13 @@ class Trainer:
             problem = f"the loss is {mean_loss}"
         elif not math.isfinite(grad_norm):
             bad = [name for name, g in named if not torch.isfinite(g).all()]
-            problem = (f"the gradient of parameter {bad[0]!r} went non-finite first "
-                       f"({len(bad)} of {len(named)} parameters: {', '.join(bad[:5])}; loss {mean_loss:.6g})")
+            if bad:
+                problem = (f"the gradient of parameter {bad[0]!r} went non-finite first ({len(bad)} of "
+                           f"{len(named)} parameters: {', '.join(bad[:5])}; loss {mean_loss:.6g})")
+            else:  # every entry finite, but the norm overflows: exploding gradients
+                largest = max(named, key=lambda item: item[1].abs().max().item())[0]
+                problem = (f"the gradient norm overflowed to {grad_norm} (largest entries in {largest!r}; "
+                           f"loss {mean_loss:.6g})")
         if problem is not None:
             if self.config.on_nonfinite == "stop":
                 raise NonFiniteError(
