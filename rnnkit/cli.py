@@ -55,8 +55,9 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
     from . import distributed, tasks
     _show_warnings()
     overrides = list(set_ or [])
-    tasks.load_experiment(config, overrides)  # fail fast, in this process, on a bad config
+    experiment = tasks.load_experiment(config, overrides)  # fail fast, in this process, on a bad config
     if nproc > 1:
+        distributed.per_rank(getattr(getattr(experiment, "data", None), "batch_size", nproc), "data.batch_size", nproc)
         results = distributed.launch(_train_one, nproc, config, overrides, out, resume)[0]
     else:
         results = _train_one(config, overrides, out, resume)

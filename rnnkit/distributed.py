@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -145,8 +145,18 @@ def _worker(index: int, fn: Callable, nproc: int, port: int, backend: str, resul
     init(backend)
     try:
         results.put((index, fn(*args)))
+    except Exception as error:  # tell the parent what went wrong, then fail so the others stop
+        results.put((index, _Failure(type(error), str(error))))
+        raise
     finally:
         dist.destroy_process_group()
+
+
+class _Failure(NamedTuple):
+    """An exception raised in a worker, carried back to the parent by type and message."""
+
+    kind: type
+    message: str
 
 
 def launch(fn: Callable, nproc: int, *args: Any, backend: str | None = None) -> list[Any]:
@@ -170,10 +180,19 @@ def launch(fn: Callable, nproc: int, *args: Any, backend: str | None = None) -> 
     context = mp.start_processes(_worker, args=(fn, nproc, _free_port(), backend, results, args),
                                  nprocs=nproc, join=False, start_method="spawn")
     collected: dict[int, Any] = {}
-    while not context.join(timeout=0.05):  # drain while waiting, so no child blocks on a full pipe
+    try:
+        while not context.join(timeout=0.05):  # drain while waiting, so no child blocks on a full pipe
+            while not results.empty():
+                index, value = results.get()
+                collected[index] = value
+    except mp.ProcessRaisedException:
         while not results.empty():
             index, value = results.get()
             collected[index] = value
+        failure = next((v for v in collected.values() if isinstance(v, _Failure)), None)
+        if failure is None:
+            raise
+        raise failure.kind(failure.message) from None  # the worker's own error, e.g. a ValueError
     while len(collected) < nproc:
         index, value = results.get(timeout=30)
         collected[index] = value

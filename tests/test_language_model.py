@@ -119,6 +119,8 @@ def test_cli_generate_and_evaluate(trained):
     (lambda p: ["train", write(p / "d.toml", 'task = "language_model"\n[data]\ntrain = "%s"\n'
                                 % write(p / "empty.txt", ""))], "is empty"),
     (lambda p: ["generate", p / "nockpt", "--prompt", "x"], "no checkpoint directory"),
+    (lambda p: ["train", write(p / "e.toml", 'task = "language_model"\n[data]\nbatch_size = 20\n'), "--nproc", 3],
+     "data.batch_size=20: cannot split evenly over 3 processes"),
 ])
 def test_cli_user_errors_exit_2_without_traceback(tmp_path, make_args, message):
     result = cli(*make_args(tmp_path))
