@@ -62,6 +62,8 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
     else:
         results = _train_one(config, overrides, out, resume)
     typer.echo(json.dumps({"checkpoint": str(out / "best"), **results}, indent=2))
+    if (out / "backtest.txt").exists():  # forecasters: rnnkit's backtest beside the baselines
+        typer.echo((out / "backtest.txt").read_text())
 
 
 @app.command()
@@ -122,12 +124,112 @@ def diagnose(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directo
 
 
 @app.command()
+@user_errors
+def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpoint directory")],
+             input: Annotated[Path, typer.Option(help="CSV with the history (and known-future covariates)")],
+             horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
+             out: Annotated[Path, typer.Option(help="output prefix: <out>.csv and <out>.png")] = Path("forecast"),
+             future: Annotated[Optional[Path], typer.Option(help="CSV of known-future covariates")] = None,
+             level: Annotated[Optional[float], typer.Option(help="prediction-interval level, e.g. 0.8")] = None,
+             ignore_extra_columns: Annotated[bool, typer.Option(help="ignore columns the model was not trained with")] = False) -> None:
+    """Forecast after the input's end: print it, write a CSV and a PNG (history, forecast, intervals)."""
+    from .tasks.forecaster import forecast_to_files
+    _show_warnings()
+    result = forecast_to_files(checkpoint, input, horizon, out, future=future, level=level,
+                               extra_columns="ignore" if ignore_extra_columns else "error")
+    typer.echo(result["forecast"].to_string())
+    typer.echo(f"wrote {result['csv']}, " + ", ".join(map(str, result["png"])))
+
+
+@app.command()
+@user_errors
+def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpoint directory")],
+             input: Annotated[Path, typer.Option(help="CSV with the whole series")],
+             horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
+             test: Annotated[Optional[str], typer.Option(help="test span: a count (48) or a fraction (0.2)")] = None,
+             start: Annotated[Optional[int], typer.Option(help="first origin (row index), instead of --test")] = None,
+             stride: Annotated[Optional[int], typer.Option(help="steps between origins")] = None,
+             level: Annotated[Optional[float], typer.Option(help="prediction-interval level")] = None,
+             out: Annotated[Optional[Path], typer.Option(help="output prefix for <out>.json and <out>.csv")] = None,
+             ignore_extra_columns: Annotated[bool, typer.Option(help="ignore columns the model was not trained with")] = False) -> None:
+    """Rolling-origin backtest of a forecaster beside naive, seasonal naive and a statistical model."""
+    from .tasks.forecaster import backtest_to_files
+    span = None if test is None else (float(test) if "." in test else int(test))
+    result = backtest_to_files(checkpoint, input, horizon, start=start, test=span, stride=stride, level=level,
+                               out_prefix=out, extra_columns="ignore" if ignore_extra_columns else "error")
+    typer.echo(result.table())
+
+
+@app.command()
 def datasets() -> None:
     """The data sets rnnkit knows, where they come from, and where it looks for them."""
     from .data.datasets import data_roots, list_datasets
     for info in list_datasets():
         typer.echo(f"{info.name:16s} {info.description}  ({len(info.files)} files; {info.licence})")
     typer.echo("searched, in order: " + ", ".join(str(p) for p in data_roots()))
+
+
+@app.command()
+@user_errors
+def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoint directory, e.g. runs/sst2/best")],
+            text: Annotated[Optional[str], typer.Argument(help="a text to classify")] = None,
+            input: Annotated[Optional[Path], typer.Option("--input", help=(
+                "classify every text of a .tsv/.csv table (with a header row), a folder with one sub-folder "
+                "per class, or a .txt file with one text per line"))] = None,
+            output: Annotated[Optional[Path], typer.Option("--output", help="TSV file for the predictions of --input")] = None,
+            text_column: Annotated[Optional[str], typer.Option(help="the text column of --input (default: as in training)")] = None,
+            encoding_errors: Annotated[str, typer.Option(help="undecodable bytes in --input: strict (fail with the "
+                                                         "byte offset) or replace")] = "strict") -> None:
+    """Classify a text (prints the label and its probability), or every text of a file (--input, --output)."""
+    from . import tasks
+    from .tasks.classifier import Classifier
+    _show_warnings()
+    if (text is None) == (input is None):
+        raise ValueError("predict: expected either a TEXT argument or --input FILE, got "
+                         + ("both" if text is not None else "neither"))
+    if input is not None and output is None:
+        raise ValueError("--output: expected a file for the predictions of --input, got none")
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"--encoding-errors: expected 'strict' or 'replace', got {encoding_errors!r}")
+    clf = tasks.load(checkpoint)
+    if not isinstance(clf, Classifier):
+        raise ValueError(f"{checkpoint}: expected a classifier checkpoint, got task {clf.name!r}")
+    if text is not None:
+        probs = clf.predict_proba([text])[0]
+        k = int(probs.argmax())
+        typer.echo(f"{clf.labels.names[k]}\t{probs[k]:.4f}")
+        return
+    n = clf.predict_file(input, output, errors=encoding_errors, text_column=text_column)
+    typer.echo(f"wrote {n} predictions to {output}")
+
+
+@app.command()
+@user_errors
+def answer(checkpoint: Annotated[Path, typer.Argument(help="question-answering checkpoint directory")],
+           story: Annotated[Path, typer.Option(help="story file: sentences, one or more per line, numbered as in "
+                                               "bAbI or not")],
+           question: Annotated[str, typer.Option(help="the question, e.g. 'Where is Mary?'")],
+           encoding_errors: Annotated[str, typer.Option(help="undecodable bytes in the story: strict (fail with the "
+                                                        "byte offset) or replace")] = "strict") -> None:
+    """Answer a question about a story: prints the answer and its probability, then the sentences the
+    model attended to most."""
+    from . import tasks
+    from .data.babi import parse_story
+    from .data.text import read_text
+    from .tasks.qa import QuestionAnswering
+    _show_warnings()
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"--encoding-errors: expected 'strict' or 'replace', got {encoding_errors!r}")
+    qa = tasks.load(checkpoint)
+    if not isinstance(qa, QuestionAnswering):
+        raise ValueError(f"{checkpoint}: expected a question-answering checkpoint, got task {qa.name!r}")
+    text = read_text(story, errors=encoding_errors)
+    result = qa.answer(text, question)
+    typer.echo(f"{result.answer}\t{result.probability:.4f}")
+    sentences = parse_story(text)[-qa.model.config.memory_size:]
+    top = sorted(range(min(len(result.attention), len(sentences))), key=lambda i: -result.attention[i])[:3]
+    for i in top:
+        typer.echo(f"  attention {result.attention[i]:.3f}  {' '.join(sentences[i])}")
 
 
 def main() -> None:

@@ -124,11 +124,22 @@ def _names(value: str | Sequence[str], arg: str) -> list[str]:
     return names
 
 
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """A CSV file as a DataFrame; a missing or malformed file gets an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input: {path}: no such file")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"input: {path} is not a readable CSV file: {error}") from None
+
+
 def _load(path_or_df: str | Path | pd.DataFrame) -> pd.DataFrame:
     if isinstance(path_or_df, pd.DataFrame):
         return path_or_df.copy()
     if isinstance(path_or_df, (str, Path)):
-        return pd.read_csv(path_or_df)
+        return read_csv(path_or_df)
     raise TypeError(f"path_or_df: expected a CSV path or a pandas DataFrame, got {type(path_or_df).__name__}")
 
 

@@ -159,3 +159,31 @@ def copy_task(delay: int, *, batch_size: int = 64, test_size: int = 1000,
     return SyntheticTask(f"copy-{delay}", lambda n, seed: copy_problem(n, delay, seed=seed),
                          copy_baseline_cross_entropy(delay), batch_size=batch_size, test_size=test_size,
                          train_seed=train_seed, test_seed=test_seed)
+
+
+def covariate_series(n: int = 360, channels: int = 3, seed: int = 0):
+    """A multivariate daily series whose future depends on known covariates: pandas DataFrame with
+    ``date``, ``y0..y{channels-1}`` and ``promo``.
+
+    The channels share an AR(1) factor, a weekend effect (a calendar covariate) and the effect of a
+    random "promo" day (a known-future covariate, unpredictable from the past), each with its own
+    loading, plus noise. A forecaster that uses the covariates should beat one that does not.
+    """
+    import numpy as np
+    import pandas as pd
+    _check_int("n", n, 2)
+    _check_int("channels", channels, 1)
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2021-01-01", periods=n, freq="D")
+    promo = (rng.random(n) < 0.2).astype(float)
+    weekend = (dates.day_of_week >= 5).astype(float)
+    z = np.zeros(n)
+    for t in range(1, n):
+        z[t] = 0.8 * z[t - 1] + rng.normal(0, 0.5)
+    load = rng.uniform(0.5, 1.5, size=(3, channels))
+    y = (10 + load[0] * z[:, None] + 3 * load[1] * promo[:, None] + 1.5 * load[2] * weekend[:, None]
+         + rng.normal(0, 0.3, size=(n, channels)))
+    df = pd.DataFrame(y, columns=[f"y{i}" for i in range(channels)])
+    df.insert(0, "date", dates)
+    df["promo"] = promo
+    return df

@@ -11,9 +11,12 @@ from pathlib import Path
 from ..config import Config, apply_overrides, load_toml
 from ..io.checkpoint import load_checkpoint
 from .base import Task
+from .classifier import Classifier, ClassifierExperiment
+from .forecaster import ForecastExperiment, Forecaster
 from .language_model import LanguageModel, LMExperiment
+from .qa import QAExperiment, QuestionAnswering
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (LanguageModel,)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (LanguageModel, Classifier, QuestionAnswering, Forecaster)}
 
 
 def _task_class(name: object, source: str) -> type[Task]:
@@ -44,4 +47,5 @@ def load(path: str | Path) -> Task:
     return _task_class(config.get("task"), f"{path}/config.json").load(path)
 
 
-__all__ = ["Task", "TASKS", "LanguageModel", "LMExperiment", "load", "load_experiment", "fit"]
+__all__ = ["Task", "TASKS", "LanguageModel", "LMExperiment", "Classifier", "ClassifierExperiment", "QuestionAnswering",
+           "QAExperiment", "Forecaster", "ForecastExperiment", "load", "load_experiment", "fit"]

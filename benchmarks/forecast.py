@@ -1,0 +1,223 @@
+"""Forecasting quality against baselines and a published figure: prints the tables, writes JSON and PNGs.
+
+    OMP_NUM_THREADS=1 python benchmarks/forecast.py --out runs/bench_forecast --data-dir ../shared/data
+
+Three studies, each a rolling-origin backtest over a held-out test span (origins every step):
+
+- airline: configs/airline.toml (last 48 months as test). Horizons 1 and 12. Reported: seed 0, the
+  mean ± sd over ``--seeds`` seeds, and the ensemble of those seeds (point: the mean of the members'
+  forecasts; interval: the quantiles of the members' equal-weight Gaussian mixture in log space,
+  a "deep ensemble"). Reference: the Keras LSTM tutorial's test RMSE of 47.5 (one step ahead, same
+  48-month test span). Naive, seasonal naive (m = 12) and Holt-Winters (additive trend,
+  multiplicative season) are fitted on the 96 months before the test.
+- sunspots: configs/sunspots.toml (last 20% as test), horizons 1 and 12, one seed; ARIMA(2,1,2).
+- covariates: a generated daily series, 3 channels sharing an AR(1) factor, a weekend effect and a
+  random known-future "promo" covariate; the same model with (promo + day-of-week calendar) and
+  without covariates, 3 training seeds each; horizon 7; season 7.
+
+Writes into ``--out``: forecast.json (every table), airline_forecast.png (forecast of 1961 with its
+80% interval, by ``forecast_to_files`` from a saved checkpoint, as `rnnkit forecast` does),
+airline_test.png (the 1960 forecast from the end of 1959 against the actuals) and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from statistics import NormalDist
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rnnkit.data.synthetic import covariate_series  # noqa: E402
+from rnnkit.config import apply_overrides, load_toml  # noqa: E402
+from rnnkit.plots import plot_forecast  # noqa: E402
+from rnnkit.tasks.forecaster import (Forecaster, ForecastExperiment, forecast_to_files,  # noqa: E402
+                                     format_metrics, score_forecast)
+
+KERAS_TUTORIAL_RMSE = 47.5
+
+
+def experiment(name: str, data_dir: str, overrides: list[str]) -> ForecastExperiment:
+    exp = load_toml(REPO / "configs" / name, ForecastExperiment)
+    return apply_overrides(exp, [f"data.data_dir={json.dumps(data_dir)}", "train.log_every=100000", *overrides])
+
+
+def quiet_fit(data, **kwargs) -> tuple[Forecaster, float]:
+    """``Forecaster.fit(data, **kwargs)`` without the Trainer's per-epoch lines (stderr); (forecaster, seconds)."""
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as devnull:
+        saved, sys.stderr = sys.stderr, devnull
+        try:
+            fc = Forecaster.fit(data, **kwargs)
+        finally:
+            sys.stderr = saved
+    return fc, time.perf_counter() - t0
+
+
+def mixture_interval(lower: np.ndarray, upper: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles (1 ∓ level)/2 of the equal-weight mixture of the members' Gaussians in log space.
+
+    lower, upper: <float>[members, ...] the members' central ``level`` intervals in the data's units,
+    which are exp(mu ∓ z·sigma) for a log-transformed Gaussian forecaster."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    lo, hi = np.log(lower), np.log(upper)
+    mu, sigma = (lo + hi) / 2, (hi - lo) / (2 * z)
+    cdf = np.vectorize(lambda v: NormalDist().cdf(v))
+
+    def quantile(p: float) -> np.ndarray:
+        a, b = (mu - 8 * sigma).min(axis=0), (mu + 8 * sigma).max(axis=0)
+        for _ in range(60):  # bisection on the mixture CDF, elementwise
+            mid = (a + b) / 2
+            below = cdf((mid[None] - mu) / sigma).mean(axis=0) < p
+            a, b = np.where(below, mid, a), np.where(below, b, mid)
+        return np.exp((a + b) / 2)
+
+    return quantile(0.5 - level / 2), quantile(0.5 + level / 2)
+
+
+def table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# ----------------------------------------------------------------------------------- airline
+def airline(args, out: Path) -> dict:
+    exp = experiment("airline.toml", args.data_dir, args.airline_set)
+    members, fit_seconds = [], []
+    for seed in range(args.seeds):
+        fc, seconds = quiet_fit(apply_overrides(exp, [f"train.seed={seed}"]))
+        members.append(fc)
+        fit_seconds.append(seconds)
+        print(f"  airline seed {seed}: fit + backtests {seconds:.1f} s", flush=True)
+    results = {"config": exp.to_dict(), "fit_seconds": fit_seconds, "tables": {}}
+    first = members[0]
+    train = first.data.target[:first.test_start]
+    for h in (1, 12):
+        bts = [m.backtests[h] for m in members]
+        base = bts[0]
+        rows = {"model (seed 0)": base.metrics.loc["model"].to_dict()}
+        per_seed = pd.DataFrame([bt.metrics.loc["model"] for bt in bts])
+        rows[f"model mean of {len(bts)} seeds"] = per_seed.mean().to_dict()
+        rows[f"model sd over {len(bts)} seeds"] = per_seed.std(ddof=1).to_dict() if len(bts) > 1 else {}
+        forecasts = np.stack([bt.backtests["model"].forecasts for bt in bts])
+        point = forecasts.mean(axis=0)
+        lower, upper = (mixture_interval(np.stack([bt.lower for bt in bts]), np.stack([bt.upper for bt in bts]),
+                                         base.level) if base.lower is not None else (None, None))
+        actual = base.backtests["model"].actuals
+        rows[f"ensemble of {len(bts)} seeds"] = score_forecast(actual, point, train, 12, lower, upper)
+        for name in base.metrics.index[1:]:
+            rows[name] = base.metrics.loc[name].to_dict()
+        frame = table(rows)
+        results["tables"][f"h{h}"] = {k: {m: (None if isinstance(v, float) and math.isnan(v) else v)
+                                          for m, v in row.items()} for k, row in frame.to_dict(orient="index").items()}
+        print(f"\nairline, horizon {h}: {len(base.origin_dates)} origins {base.origin_dates[0].date()} .. "
+              f"{base.origin_dates[-1].date()}; interval level {base.level}")
+        print(format_metrics(frame))
+        if h == 1:
+            print(f"reference: Keras LSTM tutorial test RMSE {KERAS_TUTORIAL_RMSE} (one step ahead)")
+            results["keras_tutorial_rmse"] = KERAS_TUTORIAL_RMSE
+
+    # forecast PNGs: past the data (via the checkpoint, as `rnnkit forecast` does) and the 1960 test year
+    checkpoint = first.save(out / "airline_checkpoint")
+    csv = first.experiment.data
+    source = Path(args.data_dir) / csv.dataset / csv.file
+    files = forecast_to_files(checkpoint, source, horizon=12, out_prefix=out / "airline_forecast")
+    print(f"\nairline forecast of 1961 (seed 0, from {checkpoint}):\n{files['forecast'].round(1).to_string()}")
+    bt = first.backtests[12]
+    k = int(np.flatnonzero(bt.origin_dates == pd.Timestamp("1960-01-01"))[0])
+    origin = int(bt.backtests["model"].origins[k])
+    history = first.data.frame.iloc[:origin]
+    dates = first.data.index[origin:origin + 12]
+    band = ({"lower": bt.lower[k, :, 0], "upper": bt.upper[k, :, 0], "interval_label": f"{bt.level:.0%} interval"}
+            if bt.lower is not None else {})
+    plot_forecast(history.iloc[:, 0].to_numpy(), bt.backtests["model"].forecasts[k, :, 0], out / "airline_test.png",
+                  actual=bt.backtests["model"].actuals[k, :, 0], history_index=history.index, forecast_index=dates,
+                  title="Airline passengers: 1960 forecast from Dec 1959 (seed 0) against the actuals", **band)
+    results["pngs"] = [str(p) for p in files["png"]] + [str(out / "airline_test.png")]
+    return results
+
+
+# ---------------------------------------------------------------------------------- sunspots
+def sunspots(args, out: Path) -> dict:
+    exp = experiment("sunspots.toml", args.data_dir, args.sunspots_set)
+    fc, seconds = quiet_fit(exp)
+    print(f"  sunspots: fit + backtests {seconds:.1f} s (model {fc.backtests[1].seconds['model']:.2f} s, "
+          f"statistical baseline {sum(bt.seconds.get('arima', 0) + bt.seconds.get('holt_winters', 0) for bt in fc.backtests.values()):.1f} s)")
+    results = {"config": exp.to_dict(), "seconds": seconds, "tables": {}}
+    for h, bt in fc.backtests.items():
+        print(f"\n{bt.table()}")
+        results["tables"][f"h{h}"] = bt.to_dict()
+    return results
+
+
+# -------------------------------------------------------------------------------- covariates
+def covariates(args, out: Path) -> dict:
+    df = covariate_series(600)
+    targets = ["y0", "y1", "y2"]
+    base = ForecastExperiment.from_dict({
+        "data": {"date_column": "date", "target_columns": targets, "lookback": 28, "horizon": 7, "test": 0.2,
+                 "batch_size": 32},
+        "model": {"cell": "gru", "hidden_size": 32},
+        "train": {"epochs": 30, "lr": 3e-3, "log_every": 100000},
+        "evaluate": {"season": 7, "horizons": [7], "statistical": "holt_winters", "hw_trend": "none",
+                     "hw_seasonal": "add"}})
+    with_cov = apply_overrides(base, ['data.future_covariates=["promo"]', 'data.calendar=["day_of_week"]'])
+    rows, seconds, bts = {}, {}, {}
+    for label, exp, frame in (("with covariates", with_cov, df), ("without covariates", base, df.drop(columns="promo"))):
+        scores = []
+        t0 = time.perf_counter()
+        for seed in range(3):
+            fc, _ = quiet_fit(frame, experiment=apply_overrides(exp, [f"train.seed={seed}"]))
+            bts[(label, seed)] = fc.backtests[7]
+            scores.append(fc.backtests[7].metrics.loc["model"])
+        seconds[label] = time.perf_counter() - t0
+        rows[f"model {label} (mean of 3 seeds)"] = pd.DataFrame(scores).mean().to_dict()
+    first = bts[("with covariates", 0)]
+    for name in first.metrics.index[1:]:
+        rows[name] = first.metrics.loc[name].to_dict()
+    frame = table(rows)
+    print(f"\ncovariates (generated, 3 channels, daily, {len(df)} steps), horizon 7: {len(first.origin_dates)} "
+          f"origins {first.origin_dates[0].date()} .. {first.origin_dates[-1].date()}; fits+backtests "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    print(format_metrics(frame))
+    return {"seconds": seconds, "table": {k: {m: (None if isinstance(v, float) and math.isnan(v) else v)
+                                              for m, v in row.items()} for k, row in frame.to_dict(orient="index").items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_forecast")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--seeds", type=int, default=5, help="airline seeds (ensemble members)")
+    parser.add_argument("--only", default="airline,sunspots,covariates", help="comma-separated studies")
+    parser.add_argument("--airline-set", action="append", default=[], help="override for airline.toml, key=value")
+    parser.add_argument("--sunspots-set", action="append", default=[], help="override for sunspots.toml, key=value")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    studies = {"airline": airline, "sunspots": sunspots, "covariates": covariates}
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    for name in args.only.split(","):
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        report[name] = studies[name](args, args.out)
+        report[name]["wall_seconds"] = time.perf_counter() - t0
+        print(f"== {name}: {report[name]['wall_seconds']:.1f} s wall\n", flush=True)
+    path = args.out / "forecast.json"
+    path.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""rnnkit.tasks.forecaster: fit / predict / backtest, covariates, probabilistic outputs, checkpoints,
+the CLI entry points and the errors for bad input. Synthetic series, tiny models, a few epochs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rnnkit.config import load_toml
+from rnnkit.data.synthetic import covariate_series
+from rnnkit.tasks.forecaster import (Forecaster, ForecastExperiment, backtest_to_files, forecast_to_files,
+                                     format_tables)
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+
+
+def tiny(epochs: int = 4, **sections) -> ForecastExperiment:
+    """A small network trained for a few epochs; ``sections`` override whole config sections."""
+    base = {"model": {"cell": "lstm", "hidden_size": 8},
+            "train": {"epochs": epochs, "lr": 1e-2, "log_every": 10_000},
+            "evaluate": {"season": 12, "statistical": "none"}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return ForecastExperiment.from_dict(base)
+
+
+def monthly(n: int = 96, seed: int = 0) -> pd.DataFrame:
+    """Trend + yearly season + noise, monthly from 2010-01."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    y = 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 1, n)
+    return pd.DataFrame({"date": pd.date_range("2010-01-01", periods=n, freq="MS"), "y": y})
+
+
+@pytest.fixture(scope="module")
+def point_model() -> Forecaster:
+    return Forecaster.fit(monthly(), experiment=tiny(), target_columns="y", lookback=12, horizon=6, test=24,
+                          evaluate=False)
+
+
+@pytest.fixture(scope="module")
+def gaussian_model() -> Forecaster:
+    return Forecaster.fit(monthly(), experiment=tiny(forecast={"output": "gaussian"}), target_columns="y",
+                          lookback=12, horizon=6, test=24, transform="log", evaluate=False)
+
+
+# ---------------------------------------------------------------------------------- predict
+def test_predict_continues_the_dates_with_one_column_per_target(point_model):
+    out = point_model.predict()
+    assert list(out.columns) == ["y"]
+    assert list(out.index) == list(pd.date_range("2018-01-01", periods=6, freq="MS"))
+    assert out.index.name == "date"
+    assert np.isfinite(out.to_numpy()).all()
+    short = point_model.predict(3)
+    np.testing.assert_allclose(short["y"].to_numpy(), out["y"].to_numpy()[:3], rtol=1e-6)
+
+
+def test_forecast_is_in_the_data_units_and_learns_the_series():
+    df = monthly(120)
+    fc = Forecaster.fit(df, experiment=tiny(epochs=60, model={"cell": "gru", "hidden_size": 16}),
+                        target_columns="y", lookback=12, horizon=6, test=24, evaluate=False)
+    bt = fc.backtest(horizon=6)
+    assert bt.metrics.loc["model", "MASE"] < bt.metrics.loc["naive", "MASE"]
+    assert 100 < fc.predict()["y"].mean() < 200  # inverse scaling: the series lives around 130-160
+
+
+def test_scalers_are_fitted_on_the_training_part_only(gaussian_model):
+    y = np.log(monthly()["y"].to_numpy())
+    n_train = 96 - 24
+    scaler = gaussian_model.scalers["target"]
+    np.testing.assert_allclose(scaler.center, [y[:n_train].mean()], rtol=1e-12)
+    np.testing.assert_allclose(scaler.scale, [y[:n_train].std()], rtol=1e-12)
+    assert gaussian_model.columns["train_end"].startswith("2015-12-01")
+
+
+def test_predict_from_new_history_equals_the_backtest_at_that_origin(gaussian_model):
+    df = monthly()
+    bt = gaussian_model.backtest(horizon=6, baselines=False)
+    k = 4
+    origin = int(bt.backtests["model"].origins[k])
+    out = gaussian_model.predict(df=df.iloc[:origin])
+    np.testing.assert_allclose(out["y"].to_numpy(), bt.backtests["model"].forecasts[k, :, 0], rtol=1e-5)
+    np.testing.assert_allclose(out["y_lower"].to_numpy(), bt.lower[k, :, 0], rtol=1e-5)
+
+
+def test_gaussian_intervals_bracket_the_point_and_widen_with_level(gaussian_model):
+    out80, out95 = gaussian_model.predict(), gaussian_model.predict(level=0.95)
+    assert (out80["y_lower"] < out80["y"]).all() and (out80["y"] < out80["y_upper"]).all()
+    assert (out95["y_upper"] - out95["y_lower"] > out80["y_upper"] - out80["y_lower"]).all()
+
+
+def test_quantile_output_has_ordered_quantiles():
+    fc = Forecaster.fit(monthly(), experiment=tiny(forecast={"output": "quantile", "quantiles": [0.05, 0.5, 0.95]}),
+                        target_columns="y", lookback=12, horizon=6, test=24, evaluate=False)
+    out = fc.predict()
+    assert list(out.columns) == ["y", "y_lower", "y_upper", "y_q0.05", "y_q0.5", "y_q0.95"]
+    assert (out["y_q0.05"] <= out["y_q0.5"]).all() and (out["y_q0.5"] <= out["y_q0.95"]).all()
+    np.testing.assert_allclose(out["y"], out["y_q0.5"])
+    bt = fc.backtest(horizon=3, baselines=False)
+    assert 0 <= bt.metrics.loc["model", "coverage"] <= 1 and bt.level == pytest.approx(0.9)
+
+
+def test_recursive_strategy_forecasts_beyond_its_training_horizon_with_sampled_intervals():
+    fc = Forecaster.fit(monthly(), experiment=tiny(forecast={"strategy": "recursive", "output": "gaussian", "samples": 50}),
+                        target_columns="y", lookback=12, horizon=6, test=24, evaluate=False)
+    out = fc.predict(10)
+    assert out.shape == (10, 3) and np.isfinite(out.to_numpy()).all()
+    assert (out["y_lower"] <= out["y_upper"]).all()
+    pd.testing.assert_frame_equal(out, fc.predict(10))  # seeded samples: reproducible
+    bt = fc.backtest(horizon=6, baselines=False)
+    k = 3
+    again = fc.predict(6, df=monthly().iloc[:int(bt.backtests["model"].origins[k])])
+    np.testing.assert_allclose(again["y_upper"].to_numpy(), bt.upper[k, :, 0], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- covariates
+def test_covariates_improve_a_multivariate_forecast():
+    df = covariate_series()
+    targets = ["y0", "y1", "y2"]
+    experiment = tiny(epochs=15, model={"cell": "gru", "hidden_size": 16}, train={"lr": 1e-2, "seed": 0},
+                      evaluate={"season": 7})
+    common = dict(experiment=experiment, date_column="date", target_columns=targets, lookback=14, horizon=7,
+                  test=70, evaluate=False)
+    with_cov = Forecaster.fit(df, future_covariates=["promo"], calendar=["day_of_week"], **common)
+    without = Forecaster.fit(df.drop(columns=["promo"]), **common)
+    mase_with = with_cov.backtest(horizon=7, baselines=False).metrics.loc["model", "MASE"]
+    mase_without = without.backtest(horizon=7, baselines=False).metrics.loc["model", "MASE"]
+    assert with_cov.net.layout == "steps" and without.net.layout == "last"
+    assert mase_with < 0.8 * mase_without, (mase_with, mase_without)
+
+
+@pytest.fixture(scope="module")
+def promo_model() -> Forecaster:
+    return Forecaster.fit(covariate_series(120, 2), experiment=tiny(evaluate={"season": 7}), target_columns=["y0", "y1"],
+                          future_covariates=["promo"], calendar=["day_of_week"], lookback=14, horizon=7, test=21,
+                          evaluate=False)
+
+
+def test_future_covariates_come_from_trailing_rows_or_a_frame(promo_model):
+    df = covariate_series(130, 2)
+    history, ahead = df.iloc[:120], df.iloc[120:127]
+    trailing = pd.concat([history, ahead.assign(y0=np.nan, y1=np.nan)])
+    a = promo_model.predict(df=trailing)
+    b = promo_model.predict(df=history, future=ahead[["date", "promo"]])
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.index) == list(ahead["date"])
+    c = promo_model.predict(df=history, future=ahead[["date", "promo"]].assign(promo=1.0))
+    assert not np.allclose(a.to_numpy(), c.to_numpy())  # the covariate is read
+
+
+def test_missing_future_covariates_are_named(promo_model):
+    df = covariate_series(130, 2)
+    with pytest.raises(ValueError, match=r"future: expected the future covariates \['promo'\] for the 7 steps"):
+        promo_model.predict(df=df.iloc[:120], future=df.iloc[120:124][["date", "promo"]])
+    with pytest.raises(ValueError, match=r"trained with future covariate columns \['promo'\]; missing \['promo'\]"):
+        promo_model.predict(df=df.iloc[:120].drop(columns=["promo"]))
+
+
+def test_past_covariates_are_used_up_to_the_origin_only():
+    df = covariate_series(120, 1).rename(columns={"promo": "lagged"})
+    df["lagged"] = df["y0"].shift(1).bfill()
+    fc = Forecaster.fit(df, experiment=tiny(evaluate={"season": 7}), target_columns="y0", past_covariates=["lagged"],
+                        lookback=14, horizon=7, test=21, evaluate=False)
+    assert fc.model.config.input_size == 2 and fc.net.layout == "last"
+    assert fc.predict().shape == (7, 1)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_save_load_round_trip_keeps_scaler_and_columns(gaussian_model, tmp_path):
+    path = gaussian_model.save(tmp_path / "fc")
+    assert {"scaler.json", "columns.json", "config.json", "model.safetensors"} <= {p.name for p in path.iterdir()}
+    loaded = Forecaster.load(path)
+    assert loaded.columns == gaussian_model.columns
+    df = monthly()
+    pd.testing.assert_frame_equal(loaded.predict(df=df), gaussian_model.predict())
+    with pytest.raises(ValueError, match="loaded from a checkpoint and holds no series"):
+        loaded.predict()
+
+
+def test_checkpoint_refuses_covariates_it_was_not_trained_with(point_model, tmp_path):
+    loaded = Forecaster.load(point_model.save(tmp_path / "fc"))
+    df = monthly().assign(promo=0.0)
+    with pytest.raises(ValueError, match=r"columns \['promo'\] were not used in training.*will not forecast with "
+                                         r"covariates it was not trained with"):
+        loaded.predict(df=df)
+    with pytest.raises(ValueError, match=r"trained without future covariates.*got \['promo'\]"):
+        loaded.predict(df=monthly(), future=pd.DataFrame({"date": pd.date_range("2018-01-01", periods=6, freq="MS"),
+                                                           "promo": 1.0}))
+    out = loaded.predict(df=df, extra_columns="ignore")
+    pd.testing.assert_frame_equal(out, loaded.predict(df=monthly()))
+
+
+def test_fit_with_out_dir_writes_checkpoints_and_results(tmp_path):
+    experiment = tiny(evaluate={"statistical": "holt_winters", "hw_seasonal": "add", "horizons": [1, 6]})
+    fc = Forecaster.fit(monthly(), tmp_path / "run", experiment=experiment, target_columns="y", lookback=12,
+                        horizon=6, test=24)
+    assert (tmp_path / "run" / "best" / "scaler.json").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
+    assert set(fc.backtests) == {1, 6}
+    for key in ("h1_model_RMSE", "h6_model_MASE", "h6_naive_MASE", "h6_seasonal_naive_12_MASE", "h6_holt_winters_MASE"):
+        assert np.isfinite(fc.results[key]), key
+    table = format_tables(list(fc.backtests.values()))
+    assert "holt_winters" in table and "backtest horizon 6: 19 origins 2016-01-01 .. 2017-07-01" in table
+    assert json.loads((tmp_path / "run" / "backtest.json").read_text())["6"]["origins"] == 19
+    reloaded = Forecaster.load(tmp_path / "run" / "best")
+    pd.testing.assert_frame_equal(reloaded.predict(df=monthly()), fc.predict())
+
+
+# ------------------------------------------------------------------------------ entry points
+def test_forecast_to_files_writes_csv_and_png(gaussian_model, tmp_path):
+    checkpoint = gaussian_model.save(tmp_path / "fc")
+    csv_in = tmp_path / "series.csv"
+    monthly().to_csv(csv_in, index=False)
+    out = forecast_to_files(checkpoint, csv_in, horizon=4, out_prefix=tmp_path / "out" / "fcst")
+    frame = pd.read_csv(out["csv"], index_col="date", parse_dates=True)
+    assert list(frame.columns) == ["y", "y_lower", "y_upper"] and len(frame) == 4
+    assert out["png"][0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_backtest_to_files_writes_metrics_and_rows(point_model, tmp_path):
+    checkpoint = point_model.save(tmp_path / "fc")
+    result = backtest_to_files(checkpoint, monthly(), horizon=3, test=12, out_prefix=tmp_path / "bt")
+    assert result.start == 84 and len(result.origin_dates) == 10
+    summary = json.loads((tmp_path / "bt.json").read_text())
+    assert set(summary["metrics"]) == {"model", "naive", "seasonal_naive_12"}
+    rows = pd.read_csv(tmp_path / "bt.csv")
+    assert len(rows) == 10 * 3 and {"origin", "step", "actual", "forecast"} <= set(rows.columns)
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_series_shorter_than_lookback_plus_horizon():
+    with pytest.raises(ValueError, match=r"series of 20 steps is shorter than lookback \+ horizon = 12 \+ 12 = 24"):
+        Forecaster.fit(monthly(20), experiment=tiny(), target_columns="y", lookback=12, horizon=12, test=0)
+    with pytest.raises(ValueError, match=r"training part \(20 of 40 steps.*shorter than lookback \+ horizon = 24"):
+        Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", lookback=12, horizon=12, test=20)
+
+
+def test_history_shorter_than_lookback_at_predict(point_model):
+    with pytest.raises(ValueError, match="shorter than the lookback 12"):
+        point_model.predict(df=monthly().iloc[:8])
+
+
+def test_non_numeric_target_names_column_and_row():
+    df = monthly(40).astype({"y": object})
+    df.loc[7, "y"] = "n/a"
+    with pytest.raises(ValueError, match=r"target_columns 'y': expected numbers, got 'n/a' at row 7"):
+        Forecaster.fit(df, experiment=tiny(), target_columns="y", lookback=6, horizon=3, test=6)
+
+
+def test_missing_date_column_and_unknown_column(tmp_path):
+    with pytest.raises(ValueError, match=r"date_column: 'Month' is not a column; available: \['date', 'y'\]"):
+        Forecaster.fit(monthly(40), experiment=tiny(), date_column="Month", target_columns="y", lookback=6, horizon=3)
+    with pytest.raises(ValueError, match=r"future_covariates: 'price' is not a column"):
+        Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", future_covariates="price", lookback=6,
+                       horizon=3)
+    with pytest.raises(TypeError, match=r"fit: unknown data option 'lookbak'"):
+        Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", lookbak=6)
+    with pytest.raises(ValueError, match="data.target_columns: expected at least one column"):
+        Forecaster.fit(monthly(40), experiment=tiny())
+
+
+def test_log_transform_needs_positive_values():
+    df = monthly(40)
+    df.loc[5, "y"] = 0.0
+    with pytest.raises(ValueError, match=r"transform='log': expected target values > 0, got 0 in column 'y' at row 5"):
+        Forecaster.fit(df, experiment=tiny(), target_columns="y", transform="log", lookback=6, horizon=3, test=6)
+
+
+def test_all_nan_windows_are_reported():
+    df = monthly(60)
+    df.loc[:40, "y"] = np.nan
+    with pytest.raises(ValueError, match=r"every train window has an all-NaN input or target"):
+        Forecaster.fit(df, experiment=tiny(), target_columns="y", missing="mask", lookback=6, horizon=3, test=18)
+
+
+def test_masked_missing_values_train_and_an_empty_lookback_is_refused():
+    df = monthly(80)
+    df.loc[[10, 11, 30, 50], "y"] = np.nan
+    fc = Forecaster.fit(df, experiment=tiny(), target_columns="y", missing="mask", lookback=6, horizon=3, test=12,
+                        evaluate=False)
+    assert np.isfinite(fc.predict().to_numpy()).all()
+    gap = monthly(80)
+    gap.loc[60:67, "y"] = np.nan  # origin 66 has nothing but NaN in its lookback 60..65
+    with pytest.raises(ValueError, match=r"the 6 lookback steps up to 2015-06-01 have no target value"):
+        fc.backtest(horizon=3, df=gap, start=62, baselines=False)
+
+
+def test_horizon_and_level_errors(point_model, gaussian_model):
+    with pytest.raises(ValueError, match=r"horizon: a direct model forecasts at most the 6 steps"):
+        point_model.predict(7)
+    with pytest.raises(ValueError, match=r"level: a point forecaster has no intervals"):
+        point_model.predict(level=0.9)
+    with pytest.raises(ValueError, match=r"level: expected a probability in \(0, 1\), got 1.5"):
+        gaussian_model.predict(level=1.5)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="output: 'quantile' needs strategy='direct'"):
+        tiny(forecast={"strategy": "recursive", "output": "quantile"})
+    with pytest.raises(ValueError, match="quantiles: expected at least 3 increasing levels"):
+        tiny(forecast={"output": "quantile", "quantiles": [0.1, 0.9]})
+    with pytest.raises(ValueError, match="data.lookbak: unknown key"):
+        ForecastExperiment.from_dict({"data": {"lookbak": 3}})
+
+
+@pytest.mark.parametrize("name", ["airline.toml", "sunspots.toml"])
+def test_shipped_configs_load(name):
+    experiment = load_toml(REPO / "configs" / name, ForecastExperiment)
+    assert experiment.task == "forecaster" and experiment.data.target_columns
+
+
+@pytest.mark.skipif(not (DATA_DIR / "timeseries" / "airline-passengers.csv").is_file(), reason="no shared data")
+def test_reads_a_registered_data_set():
+    experiment = load_toml(REPO / "configs" / "airline.toml", ForecastExperiment)
+    experiment = experiment.model_copy(update={
+        "data": experiment.data.model_copy(update={"data_dir": str(DATA_DIR)}),
+        "train": experiment.train.model_copy(update={"epochs": 1}),
+        "model": experiment.model.model_copy(update={"hidden_size": 4})})
+    fc = Forecaster.fit(experiment, evaluate=False)
+    assert len(fc.data) == 144 and fc.predict().index[0] == pd.Timestamp("1961-01-01")
