@@ -62,3 +62,5 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
               mask: Tensor | None, training: bool, backend: str = "auto") -> tuple[Tensor, list[State]]:
     """Run one recurrent layer through the selected backend (see module docstring for shapes)."""
     return select_backend(spec, x, training, backend).run_layer(spec, x, weights, states, mask)
+
+from . import fused  # noqa: E402,F401  registers the "fused" CPU backend, preferred by "auto"
