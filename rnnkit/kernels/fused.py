@@ -1,0 +1,461 @@
+"""The fused CPU backend: every cell, forward and backward, float32 and float64.
+
+One layer (both directions) is one ``torch.autograd.Function``:
+
+forward, per direction
+    gates = x W_ih^T + b          one GEMM for all T·B rows (biases folded where the cell allows)
+    time loop                     per step the recurrent mat-mul and one fused elementwise pass that
+                                  leaves the activated gates in ``gates`` (``fused_loops``)
+backward, per direction
+    time loop                     per step the elementwise backward and dh_{t-1} = dG_t W_hh
+    dW_ih = dG^T x,  dx = dG W_ih,  dW_hh = dG^T h_prev   one GEMM each over the whole sequence
+
+Saved for backward: the input, the layer output (it is the state sequence), the activated gates and
+per cell what the elementwise backward needs (LSTM c_t; GRU W_hn h + b_hn); with ``lengths`` also
+the state sequence (the output is zero-padded). Both directions write into one output buffer.
+
+Dispatch (per call; constants below, measured on 2 Zen 5 cores):
+
+- ``supports()``: CPU float32/float64, all four modes (LSTM projection included), non-empty input,
+  not tracing/scripting/ONNX export; anything else runs the reference kernel.
+- LSTM inference (no grad), float32, no projection, no ``lengths``, batch >= ``ONEDNN_LSTM_MIN_BATCH``:
+  oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what torch.nn.LSTM runs) — on par with
+  torch.nn by construction; our own loop wins only at small batch.
+- Time loop: float32 with per-step work B·G·H·P >= ``STEP_GEMM_MIN_MACS`` (and not GRU
+  reset_after=False or LSTM projection, which have two mat-muls per step): a Python loop whose
+  recurrent GEMM is oneDNN with the weight prepacked once per call, plus one compiled elementwise
+  call per step. Otherwise the whole loop runs compiled in numba with BLAS (batch 1: a plain loop),
+  no Python per step.
+- float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..cells import CellSpec, State
+from . import Backend, register_backend
+from .base import DirectionWeights
+
+_MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
+_DTYPES = (torch.float32, torch.float64)
+_PER_DIR = 7  # flattened per direction: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0
+
+STEP_GEMM_MIN_MACS = 1 << 20
+"""Per-step multiply-adds B·G·H·P from which the Python loop with oneDNN's GEMM beats the compiled
+loop with BLAS (float32)."""
+ONEDNN_LSTM_MIN_BATCH = 2
+"""Batch from which LSTM inference goes to oneDNN's fused LSTM layer."""
+
+calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0}
+"""How often each path ran (layer calls and backward passes); for tests and diagnostics."""
+
+_loops = None
+_lp = torch.ops.mkldnn._linear_pointwise
+_reorder = torch.ops.mkldnn._reorder_linear_weight
+
+
+def _kernels():
+    """The compiled loops, imported on first use (numba's import and cache load cost ~0.3 s)."""
+    global _loops
+    if _loops is None:
+        from . import fused_loops
+        _loops = fused_loops
+    return _loops
+
+
+# ---------------------------------------------------------------------------- BLAS threads
+_blas = {"set": None, "n": None}
+
+
+def _sync_blas_threads() -> None:
+    """Give the BLAS of the compiled loops (scipy's OpenBLAS) torch's thread count, so that the two
+    never run more threads than torch was told to use."""
+    n = torch.get_num_threads()
+    if _blas["n"] == n:
+        return
+    if _blas["set"] is None:
+        _blas["set"] = False
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "libscipy_openblas" in line}
+            for path in paths:
+                lib = ctypes.CDLL(path)
+                for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                    if hasattr(lib, name):
+                        _blas["set"] = getattr(lib, name)
+                        break
+        except (OSError, ImportError):  # pragma: no cover - not Linux, or another BLAS
+            pass
+    if _blas["set"]:
+        _blas["set"](ctypes.c_int(n))
+    _blas["n"] = n
+
+
+def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
+    """CPU, float32/float64, a known cell, a non-empty 3-D input, not being traced or exported."""
+    if x.device.type != "cpu" or x.dtype not in _DTYPES or spec.mode not in _MODES:
+        return False
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _np(t: Tensor):
+    return t.detach().numpy()
+
+
+def _c(t: Tensor) -> Tensor:
+    return t.detach().contiguous()
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _folded_bias(spec: CellSpec, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor | None:
+    """The bias added to the input projection: b_ih + b_hh, except GRU's b_hn (reset_after=True),
+    which stays inside r·(W_hn h + b_hn)."""
+    if spec.mode == "GRU" and spec.reset_after and b_hh is not None:
+        b_hh = torch.cat([b_hh[: 2 * spec.hidden_size], b_hh.new_zeros(spec.hidden_size)])
+    return _add(b_ih, b_hh)
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """x w^T + b into a fresh contiguous tensor: oneDNN for float32 (faster than MKL's sgemm here)."""
+    if x.dtype == torch.float32:
+        return _lp(x, w, b, "none", [], "")
+    return torch.addmm(b, x, w.t()) if b is not None else x.mm(w.t())
+
+
+def _grad_recurrent(dg: Tensor, hseq: Tensor, h0: Tensor, reverse: bool) -> Tensor:
+    """Σ_t dg_t^T h_{t-1} as two GEMMs: dg <f>[T, B, N]; hseq <f>[T, B, M] with hseq[t] the state
+    after step t (any strides with a unit last one); h0 <f>[B, M] the state before the first step."""
+    T, _, n = dg.shape
+    m = hseq.shape[2]
+    first, rest, prev = (dg[T - 1], dg[: T - 1], hseq[1:]) if reverse else (dg[0], dg[1:], hseq[: T - 1])
+    gw = first.t().mm(h0)
+    if T > 1:
+        gw.addmm_(rest.reshape(-1, n).t(), prev.reshape(-1, m))
+    return gw
+
+
+def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
+    """Whether to drive the time loop from Python with oneDNN's GEMM (see module docstring)."""
+    if x.dtype != torch.float32 or w_hr is not None or (spec.mode == "GRU" and not spec.reset_after):
+        return False
+    B = x.shape[1]
+    H, P = spec.hidden_size, spec.output_size
+    return B * spec.gates * H * P >= STEP_GEMM_MIN_MACS
+
+
+# ----------------------------------------------------------------------------------- forward
+def _forward(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, train: bool):
+    """Run the layer. Returns output <f>[T, B, D*P], final states (flat), per direction what
+    backward needs (a dict of tensors), and the (contiguous, detached) input."""
+    K = _kernels()
+    _sync_blas_threads()
+    T, B, I = x.shape
+    H, P, G = spec.hidden_size, spec.output_size, spec.gates
+    D = len(flat) // _PER_DIR
+    x = _c(x)
+    x2 = x.view(T * B, I)
+    out = x.new_empty(T, B, D * P)
+    out_np = _np(out)
+    has_mask = mask is not None
+    mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _np(torch.zeros(1, 1, dtype=torch.bool))
+    dummy3 = _np(x.new_empty(1, 1, 1))
+    finals: list[Tensor] = []
+    saved: list[dict] = []
+    for d in range(D):
+        w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = flat[d * _PER_DIR:(d + 1) * _PER_DIR]
+        reverse, off = d == 1, d * P
+        w_hh = _c(w_hh)
+        if (spec.mode == "LSTM" and not train and w_hr is None and not has_mask and x.dtype == torch.float32
+                and B >= ONEDNN_LSTM_MIN_BATCH):
+            finals += _onednn_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, out, off, D)
+            saved.append({})
+            continue
+        bias = _folded_bias(spec, b_ih, b_hh)
+        gates = _linear(x2, _c(w_ih), bias.detach() if bias is not None else None).view(T, B, G * H)
+        h0 = _c(h0)
+        h = h0.clone()  # becomes the final state
+        hs = x.new_empty(T, B, P) if (train and has_mask) else None
+        hs_np = _np(hs) if hs is not None else dummy3
+        keep: dict[str, Tensor] = {"gates": gates, "h0": h0, "hs": hs} if train else {}
+        stepwise = _step_loop(spec, x, w_hr)
+        calls["step_loop" if stepwise else "compiled_loop"] += 1
+        if stepwise:
+            pw = _reorder(w_hh, B)
+            gates_np, h_np = _np(gates), _np(h)
+        if spec.mode == "LSTM":
+            c0 = _c(c0)
+            c = c0.clone()
+            cs = x.new_empty(T, B, H) if train else None
+            cs_np = _np(cs) if train else dummy3
+            if stepwise:
+                c_np = _np(c)
+                for s in range(T):
+                    t = T - 1 - s if reverse else s
+                    gh = _lp(h, pw, None, "none", [], "")
+                    K.lstm_forward_step(t, gates_np, _np(gh), h_np, c_np, mask_np, has_mask, train, out_np, off,
+                                        hs_np, cs_np)
+            else:
+                w_hr_t = _c(w_hr.t()) if w_hr is not None else x.new_empty(0, 0)
+                K.lstm_forward(_np(gates), _np(_c(w_hh.t())), _np(w_hr_t), _np(h), _np(c), mask_np, has_mask,
+                               reverse, train, out_np, off, hs_np, cs_np)
+            finals += [h, c]
+            if train:
+                keep.update(cs=cs, c0=c0)
+        elif spec.mode == "GRU" and spec.reset_after:
+            b_hn = _c(b_hh[2 * H:]) if b_hh is not None else x.new_zeros(H)
+            ghn = x.new_empty(T, B, H) if train else None
+            ghn_np = _np(ghn) if train else dummy3
+            if stepwise:
+                b_hn_np = _np(b_hn)
+                for s in range(T):
+                    t = T - 1 - s if reverse else s
+                    gh = _lp(h, pw, None, "none", [], "")
+                    K.gru_forward_step(t, gates_np, _np(gh), b_hn_np, h_np, mask_np, has_mask, train, out_np, off,
+                                       hs_np, ghn_np)
+            else:
+                K.gru_forward(_np(gates), _np(_c(w_hh.t())), _np(b_hn), _np(h), mask_np, has_mask, reverse,
+                              train, out_np, off, hs_np, ghn_np)
+            finals.append(h)
+            if train:
+                keep["ghn"] = ghn
+        elif spec.mode == "GRU":
+            K.grux_forward(_np(gates), _np(_c(w_hh[: 2 * H].t())), _np(_c(w_hh[2 * H:].t())), _np(h),
+                           mask_np, has_mask, reverse, train, out_np, off, hs_np)
+            finals.append(h)
+        else:
+            relu = spec.mode == "RNN_RELU"
+            keep_h = train and has_mask
+            if stepwise:
+                for s in range(T):
+                    t = T - 1 - s if reverse else s
+                    gh = _lp(h, pw, None, "none", [], "")
+                    K.rnn_forward_step(t, gates_np, _np(gh), h_np, relu, mask_np, has_mask, keep_h, out_np, off,
+                                       hs_np)
+            else:
+                K.rnn_forward(_np(gates), _np(_c(w_hh.t())), _np(h), relu, mask_np, has_mask, reverse, keep_h,
+                              out_np, off, hs_np)
+            finals.append(h)
+            keep.pop("gates", None)  # the RNN backward needs only the states
+        saved.append(keep)
+    calls["forward"] += 1
+    return out, finals, saved, x
+
+
+def _onednn_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, out, off, D) -> list[Tensor]:
+    """LSTM inference through oneDNN's fused LSTM layer (float32, no projection, no mask)."""
+    H = w_hh.shape[1]
+    zeros = None if (b_ih is not None and b_hh is not None) else x.new_zeros(4 * H)
+    y, hn, cn, _ = torch.ops.aten.mkldnn_rnn_layer(
+        x, _c(w_ih), w_hh, _c(b_ih) if b_ih is not None else zeros, _c(b_hh) if b_hh is not None else zeros,
+        _c(h0), _c(c0), reverse, [], 2, H, 1, True, False, False, False)
+    if D == 1:
+        out.set_(y)  # the layer output is oneDNN's own buffer: no copy
+    else:
+        out[:, :, off:off + H] = y
+    calls["onednn_lstm"] += 1
+    return [hn, cn]
+
+
+# ---------------------------------------------------------------------------------- backward
+def _backward(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, out: Tensor, saved: list[dict],
+              dout: Tensor, dfinals: list, needs: tuple) -> tuple[Tensor | None, list]:
+    """Gradients of the layer: dx and, flattened per direction, those of flat (None where not needed).
+    needs: needs_input_grad of flat, then of x."""
+    K = _kernels()
+    _sync_blas_threads()
+    T, B, I = x.shape
+    H, P, G = spec.hidden_size, spec.output_size, spec.gates
+    D = len(flat) // _PER_DIR
+    x2 = x.view(T * B, I)
+    dout = dout.contiguous()
+    dout_np = _np(dout)
+    has_mask = mask is not None
+    mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _np(torch.zeros(1, 1, dtype=torch.bool))
+    nstate = 2 if spec.mode == "LSTM" else 1
+    dx = None
+    grads: list = []
+    for d in range(D):
+        w_ih, w_hh, b_ih, b_hh, w_hr, _, _ = flat[d * _PER_DIR:(d + 1) * _PER_DIR]
+        need = needs[d * _PER_DIR:(d + 1) * _PER_DIR]
+        keep = saved[d]
+        reverse, off = d == 1, d * P
+        h0 = keep["h0"]
+        w_hh = _c(w_hh)
+        # the state sequence: the output itself, or the separate copy kept with a mask
+        hseq, hoff = (keep["hs"], 0) if has_mask else (out, off)
+        hseq_np = _np(hseq)
+        hprev = hseq[:, :, hoff:hoff + P]
+        dfin = dfinals[d * nstate:(d + 1) * nstate]
+        dh = dfin[0].detach().clone(memory_format=torch.contiguous_format) if dfin[0] is not None else x.new_zeros(B, P)
+        dh_np = _np(dh)
+        dc = None
+        g_w_hr = None
+        stepwise = _step_loop(spec, x, w_hr)
+        if stepwise:
+            pw_t = _reorder(_c(w_hh.t()), B)  # dG_t W_hh = linear(dG_t, W_hh^T)
+        if spec.mode == "LSTM":
+            dc = dfin[1].detach().clone(memory_format=torch.contiguous_format) if dfin[1] is not None \
+                else x.new_zeros(B, H)
+            dg = x.new_empty(T, B, G * H)
+            gates_np, cs_np, c0_np, dc_np, dg_np = (_np(keep["gates"]), _np(keep["cs"]), _np(keep["c0"]),
+                                                   _np(dc), _np(dg))
+            if stepwise:
+                tprev, tmp_np = -1, dh_np
+                for s in range(T):
+                    t = s if reverse else T - 1 - s
+                    K.lstm_backward_step(t, tprev, tmp_np, reverse, gates_np, cs_np, c0_np, dh_np, dc_np, mask_np,
+                                         has_mask, dout_np, off, dg_np)
+                    tmp_np, tprev = _np(_lp(dg[t], pw_t, None, "none", [], "")), t
+                K.lstm_backward_step(-1, tprev, tmp_np, reverse, gates_np, cs_np, c0_np, dh_np, dc_np, mask_np,
+                                     has_mask, dout_np, off, dg_np)
+            else:
+                proj = w_hr is not None
+                dhs = x.new_empty(T, B, P) if proj else None
+                hcs = x.new_empty(T, B, H) if proj else None
+                dummy = _np(x.new_empty(1, 1, 1))
+                K.lstm_backward(gates_np, cs_np, c0_np, _np(w_hh), _np(_c(w_hr)) if proj else _np(x.new_empty(0, 0)),
+                                dh_np, dc_np, mask_np, has_mask, reverse, dout_np, off, dg_np,
+                                _np(dhs) if proj else dummy, _np(hcs) if proj else dummy)
+                if proj and need[4]:
+                    g_w_hr = dhs.view(T * B, P).t().mm(hcs.view(T * B, H))
+            dg_in = dg
+            g_w_hh = _grad_recurrent(dg, hprev, h0, reverse) if need[1] else None
+            g_b_hh = "same"  # = the input-side bias gradient
+        elif spec.mode == "GRU" and spec.reset_after:
+            dg_in = x.new_empty(T, B, G * H)
+            dghn = x.new_empty(T, B, H)
+            args = (_np(keep["gates"]), _np(keep["ghn"]), _np(h0), hseq_np, hoff)
+            if stepwise:
+                dgh = x.new_empty(B, G * H)
+                dgh_np = _np(dgh)
+                tprev, tmp_np = -1, dh_np
+                for s in range(T):
+                    t = s if reverse else T - 1 - s
+                    K.gru_backward_step(t, tprev, tmp_np, reverse, *args, dh_np, mask_np, has_mask, dout_np, off,
+                                        _np(dg_in), _np(dghn), dgh_np)
+                    tmp_np, tprev = _np(_lp(dgh, pw_t, None, "none", [], "")), t
+                K.gru_backward_step(-1, tprev, tmp_np, reverse, *args, dh_np, mask_np, has_mask, dout_np, off,
+                                    _np(dg_in), _np(dghn), dgh_np)
+            else:
+                K.gru_backward(*args, _np(w_hh), dh_np, mask_np, has_mask, reverse, dout_np, off, _np(dg_in),
+                               _np(dghn))
+            g_w_hh = g_b_hh = None
+            if need[1]:
+                g_w_hh = torch.cat([_grad_recurrent(dg_in[:, :, : 2 * H], hprev, h0, reverse),
+                                    _grad_recurrent(dghn, hprev, h0, reverse)])
+            if need[3]:
+                g_b_hh = torch.cat([dg_in[:, :, : 2 * H].sum((0, 1)), dghn.sum((0, 1))])
+        elif spec.mode == "GRU":
+            dg_in = x.new_empty(T, B, G * H)
+            rhs = x.new_empty(T, B, H)
+            K.grux_backward(_np(keep["gates"]), _np(h0), hseq_np, hoff, _np(_c(w_hh[: 2 * H])),
+                            _np(_c(w_hh[2 * H:])), dh_np, mask_np, has_mask, reverse, dout_np, off,
+                            _np(dg_in), _np(rhs))
+            g_w_hh = g_b_hh = None
+            if need[1]:
+                g_w_hh = torch.cat([_grad_recurrent(dg_in[:, :, : 2 * H], hprev, h0, reverse),
+                                    dg_in[:, :, 2 * H:].reshape(T * B, H).t().mm(rhs.view(T * B, H))])
+            g_b_hh = "same"
+        else:
+            dg_in = x.new_empty(T, B, H)
+            relu = spec.mode == "RNN_RELU"
+            if stepwise:
+                dg_np = _np(dg_in)
+                tprev, tmp_np = -1, dh_np
+                for s in range(T):
+                    t = s if reverse else T - 1 - s
+                    K.rnn_backward_step(t, tprev, tmp_np, hseq_np, hoff, dh_np, relu, mask_np, has_mask, dout_np,
+                                        off, dg_np)
+                    tmp_np, tprev = _np(_lp(dg_in[t], pw_t, None, "none", [], "")), t
+                K.rnn_backward_step(-1, tprev, tmp_np, hseq_np, hoff, dh_np, relu, mask_np, has_mask, dout_np,
+                                    off, dg_np)
+            else:
+                K.rnn_backward(hseq_np, hoff, _np(w_hh), dh_np, relu, mask_np, has_mask, reverse, dout_np, off,
+                               _np(dg_in))
+            g_w_hh = _grad_recurrent(dg_in, hprev, h0, reverse) if need[1] else None
+            g_b_hh = "same"
+        dg2 = dg_in.view(T * B, G * H)
+        g_w_ih = dg2.t().mm(x2) if need[0] else None
+        g_b_ih = dg2.sum(0) if (need[2] or (need[3] and g_b_hh == "same")) else None
+        if isinstance(g_b_hh, str):  # the same sum: computed once, a copy for the second parameter
+            g_b_hh = g_b_ih.clone() if need[3] else None
+            g_b_ih = g_b_ih if need[2] else None
+        if needs[-1]:  # dx = dG W_ih, summed over directions
+            part = _linear(dg2, _c(w_ih.t()), None)
+            dx = part if dx is None else dx.add_(part)
+        if b_hh is None:
+            g_b_hh = None
+        grads += [g_w_ih, g_w_hh, g_b_ih, g_b_hh, g_w_hr, dh if need[5] else None,
+                  dc if (need[6] and dc is not None) else None]
+    calls["backward"] += 1
+    return (dx.view(T, B, I) if dx is not None else None), grads
+
+
+class _FusedLayer(torch.autograd.Function):
+    """One layer, all directions: (spec, x, mask, *flat) → (output, *final states)."""
+
+    @staticmethod
+    def forward(ctx, spec, x, mask, *flat):
+        out, finals, saved, x = _forward(spec, x, mask, list(flat), train=True)
+        ctx.spec = spec
+        ctx.layout = [sorted(k for k, v in keep.items() if v is not None) for keep in saved]
+        weights = [t for i, t in enumerate(flat) if i % _PER_DIR < 5]
+        tensors = [x, mask, out, *weights]
+        for keys, keep in zip(ctx.layout, saved):
+            tensors += [keep[k] for k in keys]
+        ctx.save_for_backward(*tensors)
+        if mask is not None:
+            ctx.mark_non_differentiable(mask)
+        return (out, *finals)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, *dfinals):
+        x, mask, out, *rest = ctx.saved_tensors
+        D = len(ctx.layout)
+        weights, rest = rest[: 5 * D], rest[5 * D:]
+        flat, saved = [], []
+        for d, keys in enumerate(ctx.layout):
+            flat += list(weights[5 * d: 5 * d + 5]) + [None, None]
+            keep = dict(zip(keys, rest[: len(keys)]))
+            keep.setdefault("hs", None)
+            rest = rest[len(keys):]
+            saved.append(keep)
+        needs = tuple(ctx.needs_input_grad[3:]) + (ctx.needs_input_grad[1],)
+        dx, grads = _backward(ctx.spec, x, mask, flat, out, saved, dout, list(dfinals), needs)
+        return (None, dx, None, *grads)
+
+
+def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
+              mask: Tensor | None) -> tuple[Tensor, list[State]]:
+    """The backend entry point (see ``rnnkit.kernels``): output <f>[T, B, D*P], final states."""
+    flat: list = []
+    for w, s in zip(weights, states):
+        flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, s[0], s[1] if len(s) > 1 else None]
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
+    if need_grad:
+        out, *finals = _FusedLayer.apply(spec, x, mask, *flat)
+    else:
+        with torch.no_grad():
+            out, finals, _, _ = _forward(spec, x, mask, flat, train=False)
+    n = 2 if spec.mode == "LSTM" else 1
+    return out, [tuple(finals[d * n:(d + 1) * n]) for d in range(len(weights))]
+
+
+register_backend(Backend("fused", run_layer, supports))

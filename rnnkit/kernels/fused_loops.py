@@ -1,0 +1,693 @@
+"""Compiled time loops of the fused CPU backend: forward and backward of each cell over a sequence.
+
+Each cell has an elementwise step (``_<cell>_fwd_ew`` / ``_<cell>_bwd_ew``: one fused pass over the
+batch at step t) and two drivers that share it:
+
+- ``<cell>_forward`` / ``<cell>_backward`` run the whole time loop inside numba, with the recurrent
+  mat-mul through BLAS (``dot``) — no Python per step; best when the per-step work is small;
+- ``<cell>_forward_step`` / ``<cell>_backward_step`` do one step's elementwise work, for a Python
+  loop in ``fused.py`` whose recurrent mat-mul is oneDNN with prepacked weights — best for large
+  shapes, where oneDNN's GEMM beats BLAS by more than the ~10 µs of Python per step.
+
+The input projection (for all steps at once) and the weight gradients (one GEMM over all steps) are
+done outside, in torch. Conventions (``G`` gates, ``H`` hidden, ``P`` output size, ``W`` output width)::
+
+    gates  <f>[T, B, G*H]  in: x W_ih^T + folded biases; out: the activated gates
+    h, c   <f>[B, P], [B, H]  the state: in the initial state, out the final one (updated in place)
+    out    <f>[T, B, W]    the layer output; this direction writes columns off:off+P (0 past a length)
+    hs     <f>[T, B, P]    the state sequence, written when keep_h (training with a mask; without a
+                           mask the output is the state sequence)
+    mask   <bool>[T, B]    True on valid steps (has_mask=False: ignored, may be a dummy)
+    reverse                the direction runs t = T-1 .. 0; backward visits steps in the opposite order
+    dh, dc                 backward carries: in ∂L/∂(final state), out ∂L/∂(initial state)
+
+Writing the elementwise loops so that LLVM vectorises them (measured: 5-12x slower otherwise):
+every inner loop is ``for j in range(n)`` from 0 (a loop starting at H is not vectorised), and no
+loop reads one array at an offset while writing it at another (the gate write-back is a separate
+in-place pass; the alias checks otherwise defeat the vectoriser). Small per-row scratch buffers
+split the work into several such passes over L1-resident rows.
+
+The ``dot`` helper is BLAS gemm (scipy's, through numba's helper) except at batch 1, where a plain
+vectorised loop avoids the call overhead. float32 uses a vectorisable rational tanh (abs. error
+< 3e-7, well inside float32 training noise); float64 uses libm, to match the reference to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload, register_jitable
+
+_FM = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: NaNs and infinities propagate
+_JIT = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy", boundscheck=False)
+
+# ------------------------------------------------------------------------------------ activations
+# tanh(x) ≈ x·p(x²)/q(x²) on [-7.9053, 7.9053] (outside, float32 tanh is ±1): a minimax rational
+# approximation, max abs. error 2.6e-7 in float32 — branch-free, so the gate loops vectorise.
+_A1, _A3, _A5, _A7 = (np.float32(v) for v in (4.89352455891786e-03, 6.37261928875436e-04,
+                                              1.48572235717979e-05, 5.12229709037114e-08))
+_A9, _A11, _A13 = (np.float32(v) for v in (-8.60467152213735e-11, 2.00018790482477e-13,
+                                           -2.76076847742355e-16))
+_B0, _B2, _B4, _B6 = (np.float32(v) for v in (4.89352518554385e-03, 2.26843463243900e-03,
+                                              1.18534705686654e-04, 1.19825839466702e-06))
+_CLAMP = np.float32(7.90531110763549805)
+_NCLAMP = np.float32(-7.90531110763549805)
+_HALF32 = np.float32(0.5)
+
+
+@register_jitable
+def _tanh32(x):
+    x = _CLAMP if x > _CLAMP else x
+    x = _NCLAMP if x < _NCLAMP else x
+    x2 = x * x
+    p = x2 * _A13 + _A11
+    p = x2 * p + _A9
+    p = x2 * p + _A7
+    p = x2 * p + _A5
+    p = x2 * p + _A3
+    p = x2 * p + _A1
+    q = x2 * _B6 + _B4
+    q = x2 * q + _B2
+    q = x2 * q + _B0
+    return x * p / q
+
+
+def tanh_(x):
+    """tanh for the loops (fast rational form in float32, libm in float64)."""
+    return np.tanh(x)
+
+
+def sigmoid_(x):
+    """The logistic function for the loops (via tanh in float32, via exp in float64)."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@overload(tanh_)
+def _ol_tanh(x):
+    if x == types.float32:
+        return lambda x: _tanh32(x)
+    return lambda x: np.tanh(x)
+
+
+@overload(sigmoid_)
+def _ol_sigmoid(x):
+    if x == types.float32:
+        return lambda x: _HALF32 * _tanh32(_HALF32 * x) + _HALF32
+    return lambda x: 1.0 / (1.0 + np.exp(-x))
+
+
+def one_(a):
+    """1 in the dtype of array ``a`` (a float64 literal would promote float32 arithmetic)."""
+    return a.dtype.type(1)
+
+
+@overload(one_)
+def _ol_one(a):
+    if a.dtype == types.float32:
+        return lambda a: np.float32(1.0)
+    return lambda a: np.float64(1.0)
+
+
+# ------------------------------------------------------------------------------- row helpers
+# Explicit loops instead of slice assignment: numba compiles its broadcasting setitem slowly (~5 s
+# on a cold cache), and these keep the first call, compilation included, short.
+@register_jitable
+def _zero(dst):
+    for j in range(dst.shape[0]):
+        dst[j] = 0
+
+
+@register_jitable
+def _set(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@register_jitable
+def _acc(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]
+
+
+@register_jitable
+def _set2(dst, src):
+    for i in range(dst.shape[0]):
+        _set(dst[i], src[i])
+
+
+# ------------------------------------------------------------------------------------- mat-mul
+# BLAS gemm through numba's own helper (which calls scipy's BLAS): far less code to compile than
+# np.dot's layout-generic implementation, and it can accumulate (beta = 1).
+_vp = types.voidptr
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp,
+    _vp, _vp, types.intp, _vp, types.intp, _vp, _vp, types.intp))
+_N = np.int8(ord("n"))
+_SMALL_BATCH = 1  # at most this many rows: a plain loop beats the BLAS call (measured B=1..8)
+
+
+def kind_(a):
+    """BLAS type letter of array ``a``."""
+    return np.int8(ord("s" if a.dtype == np.float32 else "d"))
+
+
+@overload(kind_)
+def _ol_kind(a):
+    if a.dtype == types.float32:
+        return lambda a: np.int8(115)
+    return lambda a: np.int8(100)
+
+
+@register_jitable
+def consts(a):
+    """[1, 0, 1] in the dtype of ``a``: alpha, beta=0 and beta=1 for ``dot``."""
+    c = np.empty(3, a.dtype)
+    c[0] = 1
+    c[1] = 0
+    c[2] = 1
+    return c
+
+
+@register_jitable
+def dot(a, b, out, ab, acc):
+    """out[M, N] (+)= a[M, K] · b[K, N], all C-contiguous; ab = consts(a); acc: add to out."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m <= _SMALL_BATCH:
+        k4 = k - k % 4
+        for i in range(m):
+            o = out[i]
+            if not acc:
+                _zero(o)
+            ai = a[i]
+            for kk in range(0, k4, 4):  # four rows of b per pass over o: 4x less load/store of o
+                a0, a1, a2, a3 = ai[kk], ai[kk + 1], ai[kk + 2], ai[kk + 3]
+                b0, b1, b2, b3 = b[kk], b[kk + 1], b[kk + 2], b[kk + 3]
+                for j in range(n):
+                    o[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
+            for kk in range(k4, k):
+                aik = ai[kk]
+                bk = b[kk]
+                for j in range(n):
+                    o[j] += aik * bk[j]
+    else:
+        _xxgemm(kind_(a), _N, _N, n, m, k, ab.ctypes, b.ctypes, n, a.ctypes, k,
+                ab[2:].ctypes if acc else ab[1:].ctypes, out.ctypes, n)
+
+
+@register_jitable
+def _merge_set(t, dh, tmp, mask, has_mask):
+    """Backward carry after the recurrent mat-mul when it is the whole gradient (RNN, LSTM):
+    dh = tmp on the rows valid at step t; past a length the carry passes through unchanged."""
+    for b in range(dh.shape[0]):
+        if has_mask and not mask[t, b]:
+            continue
+        _set(dh[b], tmp[b])
+
+
+@register_jitable
+def _merge_acc(dh, tmp):
+    """Backward carry when the mat-mul adds to a direct term (GRU); masked rows of tmp are 0."""
+    for b in range(dh.shape[0]):
+        _acc(dh[b], tmp[b])
+
+
+@register_jitable
+def _add_dout(t, dh, dout, doff, mask, has_mask):
+    """dh += ∂L/∂out_t on the valid rows (the output past a length is a constant 0)."""
+    P = dh.shape[1]
+    for b in range(dh.shape[0]):
+        if has_mask and not mask[t, b]:
+            continue
+        _acc(dh[b], dout[t, b, doff:doff + P])
+
+
+@register_jitable
+def _prev(t, T, reverse):
+    """The step before t in the direction's order, and whether t is its first step."""
+    tp = t + 1 if reverse else t - 1
+    return tp, tp < 0 or tp >= T
+
+
+# ------------------------------------------------------------------------------------------ RNN
+@register_jitable
+def _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
+    B, H = h.shape
+    zero = one_(h) - one_(h)
+    for b in range(B):
+        ob = out[t, b, off:off + H]
+        if has_mask and not mask[t, b]:
+            _zero(ob)
+            continue
+        g = gates[t, b]
+        ghb = gh[b]
+        hb = h[b]
+        if relu:
+            for j in range(H):
+                v = g[j] + ghb[j]
+                v = v if v > 0 else zero
+                hb[j] = v
+                ob[j] = v
+        else:
+            for j in range(H):
+                v = tanh_(g[j] + ghb[j])
+                hb[j] = v
+                ob[j] = v
+    if keep_h:
+        _set2(hs[t], h)
+
+
+@njit(**_JIT)
+def rnn_forward(gates, w_hh_t, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+    """Elman RNN over the sequence. w_hh_t <f>[H, H] = W_hh^T (contiguous)."""
+    T = gates.shape[0]
+    ab = consts(gates)
+    gh = np.empty(h.shape, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(h, w_hh_t, gh, ab, False)
+        _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
+
+
+@njit(**_JIT)
+def rnn_forward_step(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
+    """One step of ``rnn_forward`` given gh = h W_hh^T."""
+    _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
+
+
+@register_jitable
+def _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
+    B, H = dh.shape
+    one = one_(dg)
+    zero = one - one
+    for b in range(B):
+        dgb = dg[t, b]
+        if has_mask and not mask[t, b]:
+            _zero(dgb)
+            continue
+        hv = hseq[t, b, hoff:hoff + H]
+        do = dout[t, b, doff:doff + H]
+        dhb = dh[b]
+        if relu:
+            for j in range(H):
+                dgb[j] = (dhb[j] + do[j]) if hv[j] > 0 else zero
+        else:
+            for j in range(H):
+                dgb[j] = (dhb[j] + do[j]) * (one - hv[j] * hv[j])
+
+
+@njit(**_JIT)
+def rnn_backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+    """Backward of ``rnn_forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
+    hoff:hoff+H] is the state after step t."""
+    T = dg.shape[0]
+    ab = consts(dg)
+    tmp = np.empty(dh.shape, dh.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
+        dot(dg[t], w_hh, tmp, ab, False)
+        _merge_set(t, dh, tmp, mask, has_mask)
+
+
+@njit(**_JIT)
+def rnn_backward_step(t, tprev, tmp, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
+    """Finish step tprev (tmp = dg[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
+    if tprev >= 0:
+        _merge_set(tprev, dh, tmp, mask, has_mask)
+    if t >= 0:
+        _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
+
+
+# ----------------------------------------------------------------------------------------- LSTM
+@register_jitable
+def _lstm_fwd_ew(t, gates, gh, hdst, c, mask, has_mask, train, write_out, out, off, cs):
+    """Gates, c_t and o·tanh(c_t) into hdst (h, or the pre-projection buffer); the output too when
+    write_out (no projection)."""
+    B, H = c.shape
+    for b in range(B):
+        if has_mask and not mask[t, b]:
+            if write_out:
+                _zero(out[t, b, off:off + H])
+            if train:
+                _set(cs[t, b], c[b])
+            continue
+        g = gates[t, b]
+        ghb = gh[b]
+        cb = c[b]
+        hb = hdst[b]
+        for j in range(2 * H):
+            g[j] = sigmoid_(g[j] + ghb[j])
+        for j in range(H):
+            g[2 * H + j] = tanh_(g[2 * H + j] + ghb[2 * H + j])
+        for j in range(H):
+            g[3 * H + j] = sigmoid_(g[3 * H + j] + ghb[3 * H + j])
+        for j in range(H):
+            cv = g[H + j] * cb[j] + g[j] * g[2 * H + j]
+            cb[j] = cv
+            hb[j] = g[3 * H + j] * tanh_(cv)
+        if write_out:
+            _set(out[t, b, off:off + H], hb)
+        if train:
+            _set(cs[t, b], cb)
+
+
+@njit(**_JIT)
+def lstm_forward(gates, w_hh_t, w_hr_t, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
+    """LSTM, gate order i, f, g, o. w_hh_t <f>[P, 4H] = W_hh^T; w_hr_t <f>[H, P] = W_hr^T or shape
+    (0, 0) without projection. train: keep activated gates in ``gates``, c_t in cs <f>[T, B, H] and,
+    with a mask, h_t in hs."""
+    T, B, G = gates.shape
+    H = G // 4
+    P = h.shape[1]
+    proj = w_hr_t.shape[0] > 0
+    ab = consts(gates)
+    gh = np.empty((B, G), gates.dtype)
+    hc = np.empty((B, H if proj else 0), gates.dtype)
+    hp = np.empty((B, P if proj else 0), gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(h, w_hh_t, gh, ab, False)
+        _lstm_fwd_ew(t, gates, gh, hc if proj else h, c, mask, has_mask, train, not proj, out, off, cs)
+        if proj:
+            dot(hc, w_hr_t, hp, ab, False)
+            for b in range(B):
+                ob = out[t, b, off:off + P]
+                if has_mask and not mask[t, b]:
+                    _zero(ob)
+                    continue
+                _set(h[b], hp[b])
+                _set(ob, hp[b])
+        if train and has_mask:
+            _set2(hs[t], h)
+
+
+@njit(**_JIT)
+def lstm_forward_step(t, gates, gh, h, c, mask, has_mask, train, out, off, hs, cs):
+    """One step of ``lstm_forward`` (no projection) given gh = h W_hh^T."""
+    _lstm_fwd_ew(t, gates, gh, h, c, mask, has_mask, train, True, out, off, cs)
+    if train and has_mask:
+        _set2(hs[t], h)
+
+
+@register_jitable
+def _lstm_bwd_ew(t, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj, hcs):
+    """dg[t] from ∂L/∂(o·tanh c_t) = dsrc (dh, or dh W_hr with a projection) and the c carry."""
+    B, H = dc.shape
+    one = one_(dg)
+    tc = np.empty(H, dg.dtype)
+    dcv = np.empty(H, dg.dtype)
+    for b in range(B):
+        dgb = dg[t, b]
+        if has_mask and not mask[t, b]:
+            _zero(dgb)
+            if proj:
+                _zero(hcs[t, b])
+            continue
+        g = gates[t, b]
+        cv = cs[t, b]
+        cp = c0[b] if first else cs[tp, b]
+        src = dsrc[b]
+        dcb = dc[b]
+        for j in range(H):
+            tc[j] = tanh_(cv[j])
+        for j in range(H):
+            dcv[j] = dcb[j] + src[j] * g[3 * H + j] * (one - tc[j] * tc[j])
+        for j in range(H):
+            dcb[j] = dcv[j] * g[H + j]
+        for j in range(H):
+            ig = g[j]
+            gg = g[2 * H + j]
+            dgb[j] = dcv[j] * gg * ig * (one - ig)
+            dgb[2 * H + j] = dcv[j] * ig * (one - gg * gg)
+        for j in range(H):
+            fg = g[H + j]
+            dgb[H + j] = dcv[j] * cp[j] * fg * (one - fg)
+        for j in range(H):
+            og = g[3 * H + j]
+            dgb[3 * H + j] = src[j] * tc[j] * og * (one - og)
+        if proj:
+            hb = hcs[t, b]
+            for j in range(H):
+                hb[j] = g[3 * H + j] * tc[j]
+
+
+@njit(**_JIT)
+def lstm_backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs):
+    """Backward of ``lstm_forward``: dg <f>[T, B, 4H] the pre-activation gate gradients; with a
+    projection (w_hr <f>[P, H], else shape (0, 0)) also dhs <f>[T, B, P] (∂L/∂h_t, 0 past a length)
+    and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr."""
+    T, B, G = dg.shape
+    H = G // 4
+    proj = w_hr.shape[0] > 0
+    ab = consts(dg)
+    tmp = np.empty(dh.shape, dg.dtype)
+    dhc = np.empty((B, H if proj else 0), dg.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = _prev(t, T, reverse)
+        _add_dout(t, dh, dout, doff, mask, has_mask)
+        if proj:
+            for b in range(B):
+                if has_mask and not mask[t, b]:
+                    _zero(dhs[t, b])
+                else:
+                    _set(dhs[t, b], dh[b])
+            dot(dh, w_hr, dhc, ab, False)
+        _lstm_bwd_ew(t, first, tp, gates, cs, c0, dhc if proj else dh, dc, mask, has_mask, dg, proj, hcs)
+        dot(dg[t], w_hh, tmp, ab, False)
+        _merge_set(t, dh, tmp, mask, has_mask)
+
+
+@njit(**_JIT)
+def lstm_backward_step(t, tprev, tmp, reverse, gates, cs, c0, dh, dc, mask, has_mask, dout, doff, dg):
+    """Finish step tprev (tmp = dg[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0
+    (no projection)."""
+    if tprev >= 0:
+        _merge_set(tprev, dh, tmp, mask, has_mask)
+    if t >= 0:
+        tp, first = _prev(t, gates.shape[0], reverse)
+        _add_dout(t, dh, dout, doff, mask, has_mask)
+        _lstm_bwd_ew(t, first, tp, gates, cs, c0, dh, dc, mask, has_mask, dg, False, dg)
+
+
+# ------------------------------------------------------------------------------------------ GRU
+@register_jitable
+def _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
+    B, H = h.shape
+    nb = np.empty(H, h.dtype)
+    for b in range(B):
+        ob = out[t, b, off:off + H]
+        if has_mask and not mask[t, b]:
+            _zero(ob)
+            continue
+        g = gates[t, b]
+        ghb = gh[b]
+        hb = h[b]
+        for j in range(2 * H):
+            g[j] = sigmoid_(g[j] + ghb[j])
+        for j in range(H):
+            ghb[2 * H + j] = ghb[2 * H + j] + b_hn[j]
+        for j in range(H):
+            nb[j] = tanh_(g[2 * H + j] + g[j] * ghb[2 * H + j])
+        for j in range(H):
+            hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+        for j in range(H):
+            g[2 * H + j] = nb[j]
+        _set(ob, hb)
+        if train:
+            _set(ghn[t, b], ghb[2 * H:])
+
+
+@njit(**_JIT)
+def gru_forward(gates, w_hh_t, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+    """GRU, reset_after=True (torch.nn's), gate order r, z, n. gates hold x W_ih^T + b_ih with
+    b_hh folded into r and z; b_hn <f>[H] stays inside r·(W_hn h + b_hn). w_hh_t <f>[H, 3H].
+    train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask."""
+    T, B, G = gates.shape
+    ab = consts(gates)
+    gh = np.empty((B, G), gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(h, w_hh_t, gh, ab, False)
+        _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
+        if train and has_mask:
+            _set2(hs[t], h)
+
+
+@njit(**_JIT)
+def gru_forward_step(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, hs, ghn):
+    """One step of ``gru_forward`` given gh = h W_hh^T."""
+    _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
+    if train and has_mask:
+        _set2(hs[t], h)
+
+
+@register_jitable
+def _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh):
+    """dgi[t], dghn[t] and the recurrent-side gradient dgh = [dgi_r, dgi_z, dghn] (0 past a length);
+    leaves the direct part dh·z in dh (the mat-mul adds dgh W_hh)."""
+    B, H = dh.shape
+    one = one_(dgi)
+    dhv = np.empty(H, dh.dtype)
+    for b in range(B):
+        dgb = dgi[t, b]
+        dgh_b = dgh[b]
+        if has_mask and not mask[t, b]:
+            _zero(dgb)
+            _zero(dghn[t, b])
+            _zero(dgh_b)
+            continue
+        g = gates[t, b]
+        a = ghn[t, b]
+        hp = h0[b] if first else hseq[tp, b, hoff:hoff + H]
+        do = dout[t, b, doff:doff + H]
+        dhb = dh[b]
+        dnb = dghn[t, b]
+        for j in range(H):
+            dhv[j] = dhb[j] + do[j]
+        for j in range(H):
+            n = g[2 * H + j]
+            dgb[2 * H + j] = dhv[j] * (one - g[H + j]) * (one - n * n)
+        for j in range(H):
+            r = g[j]
+            dgb[j] = dgb[2 * H + j] * a[j] * r * (one - r)
+        for j in range(H):
+            z = g[H + j]
+            dgb[H + j] = dhv[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
+        for j in range(H):
+            dnb[j] = dgb[2 * H + j] * g[j]
+        for j in range(2 * H):
+            dgh_b[j] = dgb[j]
+        for j in range(H):
+            dgh_b[2 * H + j] = dnb[j]
+        for j in range(H):
+            dhb[j] = dhv[j] * g[H + j]
+
+
+@njit(**_JIT)
+def gru_backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn):
+    """Backward of ``gru_forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
+    (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
+    [dgi_r, dgi_z, dghn]."""
+    T, B, G = dgi.shape
+    ab = consts(dgi)
+    dgh = np.empty((B, G), dgi.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = _prev(t, T, reverse)
+        _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
+        dot(dgh, w_hh, dh, ab, True)  # masked rows of dgh are 0: their dh passes through
+
+
+@njit(**_JIT)
+def gru_backward_step(t, tprev, tmp, reverse, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff,
+                      dgi, dghn, dgh):
+    """Add tmp = dgh W_hh of step tprev to dh if tprev >= 0, then step t's elementwise (into dgh)."""
+    if tprev >= 0:
+        _merge_acc(dh, tmp)
+    if t >= 0:
+        tp, first = _prev(t, gates.shape[0], reverse)
+        _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
+
+
+@njit(**_JIT)
+def grux_forward(gates, w_hrz_t, w_hn_t, h, mask, has_mask, reverse, train, out, off, hs):
+    """GRU, reset_after=False (Cho et al.): n = tanh(gi_n + W_hn (r·h) + b_hn), all biases folded into
+    gates. w_hrz_t <f>[H, 2H] = W_h[rz]^T; w_hn_t <f>[H, H] = W_hn^T. train: keep r, z, n in ``gates``
+    and h_t in hs with a mask. (Whole-loop only: its two mat-muls per step make a Python-driven
+    loop twice as costly.)"""
+    T, B, G = gates.shape
+    H = G // 3
+    ab = consts(gates)
+    ghrz = np.empty((B, 2 * H), gates.dtype)
+    rh = np.empty((B, H), gates.dtype)
+    ghn = np.empty((B, H), gates.dtype)
+    nb = np.empty(H, gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(h, w_hrz_t, ghrz, ab, False)
+        for b in range(B):
+            g = gates[t, b]
+            gb = ghrz[b]
+            hb = h[b]
+            rb = rh[b]
+            for j in range(2 * H):
+                g[j] = sigmoid_(g[j] + gb[j])
+            for j in range(H):
+                rb[j] = g[j] * hb[j]
+        dot(rh, w_hn_t, ghn, ab, False)
+        for b in range(B):
+            ob = out[t, b, off:off + H]
+            if has_mask and not mask[t, b]:
+                _zero(ob)
+                continue
+            g = gates[t, b]
+            gn = ghn[b]
+            hb = h[b]
+            for j in range(H):
+                nb[j] = tanh_(g[2 * H + j] + gn[j])
+            for j in range(H):
+                hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+            for j in range(H):
+                g[2 * H + j] = nb[j]
+            _set(ob, hb)
+        if train and has_mask:
+            _set2(hs[t], h)
+
+
+@njit(**_JIT)
+def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs):
+    """Backward of ``grux_forward``: dg <f>[T, B, 3H] the pre-activation gradients (the same on the
+    input and recurrent side); rhs <f>[T, B, H] = r_t·h_{t-1} (0 past a length), for dW_hn."""
+    T, B, G = dg.shape
+    H = G // 3
+    one = one_(dg)
+    ab = consts(dg)
+    dnp_s = np.empty((B, H), dg.dtype)
+    drh = np.empty((B, H), dg.dtype)
+    drz = np.empty((B, 2 * H), dg.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = _prev(t, T, reverse)
+        for b in range(B):
+            if has_mask and not mask[t, b]:
+                _zero(dnp_s[b])
+                _zero(dg[t, b])
+                continue
+            g = gates[t, b]
+            dhb = dh[b]
+            dgb = dg[t, b]
+            dn = dnp_s[b]
+            _acc(dhb, dout[t, b, doff:doff + H])
+            for j in range(H):
+                n = g[2 * H + j]
+                dn[j] = dhb[j] * (one - g[H + j]) * (one - n * n)
+            for j in range(H):
+                dgb[2 * H + j] = dn[j]
+        dot(dnp_s, w_hn, drh, ab, False)
+        for b in range(B):
+            if has_mask and not mask[t, b]:
+                _zero(drz[b])
+                _zero(rhs[t, b])
+                continue
+            g = gates[t, b]
+            hp = h0[b] if first else hseq[tp, b, hoff:hoff + H]
+            dhb = dh[b]
+            dgb = dg[t, b]
+            db = drh[b]
+            dzb = drz[b]
+            rb = rhs[t, b]
+            for j in range(H):
+                r = g[j]
+                dgb[j] = db[j] * hp[j] * r * (one - r)
+            for j in range(H):
+                z = g[H + j]
+                dgb[H + j] = dhb[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
+            for j in range(2 * H):
+                dzb[j] = dgb[j]
+            for j in range(H):
+                rb[j] = g[j] * hp[j]
+            for j in range(H):
+                dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
+        dot(drz, w_hrz, dh, ab, True)  # masked rows of drz are 0: their dh passes through
