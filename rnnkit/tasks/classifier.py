@@ -1,0 +1,373 @@
+"""Text classification (sentiment and the like): one label per text.
+
+Texts are tokenized and mapped through a vocabulary as for the language model; each ends with
+``"<eos>"``. Length-bucketed batches keep padding small and ``lengths=`` keeps it out of the
+recurrent state. The network is a SequenceModel read per sequence::
+
+    ids <int64>[B, T] ─► Embedding (optionally pretrained) ─► (bi)LSTM/GRU/RNN ─► pooling over the
+    valid steps (last / mean / max) ─► Linear ─► sigmoid (2 classes) or softmax (more)
+
+    clf = Classifier.fit(load_experiment("configs/sst2.toml"), "runs/sst2")
+    clf.predict(["a gorgeous , witty film"])        # ["1"]
+    clf.predict_proba(["a gorgeous , witty film"])  # <float64>[1, 2]: P(class) in LabelSet order
+    clf.evaluate("dev.tsv")                         # accuracy, macro and per-class P/R/F1, confusion
+
+Early stopping and the best checkpoint follow the validation accuracy (``train.monitor``). The
+validation set is ``data.valid``, or, when that is "", ``data.valid_fraction`` of the training
+file held out; ``data.test`` is scored once with the best model. After training, ``out_dir`` holds
+``best/``, ``last/``, ``metrics.jsonl``, ``results.json``, ``confusion_matrix.png`` and
+``training_curve.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch.nn import functional as F
+
+from .. import distributed
+from ..config import Config
+from ..data.classification import (BucketBatches, LabelSet, TextDataset, class_weights, encode_texts,
+                                   read_labelled)
+from ..data.datasets import dataset_info, dataset_file
+from ..data.text import Tokenizer, Vocab, WordTokenizer, read_text, tokenizer_from_dict
+from ..layers.embedding import Embedding
+from ..metrics import accuracy, confusion_matrix, precision_recall_f1
+from ..model import ModelConfig, SequenceModel
+from ..train import TrainConfig, Trainer
+from .base import Task
+
+
+class ClassifierDataConfig(Config):
+    """Where the labelled texts come from and how they become batches."""
+
+    dataset: str = Field("", description="a registered data set (e.g. 'sst-2') whose files train/valid/test "
+                                          "may name; '' when they are paths")
+    data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
+    train: str = Field("", description="training data: a .tsv/.csv file with a header row, or a folder with "
+                                       "one sub-folder per class")
+    valid: str = Field("", description="validation data (early stopping, best checkpoint); '' holds out "
+                                       "valid_fraction of the training data")
+    test: str = Field("", description="data scored once with the best model after training; '' for none")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="part of the training data held out for "
+                                                               "validation when valid = ''")
+    text_column: str = Field("sentence", description="column holding the text (tables)")
+    label_column: str = Field("label", description="column holding the label (tables)")
+    delimiter: str = Field("", description="field separator; '' infers it from the suffix (.tsv tab, .csv comma)")
+    lowercase: bool = Field(True, description="lowercase words before building the vocabulary")
+    pattern: str = Field("", description="regex for word tokens (re.findall); '' splits on whitespace")
+    min_freq: int = Field(1, ge=1, description="words seen fewer times in training become <unk>")
+    max_vocab: int = Field(0, ge=0, description="keep only the most frequent words (0: no limit)")
+    max_length: int = Field(0, ge=0, description="keep the first this many tokens of a text (0: all)")
+    batch_size: int = Field(64, ge=1, description="texts per training batch (global, across processes)")
+    eval_batch_size: int = Field(256, ge=1, description="texts per batch when evaluating and predicting")
+    bucket_pool: int = Field(50, ge=1, description="length bucketing: batches per pool sorted by length "
+                                                   "(1 = plain shuffled batches)")
+    class_weights: Literal["none", "balanced"] = Field("none", description="weigh the loss per class: none, "
+                                                       "or balanced (N / (K * count_k)) for imbalanced labels")
+    pretrained_vectors: str = Field("", description="word2vec/GloVe text file for the embedding (sets "
+                                                    "model.embedding_dim); '' trains it from scratch")
+    freeze_embeddings: bool = Field(False, description="keep pretrained vectors fixed")
+    encoding_errors: Literal["strict", "replace"] = Field("strict", description="undecodable bytes: fail "
+                                                          "with the file and byte offset, or replace")
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig(cell="lstm", embedding_dim=128, hidden_size=128, bidirectional=True, pooling="max",
+                       output_per="sequence", padding_idx=0, dropout=0.3)
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=10, optimizer="adam", lr=1e-3, monitor="val_accuracy", monitor_mode="max",
+                       early_stop_patience=3, log_every=200)
+
+
+class ClassifierExperiment(Config):
+    """A text-classification run: `rnnkit train CONFIG` with task = "classifier"."""
+
+    task: Literal["classifier"] = Field("classifier", description="the task this config trains")
+    data: ClassifierDataConfig = Field(default_factory=ClassifierDataConfig, description="texts, labels, batches")
+    model: ModelConfig = Field(default_factory=_default_model, description=(
+        "the network; vocab_size, output_size/activation and output_per are set from the data"))
+    train: TrainConfig = Field(default_factory=_default_train, description="optimiser, early stopping, checkpoints")
+
+
+# ----------------------------------------------------------------------------------- data
+def _resolve(cfg: ClassifierDataConfig, value: str) -> Path:
+    """A data path: a file of ``cfg.dataset`` when it names one, else a path."""
+    if cfg.dataset and value in dataset_info(cfg.dataset).files:
+        return dataset_file(cfg.dataset, value, data_dir=cfg.data_dir or None)
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"data: no such file or folder: {path}")
+    return path
+
+
+def _read(cfg: ClassifierDataConfig, path: Path, require_label: bool = True) -> TextDataset:
+    return read_labelled(path, cfg.text_column, cfg.label_column, cfg.delimiter or None,
+                         errors=cfg.encoding_errors, require_label=require_label)
+
+
+def load_splits(cfg: ClassifierDataConfig, seed: int = 0) -> dict[str, TextDataset]:
+    """train, valid and (when configured) test data sets."""
+    if cfg.dataset:
+        dataset_info(cfg.dataset)  # a clear error for an unknown name
+    if not cfg.train:
+        raise ValueError("data.train: expected a training file or folder, got none")
+    splits = {"train": _read(cfg, _resolve(cfg, cfg.train))}
+    if cfg.valid:
+        splits["valid"] = _read(cfg, _resolve(cfg, cfg.valid))
+    else:
+        splits["train"], splits["valid"] = splits["train"].split(cfg.valid_fraction, seed)
+    if cfg.test:
+        splits["test"] = _read(cfg, _resolve(cfg, cfg.test))
+    return splits
+
+
+# ----------------------------------------------------------------------------------- metrics
+def classification_report(y_true: np.ndarray, probs: np.ndarray, names: list[str]) -> dict:
+    """accuracy, macro precision/recall/F1, per-class figures and the confusion matrix."""
+    k = len(names)
+    pred = probs.argmax(axis=1)
+    precision, recall, f1 = precision_recall_f1(y_true, pred, num_classes=k)
+    macro = precision_recall_f1(y_true, pred, num_classes=k, average="macro")
+    support = np.bincount(y_true, minlength=k)
+    return {"n": int(len(y_true)), "accuracy": accuracy(y_true, pred), "precision_macro": macro[0],
+            "recall_macro": macro[1], "f1_macro": macro[2],
+            "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                 "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(names)},
+            "confusion_matrix": confusion_matrix(y_true, pred, num_classes=k).tolist()}
+
+
+# ----------------------------------------------------------------------------------- task
+class Classifier(Task):
+    """A trained text classifier with its tokenizer, vocabulary and class names."""
+
+    name = "classifier"
+    experiment_cls = ClassifierExperiment
+
+    def __init__(self, model: SequenceModel, tokenizer: Tokenizer, vocab: Vocab, labels: LabelSet,
+                 experiment: ClassifierExperiment) -> None:
+        super().__init__(model, experiment)
+        self.tokenizer, self.vocab, self.labels = tokenizer, vocab, labels
+
+    @property
+    def binary(self) -> bool:
+        """Two classes, one sigmoid output giving P(second class)."""
+        return self.model.config.output_activation == "sigmoid"
+
+    # ---------------------------------------------------------------------------------- fit
+    @classmethod
+    def fit(cls, experiment: ClassifierExperiment, out_dir: str | Path, resume: bool = False) -> Classifier:
+        """Train; checkpoints, metrics, results and plots go to ``out_dir`` (module docstring)."""
+        data, out_dir = experiment.data, Path(out_dir)
+        splits = load_splits(data, experiment.train.seed)
+        tokenizer = WordTokenizer(lowercase=data.lowercase, pattern=data.pattern or None)
+        train = splits["train"]
+        vocab = Vocab.build((tokenizer.tokenize(t) for t in train.texts), min_freq=data.min_freq,
+                            max_size=data.max_vocab or None)
+        labels = LabelSet.build(train.labels)
+        binary = len(labels) == 2
+        model_cfg = experiment.model.model_copy(update={
+            "vocab_size": len(vocab), "output_size": 1 if binary else len(labels),
+            "output_activation": "sigmoid" if binary else "softmax", "output_per": "sequence"})
+        pretrained = None
+        if data.pretrained_vectors:
+            pretrained = Embedding.from_text_vectors(data.pretrained_vectors, vocab.tokens,
+                                                     freeze=data.freeze_embeddings, padding_idx=model_cfg.padding_idx)
+            model_cfg = model_cfg.model_copy(update={"embedding_dim": pretrained.embedding_dim})
+        experiment = experiment.model_copy(update={
+            "model": ModelConfig.from_dict(model_cfg.to_dict(), "model"),
+            "train": experiment.train.model_copy(update={"out_dir": str(out_dir)})})
+
+        encoded = {}
+        for split, ds in splits.items():
+            seqs = encode_texts(ds.texts, tokenizer, vocab, max_length=data.max_length, origins=ds.origins)
+            encoded[split] = (seqs, labels.encode(ds.labels, ds.origins))
+        world, rank = distributed.world_size(), distributed.rank()
+        distributed.per_rank(data.batch_size, "data.batch_size", world)
+        train_batches = BucketBatches(*encoded["train"], data.batch_size, pool=data.bucket_pool,
+                                      seed=experiment.train.seed, rank=rank, world_size=world)
+        weights = class_weights(encoded["train"][1], len(labels)) if data.class_weights == "balanced" else None
+
+        torch.manual_seed(experiment.train.seed)
+        model = SequenceModel(experiment.model)
+        if pretrained is not None:
+            with torch.no_grad():
+                model.embedding.weight.copy_(pretrained.weight)
+            model.embedding.weight.requires_grad_(not data.freeze_embeddings)
+        clf = cls(model, tokenizer, vocab, labels, experiment)
+
+        def loss_fn(net, batch, state):
+            ids, lengths, targets = batch
+            logits, _ = net(ids, lengths=lengths)
+            return clf._loss(logits, targets, weights), None, targets.numel()
+
+        valid_seqs, valid_y = encoded["valid"]
+
+        def evaluate_fn(net):
+            probs, loss = clf._probabilities(valid_seqs, valid_y, net)
+            pred = probs.argmax(axis=1)
+            y = valid_y.numpy()
+            return {"val_loss": loss, "val_accuracy": accuracy(y, pred),
+                    "val_f1_macro": precision_recall_f1(y, pred, num_classes=len(labels), average="macro")[2]}
+
+        trainer = Trainer(model, experiment.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+                          checkpoint_extras=clf.extras(), model_config=experiment.to_dict())
+        trainer.fit(train_batches.batches, resume=resume)
+        best = cls.load(out_dir / "best") if (out_dir / "best").exists() else clf
+        if distributed.is_main():
+            best._report(encoded, out_dir, trainer, train_batches.padding_fraction())
+        return best
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Mean (class-weighted) cross entropy: BCE on the single logit for binary, else softmax CE."""
+        if self.binary:
+            per = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float(), reduction="none")
+        else:
+            per = F.cross_entropy(logits, targets, reduction="none")
+        if weights is None:
+            return per.mean()
+        w = weights.to(logits.device)[targets]
+        return (per * w).sum() / w.sum()
+
+    def _report(self, encoded: dict, out_dir: Path, trainer: Trainer, padding: float) -> None:
+        """The best model's figures on valid (and test), plots and results.json in out_dir."""
+        from ..plots import plot_confusion_matrix, plot_training_curve
+        results = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch,
+                   "stop_reason": trainer.stop_reason, "train_padding_fraction": padding}
+        for split in ("valid", "test"):
+            if split in encoded:
+                seqs, y = encoded[split]
+                probs, loss = self._probabilities(seqs, y)
+                report = classification_report(y.numpy(), probs, self.labels.names)
+                results[split] = {"loss": loss, **report}
+                prefix = "val" if split == "valid" else "test"
+                self.results.update({f"{prefix}_accuracy": report["accuracy"], f"{prefix}_f1_macro": report["f1_macro"],
+                                     f"{prefix}_loss": loss})
+        shown = "test" if "test" in results else "valid"
+        plot_confusion_matrix(results[shown]["confusion_matrix"], out_dir / "confusion_matrix.png",
+                              labels=self.labels.names,
+                              title=f"{shown}: accuracy {results[shown]['accuracy']:.4f}")
+        if trainer.history:  # at least one finished epoch in metrics.jsonl
+            plot_training_curve(out_dir / "metrics.jsonl", out_dir / "training_curve.png", x="epoch",
+                                keys=["train_loss", "val_loss", "val_accuracy"], title="classifier training")
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+    # --------------------------------------------------------------------------- checkpoint
+    def extras(self) -> dict:
+        return {"vocab": self.vocab.to_dict(), "tokenizer": self.tokenizer.to_dict(), "labels": self.labels.to_dict()}
+
+    @classmethod
+    def from_parts(cls, model: SequenceModel, experiment: ClassifierExperiment, extras: dict) -> Classifier:
+        for name in ("vocab", "tokenizer", "labels"):
+            if name not in extras:
+                raise ValueError(f"checkpoint: expected {name}.json beside the model, found none")
+        vocab, labels = Vocab.from_dict(extras["vocab"]), LabelSet.from_dict(extras["labels"])
+        if len(vocab) != experiment.model.vocab_size:
+            raise ValueError(f"checkpoint: vocab.json has {len(vocab)} tokens but the model expects "
+                             f"{experiment.model.vocab_size}")
+        outputs = 1 if len(labels) == 2 else len(labels)
+        if outputs != experiment.model.output_size:
+            raise ValueError(f"checkpoint: labels.json has {len(labels)} classes but the model has "
+                             f"{experiment.model.output_size} outputs")
+        return cls(model, tokenizer_from_dict(extras["tokenizer"]), vocab, labels, experiment)
+
+    # ---------------------------------------------------------------------------------- use
+    @torch.no_grad()
+    def _probabilities(self, seqs: list[list[int]], targets: torch.Tensor | None = None,
+                       net: torch.nn.Module | None = None) -> tuple[np.ndarray, float]:
+        """P(class) <float64>[N, K] in input order, and the mean loss when ``targets`` are given."""
+        net = self.model if net is None else net
+        was_training = net.training
+        net.eval()
+        device = next(net.parameters()).device
+        batches = BucketBatches(seqs, targets, self.experiment.data.eval_batch_size, shuffle=False)
+        probs = torch.empty(len(seqs), len(self.labels), dtype=torch.float64)
+        loss_sum = 0.0
+        try:
+            for idx, (ids, lengths, y) in zip(batches.index_batches(), batches.batches()):
+                logits, _ = net(ids.to(device), lengths=lengths)
+                if self.binary:
+                    p = torch.sigmoid(logits[:, 0]).double().cpu()
+                    probs[idx] = torch.stack([1 - p, p], dim=1)
+                else:
+                    probs[idx] = torch.softmax(logits, dim=-1).double().cpu()
+                if y is not None:
+                    loss_sum += self._loss(logits, y.to(device), None).item() * len(idx)
+        finally:
+            net.train(was_training)
+        return probs.numpy(), (loss_sum / len(seqs) if targets is not None else math.nan)
+
+    def _encode(self, texts: list[str], origins: list[str] | None = None) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise TypeError("texts: expected a list of strings, got a single str (wrap it in a list)")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("texts: expected at least one text, got none")
+        data = self.experiment.data
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            return encode_texts(texts, self.tokenizer, self.vocab, max_length=data.max_length, origins=origins)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """P(class | text) <float64>[N, K], columns in ``self.labels.names`` order. An empty text
+        predicts from the empty sequence, with a warning."""
+        probs, _ = self._probabilities(self._encode(texts))
+        return probs
+
+    def predict(self, texts: list[str]) -> list[str]:
+        """The most likely class name of each text."""
+        return [self.labels.names[i] for i in self.predict_proba(texts).argmax(axis=1)]
+
+    def _read(self, path: str | Path, require_label: bool, errors: str, text_column: str | None,
+              label_column: str | None) -> TextDataset:
+        d = self.experiment.data
+        path = Path(path)
+        if path.suffix == ".txt" and not require_label and not d.delimiter:  # one text per line
+            lines = read_text(path, errors=errors).split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            return TextDataset(lines, None, [f"{path}:{i}" for i in range(1, len(lines) + 1)])
+        return read_labelled(path, text_column or d.text_column, label_column or d.label_column,
+                             d.delimiter or None, errors=errors, require_label=require_label)
+
+    def evaluate(self, path: str | Path, errors: str = "strict", text_column: str | None = None,
+                 label_column: str | None = None) -> dict:
+        """Accuracy, macro and per-class precision/recall/F1, confusion matrix and loss on a labelled
+        file or folder. A label the model does not know raises ValueError naming file and line."""
+        ds = self._read(path, True, errors, text_column, label_column)
+        if not len(ds):
+            raise ValueError(f"{path}: expected at least one example, got none")
+        y = self.labels.encode(ds.labels, ds.origins)
+        probs, loss = self._probabilities(self._encode(ds.texts, ds.origins), y)
+        return {"loss": loss, **classification_report(y.numpy(), probs, self.labels.names)}
+
+    def predict_file(self, path: str | Path, output: str | Path, errors: str = "strict",
+                     text_column: str | None = None) -> int:
+        """Predict every text of a table, a class folder or a ``.txt`` file (one text per line) and write a TSV with the columns
+        ``text, label, probability`` (the predicted class's), then one ``p_<class>`` column per
+        class, and ``true_label`` when the input has labels. Returns the number of rows."""
+        ds = self._read(path, False, errors, text_column, None)
+        if not len(ds):
+            raise ValueError(f"{path}: expected at least one text, got none")
+        probs = self._probabilities(self._encode(ds.texts, ds.origins))[0]
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
+            extra = ["true_label"] if ds.labels is not None else []
+            writer.writerow(["text", "label", "probability", *(f"p_{n}" for n in self.labels.names), *extra])
+            for i, (text, p) in enumerate(zip(ds.texts, probs)):
+                k = int(p.argmax())
+                row = [" ".join(text.split()), self.labels.names[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p)]
+                writer.writerow(row + ([ds.labels[i]] if ds.labels is not None else []))
+        return len(ds)
