@@ -69,14 +69,20 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
 @app.command()
 @user_errors
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directory, e.g. runs/ptb/best")],
-             data: Annotated[Path, typer.Option(help="text file to score (plain or .gz)")],
-             batch_size: Annotated[int, typer.Option(help="parallel streams")] = 1) -> None:
-    """Perplexity (word models) or bits per character (character models) on a text file."""
+             data: Annotated[Path, typer.Option(help="text file (language models) or labelled file (classifier, bAbI)")],
+             batch_size: Annotated[int, typer.Option(help="parallel streams (language models)")] = 1) -> None:
+    """Score a checkpoint on a file: perplexity or bits per character for language models; accuracy,
+    per-class precision/recall/F1 and the confusion matrix for classifiers; accuracy for bAbI."""
     from . import tasks
-    lm = tasks.load(checkpoint)
-    result = lm.evaluate(data, batch_size=batch_size)
-    unit = "bpc" if lm.char_level else "ppl"
-    typer.echo(f"{unit} {result[unit]:.4f}  (loss {result['loss']:.4f} nats/token over {result['tokens']} tokens)")
+    task = tasks.load(checkpoint)
+    if isinstance(task, tasks.LanguageModel):
+        result = task.evaluate(data, batch_size=batch_size)
+        unit = "bpc" if task.char_level else "ppl"
+        typer.echo(f"{unit} {result[unit]:.4f}  (loss {result['loss']:.4f} nats/token over {result['tokens']} tokens)")
+    elif isinstance(task, tasks.Forecaster):
+        raise ValueError(f"{checkpoint}: a forecaster is scored with `rnnkit backtest`, not evaluate")
+    else:
+        typer.echo(json.dumps(task.evaluate(data), indent=2, default=str))
 
 
 @app.command()
