@@ -18,16 +18,19 @@ Dispatch (per call; constants below, measured on 2 Zen 5 cores):
 
 - ``supports()``: CPU float32/float64, all four modes (LSTM projection included), non-empty input,
   not tracing/scripting/ONNX export; anything else runs the reference kernel.
-- LSTM inference (no grad), float32, no projection, no ``lengths``, batch >= ``ONEDNN_LSTM_MIN_BATCH``:
-  oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what torch.nn.LSTM runs) — on par with
-  torch.nn by construction; our own loop wins only at small batch.
-- Time loop: float32 with a recurrent weight of G·H·P >= ``STEP_GEMM_MIN_WEIGHTS`` elements and batch
+- LSTM inference (no grad), float32, no projection, no ``lengths``, per-step work B·4H·H >=
+  ``ONEDNN_LSTM_MIN_MACS``: oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
+  torch.nn.LSTM runs) — on par with torch.nn by construction; below that our own loop is faster.
+- Time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds and batch
   >= ``STEP_GEMM_MIN_BATCH`` (and not GRU reset_after=False or an LSTM projection, which have two
-  mat-muls per step): a Python loop whose
-  recurrent GEMM is oneDNN with the weight prepacked once per call, plus one compiled elementwise
+  mat-muls per step): a Python loop whose recurrent GEMM is oneDNN with the weight prepacked once
+  per call (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``), plus one compiled elementwise
   call per step. Otherwise the whole loop runs compiled in numba with BLAS (batch 1: a plain loop),
-  no Python per step.
+  no Python per step; that BLAS runs on one thread (see ``_OneBlasThread``).
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
+
+Streaming: ``stream_step`` runs one time step of a whole unidirectional stack in one compiled call
+(no autograd), for ``step()``; see its docstring.
 """
 
 from __future__ import annotations
@@ -47,14 +50,16 @@ _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _DTYPES = (torch.float32, torch.float64)
 _PER_DIR = 7  # flattened per direction: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0
 
-STEP_GEMM_MIN_WEIGHTS = 3 * 256 * 256
-"""Recurrent weight size G·H·P from which the Python loop with oneDNN's prepacked GEMM beats the
-compiled loop, whose BLAS call repacks the weight every step (float32, batch >= STEP_GEMM_MIN_BATCH).
-Measured: LSTM/GRU at H=256 gain 10-30% in training from batch 8; at H=128 the compiled loop is as
-fast or faster (and much faster for the RNN cell, whose elementwise step is cheap)."""
+STEP_GEMM_MIN_MACS = 1_500_000
+"""Per-step multiply-adds B·G·H·P of the recurrent GEMM from which the Python loop with oneDNN's
+prepacked, multi-threaded GEMM beats the compiled loop (single-threaded BLAS, which repacks the
+weight every call); float32, batch >= STEP_GEMM_MIN_BATCH. Measured (one thread, loaded machine):
+LSTM B=16 H=128 (1.0M) compiled 20% faster; LSTM B=32 H=128 (2.1M) a tie; LSTM/GRU B=8 H=256
+(2.1M/1.6M) step loop 20-30% faster in training; GRU B=16 H=128 (0.8M) compiled 1.7x faster."""
 STEP_GEMM_MIN_BATCH = 4
-ONEDNN_LSTM_MIN_BATCH = 2
-"""Batch from which LSTM inference goes to oneDNN's fused LSTM layer."""
+ONEDNN_LSTM_MIN_MACS = 1_000_000
+"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer
+(measured, one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128)."""
 
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0}
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
@@ -74,32 +79,36 @@ def _kernels():
 
 
 # ---------------------------------------------------------------------------- BLAS threads
-_blas = {"set": None, "n": None}
+class _OneBlasThread:
+    """Run the compiled loops' BLAS (scipy's OpenBLAS) on the calling thread only, restoring the
+    caller's setting afterwards. Its per-step GEMMs are small (larger shapes take the oneDNN path),
+    and OpenBLAS's idle workers spin for a while after each call, stealing a core from torch's
+    OpenMP threads right when the next torch op runs."""
 
+    _set = None  # openblas_set_num_threads_local, or False where unavailable
 
-def _sync_blas_threads() -> None:
-    """Give the BLAS of the compiled loops (scipy's OpenBLAS) torch's thread count, so that the two
-    never run more threads than torch was told to use."""
-    n = torch.get_num_threads()
-    if _blas["n"] == n:
-        return
-    if _blas["set"] is None:
-        _blas["set"] = False
-        try:
-            import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
-            with open("/proc/self/maps") as maps:
-                paths = {line.split()[-1] for line in maps if "libscipy_openblas" in line}
-            for path in paths:
-                lib = ctypes.CDLL(path)
-                for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-                    if hasattr(lib, name):
-                        _blas["set"] = getattr(lib, name)
+    def __enter__(self):
+        cls = type(self)
+        if cls._set is None:
+            cls._set = False
+            try:
+                import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
+                with open("/proc/self/maps") as maps:
+                    paths = sorted({line.split()[-1] for line in maps if "libscipy_openblas" in line})
+                for path in paths:
+                    lib = ctypes.CDLL(path)
+                    if hasattr(lib, "openblas_set_num_threads_local"):
+                        cls._set = lib.openblas_set_num_threads_local
+                        cls._set.restype = ctypes.c_int
                         break
-        except (OSError, ImportError):  # pragma: no cover - not Linux, or another BLAS
-            pass
-    if _blas["set"]:
-        _blas["set"](ctypes.c_int(n))
-    _blas["n"] = n
+            except (OSError, ImportError):  # pragma: no cover - not Linux, or another BLAS
+                pass
+        self.prev = cls._set(1) if cls._set else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev is not None and self.prev != 1:
+            type(self)._set(self.prev)
 
 
 def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
@@ -159,16 +168,20 @@ def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
     """Whether to drive the time loop from Python with oneDNN's GEMM (see module docstring)."""
     if x.dtype != torch.float32 or w_hr is not None or (spec.mode == "GRU" and not spec.reset_after):
         return False
-    H, P = spec.hidden_size, spec.output_size
-    return x.shape[1] >= STEP_GEMM_MIN_BATCH and spec.gates * H * P >= STEP_GEMM_MIN_WEIGHTS
+    B, H, P = x.shape[1], spec.hidden_size, spec.output_size
+    return B >= STEP_GEMM_MIN_BATCH and B * spec.gates * H * P >= STEP_GEMM_MIN_MACS
 
 
 # ----------------------------------------------------------------------------------- forward
 def _forward(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, train: bool):
     """Run the layer. Returns output <f>[T, B, D*P], final states (flat), per direction what
     backward needs (a dict of tensors), and the (contiguous, detached) input."""
+    with _OneBlasThread():
+        return _forward_impl(spec, x, mask, flat, train)
+
+
+def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, train: bool):
     K = _kernels()
-    _sync_blas_threads()
     T, B, I = x.shape
     H, P, G = spec.hidden_size, spec.output_size, spec.gates
     D = len(flat) // _PER_DIR
@@ -186,7 +199,7 @@ def _forward(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, train: 
         reverse, off = d == 1, d * P
         w_hh = _c(w_hh)
         if (spec.mode == "LSTM" and not train and w_hr is None and not has_mask and x.dtype == torch.float32
-                and B >= ONEDNN_LSTM_MIN_BATCH):
+                and B * G * H * H >= ONEDNN_LSTM_MIN_MACS):
             finals += _onednn_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, out, off, D)
             saved.append({})
             continue
@@ -281,8 +294,13 @@ def _backward(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, out: T
               dout: Tensor, dfinals: list, needs: tuple) -> tuple[Tensor | None, list]:
     """Gradients of the layer: dx and, flattened per direction, those of flat (None where not needed).
     needs: needs_input_grad of flat, then of x."""
+    with _OneBlasThread():
+        return _backward_impl(spec, x, mask, flat, out, saved, dout, dfinals, needs)
+
+
+def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, out: Tensor, saved: list[dict],
+                   dout: Tensor, dfinals: list, needs: tuple) -> tuple[Tensor | None, list]:
     K = _kernels()
-    _sync_blas_threads()
     T, B, I = x.shape
     H, P, G = spec.hidden_size, spec.output_size, spec.gates
     D = len(flat) // _PER_DIR
@@ -517,6 +535,15 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     K = _kernels()
     L, B, I = len(layers), x_t.shape[0], x_t.shape[1]
     H, P = spec.hidden_size, spec.proj_size or spec.hidden_size
+    # the compiled code does not check bounds: check every shape here (cheap tuple compares)
+    w0 = layers[0].w_ih
+    if w0.shape[1] != I or w0.dtype != x_t.dtype:
+        raise ValueError(f"x_t: expected {w0.shape[1]} features of dtype {w0.dtype}, got shape "
+                         f"{tuple(x_t.shape)} of dtype {x_t.dtype}")
+    if h is not None and (tuple(h.shape) != (L, B, P) or h.dtype != x_t.dtype):
+        raise ValueError(f"h: expected shape {(L, B, P)} of dtype {x_t.dtype}, got {tuple(h.shape)} {h.dtype}")
+    if c is not None and (tuple(c.shape) != (L, B, H) or c.dtype != x_t.dtype):
+        raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_np = _np_fast(x_t)
     packed = _stream_pack(spec, layers)
     dtype = x_np.dtype
@@ -560,6 +587,39 @@ def _np_fast(t: Tensor):
     if t.requires_grad or not t.is_contiguous():
         t = t.detach().contiguous()
     return t.numpy()
+
+
+def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
+    """Compile every loop of this backend into numba's on-disk cache (~1-2 s per loop, ~1 min in
+    all), e.g. once after installing, so that no first call pays for compilation (~4-7 s per cell
+    otherwise; ~0.6 s to load from the cache)."""
+    global STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
+    saved = STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
+    specs = [CellSpec("RNN_TANH", 3), CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2),
+             CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False)]
+    try:
+        for dtype in dtypes:
+            for spec in specs:
+                for step_macs in ((1 << 62, 0) if dtype == torch.float32 else (1 << 62,)):
+                    STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS = step_macs, 1 << 62
+                    g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
+                    w = DirectionWeights(*(torch.randn(*shape, dtype=dtype, requires_grad=True) for shape in
+                                           ((g, 2), (g, p), (g,), (g,), (p, h) if spec.proj_size else None)
+                                           if shape is not None), *(() if spec.proj_size else (None,)))
+                    x = torch.randn(2, 4, 2, dtype=dtype)
+                    states = [(torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]]
+                    for mask in (None, torch.ones(2, 4, 1, dtype=torch.bool)):
+                        out, _ = run_layer(spec, x, [w], states, mask)
+                        out.sum().backward()
+                        with torch.no_grad():
+                            run_layer(spec, x, [w], states, mask)
+                    for layers in (1, 2):
+                        ws = [DirectionWeights(*(t.detach() if t is not None else None for t in w))] * 1
+                        if layers == 2:
+                            continue  # layer >= 1 needs input size P: covered by stream_step's own compile
+                        stream_step(spec, x[0], ws, None, None)
+    finally:
+        STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS = saved
 
 
 register_backend(Backend("fused", run_layer, supports))

@@ -1,0 +1,224 @@
+"""The fused CPU backend against the reference kernel: outputs, final states and every gradient.
+
+Tolerances: float64 agrees to ~1e-12 (we check 1e-10). float32 uses a rational tanh (abs. error
+< 3e-7) and a different summation order in the GEMMs (one GEMM over all steps for the weight
+gradients instead of a sum of per-step products), so gradients summed over T·B terms differ by a
+few 1e-6; we check atol 1e-5 on outputs and atol 2e-5 / rtol 1e-4 on gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit import kernels
+from rnnkit.cells import CellSpec
+from rnnkit.kernels import fused
+
+CELLS = {
+    "rnn_tanh": (rnnkit.RNN, {}),
+    "rnn_relu": (rnnkit.RNN, {"nonlinearity": "relu"}),
+    "lstm": (rnnkit.LSTM, {}),
+    "lstm_proj": (rnnkit.LSTM, {"proj_size": 3}),
+    "gru": (rnnkit.GRU, {}),
+    "gru_v1": (rnnkit.GRU, {"reset_after": False}),
+}
+# (num_layers, bidirectional, lengths, initial state, bias, batch)
+OPTIONS = [
+    (1, False, None, False, True, 4),
+    (2, True, [7, 3, 1, 5], True, True, 4),
+    (1, True, [2, 7, 4, 6], False, False, 4),
+    (2, False, None, True, True, 3),
+    (1, True, [5], True, True, 1),
+]
+T, I, H = 7, 5, 6
+
+
+def _run(cell, options, backend, dtype, grad=True, seed=0):
+    cls, kw = CELLS[cell]
+    layers, bidir, lengths, init, bias, batch = options
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = cls(I, H, num_layers=layers, bidirectional=bidir, bias=bias, dtype=dtype, backend=backend, **kw)
+    x = torch.randn(T, batch, I, generator=gen, dtype=dtype).requires_grad_(grad)
+    hx = None
+    if init:
+        rows, p = layers * (2 if bidir else 1), kw.get("proj_size") or H
+        hx = torch.randn(rows, batch, p, generator=gen, dtype=dtype).requires_grad_(grad)
+        if cls is rnnkit.LSTM:
+            hx = (hx, torch.randn(rows, batch, H, generator=gen, dtype=dtype).requires_grad_(grad))
+    lengths = None if lengths is None else torch.tensor(lengths)
+    with torch.set_grad_enabled(grad):
+        out, hn = model(x, hx, lengths=lengths)
+    hn = hn if isinstance(hn, tuple) else (hn,)
+    if not grad:
+        return [out, *hn], []
+    weight = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+    loss = (out * weight).sum() + sum((h * h).sum() for h in hn)
+    loss.backward()
+    inputs = [x] + ([] if hx is None else list(hx if isinstance(hx, tuple) else (hx,)))
+    return [out, *hn], [p.grad for p in model.parameters()] + [t.grad for t in inputs]
+
+
+def _close(a, b, dtype, what):
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert u is not None and v is not None, f"{what}[{i}]: missing gradient"
+        if dtype == torch.float64:
+            torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-9, msg=lambda m: f"{what}[{i}]: {m}")
+        elif what == "outputs":
+            torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}[{i}]: {m}")
+        else:
+            torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4, msg=lambda m: f"{what}[{i}]: {m}")
+
+
+@pytest.fixture(params=["compiled", "stepwise"])
+def loop(request, monkeypatch):
+    """Both time-loop drivers: the compiled loop, and the Python loop with oneDNN's GEMM (float32);
+    LSTM inference runs our loop with the first, oneDNN's LSTM layer (where it applies) with the second."""
+    compiled = request.param == "compiled"
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 1 << 62 if compiled else 0)
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
+    monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 1 << 62 if compiled else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"L{o[0]}{'bi' if o[1] else ''}"
+                         f"{'-len' if o[2] else ''}{'-h0' if o[3] else ''}{'' if o[4] else '-nobias'}-B{o[5]}")
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_matches_reference(cell, options, dtype, loop):
+    if loop == "stepwise" and (dtype == torch.float64 or cell in ("lstm_proj", "gru_v1")):
+        pytest.skip("the stepwise driver covers float32 RNN, LSTM and GRU (reset_after=True) only")
+    outs_ref, grads_ref = _run(cell, options, "reference", dtype)
+    outs, grads = _run(cell, options, "fused", dtype)
+    _close(outs, outs_ref, dtype, "outputs")
+    _close(grads, grads_ref, dtype, "grads")
+    # inference (no grad) takes its own paths: no saving, and oneDNN's LSTM layer
+    outs_inf, _ = _run(cell, options, "fused", dtype, grad=False)
+    _close(outs_inf, outs_ref, dtype, "outputs")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradcheck(cell):
+    cls, kw = CELLS[cell]
+    hidden = 2
+    if "proj_size" in kw:  # proj_size < hidden_size: a 3-wide cell projected to 2
+        hidden, kw = 3, {"proj_size": 2}
+    torch.manual_seed(0)
+    model = cls(2, hidden, bidirectional=True, dtype=torch.float64, backend="fused", **kw)
+    names = [n for n, _ in model.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 2, hidden, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([3, 2])
+
+    def f(x, h0, c0, *ps):
+        state = (h0, c0) if cls is rnnkit.LSTM else h0
+        out, hn = torch.func.functional_call(model, dict(zip(names, ps)), (x, state), {"lengths": lengths})
+        return (out, *hn) if isinstance(hn, tuple) else (out, hn)
+
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    inputs = (x, h0, c0 if cls is rnnkit.LSTM else c0.detach(), *params)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
+
+
+def test_dispatch(monkeypatch):
+    spec = CellSpec("LSTM", 4)
+    x32 = torch.randn(3, 2, 5)
+    assert kernels.select_backend(spec, x32, True, "auto").name == "fused"
+    assert kernels.select_backend(spec, x32.double(), False, "auto").name == "fused"
+    for other in (x32.half(), x32.bfloat16(), torch.empty(3, 2, 5, device="meta"), torch.empty(0, 2, 5)):
+        assert not fused.supports(spec, other, True)
+        assert kernels.select_backend(spec, other, True, "auto").name == "reference"
+    with pytest.raises(ValueError, match="does not support"):
+        kernels.select_backend(spec, x32.half(), True, "fused")
+
+    # backend="fused" runs the kernel; "reference" does not
+    before = dict(fused.calls)
+    model = rnnkit.GRU(5, 4, backend="fused")
+    model(x32)[0].sum().backward()
+    assert fused.calls["forward"] == before["forward"] + 1 and fused.calls["backward"] == before["backward"] + 1
+    rnnkit.GRU(5, 4, backend="reference")(x32)
+    assert fused.calls["forward"] == before["forward"] + 1
+
+    # LSTM inference goes to oneDNN's fused layer from ONEDNN_LSTM_MIN_MACS; training never does
+    lstm = rnnkit.LSTM(5, 4, backend="fused")
+    n = fused.calls["onednn_lstm"]
+    with torch.no_grad():
+        lstm(x32)
+        assert fused.calls["onednn_lstm"] == n
+        monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 0)
+        lstm(x32)
+    assert fused.calls["onednn_lstm"] == n + 1
+    lstm(x32)[0].sum().backward()
+    assert fused.calls["onednn_lstm"] == n + 1
+
+    # the time-loop driver follows STEP_GEMM_MIN_MACS / _BATCH
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 0)
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
+    n = fused.calls["step_loop"]
+    rnnkit.RNN(5, 4, backend="fused")(x32)
+    assert fused.calls["step_loop"] == n + 1
+
+
+def test_layer_paths():
+    """batch_first (non-contiguous input), unbatched input, PackedSequence, frozen weights."""
+    torch.manual_seed(0)
+    for cls in (rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN):
+        ref = cls(3, 4, batch_first=True, backend="reference")
+        fast = cls(3, 4, batch_first=True, backend="fused")
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 5, 3)
+        torch.testing.assert_close(fast(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast(x[0])[0], ref(x[0])[0], atol=1e-5, rtol=1e-5)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2]), batch_first=True)
+        torch.testing.assert_close(fast(packed)[0].data, ref(packed)[0].data, atol=1e-5, rtol=1e-5)
+        # frozen weights, input gradient only
+        for p in fast.parameters():
+            p.requires_grad_(False)
+        xg = x.clone().requires_grad_(True)
+        fast(xg)[0].sum().backward()
+        xr = x.clone().requires_grad_(True)
+        ref(xr)[0].sum().backward()
+        torch.testing.assert_close(xg.grad, xr.grad, atol=1e-5, rtol=1e-4)
+        assert all(p.grad is None for p in fast.parameters())
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_stream_step(cell, dtype):
+    """fused.stream_step (the fast path for step()) replays forward() one step at a time."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    tol = {"atol": 1e-12, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 1e-5, "rtol": 1e-5}
+    for layers, batch, bias in ((1, 1, True), (2, 3, False)):
+        model = cls(I, H, num_layers=layers, bias=bias, dtype=dtype, backend="reference", **kw)
+        x = torch.randn(T, batch, I, dtype=dtype)
+        with torch.no_grad():
+            for trial in range(2):
+                ref, hn = model(x)
+                hn = hn if isinstance(hn, tuple) else (hn,)
+                weights = [model.direction_weights(layer, 0) for layer in range(layers)]
+                h = c = None
+                ys = []
+                for t in range(T):
+                    y, h, c = fused.stream_step(model.spec, x[t], weights, h, c)
+                    ys.append(y)
+                torch.testing.assert_close(torch.stack(ys), ref, **tol)
+                for a, b in zip(hn, (h, c)):
+                    torch.testing.assert_close(b, a, **tol)
+                for p in model.parameters():  # an in-place update must reach the cached packed weights
+                    p.mul_(0.9)
+
+
+def test_stream_step_checks_shapes():
+    model = rnnkit.LSTM(I, H, num_layers=2)
+    weights = [model.direction_weights(layer, 0) for layer in range(2)]
+    x = torch.randn(3, I)
+    with pytest.raises(ValueError, match="x_t"):
+        fused.stream_step(model.spec, torch.randn(3, I + 1), weights, None, None)
+    with pytest.raises(ValueError, match="h:"):
+        fused.stream_step(model.spec, x, weights, torch.zeros(1, 3, H), None)
+    with pytest.raises(ValueError, match="c:"):
+        fused.stream_step(model.spec, x, weights, torch.zeros(2, 3, H), torch.zeros(2, 2, H))
