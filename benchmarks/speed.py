@@ -124,7 +124,6 @@ def bench_one(cell, cfg, backends, repeat, min_time):
             for name, fn in fns.items():
                 samples[name].append(timed(fn, number[name]))
         med = {name: statistics.median(v) for name, v in samples.items()}
-        base = med.get("torch", med.get("reference"))
         for name in fns:
             rows.append({
                 "cell": cell, "B": B, "T": T, "I": I, "H": H, "mode": mode, "impl": name,
@@ -134,7 +133,6 @@ def bench_one(cell, cfg, backends, repeat, min_time):
                 "gflops": flops / med[name] / 1e6, "peak_pct": 100 * flops / med[name] / 1e6 / PEAK_GFLOPS,
                 "samples_ms": samples[name], "calls_per_sample": number[name],
             })
-        del base
     return rows
 
 

@@ -57,6 +57,9 @@ weight every call); float32, batch >= STEP_GEMM_MIN_BATCH. Measured (one thread,
 LSTM B=16 H=128 (1.0M) compiled 20% faster; LSTM B=32 H=128 (2.1M) a tie; LSTM/GRU B=8 H=256
 (2.1M/1.6M) step loop 20-30% faster in training; GRU B=16 H=128 (0.8M) compiled 1.7x faster."""
 STEP_GEMM_MIN_BATCH = 4
+TRANSPOSE_MIN_STEPS = 16
+"""At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh: its
+mat-vec is ~35% faster at H=256 (the same at H=64); below, the copy would cost more than it saves."""
 ONEDNN_LSTM_MIN_MACS = 1_000_000
 """Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer
 (measured, one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128)."""
@@ -127,6 +130,16 @@ def _np(t: Tensor):
     return t.detach().numpy()
 
 
+_NO_MASK = np.zeros((1, 1), np.bool_)
+_DUMMIES = {(dt, n): np.zeros((1, 1, 1)[:n] if n == 3 else (0,) * n, dt) for dt in (np.float32, np.float64)
+            for n in (1, 2, 3)}
+
+
+def _dummy(dtype: torch.dtype, ndim: int):
+    """A placeholder array for an unused kernel argument: <dtype>[1, 1, 1] (ndim 3) or empty."""
+    return _DUMMIES[(np.float32 if dtype == torch.float32 else np.float64, ndim)]
+
+
 def _c(t: Tensor) -> Tensor:
     return t.detach().contiguous()
 
@@ -190,8 +203,8 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
     out = x.new_empty(T, B, D * P)
     out_np = _np(out)
     has_mask = mask is not None
-    mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _np(torch.zeros(1, 1, dtype=torch.bool))
-    dummy3 = _np(x.new_empty(1, 1, 1))
+    mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _NO_MASK
+    dummy3 = _dummy(x.dtype, 3)
     finals: list[Tensor] = []
     saved: list[dict] = []
     for d in range(D):
@@ -215,6 +228,12 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
         if stepwise:
             pw = _reorder(w_hh, B)
             gates_np, h_np = _np(gates), _np(h)
+        # the compiled loop multiplies by W_hh as stored (BLAS transposes for free), except at batch 1
+        # over many steps, where a transposed copy (made once) feeds a faster mat-vec
+        wt = B == 1 and T >= TRANSPOSE_MIN_STEPS
+
+        def w_np(w: Tensor):
+            return _np(_c(w.t())) if wt else _np(w)
         if spec.mode == "LSTM":
             c0 = _c(c0)
             c = c0.clone()
@@ -228,9 +247,8 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                     K.lstm_forward_step(t, gates_np, _np(gh), h_np, c_np, mask_np, has_mask, train, out_np, off,
                                         hs_np, cs_np)
             else:
-                w_hr_t = _c(w_hr.t()) if w_hr is not None else x.new_empty(0, 0)
-                K.lstm_forward(_np(gates), _np(_c(w_hh.t())), _np(w_hr_t), _np(h), _np(c), mask_np, has_mask,
-                               reverse, train, out_np, off, hs_np, cs_np)
+                K.lstm_forward(_np(gates), w_np(w_hh), wt, _np(_c(w_hr)) if w_hr is not None else _dummy(x.dtype, 2),
+                               _np(h), _np(c), mask_np, has_mask, reverse, train, out_np, off, hs_np, cs_np)
             finals += [h, c]
             if train:
                 keep.update(cs=cs, c0=c0)
@@ -246,13 +264,13 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                     K.gru_forward_step(t, gates_np, _np(gh), b_hn_np, h_np, mask_np, has_mask, train, out_np, off,
                                        hs_np, ghn_np)
             else:
-                K.gru_forward(_np(gates), _np(_c(w_hh.t())), _np(b_hn), _np(h), mask_np, has_mask, reverse,
+                K.gru_forward(_np(gates), w_np(w_hh), wt, _np(b_hn), _np(h), mask_np, has_mask, reverse,
                               train, out_np, off, hs_np, ghn_np)
             finals.append(h)
             if train:
                 keep["ghn"] = ghn
         elif spec.mode == "GRU":
-            K.grux_forward(_np(gates), _np(_c(w_hh[: 2 * H].t())), _np(_c(w_hh[2 * H:].t())), _np(h),
+            K.grux_forward(_np(gates), w_np(w_hh[: 2 * H]), w_np(w_hh[2 * H:]), wt, _np(h),
                            mask_np, has_mask, reverse, train, out_np, off, hs_np)
             finals.append(h)
         else:
@@ -265,7 +283,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                     K.rnn_forward_step(t, gates_np, _np(gh), h_np, relu, mask_np, has_mask, keep_h, out_np, off,
                                        hs_np)
             else:
-                K.rnn_forward(_np(gates), _np(_c(w_hh.t())), _np(h), relu, mask_np, has_mask, reverse, keep_h,
+                K.rnn_forward(_np(gates), w_np(w_hh), wt, _np(h), relu, mask_np, has_mask, reverse, keep_h,
                               out_np, off, hs_np)
             finals.append(h)
             keep.pop("gates", None)  # the RNN backward needs only the states
@@ -308,7 +326,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
     dout = dout.contiguous()
     dout_np = _np(dout)
     has_mask = mask is not None
-    mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _np(torch.zeros(1, 1, dtype=torch.bool))
+    mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _NO_MASK
     nstate = 2 if spec.mode == "LSTM" else 1
     dx = None
     grads: list = []
@@ -350,8 +368,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
                 proj = w_hr is not None
                 dhs = x.new_empty(T, B, P) if proj else None
                 hcs = x.new_empty(T, B, H) if proj else None
-                dummy = _np(x.new_empty(1, 1, 1))
-                K.lstm_backward(gates_np, cs_np, c0_np, _np(w_hh), _np(_c(w_hr)) if proj else _np(x.new_empty(0, 0)),
+                dummy = _dummy(x.dtype, 3)
+                K.lstm_backward(gates_np, cs_np, c0_np, _np(w_hh), _np(_c(w_hr)) if proj else _dummy(x.dtype, 2),
                                 dh_np, dc_np, mask_np, has_mask, reverse, dout_np, off, dg_np,
                                 _np(dhs) if proj else dummy, _np(hcs) if proj else dummy)
                 if proj and need[4]:
@@ -481,45 +499,38 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
 
 
 # --------------------------------------------------------------------------------- streaming
-_stream_cache: dict = {}
+_views: dict = {}
 
 
-def _stream_pack(spec: CellSpec, layers: list[DirectionWeights]):
-    """Every layer's weights as one vector for ``fused_loops.stream_*`` (transposed, biases folded),
-    cached until a weight is replaced or modified in place (its version counter moves)."""
-    params = [p for w in layers for p in w if p is not None]
-    hit = _stream_cache.get(tuple(map(id, params)))
-    if hit is not None and hit[0] == [p._version for p in params] and hit[1] == [p.data_ptr() for p in params]:
+def _view(p: Tensor):
+    """A numpy view of a weight, kept between calls while the weight keeps its storage. A view, never
+    a copy: every update to the weight (optimizer, load_state_dict, even through ``.data``) is seen."""
+    hit = _views.get(id(p))
+    if hit is not None and hit[0] is p and hit[1] == p.data_ptr():
         return hit[2]
-    key = tuple(map(id, params))
-    H = spec.hidden_size
-    parts = []
-    with torch.no_grad():
-        for w in layers:
-            w_ih, w_hh, b_ih, b_hh, w_hr = (None if p is None else p.detach() for p in w)
-            dtype = w_ih.dtype
-            bias = _folded_bias(spec, b_ih, b_hh)
-            parts.append(w_ih.t().reshape(-1))
-            if spec.mode == "GRU" and not spec.reset_after:
-                parts += [w_hh[: 2 * H].t().reshape(-1), w_hh[2 * H:].t().reshape(-1)]
-            else:
-                parts.append(w_hh.t().reshape(-1))
-            parts.append(torch.zeros(w_ih.shape[0], dtype=dtype) if bias is None else bias)
-            if spec.mode == "GRU":
-                with_hn = b_hh is not None and spec.reset_after
-                parts.append(b_hh[2 * H:] if with_hn else torch.zeros(H, dtype=dtype))
-            if w_hr is not None:
-                parts.append(w_hr.t().reshape(-1))
-        packed = _np(torch.cat(parts).contiguous())
-    if len(_stream_cache) > 64:
-        _stream_cache.clear()
-    # the parameters are kept alive with the entry, so that their ids stay theirs
-    _stream_cache[key] = ([p._version for p in params], [p.data_ptr() for p in params], packed, params)
-    return packed
+    if not p.is_contiguous():  # no view possible: a fresh copy, not cached
+        return _np(_c(p))
+    if len(_views) > 256:
+        _views.clear()
+    view = _np(p)
+    _views[id(p)] = (p, p.data_ptr(), view)  # p kept alive with its entry, so that its id stays its own
+    return view
+
+
+_zero_bias: dict = {}
+
+
+def _bias_view(b: Tensor | None, n: int, dtype):
+    if b is not None:
+        return _view(b)
+    if (n, dtype) not in _zero_bias:
+        _zero_bias[(n, dtype)] = np.zeros(n, dtype)
+    return _zero_bias[(n, dtype)]
 
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
-    """Whether ``stream_step`` can run: CPU float32/64, a known cell, and no autograd needed."""
+    """Whether ``stream_step`` can run: CPU float32/64, a known cell, not tracing or scripting. The
+    caller also checks that no gradient is needed (and that no inter-layer dropout applies)."""
     return (x_t.device.type == "cpu" and x_t.dtype in _DTYPES and spec.mode in _MODES and x_t.dim() == 2
             and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
@@ -527,11 +538,10 @@ def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
 def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor | None,
                 c: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One time step of a unidirectional stack, every layer in one compiled call, without autograd
-    (for streaming inference; ~2-3 µs of overhead per call).
+    (for streaming inference: a few µs of overhead per call).
 
     x_t <f>[B, I];  h <f>[L, B, P] and c <f>[L, B, H] (LSTM) in torch.nn's layout, or None (zeros).
-    Returns y_t <f>[B, P] (the top layer's h), the new h and the new c (None unless LSTM). The caller
-    checks ``stream_supports`` and that no gradient is needed (and no inter-layer dropout applies)."""
+    Returns y_t <f>[B, P] (the top layer's h), the new h and the new c (None unless LSTM)."""
     K = _kernels()
     L, B, I = len(layers), x_t.shape[0], x_t.shape[1]
     H, P = spec.hidden_size, spec.proj_size or spec.hidden_size
@@ -545,26 +555,38 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     if c is not None and (tuple(c.shape) != (L, B, H) or c.dtype != x_t.dtype):
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_np = _np_fast(x_t)
-    packed = _stream_pack(spec, layers)
     dtype = x_np.dtype
+    gh = spec.gates * H
+    w_ih = tuple(_view(w.w_ih) for w in layers)
+    w_hh = tuple(_view(w.w_hh) for w in layers)
+    b_ih = tuple(_bias_view(w.b_ih, gh, dtype) for w in layers)
+    b_hh = tuple(_bias_view(w.b_hh, gh, dtype) for w in layers)
     h_np = _state_np(h) if h is not None else np.zeros((L, B, P), dtype)
     hout = np.empty((L, B, P), dtype)
     h_t = _from_np(hout)
     if spec.mode == "LSTM":
+        w_hr = tuple(_view(w.w_hr) if w.w_hr is not None else _DUMMIES[(dtype.type, 2)] for w in layers)
         c_np = _state_np(c) if c is not None else np.zeros((L, B, H), dtype)
         cout = np.empty((L, B, H), dtype)
-        K.stream_lstm(x_np, packed, I, H, P, h_np, c_np, hout, cout)
+        K.stream_lstm(x_np, w_ih, w_hh, b_ih, b_hh, w_hr, h_np, c_np, hout, cout)
         c_t = _from_np(cout)
         _last_state.clear()
         _last_state.update({id(h_t): (h_t, hout), id(c_t): (c_t, cout)})
         return _from_np(hout[L - 1]), h_t, c_t
     if spec.mode == "GRU":
-        K.stream_gru(x_np, packed, I, H, spec.reset_after, h_np, hout)
+        K.stream_gru(x_np, w_ih, w_hh, b_ih, b_hh, spec.reset_after, h_np, hout)
     else:
-        K.stream_rnn(x_np, packed, I, H, spec.mode == "RNN_RELU", h_np, hout)
+        K.stream_rnn(x_np, w_ih, w_hh, b_ih, b_hh, spec.mode == "RNN_RELU", h_np, hout)
     _last_state.clear()
     _last_state[id(h_t)] = (h_t, hout)
     return _from_np(hout[L - 1]), h_t, None
+
+
+def _np_fast(t: Tensor):
+    """A numpy view of a CPU tensor, with the fewest torch calls on the common path."""
+    if t.requires_grad or not t.is_contiguous():
+        t = t.detach().contiguous()
+    return t.numpy()
 
 
 _last_state: dict = {}
@@ -582,42 +604,34 @@ def _state_np(t: Tensor):
 _from_np = torch.from_numpy
 
 
-def _np_fast(t: Tensor):
-    """A numpy view of a CPU tensor, with the fewest torch calls on the common path."""
-    if t.requires_grad or not t.is_contiguous():
-        t = t.detach().contiguous()
-    return t.numpy()
-
-
 def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
-    """Compile every loop of this backend into numba's on-disk cache (~1-2 s per loop, ~1 min in
-    all), e.g. once after installing, so that no first call pays for compilation (~4-7 s per cell
-    otherwise; ~0.6 s to load from the cache)."""
+    """Compile every loop of this backend into numba's on-disk cache (~1-2 s per loop, about a
+    minute in all), e.g. once after installing, so that no first call pays for compilation
+    (4-7 s per cell on this machine otherwise; ~0.6 s to load from the cache)."""
     global STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
     saved = STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
     specs = [CellSpec("RNN_TANH", 3), CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2),
              CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False)]
     try:
+        ONEDNN_LSTM_MIN_MACS = 1 << 62
         for dtype in dtypes:
             for spec in specs:
+                g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
+
+                def param(*shape):
+                    return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+                w = DirectionWeights(param(g, 2), param(g, p), param(g), param(g),
+                                     param(p, h) if spec.proj_size else None)
+                x = torch.randn(2, 4, 2, dtype=dtype)
+                state = (torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]
                 for step_macs in ((1 << 62, 0) if dtype == torch.float32 else (1 << 62,)):
-                    STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS = step_macs, 1 << 62
-                    g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
-                    w = DirectionWeights(*(torch.randn(*shape, dtype=dtype, requires_grad=True) for shape in
-                                           ((g, 2), (g, p), (g,), (g,), (p, h) if spec.proj_size else None)
-                                           if shape is not None), *(() if spec.proj_size else (None,)))
-                    x = torch.randn(2, 4, 2, dtype=dtype)
-                    states = [(torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]]
+                    STEP_GEMM_MIN_MACS = step_macs
                     for mask in (None, torch.ones(2, 4, 1, dtype=torch.bool)):
-                        out, _ = run_layer(spec, x, [w], states, mask)
-                        out.sum().backward()
+                        run_layer(spec, x, [w], [state], mask)[0].sum().backward()
                         with torch.no_grad():
-                            run_layer(spec, x, [w], states, mask)
-                    for layers in (1, 2):
-                        ws = [DirectionWeights(*(t.detach() if t is not None else None for t in w))] * 1
-                        if layers == 2:
-                            continue  # layer >= 1 needs input size P: covered by stream_step's own compile
-                        stream_step(spec, x[0], ws, None, None)
+                            run_layer(spec, x, [w], [state], mask)
+                stream_step(spec, x[0], [DirectionWeights(*(None if t is None else t.detach() for t in w))], None)
     finally:
         STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS = saved
 

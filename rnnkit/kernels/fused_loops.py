@@ -143,6 +143,7 @@ _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char, types.intp, types.intp, types.intp,
     _vp, _vp, types.intp, _vp, types.intp, _vp, _vp, types.intp))
 _N = np.int8(ord("n"))
+_T = np.int8(ord("t"))
 _SMALL_BATCH = 1  # at most this many rows: a plain loop beats the BLAS call (measured B=1..8)
 
 
@@ -169,11 +170,12 @@ def consts(a):
 
 
 @register_jitable
-def dot(a, b, out, ab, acc):
-    """out[M, N] (+)= a[M, K] · b[K, N], all C-contiguous; ab = consts(a); acc: add to out."""
+def dot(a, b, out, ab, acc, bt):
+    """out[M, N] (+)= a[M, K] · B, all C-contiguous, where B = b[K, N], or b[N, K]^T when bt (a weight
+    in torch's [out, in] layout, no transposed copy); ab = consts(a); acc: add to out."""
     m, k = a.shape
-    n = b.shape[1]
-    if m <= _SMALL_BATCH:
+    n = b.shape[0] if bt else b.shape[1]
+    if m <= _SMALL_BATCH and not bt:
         k4 = k - k % 4
         for i in range(m):
             o = out[i]
@@ -190,8 +192,39 @@ def dot(a, b, out, ab, acc):
                 bk = b[kk]
                 for j in range(n):
                     o[j] += aik * bk[j]
+    elif m <= _SMALL_BATCH:
+        n4 = n - n % 4
+        for i in range(m):
+            o = out[i]
+            ai = a[i]
+            zero = ai[0] - ai[0]
+            for j in range(0, n4, 4):  # four dot products per pass over a
+                b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+                s0 = s1 = s2 = s3 = zero
+                for kk in range(k):
+                    x = ai[kk]
+                    s0 += x * b0[kk]
+                    s1 += x * b1[kk]
+                    s2 += x * b2[kk]
+                    s3 += x * b3[kk]
+                if acc:
+                    o[j] += s0
+                    o[j + 1] += s1
+                    o[j + 2] += s2
+                    o[j + 3] += s3
+                else:
+                    o[j] = s0
+                    o[j + 1] = s1
+                    o[j + 2] = s2
+                    o[j + 3] = s3
+            for j in range(n4, n):
+                bj = b[j]
+                s0 = zero
+                for kk in range(k):
+                    s0 += ai[kk] * bj[kk]
+                o[j] = o[j] + s0 if acc else s0
     else:
-        _xxgemm(kind_(a), _N, _N, n, m, k, ab.ctypes, b.ctypes, n, a.ctypes, k,
+        _xxgemm(kind_(a), _T if bt else _N, _N, n, m, k, ab.ctypes, b.ctypes, k if bt else n, a.ctypes, k,
                 ab[2:].ctypes if acc else ab[1:].ctypes, out.ctypes, n)
 
 
@@ -258,14 +291,14 @@ def _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
 
 
 @njit(**_JIT)
-def rnn_forward(gates, w_hh_t, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
-    """Elman RNN over the sequence. w_hh_t <f>[H, H] = W_hh^T (contiguous)."""
+def rnn_forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+    """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``)."""
     T = gates.shape[0]
     ab = consts(gates)
     gh = np.empty(h.shape, h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(h, w_hh_t, gh, ab, False)
+        dot(h, w_hh, gh, ab, False, not wt)
         _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
 
 
@@ -306,7 +339,7 @@ def rnn_backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff
     for s in range(T):
         t = s if reverse else T - 1 - s
         _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
-        dot(dg[t], w_hh, tmp, ab, False)
+        dot(dg[t], w_hh, tmp, ab, False, False)
         _merge_set(t, dh, tmp, mask, has_mask)
 
 
@@ -353,24 +386,24 @@ def _lstm_fwd_ew(t, gates, gh, hdst, c, mask, has_mask, train, write_out, out, o
 
 
 @njit(**_JIT)
-def lstm_forward(gates, w_hh_t, w_hr_t, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
-    """LSTM, gate order i, f, g, o. w_hh_t <f>[P, 4H] = W_hh^T; w_hr_t <f>[H, P] = W_hr^T or shape
-    (0, 0) without projection. train: keep activated gates in ``gates``, c_t in cs <f>[T, B, H] and,
-    with a mask, h_t in hs."""
+def lstm_forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
+    """LSTM, gate order i, f, g, o. w_hh <f>[4H, P] is W_hh, or W_hh^T when wt; w_hr <f>[P, H] = W_hr
+    or shape (0, 0) without projection. train: keep activated gates in ``gates``, c_t in
+    cs <f>[T, B, H] and, with a mask, h_t in hs."""
     T, B, G = gates.shape
     H = G // 4
     P = h.shape[1]
-    proj = w_hr_t.shape[0] > 0
+    proj = w_hr.shape[0] > 0
     ab = consts(gates)
     gh = np.empty((B, G), gates.dtype)
     hc = np.empty((B, H if proj else 0), gates.dtype)
     hp = np.empty((B, P if proj else 0), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(h, w_hh_t, gh, ab, False)
+        dot(h, w_hh, gh, ab, False, not wt)
         _lstm_fwd_ew(t, gates, gh, hc if proj else h, c, mask, has_mask, train, not proj, out, off, cs)
         if proj:
-            dot(hc, w_hr_t, hp, ab, False)
+            dot(hc, w_hr, hp, ab, False, True)
             for b in range(B):
                 ob = out[t, b, off:off + P]
                 if has_mask and not mask[t, b]:
@@ -453,9 +486,9 @@ def lstm_backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, do
                     _zero(dhs[t, b])
                 else:
                     _set(dhs[t, b], dh[b])
-            dot(dh, w_hr, dhc, ab, False)
+            dot(dh, w_hr, dhc, ab, False, False)
         _lstm_bwd_ew(t, first, tp, gates, cs, c0, dhc if proj else dh, dc, mask, has_mask, dg, proj, hcs)
-        dot(dg[t], w_hh, tmp, ab, False)
+        dot(dg[t], w_hh, tmp, ab, False, False)
         _merge_set(t, dh, tmp, mask, has_mask)
 
 
@@ -500,16 +533,17 @@ def _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
 
 
 @njit(**_JIT)
-def gru_forward(gates, w_hh_t, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+def gru_forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
     """GRU, reset_after=True (torch.nn's), gate order r, z, n. gates hold x W_ih^T + b_ih with
-    b_hh folded into r and z; b_hn <f>[H] stays inside r·(W_hn h + b_hn). w_hh_t <f>[H, 3H].
+    b_hh folded into r and z; b_hn <f>[H] stays inside r·(W_hn h + b_hn). w_hh <f>[3H, H] is W_hh,
+    or W_hh^T when wt.
     train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask."""
     T, B, G = gates.shape
     ab = consts(gates)
     gh = np.empty((B, G), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(h, w_hh_t, gh, ab, False)
+        dot(h, w_hh, gh, ab, False, not wt)
         _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
         if train and has_mask:
             _set2(hs[t], h)
@@ -577,7 +611,7 @@ def gru_backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, 
         t = s if reverse else T - 1 - s
         tp, first = _prev(t, T, reverse)
         _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
-        dot(dgh, w_hh, dh, ab, True)  # masked rows of dgh are 0: their dh passes through
+        dot(dgh, w_hh, dh, ab, True, False)  # masked rows of dgh are 0: their dh passes through
 
 
 @njit(**_JIT)
@@ -592,9 +626,10 @@ def gru_backward_step(t, tprev, tmp, reverse, gates, ghn, h0, hseq, hoff, dh, ma
 
 
 @njit(**_JIT)
-def grux_forward(gates, w_hrz_t, w_hn_t, h, mask, has_mask, reverse, train, out, off, hs):
+def grux_forward(gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
     """GRU, reset_after=False (Cho et al.): n = tanh(gi_n + W_hn (r·h) + b_hn), all biases folded into
-    gates. w_hrz_t <f>[H, 2H] = W_h[rz]^T; w_hn_t <f>[H, H] = W_hn^T. train: keep r, z, n in ``gates``
+    gates. w_hrz <f>[2H, H] = W_h[rz]; w_hn <f>[H, H] = W_hn (both transposed when wt). train: keep
+    r, z, n in ``gates``
     and h_t in hs with a mask. (Whole-loop only: its two mat-muls per step make a Python-driven
     loop twice as costly.)"""
     T, B, G = gates.shape
@@ -606,7 +641,7 @@ def grux_forward(gates, w_hrz_t, w_hn_t, h, mask, has_mask, reverse, train, out,
     nb = np.empty(H, gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(h, w_hrz_t, ghrz, ab, False)
+        dot(h, w_hrz, ghrz, ab, False, not wt)
         for b in range(B):
             g = gates[t, b]
             gb = ghrz[b]
@@ -616,7 +651,7 @@ def grux_forward(gates, w_hrz_t, w_hn_t, h, mask, has_mask, reverse, train, out,
                 g[j] = sigmoid_(g[j] + gb[j])
             for j in range(H):
                 rb[j] = g[j] * hb[j]
-        dot(rh, w_hn_t, ghn, ab, False)
+        dot(rh, w_hn, ghn, ab, False, not wt)
         for b in range(B):
             ob = out[t, b, off:off + H]
             if has_mask and not mask[t, b]:
@@ -665,7 +700,7 @@ def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, revers
                 dn[j] = dhb[j] * (one - g[H + j]) * (one - n * n)
             for j in range(H):
                 dgb[2 * H + j] = dn[j]
-        dot(dnp_s, w_hn, drh, ab, False)
+        dot(dnp_s, w_hn, drh, ab, False, False)
         for b in range(B):
             if has_mask and not mask[t, b]:
                 _zero(drz[b])
@@ -690,126 +725,104 @@ def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, revers
                 rb[j] = g[j] * hp[j]
             for j in range(H):
                 dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
-        dot(drz, w_hrz, dh, ab, True)  # masked rows of drz are 0: their dh passes through
+        dot(drz, w_hrz, dh, ab, True, False)  # masked rows of drz are 0: their dh passes through
 
 
 # ------------------------------------------------------------------------------------ streaming
 # One time step of a whole (unidirectional) stack, for ``step()``: every layer in one compiled call.
-# wflat holds every layer's weights, transposed, one layer after the other (``fused._stream_pack``):
-#     W_ih^T [I_l, G*H], W_hh^T [P, G*H], folded bias [G*H], b_hn [H] (GRU), W_hr^T [H, P] (LSTM)
-# I_l = I0 for layer 0, else P. hin, cin: <f>[L, B, P], [L, B, H]; the new state goes into hout, cout
-# (allocated by the caller: returning arrays from numba costs ~0.7 µs each).
-
-
-@register_jitable
-def _stream_gates(x, wp, I, H, P, G, h, gates, ab):
-    """gates[B, G*H] = x W_ih^T + h W_hh^T + bias; returns the offset after the bias."""
-    wih = wp[: I * G].reshape((I, G))
-    o = I * G
-    whh = wp[o: o + P * G].reshape((P, G))
-    o += P * G
-    bias = wp[o: o + G]
-    tmp = np.empty(gates.shape, gates.dtype)
-    dot(x, wih, gates, ab, False)
-    dot(h, whh, tmp, ab, False)
-    for b in range(gates.shape[0]):
-        gb = gates[b]
-        tb = tmp[b]
-        for j in range(G):
-            gb[j] = gb[j] + tb[j] + bias[j]
-    return o + G
+# The weights come as tuples over layers of the parameters themselves, in torch's layout (numpy views:
+# nothing is copied or cached, so every update to a weight is seen): w_ih[l] <f>[G*H, I_l],
+# w_hh[l] <f>[G*H, P], b_ih[l], b_hh[l] <f>[G*H] (zeros without bias), w_hr[l] <f>[P, H] (LSTM
+# projection; shape (0, 0) without). hin, cin: <f>[L, B, P], [L, B, H]; the new state goes into
+# hout, cout (allocated by the caller: returning arrays from numba costs ~0.7 µs each).
 
 
 @njit(**_JIT)
-def stream_lstm(x, wflat, I0, H, P, hin, cin, hout, cout):
+def stream_lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, hin, cin, hout, cout):
     L, B = hin.shape[0], hin.shape[1]
+    H = cin.shape[2]
     G = 4 * H
-    proj = P != H
     ab = consts(x)
     gates = np.empty((B, G), x.dtype)
+    gh = np.empty((B, G), x.dtype)
     hc = np.empty((B, H), x.dtype)
     xin = x
-    start = 0
     for layer in range(L):
-        I = I0 if layer == 0 else P
-        wp = wflat[start:]
-        o = _stream_gates(xin, wp, I, H, P, G, hin[layer], gates, ab)
-        start += o + (H * P if proj else 0)
+        proj = w_hr[layer].shape[0] > 0
+        dot(xin, w_ih[layer], gates, ab, False, True)
+        dot(hin[layer], w_hh[layer], gh, ab, False, True)
+        bi = b_ih[layer]
+        bh = b_hh[layer]
         co = cout[layer]
         hdst = hc if proj else hout[layer]
         for b in range(B):
             g = gates[b]
-            cb = cin[layer, b]
-            cob = co[b]
-            hb = hdst[b]
+            ghb = gh[b]
+            for j in range(G):
+                g[j] = g[j] + ghb[j] + bi[j] + bh[j]
             for j in range(2 * H):
                 g[j] = sigmoid_(g[j])
             for j in range(H):
                 g[2 * H + j] = tanh_(g[2 * H + j])
             for j in range(H):
                 g[3 * H + j] = sigmoid_(g[3 * H + j])
+            cb = cin[layer, b]
+            cob = co[b]
+            hb = hdst[b]
             for j in range(H):
                 cv = g[H + j] * cb[j] + g[j] * g[2 * H + j]
                 cob[j] = cv
                 hb[j] = g[3 * H + j] * tanh_(cv)
         if proj:
-            dot(hc, wp[o: o + H * P].reshape((H, P)), hout[layer], ab, False)
+            dot(hc, w_hr[layer], hout[layer], ab, False, True)
         xin = hout[layer]
 
 
 @njit(**_JIT)
-def stream_gru(x, wflat, I0, H, reset_after, hin, hout):
-    L, B = hin.shape[0], hin.shape[1]
+def stream_gru(x, w_ih, w_hh, b_ih, b_hh, reset_after, hin, hout):
+    L, B, H = hin.shape
     G = 3 * H
     ab = consts(x)
     gates = np.empty((B, G), x.dtype)
-    gh = np.empty((B, G if reset_after else 2 * H), x.dtype)
+    gh = np.empty((B, G), x.dtype)
+    ghrz = np.empty((B, 2 * H), x.dtype)
     rh = np.empty((B, H), x.dtype)
     ghn = np.empty((B, H), x.dtype)
     nb = np.empty(H, x.dtype)
     xin = x
-    start = 0
     for layer in range(L):
-        I = I0 if layer == 0 else H
-        wp = wflat[start:]
-        start += I * G + H * G + G + H
         h = hin[layer]
-        wih = wp[: I * G].reshape((I, G))
-        o = I * G
-        whh = wp[o: o + H * G].reshape((H, G))
-        o += H * G
-        bias = wp[o: o + G]
-        b_hn = wp[o + G: o + G + H]
-        dot(xin, wih, gates, ab, False)
+        bi = b_ih[layer]
+        bh = b_hh[layer]
+        dot(xin, w_ih[layer], gates, ab, False, True)
         if reset_after:
-            dot(h, whh, gh, ab, False)
-        else:  # W_hh^T packed as [W_h(rz)^T (H x 2H) | W_hn^T (H x H)]
-            dot(h, wp[o - H * G: o - H * H].reshape((H, 2 * H)), gh, ab, False)
+            dot(h, w_hh[layer], gh, ab, False, True)
+        else:
+            dot(h, w_hh[layer][: 2 * H], ghrz, ab, False, True)
+        src = gh if reset_after else ghrz
         for b in range(B):
             g = gates[b]
-            ghb = gh[b]
+            sb = src[b]
             for j in range(2 * H):
-                g[j] = sigmoid_(g[j] + ghb[j] + bias[j])
+                g[j] = sigmoid_(g[j] + bi[j] + sb[j] + bh[j])
+            hb = h[b]
             if reset_after:
                 for j in range(H):
-                    nb[j] = tanh_(g[2 * H + j] + bias[2 * H + j] + g[j] * (ghb[2 * H + j] + b_hn[j]))
-            else:
-                hb = h[b]
-                rb = rh[b]
-                for j in range(H):
-                    rb[j] = g[j] * hb[j]
-            if reset_after:
-                hb = h[b]
+                    nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + g[j] * (sb[2 * H + j] + bh[2 * H + j]))
                 ob = hout[layer, b]
                 for j in range(H):
                     ob[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+            else:
+                rb = rh[b]
+                for j in range(H):
+                    rb[j] = g[j] * hb[j]
         if not reset_after:
-            dot(rh, wp[o - H * H: o].reshape((H, H)), ghn, ab, False)
+            dot(rh, w_hh[layer][2 * H:], ghn, ab, False, True)
             for b in range(B):
                 g = gates[b]
                 gnb = ghn[b]
                 for j in range(H):
-                    nb[j] = tanh_(g[2 * H + j] + bias[2 * H + j] + gnb[j])
+                    nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + gnb[j] + bh[2 * H + j])
                 hb = h[b]
                 ob = hout[layer, b]
                 for j in range(H):
@@ -818,19 +831,24 @@ def stream_gru(x, wflat, I0, H, reset_after, hin, hout):
 
 
 @njit(**_JIT)
-def stream_rnn(x, wflat, I0, H, relu, hin, hout):
-    L, B = hin.shape[0], hin.shape[1]
+def stream_rnn(x, w_ih, w_hh, b_ih, b_hh, relu, hin, hout):
+    L, B, H = hin.shape
     ab = consts(x)
     zero = one_(x) - one_(x)
     gates = np.empty((B, H), x.dtype)
+    gh = np.empty((B, H), x.dtype)
     xin = x
-    start = 0
     for layer in range(L):
-        I = I0 if layer == 0 else H
-        start += _stream_gates(xin, wflat[start:], I, H, H, H, hin[layer], gates, ab)
+        dot(xin, w_ih[layer], gates, ab, False, True)
+        dot(hin[layer], w_hh[layer], gh, ab, False, True)
+        bi = b_ih[layer]
+        bh = b_hh[layer]
         for b in range(B):
             g = gates[b]
+            ghb = gh[b]
             ob = hout[layer, b]
+            for j in range(H):
+                g[j] = g[j] + ghb[j] + bi[j] + bh[j]
             if relu:
                 for j in range(H):
                     ob[j] = g[j] if g[j] > 0 else zero
