@@ -72,11 +72,13 @@ def _close(a, b, dtype, what):
             torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-@pytest.fixture(params=["compiled", "stepwise"])
+@pytest.fixture(params=["compiled", "compiled-wt", "stepwise"])
 def loop(request, monkeypatch):
-    """Both time-loop drivers: the compiled loop, and the Python loop with oneDNN's GEMM (float32);
-    LSTM inference runs our loop with the first, oneDNN's LSTM layer (where it applies) with the second."""
-    compiled = request.param == "compiled"
+    """Both time-loop drivers: the compiled loop (with W_hh as stored, or a transposed copy at batch 1:
+    "-wt"), and the Python loop with oneDNN's GEMM (float32); LSTM inference runs our loop with the
+    first two, oneDNN's LSTM layer (where it applies) with the third."""
+    compiled = request.param.startswith("compiled")
+    monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 1 << 62 if compiled else 0)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
     monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 1 << 62 if compiled else 0)
@@ -90,6 +92,8 @@ def loop(request, monkeypatch):
 def test_matches_reference(cell, options, dtype, loop):
     if loop == "stepwise" and (dtype == torch.float64 or cell in ("lstm_proj", "gru_v1")):
         pytest.skip("the stepwise driver covers float32 RNN, LSTM and GRU (reset_after=True) only")
+    if loop == "compiled-wt" and options[5] != 1:
+        pytest.skip("the transposed W_hh is used at batch 1 only")
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
     outs, grads = _run(cell, options, "fused", dtype)
     _close(outs, outs_ref, dtype, "outputs")
@@ -196,7 +200,7 @@ def test_stream_step(cell, dtype):
         model = cls(I, H, num_layers=layers, bias=bias, dtype=dtype, backend="reference", **kw)
         x = torch.randn(T, batch, I, dtype=dtype)
         with torch.no_grad():
-            for trial in range(2):
+            for trial in range(3):
                 ref, hn = model(x)
                 hn = hn if isinstance(hn, tuple) else (hn,)
                 weights = [model.direction_weights(layer, 0) for layer in range(layers)]
@@ -208,8 +212,8 @@ def test_stream_step(cell, dtype):
                 torch.testing.assert_close(torch.stack(ys), ref, **tol)
                 for a, b in zip(hn, (h, c)):
                     torch.testing.assert_close(b, a, **tol)
-                for p in model.parameters():  # an in-place update must be seen (even through .data)
-                    p.mul_(0.9)
+                for p in model.parameters():  # an in-place update must be seen, even through .data
+                    (p.data if trial else p).mul_(0.9)
 
 
 def test_stream_step_checks_shapes():
