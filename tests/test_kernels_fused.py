@@ -81,6 +81,7 @@ def loop(request, monkeypatch):
     monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 1 << 62 if compiled else 0)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_STEPS", 1)
     monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 1 << 62 if compiled else 0)
     return request.param
 
@@ -161,6 +162,7 @@ def test_dispatch(monkeypatch):
     # the time-loop driver follows STEP_GEMM_MIN_MACS / _BATCH
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 0)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_STEPS", 1)
     n = fused.calls["step_loop"]
     rnnkit.RNN(5, 4, backend="fused")(x32)
     assert fused.calls["step_loop"] == n + 1

@@ -21,12 +21,13 @@ Dispatch (per call; constants below, measured on 2 Zen 5 cores):
 - LSTM inference (no grad), float32, no projection, no ``lengths``, per-step work B·4H·H >=
   ``ONEDNN_LSTM_MIN_MACS``: oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
   torch.nn.LSTM runs) — on par with torch.nn by construction; below that our own loop is faster.
-- Time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds and batch
-  >= ``STEP_GEMM_MIN_BATCH`` (and not GRU reset_after=False or an LSTM projection, which have two
+- Time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds, batch
+  >= ``STEP_GEMM_MIN_BATCH`` and >= ``STEP_GEMM_MIN_STEPS`` steps (and not GRU reset_after=False or an LSTM projection, which have two
   mat-muls per step): a Python loop whose recurrent GEMM is oneDNN with the weight prepacked once
   per call (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``), plus one compiled elementwise
   call per step. Otherwise the whole loop runs compiled in numba with BLAS (batch 1: a plain loop),
-  no Python per step; that BLAS runs on one thread (see ``_OneBlasThread``).
+  no Python per step; that BLAS (scipy's OpenBLAS) is set to one thread, process-wide (see
+  ``_OneBlasThread``).
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
 
 Streaming: ``stream_step`` runs one time step of a whole unidirectional stack in one compiled call
@@ -57,6 +58,8 @@ weight every call); float32, batch >= STEP_GEMM_MIN_BATCH. Measured (one thread,
 LSTM B=16 H=128 (1.0M) compiled 20% faster; LSTM B=32 H=128 (2.1M) a tie; LSTM/GRU B=8 H=256
 (2.1M/1.6M) step loop 20-30% faster in training; GRU B=16 H=128 (0.8M) compiled 1.7x faster."""
 STEP_GEMM_MIN_BATCH = 4
+STEP_GEMM_MIN_STEPS = 8
+"""Fewer steps do not repay prepacking the weight (~100-300 µs) for the oneDNN loop."""
 TRANSPOSE_MIN_STEPS = 16
 """At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh: its
 mat-vec is ~35% faster at H=256 (the same at H=64); below, the copy would cost more than it saves."""
@@ -83,35 +86,35 @@ def _kernels():
 
 # ---------------------------------------------------------------------------- BLAS threads
 class _OneBlasThread:
-    """Run the compiled loops' BLAS (scipy's OpenBLAS) on the calling thread only, restoring the
-    caller's setting afterwards. Its per-step GEMMs are small (larger shapes take the oneDNN path),
-    and OpenBLAS's idle workers spin for a while after each call, stealing a core from torch's
-    OpenMP threads right when the next torch op runs."""
+    """Run the compiled loops' BLAS (scipy's OpenBLAS, which numba calls) on one thread.
 
-    _set = None  # openblas_set_num_threads_local, or False where unavailable
+    Its per-step GEMMs are small (larger shapes take the oneDNN loop), a thread barrier per step
+    stalls whenever another process holds a core, and OpenBLAS's idle workers spin for a while after
+    each call, stealing a core from torch's OpenMP threads. Set once, process-wide (toggling it per
+    call wakes the workers each time: measured 10-50x slower calls); numpy's own BLAS is a different
+    library and is not affected."""
+
+    done = False
 
     def __enter__(self):
-        cls = type(self)
-        if cls._set is None:
-            cls._set = False
+        if not _OneBlasThread.done:
+            _OneBlasThread.done = True
             try:
                 import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
                 with open("/proc/self/maps") as maps:
                     paths = sorted({line.split()[-1] for line in maps if "libscipy_openblas" in line})
                 for path in paths:
                     lib = ctypes.CDLL(path)
-                    if hasattr(lib, "openblas_set_num_threads_local"):
-                        cls._set = lib.openblas_set_num_threads_local
-                        cls._set.restype = ctypes.c_int
-                        break
+                    for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+                        if hasattr(lib, name):
+                            getattr(lib, name)(ctypes.c_int(1))
+                            break
             except (OSError, ImportError):  # pragma: no cover - not Linux, or another BLAS
                 pass
-        self.prev = cls._set(1) if cls._set else None
         return self
 
     def __exit__(self, *exc):
-        if self.prev is not None and self.prev != 1:
-            type(self)._set(self.prev)
+        return None
 
 
 def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
@@ -182,8 +185,8 @@ def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
     """Whether to drive the time loop from Python with oneDNN's GEMM (see module docstring)."""
     if x.dtype != torch.float32 or w_hr is not None or (spec.mode == "GRU" and not spec.reset_after):
         return False
-    B, H, P = x.shape[1], spec.hidden_size, spec.output_size
-    return B >= STEP_GEMM_MIN_BATCH and B * spec.gates * H * P >= STEP_GEMM_MIN_MACS
+    T, B, H, P = x.shape[0], x.shape[1], spec.hidden_size, spec.output_size
+    return B >= STEP_GEMM_MIN_BATCH and T >= STEP_GEMM_MIN_STEPS and B * spec.gates * H * P >= STEP_GEMM_MIN_MACS
 
 
 # ----------------------------------------------------------------------------------- forward
