@@ -138,7 +138,8 @@ def bench_one(cell, cfg, backends, repeat, min_time):
 
 def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dict:
     """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad:
-    torch.nn's *Cell against ``rnnkit.kernels.fused.stream_step`` (what ``step()`` would call)."""
+    torch.nn's *Cell against ``rnnkit.kernels.fused.stream_step`` (state in and out as tensors, what
+    ``step(x_t, state)`` would call) and ``fused.Streamer`` (state kept inside, for a state object)."""
     cls, torch_cls, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
@@ -146,7 +147,8 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     x = torch.randn(1, hidden)
     h = torch.zeros(1, 1, hidden)
     c = torch.zeros(1, 1, hidden) if cls is rnnkit.LSTM else None
-    fns = {"fused": lambda: _fused.stream_step(m.spec, x, weights, h, c)}
+    streamer = _fused.Streamer(m.spec, weights, 1)
+    fns = {"fused": lambda: _fused.stream_step(m.spec, x, weights, h, c), "streamer": lambda: streamer(x)}
     if torch_cls is not None:
         tcell = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
                  "gru": torch.nn.GRUCell}[cell](hidden, hidden, **kw)
@@ -218,15 +220,16 @@ def main(argv=None) -> int:
                       f"worst {max(ratios):.2f}")
     stream = []
     if not args.no_stream:
+        torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
         print()
-        print("streaming step, batch 1, one layer, input = hidden (µs per call, median):")
+        print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
         for cell in cells:
             for hidden in (64, 256):
                 r = bench_stream(cell, hidden, args.repeat)
                 stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()}})
                 t = r.get("torch", float("nan"))
-                print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   fused stream_step {r['fused']:7.2f} µs   "
-                      f"ratio {r['fused'] / t:.2f}")
+                print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   stream_step {r['fused']:7.2f} µs "
+                      f"({r['fused'] / t:.2f})   Streamer {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:

@@ -228,3 +228,43 @@ def test_stream_step_checks_shapes():
         fused.stream_step(model.spec, x, weights, torch.zeros(1, 3, H), None)
     with pytest.raises(ValueError, match="c:"):
         fused.stream_step(model.spec, x, weights, torch.zeros(2, 3, H), torch.zeros(2, 2, H))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_single_step_call(cell):
+    """A one-step forward() without grad (e.g. generation) runs the streaming kernel per direction."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    ref = cls(I, H, num_layers=2, bidirectional=True, backend="reference", **kw)
+    fast = cls(I, H, num_layers=2, bidirectional=True, backend="fused", **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, I)
+    hx = torch.randn(4, 3, kw.get("proj_size") or H)
+    hx = (hx, torch.randn(4, 3, H)) if cls is rnnkit.LSTM else hx
+    with torch.no_grad():
+        (out, hn), (out_ref, hn_ref) = fast(x, hx), ref(x, hx)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(hn if isinstance(hn, tuple) else (hn,), hn_ref if isinstance(hn_ref, tuple) else (hn_ref,)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_streamer(cell):
+    """fused.Streamer (stateful streaming) replays forward() one step at a time."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model = cls(I, H, num_layers=2, backend="reference", **kw)
+    x = torch.randn(T, 3, I)
+    hx = torch.randn(2, 3, kw.get("proj_size") or H)
+    hx = (hx, torch.randn(2, 3, H)) if cls is rnnkit.LSTM else hx
+    with torch.no_grad():
+        ref, hn = model(x, hx)
+        h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
+        streamer = fused.Streamer(model.spec, [model.direction_weights(layer, 0) for layer in range(2)], 3, h0, c0)
+        ys = torch.stack([streamer(x[t]) for t in range(T)])
+    torch.testing.assert_close(ys, ref, atol=1e-5, rtol=1e-5)
+    h, c = streamer.state
+    for a, b in zip(hn if isinstance(hn, tuple) else (hn,), (h, c)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="x_t"):
+        streamer(torch.randn(2, I))

@@ -22,16 +22,20 @@ Dispatch (per call; constants below, measured on 2 Zen 5 cores):
   ``ONEDNN_LSTM_MIN_MACS``: oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
   torch.nn.LSTM runs) — on par with torch.nn by construction; below that our own loop is faster.
 - Time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds, batch
-  >= ``STEP_GEMM_MIN_BATCH`` and >= ``STEP_GEMM_MIN_STEPS`` steps (and not GRU reset_after=False or an LSTM projection, which have two
-  mat-muls per step): a Python loop whose recurrent GEMM is oneDNN with the weight prepacked once
+  >= ``STEP_GEMM_MIN_BATCH`` and >= ``STEP_GEMM_MIN_STEPS`` steps (and not GRU reset_after=False or
+  an LSTM projection, which have two mat-muls per step): a Python loop whose recurrent GEMM is
+  oneDNN with the weight prepacked once
   per call (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``), plus one compiled elementwise
   call per step. Otherwise the whole loop runs compiled in numba with BLAS (batch 1: a plain loop),
   no Python per step; that BLAS (scipy's OpenBLAS) is set to one thread, process-wide (see
   ``_OneBlasThread``).
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
+- A one-step call without autograd (generation) skips all GEMM setup: the streaming kernel below.
 
 Streaming: ``stream_step`` runs one time step of a whole unidirectional stack in one compiled call
-(no autograd), for ``step()``; see its docstring.
+(no autograd), state in and out as tensors, for ``step(x_t, state)``; ``Streamer`` keeps the state
+inside, for a state object (lowest overhead). Weights are read in place (numpy views), so updates are
+always seen. Not supported: double backward (``create_graph=True``) — use backend="reference".
 """
 
 from __future__ import annotations
@@ -495,6 +499,9 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
     if need_grad:
         out, *finals = _FusedLayer.apply(spec, x, mask, *flat)
+    elif x.shape[0] == 1 and mask is None:  # one step (e.g. generation): the streaming kernel, no GEMM setup
+        with torch.no_grad():
+            out, finals = _single_step(spec, x, weights, states)
     else:
         with torch.no_grad():
             out, finals, _, _ = _forward(spec, x, mask, flat, train=False)
@@ -532,6 +539,30 @@ def _bias_view(b: Tensor | None, n: int, dtype):
     return _zero_bias[(n, dtype)]
 
 
+_stacks: dict = {}
+
+
+def _stack_views(spec: CellSpec, layers: list[DirectionWeights], dtype):
+    """Numpy views of every layer's weights as tuples over layers (w_ih, w_hh, b_ih, b_hh, w_hr),
+    cached while every weight keeps its storage (views, so in-place updates are always seen)."""
+    params = [p for w in layers for p in w if p is not None]
+    key = tuple(map(id, params))
+    hit = _stacks.get(key)
+    if hit is not None and [p.data_ptr() for p in params] == hit[1]:
+        return hit[2]
+    gh = spec.gates * spec.hidden_size
+    bundle = (tuple(_view(w.w_ih) for w in layers), tuple(_view(w.w_hh) for w in layers),
+              tuple(_bias_view(w.b_ih, gh, dtype) for w in layers),
+              tuple(_bias_view(w.b_hh, gh, dtype) for w in layers),
+              tuple(_view(w.w_hr) if w.w_hr is not None else _DUMMIES[(dtype.type, 2)] for w in layers))
+    if any(not p.is_contiguous() for p in params):  # copies, not views: never cached
+        return bundle
+    if len(_stacks) > 64:
+        _stacks.clear()
+    _stacks[key] = (params, [p.data_ptr() for p in params], bundle)  # params kept alive: ids stay theirs
+    return bundle
+
+
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
     """Whether ``stream_step`` can run: CPU float32/64, a known cell, not tracing or scripting. The
     caller also checks that no gradient is needed (and that no inter-layer dropout applies)."""
@@ -560,16 +591,11 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_np = _np_fast(x_t)
     dtype = x_np.dtype
-    gh = spec.gates * H
-    w_ih = tuple(_view(w.w_ih) for w in layers)
-    w_hh = tuple(_view(w.w_hh) for w in layers)
-    b_ih = tuple(_bias_view(w.b_ih, gh, dtype) for w in layers)
-    b_hh = tuple(_bias_view(w.b_hh, gh, dtype) for w in layers)
+    w_ih, w_hh, b_ih, b_hh, w_hr = _stack_views(spec, layers, dtype)
     h_np = _state_np(h) if h is not None else np.zeros((L, B, P), dtype)
     hout = np.empty((L, B, P), dtype)
     h_t = _from_np(hout)
     if spec.mode == "LSTM":
-        w_hr = tuple(_view(w.w_hr) if w.w_hr is not None else _DUMMIES[(dtype.type, 2)] for w in layers)
         c_np = _state_np(c) if c is not None else np.zeros((L, B, H), dtype)
         cout = np.empty((L, B, H), dtype)
         K.stream_lstm(x_np, w_ih, w_hh, b_ih, b_hh, w_hr, h_np, c_np, hout, cout)
@@ -584,6 +610,71 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     _last_state.clear()
     _last_state[id(h_t)] = (h_t, hout)
     return _from_np(hout[L - 1]), h_t, None
+
+
+class Streamer:
+    """Stateful streaming for a unidirectional stack: ``y_t = streamer(x_t)`` advances the state
+    kept inside (numpy buffers, so a call is a numpy view, one compiled call and one small output
+    allocation: the lowest-overhead way to run one step at a time, e.g. for ``step()`` with a state
+    object). Weights are read in place at every call, so updates to them are seen.
+
+    layers: the stack's DirectionWeights (forward direction), batch B; h <f>[L, B, P] and c <f>[L, B, H]
+    (LSTM) the initial state, or None for zeros. ``state`` returns (h, c) as new tensors."""
+
+    def __init__(self, spec: CellSpec, layers: list[DirectionWeights], batch: int,
+                 h: Tensor | None = None, c: Tensor | None = None) -> None:
+        self.spec, self.layers, self.K = spec, layers, _kernels()
+        w0 = layers[0].w_ih
+        self.I, L, H, P = w0.shape[1], len(layers), spec.hidden_size, spec.proj_size or spec.hidden_size
+        self.dtype = _np(w0[:0]).dtype
+        self.h = [np.zeros((L, batch, P), self.dtype) for _ in range(2)]
+        self.c = [np.zeros((L, batch, H), self.dtype) for _ in range(2)]
+        for name, init, n in (("h", h, P), ("c", c, H)):
+            if init is not None:
+                if tuple(init.shape) != (L, batch, n) or init.dtype != w0.dtype:
+                    raise ValueError(f"{name}: expected shape {(L, batch, n)} of dtype {w0.dtype}, "
+                                     f"got {tuple(init.shape)} {init.dtype}")
+                getattr(self, name)[0][...] = _np(init)
+        self.cur = 0
+        self.shape_x = (batch, self.I)
+
+    def __call__(self, x_t: Tensor) -> Tensor:
+        if tuple(x_t.shape) != self.shape_x or x_t.dtype != self.layers[0].w_ih.dtype:
+            raise ValueError(f"x_t: expected shape {self.shape_x} of dtype {self.layers[0].w_ih.dtype}, "
+                             f"got {tuple(x_t.shape)} {x_t.dtype}")
+        w_ih, w_hh, b_ih, b_hh, w_hr = _stack_views(self.spec, self.layers, self.dtype)
+        i, o = self.cur, 1 - self.cur
+        hout = self.h[o]
+        mode = self.spec.mode
+        if mode == "LSTM":
+            self.K.stream_lstm(_np_fast(x_t), w_ih, w_hh, b_ih, b_hh, w_hr, self.h[i], self.c[i], hout, self.c[o])
+        elif mode == "GRU":
+            self.K.stream_gru(_np_fast(x_t), w_ih, w_hh, b_ih, b_hh, self.spec.reset_after, self.h[i], hout)
+        else:
+            self.K.stream_rnn(_np_fast(x_t), w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", self.h[i], hout)
+        self.cur = o
+        return _from_np(hout[-1].copy())
+
+    @property
+    def state(self) -> tuple[Tensor, Tensor | None]:
+        """The current (h <f>[L, B, P], c <f>[L, B, H] or None), as new tensors."""
+        h = _from_np(self.h[self.cur].copy())
+        return h, (_from_np(self.c[self.cur].copy()) if self.spec.mode == "LSTM" else None)
+
+
+def _single_step(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State]):
+    """A one-step layer call without autograd through ``stream_step``, per direction (a single step
+    is the same in both)."""
+    outs, finals = [], []
+    for w, s in zip(weights, states):
+        h = s[0].unsqueeze(0)
+        c = s[1].unsqueeze(0) if len(s) > 1 else None
+        y, hn, cn = stream_step(spec, x[0], [w], h, c)
+        outs.append(y)
+        finals += [hn[0], cn[0]] if cn is not None else [hn[0]]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    calls["forward"] += 1
+    return out.unsqueeze(0), finals
 
 
 def _np_fast(t: Tensor):
