@@ -218,3 +218,14 @@ def _download(url: str, dest: Path, sha256: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def resolve_data_path(dataset: str, value: str, data_dir: str | None = None) -> Path:
+    """``value`` as a file of the registered ``dataset`` when it names one (found as
+    ``dataset_file`` finds it), else as a path that must exist."""
+    if dataset and value in dataset_info(dataset).files:
+        return dataset_file(dataset, value, data_dir=data_dir or None)
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"data: no such file or folder: {path}")
+    return path

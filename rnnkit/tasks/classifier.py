@@ -37,7 +37,7 @@ from .. import distributed
 from ..config import Config
 from ..data.classification import (BucketBatches, LabelSet, TextDataset, class_weights, encode_texts,
                                    read_labelled)
-from ..data.datasets import dataset_info, dataset_file
+from ..data.datasets import dataset_info, resolve_data_path
 from ..data.text import Tokenizer, Vocab, WordTokenizer, read_text, tokenizer_from_dict
 from ..layers.embedding import Embedding
 from ..metrics import accuracy, confusion_matrix, precision_recall_f1
@@ -103,12 +103,7 @@ class ClassifierExperiment(Config):
 # ----------------------------------------------------------------------------------- data
 def _resolve(cfg: ClassifierDataConfig, value: str) -> Path:
     """A data path: a file of ``cfg.dataset`` when it names one, else a path."""
-    if cfg.dataset and value in dataset_info(cfg.dataset).files:
-        return dataset_file(cfg.dataset, value, data_dir=cfg.data_dir or None)
-    path = Path(value)
-    if not path.exists():
-        raise FileNotFoundError(f"data: no such file or folder: {path}")
-    return path
+    return resolve_data_path(cfg.dataset, value, cfg.data_dir)
 
 
 def _read(cfg: ClassifierDataConfig, path: Path, require_label: bool = True) -> TextDataset:

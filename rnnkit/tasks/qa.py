@@ -42,7 +42,7 @@ from ..config import Config
 from ..data.babi import (BabiExample, QABatch, QABatches, encode_examples, parse_story, read_babi, task_file,
                          tokenize, warn_unknown_answers)
 from ..data.classification import LabelSet
-from ..data.datasets import dataset_file, dataset_info
+from ..data.datasets import resolve_data_path
 from ..data.text import Vocab
 from ..io.checkpoint import check_state_dict, load_checkpoint
 from ..layers.embedding import Embedding
@@ -203,12 +203,8 @@ class QAExperiment(Config):
 
 
 def _resolve(cfg: QADataConfig, value: str) -> Path:
-    if cfg.dataset and value in dataset_info(cfg.dataset).files:
-        return dataset_file(cfg.dataset, value, data_dir=cfg.data_dir or None)
-    path = Path(value)
-    if not path.is_file():
-        raise FileNotFoundError(f"data: no such file: {path}")
-    return path
+    """A data path: a file of ``cfg.dataset`` when it names one, else a path."""
+    return resolve_data_path(cfg.dataset, value, cfg.data_dir)
 
 
 def load_splits(cfg: QADataConfig, seed: int = 0) -> dict[str, list[BabiExample]]:
