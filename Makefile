@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/speed.py
+	$(PY) -m rnnkit.cli bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -119,6 +119,13 @@ def experiment(name: Annotated[str, typer.Argument(help="adding | copy | vanishi
     typer.echo(run_experiment(name, length=length, cells=cells.split(","), minutes=minutes, out=out))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def bench(ctx: typer.Context) -> None:
+    """Speed against torch.nn, side by side: medians, ratios, % of peak (options: rnnkit bench --help)."""
+    from .bench import main as bench_main
+    raise typer.Exit(bench_main(ctx.args, prog="rnnkit bench"))
+
+
 @app.command()
 @user_errors
 def diagnose(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directory of a trained task")],

@@ -218,6 +218,31 @@ def test_stream_step(cell, dtype):
                     (p.data if trial else p).mul_(0.9)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_step_takes_stream_step_without_grad(cell):
+    """layer.step() runs the compiled stack step when nothing needs a gradient, and autograd otherwise;
+    both replay forward()."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model = cls(I, H, num_layers=2, dtype=torch.float64, **kw)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    ref, _ = model(x)
+    for grad in (False, True):
+        before = fused.calls["layer_step"]
+        state, ys = None, []
+        with torch.set_grad_enabled(grad):
+            for t in range(T):
+                y, state = model.step(x[t], state)
+                ys.append(y)
+        assert fused.calls["layer_step"] - before == (0 if grad else T)
+        assert ys[-1].requires_grad == grad
+        torch.testing.assert_close(torch.stack(ys), ref.detach(), atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match=r"h_0: expected shape \(2, 3, "):
+        with torch.no_grad():
+            model.step(x[0], torch.zeros(1, 3, H, dtype=torch.float64) if cls is not rnnkit.LSTM
+                       else (torch.zeros(1, 3, H, dtype=torch.float64),) * 2)
+
+
 def test_stream_step_checks_shapes():
     model = rnnkit.LSTM(I, H, num_layers=2)
     weights = [model.direction_weights(layer, 0) for layer in range(2)]

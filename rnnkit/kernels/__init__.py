@@ -5,7 +5,11 @@ A backend runs one layer (both directions) over a whole time-major sequence:
     run_layer(spec, x <float>[T, B, I], weights: [DirectionWeights] * D, states: [State] * D,
               mask <bool>[T, B, 1] | None) -> (output <float>[T, B, D*P], [final State] * D)
 
-``backend="auto"`` picks the fastest backend that supports the call; a name forces one.
+``backend="auto"`` picks the fastest backend that supports the call; a name forces one. A backend
+may also offer a streaming step for a whole unidirectional stack, without autograd:
+
+    stream_step(spec, x_t <float>[B, I], weights: [DirectionWeights] * L, h <float>[L, B, P],
+                c <float>[L, B, H] | None) -> (y_t <float>[B, P], h, c | None), or None if it cannot
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from ..cells import CellSpec, State
 from . import reference
 from .base import DirectionWeights
 
-__all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "select_backend", "run_layer"]
+__all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "select_backend", "run_layer",
+           "stream_step"]
 
 
 class Backend(NamedTuple):
@@ -27,6 +32,7 @@ class Backend(NamedTuple):
     name: str
     run_layer: Callable[..., tuple[Tensor, list[State]]]
     supports: Callable[[CellSpec, Tensor, bool], bool]
+    stream_step: Callable[..., tuple | None] | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -62,5 +68,18 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
               mask: Tensor | None, training: bool, backend: str = "auto") -> tuple[Tensor, list[State]]:
     """Run one recurrent layer through the selected backend (see module docstring for shapes)."""
     return select_backend(spec, x, training, backend).run_layer(spec, x, weights, states, mask)
+
+def stream_step(spec: CellSpec, x_t: Tensor, weights: list[DirectionWeights], h: Tensor, c: Tensor | None,
+                backend: str = "auto") -> tuple | None:
+    """One no-autograd step of a stack through the named backend's (or the preferred) streaming step
+    (see module docstring for shapes); None when no such backend can run it."""
+    candidates = [BACKENDS[backend]] if backend in BACKENDS else reversed(BACKENDS.values())
+    for candidate in candidates:
+        if candidate.stream_step is not None:
+            out = candidate.stream_step(spec, x_t, weights, h, c)
+            if out is not None:
+                return out
+    return None
+
 
 from . import fused  # noqa: E402,F401  registers the "fused" CPU backend, preferred by "auto"

@@ -171,29 +171,33 @@ class RecurrentBase(nn.Module):
     def _initial_states(self, hx: Hidden | None, batch: int, x: Tensor) -> list[list[State]]:
         """hx in torch.nn's layout → ``states[layer][direction]``, a tuple of <float>[B, *]."""
         rows = self.num_layers * self.num_directions
-        sizes = self.spec.state_sizes
-        names = ("h_0", "c_0")
         if hx is None:
-            parts = [x.new_zeros(rows, batch, n) for n in sizes]
+            parts = [x.new_zeros(rows, batch, n) for n in self.spec.state_sizes]
         else:
-            if self.spec.mode == "LSTM":
-                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                    raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
-                parts = list(hx)
-            else:
-                if not isinstance(hx, Tensor):
-                    raise TypeError(f"hx: expected a tensor h_0, got {type(hx).__name__}")
-                parts = [hx]
-            for name, part, n in zip(names, parts, sizes):
-                if not isinstance(part, Tensor):
-                    raise TypeError(f"{name}: expected a tensor, got {type(part).__name__}")
-                if part.dtype != x.dtype:
-                    raise TypeError(f"{name}: expected dtype {x.dtype} (as the input), got {part.dtype}")
-                if tuple(part.shape) != (rows, batch, n):
-                    raise ValueError(f"{name}: expected shape {(rows, batch, n)} "
-                                     f"(num_layers*num_directions, batch, {n}), got {_shape(part)}")
+            parts = self._check_hx(hx, batch, x)
         return [[tuple(p[layer * self.num_directions + d] for p in parts)
                  for d in range(self.num_directions)] for layer in range(self.num_layers)]
+
+    def _check_hx(self, hx: Hidden, batch: int, x: Tensor) -> list[Tensor]:
+        """Validate hx (h_0, or (h_0, c_0) for LSTM) against the input x; returns its tensors."""
+        rows = self.num_layers * self.num_directions
+        if self.spec.mode == "LSTM":
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
+            parts = list(hx)
+        else:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"hx: expected a tensor h_0, got {type(hx).__name__}")
+            parts = [hx]
+        for name, part, n in zip(("h_0", "c_0"), parts, self.spec.state_sizes):
+            if not isinstance(part, Tensor):
+                raise TypeError(f"{name}: expected a tensor, got {type(part).__name__}")
+            if part.dtype != x.dtype:
+                raise TypeError(f"{name}: expected dtype {x.dtype} (as the input), got {part.dtype}")
+            if tuple(part.shape) != (rows, batch, n):
+                raise ValueError(f"{name}: expected shape {(rows, batch, n)} "
+                                 f"(num_layers*num_directions, batch, {n}), got {_shape(part)}")
+        return parts
 
     def _final_hidden(self, finals: list[State]) -> Hidden:
         stacked = tuple(torch.stack([s[i] for s in finals]) for i in range(len(finals[0])))
@@ -261,6 +265,12 @@ class RecurrentBase(nn.Module):
         self._check_input(x_t)
         if x_t.dim() != 2:
             raise ValueError(f"x_t: expected 2 dims (batch, features), got shape {_shape(x_t)}")
+        if self._streams(x_t):  # a backend's compiled step for the whole stack, when one can run it
+            h, c = (None, None) if state is None else (self._check_hx(state, x_t.shape[0], x_t) + [None])[:2]
+            weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
+            fast = kernels.stream_step(self.spec, x_t, weights, h, c, self.backend)
+            if fast is not None:
+                return fast[0], (fast[1] if fast[2] is None else (fast[1], fast[2]))
         states = self._initial_states(state, x_t.shape[0], x_t)
         finals: list[State] = []
         for layer in range(self.num_layers):
@@ -270,6 +280,13 @@ class RecurrentBase(nn.Module):
             x_t = new[0]
             finals.append(new)
         return x_t, self._final_hidden(finals)
+
+    def _streams(self, x_t: Tensor) -> bool:
+        """Whether step() may take a backend's compiled streaming step: nothing needs a gradient,
+        no dropout applies between layers and no layer hook is registered."""
+        if self._layer_hooks or (self.training and self.dropout > 0 and self.num_layers > 1):
+            return False
+        return not (torch.is_grad_enabled() and (x_t.requires_grad or any(p.requires_grad for p in self.parameters())))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -1,0 +1,241 @@
+"""Speed of rnnkit's recurrent layers against torch.nn, side by side in one process.
+
+For each cell and config (B, T, I, H) it times inference (forward under ``torch.no_grad``) and a
+training step (forward + backward of an MSE loss) for torch.nn and for rnnkit with
+``backend="fused"`` and ``backend="reference"``, all with the same weights, interleaved round by
+round so that machine noise hits every contender alike. It prints medians (ms), the ratio
+rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can write JSON.
+
+    rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
+    rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
+
+Cells: rnn (tanh), rnn_relu, lstm, gru; gru_v1 is GRU(reset_after=False), which torch.nn lacks
+(its ratio is against the reference). FLOPs count the multiply-adds of the GEMMs only (2 per
+MAC): forward 2·T·B·G·H·(I + H), a training step three times that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import rnnkit
+
+from . import kernels
+from .kernels import fused as _fused
+
+PEAK_GFLOPS = 570.0
+DEFAULT_CONFIGS = "64x100x128x256,32x200x64x128,1x1000x32x64,256x50x256x512"
+CELLS = {  # name: (rnnkit class, torch.nn class or None, kwargs, gates)
+    "rnn": (rnnkit.RNN, torch.nn.RNN, {}, 1),
+    "rnn_relu": (rnnkit.RNN, torch.nn.RNN, {"nonlinearity": "relu"}, 1),
+    "lstm": (rnnkit.LSTM, torch.nn.LSTM, {}, 4),
+    "gru": (rnnkit.GRU, torch.nn.GRU, {}, 3),
+    "gru_v1": (rnnkit.GRU, None, {"reset_after": False}, 3),
+}
+
+
+def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
+    configs = []
+    for item in text.split(","):
+        parts = item.lower().replace("(", "").replace(")", "").split("x")
+        if len(parts) != 4:
+            raise SystemExit(f"--configs: expected BxTxIxH items, got {item!r}")
+        configs.append(tuple(int(p) for p in parts))
+    return configs
+
+
+def make_models(cell: str, B: int, T: int, I: int, H: int, backends: list[str]):
+    cls, torch_cls, kw, _ = CELLS[cell]
+    torch.manual_seed(0)
+    models = {}
+    ours = cls(I, H, **kw)
+    if torch_cls is not None:
+        ref = torch_cls(I, H, **kw)
+        ours.load_state_dict(ref.state_dict())
+        models["torch"] = ref
+    for b in backends:
+        m = cls(I, H, backend=b, **kw)
+        m.load_state_dict(ours.state_dict())
+        models[b] = m
+    return models
+
+
+def infer_fn(model, x):
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+def train_fn(model, x, target):
+    params = list(model.parameters())
+
+    def run():
+        for p in params:
+            p.grad = None
+        out, _ = model(x)
+        torch.nn.functional.mse_loss(out, target).backward()
+    return run
+
+
+def timed(fn, number: int) -> float:
+    t = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t) / number * 1e3
+
+
+def bench_one(cell, cfg, backends, repeat, min_time):
+    B, T, I, H = cfg
+    G = CELLS[cell][3]
+    flops_fwd = 2.0 * T * B * G * H * (I + H)
+    models = make_models(cell, B, T, I, H, backends)
+    x = torch.randn(T, B, I)
+    target = torch.randn(T, B, H)
+    rows = []
+    for mode, make, flops in (("inference", infer_fn, flops_fwd), ("train", lambda m, x: train_fn(m, x, target),
+                                                                    3 * flops_fwd)):
+        fns = {name: make(m, x) for name, m in models.items()}
+        first = {}
+        for name, fn in fns.items():  # warm-up; the first call includes compilation (cached on disk)
+            t = time.perf_counter()
+            fn()
+            first[name] = (time.perf_counter() - t) * 1e3
+            fn()
+        # calls per sample: enough for min_time on the slowest contender
+        single = {name: timed(fn, 1) for name, fn in fns.items()}
+        number = {name: max(1, int(min_time * 1e3 / max(s, 1e-3))) for name, s in single.items()}
+        samples = {name: [] for name in fns}
+        for _ in range(repeat):  # interleaved rounds
+            for name, fn in fns.items():
+                samples[name].append(timed(fn, number[name]))
+        med = {name: statistics.median(v) for name, v in samples.items()}
+        for name in fns:
+            rows.append({
+                "cell": cell, "B": B, "T": T, "I": I, "H": H, "mode": mode, "impl": name,
+                "median_ms": med[name], "min_ms": min(samples[name]), "first_call_ms": first[name],
+                "ratio_vs_torch": med[name] / med["torch"] if "torch" in med else None,
+                "ratio_vs_reference": med[name] / med["reference"] if "reference" in med else None,
+                "gflops": flops / med[name] / 1e6, "peak_pct": 100 * flops / med[name] / 1e6 / PEAK_GFLOPS,
+                "samples_ms": samples[name], "calls_per_sample": number[name],
+            })
+    return rows
+
+
+def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dict:
+    """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad:
+    torch.nn's *Cell against rnnkit's ``layer.step(x_t, state)``, the kernel it calls
+    (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and ``fused.Streamer`` (state
+    kept inside, for a state object)."""
+    cls, torch_cls, kw, _ = CELLS[cell]
+    torch.manual_seed(0)
+    m = cls(hidden, hidden, **kw)
+    weights = [m.direction_weights(0, 0)]
+    x = torch.randn(1, hidden)
+    h = torch.zeros(1, 1, hidden)
+    c = torch.zeros(1, 1, hidden) if cls is rnnkit.LSTM else None
+    streamer = _fused.Streamer(m.spec, weights, 1)
+    state = h if c is None else (h, c)
+    fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
+           "streamer": lambda: streamer(x)}
+    if torch_cls is not None:
+        tcell = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
+                 "gru": torch.nn.GRUCell}[cell](hidden, hidden, **kw)
+        cell_state = (h[0], c[0]) if c is not None else h[0]
+        fns["torch"] = lambda: tcell(x, cell_state)
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()
+        samples = {name: [] for name in fns}
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                samples[name].append(timed(fn, number) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the benchmark with command-line arguments argv; prints the table, returns the exit code."""
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated BxTxIxH (default: the 4 anchors)")
+    ap.add_argument("--cells", default="rnn,lstm,gru", help=f"comma-separated, from {','.join(CELLS)}")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds; medians are over these")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample (several calls if fast)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
+    ap.add_argument("--json", default=None, help="write all rows (with raw samples) to this path")
+    ap.add_argument("--no-stream", action="store_true", help="skip the streaming (batch 1 step) timings")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        if c not in CELLS:
+            raise SystemExit(f"--cells: unknown cell {c!r}; expected some of {sorted(CELLS)}")
+    configs = parse_configs(args.configs)
+    backends = ["fused"] + ([] if args.no_reference else ["reference"])
+    if "fused" not in kernels.BACKENDS:
+        raise SystemExit("the fused backend is not registered")
+    load0 = os.getloadavg()
+    print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, "
+          f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
+    header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'torch ms':>9} {'fused ms':>9} {'ratio':>6} "
+              f"{'fused %pk':>9} {'torch %pk':>9} | {'ref ms':>9} {'fused/ref':>9}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for cell in cells:
+        for cfg in configs:
+            got = bench_one(cell, cfg, backends, args.repeat, args.min_time)
+            rows += got
+            for mode in ("inference", "train"):
+                r = {row["impl"]: row for row in got if row["mode"] == mode}
+                f, t, ref = r["fused"], r.get("torch"), r.get("reference")
+                print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | "
+                      f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
+                      f"{(f['ratio_vs_torch'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
+                      f"{(t['peak_pct'] if t else float('nan')):8.1f}% | "
+                      f"{ref['median_ms'] if ref else float('nan'):9.2f} "
+                      f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}", flush=True)
+    # summary: median ratio over configs per cell and mode
+    print()
+    summary = {}
+    for cell in cells:
+        for mode in ("inference", "train"):
+            ratios = [r["ratio_vs_torch"] for r in rows if r["cell"] == cell and r["mode"] == mode
+                      and r["impl"] == "fused" and r["ratio_vs_torch"] is not None]
+            if ratios:
+                summary[f"{cell}/{mode}"] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
+                print(f"{cell:8} {mode:9} fused/torch: median {statistics.median(ratios):.2f}, "
+                      f"worst {max(ratios):.2f}")
+    stream = []
+    if not args.no_stream:
+        torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
+        print()
+        print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
+        for cell in cells:
+            for hidden in (64, 256):
+                r = bench_stream(cell, hidden, args.repeat)
+                stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()}})
+                t = r.get("torch", float("nan"))
+                print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   layer.step {r['layer.step']:7.2f} µs "
+                      f"({r['layer.step'] / t:.2f})   stream_step {r['fused']:7.2f} µs ({r['fused'] / t:.2f})   "
+                      f"Streamer {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
+    load1 = os.getloadavg()
+    print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "torch": torch.__version__, "threads": args.threads, "repeat": args.repeat,
+            "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "load_start": load0, "load_end": load1, "peak_gflops": PEAK_GFLOPS,
+            "rows": rows, "summary": summary, "stream": stream}, indent=1))
+        print(f"wrote {args.json}")
+    return 0

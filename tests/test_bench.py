@@ -1,0 +1,30 @@
+"""rnnkit bench: runs every contender side by side and writes the table's figures as JSON."""
+
+import json
+
+from typer.testing import CliRunner
+
+from rnnkit.bench import main
+from rnnkit.cli import app
+
+
+def test_bench_writes_ratios_and_streaming(tmp_path):
+    out = tmp_path / "speed.json"
+    assert main(["--configs", "2x3x4x5", "--cells", "gru,lstm", "--repeat", "1", "--threads", "1",
+                 "--min-time", "0.001", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    impls = {(r["cell"], r["mode"], r["impl"]) for r in report["rows"]}
+    for cell in ("gru", "lstm"):
+        for mode in ("inference", "train"):
+            assert {(cell, mode, i) for i in ("torch", "fused", "reference")} <= impls
+    fused = [r for r in report["rows"] if r["impl"] == "fused"]
+    assert all(r["ratio_vs_torch"] > 0 and r["median_ms"] > 0 for r in fused)
+    assert set(report["summary"]) == {"gru/inference", "gru/train", "lstm/inference", "lstm/train"}
+    assert {(s["cell"], s["H"]) for s in report["stream"]} == {("gru", 64), ("gru", 256), ("lstm", 64), ("lstm", 256)}
+    assert all(s["layer.step_us"] > 0 for s in report["stream"])
+
+
+def test_bench_cli_passes_options_through():
+    result = CliRunner().invoke(app, ["bench", "--cells", "nope"])
+    assert result.exit_code != 0
+    assert "--cells: unknown cell 'nope'" in str(result.exception) + result.output
