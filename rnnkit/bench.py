@@ -9,8 +9,9 @@ rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can w
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
 
-Cells: rnn (tanh), rnn_relu, lstm, gru; gru_v1 is GRU(reset_after=False), which torch.nn lacks
-(its ratio is against the reference). FLOPs count the multiply-adds of the GEMMs only (2 per
+Cells: rnn (tanh), rnn_relu, lstm, gru, against torch.nn; gru_v1 is GRU(reset_after=False), which
+torch.nn lacks (compare it with the reference); lstm_ln is rnnkit's LayerNormLSTM, whose peer is
+rnnkit's own plain LSTM (the issue's target: a variant cell within 1.5x of the standard one). FLOPs count the multiply-adds of the GEMMs only (2 per
 MAC): forward 2·T·B·G·H·(I + H), a training step three times that.
 """
 
@@ -33,13 +34,20 @@ from .kernels import fused as _fused
 
 PEAK_GFLOPS = 570.0
 DEFAULT_CONFIGS = "64x100x128x256,32x200x64x128,1x1000x32x64,256x50x256x512"
-CELLS = {  # name: (rnnkit class, torch.nn class or None, kwargs, gates)
+CELLS = {  # name: (rnnkit class, peer class or None, kwargs, gates)
     "rnn": (rnnkit.RNN, torch.nn.RNN, {}, 1),
     "rnn_relu": (rnnkit.RNN, torch.nn.RNN, {"nonlinearity": "relu"}, 1),
     "lstm": (rnnkit.LSTM, torch.nn.LSTM, {}, 4),
     "gru": (rnnkit.GRU, torch.nn.GRU, {}, 3),
     "gru_v1": (rnnkit.GRU, None, {"reset_after": False}, 3),
+    "lstm_ln": (rnnkit.LayerNormLSTM, rnnkit.LSTM, {}, 4),
 }
+
+
+def peer_name(cell: str) -> str | None:
+    """The peer's column name: "torch" for torch.nn, "rnnkit LSTM" for our own plain LSTM."""
+    peer = CELLS[cell][1]
+    return None if peer is None else ("torch" if peer.__module__.startswith("torch") else "rnnkit LSTM")
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
@@ -59,8 +67,8 @@ def make_models(cell: str, B: int, T: int, I: int, H: int, backends: list[str]):
     ours = cls(I, H, **kw)
     if torch_cls is not None:
         ref = torch_cls(I, H, **kw)
-        ours.load_state_dict(ref.state_dict())
-        models["torch"] = ref
+        ours.load_state_dict(ref.state_dict(), strict=cls is not rnnkit.LayerNormLSTM)
+        models[peer_name(cell)] = ref
     for b in backends:
         m = cls(I, H, backend=b, **kw)
         m.load_state_dict(ours.state_dict())
@@ -98,6 +106,7 @@ def bench_one(cell, cfg, backends, repeat, min_time):
     G = CELLS[cell][3]
     flops_fwd = 2.0 * T * B * G * H * (I + H)
     models = make_models(cell, B, T, I, H, backends)
+    peer = peer_name(cell)
     x = torch.randn(T, B, I)
     target = torch.randn(T, B, H)
     rows = []
@@ -122,7 +131,7 @@ def bench_one(cell, cfg, backends, repeat, min_time):
             rows.append({
                 "cell": cell, "B": B, "T": T, "I": I, "H": H, "mode": mode, "impl": name,
                 "median_ms": med[name], "min_ms": min(samples[name]), "first_call_ms": first[name],
-                "ratio_vs_torch": med[name] / med["torch"] if "torch" in med else None,
+                "peer": peer, "ratio_vs_peer": med[name] / med[peer] if peer else None,
                 "ratio_vs_reference": med[name] / med["reference"] if "reference" in med else None,
                 "gflops": flops / med[name] / 1e6, "peak_pct": 100 * flops / med[name] / 1e6 / PEAK_GFLOPS,
                 "samples_ms": samples[name], "calls_per_sample": number[name],
@@ -141,7 +150,7 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     weights = [m.direction_weights(0, 0)]
     x = torch.randn(1, hidden)
     h = torch.zeros(1, 1, hidden)
-    c = torch.zeros(1, 1, hidden) if cls is rnnkit.LSTM else None
+    c = torch.zeros(1, 1, hidden) if len(m.spec.state_sizes) == 2 else None
     streamer = _fused.Streamer(m.spec, weights, 1)
     state = h if c is None else (h, c)
     fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
@@ -186,8 +195,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
-    header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'torch ms':>9} {'fused ms':>9} {'ratio':>6} "
-              f"{'fused %pk':>9} {'torch %pk':>9} | {'ref ms':>9} {'fused/ref':>9}")
+    header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {'fused ms':>9} {'ratio':>6} "
+              f"{'fused %pk':>9} {'peer %pk':>9} | {'ref ms':>9} {'fused/ref':>9}")
     print(header)
     print("-" * len(header))
     rows = []
@@ -197,10 +206,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             rows += got
             for mode in ("inference", "train"):
                 r = {row["impl"]: row for row in got if row["mode"] == mode}
-                f, t, ref = r["fused"], r.get("torch"), r.get("reference")
-                print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | "
+                f, t, ref = r["fused"], r.get(peer_name(cell)), r.get("reference")
+                print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | {peer_name(cell) or '-':>11} "
                       f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
-                      f"{(f['ratio_vs_torch'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
+                      f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
                       f"{(t['peak_pct'] if t else float('nan')):8.1f}% | "
                       f"{ref['median_ms'] if ref else float('nan'):9.2f} "
                       f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}", flush=True)
@@ -209,18 +218,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     summary = {}
     for cell in cells:
         for mode in ("inference", "train"):
-            ratios = [r["ratio_vs_torch"] for r in rows if r["cell"] == cell and r["mode"] == mode
-                      and r["impl"] == "fused" and r["ratio_vs_torch"] is not None]
+            ratios = [r["ratio_vs_peer"] for r in rows if r["cell"] == cell and r["mode"] == mode
+                      and r["impl"] == "fused" and r["ratio_vs_peer"] is not None]
             if ratios:
                 summary[f"{cell}/{mode}"] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
-                print(f"{cell:8} {mode:9} fused/torch: median {statistics.median(ratios):.2f}, "
+                print(f"{cell:8} {mode:9} fused/{peer_name(cell)}: median {statistics.median(ratios):.2f}, "
                       f"worst {max(ratios):.2f}")
     stream = []
     if not args.no_stream:
         torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
         print()
         print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
-        for cell in cells:
+        for cell in (c for c in cells if c != "lstm_ln"):  # no streaming kernel for the LN cell (step() falls back)
             for hidden in (64, 256):
                 r = bench_stream(cell, hidden, args.repeat)
                 stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()}})

@@ -89,18 +89,55 @@ def gru_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, reset_
     return ((1 - z) * n + z * h,)
 
 
+LN_EPS = 1e-5
+"""The variance epsilon of every layer normalisation in ``ln_lstm_step`` (torch's default)."""
+
+
+def ln_lstm_project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, ln: Tensor) -> Tensor:
+    """The input term of a layer-normalised LSTM: ``LN(x W_ih^T)·γ_ih + b_ih``, x <float>[..., I]."""
+    g = w_ih.shape[0]
+    gi = F.layer_norm(F.linear(x, w_ih), (g,), ln[:g], None, LN_EPS)
+    return gi if b_ih is None else gi + b_ih
+
+
+def ln_lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, ln: Tensor) -> State:
+    """LSTM with layer normalisation (Ba et al. 2016, eqs. 20-22), each term normalised over its
+    whole vector, with learned gains γ and the LSTM biases in the place of the LN shifts::
+
+        i, f, g, o = split(gi + LN(W_hh h)·γ_hh + b_hh)     gi = LN(W_ih x)·γ_ih + b_ih
+        c_t = σ(f) * c_{t-1} + σ(i) * tanh(g)
+        h_t = σ(o) * tanh(LN(c_t)·γ_c + β_c)
+
+    gi: <float>[B, 4H] (``ln_lstm_project``);  state: (h <float>[B, H], c <float>[B, H])
+    w_hh: <float>[4H, H];  b_hh: <float>[4H] or None
+    ln: <float>[10H], the packed normalisation parameters [γ_ih (4H) | γ_hh (4H) | γ_c (H) | β_c (H)]
+    returns (h_t, c_t)
+    """
+    h, c = state
+    g4, hidden = w_hh.shape[0], h.shape[1]
+    pre = gi + F.layer_norm(F.linear(h, w_hh), (g4,), ln[g4:2 * g4], None, LN_EPS)
+    if b_hh is not None:
+        pre = pre + b_hh
+    i, f, g, o = pre.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    cn = F.layer_norm(c, (hidden,), ln[2 * g4:2 * g4 + hidden], ln[2 * g4 + hidden:], LN_EPS)
+    return (torch.sigmoid(o) * torch.tanh(cn), c)
+
+
 @dataclass(frozen=True)
 class CellSpec:
     """What a recurrent layer computes per step; everything a kernel needs besides the weights.
 
     mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU"
     hidden_size: H;  proj_size: P for LSTM (0: none);  reset_after: the GRU variant
+    layer_norm: LSTM only, the layer-normalised cell of ``ln_lstm_step`` (weights carry ``ln``)
     """
 
     mode: str
     hidden_size: int
     proj_size: int = 0
     reset_after: bool = True
+    layer_norm: bool = False
 
     @property
     def gates(self) -> int:
@@ -117,16 +154,24 @@ class CellSpec:
         """Feature size of each state tensor: (H,), or (P, H) for LSTM."""
         return (self.output_size, self.hidden_size) if self.mode == "LSTM" else (self.hidden_size,)
 
-    def step_fn(self) -> Callable[..., State]:
-        """``step(gi, state, w_hh, b_hh, w_hr)`` for this cell."""
-        if self.mode == "LSTM":
-            return lstm_step
-        if self.mode == "GRU":
-            return lambda gi, s, w_hh, b_hh, w_hr=None: gru_step(gi, s, w_hh, b_hh, self.reset_after)
-        act = "tanh" if self.mode == "RNN_TANH" else "relu"
-        return lambda gi, s, w_hh, b_hh, w_hr=None: rnn_step(gi, s, w_hh, b_hh, act)
+    def project(self, x: Tensor, w) -> Tensor:
+        """The input term of every step at once: x <float>[..., I] → gi <float>[..., G*H].
+        w: the direction's weights (``rnnkit.kernels.DirectionWeights``)."""
+        if self.layer_norm:
+            return ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
+        return F.linear(x, w.w_ih, w.b_ih)
 
-    def cell(self, x: Tensor, state: State, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
-             b_hh: Tensor | None = None, w_hr: Tensor | None = None) -> State:
-        """One step from the raw input: x <float>[B, I] → new state."""
-        return self.step_fn()(F.linear(x, w_ih, b_ih), state, w_hh, b_hh, w_hr)
+    def step_fn(self) -> Callable[..., State]:
+        """``step(gi, state, w)`` for this cell, gi from ``project`` and w the direction's weights."""
+        if self.layer_norm:
+            return lambda gi, s, w: ln_lstm_step(gi, s, w.w_hh, w.b_hh, w.ln)
+        if self.mode == "LSTM":
+            return lambda gi, s, w: lstm_step(gi, s, w.w_hh, w.b_hh, w.w_hr)
+        if self.mode == "GRU":
+            return lambda gi, s, w: gru_step(gi, s, w.w_hh, w.b_hh, self.reset_after)
+        act = "tanh" if self.mode == "RNN_TANH" else "relu"
+        return lambda gi, s, w: rnn_step(gi, s, w.w_hh, w.b_hh, act)
+
+    def cell(self, x: Tensor, state: State, w) -> State:
+        """One step from the raw input: x <float>[B, I] → new state; w the direction's weights."""
+        return self.step_fn()(self.project(x, w), state, w)

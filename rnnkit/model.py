@@ -26,10 +26,10 @@ from .config import Config
 from .layers.dropout import EmbeddingDropout, LockedDropout
 from .layers.embedding import Embedding
 from .layers.output import OutputLayer, sequence_mask
-from .layers.recurrent import GRU, LSTM, RNN, Hidden
+from .layers.recurrent import GRU, LSTM, RNN, Hidden, LayerNormLSTM
 
 _LAYERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "lstm": (LSTM, {}), "gru": (GRU, {}),
+    "lstm": (LSTM, {}), "lstm_ln": (LayerNormLSTM, {}), "gru": (GRU, {}),
     "rnn": (RNN, {"nonlinearity": "tanh"}), "rnn_relu": (RNN, {"nonlinearity": "relu"}),
 }
 
@@ -40,8 +40,8 @@ class ModelConfig(Config):
     vocab_size: int = Field(0, ge=0, description="number of token ids; 0 = continuous inputs, no embedding")
     input_size: int = Field(1, ge=1, description="features per step of continuous inputs (vocab_size = 0)")
     embedding_dim: int = Field(128, ge=1, description="size of the token vectors (vocab_size > 0)")
-    cell: Literal["lstm", "gru", "rnn", "rnn_relu"] = Field(
-        "lstm", description="recurrent cell: LSTM, GRU, or simple RNN with tanh / relu")
+    cell: Literal["lstm", "lstm_ln", "gru", "rnn", "rnn_relu"] = Field(
+        "lstm", description="recurrent cell: LSTM, layer-normalised LSTM, GRU, or simple RNN with tanh / relu")
     hidden_size: int = Field(128, ge=1, description="hidden units per layer and direction")
     num_layers: int = Field(1, ge=1, description="stacked recurrent layers")
     bidirectional: bool = Field(False, description="run each layer in both directions and concatenate")
@@ -163,9 +163,10 @@ class SequenceModel(nn.Module):
         """Embedding and output per ``config.init`` (the recurrent layers init themselves)."""
         cfg = self.config
         with torch.no_grad():
-            if cfg.init == "uniform":
-                for p in self.parameters():
-                    p.uniform_(-cfg.init_range, cfg.init_range)
+            if cfg.init == "uniform":  # every weight, but not the layer-norm gains and shifts
+                for name, p in self.named_parameters():
+                    if ".layer_norm_l" not in name:
+                        p.uniform_(-cfg.init_range, cfg.init_range)
             elif cfg.init == "keras":  # Dense: glorot_uniform, zero bias; Embedding: uniform(±0.05)
                 nn.init.xavier_uniform_(self.output.weight)
                 if self.output.linear.bias is not None:
@@ -182,13 +183,13 @@ class SequenceModel(nn.Module):
         p = self.output.weight
         sizes = self.stack[0].spec.state_sizes
         zeros = tuple(p.new_zeros(rows, batch_size, n) for n in sizes)
-        return zeros if self.config.cell == "lstm" else zeros[0]
+        return zeros if len(zeros) == 2 else zeros[0]
 
     def _split_state(self, state: Hidden | None, batch: int) -> list[Hidden | None]:
         """hx for the whole stack → one hx per module of ``self.stack``."""
         if state is None:
             return [None] * len(self.stack)
-        lstm = self.config.cell == "lstm"
+        lstm = len(self.stack[0].spec.state_sizes) == 2
         if lstm and not (isinstance(state, (tuple, list)) and len(state) == 2):
             raise TypeError(f"state: expected a tuple (h, c) for an LSTM, got {type(state).__name__}")
         if not lstm and not isinstance(state, Tensor):

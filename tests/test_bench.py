@@ -10,16 +10,16 @@ from rnnkit.cli import app
 
 def test_bench_writes_ratios_and_streaming(tmp_path):
     out = tmp_path / "speed.json"
-    assert main(["--configs", "2x3x4x5", "--cells", "gru,lstm", "--repeat", "1", "--threads", "1",
+    assert main(["--configs", "2x3x4x5", "--cells", "gru,lstm,lstm_ln", "--repeat", "1", "--threads", "1",
                  "--min-time", "0.001", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     impls = {(r["cell"], r["mode"], r["impl"]) for r in report["rows"]}
-    for cell in ("gru", "lstm"):
+    for cell, peer in (("gru", "torch"), ("lstm", "torch"), ("lstm_ln", "rnnkit LSTM")):
         for mode in ("inference", "train"):
-            assert {(cell, mode, i) for i in ("torch", "fused", "reference")} <= impls
+            assert {(cell, mode, i) for i in (peer, "fused", "reference")} <= impls
     fused = [r for r in report["rows"] if r["impl"] == "fused"]
-    assert all(r["ratio_vs_torch"] > 0 and r["median_ms"] > 0 for r in fused)
-    assert set(report["summary"]) == {"gru/inference", "gru/train", "lstm/inference", "lstm/train"}
+    assert all(r["ratio_vs_peer"] > 0 and r["median_ms"] > 0 for r in fused)
+    assert set(report["summary"]) == {f"{c}/{m}" for c in ("gru", "lstm", "lstm_ln") for m in ("inference", "train")}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {("gru", 64), ("gru", 256), ("lstm", 64), ("lstm", 256)}
     assert all(s["layer.step_us"] > 0 for s in report["stream"])
 

@@ -75,7 +75,7 @@ def _manual_norms(layer, x, loss_fn):
             steps = [None] * x.shape[0]
             order = range(x.shape[0]) if direction == 0 else reversed(range(x.shape[0]))
             for t in order:
-                state = layer.spec.cell(inp[t], state, *weights)
+                state = layer.spec.cell(inp[t], state, weights)
                 state[0].retain_grad()
                 steps[t] = state[0]
             hs.append(steps)

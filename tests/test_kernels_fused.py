@@ -23,7 +23,10 @@ CELLS = {
     "lstm_proj": (rnnkit.LSTM, {"proj_size": 3}),
     "gru": (rnnkit.GRU, {}),
     "gru_v1": (rnnkit.GRU, {"reset_after": False}),
+    "lstm_ln": (rnnkit.LayerNormLSTM, {}),
 }
+STREAM_CELLS = [c for c in CELLS if c != "lstm_ln"]  # the streaming kernels cover the plain cells
+WITH_C = (rnnkit.LSTM, rnnkit.LayerNormLSTM)  # cells whose state is (h, c)
 # (num_layers, bidirectional, lengths, initial state, bias, batch)
 OPTIONS = [
     (1, False, None, False, True, 4),
@@ -46,7 +49,7 @@ def _run(cell, options, backend, dtype, grad=True, seed=0):
     if init:
         rows, p = layers * (2 if bidir else 1), kw.get("proj_size") or H
         hx = torch.randn(rows, batch, p, generator=gen, dtype=dtype).requires_grad_(grad)
-        if cls is rnnkit.LSTM:
+        if cls in WITH_C:
             hx = (hx, torch.randn(rows, batch, H, generator=gen, dtype=dtype).requires_grad_(grad))
     lengths = None if lengths is None else torch.tensor(lengths)
     with torch.set_grad_enabled(grad):
@@ -93,6 +96,8 @@ def loop(request, monkeypatch):
 def test_matches_reference(cell, options, dtype, loop):
     if loop == "stepwise" and (dtype == torch.float64 or cell in ("lstm_proj", "gru_v1")):
         pytest.skip("the stepwise driver covers float32 RNN, LSTM and GRU (reset_after=True) only")
+    if loop != "compiled" and cell == "lstm_ln":
+        pytest.skip("the layer-normalised LSTM has one driver, the compiled loop")
     if loop == "compiled-wt" and options[5] != 1:
         pytest.skip("the transposed W_hh is used at batch 1 only")
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
@@ -119,12 +124,12 @@ def test_gradcheck(cell):
     lengths = torch.tensor([3, 2])
 
     def f(x, h0, c0, *ps):
-        state = (h0, c0) if cls is rnnkit.LSTM else h0
+        state = (h0, c0) if cls in WITH_C else h0
         out, hn = torch.func.functional_call(model, dict(zip(names, ps)), (x, state), {"lengths": lengths})
         return (out, *hn) if isinstance(hn, tuple) else (out, hn)
 
     params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
-    inputs = (x, h0, c0 if cls is rnnkit.LSTM else c0.detach(), *params)
+    inputs = (x, h0, c0 if cls in WITH_C else c0.detach(), *params)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
 
 
@@ -191,7 +196,7 @@ def test_layer_paths():
         assert all(p.grad is None for p in fast.parameters())
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", STREAM_CELLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_stream_step(cell, dtype):
     """fused.stream_step (the fast path for step()) replays forward() one step at a time."""
@@ -234,12 +239,12 @@ def test_layer_step_takes_stream_step_without_grad(cell):
             for t in range(T):
                 y, state = model.step(x[t], state)
                 ys.append(y)
-        assert fused.calls["layer_step"] - before == (0 if grad else T)
+        assert fused.calls["layer_step"] - before == (0 if grad or model.spec.layer_norm else T)
         assert ys[-1].requires_grad == grad
         torch.testing.assert_close(torch.stack(ys), ref.detach(), atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match=r"h_0: expected shape \(2, 3, "):
         with torch.no_grad():
-            model.step(x[0], torch.zeros(1, 3, H, dtype=torch.float64) if cls is not rnnkit.LSTM
+            model.step(x[0], torch.zeros(1, 3, H, dtype=torch.float64) if cls not in WITH_C
                        else (torch.zeros(1, 3, H, dtype=torch.float64),) * 2)
 
 
@@ -265,7 +270,7 @@ def test_single_step_call(cell):
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(1, 3, I)
     hx = torch.randn(4, 3, kw.get("proj_size") or H)
-    hx = (hx, torch.randn(4, 3, H)) if cls is rnnkit.LSTM else hx
+    hx = (hx, torch.randn(4, 3, H)) if cls in WITH_C else hx
     with torch.no_grad():
         (out, hn), (out_ref, hn_ref) = fast(x, hx), ref(x, hx)
     torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
@@ -273,7 +278,7 @@ def test_single_step_call(cell):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", STREAM_CELLS)
 def test_streamer(cell):
     """fused.Streamer (stateful streaming) replays forward() one step at a time."""
     cls, kw = CELLS[cell]
@@ -281,7 +286,7 @@ def test_streamer(cell):
     model = cls(I, H, num_layers=2, backend="reference", **kw)
     x = torch.randn(T, 3, I)
     hx = torch.randn(2, 3, kw.get("proj_size") or H)
-    hx = (hx, torch.randn(2, 3, H)) if cls is rnnkit.LSTM else hx
+    hx = (hx, torch.randn(2, 3, H)) if cls in WITH_C else hx
     with torch.no_grad():
         ref, hn = model(x, hx)
         h0, c0 = hx if isinstance(hx, tuple) else (hx, None)

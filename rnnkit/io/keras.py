@@ -39,6 +39,8 @@ def _check_layer(layer: RecurrentBase) -> None:
         raise TypeError(f"layer: expected an rnnkit RNN, LSTM or GRU, got {type(layer).__name__}")
     if layer.proj_size:
         raise ValueError(f"layer: Keras has no LSTM projection; got proj_size={layer.proj_size}")
+    if layer.spec.layer_norm:
+        raise ValueError("layer: Keras has no layer-normalised LSTM layer; got a LayerNormLSTM")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ class DirectionWeights(NamedTuple):
 
     w_ih <float>[G*H, I];  w_hh <float>[G*H, P];  b_ih, b_hh <float>[G*H] or None;
     w_hr <float>[P, H] (LSTM projection) or None.  G gates, H hidden, P output size.
+    ln <float>[10H]: a layer-normalised LSTM's gains and shift (``rnnkit.cells.ln_lstm_step``), or None.
     """
 
     w_ih: Tensor
@@ -19,3 +20,4 @@ class DirectionWeights(NamedTuple):
     b_ih: Tensor | None
     b_hh: Tensor | None
     w_hr: Tensor | None
+    ln: Tensor | None = None

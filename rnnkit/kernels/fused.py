@@ -493,6 +493,9 @@ class _FusedLayer(torch.autograd.Function):
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
               mask: Tensor | None) -> tuple[Tensor, list[State]]:
     """The backend entry point (see ``rnnkit.kernels``): output <f>[T, B, D*P], final states."""
+    if spec.layer_norm:
+        from . import fused_ln
+        return fused_ln.run_layer(spec, x, weights, states, mask)
     flat: list = []
     for w, s in zip(weights, states):
         flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, s[0], s[1] if len(s) > 1 else None]
@@ -564,10 +567,10 @@ def _stack_views(spec: CellSpec, layers: list[DirectionWeights], dtype):
 
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
-    """Whether ``stream_step`` can run: CPU float32/64, a known cell, not tracing or scripting. The
+    """Whether ``stream_step`` can run: CPU float32/64, a known plain cell, not tracing or scripting. The
     caller also checks that no gradient is needed (and that no inter-layer dropout applies)."""
-    return (x_t.device.type == "cpu" and x_t.dtype in _DTYPES and spec.mode in _MODES and x_t.dim() == 2
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+    return (x_t.device.type == "cpu" and x_t.dtype in _DTYPES and spec.mode in _MODES and not spec.layer_norm
+            and x_t.dim() == 2 and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 
 def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor | None,
@@ -623,6 +626,8 @@ class Streamer:
 
     def __init__(self, spec: CellSpec, layers: list[DirectionWeights], batch: int,
                  h: Tensor | None = None, c: Tensor | None = None) -> None:
+        if spec.mode not in _MODES or spec.layer_norm:
+            raise ValueError(f"spec: the Streamer covers the plain RNN, LSTM and GRU cells, got {spec}")
         self.spec, self.layers, self.K = spec, layers, _kernels()
         w0 = layers[0].w_ih
         self.I, L, H, P = w0.shape[1], len(layers), spec.hidden_size, spec.proj_size or spec.hidden_size
@@ -706,7 +711,7 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
     global STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
     saved = STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
     specs = [CellSpec("RNN_TANH", 3), CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2),
-             CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False)]
+             CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False), CellSpec("LSTM", 3, layer_norm=True)]
     try:
         ONEDNN_LSTM_MIN_MACS = 1 << 62
         for dtype in dtypes:
@@ -717,7 +722,7 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
                     return torch.randn(*shape, dtype=dtype, requires_grad=True)
 
                 w = DirectionWeights(param(g, 2), param(g, p), param(g), param(g),
-                                     param(p, h) if spec.proj_size else None)
+                                     param(p, h) if spec.proj_size else None, param(10 * h) if spec.layer_norm else None)
                 x = torch.randn(2, 4, 2, dtype=dtype)
                 state = (torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]
                 for step_macs in ((1 << 62, 0) if dtype == torch.float32 else (1 << 62,)):
@@ -726,7 +731,8 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
                         run_layer(spec, x, [w], [state], mask)[0].sum().backward()
                         with torch.no_grad():
                             run_layer(spec, x, [w], [state], mask)
-                stream_step(spec, x[0], [DirectionWeights(*(None if t is None else t.detach() for t in w))], None)
+                if stream_supports(spec, x[0]):
+                    stream_step(spec, x[0], [DirectionWeights(*(None if t is None else t.detach() for t in w))], None)
     finally:
         STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS = saved
 

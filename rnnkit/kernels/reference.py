@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..cells import CellSpec, State
 from .base import DirectionWeights
@@ -25,10 +24,10 @@ def run_direction(spec: CellSpec, x: Tensor, w: DirectionWeights, state: State,
     returns output <float>[T, B, P] and the final state.
     """
     step = spec.step_fn()
-    gi = F.linear(x, w.w_ih, w.b_ih)  # every step's input projection as one GEMM
+    gi = spec.project(x, w)  # every step's input projection as one GEMM
     outputs: list[Tensor] = [x.new_empty(0)] * x.shape[0]
     for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
-        new = step(gi[t], state, w.w_hh, w.b_hh, w.w_hr)
+        new = step(gi[t], state, w)
         if mask is None:
             state, outputs[t] = new, new[0]
         else:

@@ -3,7 +3,7 @@
 from .dropout import EmbeddingDropout, LockedDropout
 from .embedding import Embedding
 from .output import OutputLayer, pool, sequence_mask
-from .recurrent import GRU, LSTM, RNN, RecurrentBase
+from .recurrent import GRU, LSTM, RNN, LayerNormLSTM, RecurrentBase
 
-__all__ = ["RNN", "LSTM", "GRU", "RecurrentBase", "Embedding", "LockedDropout", "EmbeddingDropout",
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "RecurrentBase", "Embedding", "LockedDropout", "EmbeddingDropout",
            "OutputLayer", "pool", "sequence_mask"]

@@ -48,7 +48,8 @@ class RecurrentBase(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, nonlinearity: str = "tanh", reset_after: bool = True,
-                 device=None, dtype=None, *, init: str = "torch", backend: str = "auto") -> None:
+                 device=None, dtype=None, *, init: str = "torch", backend: str = "auto",
+                 layer_norm: bool = False) -> None:
         super().__init__()
         for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                                  ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
@@ -65,7 +66,9 @@ class RecurrentBase(nn.Module):
         if init not in ("torch", "keras"):
             raise ValueError(f"init: expected 'torch' or 'keras', got {init!r}")
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[nonlinearity] if self.mode == "RNN" else self.mode
-        self.spec = CellSpec(mode, hidden_size, proj_size, reset_after)
+        if layer_norm and (self.mode != "LSTM" or proj_size):
+            raise ValueError("layer_norm: only an LSTM without projection has a layer-normalised cell")
+        self.spec = CellSpec(mode, hidden_size, proj_size, reset_after, layer_norm)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.nonlinearity = bidirectional, proj_size, nonlinearity
@@ -82,8 +85,9 @@ class RecurrentBase(nn.Module):
                 names = DirectionWeights(f"weight_ih_l{layer}{suffix}", f"weight_hh_l{layer}{suffix}",
                                          f"bias_ih_l{layer}{suffix}" if bias else None,
                                          f"bias_hh_l{layer}{suffix}" if bias else None,
-                                         f"weight_hr_l{layer}{suffix}" if proj_size else None)
-                shapes = ((gh, layer_in), (gh, out), (gh,), (gh,), (proj_size, hidden_size))
+                                         f"weight_hr_l{layer}{suffix}" if proj_size else None,
+                                         f"layer_norm_l{layer}{suffix}" if layer_norm else None)
+                shapes = ((gh, layer_in), (gh, out), (gh,), (gh,), (proj_size, hidden_size), (10 * hidden_size,))
                 for name, shape in zip(names, shapes):
                     if name is not None:
                         self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
@@ -103,25 +107,32 @@ class RecurrentBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """torch.nn's uniform(±1/√H) for every weight, or Keras's defaults with ``init="keras"``."""
+        h = self.hidden_size
+        directions = [DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
+                      for layer in self._weight_names for names in layer]
+        with torch.no_grad():
+            for w in directions:
+                if w.ln is not None:  # gains 1, shift 0
+                    w.ln.fill_(1.0)
+                    w.ln[9 * h:] = 0.0
         if self.init == "torch":
             bound = 1.0 / math.sqrt(self.hidden_size)
-            for p in self.parameters():
-                nn.init.uniform_(p, -bound, bound)
+            for w in directions:
+                for p in w[:5]:
+                    if p is not None:
+                        nn.init.uniform_(p, -bound, bound)
             return
-        h = self.hidden_size
         with torch.no_grad():
-            for layer in self._weight_names:
-                for names in layer:
-                    w = DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
-                    nn.init.xavier_uniform_(w.w_ih)  # glorot_uniform; symmetric in fan_in/fan_out
-                    nn.init.orthogonal_(w.w_hh)
-                    if w.w_hr is not None:
-                        nn.init.xavier_uniform_(w.w_hr)
-                    for b in (w.b_ih, w.b_hh):
-                        if b is not None:
-                            b.zero_()
-                    if self.spec.mode == "LSTM" and w.b_ih is not None:
-                        w.b_ih[h: 2 * h] = 1.0  # unit_forget_bias
+            for w in directions:
+                nn.init.xavier_uniform_(w.w_ih)  # glorot_uniform; symmetric in fan_in/fan_out
+                nn.init.orthogonal_(w.w_hh)
+                if w.w_hr is not None:
+                    nn.init.xavier_uniform_(w.w_hr)
+                for b in (w.b_ih, w.b_hh):
+                    if b is not None:
+                        b.zero_()
+                if self.spec.mode == "LSTM" and w.b_ih is not None:
+                    w.b_ih[h: 2 * h] = 1.0  # unit_forget_bias
 
     def register_layer_hook(self, hook) -> torch.utils.hooks.RemovableHandle:
         """Call ``hook(layer_index, output)`` after each layer of forward(), output <float>[T, B, D*P]
@@ -276,7 +287,7 @@ class RecurrentBase(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
                 x_t = nn.functional.dropout(x_t, self.dropout, training=True)
-            new = self.spec.cell(x_t, states[layer][0], *self.direction_weights(layer, 0))
+            new = self.spec.cell(x_t, states[layer][0], self.direction_weights(layer, 0))
             x_t = new[0]
             finals.append(new)
         return x_t, self._final_hidden(finals)
@@ -332,6 +343,23 @@ class LSTM(RecurrentBase):
                  backend: str = "auto") -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size=proj_size, device=device, dtype=dtype, init=init, backend=backend)
+
+
+class LayerNormLSTM(RecurrentBase):
+    """LSTM with layer normalisation on the input and recurrent terms and on the cell (Ba et al. 2016);
+    equations in ``rnnkit.cells.ln_lstm_step``. Same options and return values as ``LSTM`` (no
+    projection); each layer and direction adds one parameter ``layer_norm_l{k}`` <float>[10H]:
+    [γ_ih (4H) | γ_hh (4H) | γ_c (H) | β_c (H)], initialised to gains 1 and shift 0.
+    The fused CPU backend runs it forward and backward like the plain cells.
+    """
+
+    mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, init: str = "torch", backend: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype, init=init, backend=backend, layer_norm=True)
 
 
 class GRU(RecurrentBase):

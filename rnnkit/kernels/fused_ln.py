@@ -1,0 +1,87 @@
+"""The fused CPU path of the layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``).
+
+Per direction, the input term ``LN(x W_ih^T)·γ_ih + b_ih + b_hh`` is computed for every step at once
+with torch ops (one GEMM and one batched layer norm; autograd differentiates it). The recurrence runs
+in one compiled loop (``fused_loops.ln_lstm_forward``): per step the recurrent mat-mul, then one
+pass per row for its normalisation, the gates, the cell and the cell's normalisation. The backward
+through time is hand-written (``ln_lstm_backward``); W_hh's gradient is one GEMM over the sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..cells import CellSpec, State, ln_lstm_project
+from . import fused
+from .base import DirectionWeights
+
+
+def _np(t: Tensor):
+    return t.detach().numpy()
+
+
+class _Recurrence(torch.autograd.Function):
+    """(gates <f>[T, B, 4H], w_hh, ln, h0, c0, mask <bool>[T, B] | None, reverse) → (out <f>[T, B, H], h_n, c_n)."""
+
+    @staticmethod
+    def forward(ctx, gates, w_hh, ln, h0, c0, mask, reverse):
+        K = fused._kernels()
+        train = any(ctx.needs_input_grad[:5])
+        T, B, G = gates.shape
+        H = G // 4
+        gates = gates.detach().clone(memory_format=torch.contiguous_format)  # becomes the activated gates
+        h, c = h0.detach().clone(memory_format=torch.contiguous_format), c0.detach().clone(
+            memory_format=torch.contiguous_format)
+        out = gates.new_empty(T, B, H)
+        n = (T, B) if train else (1, 1)
+        rh, rstd = gates.new_empty(*n, G), gates.new_empty(*n, 2)
+        cs, chat, hs = (gates.new_empty(*n, H) for _ in range(3))
+        has_mask = mask is not None
+        mask_np = _np(mask) if has_mask else fused._NO_MASK
+        with fused._OneBlasThread():
+            K.ln_lstm_forward(_np(gates), _np(w_hh.contiguous()), _np(ln.contiguous()), _np(h), _np(c), mask_np,
+                              has_mask, reverse, train, _np(out), _np(rh), _np(rstd), _np(cs), _np(chat), _np(hs))
+        if train:
+            ctx.save_for_backward(gates, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask)
+            ctx.reverse = reverse
+        fused.calls["forward"] += 1
+        return out, h, c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dhn, dcn):
+        K = fused._kernels()
+        gates, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask = ctx.saved_tensors
+        dh = dhn.clone(memory_format=torch.contiguous_format) if dhn is not None else torch.zeros_like(h0)
+        dc = dcn.clone(memory_format=torch.contiguous_format) if dcn is not None else torch.zeros_like(c0)
+        dout = dout.contiguous() if dout is not None else torch.zeros_like(hs)
+        dg, drh = torch.empty_like(gates), torch.empty_like(rh)
+        dln = torch.zeros_like(ln)
+        has_mask = mask is not None
+        with fused._OneBlasThread():
+            K.ln_lstm_backward(_np(gates), _np(rh), _np(rstd), _np(cs), _np(chat), _np(c0.contiguous()),
+                               _np(w_hh.contiguous()), _np(ln.contiguous()), _np(dh), _np(dc),
+                               _np(mask) if has_mask else fused._NO_MASK, has_mask, ctx.reverse, _np(dout),
+                               _np(dg), _np(drh), _np(dln))
+        need = ctx.needs_input_grad
+        dw_hh = fused._grad_recurrent(drh, hs, h0.detach(), ctx.reverse) if need[1] else None
+        fused.calls["backward"] += 1
+        return (dg if need[0] else None, dw_hh, dln if need[2] else None, dh if need[3] else None,
+                dc if need[4] else None, None, None)
+
+
+def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
+              mask: Tensor | None) -> tuple[Tensor, list[State]]:
+    """Both directions of a layer-normalised LSTM layer: output <f>[T, B, D*H], final (h, c) per direction."""
+    m = mask[:, :, 0].contiguous() if mask is not None else None
+    outs, finals = [], []
+    for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
+        gates = ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
+        if w.b_hh is not None:
+            gates = gates + w.b_hh
+        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, h0, c0, m, d == 1)
+        outs.append(out)
+        finals.append((h, c))
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals
