@@ -7,8 +7,8 @@
 - ``exploding``: a relu RNN whose recurrent matrix has spectral radius > 1 diverges without
   clipping (the Trainer's non-finite detector stops it) and trains with clipping.
 
-Every experiment returns a JSON-able dict; ``benchmarks/long_range.py`` and ``rnnkit experiment``
-run them and draw the plots.
+Every experiment returns a JSON-able dict; ``rnnkit experiment NAME`` (``run_experiment``) runs one,
+prints its table and writes the JSON and the plot.
 """
 
 from __future__ import annotations

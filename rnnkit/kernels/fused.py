@@ -31,6 +31,7 @@ Dispatch (per call; constants below, measured on 2 Zen 5 cores):
   ``_OneBlasThread``).
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
 - A one-step call without autograd (generation) skips all GEMM setup: the streaming kernel below.
+- The layer-normalised LSTM (``spec.layer_norm``) runs its own compiled loop, ``fused_ln``.
 
 Streaming: ``stream_step`` runs one time step of a whole unidirectional stack in one compiled call
 (no autograd), state in and out as tensors, for ``step(x_t, state)``; ``Streamer`` keeps the state
