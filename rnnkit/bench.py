@@ -142,8 +142,8 @@ def bench_one(cell, cfg, backends, repeat, min_time):
 def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dict:
     """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad:
     torch.nn's *Cell against rnnkit's ``layer.step(x_t, state)``, the kernel it calls
-    (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and ``fused.Streamer`` (state
-    kept inside, for a state object)."""
+    (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and ``layer.streamer()`` (the
+    state kept inside: a compiled ``fused.Streamer``)."""
     cls, torch_cls, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
@@ -151,7 +151,7 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     x = torch.randn(1, hidden)
     h = torch.zeros(1, 1, hidden)
     c = torch.zeros(1, 1, hidden) if len(m.spec.state_sizes) == 2 else None
-    streamer = _fused.Streamer(m.spec, weights, 1)
+    streamer = m.streamer(1)
     state = h if c is None else (h, c)
     fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
            "streamer": lambda: streamer(x)}
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the benchmark with command-line arguments argv; prints the table, returns the exit code."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated BxTxIxH (default: the 4 anchors)")
-    ap.add_argument("--cells", default="rnn,lstm,gru", help=f"comma-separated, from {','.join(CELLS)}")
+    ap.add_argument("--cells", default="rnn,lstm,gru,lstm_ln", help=f"comma-separated, from {','.join(CELLS)}")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds; medians are over these")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample (several calls if fast)")
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 t = r.get("torch", float("nan"))
                 print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   layer.step {r['layer.step']:7.2f} µs "
                       f"({r['layer.step'] / t:.2f})   stream_step {r['fused']:7.2f} µs ({r['fused'] / t:.2f})   "
-                      f"Streamer {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
+                      f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if args.json:

@@ -248,6 +248,35 @@ def test_layer_step_takes_stream_step_without_grad(cell):
                        else (torch.zeros(1, 3, H, dtype=torch.float64),) * 2)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_layer_streamer(cell, backend):
+    """layer.streamer(): the compiled Streamer where a backend offers one (plain cells, auto), else
+    step() without autograd; either way it replays forward() from a given state, in eval semantics."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model = cls(I, H, num_layers=2, dropout=0.5, dtype=torch.float64, backend=backend, **kw)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+    hx = torch.randn(2, 3, kw.get("proj_size") or H, dtype=torch.float64)
+    hx = (hx, torch.randn(2, 3, H, dtype=torch.float64)) if cls in WITH_C else hx
+    model.eval()
+    with torch.no_grad():
+        ref, hn = model(x, hx)
+    model.train()  # the streamer never applies dropout
+    streamer = model.streamer(3, hx)
+    assert isinstance(streamer, fused.Streamer) == (backend == "auto" and cell != "lstm_ln")
+    ys = torch.stack([streamer(x[t]) for t in range(T)])
+    assert not ys.requires_grad and model.training
+    torch.testing.assert_close(ys, ref, atol=1e-12, rtol=1e-10)
+    state = streamer.state
+    for a, b in zip(hn if isinstance(hn, tuple) else (hn,), state if isinstance(state, tuple) else (state,)):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
+    with pytest.raises(ValueError, match="h_0: expected shape"):
+        model.streamer(2, hx)
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):
+        model.streamer(0)
+
+
 def test_stream_step_checks_shapes():
     model = rnnkit.LSTM(I, H, num_layers=2)
     weights = [model.direction_weights(layer, 0) for layer in range(2)]
@@ -293,8 +322,8 @@ def test_streamer(cell):
         streamer = fused.Streamer(model.spec, [model.direction_weights(layer, 0) for layer in range(2)], 3, h0, c0)
         ys = torch.stack([streamer(x[t]) for t in range(T)])
     torch.testing.assert_close(ys, ref, atol=1e-5, rtol=1e-5)
-    h, c = streamer.state
-    for a, b in zip(hn if isinstance(hn, tuple) else (hn,), (h, c)):
+    state = streamer.state
+    for a, b in zip(hn if isinstance(hn, tuple) else (hn,), state if isinstance(state, tuple) else (state,)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="x_t"):
         streamer(torch.randn(2, I))

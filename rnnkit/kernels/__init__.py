@@ -10,6 +10,10 @@ may also offer a streaming step for a whole unidirectional stack, without autogr
 
     stream_step(spec, x_t <float>[B, I], weights: [DirectionWeights] * L, h <float>[L, B, P],
                 c <float>[L, B, H] | None) -> (y_t <float>[B, P], h, c | None), or None if it cannot
+
+and a stateful streamer, ``streamer(spec, weights, batch, h, c, like)`` → an object with
+``y_t = s(x_t)`` and ``s.state`` (forward's hx layout), or None if it cannot (``like``: a tensor of
+the input's device and dtype).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from . import reference
 from .base import DirectionWeights
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "select_backend", "run_layer",
-           "stream_step"]
+           "stream_step", "streamer"]
 
 
 class Backend(NamedTuple):
@@ -33,6 +37,7 @@ class Backend(NamedTuple):
     run_layer: Callable[..., tuple[Tensor, list[State]]]
     supports: Callable[[CellSpec, Tensor, bool], bool]
     stream_step: Callable[..., tuple | None] | None = None
+    streamer: Callable[..., object | None] | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -73,10 +78,22 @@ def stream_step(spec: CellSpec, x_t: Tensor, weights: list[DirectionWeights], h:
                 backend: str = "auto") -> tuple | None:
     """One no-autograd step of a stack through the named backend's (or the preferred) streaming step
     (see module docstring for shapes); None when no such backend can run it."""
+    return _first("stream_step", backend, spec, x_t, weights, h, c)
+
+
+def streamer(spec: CellSpec, weights: list[DirectionWeights], batch: int, h: Tensor | None, c: Tensor | None,
+             like: Tensor, backend: str = "auto") -> object | None:
+    """A backend's stateful streamer for a unidirectional stack (see module docstring), or None."""
+    return _first("streamer", backend, spec, weights, batch, h, c, like)
+
+
+def _first(field: str, backend: str, *args):
+    """The first non-None answer of the named (or every, in preference order) backend's optional field."""
     candidates = [BACKENDS[backend]] if backend in BACKENDS else reversed(BACKENDS.values())
     for candidate in candidates:
-        if candidate.stream_step is not None:
-            out = candidate.stream_step(spec, x_t, weights, h, c)
+        fn = getattr(candidate, field)
+        if fn is not None:
+            out = fn(*args)
             if out is not None:
                 return out
     return None

@@ -623,7 +623,8 @@ class Streamer:
     object). Weights are read in place at every call, so updates to them are seen.
 
     layers: the stack's DirectionWeights (forward direction), batch B; h <f>[L, B, P] and c <f>[L, B, H]
-    (LSTM) the initial state, or None for zeros. ``state`` returns (h, c) as new tensors."""
+    (LSTM) the initial state, or None for zeros. ``state`` returns h, or (h, c) for LSTM, as new
+    tensors (forward's hx layout)."""
 
     def __init__(self, spec: CellSpec, layers: list[DirectionWeights], batch: int,
                  h: Tensor | None = None, c: Tensor | None = None) -> None:
@@ -662,10 +663,10 @@ class Streamer:
         return _from_np(hout[-1].copy())
 
     @property
-    def state(self) -> tuple[Tensor, Tensor | None]:
-        """The current (h <f>[L, B, P], c <f>[L, B, H] or None), as new tensors."""
+    def state(self) -> Tensor | tuple[Tensor, Tensor]:
+        """The current h <f>[L, B, P], or (h, c <f>[L, B, H]) for LSTM, as new tensors."""
         h = _from_np(self.h[self.cur].copy())
-        return h, (_from_np(self.c[self.cur].copy()) if self.spec.mode == "LSTM" else None)
+        return (h, _from_np(self.c[self.cur].copy())) if self.spec.mode == "LSTM" else h
 
 
 def _single_step(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State]):
@@ -746,4 +747,9 @@ def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeig
     return stream_step(spec, x_t, layers, h, c)
 
 
-register_backend(Backend("fused", run_layer, supports, _backend_stream_step))
+def _backend_streamer(spec: CellSpec, layers: list[DirectionWeights], batch: int, h: Tensor | None,
+                      c: Tensor | None, like: Tensor):
+    return Streamer(spec, layers, batch, h, c) if stream_supports(spec, like[:1, :1]) else None
+
+
+register_backend(Backend("fused", run_layer, supports, _backend_stream_step, _backend_streamer))

@@ -292,6 +292,23 @@ class RecurrentBase(nn.Module):
             finals.append(new)
         return x_t, self._final_hidden(finals)
 
+    def streamer(self, batch_size: int = 1, state: Hidden | None = None):
+        """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
+        state kept inside, ``s.state`` is it in forward's hx layout. No autograd, no dropout. The
+        fastest way to run one step at a time (on CPU float32/64 one compiled call per step); it
+        falls back to ``step()`` where no backend offers one.
+
+        x_t <float>[batch_size, I] → y_t <float>[batch_size, P]; state as forward's hx, or None (zeros)."""
+        if self.bidirectional:
+            raise ValueError("streamer: a bidirectional layer needs the whole sequence; use forward()")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        like = self.weight_ih_l0.detach()
+        parts = self._check_hx(state, batch_size, like) if state is not None else [None, None]
+        weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
+        fast = kernels.streamer(self.spec, weights, batch_size, parts[0], (parts + [None])[1], like, self.backend)
+        return fast if fast is not None else _StepStreamer(self, state)
+
     def _streams(self, x_t: Tensor) -> bool:
         """Whether step() may take a backend's compiled streaming step: nothing needs a gradient,
         no dropout applies between layers and no layer hook is registered."""
@@ -311,6 +328,28 @@ class RecurrentBase(nn.Module):
         if self.spec.mode == "GRU" and not self.reset_after:
             s += ", reset_after=False"
         return s
+
+
+class _StepStreamer:
+    """The generic streamer (``RecurrentBase.streamer``): ``step()`` without autograd, state inside."""
+
+    def __init__(self, layer: RecurrentBase, state: Hidden | None) -> None:
+        self.layer, self._state = layer, state
+
+    def __call__(self, x_t: Tensor) -> Tensor:
+        with torch.no_grad():
+            training = self.layer.training
+            self.layer.train(False)
+            try:
+                y_t, self._state = self.layer.step(x_t, self._state)
+            finally:
+                self.layer.train(training)
+        return y_t
+
+    @property
+    def state(self) -> Hidden | None:
+        """The current state in forward's hx layout (None before the first step without an initial state)."""
+        return self._state
 
 
 class RNN(RecurrentBase):
