@@ -112,11 +112,13 @@ def experiment(name: Annotated[str, typer.Argument(help="adding | copy | vanishi
                length: Annotated[int, typer.Option(help="sequence length T (copy: the delay)")] = 200,
                cells: Annotated[str, typer.Option(help="comma-separated: rnn,lstm,gru")] = "rnn,lstm,gru",
                minutes: Annotated[float, typer.Option(help="training budget per cell")] = 10.0,
-               out: Annotated[Path, typer.Option(help="where the JSON and PNG go")] = Path("runs/long_range")) -> None:
+               out: Annotated[Path, typer.Option(help="where the JSON and PNG go")] = Path("runs/long_range"),
+               init: Annotated[str, typer.Option(help="adding/copy: keras | torch | chrono (gated cells; "
+                                                      "a simple RNN gets keras)")] = "keras") -> None:
     """Long-range dependencies: train or probe each cell, print the figures, write JSON and plots."""
     from .long_range import run_experiment
     _show_warnings()
-    typer.echo(run_experiment(name, length=length, cells=cells.split(","), minutes=minutes, out=out))
+    typer.echo(run_experiment(name, length=length, cells=cells.split(","), minutes=minutes, out=out, init=init))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

@@ -29,14 +29,20 @@ from .train import NonFiniteError, TrainConfig, Trainer
 CELLS = ("rnn", "lstm", "gru")
 
 
-def _model(cell: str, task: str, hidden: int, init: str) -> SequenceModel:
-    """A one-layer network for the adding (regression) or copying (10-way per step) problem."""
+def cell_init(cell: str, init: str) -> str:
+    """The init a cell gets: "chrono" applies to the gated cells; a simple RNN gets "keras" instead."""
+    return "keras" if init == "chrono" and cell not in ("lstm", "lstm_ln", "gru") else init
+
+
+def _model(cell: str, task: str, hidden: int, init: str, length: int) -> SequenceModel:
+    """A one-layer network for the adding (regression) or copying (10-way per step) problem; with
+    init "chrono" the gate biases expect dependencies of up to the task's whole span."""
+    common = {"cell": cell, "hidden_size": hidden, "init": init, "chrono_max_steps": length}
     if task == "adding":
-        config = ModelConfig(input_size=2, cell=cell, hidden_size=hidden, output_size=1,
-                             output_per="sequence", pooling="last", init=init)
+        config = ModelConfig(input_size=2, output_size=1, output_per="sequence", pooling="last", **common)
     else:
-        config = ModelConfig(vocab_size=10, embedding_dim=10, cell=cell, hidden_size=hidden, output_size=10,
-                             output_activation="softmax", output_per="step", init=init)
+        config = ModelConfig(vocab_size=10, embedding_dim=10, output_size=10, output_activation="softmax",
+                             output_per="step", **common)
     return SequenceModel(config)
 
 
@@ -51,7 +57,8 @@ def train_synthetic(task: str, cell: str, length: int, *, minutes: float = 10.0,
     """
     data = (adding_task if task == "adding" else copy_task)(length, batch_size=batch_size)
     torch.manual_seed(seed)
-    model = _model(cell, task, hidden, init)
+    init = cell_init(cell, init)
+    model = _model(cell, task, hidden, init, length if task == "adding" else length + 20)
     x_test, y_test = data.test
 
     def loss_of(net, x, y):
@@ -103,7 +110,7 @@ def vanishing(length: int = 200, *, hidden: int = 128, seeds: int = 5, batch: in
         ratios, curve = [], None
         for seed in range(seeds):
             torch.manual_seed(seed)
-            model = _model(cell, "adding", hidden, init).double()
+            model = _model(cell, "adding", hidden, init, length).double()
             norms = hidden_gradient_norms(model, x, lambda out: F.mse_loss(out[0], y))
             row = next(iter(norms.values()))[0]  # layer 0: <float64>[T]
             ratios.append(float(vanishing_ratio(row)))
@@ -123,7 +130,7 @@ def exploding(length: int = 100, *, radius: float = 1.4, hidden: int = 64, steps
     for label, clip in (("no_clipping", 0.0), ("clipping", clip_norm)):
         data = adding_task(length, batch_size=50)
         torch.manual_seed(seed)
-        model = _model("rnn_relu", "adding", hidden, "torch")
+        model = _model("rnn_relu", "adding", hidden, "torch", length)
         scale_spectral_radius_(model.stack[0], radius)
 
         def loss_fn(net, batch, state):
@@ -152,24 +159,26 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def run_experiment(name: str, *, length: int, cells: list[str] | tuple[str, ...] = CELLS, minutes: float = 10.0,
-                   out: str | Path = "runs/long_range") -> str:
+                   out: str | Path = "runs/long_range", init: str = "keras") -> str:
     """Run one experiment (module docstring), write ``<out>/<name>-<length>.json`` and its PNG, and
     return a markdown table of the figures."""
     from .plots import plot_gradient_norms, plot_loss_curves
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{name}-{length}"
+    stem = out / (f"{name}-{length}" + ("" if init == "keras" else f"-{init}"))
     if name in ("adding", "copy"):
         unknown = [c for c in cells if c not in CELLS]
         if unknown:
             raise ValueError(f"cells: expected names from {list(CELLS)}, got {unknown}")
-        runs = [train_synthetic(name, cell, length, minutes=minutes, target=1e-3) for cell in cells]
+        if init not in ("keras", "torch", "chrono"):
+            raise ValueError(f"init: expected 'keras', 'torch' or 'chrono', got {init!r}")
+        runs = [train_synthetic(name, cell, length, minutes=minutes, target=1e-3, init=init) for cell in cells]
         result: dict = {"runs": runs}
         plot_loss_curves({r["cell"]: [[s for s, _ in r["curve"]], [v for _, v in r["curve"]]] for r in runs},
                          stem.with_suffix(".png"), baseline=runs[0]["baseline"], ylabel="test loss",
-                         title=f"{name} problem, T = {length}")
-        rows = [["cell", "test loss", "best test loss", "baseline", "steps", "seconds"]]
-        rows += [[r["cell"], f"{r['test_loss']:.4g}", f"{r['best_test_loss']:.4g}", f"{r['baseline']:.4g}",
+                         title=f"{name} problem, T = {length}" + ("" if init == "keras" else f", {init} init"))
+        rows = [["cell", "init", "test loss", "best test loss", "baseline", "steps", "seconds"]]
+        rows += [[r["cell"], r["init"], f"{r['test_loss']:.4g}", f"{r['best_test_loss']:.4g}", f"{r['baseline']:.4g}",
                   str(r["steps"]), f"{r['seconds']:.0f}"] for r in runs]
     elif name == "vanishing":
         result = vanishing(length)

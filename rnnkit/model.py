@@ -64,9 +64,11 @@ class ModelConfig(Config):
     tie_weights: bool = Field(False, description=(
         "share the embedding matrix with the output layer; needs output_size = vocab_size and "
         "embedding_dim = hidden_size * directions"))
-    init: Literal["torch", "keras", "uniform"] = Field("torch", description=(
-        "weight init: torch.nn defaults; Keras defaults (glorot/orthogonal, forget bias 1); or "
-        "every parameter uniform(-init_range, init_range) (Zaremba et al. 2014)"))
+    init: Literal["torch", "keras", "uniform", "chrono"] = Field("torch", description=(
+        "weight init: torch.nn defaults; Keras defaults (glorot/orthogonal, forget bias 1); "
+        "every parameter uniform(-init_range, init_range) (Zaremba et al. 2014); or Keras with chrono "
+        "gate biases for dependencies up to chrono_max_steps (Tallec & Ollivier 2018; LSTM and GRU)"))
+    chrono_max_steps: int = Field(0, ge=0, description="init = 'chrono': the longest dependency to expect, in steps")
     init_range: float = Field(0.1, gt=0.0, description="half-width of the uniform init (init = 'uniform')")
     reset_after: bool = Field(True, description="GRU variant: reset gate after the recurrent matmul (torch, Keras default)")
     padding_idx: int | None = Field(None, ge=0, description="token id of padding: zero vector, no gradient")
@@ -80,6 +82,9 @@ class ModelConfig(Config):
         if self.dropout and self.variational_dropout:
             raise ValueError(f"dropout, variational_dropout: set one of them, got {self.dropout} and "
                              f"{self.variational_dropout} (variational dropout replaces plain dropout)")
+        if self.init == "chrono" and (self.cell not in ("lstm", "lstm_ln", "gru") or self.chrono_max_steps < 3):
+            raise ValueError(f"init: 'chrono' needs a gated cell (lstm, lstm_ln, gru) and chrono_max_steps >= 3, "
+                             f"got cell={self.cell!r}, chrono_max_steps={self.chrono_max_steps}")
         width = self.hidden_size * self.directions
         if self.tie_weights and self.embedding_dim != width:
             raise ValueError(f"tie_weights: needs embedding_dim == hidden_size * directions = {width}, "
@@ -135,7 +140,7 @@ class SequenceModel(nn.Module):
         self.embedding_dropout = EmbeddingDropout(cfg.embedding_dropout)
         layer_cls, options = _LAYERS[cfg.cell]
         options = {**options, "hidden_size": cfg.hidden_size, "bidirectional": cfg.bidirectional,
-                   "batch_first": True, "init": "keras" if cfg.init == "keras" else "torch"}
+                   "batch_first": True, "init": "keras" if cfg.init in ("keras", "chrono") else "torch"}
         if cfg.cell == "gru":
             options["reset_after"] = cfg.reset_after
         features = cfg.embedding_dim if cfg.vocab_size else cfg.input_size
@@ -167,7 +172,10 @@ class SequenceModel(nn.Module):
                 for name, p in self.named_parameters():
                     if ".layer_norm_l" not in name:
                         p.uniform_(-cfg.init_range, cfg.init_range)
-            elif cfg.init == "keras":  # Dense: glorot_uniform, zero bias; Embedding: uniform(±0.05)
+            elif cfg.init in ("keras", "chrono"):  # Dense: glorot_uniform, zero bias; Embedding: uniform(±0.05)
+                if cfg.init == "chrono":
+                    for layer in self.stack:
+                        layer.chrono_init_(cfg.chrono_max_steps)
                 nn.init.xavier_uniform_(self.output.weight)
                 if self.output.linear.bias is not None:
                     self.output.linear.bias.zero_()

@@ -108,3 +108,4 @@ def test_errors():
         rnnkit.GRU.__mro__[1](3, 4, layer_norm=True)  # RecurrentBase with mode "" (neither LSTM)
     with pytest.raises(ValueError, match="Keras has no layer-normalised LSTM"):
         to_keras(rnnkit.LayerNormLSTM(3, 4))
+

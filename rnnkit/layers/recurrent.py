@@ -134,6 +134,32 @@ class RecurrentBase(nn.Module):
                 if self.spec.mode == "LSTM" and w.b_ih is not None:
                     w.b_ih[h: 2 * h] = 1.0  # unit_forget_bias
 
+    def chrono_init_(self, max_steps: int, generator: torch.Generator | None = None) -> RecurrentBase:
+        """Chrono initialisation of the gate biases (Tallec & Ollivier 2018), for dependencies of up
+        to ``max_steps`` steps: per unit u ~ U[1, max_steps - 1]; an LSTM's forget-gate bias is
+        log(u) and its input-gate bias -log(u); a GRU's update-gate bias is log(u) (z weighs the
+        old state). A unit then keeps its memory for ~u steps at the start of training, instead of
+        the ~1-3 steps of a zero or unit bias. The gate's bias_hh part is zeroed. Returns self."""
+        if self.spec.mode not in ("LSTM", "GRU"):
+            raise ValueError(f"chrono_init_: needs a gated cell (LSTM or GRU), got {self.spec.mode}")
+        if not self.bias:
+            raise ValueError("chrono_init_: the layer has no biases (bias=False)")
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 3:
+            raise ValueError(f"max_steps: expected an integer >= 3 (the longest dependency, in steps), "
+                             f"got {max_steps!r}")
+        h = self.hidden_size
+        with torch.no_grad():
+            for layer in self._weight_names:
+                for names in layer:
+                    w = DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
+                    u = torch.empty(h, dtype=torch.float64).uniform_(1.0, max_steps - 1.0, generator=generator)
+                    w.b_ih[h:2 * h] = u.log()
+                    w.b_hh[h:2 * h] = 0.0
+                    if self.spec.mode == "LSTM":
+                        w.b_ih[:h] = -u.log()
+                        w.b_hh[:h] = 0.0
+        return self
+
     def register_layer_hook(self, hook) -> torch.utils.hooks.RemovableHandle:
         """Call ``hook(layer_index, output)`` after each layer of forward(), output <float>[T, B, D*P]
         (time-major), e.g. to record activations. Its gradient is only the direct part of ∂loss/∂h_t
