@@ -110,6 +110,22 @@ def test_matches_reference(cell, options, dtype, loop):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_few_input_features(cell):
+    """With few input features W_ih's gradient takes the transposed GEMM (fused._grad_input_weight)."""
+    cls, kw = CELLS[cell]
+    grads = []
+    for backend in ("reference", "fused"):
+        torch.manual_seed(0)
+        model = cls(2, 8, bidirectional=True, dtype=torch.float64, backend=backend, **kw)
+        x = torch.randn(9, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        (model(x)[0] ** 2).sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for ref, fast in zip(*grads):
+        torch.testing.assert_close(fast, ref, atol=1e-10, rtol=1e-9)
+    assert grads[1][0].is_contiguous()
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck(cell):
     cls, kw = CELLS[cell]
     hidden = 2

@@ -174,6 +174,14 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     return torch.addmm(b, x, w.t()) if b is not None else x.mm(w.t())
 
 
+def _grad_input_weight(dg: Tensor, x: Tensor) -> Tensor:
+    """dW_ih = dG^T x for dg <f>[N, G] and x <f>[N, I]. With few input features MKL's sgemm is 4x
+    faster on (x^T dG)^T (measured: N=20000, G=512, I=2: 16 vs 72 ms); otherwise the direct form."""
+    if x.shape[1] <= 32 and x.shape[1] * 8 <= dg.shape[1]:
+        return x.t().mm(dg).t().contiguous()
+    return dg.t().mm(x)
+
+
 def _grad_recurrent(dg: Tensor, hseq: Tensor, h0: Tensor, reverse: bool) -> Tensor:
     """Σ_t dg_t^T h_{t-1} as two GEMMs: dg <f>[T, B, N]; hseq <f>[T, B, M] with hseq[t] the state
     after step t (any strides with a unit last one); h0 <f>[B, M] the state before the first step."""
@@ -440,7 +448,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
             g_w_hh = _grad_recurrent(dg_in, hprev, h0, reverse) if need[1] else None
             g_b_hh = "same"
         dg2 = dg_in.view(T * B, G * H)
-        g_w_ih = dg2.t().mm(x2) if need[0] else None
+        g_w_ih = _grad_input_weight(dg2, x2) if need[0] else None
         g_b_ih = dg2.sum(0) if (need[2] or (need[3] and isinstance(g_b_hh, str))) else None
         if isinstance(g_b_hh, str):  # the same sum: computed once, a copy for the second parameter
             g_b_hh = g_b_ih.clone() if need[3] else None
