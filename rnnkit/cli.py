@@ -114,11 +114,15 @@ def experiment(name: Annotated[str, typer.Argument(help="adding | copy | vanishi
                minutes: Annotated[float, typer.Option(help="training budget per cell")] = 10.0,
                out: Annotated[Path, typer.Option(help="where the JSON and PNG go")] = Path("runs/long_range"),
                init: Annotated[str, typer.Option(help="adding/copy: keras | torch | chrono (gated cells; "
-                                                      "a simple RNN gets keras)")] = "keras") -> None:
+                                                      "a simple RNN gets keras)")] = "keras",
+               hidden: Annotated[int, typer.Option(help="adding/copy: hidden units")] = 128,
+               batch_size: Annotated[int, typer.Option(help="adding/copy: sequences per step")] = 50,
+               lr: Annotated[float, typer.Option(help="adding/copy: Adam's learning rate")] = 1e-3) -> None:
     """Long-range dependencies: train or probe each cell, print the figures, write JSON and plots."""
     from .long_range import run_experiment
     _show_warnings()
-    typer.echo(run_experiment(name, length=length, cells=cells.split(","), minutes=minutes, out=out, init=init))
+    typer.echo(run_experiment(name, length=length, cells=cells.split(","), minutes=minutes, out=out, init=init,
+                              hidden=hidden, batch_size=batch_size, lr=lr))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

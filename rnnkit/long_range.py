@@ -159,24 +159,30 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def run_experiment(name: str, *, length: int, cells: list[str] | tuple[str, ...] = CELLS, minutes: float = 10.0,
-                   out: str | Path = "runs/long_range", init: str = "keras") -> str:
+                   out: str | Path = "runs/long_range", init: str = "keras", hidden: int = 128,
+                   batch_size: int = 50, lr: float = 1e-3) -> str:
     """Run one experiment (module docstring), write ``<out>/<name>-<length>.json`` and its PNG, and
     return a markdown table of the figures."""
     from .plots import plot_gradient_norms, plot_loss_curves
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / (f"{name}-{length}" + ("" if init == "keras" else f"-{init}"))
+    options = {"init": init, "hidden": hidden, "batch": batch_size, "lr": lr}
+    defaults = {"init": "keras", "hidden": 128, "batch": 50, "lr": 1e-3}
+    stem = out / "-".join([name, str(length)] + [f"{k}{v}" if k != "init" else str(v)
+                                                 for k, v in options.items() if v != defaults[k]])
     if name in ("adding", "copy"):
         unknown = [c for c in cells if c not in CELLS]
         if unknown:
             raise ValueError(f"cells: expected names from {list(CELLS)}, got {unknown}")
         if init not in ("keras", "torch", "chrono"):
             raise ValueError(f"init: expected 'keras', 'torch' or 'chrono', got {init!r}")
-        runs = [train_synthetic(name, cell, length, minutes=minutes, target=1e-3, init=init) for cell in cells]
+        runs = [train_synthetic(name, cell, length, minutes=minutes, target=1e-3, init=init, hidden=hidden,
+                                batch_size=batch_size, lr=lr) for cell in cells]
         result: dict = {"runs": runs}
         plot_loss_curves({r["cell"]: [[s for s, _ in r["curve"]], [v for _, v in r["curve"]]] for r in runs},
                          stem.with_suffix(".png"), baseline=runs[0]["baseline"], ylabel="test loss",
-                         title=f"{name} problem, T = {length}" + ("" if init == "keras" else f", {init} init"))
+                         title=f"{name} problem, T = {length}" + "".join(
+                             f", {k} {v}" for k, v in options.items() if v != defaults[k]))
         rows = [["cell", "init", "test loss", "best test loss", "baseline", "steps", "seconds"]]
         rows += [[r["cell"], r["init"], f"{r['test_loss']:.4g}", f"{r['best_test_loss']:.4g}", f"{r['baseline']:.4g}",
                   str(r["steps"]), f"{r['seconds']:.0f}"] for r in runs]
