@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
     ap.add_argument("--json", default=None, help="write all rows (with raw samples) to this path")
     ap.add_argument("--no-stream", action="store_true", help="skip the streaming (batch 1 step) timings")
+    ap.add_argument("--markdown", default=None, help="write the tables as markdown (for the README) to this path")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -239,12 +240,35 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                       f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "torch": torch.__version__, "threads": args.threads, "repeat": args.repeat,
-            "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "load_start": load0, "load_end": load1, "peak_gflops": PEAK_GFLOPS,
-            "rows": rows, "summary": summary, "stream": stream}, indent=1))
-        print(f"wrote {args.json}")
+    report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat,
+              "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+              "load_start": load0, "load_end": load1, "peak_gflops": PEAK_GFLOPS,
+              "rows": rows, "summary": summary, "stream": stream}
+    for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text())
+            print(f"wrote {path}")
     return 0
+
+
+def markdown(report: dict) -> str:
+    """The README's tables from a report: fused vs peer per cell, config and mode; the medians;
+    the streaming step."""
+    lines = ["| cell | B, T, I, H | mode | peer | peer ms | rnnkit ms | ratio | rnnkit % of peak |", "|" + "---|" * 8]
+    by_key = {(r["cell"], r["B"], r["T"], r["I"], r["H"], r["mode"], r["impl"]): r for r in report["rows"]}
+    for (cell, B, T, I, H, mode, impl), r in by_key.items():
+        if impl != "fused":
+            continue
+        peer = by_key.get((cell, B, T, I, H, mode, r["peer"])) if r["peer"] else None
+        lines.append(f"| {cell} | {B}, {T}, {I}, {H} | {mode} | {r['peer'] or '-'} | "
+                     f"{peer['median_ms'] if peer else float('nan'):.2f} | {r['median_ms']:.2f} | "
+                     f"{r['ratio_vs_peer'] if peer else float('nan'):.2f} | {r['peak_pct']:.0f}% |")
+    lines += ["", "| cell | mode | median ratio over configs | worst |", "|---|---|---|---|"]
+    lines += [f"| {key.split('/')[0]} | {key.split('/')[1]} | {v['median_ratio']:.2f} | {v['max_ratio']:.2f} |"
+              for key, v in report["summary"].items()]
+    if report["stream"]:
+        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs |", "|---|---|---|---|---|"]
+        lines += [f"| {s['cell']} | {s['H']} | {s.get('torch_us', float('nan')):.2f} | {s['layer.step_us']:.2f} | "
+                  f"{s['streamer_us']:.2f} |" for s in report["stream"]]
+    return "\n".join(lines) + "\n"

@@ -9,9 +9,12 @@ from rnnkit.cli import app
 
 
 def test_bench_writes_ratios_and_streaming(tmp_path):
-    out = tmp_path / "speed.json"
+    out, md = tmp_path / "speed.json", tmp_path / "speed.md"
     assert main(["--configs", "2x3x4x5", "--cells", "gru,lstm,lstm_ln", "--repeat", "1", "--threads", "1",
-                 "--min-time", "0.001", "--json", str(out)]) == 0
+                 "--min-time", "0.001", "--json", str(out), "--markdown", str(md)]) == 0
+    table = md.read_text().splitlines()
+    assert sum(line.startswith("| lstm_ln | 2, 3, 4, 5 |") for line in table) == 2  # inference, train
+    assert any(line.startswith("| gru | 2, 3, 4, 5 | train | torch |") for line in table)
     report = json.loads(out.read_text())
     impls = {(r["cell"], r["mode"], r["impl"]) for r in report["rows"]}
     for cell, peer in (("gru", "torch"), ("lstm", "torch"), ("lstm_ln", "rnnkit LSTM")):
