@@ -5,6 +5,8 @@ with torch ops (one GEMM and one batched layer norm; autograd differentiates it)
 in one compiled loop (``fused_loops.ln_lstm_forward``): per step the recurrent mat-mul, then one
 pass per row for its normalisation, the gates, the cell and the cell's normalisation. The backward
 through time is hand-written (``ln_lstm_backward``); W_hh's gradient is one GEMM over the sequence.
+For large float32 shapes the time loop runs in Python with oneDNN's prepacked GEMM per step and
+one compiled elementwise call (``*_step``), under the plain cells' rule (``fused._step_loop``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ def _np(t: Tensor):
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gates <f>[T, B, 4H], w_hh, ln, h0, c0, mask <bool>[T, B] | None, reverse) → (out <f>[T, B, H], h_n, c_n)."""
+    """(gates <f>[T, B, 4H], w_hh, ln, h0, c0, mask <bool>[T, B] | None, reverse, stepwise)
+    → (out <f>[T, B, H], h_n, c_n); stepwise: drive the loop from Python with oneDNN's GEMM."""
 
     @staticmethod
-    def forward(ctx, gates, w_hh, ln, h0, c0, mask, reverse):
+    def forward(ctx, gates, w_hh, ln, h0, c0, mask, reverse, stepwise):
         K = fused._kernels()
         train = any(ctx.needs_input_grad[:5])
         T, B, G = gates.shape
@@ -40,12 +43,22 @@ class _Recurrence(torch.autograd.Function):
         cs, chat, hs = (gates.new_empty(*n, H) for _ in range(3))
         has_mask = mask is not None
         mask_np = _np(mask) if has_mask else fused._NO_MASK
+        w_hh, ln = w_hh.detach().contiguous(), ln.detach().contiguous()
+        gates_np, ln_np, h_np, c_np = _np(gates), _np(ln), _np(h), _np(c)
+        bufs = [_np(t) for t in (out, rh, rstd, cs, chat, hs)]
         with fused._OneBlasThread():
-            K.ln_lstm_forward(_np(gates), _np(w_hh.contiguous()), _np(ln.contiguous()), _np(h), _np(c), mask_np,
-                              has_mask, reverse, train, _np(out), _np(rh), _np(rstd), _np(cs), _np(chat), _np(hs))
+            if stepwise:
+                pw = fused._reorder(w_hh, B)
+                for s in range(T):
+                    gh = fused._lp(h, pw, None, "none", [], "")
+                    K.ln_lstm_forward_step(T - 1 - s if reverse else s, gates_np, _np(gh), ln_np, h_np, c_np, mask_np,
+                                           has_mask, train, *bufs)
+            else:
+                K.ln_lstm_forward(gates_np, _np(w_hh), ln_np, h_np, c_np, mask_np, has_mask, reverse, train, *bufs)
+        fused.calls["step_loop" if stepwise else "compiled_loop"] += 1
         if train:
             ctx.save_for_backward(gates, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask)
-            ctx.reverse = reverse
+            ctx.reverse, ctx.stepwise = reverse, stepwise
         fused.calls["forward"] += 1
         return out, h, c
 
@@ -60,28 +73,40 @@ class _Recurrence(torch.autograd.Function):
         dg, drh = torch.empty_like(gates), torch.empty_like(rh)
         dln = torch.zeros_like(ln)
         has_mask = mask is not None
+        saved = (_np(gates), _np(rh), _np(rstd), _np(cs), _np(chat), _np(c0.contiguous()))
+        mask_np = _np(mask) if has_mask else fused._NO_MASK
         with fused._OneBlasThread():
-            K.ln_lstm_backward(_np(gates), _np(rh), _np(rstd), _np(cs), _np(chat), _np(c0.contiguous()),
-                               _np(w_hh.contiguous()), _np(ln.contiguous()), _np(dh), _np(dc),
-                               _np(mask) if has_mask else fused._NO_MASK, has_mask, ctx.reverse, _np(dout),
-                               _np(dg), _np(drh), _np(dln))
+            if ctx.stepwise:
+                T, B = gates.shape[:2]
+                pw_t = fused._reorder(w_hh.t().contiguous(), B)  # drh_t W_hh = linear(drh_t, W_hh^T)
+                tprev, tmp_np = -1, _np(dh)
+                for s in range(T + 1):
+                    t = -1 if s == T else (s if ctx.reverse else T - 1 - s)
+                    K.ln_lstm_backward_step(t, tprev, tmp_np, ctx.reverse, *saved, _np(ln), _np(dh), _np(dc), mask_np,
+                                            has_mask, _np(dout), _np(dg), _np(drh), _np(dln))
+                    if t >= 0:
+                        tmp_np, tprev = _np(fused._lp(drh[t], pw_t, None, "none", [], "")), t
+            else:
+                K.ln_lstm_backward(*saved, _np(w_hh), _np(ln), _np(dh), _np(dc), mask_np, has_mask, ctx.reverse,
+                                   _np(dout), _np(dg), _np(drh), _np(dln))
         need = ctx.needs_input_grad
         dw_hh = fused._grad_recurrent(drh, hs, h0.detach(), ctx.reverse) if need[1] else None
         fused.calls["backward"] += 1
         return (dg if need[0] else None, dw_hh, dln if need[2] else None, dh if need[3] else None,
-                dc if need[4] else None, None, None)
+                dc if need[4] else None, None, None, None)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
               mask: Tensor | None) -> tuple[Tensor, list[State]]:
     """Both directions of a layer-normalised LSTM layer: output <f>[T, B, D*H], final (h, c) per direction."""
     m = mask[:, :, 0].contiguous() if mask is not None else None
+    stepwise = fused._step_loop(spec, x, None)
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
         gates = ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
         if w.b_hh is not None:
             gates = gates + w.b_hh
-        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, h0, c0, m, d == 1)
+        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, h0, c0, m, d == 1, stepwise)
         outs.append(out)
         finals.append((h, c))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals

@@ -894,6 +894,59 @@ def _normalise_backward(dn, nv, rstd, inv_n, dst):
         dst[j] = rstd * (dn[j] - m1 - nv[j] * m2)
 
 
+@register_jitable
+def _ln_consts(a):
+    """[1/(4H), 1/H, eps] in a's dtype, for a gate row of width 4H."""
+    k = np.empty(3, a.dtype)
+    k[0] = 1.0 / a.shape[-1]
+    k[1] = 4.0 / a.shape[-1]
+    k[2] = 1e-5
+    return k
+
+
+@register_jitable
+def _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
+    """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row."""
+    B, G = gh.shape
+    H = G // 4
+    k = _ln_consts(gh)
+    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
+    nh = np.empty(G, gates.dtype)
+    nc = np.empty(H, gates.dtype)
+    for b in range(B):
+        if has_mask and not mask[t, b]:
+            _zero(out[t, b])
+            if train:
+                _set(cs[t, b], c[b])
+                _set(hs[t, b], h[b])
+            continue
+        r1 = _normalise(gh[b], nh, k[0], k[2])
+        g = gates[t, b]
+        for j in range(G):
+            g[j] = g[j] + g_hh[j] * nh[j]
+        for j in range(2 * H):
+            g[j] = sigmoid_(g[j])
+        for j in range(H):
+            g[2 * H + j] = tanh_(g[2 * H + j])
+        for j in range(H):
+            g[3 * H + j] = sigmoid_(g[3 * H + j])
+        cb = c[b]
+        for j in range(H):
+            cb[j] = g[H + j] * cb[j] + g[j] * g[2 * H + j]
+        r2 = _normalise(cb, nc, k[1], k[2])
+        hb = h[b]
+        for j in range(H):
+            hb[j] = g[3 * H + j] * tanh_(g_c[j] * nc[j] + b_c[j])
+        _set(out[t, b], hb)
+        if train:
+            _set(rh[t, b], nh)
+            _set(chat[t, b], nc)
+            rstd[t, b, 0] = r1
+            rstd[t, b, 1] = r2
+            _set(cs[t, b], cb)
+            _set(hs[t, b], hb)
+
+
 @njit(**_JIT)
 def ln_lstm_forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
     """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o.
@@ -904,51 +957,73 @@ def ln_lstm_forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, 
     c_t in cs, the normalised c_t in chat <f>[T, B, H] and h_t in hs <f>[T, B, H].
     """
     T, B, G = gates.shape
-    H = G // 4
     ab = consts(gates)
-    k = np.empty(3, gates.dtype)
-    k[0] = 1.0 / G
-    k[1] = 1.0 / H
-    k[2] = 1e-5
-    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
     gh = np.empty((B, G), gates.dtype)
-    nh = np.empty(G, gates.dtype)
-    nc = np.empty(H, gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot(h, w_hh, gh, ab, False, True)
-        for b in range(B):
-            if has_mask and not mask[t, b]:
-                _zero(out[t, b])
-                if train:
-                    _set(cs[t, b], c[b])
-                    _set(hs[t, b], h[b])
-                continue
-            r1 = _normalise(gh[b], nh, k[0], k[2])
-            g = gates[t, b]
-            for j in range(G):
-                g[j] = g[j] + g_hh[j] * nh[j]
-            for j in range(2 * H):
-                g[j] = sigmoid_(g[j])
-            for j in range(H):
-                g[2 * H + j] = tanh_(g[2 * H + j])
-            for j in range(H):
-                g[3 * H + j] = sigmoid_(g[3 * H + j])
-            cb = c[b]
-            for j in range(H):
-                cb[j] = g[H + j] * cb[j] + g[j] * g[2 * H + j]
-            r2 = _normalise(cb, nc, k[1], k[2])
-            hb = h[b]
-            for j in range(H):
-                hb[j] = g[3 * H + j] * tanh_(g_c[j] * nc[j] + b_c[j])
-            _set(out[t, b], hb)
-            if train:
-                _set(rh[t, b], nh)
-                _set(chat[t, b], nc)
-                rstd[t, b, 0] = r1
-                rstd[t, b, 1] = r2
-                _set(cs[t, b], cb)
-                _set(hs[t, b], hb)
+        _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+
+
+@njit(**_JIT)
+def ln_lstm_forward_step(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
+    """One step of ``ln_lstm_forward`` given gh = h W_hh^T (for a Python loop with oneDNN's GEMM)."""
+    _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+
+
+@register_jitable
+def _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln):
+    """Step t of ``ln_lstm_backward`` up to drh[t] (the recurrent mat-mul and the carry follow)."""
+    T, B, G = dg.shape
+    H = G // 4
+    one = one_(dg)
+    k = _ln_consts(dg)
+    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
+    dg_hh, dg_c, db_c = dln[G:2 * G], dln[2 * G:2 * G + H], dln[2 * G + H:]
+    tc = np.empty(H, dg.dtype)
+    dn = np.empty(G, dg.dtype)
+    dcv = np.empty(H, dg.dtype)
+    for b in range(B):
+        dgb = dg[t, b]
+        drb = drh[t, b]
+        if has_mask and not mask[t, b]:
+            _zero(dgb)
+            _zero(drb)
+            continue
+        dhb = dh[b]
+        _acc(dhb, dout[t, b])
+        g = gates[t, b]
+        nc = chat[t, b]
+        cp = c0[b] if first else cs[tp, b]
+        for j in range(H):
+            tc[j] = tanh_(g_c[j] * nc[j] + b_c[j])
+        for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c)
+            dcn = dhb[j] * g[3 * H + j] * (one - tc[j] * tc[j])
+            dg_c[j] += dcn * nc[j]
+            db_c[j] += dcn
+            dn[j] = dcn * g_c[j]
+        _normalise_backward(dn[:H], nc, rstd[t, b, 1], k[1], dcv)
+        dcb = dc[b]
+        for j in range(H):
+            dcv[j] += dcb[j]
+        for j in range(H):
+            dcb[j] = dcv[j] * g[H + j]
+        for j in range(H):
+            ig = g[j]
+            gg = g[2 * H + j]
+            dgb[j] = dcv[j] * gg * ig * (one - ig)
+            dgb[2 * H + j] = dcv[j] * ig * (one - gg * gg)
+        for j in range(H):
+            fg = g[H + j]
+            dgb[H + j] = dcv[j] * cp[j] * fg * (one - fg)
+        for j in range(H):
+            og = g[3 * H + j]
+            dgb[3 * H + j] = dhb[j] * tc[j] * og * (one - og)
+        nh = rh[t, b]
+        for j in range(G):  # through LN(h W_hh^T)·γ_hh
+            dg_hh[j] += dgb[j] * nh[j]
+            dn[j] = dgb[j] * g_hh[j]
+        _normalise_backward(dn, nh, rstd[t, b, 0], k[0], drb)
 
 
 @njit(**_JIT)
@@ -958,62 +1033,23 @@ def ln_lstm_backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_
     state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂gates (the input term) and
     drh <f>[T, B, 4H] = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds the γ_hh, γ_c and β_c
     gradients into dln <f>[10H] (γ_ih's comes from the input term, outside)."""
-    T, B, G = dg.shape
-    H = G // 4
+    T = dg.shape[0]
     ab = consts(dg)
-    one = one_(dg)
-    k = np.empty(2, dg.dtype)
-    k[0] = 1.0 / G
-    k[1] = 1.0 / H
-    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
-    dg_hh, dg_c, db_c = dln[G:2 * G], dln[2 * G:2 * G + H], dln[2 * G + H:]
     tmp = np.empty(dh.shape, dg.dtype)
-    tc = np.empty(H, dg.dtype)
-    dn = np.empty(G, dg.dtype)
-    dcv = np.empty(H, dg.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = _prev(t, T, reverse)
-        for b in range(B):
-            dgb = dg[t, b]
-            drb = drh[t, b]
-            if has_mask and not mask[t, b]:
-                _zero(dgb)
-                _zero(drb)
-                continue
-            dhb = dh[b]
-            _acc(dhb, dout[t, b])
-            g = gates[t, b]
-            nc = chat[t, b]
-            cp = c0[b] if first else cs[tp, b]
-            for j in range(H):
-                tc[j] = tanh_(g_c[j] * nc[j] + b_c[j])
-            for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c)
-                dcn = dhb[j] * g[3 * H + j] * (one - tc[j] * tc[j])
-                dg_c[j] += dcn * nc[j]
-                db_c[j] += dcn
-                dn[j] = dcn * g_c[j]
-            _normalise_backward(dn[:H], nc, rstd[t, b, 1], k[1], dcv)
-            dcb = dc[b]
-            for j in range(H):
-                dcv[j] += dcb[j]
-            for j in range(H):
-                dcb[j] = dcv[j] * g[H + j]
-            for j in range(H):
-                ig = g[j]
-                gg = g[2 * H + j]
-                dgb[j] = dcv[j] * gg * ig * (one - ig)
-                dgb[2 * H + j] = dcv[j] * ig * (one - gg * gg)
-            for j in range(H):
-                fg = g[H + j]
-                dgb[H + j] = dcv[j] * cp[j] * fg * (one - fg)
-            for j in range(H):
-                og = g[3 * H + j]
-                dgb[3 * H + j] = dhb[j] * tc[j] * og * (one - og)
-            nh = rh[t, b]
-            for j in range(G):  # through LN(h W_hh^T)·γ_hh
-                dg_hh[j] += dgb[j] * nh[j]
-                dn[j] = dgb[j] * g_hh[j]
-            _normalise_backward(dn, nh, rstd[t, b, 0], k[0], drb)
+        _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln)
         dot(drh[t], w_hh, tmp, ab, False, False)
         _merge_set(t, dh, tmp, mask, has_mask)
+
+
+@njit(**_JIT)
+def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout,
+                          dg, drh, dln):
+    """Finish step tprev (tmp = drh[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
+    if tprev >= 0:
+        _merge_set(tprev, dh, tmp, mask, has_mask)
+    if t >= 0:
+        tp, first = _prev(t, gates.shape[0], reverse)
+        _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln)
