@@ -424,6 +424,28 @@ def lstm_forward_step(t, gates, gh, h, c, mask, has_mask, train, out, off, hs, c
 
 
 @register_jitable
+def _lstm_gate_grads(g, dcv, dho, tc, cp, dcb, dgb):
+    """One row of an LSTM's backward from the activated gates g <f>[4H] (i, f, g, o): given dcv = ∂L/∂c_t,
+    dho = ∂L/∂(o·tanh(·)) and tc = that tanh, writes the carry dcb = ∂L/∂c_{t-1} and the
+    pre-activation gradients dgb <f>[4H]; cp is c_{t-1}."""
+    H = dcv.shape[0]
+    one = one_(dgb)
+    for j in range(H):
+        dcb[j] = dcv[j] * g[H + j]
+    for j in range(H):
+        ig = g[j]
+        gg = g[2 * H + j]
+        dgb[j] = dcv[j] * gg * ig * (one - ig)
+        dgb[2 * H + j] = dcv[j] * ig * (one - gg * gg)
+    for j in range(H):
+        fg = g[H + j]
+        dgb[H + j] = dcv[j] * cp[j] * fg * (one - fg)
+    for j in range(H):
+        og = g[3 * H + j]
+        dgb[3 * H + j] = dho[j] * tc[j] * og * (one - og)
+
+
+@register_jitable
 def _lstm_bwd_ew(t, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj, hcs):
     """dg[t] from ∂L/∂(o·tanh c_t) = dsrc (dh, or dh W_hr with a projection) and the c carry."""
     B, H = dc.shape
@@ -446,19 +468,7 @@ def _lstm_bwd_ew(t, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj
             tc[j] = tanh_(cv[j])
         for j in range(H):
             dcv[j] = dcb[j] + src[j] * g[3 * H + j] * (one - tc[j] * tc[j])
-        for j in range(H):
-            dcb[j] = dcv[j] * g[H + j]
-        for j in range(H):
-            ig = g[j]
-            gg = g[2 * H + j]
-            dgb[j] = dcv[j] * gg * ig * (one - ig)
-            dgb[2 * H + j] = dcv[j] * ig * (one - gg * gg)
-        for j in range(H):
-            fg = g[H + j]
-            dgb[H + j] = dcv[j] * cp[j] * fg * (one - fg)
-        for j in range(H):
-            og = g[3 * H + j]
-            dgb[3 * H + j] = src[j] * tc[j] * og * (one - og)
+        _lstm_gate_grads(g, dcv, src, tc, cp, dcb, dgb)
         if proj:
             hb = hcs[t, b]
             for j in range(H):
@@ -1006,19 +1016,7 @@ def _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mas
         dcb = dc[b]
         for j in range(H):
             dcv[j] += dcb[j]
-        for j in range(H):
-            dcb[j] = dcv[j] * g[H + j]
-        for j in range(H):
-            ig = g[j]
-            gg = g[2 * H + j]
-            dgb[j] = dcv[j] * gg * ig * (one - ig)
-            dgb[2 * H + j] = dcv[j] * ig * (one - gg * gg)
-        for j in range(H):
-            fg = g[H + j]
-            dgb[H + j] = dcv[j] * cp[j] * fg * (one - fg)
-        for j in range(H):
-            og = g[3 * H + j]
-            dgb[3 * H + j] = dhb[j] * tc[j] * og * (one - og)
+        _lstm_gate_grads(g, dcv, dhb, tc, cp, dcb, dgb)
         nh = rh[t, b]
         for j in range(G):  # through LN(h W_hh^T)·γ_hh
             dg_hh[j] += dgb[j] * nh[j]
