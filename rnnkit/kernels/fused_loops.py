@@ -984,7 +984,7 @@ def ln_lstm_forward_step(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh,
 @register_jitable
 def _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln):
     """Step t of ``ln_lstm_backward`` up to drh[t] (the recurrent mat-mul and the carry follow)."""
-    T, B, G = dg.shape
+    B, G = dg.shape[1:]
     H = G // 4
     one = one_(dg)
     k = _ln_consts(dg)
