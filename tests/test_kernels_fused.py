@@ -288,6 +288,12 @@ def test_layer_streamer(cell, backend):
     state = streamer.state
     for a, b in zip(hn if isinstance(hn, tuple) else (hn,), state if isinstance(state, tuple) else (state,)):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-10)
+    with torch.no_grad():  # an in-place weight update (an optimizer step) is seen by the next call
+        for p in model.parameters():
+            p.mul_(0.9)
+        model.eval()
+        ref_next, _ = model(x[:1], hn)
+    torch.testing.assert_close(streamer(x[0]), ref_next[0], atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match="h_0: expected shape"):
         model.streamer(2, hx)
     with pytest.raises(ValueError, match="batch_size: expected an integer >= 1"):

@@ -628,7 +628,8 @@ class Streamer:
     """Stateful streaming for a unidirectional stack: ``y_t = streamer(x_t)`` advances the state
     kept inside (numpy buffers, so a call is a numpy view, one compiled call and one small output
     allocation: the lowest-overhead way to run one step at a time, e.g. for ``step()`` with a state
-    object). Weights are read in place at every call, so updates to them are seen.
+    object). The weights are read in place (views made once), so in-place updates to them (an
+    optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new one.
 
     layers: the stack's DirectionWeights (forward direction), batch B; h <f>[L, B, P] and c <f>[L, B, H]
     (LSTM) the initial state, or None for zeros. ``state`` returns h, or (h, c) for LSTM, as new
@@ -651,13 +652,15 @@ class Streamer:
                                      f"got {tuple(init.shape)} {init.dtype}")
                 getattr(self, name)[0][...] = _np(init)
         self.cur = 0
-        self.shape_x = (batch, self.I)
+        self.shape_x, self.torch_dtype = (batch, self.I), w0.dtype
+        contiguous = all(t.is_contiguous() for w in layers for t in w if t is not None)
+        self.views = _stack_views(spec, layers, self.dtype) if contiguous else None  # else copies, per call
 
     def __call__(self, x_t: Tensor) -> Tensor:
-        if tuple(x_t.shape) != self.shape_x or x_t.dtype != self.layers[0].w_ih.dtype:
-            raise ValueError(f"x_t: expected shape {self.shape_x} of dtype {self.layers[0].w_ih.dtype}, "
+        if x_t.shape != self.shape_x or x_t.dtype != self.torch_dtype:
+            raise ValueError(f"x_t: expected shape {self.shape_x} of dtype {self.torch_dtype}, "
                              f"got {tuple(x_t.shape)} {x_t.dtype}")
-        w_ih, w_hh, b_ih, b_hh, w_hr = _stack_views(self.spec, self.layers, self.dtype)
+        w_ih, w_hh, b_ih, b_hh, w_hr = self.views or _stack_views(self.spec, self.layers, self.dtype)
         i, o = self.cur, 1 - self.cur
         hout = self.h[o]
         mode = self.spec.mode
