@@ -74,6 +74,7 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     """Run one recurrent layer through the selected backend (see module docstring for shapes)."""
     return select_backend(spec, x, training, backend).run_layer(spec, x, weights, states, mask)
 
+
 def stream_step(spec: CellSpec, x_t: Tensor, weights: list[DirectionWeights], h: Tensor, c: Tensor | None,
                 backend: str = "auto") -> tuple | None:
     """One no-autograd step of a stack through the named backend's (or the preferred) streaming step

@@ -105,11 +105,15 @@ class RecurrentBase(nn.Module):
         names = self._weight_names[layer][direction]
         return DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
 
+    def _all_direction_weights(self) -> list[DirectionWeights]:
+        """Every layer's and direction's weights, layer by layer, forward before reverse."""
+        return [self.direction_weights(layer, d) for layer in range(self.num_layers)
+                for d in range(self.num_directions)]
+
     def reset_parameters(self) -> None:
         """torch.nn's uniform(±1/√H) for every weight, or Keras's defaults with ``init="keras"``."""
         h = self.hidden_size
-        directions = [DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
-                      for layer in self._weight_names for names in layer]
+        directions = self._all_direction_weights()
         with torch.no_grad():
             for w in directions:
                 if w.ln is not None:  # gains 1, shift 0
@@ -149,15 +153,13 @@ class RecurrentBase(nn.Module):
                              f"got {max_steps!r}")
         h = self.hidden_size
         with torch.no_grad():
-            for layer in self._weight_names:
-                for names in layer:
-                    w = DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
-                    u = torch.empty(h, dtype=torch.float64).uniform_(1.0, max_steps - 1.0, generator=generator)
-                    w.b_ih[h:2 * h] = u.log()
-                    w.b_hh[h:2 * h] = 0.0
-                    if self.spec.mode == "LSTM":
-                        w.b_ih[:h] = -u.log()
-                        w.b_hh[:h] = 0.0
+            for w in self._all_direction_weights():
+                u = torch.empty(h, dtype=torch.float64).uniform_(1.0, max_steps - 1.0, generator=generator)
+                w.b_ih[h:2 * h] = u.log()
+                w.b_hh[h:2 * h] = 0.0
+                if self.spec.mode == "LSTM":
+                    w.b_ih[:h] = -u.log()
+                    w.b_hh[:h] = 0.0
         return self
 
     def register_layer_hook(self, hook) -> torch.utils.hooks.RemovableHandle:
