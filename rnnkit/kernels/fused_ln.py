@@ -18,10 +18,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import CellSpec, State, ln_lstm_project
 from . import fused
 from .base import DirectionWeights
-
-
-def _np(t: Tensor):
-    return t.detach().numpy()
+from .fused import _np
 
 
 class _Recurrence(torch.autograd.Function):
