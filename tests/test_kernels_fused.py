@@ -75,17 +75,25 @@ def _close(a, b, dtype, what):
             torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-@pytest.fixture(params=["compiled", "compiled-wt", "stepwise"])
+@pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn"])
 def loop(request, monkeypatch):
-    """Both time-loop drivers: the compiled loop (with W_hh as stored, or a transposed copy at batch 1:
-    "-wt"), and the Python loop with oneDNN's GEMM (float32); LSTM inference runs our loop with the
-    first two, oneDNN's LSTM layer (where it applies) with the third."""
-    compiled = request.param.startswith("compiled")
+    """Every time-loop driver: the compiled loop on one thread (with W_hh as stored, or a transposed
+    copy at batch 1: "-wt"), split across two threads by rows of the batch (uneven chunks at batch
+    3), the Python loop with oneDNN's GEMM (float32), and oneDNN's LSTM layer (float32 LSTM without
+    projection or lengths; the others fall back to the step loop)."""
+    never = 1 << 62
+    if request.param == "compiled-split" and fused._kernels().MAX_THREADS < 2:
+        pytest.skip("numba has one thread here")
     monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 1 << 62 if compiled else 0)
+    monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", never if request.param.startswith("compiled") else 0)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_STEPS", 1)
-    monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 1 << 62 if compiled else 0)
+    split = request.param == "compiled-split"
+    monkeypatch.setattr(fused, "PAR_MIN_ROWS", 1 if split else never)
+    monkeypatch.setattr(fused, "L2_BYTES", never)
+    monkeypatch.setattr(fused, "_threads", lambda: 2 if split else 1)
+    monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 0 if request.param == "onednn" else never)
+    monkeypatch.setattr(fused, "ONEDNN_LSTM_TRAIN_MIN_MACS", 0 if request.param == "onednn" else never)
     return request.param
 
 
@@ -97,12 +105,19 @@ def test_matches_reference(cell, options, dtype, loop):
     if loop == "stepwise" and (dtype == torch.float64 or cell in ("lstm_proj", "gru_v1")):
         pytest.skip("the stepwise driver covers float32 RNN, LSTM (plain and layer-normalised) and GRU "
                     "(reset_after=True) only")
+    if loop == "compiled-split" and (options[5] == 1 or cell == "lstm_ln"):
+        pytest.skip("the split needs 2 rows; the layer-normalised LSTM's loop is not split")
+    if loop == "onednn" and (dtype == torch.float64 or cell != "lstm" or options[2] is not None):
+        pytest.skip("oneDNN's LSTM layer covers float32 LSTM without projection or lengths")
     if loop == "compiled-wt" and cell == "lstm_ln":
         pytest.skip("the layer-normalised LSTM's compiled loop has no transposed-W_hh variant")
     if loop == "compiled-wt" and options[5] != 1:
         pytest.skip("the transposed W_hh is used at batch 1 only")
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
+    before = dict(fused.calls)
     outs, grads = _run(cell, options, "fused", dtype)
+    ran = {"compiled-split": "parallel_loop", "onednn": "onednn_lstm"}.get(loop)
+    assert ran is None or fused.calls[ran] > before[ran], f"the {loop} driver did not run"
     _close(outs, outs_ref, dtype, "outputs")
     _close(grads, grads_ref, dtype, "grads")
     # inference (no grad) takes its own paths: no saving, and oneDNN's LSTM layer
@@ -169,7 +184,8 @@ def test_dispatch(monkeypatch):
     rnnkit.GRU(5, 4, backend="reference")(x32)
     assert fused.calls["forward"] == before["forward"] + 1
 
-    # LSTM inference goes to oneDNN's fused layer from ONEDNN_LSTM_MIN_MACS; training never does
+    # LSTM goes to oneDNN's fused layer from ONEDNN_LSTM_MIN_MACS (inference) and
+    # ONEDNN_LSTM_TRAIN_MIN_MACS (training, unless the loop is split across threads)
     lstm = rnnkit.LSTM(5, 4, backend="fused")
     n = fused.calls["onednn_lstm"]
     with torch.no_grad():
@@ -180,6 +196,16 @@ def test_dispatch(monkeypatch):
     assert fused.calls["onednn_lstm"] == n + 1
     lstm(x32)[0].sum().backward()
     assert fused.calls["onednn_lstm"] == n + 1
+    monkeypatch.setattr(fused, "ONEDNN_LSTM_TRAIN_MIN_MACS", 0)
+    lstm(x32)[0].sum().backward()
+    assert fused.calls["onednn_lstm"] == n + 2
+    monkeypatch.setattr(fused, "PAR_MIN_ROWS", 1)
+    monkeypatch.setattr(fused, "_threads", lambda: 2)
+    lstm(x32)[0].sum().backward()  # split across threads: our loop
+    assert fused.calls["onednn_lstm"] == n + 2 and fused._chunks(lstm.spec, x32) == 2
+    monkeypatch.setattr(fused, "L2_BYTES", 0)  # a weight too big to split with 1 row per thread
+    assert fused._chunks(lstm.spec, x32) == 1
+    monkeypatch.undo()
 
     # the time-loop driver follows STEP_GEMM_MIN_MACS / _BATCH
     monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 0)

@@ -14,14 +14,18 @@ Saved for backward: the input, the layer output (it is the state sequence), the 
 per cell what the elementwise backward needs (LSTM c_t; GRU W_hn h + b_hn); with ``lengths`` also
 the state sequence (the output is zero-padded). Both directions write into one output buffer.
 
-Dispatch (per call; constants below, measured on 2 Zen 5 cores):
+Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 5 by the day):
 
 - ``supports()``: CPU float32/float64, all four modes (LSTM projection included), non-empty input,
   not tracing/scripting/ONNX export; anything else runs the reference kernel.
-- LSTM inference (no grad), float32, no projection, no ``lengths``, per-step work B·4H·H >=
-  ``ONEDNN_LSTM_MIN_MACS``: oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
-  torch.nn.LSTM runs) — on par with torch.nn by construction; below that our own loop is faster.
-- Time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds, batch
+- LSTM, float32, no projection, no ``lengths``, per-step work B·4H·H >= ``ONEDNN_LSTM_MIN_MACS``
+  (inference) or ``ONEDNN_LSTM_TRAIN_MIN_MACS`` (training, when the loop would not be split across
+  threads): oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what torch.nn.LSTM runs, with its
+  backward under autograd) — on par with torch.nn by construction; below that our own loop is faster.
+- Batch split (``_chunks``): with several torch threads and enough rows, the compiled loop runs on
+  every thread at once, each for its own rows of the batch for the whole sequence (sequences are
+  independent, so there is no synchronisation per step); numba's OpenMP layer provides the threads.
+- Otherwise, time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds, batch
   >= ``STEP_GEMM_MIN_BATCH`` and >= ``STEP_GEMM_MIN_STEPS`` steps (and not GRU reset_after=False or
   an LSTM projection, which have two mat-muls per step): a Python loop whose recurrent GEMM is
   oneDNN with the weight prepacked once
@@ -41,7 +45,9 @@ always seen. Not supported: double backward (``create_graph=True``) — use back
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 
 import numpy as np
 import torch
@@ -68,14 +74,35 @@ STEP_GEMM_MIN_STEPS = 8
 TRANSPOSE_MIN_STEPS = 16
 """At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh: its
 mat-vec is ~35% faster at H=256 (the same at H=64); below, the copy would cost more than it saves."""
+PAR_MIN_ROWS = 4
+"""The compiled loops give each thread at least this many rows of the batch (see ``_chunks``)."""
+L2_BYTES = 512 * 1024
+PAR_BIG_ROWS = 32
+"""Recurrent weights (G·H·P elements) up to L2_BYTES stay in a core's L2 (1 MB on Zen 4/5) across
+the steps of a compiled loop. Larger ones cost the compiled loop a BLAS repack per step: above
+L2_BYTES the step loop (weight prepacked once for oneDNN) takes over from STEP_GEMM_MIN_BATCH rows,
+whatever STEP_GEMM_MIN_MACS says (measured, 2 threads: GRU B=4 H=256 (768 KB) 3.98 against 8.36 ms;
+RNN B=4 H=256 (256 KB) 2.69 against 0.75 ms the other way).
+A loop split across threads reads the whole weight on every thread each step: it splits when the
+weight fits L2, or when each thread has at least PAR_BIG_ROWS rows to amortise reading it.
+Measured (2 threads): split 1.5-3.5x faster than one thread at B=8 H=256 (RNN), B=32 H=128 and
+B=64 H=256 (all cells), and 5-25% faster than the oneDNN step loop at B=256 H=512; but at B=8-16
+with H=512 (a 1-4 MB weight) the step loop, whose GEMM splits the weight between the threads, is
+1.3-2.7x faster."""
 ONEDNN_LSTM_MIN_MACS = 1_000_000
 """Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer
 (measured, one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128)."""
+ONEDNN_LSTM_TRAIN_MIN_MACS = 1_000_000
+"""The same for LSTM training where our loop is not split across threads (``_chunks`` = 1): oneDNN's
+layer with its own backward (torch.nn.LSTM's path) was 1.1-1.5x faster than our step loop at
+B=8-16, H=256-512."""
 
-calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0}
+calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
+         "parallel_loop": 0, "serial_loop": 0}
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
 
 _loops = None
+_PID = os.getpid()
 _lp = torch.ops.mkldnn._linear_pointwise
 _reorder = torch.ops.mkldnn._reorder_linear_weight
 
@@ -199,7 +226,38 @@ def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
     if x.dtype != torch.float32 or w_hr is not None or (spec.mode == "GRU" and not spec.reset_after):
         return False
     T, B, H, P = x.shape[0], x.shape[1], spec.hidden_size, spec.output_size
-    return B >= STEP_GEMM_MIN_BATCH and T >= STEP_GEMM_MIN_STEPS and B * spec.gates * H * P >= STEP_GEMM_MIN_MACS
+    weight = spec.gates * H * P
+    return (B >= STEP_GEMM_MIN_BATCH and T >= STEP_GEMM_MIN_STEPS
+            and (B * weight >= STEP_GEMM_MIN_MACS or weight * x.element_size() > L2_BYTES))
+
+
+def _threads() -> int:
+    """Threads the compiled loops may use: torch's count, within numba's pool; 1 in a forked child
+    (GNU OpenMP, which runs numba's threads, is not fork-safe)."""
+    return 1 if os.getpid() != _PID else min(torch.get_num_threads(), _kernels().MAX_THREADS)
+
+
+def _chunks(spec: CellSpec, x: Tensor) -> int:
+    """How many threads share the compiled time loop, each running it for its own rows of the batch
+    (no synchronisation per step): at least ``PAR_MIN_ROWS`` rows each, and see ``L2_BYTES``."""
+    B = x.shape[1]
+    n = min(_threads(), B // PAR_MIN_ROWS)
+    weight = spec.gates * spec.hidden_size * spec.output_size * x.element_size()
+    if n <= 1 or (weight > L2_BYTES and B // n < PAR_BIG_ROWS):
+        return 1
+    return n
+
+
+def _loop(name: str, n: int, *args) -> None:
+    """Run the compiled driver ``fused_loops.<name>``: split into n chunks of the batch, one per
+    thread (``<name>_par``), or on this thread when n = 1."""
+    K = _kernels()
+    if n > 1:
+        K.set_threads(n)
+        getattr(K, name + "_par")(n, *args)
+    else:
+        getattr(K, name)(*args)
+    calls["parallel_loop" if n > 1 else "serial_loop"] += 1
 
 
 # ----------------------------------------------------------------------------------- forward
@@ -224,15 +282,11 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
     dummy3 = _dummy(x.dtype, 3)
     finals: list[Tensor] = []
     saved: list[dict] = []
+    n = _chunks(spec, x)
     for d in range(D):
         w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = flat[d * _PER_DIR:(d + 1) * _PER_DIR]
         reverse, off = d == 1, d * P
         w_hh = _c(w_hh)
-        if (spec.mode == "LSTM" and not train and w_hr is None and not has_mask and x.dtype == torch.float32
-                and B * G * H * H >= ONEDNN_LSTM_MIN_MACS):
-            finals += _onednn_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, out, off, D)
-            saved.append({})
-            continue
         bias = _folded_bias(spec, b_ih, b_hh)
         gates = _linear(x2, _c(w_ih), bias.detach() if bias is not None else None).view(T, B, G * H)
         h0 = _c(h0)
@@ -240,7 +294,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
         hs = x.new_empty(T, B, P) if (train and has_mask) else None
         hs_np = _np(hs) if hs is not None else dummy3
         keep: dict[str, Tensor] = {"gates": gates, "h0": h0, "hs": hs} if train else {}
-        stepwise = _step_loop(spec, x, w_hr)
+        stepwise = n == 1 and _step_loop(spec, x, w_hr)
         calls["step_loop" if stepwise else "compiled_loop"] += 1
         if stepwise:
             pw = _reorder(w_hh, B)
@@ -264,8 +318,9 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                     K.lstm_forward_step(t, gates_np, _np(gh), h_np, c_np, mask_np, has_mask, train, out_np, off,
                                         hs_np, cs_np)
             else:
-                K.lstm_forward(_np(gates), w_np(w_hh), wt, _np(_c(w_hr)) if w_hr is not None else _dummy(x.dtype, 2),
-                               _np(h), _np(c), mask_np, has_mask, reverse, train, out_np, off, hs_np, cs_np)
+                _loop("lstm_forward", n, _np(gates), w_np(w_hh), wt,
+                      _np(_c(w_hr)) if w_hr is not None else _dummy(x.dtype, 2), _np(h), _np(c), mask_np, has_mask,
+                      reverse, train, out_np, off, hs_np, cs_np)
             finals += [h, c]
             if train:
                 keep.update(cs=cs, c0=c0)
@@ -281,14 +336,14 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                     K.gru_forward_step(t, gates_np, _np(gh), b_hn_np, h_np, mask_np, has_mask, train, out_np, off,
                                        hs_np, ghn_np)
             else:
-                K.gru_forward(_np(gates), w_np(w_hh), wt, _np(b_hn), _np(h), mask_np, has_mask, reverse,
-                              train, out_np, off, hs_np, ghn_np)
+                _loop("gru_forward", n, _np(gates), w_np(w_hh), wt, _np(b_hn), _np(h), mask_np, has_mask, reverse,
+                      train, out_np, off, hs_np, ghn_np)
             finals.append(h)
             if train:
                 keep["ghn"] = ghn
         elif spec.mode == "GRU":
-            K.grux_forward(_np(gates), w_np(w_hh[: 2 * H]), w_np(w_hh[2 * H:]), wt, _np(h),
-                           mask_np, has_mask, reverse, train, out_np, off, hs_np)
+            _loop("grux_forward", n, _np(gates), w_np(w_hh[: 2 * H]), w_np(w_hh[2 * H:]), wt, _np(h),
+                  mask_np, has_mask, reverse, train, out_np, off, hs_np)
             finals.append(h)
         else:
             relu = spec.mode == "RNN_RELU"
@@ -300,8 +355,8 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                     K.rnn_forward_step(t, gates_np, _np(gh), h_np, relu, mask_np, has_mask, keep_h, out_np, off,
                                        hs_np)
             else:
-                K.rnn_forward(_np(gates), w_np(w_hh), wt, _np(h), relu, mask_np, has_mask, reverse, keep_h,
-                              out_np, off, hs_np)
+                _loop("rnn_forward", n, _np(gates), w_np(w_hh), wt, _np(h), relu, mask_np, has_mask, reverse,
+                      keep_h, out_np, off, hs_np)
             finals.append(h)
             keep.pop("gates", None)  # the RNN backward needs only the states
         saved.append(keep)
@@ -309,19 +364,35 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
     return out, finals, saved, x
 
 
-def _onednn_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, out, off, D) -> list[Tensor]:
-    """LSTM inference through oneDNN's fused LSTM layer (float32, no projection, no mask)."""
-    H = w_hh.shape[1]
-    zeros = None if (b_ih is not None and b_hh is not None) else x.new_zeros(4 * H)
-    y, hn, cn, _ = torch.ops.aten.mkldnn_rnn_layer(
-        x, _c(w_ih), w_hh, _c(b_ih) if b_ih is not None else zeros, _c(b_hh) if b_hh is not None else zeros,
-        _c(h0), _c(c0), reverse, [], 2, H, 1, True, False, False, False)
-    if D == 1:
-        out.set_(y)  # the layer output is oneDNN's own buffer: no copy
-    else:
-        out[:, :, off:off + H] = y
+def _onednn_lstm_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, train: bool) -> bool:
+    """Whether the layer runs on oneDNN's fused LSTM layer: float32, no projection, no ``lengths``,
+    from ONEDNN_LSTM_MIN_MACS (inference) or ONEDNN_LSTM_TRAIN_MIN_MACS (training, where our loop
+    would run on one thread) per-step multiply-adds B·4H·H."""
+    if spec.mode != "LSTM" or spec.proj_size or mask is not None or x.dtype != torch.float32:
+        return False
+    macs = x.shape[1] * 4 * spec.hidden_size ** 2
+    if train:
+        return macs >= ONEDNN_LSTM_TRAIN_MIN_MACS and _chunks(spec, x) == 1
+    return macs >= ONEDNN_LSTM_MIN_MACS
+
+
+def _onednn_lstm(x: Tensor, weights: list[DirectionWeights], states: list[State], train: bool):
+    """The layer through ``aten::mkldnn_rnn_layer`` (torch.nn.LSTM's CPU path), each direction; with
+    train, under autograd (its backward is oneDNN's). Returns output <f>[T, B, D*H], final states."""
+    H = weights[0].w_hh.shape[1]
+    x = x.contiguous()
+    outs, finals = [], []
+    for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
+        zeros = x.new_zeros(4 * H)
+        b_ih = w.b_ih.contiguous() if w.b_ih is not None else zeros
+        b_hh = w.b_hh.contiguous() if w.b_hh is not None else zeros
+        y, hn, cn, _ = torch.ops.aten.mkldnn_rnn_layer(
+            x, w.w_ih.contiguous(), w.w_hh.contiguous(), b_ih, b_hh, h0.contiguous(), c0.contiguous(), d == 1, [], 2,
+            H, 1, True, False, False, train)
+        outs.append(y)
+        finals.append((hn, cn))
     calls["onednn_lstm"] += 1
-    return [hn, cn]
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, 2)), finals
 
 
 # ---------------------------------------------------------------------------------- backward
@@ -345,6 +416,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
     has_mask = mask is not None
     mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _NO_MASK
     nstate = 2 if spec.mode == "LSTM" else 1
+    n = _chunks(spec, x)
     dx = None
     grads: list = []
     for d in range(D):
@@ -363,7 +435,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
         dh_np = _np(dh)
         dc = None
         g_w_hr = None
-        stepwise = _step_loop(spec, x, w_hr)
+        stepwise = n == 1 and _step_loop(spec, x, w_hr)
         if stepwise:
             pw_t = _reorder(_c(w_hh.t()), B)  # dG_t W_hh = linear(dG_t, W_hh^T)
         if spec.mode == "LSTM":
@@ -386,9 +458,9 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
                 dhs = x.new_empty(T, B, P) if proj else None
                 hcs = x.new_empty(T, B, H) if proj else None
                 dummy = _dummy(x.dtype, 3)
-                K.lstm_backward(gates_np, cs_np, c0_np, _np(w_hh), _np(_c(w_hr)) if proj else _dummy(x.dtype, 2),
-                                dh_np, dc_np, mask_np, has_mask, reverse, dout_np, off, dg_np,
-                                _np(dhs) if proj else dummy, _np(hcs) if proj else dummy)
+                _loop("lstm_backward", n, gates_np, cs_np, c0_np, _np(w_hh),
+                      _np(_c(w_hr)) if proj else _dummy(x.dtype, 2), dh_np, dc_np, mask_np, has_mask, reverse,
+                      dout_np, off, dg_np, _np(dhs) if proj else dummy, _np(hcs) if proj else dummy)
                 if proj and need[4]:
                     g_w_hr = dhs.view(T * B, P).t().mm(hcs.view(T * B, H))
             dg_in = dg
@@ -410,8 +482,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
                 K.gru_backward_step(-1, tprev, tmp_np, reverse, *args, dh_np, mask_np, has_mask, dout_np, off,
                                     _np(dg_in), _np(dghn), dgh_np)
             else:
-                K.gru_backward(*args, _np(w_hh), dh_np, mask_np, has_mask, reverse, dout_np, off, _np(dg_in),
-                               _np(dghn))
+                _loop("gru_backward", n, *args, _np(w_hh), dh_np, mask_np, has_mask, reverse, dout_np, off,
+                      _np(dg_in), _np(dghn))
             g_w_hh = g_b_hh = None
             if need[1]:
                 g_w_hh = torch.cat([_grad_recurrent(dg_in[:, :, : 2 * H], hprev, h0, reverse),
@@ -421,9 +493,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
         elif spec.mode == "GRU":
             dg_in = x.new_empty(T, B, G * H)
             rhs = x.new_empty(T, B, H)
-            K.grux_backward(_np(keep["gates"]), _np(h0), hseq_np, hoff, _np(_c(w_hh[: 2 * H])),
-                            _np(_c(w_hh[2 * H:])), dh_np, mask_np, has_mask, reverse, dout_np, off,
-                            _np(dg_in), _np(rhs))
+            _loop("grux_backward", n, _np(keep["gates"]), _np(h0), hseq_np, hoff, _np(_c(w_hh[: 2 * H])),
+                  _np(_c(w_hh[2 * H:])), dh_np, mask_np, has_mask, reverse, dout_np, off, _np(dg_in), _np(rhs))
             g_w_hh = g_b_hh = None
             if need[1]:
                 g_w_hh = torch.cat([_grad_recurrent(dg_in[:, :, : 2 * H], hprev, h0, reverse),
@@ -443,8 +514,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
                 K.rnn_backward_step(-1, tprev, tmp_np, hseq_np, hoff, dh_np, relu, mask_np, has_mask, dout_np,
                                     off, dg_np)
             else:
-                K.rnn_backward(hseq_np, hoff, _np(w_hh), dh_np, relu, mask_np, has_mask, reverse, dout_np, off,
-                               _np(dg_in))
+                _loop("rnn_backward", n, hseq_np, hoff, _np(w_hh), dh_np, relu, mask_np, has_mask, reverse, dout_np,
+                      off, _np(dg_in))
             g_w_hh = _grad_recurrent(dg_in, hprev, h0, reverse) if need[1] else None
             g_b_hh = "same"
         dg2 = dg_in.view(T * B, G * H)
@@ -509,6 +580,9 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     for w, s in zip(weights, states):
         flat += [w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, s[0], s[1] if len(s) > 1 else None]
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
+    if _onednn_lstm_applies(spec, x, mask, need_grad) and not (x.shape[0] == 1 and not need_grad):
+        with torch.set_grad_enabled(need_grad):
+            return _onednn_lstm(x, weights, states, need_grad)
     if need_grad:
         out, *finals = _FusedLayer.apply(spec, x, mask, *flat)
     elif x.shape[0] == 1 and mask is None:  # one step (e.g. generation): the streaming kernel, no GEMM setup
@@ -717,16 +791,26 @@ def _state_np(t: Tensor):
 _from_np = torch.from_numpy
 
 
+@contextlib.contextmanager
+def _settings(**values):
+    """Temporarily set this module's dispatch constants (for ``warm_up``)."""
+    module = globals()
+    saved = {name: module[name] for name in values}
+    module.update(values)
+    try:
+        yield
+    finally:
+        module.update(saved)
+
+
 def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
     """Compile every loop of this backend into numba's on-disk cache (~1-2 s per loop, about a
     minute in all), e.g. once after installing, so that no first call pays for compilation
     (4-7 s per cell on this machine otherwise; ~0.6 s to load from the cache)."""
-    global STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
-    saved = STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS
     specs = [CellSpec("RNN_TANH", 3), CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2),
              CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False), CellSpec("LSTM", 3, layer_norm=True)]
-    try:
-        ONEDNN_LSTM_MIN_MACS = 1 << 62
+    never = 1 << 62
+    with _settings(ONEDNN_LSTM_MIN_MACS=never, ONEDNN_LSTM_TRAIN_MIN_MACS=never, L2_BYTES=never):
         for dtype in dtypes:
             for spec in specs:
                 g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
@@ -738,16 +822,19 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
                                      param(p, h) if spec.proj_size else None, param(10 * h) if spec.layer_norm else None)
                 x = torch.randn(2, 4, 2, dtype=dtype)
                 state = (torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]
-                for step_macs in ((1 << 62, 0) if dtype == torch.float32 else (1 << 62,)):
-                    STEP_GEMM_MIN_MACS = step_macs
-                    for mask in (None, torch.ones(2, 4, 1, dtype=torch.bool)):
-                        run_layer(spec, x, [w], [state], mask)[0].sum().backward()
-                        with torch.no_grad():
-                            run_layer(spec, x, [w], [state], mask)
+                drivers = [(never, never)]  # (STEP_GEMM_MIN_MACS, PAR_MIN_ROWS): the compiled loop
+                if _threads() > 1 and not spec.layer_norm:
+                    drivers.append((never, 1))  # split across threads
+                if dtype == torch.float32:
+                    drivers.append((0, never))  # the Python step loop
+                for step_macs, par_rows in drivers:
+                    with _settings(STEP_GEMM_MIN_MACS=step_macs, PAR_MIN_ROWS=par_rows):
+                        for mask in (None, torch.ones(2, 4, 1, dtype=torch.bool)):
+                            run_layer(spec, x, [w], [state], mask)[0].sum().backward()
+                            with torch.no_grad():
+                                run_layer(spec, x, [w], [state], mask)
                 if stream_supports(spec, x[0]):
                     stream_step(spec, x[0], [DirectionWeights(*(None if t is None else t.detach() for t in w))], None)
-    finally:
-        STEP_GEMM_MIN_MACS, ONEDNN_LSTM_MIN_MACS = saved
 
 
 def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor,

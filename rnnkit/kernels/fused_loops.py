@@ -4,7 +4,9 @@ Each cell has an elementwise step (``_<cell>_fwd_ew`` / ``_<cell>_bwd_ew``: one 
 batch at step t) and two drivers that share it:
 
 - ``<cell>_forward`` / ``<cell>_backward`` run the whole time loop inside numba, with the recurrent
-  mat-mul through BLAS (``dot``) — no Python per step; best when the per-step work is small;
+  mat-mul through BLAS (``dot``) — no Python per step; best when the per-step work is small.
+  ``<cell>_forward_par`` / ``<cell>_backward_par`` split the batch into n chunks and run the loop
+  for each on its own thread (sequences are independent: no synchronisation per step);
 - ``<cell>_forward_step`` / ``<cell>_backward_step`` do one step's elementwise work, for a Python
   loop in ``fused.py`` whose recurrent mat-mul is oneDNN with prepacked weights — best for large
   shapes, where oneDNN's GEMM beats BLAS by more than the ~10 µs of Python per step.
@@ -34,12 +36,24 @@ vectorised loop avoids the call overhead. float32 uses a vectorisable rational t
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload, register_jitable
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # OpenMP first: numba's omp layer then runs on the libgomp that torch has already loaded, so its
+    # threads are torch's own (the ones that spin after each torch op) and do not compete with them.
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+"""The most threads a ``*_par`` driver can use (numba's pool; the CPU count unless NUMBA_NUM_THREADS)."""
+set_threads = numba.set_num_threads
 
 _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: NaNs and infinities propagate
 _JIT = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy", boundscheck=False)
+_PAR = dict(_JIT, parallel=True)
 
 # ------------------------------------------------------------------------------------ activations
 # tanh(x) ≈ x·p(x²)/q(x²) on [-7.9053, 7.9053] (outside, float32 tanh is ±1): a minimax rational
@@ -127,12 +141,6 @@ def _set(dst, src):
 def _acc(dst, src):
     for j in range(dst.shape[0]):
         dst[j] += src[j]
-
-
-@register_jitable
-def _set2(dst, src):
-    for i in range(dst.shape[0]):
-        _set(dst[i], src[i])
 
 
 # ------------------------------------------------------------------------------------- mat-mul
@@ -229,11 +237,11 @@ def dot(a, b, out, ab, acc, bt):
 
 
 @register_jitable
-def _merge_set(t, dh, tmp, mask, has_mask):
+def _merge_set(t, b0, dh, tmp, mask, has_mask):
     """Backward carry after the recurrent mat-mul when it is the whole gradient (RNN, LSTM):
     dh = tmp on the rows valid at step t; past a length the carry passes through unchanged."""
     for b in range(dh.shape[0]):
-        if has_mask and not mask[t, b]:
+        if has_mask and not mask[t, b0 + b]:
             continue
         _set(dh[b], tmp[b])
 
@@ -246,13 +254,13 @@ def _merge_acc(dh, tmp):
 
 
 @register_jitable
-def _add_dout(t, dh, dout, doff, mask, has_mask):
+def _add_dout(t, b0, dh, dout, doff, mask, has_mask):
     """dh += ∂L/∂out_t on the valid rows (the output past a length is a constant 0)."""
     P = dh.shape[1]
     for b in range(dh.shape[0]):
-        if has_mask and not mask[t, b]:
+        if has_mask and not mask[t, b0 + b]:
             continue
-        _acc(dh[b], dout[t, b, doff:doff + P])
+        _acc(dh[b], dout[t, b0 + b, doff:doff + P])
 
 
 @register_jitable
@@ -262,17 +270,45 @@ def _prev(t, T, reverse):
     return tp, tp < 0 or tp >= T
 
 
+# ------------------------------------------------------------------------------- batch chunks
+# Sequences are independent: a driver runs the time loop for rows b0:b1 of the batch, so that
+# ``<driver>_par`` can give each thread its own rows for the whole loop, with no synchronisation
+# per step. A chunk keeps its carried state (h, c, dh, dc) and per-step scratch in buffers of its
+# own (C-contiguous, so the row loops vectorise); the per-step arrays (gates, out, mask, ...) are
+# shared and indexed at row b0 + b.
+@register_jitable
+def _get_rows(src, b0, b1):
+    """A C-contiguous copy of rows b0:b1 of src <f>[B, N]."""
+    dst = np.empty((b1 - b0, src.shape[1]), src.dtype)
+    for b in range(b1 - b0):
+        _set(dst[b], src[b0 + b])
+    return dst
+
+
+@register_jitable
+def _put_rows(dst, b0, src):
+    """dst[b0 + b] = src[b] for every row of src."""
+    for b in range(src.shape[0]):
+        _set(dst[b0 + b], src[b])
+
+
+@register_jitable
+def _chunk(k, n, B):
+    """Rows b0, b1 of chunk k of n over a batch of B."""
+    return k * B // n, (k + 1) * B // n
+
+
 # ------------------------------------------------------------------------------------------ RNN
 @register_jitable
-def _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
+def _rnn_fwd_ew(t, b0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
     B, H = h.shape
     zero = one_(h) - one_(h)
     for b in range(B):
-        ob = out[t, b, off:off + H]
-        if has_mask and not mask[t, b]:
+        ob = out[t, b0 + b, off:off + H]
+        if has_mask and not mask[t, b0 + b]:
             _zero(ob)
             continue
-        g = gates[t, b]
+        g = gates[t, b0 + b]
         ghb = gh[b]
         hb = h[b]
         if relu:
@@ -287,39 +323,54 @@ def _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
                 hb[j] = v
                 ob[j] = v
     if keep_h:
-        _set2(hs[t], h)
+        _put_rows(hs[t], b0, h)
+
+
+@register_jitable
+def _rnn_forward_rows(b0, b1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+    T = gates.shape[0]
+    ab = consts(gates)
+    hc = _get_rows(h, b0, b1)
+    gh = np.empty(hc.shape, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hh, gh, ab, False, not wt)
+        _rnn_fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs)
+    _put_rows(h, b0, hc)
 
 
 @njit(**_JIT)
 def rnn_forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
     """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``)."""
-    T = gates.shape[0]
-    ab = consts(gates)
-    gh = np.empty(h.shape, h.dtype)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        dot(h, w_hh, gh, ab, False, not wt)
-        _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
+    _rnn_forward_rows(0, h.shape[0], gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs)
+
+
+@njit(**_PAR)
+def rnn_forward_par(n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+    """``rnn_forward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[0])
+        _rnn_forward_rows(b0, b1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs)
 
 
 @njit(**_JIT)
 def rnn_forward_step(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
     """One step of ``rnn_forward`` given gh = h W_hh^T."""
-    _rnn_fwd_ew(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
+    _rnn_fwd_ew(t, 0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
 
 
 @register_jitable
-def _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
+def _rnn_bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
     B, H = dh.shape
     one = one_(dg)
     zero = one - one
     for b in range(B):
-        dgb = dg[t, b]
-        if has_mask and not mask[t, b]:
+        dgb = dg[t, b0 + b]
+        if has_mask and not mask[t, b0 + b]:
             _zero(dgb)
             continue
-        hv = hseq[t, b, hoff:hoff + H]
-        do = dout[t, b, doff:doff + H]
+        hv = hseq[t, b0 + b, hoff:hoff + H]
+        do = dout[t, b0 + b, doff:doff + H]
         dhb = dh[b]
         if relu:
             for j in range(H):
@@ -329,43 +380,58 @@ def _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
                 dgb[j] = (dhb[j] + do[j]) * (one - hv[j] * hv[j])
 
 
+@register_jitable
+def _rnn_backward_rows(b0, b1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+    T = dg.shape[0]
+    ab = consts(dg)
+    dhc = _get_rows(dh, b0, b1)
+    tmp = np.empty(dhc.shape, dh.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        _rnn_bwd_ew(t, b0, hseq, hoff, dhc, relu, mask, has_mask, dout, doff, dg)
+        dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
+        _merge_set(t, b0, dhc, tmp, mask, has_mask)
+    _put_rows(dh, b0, dhc)
+
+
 @njit(**_JIT)
 def rnn_backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
     """Backward of ``rnn_forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
     hoff:hoff+H] is the state after step t."""
-    T = dg.shape[0]
-    ab = consts(dg)
-    tmp = np.empty(dh.shape, dh.dtype)
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
-        dot(dg[t], w_hh, tmp, ab, False, False)
-        _merge_set(t, dh, tmp, mask, has_mask)
+    _rnn_backward_rows(0, dh.shape[0], hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg)
+
+
+@njit(**_PAR)
+def rnn_backward_par(n, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+    """``rnn_backward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, dh.shape[0])
+        _rnn_backward_rows(b0, b1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg)
 
 
 @njit(**_JIT)
 def rnn_backward_step(t, tprev, tmp, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
     """Finish step tprev (tmp = dg[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
     if tprev >= 0:
-        _merge_set(tprev, dh, tmp, mask, has_mask)
+        _merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
-        _rnn_bwd_ew(t, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
+        _rnn_bwd_ew(t, 0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
 
 
 # ----------------------------------------------------------------------------------------- LSTM
 @register_jitable
-def _lstm_fwd_ew(t, gates, gh, hdst, c, mask, has_mask, train, write_out, out, off, cs):
+def _lstm_fwd_ew(t, b0, gates, gh, hdst, c, mask, has_mask, train, write_out, out, off, cs):
     """Gates, c_t and o·tanh(c_t) into hdst (h, or the pre-projection buffer); the output too when
     write_out (no projection)."""
     B, H = c.shape
     for b in range(B):
-        if has_mask and not mask[t, b]:
+        if has_mask and not mask[t, b0 + b]:
             if write_out:
-                _zero(out[t, b, off:off + H])
+                _zero(out[t, b0 + b, off:off + H])
             if train:
-                _set(cs[t, b], c[b])
+                _set(cs[t, b0 + b], c[b])
             continue
-        g = gates[t, b]
+        g = gates[t, b0 + b]
         ghb = gh[b]
         cb = c[b]
         hb = hdst[b]
@@ -380,9 +446,41 @@ def _lstm_fwd_ew(t, gates, gh, hdst, c, mask, has_mask, train, write_out, out, o
             cb[j] = cv
             hb[j] = g[3 * H + j] * tanh_(cv)
         if write_out:
-            _set(out[t, b, off:off + H], hb)
+            _set(out[t, b0 + b, off:off + H], hb)
         if train:
-            _set(cs[t, b], cb)
+            _set(cs[t, b0 + b], cb)
+
+
+@register_jitable
+def _lstm_forward_rows(b0, b1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
+    T, _, G = gates.shape
+    H = G // 4
+    B = b1 - b0
+    P = h.shape[1]
+    proj = w_hr.shape[0] > 0
+    ab = consts(gates)
+    hc = _get_rows(h, b0, b1)
+    cc = _get_rows(c, b0, b1)
+    gh = np.empty((B, G), gates.dtype)
+    hu = np.empty((B, H if proj else 0), gates.dtype)  # o·tanh(c) before the projection
+    hp = np.empty((B, P if proj else 0), gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hh, gh, ab, False, not wt)
+        _lstm_fwd_ew(t, b0, gates, gh, hu if proj else hc, cc, mask, has_mask, train, not proj, out, off, cs)
+        if proj:
+            dot(hu, w_hr, hp, ab, False, True)
+            for b in range(B):
+                ob = out[t, b0 + b, off:off + P]
+                if has_mask and not mask[t, b0 + b]:
+                    _zero(ob)
+                    continue
+                _set(hc[b], hp[b])
+                _set(ob, hp[b])
+        if train and has_mask:
+            _put_rows(hs[t], b0, hc)
+    _put_rows(h, b0, hc)
+    _put_rows(c, b0, cc)
 
 
 @njit(**_JIT)
@@ -390,37 +488,23 @@ def lstm_forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, ou
     """LSTM, gate order i, f, g, o. w_hh <f>[4H, P] is W_hh, or W_hh^T when wt; w_hr <f>[P, H] = W_hr
     or shape (0, 0) without projection. train: keep activated gates in ``gates``, c_t in
     cs <f>[T, B, H] and, with a mask, h_t in hs."""
-    T, B, G = gates.shape
-    H = G // 4
-    P = h.shape[1]
-    proj = w_hr.shape[0] > 0
-    ab = consts(gates)
-    gh = np.empty((B, G), gates.dtype)
-    hc = np.empty((B, H if proj else 0), gates.dtype)
-    hp = np.empty((B, P if proj else 0), gates.dtype)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        dot(h, w_hh, gh, ab, False, not wt)
-        _lstm_fwd_ew(t, gates, gh, hc if proj else h, c, mask, has_mask, train, not proj, out, off, cs)
-        if proj:
-            dot(hc, w_hr, hp, ab, False, True)
-            for b in range(B):
-                ob = out[t, b, off:off + P]
-                if has_mask and not mask[t, b]:
-                    _zero(ob)
-                    continue
-                _set(h[b], hp[b])
-                _set(ob, hp[b])
-        if train and has_mask:
-            _set2(hs[t], h)
+    _lstm_forward_rows(0, h.shape[0], gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs)
+
+
+@njit(**_PAR)
+def lstm_forward_par(n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
+    """``lstm_forward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[0])
+        _lstm_forward_rows(b0, b1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs)
 
 
 @njit(**_JIT)
 def lstm_forward_step(t, gates, gh, h, c, mask, has_mask, train, out, off, hs, cs):
     """One step of ``lstm_forward`` (no projection) given gh = h W_hh^T."""
-    _lstm_fwd_ew(t, gates, gh, h, c, mask, has_mask, train, True, out, off, cs)
+    _lstm_fwd_ew(t, 0, gates, gh, h, c, mask, has_mask, train, True, out, off, cs)
     if train and has_mask:
-        _set2(hs[t], h)
+        _put_rows(hs[t], 0, h)
 
 
 @register_jitable
@@ -446,22 +530,23 @@ def _lstm_gate_grads(g, dcv, dho, tc, cp, dcb, dgb):
 
 
 @register_jitable
-def _lstm_bwd_ew(t, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj, hcs):
+def _lstm_bwd_ew(t, b0, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj, hcs):
     """dg[t] from ∂L/∂(o·tanh c_t) = dsrc (dh, or dh W_hr with a projection) and the c carry."""
     B, H = dc.shape
     one = one_(dg)
     tc = np.empty(H, dg.dtype)
     dcv = np.empty(H, dg.dtype)
     for b in range(B):
-        dgb = dg[t, b]
-        if has_mask and not mask[t, b]:
+        r = b0 + b
+        dgb = dg[t, r]
+        if has_mask and not mask[t, r]:
             _zero(dgb)
             if proj:
-                _zero(hcs[t, b])
+                _zero(hcs[t, r])
             continue
-        g = gates[t, b]
-        cv = cs[t, b]
-        cp = c0[b] if first else cs[tp, b]
+        g = gates[t, r]
+        cv = cs[t, r]
+        cp = c0[r] if first else cs[tp, r]
         src = dsrc[b]
         dcb = dc[b]
         for j in range(H):
@@ -470,9 +555,39 @@ def _lstm_bwd_ew(t, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj
             dcv[j] = dcb[j] + src[j] * g[3 * H + j] * (one - tc[j] * tc[j])
         _lstm_gate_grads(g, dcv, src, tc, cp, dcb, dgb)
         if proj:
-            hb = hcs[t, b]
+            hb = hcs[t, r]
             for j in range(H):
                 hb[j] = g[3 * H + j] * tc[j]
+
+
+@register_jitable
+def _lstm_backward_rows(b0, b1, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs,
+                        hcs):
+    T, _, G = dg.shape
+    H = G // 4
+    B = b1 - b0
+    proj = w_hr.shape[0] > 0
+    ab = consts(dg)
+    dhc = _get_rows(dh, b0, b1)
+    dcc = _get_rows(dc, b0, b1)
+    tmp = np.empty(dhc.shape, dg.dtype)
+    dhu = np.empty((B, H if proj else 0), dg.dtype)  # ∂L/∂(o·tanh c) = dh W_hr
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = _prev(t, T, reverse)
+        _add_dout(t, b0, dhc, dout, doff, mask, has_mask)
+        if proj:
+            for b in range(B):
+                if has_mask and not mask[t, b0 + b]:
+                    _zero(dhs[t, b0 + b])
+                else:
+                    _set(dhs[t, b0 + b], dhc[b])
+            dot(dhc, w_hr, dhu, ab, False, False)
+        _lstm_bwd_ew(t, b0, first, tp, gates, cs, c0, dhu if proj else dhc, dcc, mask, has_mask, dg, proj, hcs)
+        dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
+        _merge_set(t, b0, dhc, tmp, mask, has_mask)
+    _put_rows(dh, b0, dhc)
+    _put_rows(dc, b0, dcc)
 
 
 @njit(**_JIT)
@@ -480,26 +595,17 @@ def lstm_backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, do
     """Backward of ``lstm_forward``: dg <f>[T, B, 4H] the pre-activation gate gradients; with a
     projection (w_hr <f>[P, H], else shape (0, 0)) also dhs <f>[T, B, P] (∂L/∂h_t, 0 past a length)
     and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr."""
-    T, B, G = dg.shape
-    H = G // 4
-    proj = w_hr.shape[0] > 0
-    ab = consts(dg)
-    tmp = np.empty(dh.shape, dg.dtype)
-    dhc = np.empty((B, H if proj else 0), dg.dtype)
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        tp, first = _prev(t, T, reverse)
-        _add_dout(t, dh, dout, doff, mask, has_mask)
-        if proj:
-            for b in range(B):
-                if has_mask and not mask[t, b]:
-                    _zero(dhs[t, b])
-                else:
-                    _set(dhs[t, b], dh[b])
-            dot(dh, w_hr, dhc, ab, False, False)
-        _lstm_bwd_ew(t, first, tp, gates, cs, c0, dhc if proj else dh, dc, mask, has_mask, dg, proj, hcs)
-        dot(dg[t], w_hh, tmp, ab, False, False)
-        _merge_set(t, dh, tmp, mask, has_mask)
+    _lstm_backward_rows(0, dh.shape[0], gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg,
+                        dhs, hcs)
+
+
+@njit(**_PAR)
+def lstm_backward_par(n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs):
+    """``lstm_backward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, dh.shape[0])
+        _lstm_backward_rows(b0, b1, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg,
+                            dhs, hcs)
 
 
 @njit(**_JIT)
@@ -507,24 +613,24 @@ def lstm_backward_step(t, tprev, tmp, reverse, gates, cs, c0, dh, dc, mask, has_
     """Finish step tprev (tmp = dg[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0
     (no projection)."""
     if tprev >= 0:
-        _merge_set(tprev, dh, tmp, mask, has_mask)
+        _merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
         tp, first = _prev(t, gates.shape[0], reverse)
-        _add_dout(t, dh, dout, doff, mask, has_mask)
-        _lstm_bwd_ew(t, first, tp, gates, cs, c0, dh, dc, mask, has_mask, dg, False, dg)
+        _add_dout(t, 0, dh, dout, doff, mask, has_mask)
+        _lstm_bwd_ew(t, 0, first, tp, gates, cs, c0, dh, dc, mask, has_mask, dg, False, dg)
 
 
 # ------------------------------------------------------------------------------------------ GRU
 @register_jitable
-def _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
+def _gru_fwd_ew(t, b0, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
     B, H = h.shape
     nb = np.empty(H, h.dtype)
     for b in range(B):
-        ob = out[t, b, off:off + H]
-        if has_mask and not mask[t, b]:
+        ob = out[t, b0 + b, off:off + H]
+        if has_mask and not mask[t, b0 + b]:
             _zero(ob)
             continue
-        g = gates[t, b]
+        g = gates[t, b0 + b]
         ghb = gh[b]
         hb = h[b]
         for j in range(2 * H):
@@ -539,7 +645,22 @@ def _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
             g[2 * H + j] = nb[j]
         _set(ob, hb)
         if train:
-            _set(ghn[t, b], ghb[2 * H:])
+            _set(ghn[t, b0 + b], ghb[2 * H:])
+
+
+@register_jitable
+def _gru_forward_rows(b0, b1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+    T, _, G = gates.shape
+    ab = consts(gates)
+    hc = _get_rows(h, b0, b1)
+    gh = np.empty((b1 - b0, G), gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hh, gh, ab, False, not wt)
+        _gru_fwd_ew(t, b0, gates, gh, b_hn, hc, mask, has_mask, train, out, off, ghn)
+        if train and has_mask:
+            _put_rows(hs[t], b0, hc)
+    _put_rows(h, b0, hc)
 
 
 @njit(**_JIT)
@@ -548,54 +669,55 @@ def gru_forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, o
     b_hh folded into r and z; b_hn <f>[H] stays inside r·(W_hn h + b_hn). w_hh <f>[3H, H] is W_hh,
     or W_hh^T when wt.
     train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask."""
-    T, B, G = gates.shape
-    ab = consts(gates)
-    gh = np.empty((B, G), gates.dtype)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        dot(h, w_hh, gh, ab, False, not wt)
-        _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
-        if train and has_mask:
-            _set2(hs[t], h)
+    _gru_forward_rows(0, h.shape[0], gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn)
+
+
+@njit(**_PAR)
+def gru_forward_par(n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+    """``gru_forward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[0])
+        _gru_forward_rows(b0, b1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn)
 
 
 @njit(**_JIT)
 def gru_forward_step(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, hs, ghn):
     """One step of ``gru_forward`` given gh = h W_hh^T."""
-    _gru_fwd_ew(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
+    _gru_fwd_ew(t, 0, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
     if train and has_mask:
-        _set2(hs[t], h)
+        _put_rows(hs[t], 0, h)
 
 
 @register_jitable
-def _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh):
+def _gru_bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh):
     """dgi[t], dghn[t] and the recurrent-side gradient dgh = [dgi_r, dgi_z, dghn] (0 past a length);
     leaves the direct part dh·z in dh (the mat-mul adds dgh W_hh)."""
     B, H = dh.shape
     one = one_(dgi)
     dhv = np.empty(H, dh.dtype)
     for b in range(B):
-        dgb = dgi[t, b]
+        r = b0 + b
+        dgb = dgi[t, r]
         dgh_b = dgh[b]
-        if has_mask and not mask[t, b]:
+        if has_mask and not mask[t, r]:
             _zero(dgb)
-            _zero(dghn[t, b])
+            _zero(dghn[t, r])
             _zero(dgh_b)
             continue
-        g = gates[t, b]
-        a = ghn[t, b]
-        hp = h0[b] if first else hseq[tp, b, hoff:hoff + H]
-        do = dout[t, b, doff:doff + H]
+        g = gates[t, r]
+        a = ghn[t, r]
+        hp = h0[r] if first else hseq[tp, r, hoff:hoff + H]
+        do = dout[t, r, doff:doff + H]
         dhb = dh[b]
-        dnb = dghn[t, b]
+        dnb = dghn[t, r]
         for j in range(H):
             dhv[j] = dhb[j] + do[j]
         for j in range(H):
             n = g[2 * H + j]
             dgb[2 * H + j] = dhv[j] * (one - g[H + j]) * (one - n * n)
         for j in range(H):
-            r = g[j]
-            dgb[j] = dgb[2 * H + j] * a[j] * r * (one - r)
+            rg = g[j]
+            dgb[j] = dgb[2 * H + j] * a[j] * rg * (one - rg)
         for j in range(H):
             z = g[H + j]
             dgb[H + j] = dhv[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
@@ -609,19 +731,37 @@ def _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, do
             dhb[j] = dhv[j] * g[H + j]
 
 
+@register_jitable
+def _gru_backward_rows(b0, b1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi,
+                       dghn):
+    T, _, G = dgi.shape
+    ab = consts(dgi)
+    dhc = _get_rows(dh, b0, b1)
+    dgh = np.empty((b1 - b0, G), dgi.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = _prev(t, T, reverse)
+        _gru_bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dhc, mask, has_mask, dout, doff, dgi, dghn, dgh)
+        dot(dgh, w_hh, dhc, ab, True, False)  # masked rows of dgh are 0: their dh passes through
+    _put_rows(dh, b0, dhc)
+
+
 @njit(**_JIT)
 def gru_backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn):
     """Backward of ``gru_forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
     (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
     [dgi_r, dgi_z, dghn]."""
-    T, B, G = dgi.shape
-    ab = consts(dgi)
-    dgh = np.empty((B, G), dgi.dtype)
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        tp, first = _prev(t, T, reverse)
-        _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
-        dot(dgh, w_hh, dh, ab, True, False)  # masked rows of dgh are 0: their dh passes through
+    _gru_backward_rows(0, dh.shape[0], gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
+                       dgi, dghn)
+
+
+@njit(**_PAR)
+def gru_backward_par(n, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn):
+    """``gru_backward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, dh.shape[0])
+        _gru_backward_rows(b0, b1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
+                           dgi, dghn)
 
 
 @njit(**_JIT)
@@ -632,7 +772,51 @@ def gru_backward_step(t, tprev, tmp, reverse, gates, ghn, h0, hseq, hoff, dh, ma
         _merge_acc(dh, tmp)
     if t >= 0:
         tp, first = _prev(t, gates.shape[0], reverse)
-        _gru_bwd_ew(t, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
+        _gru_bwd_ew(t, 0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
+
+
+@register_jitable
+def _grux_forward_rows(b0, b1, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
+    T, _, G = gates.shape
+    H = G // 3
+    B = b1 - b0
+    ab = consts(gates)
+    hc = _get_rows(h, b0, b1)
+    ghrz = np.empty((B, 2 * H), gates.dtype)
+    rh = np.empty((B, H), gates.dtype)
+    ghn = np.empty((B, H), gates.dtype)
+    nb = np.empty(H, gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hrz, ghrz, ab, False, not wt)
+        for b in range(B):
+            g = gates[t, b0 + b]
+            gb = ghrz[b]
+            hb = hc[b]
+            rb = rh[b]
+            for j in range(2 * H):
+                g[j] = sigmoid_(g[j] + gb[j])
+            for j in range(H):
+                rb[j] = g[j] * hb[j]
+        dot(rh, w_hn, ghn, ab, False, not wt)
+        for b in range(B):
+            ob = out[t, b0 + b, off:off + H]
+            if has_mask and not mask[t, b0 + b]:
+                _zero(ob)
+                continue
+            g = gates[t, b0 + b]
+            gn = ghn[b]
+            hb = hc[b]
+            for j in range(H):
+                nb[j] = tanh_(g[2 * H + j] + gn[j])
+            for j in range(H):
+                hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+            for j in range(H):
+                g[2 * H + j] = nb[j]
+            _set(ob, hb)
+        if train and has_mask:
+            _put_rows(hs[t], b0, hc)
+    _put_rows(h, b0, hc)
 
 
 @njit(**_JIT)
@@ -642,53 +826,26 @@ def grux_forward(gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out,
     r, z, n in ``gates``
     and h_t in hs with a mask. (Whole-loop only: its two mat-muls per step make a Python-driven
     loop twice as costly.)"""
-    T, B, G = gates.shape
-    H = G // 3
-    ab = consts(gates)
-    ghrz = np.empty((B, 2 * H), gates.dtype)
-    rh = np.empty((B, H), gates.dtype)
-    ghn = np.empty((B, H), gates.dtype)
-    nb = np.empty(H, gates.dtype)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        dot(h, w_hrz, ghrz, ab, False, not wt)
-        for b in range(B):
-            g = gates[t, b]
-            gb = ghrz[b]
-            hb = h[b]
-            rb = rh[b]
-            for j in range(2 * H):
-                g[j] = sigmoid_(g[j] + gb[j])
-            for j in range(H):
-                rb[j] = g[j] * hb[j]
-        dot(rh, w_hn, ghn, ab, False, not wt)
-        for b in range(B):
-            ob = out[t, b, off:off + H]
-            if has_mask and not mask[t, b]:
-                _zero(ob)
-                continue
-            g = gates[t, b]
-            gn = ghn[b]
-            hb = h[b]
-            for j in range(H):
-                nb[j] = tanh_(g[2 * H + j] + gn[j])
-            for j in range(H):
-                hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
-            for j in range(H):
-                g[2 * H + j] = nb[j]
-            _set(ob, hb)
-        if train and has_mask:
-            _set2(hs[t], h)
+    _grux_forward_rows(0, h.shape[0], gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs)
 
 
-@njit(**_JIT)
-def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs):
-    """Backward of ``grux_forward``: dg <f>[T, B, 3H] the pre-activation gradients (the same on the
-    input and recurrent side); rhs <f>[T, B, H] = r_t·h_{t-1} (0 past a length), for dW_hn."""
-    T, B, G = dg.shape
+@njit(**_PAR)
+def grux_forward_par(n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
+    """``grux_forward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[0])
+        _grux_forward_rows(b0, b1, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs)
+
+
+@register_jitable
+def _grux_backward_rows(b0, b1, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg,
+                        rhs):
+    T, _, G = dg.shape
     H = G // 3
+    B = b1 - b0
     one = one_(dg)
     ab = consts(dg)
+    dhc = _get_rows(dh, b0, b1)
     dnp_s = np.empty((B, H), dg.dtype)
     drh = np.empty((B, H), dg.dtype)
     drz = np.empty((B, 2 * H), dg.dtype)
@@ -696,15 +853,16 @@ def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, revers
         t = s if reverse else T - 1 - s
         tp, first = _prev(t, T, reverse)
         for b in range(B):
-            if has_mask and not mask[t, b]:
+            r = b0 + b
+            if has_mask and not mask[t, r]:
                 _zero(dnp_s[b])
-                _zero(dg[t, b])
+                _zero(dg[t, r])
                 continue
-            g = gates[t, b]
-            dhb = dh[b]
-            dgb = dg[t, b]
+            g = gates[t, r]
+            dhb = dhc[b]
+            dgb = dg[t, r]
             dn = dnp_s[b]
-            _acc(dhb, dout[t, b, doff:doff + H])
+            _acc(dhb, dout[t, r, doff:doff + H])
             for j in range(H):
                 n = g[2 * H + j]
                 dn[j] = dhb[j] * (one - g[H + j]) * (one - n * n)
@@ -712,20 +870,21 @@ def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, revers
                 dgb[2 * H + j] = dn[j]
         dot(dnp_s, w_hn, drh, ab, False, False)
         for b in range(B):
-            if has_mask and not mask[t, b]:
+            r = b0 + b
+            if has_mask and not mask[t, r]:
                 _zero(drz[b])
-                _zero(rhs[t, b])
+                _zero(rhs[t, r])
                 continue
-            g = gates[t, b]
-            hp = h0[b] if first else hseq[tp, b, hoff:hoff + H]
-            dhb = dh[b]
-            dgb = dg[t, b]
+            g = gates[t, r]
+            hp = h0[r] if first else hseq[tp, r, hoff:hoff + H]
+            dhb = dhc[b]
+            dgb = dg[t, r]
             db = drh[b]
             dzb = drz[b]
-            rb = rhs[t, b]
+            rb = rhs[t, r]
             for j in range(H):
-                r = g[j]
-                dgb[j] = db[j] * hp[j] * r * (one - r)
+                rg = g[j]
+                dgb[j] = db[j] * hp[j] * rg * (one - rg)
             for j in range(H):
                 z = g[H + j]
                 dgb[H + j] = dhb[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
@@ -735,8 +894,25 @@ def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, revers
                 rb[j] = g[j] * hp[j]
             for j in range(H):
                 dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
-        dot(drz, w_hrz, dh, ab, True, False)  # masked rows of drz are 0: their dh passes through
+        dot(drz, w_hrz, dhc, ab, True, False)  # masked rows of drz are 0: their dh passes through
+    _put_rows(dh, b0, dhc)
 
+
+@njit(**_JIT)
+def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs):
+    """Backward of ``grux_forward``: dg <f>[T, B, 3H] the pre-activation gradients (the same on the
+    input and recurrent side); rhs <f>[T, B, H] = r_t·h_{t-1} (0 past a length), for dW_hn."""
+    _grux_backward_rows(0, dh.shape[0], gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff,
+                        dg, rhs)
+
+
+@njit(**_PAR)
+def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs):
+    """``grux_backward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, dh.shape[0])
+        _grux_backward_rows(b0, b1, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff,
+                            dg, rhs)
 
 # ------------------------------------------------------------------------------------ streaming
 # One time step of a whole (unidirectional) stack, for ``step()``: every layer in one compiled call.
@@ -1039,7 +1215,7 @@ def ln_lstm_backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_
         tp, first = _prev(t, T, reverse)
         _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln)
         dot(drh[t], w_hh, tmp, ab, False, False)
-        _merge_set(t, dh, tmp, mask, has_mask)
+        _merge_set(t, 0, dh, tmp, mask, has_mask)
 
 
 @njit(**_JIT)
@@ -1047,7 +1223,7 @@ def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, rh, rstd, cs, chat, c0,
                           dg, drh, dln):
     """Finish step tprev (tmp = drh[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
     if tprev >= 0:
-        _merge_set(tprev, dh, tmp, mask, has_mask)
+        _merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
         tp, first = _prev(t, gates.shape[0], reverse)
         _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln)
