@@ -96,8 +96,7 @@ LN_EPS = 1e-5
 def ln_lstm_project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, ln: Tensor) -> Tensor:
     """The input term of a layer-normalised LSTM: ``LN(x W_ih^T)·γ_ih + b_ih``, x <float>[..., I]."""
     g = w_ih.shape[0]
-    gi = F.layer_norm(F.linear(x, w_ih), (g,), ln[:g], None, LN_EPS)
-    return gi if b_ih is None else gi + b_ih
+    return F.layer_norm(F.linear(x, w_ih), (g,), ln[:g], b_ih, LN_EPS)  # b_ih as the norm's shift: one pass
 
 
 def ln_lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, ln: Tensor) -> State:

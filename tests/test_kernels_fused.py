@@ -105,8 +105,8 @@ def test_matches_reference(cell, options, dtype, loop):
     if loop == "stepwise" and (dtype == torch.float64 or cell in ("lstm_proj", "gru_v1")):
         pytest.skip("the stepwise driver covers float32 RNN, LSTM (plain and layer-normalised) and GRU "
                     "(reset_after=True) only")
-    if loop == "compiled-split" and (options[5] == 1 or cell == "lstm_ln"):
-        pytest.skip("the split needs 2 rows; the layer-normalised LSTM's loop is not split")
+    if loop == "compiled-split" and options[5] == 1:
+        pytest.skip("the split needs 2 rows")
     if loop == "onednn" and (dtype == torch.float64 or cell != "lstm" or options[2] is not None):
         pytest.skip("oneDNN's LSTM layer covers float32 LSTM without projection or lengths")
     if loop == "compiled-wt" and cell == "lstm_ln":

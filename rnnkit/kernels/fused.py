@@ -823,7 +823,7 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
                 x = torch.randn(2, 4, 2, dtype=dtype)
                 state = (torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]
                 drivers = [(never, never)]  # (STEP_GEMM_MIN_MACS, PAR_MIN_ROWS): the compiled loop
-                if _threads() > 1 and not spec.layer_norm:
+                if _threads() > 1:
                     drivers.append((never, 1))  # split across threads
                 if dtype == torch.float32:
                     drivers.append((0, never))  # the Python step loop

@@ -2,7 +2,8 @@
 
 Per direction, the input term ``LN(x W_ih^T)·γ_ih + b_ih + b_hh`` is computed for every step at once
 with torch ops (one GEMM and one batched layer norm; autograd differentiates it). The recurrence runs
-in one compiled loop (``fused_loops.ln_lstm_forward``): per step the recurrent mat-mul, then one
+in one compiled loop (``fused_loops.ln_lstm_forward``, split across threads by rows of the batch as
+the plain cells' loops are): per step the recurrent mat-mul, then one
 pass per row for its normalisation, the gates, the cell and the cell's normalisation. The backward
 through time is hand-written (``ln_lstm_backward``); W_hh's gradient is one GEMM over the sequence.
 For large float32 shapes the time loop runs in Python with oneDNN's prepacked GEMM per step and
@@ -22,22 +23,24 @@ from .fused import _np
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gates <f>[T, B, 4H], w_hh, ln, h0, c0, mask <bool>[T, B] | None, reverse, stepwise)
-    → (out <f>[T, B, H], h_n, c_n); stepwise: drive the loop from Python with oneDNN's GEMM."""
+    """(gates <f>[T, B, 4H], w_hh, ln, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n)
+    → (out <f>[T, B, H], h_n, c_n); stepwise: drive the loop from Python with oneDNN's GEMM; else the
+    compiled loop split into n chunks of the batch (``fused._loop``)."""
 
     @staticmethod
-    def forward(ctx, gates, w_hh, ln, h0, c0, mask, reverse, stepwise):
+    def forward(ctx, gates, w_hh, ln, h0, c0, mask, reverse, stepwise, n):
         K = fused._kernels()
         train = any(ctx.needs_input_grad[:5])
         T, B, G = gates.shape
         H = G // 4
-        gates = gates.detach().clone(memory_format=torch.contiguous_format)  # becomes the activated gates
+        # becomes the activated gates: in inference the input term's own (fresh) buffer, else a copy
+        gates = gates.detach().clone(memory_format=torch.contiguous_format) if train else gates.detach().contiguous()
         h, c = h0.detach().clone(memory_format=torch.contiguous_format), c0.detach().clone(
             memory_format=torch.contiguous_format)
         out = gates.new_empty(T, B, H)
-        n = (T, B) if train else (1, 1)
-        rh, rstd = gates.new_empty(*n, G), gates.new_empty(*n, 2)
-        cs, chat, hs = (gates.new_empty(*n, H) for _ in range(3))
+        kept = (T, B) if train else (1, 1)
+        rh, rstd = gates.new_empty(*kept, G), gates.new_empty(*kept, 2)
+        cs, chat, hs = (gates.new_empty(*kept, H) for _ in range(3))
         has_mask = mask is not None
         mask_np = _np(mask) if has_mask else fused._NO_MASK
         w_hh, ln = w_hh.detach().contiguous(), ln.detach().contiguous()
@@ -51,11 +54,12 @@ class _Recurrence(torch.autograd.Function):
                     K.ln_lstm_forward_step(T - 1 - s if reverse else s, gates_np, _np(gh), ln_np, h_np, c_np, mask_np,
                                            has_mask, train, *bufs)
             else:
-                K.ln_lstm_forward(gates_np, _np(w_hh), ln_np, h_np, c_np, mask_np, has_mask, reverse, train, *bufs)
+                fused._loop("ln_lstm_forward", n, gates_np, _np(w_hh), ln_np, h_np, c_np, mask_np, has_mask, reverse,
+                            train, *bufs)
         fused.calls["step_loop" if stepwise else "compiled_loop"] += 1
         if train:
             ctx.save_for_backward(gates, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask)
-            ctx.reverse, ctx.stepwise = reverse, stepwise
+            ctx.reverse, ctx.stepwise, ctx.n = reverse, stepwise, n
         fused.calls["forward"] += 1
         return out, h, c
 
@@ -84,26 +88,27 @@ class _Recurrence(torch.autograd.Function):
                     if t >= 0:
                         tmp_np, tprev = _np(fused._lp(drh[t], pw_t, None, "none", [], "")), t
             else:
-                K.ln_lstm_backward(*saved, _np(w_hh), _np(ln), _np(dh), _np(dc), mask_np, has_mask, ctx.reverse,
-                                   _np(dout), _np(dg), _np(drh), _np(dln))
+                fused._loop("ln_lstm_backward", ctx.n, *saved, _np(w_hh), _np(ln), _np(dh), _np(dc), mask_np, has_mask,
+                            ctx.reverse, _np(dout), _np(dg), _np(drh), _np(dln))
         need = ctx.needs_input_grad
         dw_hh = fused._grad_recurrent(drh, hs, h0.detach(), ctx.reverse) if need[1] else None
         fused.calls["backward"] += 1
         return (dg if need[0] else None, dw_hh, dln if need[2] else None, dh if need[3] else None,
-                dc if need[4] else None, None, None, None)
+                dc if need[4] else None, None, None, None, None)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
               mask: Tensor | None) -> tuple[Tensor, list[State]]:
     """Both directions of a layer-normalised LSTM layer: output <f>[T, B, D*H], final (h, c) per direction."""
     m = mask[:, :, 0].contiguous() if mask is not None else None
-    stepwise = fused._step_loop(spec, x, None)
+    n = fused._chunks(spec, x)
+    stepwise = n == 1 and fused._step_loop(spec, x, None)
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
         gates = ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
         if w.b_hh is not None:
             gates = gates + w.b_hh
-        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, h0, c0, m, d == 1, stepwise)
+        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, h0, c0, m, d == 1, stepwise, n)
         outs.append(out)
         finals.append((h, c))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals

@@ -1091,7 +1091,7 @@ def _ln_consts(a):
 
 
 @register_jitable
-def _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
+def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
     """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row."""
     B, G = gh.shape
     H = G // 4
@@ -1100,14 +1100,15 @@ def _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd
     nh = np.empty(G, gates.dtype)
     nc = np.empty(H, gates.dtype)
     for b in range(B):
-        if has_mask and not mask[t, b]:
-            _zero(out[t, b])
+        r = b0 + b
+        if has_mask and not mask[t, r]:
+            _zero(out[t, r])
             if train:
-                _set(cs[t, b], c[b])
-                _set(hs[t, b], h[b])
+                _set(cs[t, r], c[b])
+                _set(hs[t, r], h[b])
             continue
         r1 = _normalise(gh[b], nh, k[0], k[2])
-        g = gates[t, b]
+        g = gates[t, r]
         for j in range(G):
             g[j] = g[j] + g_hh[j] * nh[j]
         for j in range(2 * H):
@@ -1123,14 +1124,30 @@ def _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd
         hb = h[b]
         for j in range(H):
             hb[j] = g[3 * H + j] * tanh_(g_c[j] * nc[j] + b_c[j])
-        _set(out[t, b], hb)
+        _set(out[t, r], hb)
         if train:
-            _set(rh[t, b], nh)
-            _set(chat[t, b], nc)
-            rstd[t, b, 0] = r1
-            rstd[t, b, 1] = r2
-            _set(cs[t, b], cb)
-            _set(hs[t, b], hb)
+            _set(rh[t, r], nh)
+            _set(chat[t, r], nc)
+            rstd[t, r, 0] = r1
+            rstd[t, r, 1] = r2
+            _set(cs[t, r], cb)
+            _set(hs[t, r], hb)
+
+
+@register_jitable
+def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
+                          hs):
+    T, _, G = gates.shape
+    ab = consts(gates)
+    hc = _get_rows(h, b0, b1)
+    cc = _get_rows(c, b0, b1)
+    gh = np.empty((b1 - b0, G), gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hh, gh, ab, False, True)
+        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+    _put_rows(h, b0, hc)
+    _put_rows(c, b0, cc)
 
 
 @njit(**_JIT)
@@ -1142,25 +1159,31 @@ def ln_lstm_forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, 
     train: keep the normalised recurrent term rh <f>[T, B, 4H], rstd <f>[T, B, 2] (recurrent, cell),
     c_t in cs, the normalised c_t in chat <f>[T, B, H] and h_t in hs <f>[T, B, H].
     """
-    T, B, G = gates.shape
-    ab = consts(gates)
-    gh = np.empty((B, G), gates.dtype)
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        dot(h, w_hh, gh, ab, False, True)
-        _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
+                          chat, hs)
+
+
+@njit(**_PAR)
+def ln_lstm_forward_par(n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
+    """``ln_lstm_forward`` with the batch in n chunks, one per thread."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[0])
+        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
+                              chat, hs)
 
 
 @njit(**_JIT)
 def ln_lstm_forward_step(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
     """One step of ``ln_lstm_forward`` given gh = h W_hh^T (for a Python loop with oneDNN's GEMM)."""
-    _ln_lstm_fwd_ew(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
 
 
 @register_jitable
-def _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln):
+def _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
+                    dln):
     """Step t of ``ln_lstm_backward`` up to drh[t] (the recurrent mat-mul and the carry follow)."""
-    B, G = dg.shape[1:]
+    G = dg.shape[2]
+    B = dh.shape[0]
     H = G // 4
     one = one_(dg)
     k = _ln_consts(dg)
@@ -1170,17 +1193,18 @@ def _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mas
     dn = np.empty(G, dg.dtype)
     dcv = np.empty(H, dg.dtype)
     for b in range(B):
-        dgb = dg[t, b]
-        drb = drh[t, b]
-        if has_mask and not mask[t, b]:
+        r = b0 + b
+        dgb = dg[t, r]
+        drb = drh[t, r]
+        if has_mask and not mask[t, r]:
             _zero(dgb)
             _zero(drb)
             continue
         dhb = dh[b]
-        _acc(dhb, dout[t, b])
-        g = gates[t, b]
-        nc = chat[t, b]
-        cp = c0[b] if first else cs[tp, b]
+        _acc(dhb, dout[t, r])
+        g = gates[t, r]
+        nc = chat[t, r]
+        cp = c0[r] if first else cs[tp, r]
         for j in range(H):
             tc[j] = tanh_(g_c[j] * nc[j] + b_c[j])
         for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c)
@@ -1188,16 +1212,35 @@ def _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mas
             dg_c[j] += dcn * nc[j]
             db_c[j] += dcn
             dn[j] = dcn * g_c[j]
-        _normalise_backward(dn[:H], nc, rstd[t, b, 1], k[1], dcv)
+        _normalise_backward(dn[:H], nc, rstd[t, r, 1], k[1], dcv)
         dcb = dc[b]
         for j in range(H):
             dcv[j] += dcb[j]
         _lstm_gate_grads(g, dcv, dhb, tc, cp, dcb, dgb)
-        nh = rh[t, b]
+        nh = rh[t, r]
         for j in range(G):  # through LN(h W_hh^T)·γ_hh
             dg_hh[j] += dgb[j] * nh[j]
             dn[j] = dgb[j] * g_hh[j]
-        _normalise_backward(dn, nh, rstd[t, b, 0], k[0], drb)
+        _normalise_backward(dn, nh, rstd[t, r, 0], k[0], drb)
+
+
+@register_jitable
+def _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout,
+                           dg, drh, dln):
+    T = dg.shape[0]
+    ab = consts(dg)
+    dhc = _get_rows(dh, b0, b1)
+    dcc = _get_rows(dc, b0, b1)
+    tmp = np.empty(dhc.shape, dg.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = _prev(t, T, reverse)
+        _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg, drh,
+                        dln)
+        dot(drh[t, b0:b1], w_hh, tmp, ab, False, False)
+        _merge_set(t, b0, dhc, tmp, mask, has_mask)
+    _put_rows(dh, b0, dhc)
+    _put_rows(dc, b0, dcc)
 
 
 @njit(**_JIT)
@@ -1207,15 +1250,22 @@ def ln_lstm_backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_
     state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂gates (the input term) and
     drh <f>[T, B, 4H] = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds the γ_hh, γ_c and β_c
     gradients into dln <f>[10H] (γ_ih's comes from the input term, outside)."""
-    T = dg.shape[0]
-    ab = consts(dg)
-    tmp = np.empty(dh.shape, dg.dtype)
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        tp, first = _prev(t, T, reverse)
-        _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln)
-        dot(drh[t], w_hh, tmp, ab, False, False)
-        _merge_set(t, 0, dh, tmp, mask, has_mask)
+    _ln_lstm_backward_rows(0, dh.shape[0], gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
+                           dout, dg, drh, dln)
+
+
+@njit(**_PAR)
+def ln_lstm_backward_par(n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg,
+                         drh, dln):
+    """``ln_lstm_backward`` with the batch in n chunks, one per thread; each sums its own share of
+    the layer-norm parameters' gradient, added to dln at the end."""
+    parts = np.zeros((n, dln.shape[0]), dln.dtype)
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, dh.shape[0])
+        _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
+                               dout, dg, drh, parts[k])
+    for k in range(n):
+        _acc(dln, parts[k])
 
 
 @njit(**_JIT)
@@ -1226,4 +1276,5 @@ def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, rh, rstd, cs, chat, c0,
         _merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
         tp, first = _prev(t, gates.shape[0], reverse)
-        _ln_lstm_bwd_ew(t, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dln)
+        _ln_lstm_bwd_ew(t, 0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
+                        dln)
