@@ -8,6 +8,10 @@ few 1e-6; we check atol 1e-5 on outputs and atol 2e-5 / rtol 1e-4 on gradients.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -376,3 +380,12 @@ def test_streamer(cell):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="x_t"):
         streamer(torch.randn(2, I))
+
+
+def test_split_needs_a_thread_safe_layer():
+    """With numba's workqueue layer (not thread-safe) the loops are never split across threads."""
+    code = ("from rnnkit.kernels import fused; import torch; torch.set_num_threads(2); "
+            "print(fused._kernels().MAX_THREADS, fused._chunks(fused.CellSpec('GRU', 8), torch.zeros(5, 64, 3)))")
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]

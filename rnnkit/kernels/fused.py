@@ -804,9 +804,10 @@ def _settings(**values):
 
 
 def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
-    """Compile every loop of this backend into numba's on-disk cache (~1-2 s per loop, about a
-    minute in all), e.g. once after installing, so that no first call pays for compilation
-    (4-7 s per cell on this machine otherwise; ~0.6 s to load from the cache)."""
+    """Compile every loop of this backend into numba's on-disk cache (~1-2 s per loop, ~4 s per
+    thread-split ``*_par`` loop: about two minutes in all, measured 2 min 4 s from an empty cache), e.g.
+    once after installing, so that no first call pays for compilation (4-15 s per cell on this machine
+    otherwise; ~0.5 s to load from the cache)."""
     specs = [CellSpec("RNN_TANH", 3), CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2),
              CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False), CellSpec("LSTM", 3, layer_norm=True)]
     never = 1 << 62

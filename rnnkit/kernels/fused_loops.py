@@ -47,9 +47,19 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     # OpenMP first: numba's omp layer then runs on the libgomp that torch has already loaded, so its
     # threads are torch's own (the ones that spin after each torch op) and do not compete with them.
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-MAX_THREADS = numba.config.NUMBA_NUM_THREADS
-"""The most threads a ``*_par`` driver can use (numba's pool; the CPU count unless NUMBA_NUM_THREADS)."""
 set_threads = numba.set_num_threads
+
+
+def _max_threads() -> int:
+    """The most threads a ``*_par`` driver may use: numba's pool (the CPU count unless
+    NUMBA_NUM_THREADS), or 1 unless its threading layer is thread-safe (OpenMP or TBB; the fallback
+    ``workqueue`` aborts when two Python threads launch at once)."""
+    from numba.np.ufunc import parallel
+    parallel._launch_threads()  # loads the layer (numba 0.68, pinned)
+    return numba.config.NUMBA_NUM_THREADS if numba.threading_layer() in ("omp", "tbb") else 1
+
+
+MAX_THREADS = _max_threads()
 
 _FM = {"nsz", "arcp", "contract", "afn", "reassoc"}  # no nnan/ninf: NaNs and infinities propagate
 _JIT = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy", boundscheck=False)
