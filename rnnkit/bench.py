@@ -170,6 +170,27 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def cpu_name() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family and model (AMD family 25 is Zen 3/4, 26 is Zen 5):
+    hosts of one machine kind differ, so a report says which one it ran on."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    except OSError:  # pragma: no cover - not Linux
+        return platform.processor() or "?"
+
+
+def gemm_gflops(repeat: int = 5) -> float:
+    """This machine's float32 GEMM rate now (GFLOP/s, median): 2048³ through oneDNN with the current
+    thread count — the ceiling that every row's % of peak should be read against."""
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    _fused._lp(a, b, None, "none", [], "")
+    times = [timed(lambda: _fused._lp(a, b, None, "none", [], ""), 1) for _ in range(repeat)]
+    return 2.0 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the benchmark with command-line arguments argv; prints the table, returns the exit code."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,8 +215,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if "fused" not in kernels.BACKENDS:
         raise SystemExit("the fused backend is not registered")
     load0 = os.getloadavg()
+    gemm = gemm_gflops()
     print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
+    print(f"CPU {cpu_name()}; its 2048³ float32 GEMM now: {gemm:.0f} GFLOP/s = {100 * gemm / PEAK_GFLOPS:.0f}% "
+          f"of the {PEAK_GFLOPS:.0f} GFLOP/s peak that %pk refers to", flush=True)
     header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {'fused ms':>9} {'ratio':>6} "
               f"{'fused %pk':>9} {'peer %pk':>9} | {'ref ms':>9} {'fused/ref':>9}")
     print(header)
@@ -242,7 +266,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-              "load_start": load0, "load_end": load1, "peak_gflops": PEAK_GFLOPS,
+              "cpu": cpu_name(), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
+              "peak_gflops": PEAK_GFLOPS,
               "rows": rows, "summary": summary, "stream": stream}
     for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):
         if path:

@@ -25,6 +25,7 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     assert set(report["summary"]) == {f"{c}/{m}" for c in ("gru", "lstm", "lstm_ln") for m in ("inference", "train")}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {("gru", 64), ("gru", 256), ("lstm", 64), ("lstm", 256)}
     assert all(s["layer.step_us"] > 0 for s in report["stream"])
+    assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
 
 
 def test_bench_cli_passes_options_through():
