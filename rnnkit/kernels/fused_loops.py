@@ -1101,7 +1101,7 @@ def _ln_consts(a):
 
 
 @register_jitable
-def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
+def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
     """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row."""
     B, G = gh.shape
     H = G // 4
@@ -1120,7 +1120,7 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, 
         r1 = _normalise(gh[b], nh, k[0], k[2])
         g = gates[t, r]
         for j in range(G):
-            g[j] = g[j] + g_hh[j] * nh[j]
+            g[j] = (g[j] + g_hh[j] * nh[j]) + b_hh[j]
         for j in range(2 * H):
             g[j] = sigmoid_(g[j])
         for j in range(H):
@@ -1145,8 +1145,8 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, 
 
 
 @register_jitable
-def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
-                          hs):
+def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
+                          chat, hs):
     T, _, G = gates.shape
     ab = consts(gates)
     hc = _get_rows(h, b0, b1)
@@ -1155,37 +1155,39 @@ def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot(hc, w_hh, gh, ab, False, True)
-        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, b_hh, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
     _put_rows(h, b0, hc)
     _put_rows(c, b0, cc)
 
 
 @njit(**_JIT)
-def ln_lstm_forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
+def ln_lstm_forward(gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
     """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o.
 
-    gates <f>[T, B, 4H]: in LN(x W_ih^T)·γ_ih + b_ih + b_hh; out (train) the activated gates.
-    w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c]; out <f>[T, B, H].
+    gates <f>[T, B, 4H]: in LN(x W_ih^T)·γ_ih + b_ih; out (train) the activated gates.
+    w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c]; b_hh <f>[4H];
+    out <f>[T, B, H].
     train: keep the normalised recurrent term rh <f>[T, B, 4H], rstd <f>[T, B, 2] (recurrent, cell),
     c_t in cs, the normalised c_t in chat <f>[T, B, H] and h_t in hs <f>[T, B, H].
     """
-    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
-                          chat, hs)
+    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd,
+                          cs, chat, hs)
 
 
 @njit(**_PAR)
-def ln_lstm_forward_par(n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
+def ln_lstm_forward_par(n, gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
+                        hs):
     """``ln_lstm_forward`` with the batch in n chunks, one per thread."""
     for k in prange(n):
         b0, b1 = _chunk(k, n, h.shape[0])
-        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
-                              chat, hs)
+        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd,
+                              cs, chat, hs)
 
 
 @njit(**_JIT)
-def ln_lstm_forward_step(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
+def ln_lstm_forward_step(t, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
     """One step of ``ln_lstm_forward`` given gh = h W_hh^T (for a Python loop with oneDNN's GEMM)."""
-    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
 
 
 @register_jitable
