@@ -1,10 +1,10 @@
 """The fused CPU path of the layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``).
 
 Per direction, the input term ``LN(x W_ih^T)·γ_ih + b_ih`` is computed for every step at once
-with torch ops (one GEMM and one batched layer norm; autograd differentiates it); b_hh is added in
-the loop. The recurrence runs
-in one compiled loop (``fused_loops.ln_lstm_forward``, split across threads by rows of the batch as
-the plain cells' loops are): per step the recurrent mat-mul, then one
+with torch ops (one GEMM and one batched layer norm with b_ih as its shift; autograd differentiates
+it); b_hh is added in the loop. The recurrence runs in one compiled loop
+(``fused_loops.ln_lstm_forward``, split across threads by rows of the batch as the plain cells'
+loops are): per step the recurrent mat-mul, then one
 pass per row for its normalisation, the gates, the cell and the cell's normalisation. The backward
 through time is hand-written (``ln_lstm_backward``); W_hh's gradient is one GEMM over the sequence.
 For large float32 shapes the time loop runs in Python with oneDNN's prepacked GEMM per step and
@@ -14,11 +14,10 @@ one compiled elementwise call (``*_step``), under the plain cells' rule (``fused
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..cells import LN_EPS, CellSpec, State, ln_lstm_project
+from ..cells import CellSpec, State, ln_lstm_project
 from . import fused
 from .base import DirectionWeights
 from .fused import _np
@@ -101,17 +100,6 @@ class _Recurrence(torch.autograd.Function):
                 dc if need[5] else None, None, None, None, None)
 
 
-def _input_term(x: Tensor, w: DirectionWeights) -> Tensor:
-    """LN(x W_ih^T)·γ_ih + b_ih for every step (``cells.ln_lstm_project``) <f>[T, B, 4H]; without
-    autograd its GEMM goes through oneDNN (``fused._linear``), ~30% faster than torch.mm here."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w.w_ih, w.b_ih, w.ln)):
-        return ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
-    T, B, I = x.shape
-    G = w.w_ih.shape[0]
-    xw = fused._linear(x.reshape(T * B, I), w.w_ih.detach().contiguous(), None).view(T, B, G)
-    return F.layer_norm(xw, (G,), w.ln[:G], w.b_ih, LN_EPS)
-
-
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
               mask: Tensor | None) -> tuple[Tensor, list[State]]:
     """Both directions of a layer-normalised LSTM layer: output <f>[T, B, D*H], final (h, c) per direction."""
@@ -120,7 +108,7 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     stepwise = n == 1 and fused._step_loop(spec, x, None)
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
-        gates = _input_term(x, w)
+        gates = ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
         out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n)
         outs.append(out)
         finals.append((h, c))

@@ -924,6 +924,7 @@ def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask,
         _grux_backward_rows(b0, b1, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff,
                             dg, rhs)
 
+
 # ------------------------------------------------------------------------------------ streaming
 # One time step of a whole (unidirectional) stack, for ``step()``: every layer in one compiled call.
 # The weights come as tuples over layers of the parameters themselves, in torch's layout (numpy views:
