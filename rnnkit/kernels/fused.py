@@ -131,6 +131,8 @@ class _OneBlasThread:
     def __enter__(self):
         if not _OneBlasThread.done:
             _OneBlasThread.done = True
+            if _kernels().BLAS != "openblas":
+                return self
             try:
                 import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
                 with open("/proc/self/maps") as maps:
