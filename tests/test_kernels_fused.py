@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -89,12 +90,12 @@ def loop(request, monkeypatch):
     if request.param == "compiled-split" and fused._kernels().MAX_THREADS < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", never if request.param.startswith("compiled") else 0)
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_STEPS", 1)
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", never if request.param.startswith("compiled") else 0)
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)
     split = request.param == "compiled-split"
     monkeypatch.setattr(fused, "PAR_MIN_ROWS", 1 if split else never)
-    monkeypatch.setattr(fused, "L2_BYTES", never)
+    monkeypatch.setattr(fused, "PAR_ROW_BYTES", never)
     monkeypatch.setattr(fused, "_threads", lambda: 2 if split else 1)
     monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 0 if request.param == "onednn" else never)
     monkeypatch.setattr(fused, "ONEDNN_LSTM_TRAIN_MIN_MACS", 0 if request.param == "onednn" else never)
@@ -207,14 +208,18 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(fused, "_threads", lambda: 2)
     lstm(x32)[0].sum().backward()  # split across threads: our loop
     assert fused.calls["onednn_lstm"] == n + 2 and fused._chunks(lstm.spec, x32) == 2
-    monkeypatch.setattr(fused, "L2_BYTES", 0)  # a weight too big to split with 1 row per thread
+    monkeypatch.setattr(fused, "PAR_ROW_BYTES_LSTM", 0)  # a weight too big to split: oneDNN's layer
+    assert fused._chunks(lstm.spec, x32) == 2 and fused._chunks(lstm.spec, x32, fused.PAR_ROW_BYTES_LSTM) == 1
+    lstm(x32)[0].sum().backward()
+    assert fused.calls["onednn_lstm"] == n + 3
+    monkeypatch.setattr(fused, "PAR_ROW_BYTES", 0)
     assert fused._chunks(lstm.spec, x32) == 1
     monkeypatch.undo()
 
-    # the time-loop driver follows STEP_GEMM_MIN_MACS / _BATCH
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_MACS", 0)
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_BATCH", 1)
-    monkeypatch.setattr(fused, "STEP_GEMM_MIN_STEPS", 1)
+    # the time-loop driver follows STEP_LOOP_MIN_WEIGHT / _BATCH / _STEPS
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", 0)
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)
     n = fused.calls["step_loop"]
     rnnkit.RNN(5, 4, backend="fused")(x32)
     assert fused.calls["step_loop"] == n + 1
@@ -389,3 +394,28 @@ def test_split_needs_a_thread_safe_layer():
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_openblas_fallback_matches_reference():
+    """Without MKL (forced by RNNKIT_BLAS=openblas) the compiled loops' GEMMs run on scipy's OpenBLAS,
+    from the same cached machine code, with the same results."""
+    code = textwrap.dedent("""
+        import torch
+        from rnnkit.kernels import fused, reference
+        from rnnkit.cells import CellSpec
+        from rnnkit.kernels.base import DirectionWeights
+        torch.manual_seed(0)
+        spec = CellSpec("GRU", 16)
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+            x = torch.randn(6, 5, 3, dtype=dtype)
+            w = DirectionWeights(*(torch.randn(*shape, dtype=dtype) for shape in ((48, 3), (48, 16), (48,), (48,))),
+                                 None)
+            h0 = [(torch.zeros(5, 16, dtype=dtype),)]
+            y, _ = fused.run_layer(spec, x, [w], h0, None)
+            r, _ = reference.run_layer(spec, x, [w], h0, None)
+            assert (y - r).abs().max() < tol, (dtype, (y - r).abs().max())
+        print(fused._kernels().BLAS, fused.calls["serial_loop"])
+    """)
+    env = dict(os.environ, RNNKIT_BLAS="openblas")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["openblas", "2"]

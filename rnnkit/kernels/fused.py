@@ -20,19 +20,20 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
   not tracing/scripting/ONNX export; anything else runs the reference kernel.
 - LSTM, float32, no projection, no ``lengths``, per-step work B·4H·H >= ``ONEDNN_LSTM_MIN_MACS``
   (inference) or ``ONEDNN_LSTM_TRAIN_MIN_MACS`` (training, when the loop would not be split across
-  threads): oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what torch.nn.LSTM runs, with its
-  backward under autograd) — on par with torch.nn by construction; below that our own loop is faster.
-- Batch split (``_chunks``): with several torch threads and enough rows, the compiled loop runs on
-  every thread at once, each for its own rows of the batch for the whole sequence (sequences are
-  independent, so there is no synchronisation per step); numba's OpenMP layer provides the threads.
-- Otherwise, time loop: float32 with a per-step GEMM of B·G·H·P >= ``STEP_GEMM_MIN_MACS`` multiply-adds, batch
-  >= ``STEP_GEMM_MIN_BATCH`` and >= ``STEP_GEMM_MIN_STEPS`` steps (and not GRU reset_after=False or
-  an LSTM projection, which have two mat-muls per step): a Python loop whose recurrent GEMM is
-  oneDNN with the weight prepacked once
-  per call (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``), plus one compiled elementwise
-  call per step. Otherwise the whole loop runs compiled in numba with BLAS (batch 1: a plain loop),
-  no Python per step; that BLAS (scipy's OpenBLAS) is set to one thread, process-wide (see
-  ``_OneBlasThread``).
+  threads by ``PAR_ROW_BYTES_LSTM``): oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
+  torch.nn.LSTM runs, with its backward under autograd) — on par with torch.nn by construction; below
+  that our own loop is faster.
+- Batch split (``_chunks``): with several torch threads and enough rows per thread for the size of
+  the recurrent weight (``PAR_ROW_BYTES``), the compiled loop runs on every thread at once, each for
+  its own rows of the batch for the whole sequence (sequences are independent, so there is no
+  synchronisation per step); numba's OpenMP layer provides the threads.
+- Otherwise, one thread runs the time loop. float32 with a recurrent weight of at least
+  ``STEP_LOOP_MIN_WEIGHT`` bytes, batch >= ``STEP_LOOP_MIN_BATCH`` and >= ``STEP_LOOP_MIN_STEPS``
+  steps (and not GRU reset_after=False or an LSTM projection, which have two mat-muls per step): a
+  Python loop whose recurrent GEMM is oneDNN's, on all threads, with the weight prepacked once per
+  call (``mkldnn._reorder_linear_weight`` / ``_linear_pointwise``), plus one compiled elementwise
+  call per step. Otherwise the whole loop runs compiled in numba, its GEMMs through MKL on the
+  calling thread (batch 1: a plain loop), no Python per step.
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
 - A one-step call without autograd (generation) skips all GEMM setup: the streaming kernel below.
 - The layer-normalised LSTM (``spec.layer_norm``) runs its own compiled loop, ``fused_ln``.
@@ -62,40 +63,40 @@ _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _DTYPES = (torch.float32, torch.float64)
 _PER_DIR = 7  # flattened per direction: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0
 
-STEP_GEMM_MIN_MACS = 1_500_000
-"""Per-step multiply-adds B·G·H·P of the recurrent GEMM from which the Python loop with oneDNN's
-prepacked, multi-threaded GEMM beats the compiled loop (single-threaded BLAS, which repacks the
-weight every call); float32, batch >= STEP_GEMM_MIN_BATCH. Measured (one thread, loaded machine):
-LSTM B=16 H=128 (1.0M) compiled 20% faster; LSTM B=32 H=128 (2.1M) a tie; LSTM/GRU B=8 H=256
-(2.1M/1.6M) step loop 20-30% faster in training; GRU B=16 H=128 (0.8M) compiled 1.7x faster."""
-STEP_GEMM_MIN_BATCH = 4
-STEP_GEMM_MIN_STEPS = 8
+STEP_LOOP_MIN_WEIGHT = 1024 * 1024
+"""Recurrent weight bytes (G·H·P elements) from which, when the loop is not split, the Python step
+loop (oneDNN's GEMM with the weight prepacked once, split between the threads) beats the compiled
+loop (each step's GEMM through MKL on one thread). Measured (Zen 4, training): step loop 33.9
+against 39.3 ms at RNN B=16 H=512 (1 MB, 1 thread) and 13.1 against 14.9 at B=4 (2 threads); the
+compiled loop 12.1 against 15.8 ms at GRU B=4 H=256 (768 KB, 2 threads), 33.2 against 37.1 at B=16
+(1 thread), 19.4 against 25.2 at GRU B=32 H=128 (1 thread)."""
+STEP_LOOP_MIN_BATCH = 4
+STEP_LOOP_MIN_STEPS = 8
 """Fewer steps do not repay prepacking the weight (~100-300 µs) for the oneDNN loop."""
 TRANSPOSE_MIN_STEPS = 16
 """At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh: its
 mat-vec is ~35% faster at H=256 (the same at H=64); below, the copy would cost more than it saves."""
 PAR_MIN_ROWS = 4
 """The compiled loops give each thread at least this many rows of the batch (see ``_chunks``)."""
-L2_BYTES = 512 * 1024
-PAR_BIG_ROWS = 32
-"""Recurrent weights (G·H·P elements) up to L2_BYTES stay in a core's L2 (1 MB on Zen 4/5) across
-the steps of a compiled loop. Larger ones cost the compiled loop a BLAS repack per step: above
-L2_BYTES the step loop (weight prepacked once for oneDNN) takes over from STEP_GEMM_MIN_BATCH rows,
-whatever STEP_GEMM_MIN_MACS says (measured, 2 threads: GRU B=4 H=256 (768 KB) 3.98 against 8.36 ms;
-RNN B=4 H=256 (256 KB) 2.69 against 0.75 ms the other way).
-A loop split across threads reads the whole weight on every thread each step: it splits when the
-weight fits L2, or when each thread has at least PAR_BIG_ROWS rows to amortise reading it.
-Measured (2 threads): split 1.5-3.5x faster than one thread at B=8 H=256 (RNN), B=32 H=128 and
-B=64 H=256 (all cells), and 5-25% faster than the oneDNN step loop at B=256 H=512; but at B=8-16
-with H=512 (a 1-4 MB weight) the step loop, whose GEMM splits the weight between the threads, is
-1.3-2.7x faster."""
+PAR_ROW_BYTES = 256 * 1024
+"""The loop splits across threads when the recurrent weight's bytes per row of a thread's chunk are
+at most this: every thread reads the whole weight each step, which its rows must amortise.
+Measured (Zen 4, 2 threads, training unless noted), split against the step loop: faster at RNN B=8
+H=512 (256 KB per row: 16.1 against 17.7 ms) and GRU B=8 H=256 (192 KB: 10.8 against 13.1), a tie
+at GRU B=32 H=512 (192 KB), slower at GRU B=16 H=512 (384 KB, inference: 27.4 against 21.6) and
+RNN B=16 H=1024 (512 KB: 100.8 against 73.0)."""
+PAR_ROW_BYTES_LSTM = 64 * 1024
+"""The same where the other choice is oneDNN's LSTM layer (LSTM training, float32, no projection or
+lengths). Split against oneDNN: 31.4 against 44.3 ms at B=32 H=128 (16 KB per row), 47.3 against
+53.9 at B=32 H=256 (64 KB); slower at B=16 H=256 (128 KB: 26.2 against 21.9) and B=8 H=256 (19.8
+against 12.2)."""
 ONEDNN_LSTM_MIN_MACS = 1_000_000
 """Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer
 (measured, one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128)."""
 ONEDNN_LSTM_TRAIN_MIN_MACS = 1_000_000
-"""The same for LSTM training where our loop is not split across threads (``_chunks`` = 1): oneDNN's
-layer with its own backward (torch.nn.LSTM's path) was 1.1-1.5x faster than our step loop at
-B=8-16, H=256-512."""
+"""The same for LSTM training where our loop is not split across threads: oneDNN's layer with its own
+backward (torch.nn.LSTM's path) was 1.1-1.5x faster than our step loop at B=8-16, H=256-512, and
+1.4x faster than our compiled loop on one thread at B=16 H=128 (10.3 against 14.7 ms)."""
 
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
          "parallel_loop": 0, "serial_loop": 0}
@@ -224,13 +225,12 @@ def _grad_recurrent(dg: Tensor, hseq: Tensor, h0: Tensor, reverse: bool) -> Tens
 
 
 def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
-    """Whether to drive the time loop from Python with oneDNN's GEMM (see module docstring)."""
+    """Whether to drive the (unsplit) time loop from Python with oneDNN's GEMM (see module docstring)."""
     if x.dtype != torch.float32 or w_hr is not None or (spec.mode == "GRU" and not spec.reset_after):
         return False
-    T, B, H, P = x.shape[0], x.shape[1], spec.hidden_size, spec.output_size
-    weight = spec.gates * H * P
-    return (B >= STEP_GEMM_MIN_BATCH and T >= STEP_GEMM_MIN_STEPS
-            and (B * weight >= STEP_GEMM_MIN_MACS or weight * x.element_size() > L2_BYTES))
+    T, B = x.shape[0], x.shape[1]
+    weight = spec.gates * spec.hidden_size * spec.output_size * x.element_size()
+    return B >= STEP_LOOP_MIN_BATCH and T >= STEP_LOOP_MIN_STEPS and weight >= STEP_LOOP_MIN_WEIGHT
 
 
 def _threads() -> int:
@@ -239,13 +239,14 @@ def _threads() -> int:
     return 1 if os.getpid() != _PID else min(torch.get_num_threads(), _kernels().MAX_THREADS)
 
 
-def _chunks(spec: CellSpec, x: Tensor) -> int:
+def _chunks(spec: CellSpec, x: Tensor, row_bytes: int | None = None) -> int:
     """How many threads share the compiled time loop, each running it for its own rows of the batch
-    (no synchronisation per step): at least ``PAR_MIN_ROWS`` rows each, and see ``L2_BYTES``."""
+    (no synchronisation per step): at least ``PAR_MIN_ROWS`` rows each, and at most ``row_bytes``
+    (default ``PAR_ROW_BYTES``) of recurrent weight per row."""
     B = x.shape[1]
     n = min(_threads(), B // PAR_MIN_ROWS)
     weight = spec.gates * spec.hidden_size * spec.output_size * x.element_size()
-    if n <= 1 or (weight > L2_BYTES and B // n < PAR_BIG_ROWS):
+    if n <= 1 or weight > (PAR_ROW_BYTES if row_bytes is None else row_bytes) * (B // n):
         return 1
     return n
 
@@ -369,12 +370,12 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
 def _onednn_lstm_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, train: bool) -> bool:
     """Whether the layer runs on oneDNN's fused LSTM layer: float32, no projection, no ``lengths``,
     from ONEDNN_LSTM_MIN_MACS (inference) or ONEDNN_LSTM_TRAIN_MIN_MACS (training, where our loop
-    would run on one thread) per-step multiply-adds B·4H·H."""
+    would not split by PAR_ROW_BYTES_LSTM) per-step multiply-adds B·4H·H."""
     if spec.mode != "LSTM" or spec.proj_size or mask is not None or x.dtype != torch.float32:
         return False
     macs = x.shape[1] * 4 * spec.hidden_size ** 2
     if train:
-        return macs >= ONEDNN_LSTM_TRAIN_MIN_MACS and _chunks(spec, x) == 1
+        return macs >= ONEDNN_LSTM_TRAIN_MIN_MACS and _chunks(spec, x, PAR_ROW_BYTES_LSTM) == 1
     return macs >= ONEDNN_LSTM_MIN_MACS
 
 
@@ -813,7 +814,8 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
     specs = [CellSpec("RNN_TANH", 3), CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2),
              CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False), CellSpec("LSTM", 3, layer_norm=True)]
     never = 1 << 62
-    with _settings(ONEDNN_LSTM_MIN_MACS=never, ONEDNN_LSTM_TRAIN_MIN_MACS=never, L2_BYTES=never):
+    with _settings(ONEDNN_LSTM_MIN_MACS=never, ONEDNN_LSTM_TRAIN_MIN_MACS=never, PAR_ROW_BYTES=never,
+                   STEP_LOOP_MIN_STEPS=1):
         for dtype in dtypes:
             for spec in specs:
                 g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
@@ -825,13 +827,13 @@ def warm_up(dtypes=(torch.float32, torch.float64)) -> None:
                                      param(p, h) if spec.proj_size else None, param(10 * h) if spec.layer_norm else None)
                 x = torch.randn(2, 4, 2, dtype=dtype)
                 state = (torch.zeros(4, p, dtype=dtype), torch.zeros(4, h, dtype=dtype))[:len(spec.state_sizes)]
-                drivers = [(never, never)]  # (STEP_GEMM_MIN_MACS, PAR_MIN_ROWS): the compiled loop
+                drivers = [(never, never)]  # (STEP_LOOP_MIN_WEIGHT, PAR_MIN_ROWS): the compiled loop
                 if _threads() > 1:
                     drivers.append((never, 1))  # split across threads
                 if dtype == torch.float32:
                     drivers.append((0, never))  # the Python step loop
-                for step_macs, par_rows in drivers:
-                    with _settings(STEP_GEMM_MIN_MACS=step_macs, PAR_MIN_ROWS=par_rows):
+                for step_weight, par_rows in drivers:
+                    with _settings(STEP_LOOP_MIN_WEIGHT=step_weight, PAR_MIN_ROWS=par_rows):
                         for mask in (None, torch.ones(2, 4, 1, dtype=torch.bool)):
                             run_layer(spec, x, [w], [state], mask)[0].sum().backward()
                             with torch.no_grad():
