@@ -3,11 +3,15 @@
 For each cell and config (B, T, I, H) it times inference (forward under ``torch.no_grad``) and a
 training step (forward + backward of an MSE loss) for torch.nn and for rnnkit with
 ``backend="fused"`` and ``backend="reference"``, all with the same weights, interleaved round by
-round so that machine noise hits every contender alike. It prints medians (ms), the ratio
+round so that machine noise hits every contender alike. Each cell and config runs in a fresh
+process, so that a row does not depend on the rows run before it: in one process, torch.nn.LSTM's
+training step at 32,200,64,128 took 25.9 ms after the other rows against 37-44 ms alone (cause not
+pinned down: page faults and thread counts were the same). It prints medians (ms), the ratio
 rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can write JSON.
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
+    rnnkit bench --device cuda --no-stream        (on a GPU: rnnkit's backend="auto", i.e. cuDNN, and peak memory)
 
 Cells: rnn (tanh), rnn_relu, lstm, gru, against torch.nn; gru_v1 is GRU(reset_after=False), which
 torch.nn lacks (compare it with the reference); lstm_ln is rnnkit's LayerNormLSTM, whose peer is
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -60,7 +65,7 @@ def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
     return configs
 
 
-def make_models(cell: str, B: int, T: int, I: int, H: int, backends: list[str]):
+def make_models(cell: str, B: int, T: int, I: int, H: int, backends: list[str], device: str = "cpu"):
     cls, torch_cls, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     models = {}
@@ -68,11 +73,11 @@ def make_models(cell: str, B: int, T: int, I: int, H: int, backends: list[str]):
     if torch_cls is not None:
         ref = torch_cls(I, H, **kw)
         ours.load_state_dict(ref.state_dict(), strict=cls is not rnnkit.LayerNormLSTM)
-        models[peer_name(cell)] = ref
+        models[peer_name(cell)] = ref.to(device)
     for b in backends:
         m = cls(I, H, backend=b, **kw)
         m.load_state_dict(ours.state_dict())
-        models[b] = m
+        models[b] = m.to(device)
     return models
 
 
@@ -94,21 +99,35 @@ def train_fn(model, x, target):
     return run
 
 
-def timed(fn, number: int) -> float:
+def timed(fn, number: int, device: str = "cpu") -> float:
+    """ms per call of fn, over number calls (on CUDA, until the device has finished them)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     t = time.perf_counter()
     for _ in range(number):
         fn()
+    sync()
     return (time.perf_counter() - t) / number * 1e3
 
 
-def bench_one(cell, cfg, backends, repeat, min_time):
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def in_fresh_process(threads: int, fn, *args):
+    """fn(*args) in a new interpreter (spawned) whose torch runs on ``threads`` threads."""
+    with multiprocessing.get_context("spawn").Pool(1, initializer=_set_threads, initargs=(threads,)) as pool:
+        return pool.apply(fn, args)
+
+
+def bench_one(cell, cfg, backends, repeat, min_time, device="cpu"):
     B, T, I, H = cfg
     G = CELLS[cell][3]
     flops_fwd = 2.0 * T * B * G * H * (I + H)
-    models = make_models(cell, B, T, I, H, backends)
+    models = make_models(cell, B, T, I, H, backends, device)
     peer = peer_name(cell)
-    x = torch.randn(T, B, I)
-    target = torch.randn(T, B, H)
+    x = torch.randn(T, B, I, device=device)
+    target = torch.randn(T, B, H, device=device)
     rows = []
     for mode, make, flops in (("inference", infer_fn, flops_fwd), ("train", lambda m, x: train_fn(m, x, target),
                                                                     3 * flops_fwd)):
@@ -120,16 +139,26 @@ def bench_one(cell, cfg, backends, repeat, min_time):
             first[name] = (time.perf_counter() - t) * 1e3
             fn()
         # calls per sample: enough for min_time on the slowest contender
-        single = {name: timed(fn, 1) for name, fn in fns.items()}
+        single = {name: timed(fn, 1, device) for name, fn in fns.items()}
         number = {name: max(1, int(min_time * 1e3 / max(s, 1e-3))) for name, s in single.items()}
         samples = {name: [] for name in fns}
         for _ in range(repeat):  # interleaved rounds
             for name, fn in fns.items():
-                samples[name].append(timed(fn, number[name]))
+                samples[name].append(timed(fn, number[name], device))
         med = {name: statistics.median(v) for name, v in samples.items()}
+        peak_mib = {}
+        if device == "cuda":  # the most memory one call holds at once, on top of the models and data
+            for name, fn in fns.items():
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                fn()
+                torch.cuda.synchronize()
+                peak_mib[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         for name in fns:
             rows.append({
-                "cell": cell, "B": B, "T": T, "I": I, "H": H, "mode": mode, "impl": name,
+                "cell": cell, "B": B, "T": T, "I": I, "H": H, "mode": mode, "impl": name, "device": device,
+                "peak_mib": peak_mib.get(name),
                 "median_ms": med[name], "min_ms": min(samples[name]), "first_call_ms": first[name],
                 "peer": peer, "ratio_vs_peer": med[name] / med[peer] if peer else None,
                 "ratio_vs_reference": med[name] / med["reference"] if "reference" in med else None,
@@ -198,6 +227,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--cells", default="rnn,lstm,gru,lstm_ln", help=f"comma-separated, from {','.join(CELLS)}")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds; medians are over these")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: rnnkit's fused backend; cuda: backend='auto' (cuDNN for torch.nn's cells)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample (several calls if fast)")
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
     ap.add_argument("--json", default=None, help="write all rows (with raw samples) to this path")
@@ -211,46 +242,56 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if c not in CELLS:
             raise SystemExit(f"--cells: unknown cell {c!r}; expected some of {sorted(CELLS)}")
     configs = parse_configs(args.configs)
-    backends = ["fused"] + ([] if args.no_reference else ["reference"])
-    if "fused" not in kernels.BACKENDS:
-        raise SystemExit("the fused backend is not registered")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device: 'cuda' requested but torch.cuda.is_available() is False")
+    ours = "fused" if args.device == "cpu" else "auto"
+    backends = [ours] + ([] if args.no_reference else ["reference"])
     load0 = os.getloadavg()
-    gemm = gemm_gflops()
     print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
-    print(f"CPU {cpu_name()}; its 2048³ float32 GEMM now: {gemm:.0f} GFLOP/s = {100 * gemm / PEAK_GFLOPS:.0f}% "
-          f"of the {PEAK_GFLOPS:.0f} GFLOP/s peak that %pk refers to", flush=True)
-    header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {'fused ms':>9} {'ratio':>6} "
-              f"{'fused %pk':>9} {'peer %pk':>9} | {'ref ms':>9} {'fused/ref':>9}")
+    if args.device == "cpu":
+        gemm = gemm_gflops()
+        print(f"CPU {cpu_name()}; its 2048³ float32 GEMM now: {gemm:.0f} GFLOP/s = {100 * gemm / PEAK_GFLOPS:.0f}% "
+              f"of the {PEAK_GFLOPS:.0f} GFLOP/s peak that %pk refers to", flush=True)
+    else:
+        gemm = None
+        print(f"GPU {torch.cuda.get_device_name()}; rnnkit with backend='auto' (%pk: of the CPU peak, "
+              f"meaningless here); peak MiB: the most memory one call holds beyond its inputs", flush=True)
+    header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {ours + ' ms':>9} {'ratio':>6} "
+              f"{ours + ' %pk':>9} {'peer %pk':>9} | {'ref ms':>9} {ours + '/ref':>9}"
+              + (f" | {'peer MiB':>9} {ours + ' MiB':>9}" if args.device == "cuda" else ""))
     print(header)
     print("-" * len(header))
     rows = []
     for cell in cells:
         for cfg in configs:
-            got = bench_one(cell, cfg, backends, args.repeat, args.min_time)
+            got = in_fresh_process(args.threads, bench_one, cell, cfg, backends, args.repeat, args.min_time,
+                                   args.device)
             rows += got
             for mode in ("inference", "train"):
                 r = {row["impl"]: row for row in got if row["mode"] == mode}
-                f, t, ref = r["fused"], r.get(peer_name(cell)), r.get("reference")
+                f, t, ref = r[ours], r.get(peer_name(cell)), r.get("reference")
+                memory = "" if args.device == "cpu" else \
+                    f" | {t['peak_mib'] if t else float('nan'):9.1f} {f['peak_mib']:9.1f}"
                 print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | {peer_name(cell) or '-':>11} "
                       f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
                       f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
                       f"{(t['peak_pct'] if t else float('nan')):8.1f}% | "
                       f"{ref['median_ms'] if ref else float('nan'):9.2f} "
-                      f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}", flush=True)
+                      f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}{memory}", flush=True)
     # summary: median ratio over configs per cell and mode
     print()
     summary = {}
     for cell in cells:
         for mode in ("inference", "train"):
             ratios = [r["ratio_vs_peer"] for r in rows if r["cell"] == cell and r["mode"] == mode
-                      and r["impl"] == "fused" and r["ratio_vs_peer"] is not None]
+                      and r["impl"] == ours and r["ratio_vs_peer"] is not None]
             if ratios:
                 summary[f"{cell}/{mode}"] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
-                print(f"{cell:8} {mode:9} fused/{peer_name(cell)}: median {statistics.median(ratios):.2f}, "
+                print(f"{cell:8} {mode:9} {ours}/{peer_name(cell)}: median {statistics.median(ratios):.2f}, "
                       f"worst {max(ratios):.2f}")
     stream = []
-    if not args.no_stream:
+    if not args.no_stream and args.device == "cpu":
         torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
         print()
         print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
@@ -264,7 +305,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                       f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
-    report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat,
+    report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat, "device": args.device,
+              "ours": ours, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
               "cpu": cpu_name(), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
               "peak_gflops": PEAK_GFLOPS,
@@ -283,7 +325,7 @@ def markdown(report: dict) -> str:
     lines = ["| cell | B, T, I, H | mode | peer | peer ms | rnnkit ms | ratio | rnnkit % of peak |", "|" + "---|" * 8]
     by_key = {(r["cell"], r["B"], r["T"], r["I"], r["H"], r["mode"], r["impl"]): r for r in report["rows"]}
     for (cell, B, T, I, H, mode, impl), r in by_key.items():
-        if impl != "fused":
+        if impl != report.get("ours", "fused"):
             continue
         peer = by_key.get((cell, B, T, I, H, mode, r["peer"])) if r["peer"] else None
         lines.append(f"| {cell} | {B}, {T}, {I}, {H} | {mode} | {r['peer'] or '-'} | "

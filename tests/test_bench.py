@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from typer.testing import CliRunner
 
 from rnnkit.bench import main
@@ -26,6 +29,12 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {("gru", 64), ("gru", 256), ("lstm", 64), ("lstm", 256)}
     assert all(s["layer.step_us"] > 0 for s in report["stream"])
     assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(SystemExit, match="--device: 'cuda' requested but torch.cuda.is_available"):
+        main(["--device", "cuda", "--cells", "gru", "--configs", "2x3x4x5"])
 
 
 def test_bench_cli_passes_options_through():

@@ -145,22 +145,3 @@ def test_layer_hook_sees_every_layer():
     handle.remove()
     layer(torch.randn(5, 2, 3))
     assert seen == [(0, (5, 2, 8)), (1, (5, 2, 8)), (2, (5, 2, 8))]
-
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-
-
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("cls,extra", CELLS, ids=CELL_IDS)
-def test_runs_on_cuda_like_cpu(cls, extra):
-    torch.manual_seed(5)
-    layer = cls(3, 8, num_layers=2, bidirectional=True, batch_first=True, **extra, **F64)
-    x = torch.randn(4, 6, 3, **F64)
-    lengths = torch.tensor([6, 3, 1, 5])
-    cpu_out, _ = layer(x, lengths=lengths)
-    gpu_out, gpu_hidden = layer.cuda()(x.cuda(), lengths=lengths.cuda())
-    assert gpu_out.is_cuda
-    torch.testing.assert_close(gpu_out.cpu(), cpu_out)
-    gpu_out.sum().backward()
-    assert all(p.grad is not None and p.grad.is_cuda for p in layer.parameters())

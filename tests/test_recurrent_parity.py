@@ -70,8 +70,15 @@ def run(module, x, hx, mode: str, batch_first: bool, ours: bool):
 
 
 def backends_for(dtype: torch.dtype) -> list[str]:
-    x = torch.empty(0, dtype=dtype)
+    """The registered backends that can run an input of the grid's shape and this dtype on the CPU."""
+    x = torch.empty(TIME, BATCH, FEATURES, dtype=dtype)
     return [name for name, b in kernels.BACKENDS.items() if b.supports(rnnkit.CellSpec("LSTM", 1), x, True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_grid_covers_every_backend(dtype):
+    """The grid below runs on every backend: the reference, the fused CPU kernels and torch's own."""
+    assert backends_for(dtype) == ["reference", "torch", "fused"]
 
 
 GRID = list(itertools.product(CELLS, [1, 2, 3], [False, True], [False, True], [True, False],

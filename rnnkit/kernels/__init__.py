@@ -5,7 +5,10 @@ A backend runs one layer (both directions) over a whole time-major sequence:
     run_layer(spec, x <float>[T, B, I], weights: [DirectionWeights] * D, states: [State] * D,
               mask <bool>[T, B, 1] | None) -> (output <float>[T, B, D*P], [final State] * D)
 
-``backend="auto"`` picks the fastest backend that supports the call; a name forces one. A backend
+``backend="auto"`` picks the fastest backend that supports the call; a name forces one. The backends:
+``fused`` (CPU float32/64, every cell: our compiled kernels), ``torch`` (torch's own RNN kernels:
+cuDNN on CUDA, for the cells torch.nn has) and ``reference`` (the equations, step by step with
+autograd: any device and dtype, ONNX export). A backend
 may also offer a streaming step for a whole unidirectional stack, without autograd:
 
     stream_step(spec, x_t <float>[B, I], weights: [DirectionWeights] * L, h <float>[L, B, P],
@@ -23,7 +26,7 @@ from typing import Callable, NamedTuple
 from torch import Tensor
 
 from ..cells import CellSpec, State
-from . import reference
+from . import native, reference
 from .base import DirectionWeights
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "select_backend", "run_layer",
@@ -51,6 +54,7 @@ def register_backend(backend: Backend) -> None:
 
 
 register_backend(Backend("reference", reference.run_layer, lambda spec, x, training: True))
+register_backend(Backend("torch", native.run_layer, native.supports))  # cuDNN on CUDA
 
 
 def select_backend(spec: CellSpec, x: Tensor, training: bool, backend: str = "auto") -> Backend:

@@ -103,8 +103,10 @@ def stream_loss(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, bptt
     was_training = model.training
     model.eval()
     stream = LMStream(ids, min(batch_size, max(1, ids.numel() // 2)), bptt)
+    device = next(model.parameters()).device
     total, count, state = 0.0, 0, None
     for inputs, targets in stream:
+        inputs, targets = inputs.to(device), targets.to(device)
         logits, state = model(inputs, state=state)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
         count += targets.numel()
@@ -205,8 +207,8 @@ class LanguageModel(Task):
 
     @torch.no_grad()
     def _next_distribution(self, ids: torch.Tensor, state=None):
-        logits, state = self.model(ids, state=state)
-        logits = logits[0, -1].clone()
+        logits, state = self.model(ids.to(next(self.model.parameters()).device), state=state)
+        logits = logits[0, -1].float().cpu()
         logits[self.vocab.pad_id] = -math.inf
         return logits, state
 
