@@ -3,7 +3,11 @@
 Tolerances: float64 agrees to ~1e-12 (we check 1e-10). float32 uses a rational tanh (abs. error
 < 3e-7) and a different summation order in the GEMMs (one GEMM over all steps for the weight
 gradients instead of a sum of per-step products), so gradients summed over T·B terms differ by a
-few 1e-6; we check atol 1e-5 on outputs and atol 2e-5 / rtol 1e-4 on gradients.
+few 1e-6; we check atol 1e-5 on outputs and atol 2e-5 / rtol 1e-4 on gradients. The layer-normalised
+LSTM's float32 gradients get atol 5e-4 / rtol 1e-3: each normalisation divides by the standard
+deviation of a few values (H = 6 here), which magnifies rounding, so that the float32 *reference*
+itself is off the float64 one by up to 3.6e-4 (abs) and 2.4e-4 (rel) on these cases (measured);
+the fused kernel is as far, in another direction.
 """
 
 from __future__ import annotations
@@ -69,15 +73,16 @@ def _run(cell, options, backend, dtype, grad=True, seed=0):
     return [out, *hn], [p.grad for p in model.parameters()] + [t.grad for t in inputs]
 
 
-def _close(a, b, dtype, what):
+def _close(a, b, dtype, what, cell=""):
     for i, (u, v) in enumerate(zip(a, b)):
         assert u is not None and v is not None, f"{what}[{i}]: missing gradient"
         if dtype == torch.float64:
-            torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-9, msg=lambda m: f"{what}[{i}]: {m}")
+            atol, rtol = 1e-10, 1e-9
         elif what == "outputs":
-            torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}[{i}]: {m}")
-        else:
-            torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4, msg=lambda m: f"{what}[{i}]: {m}")
+            atol, rtol = 1e-5, 1e-5
+        else:  # gradients; the layer-normalised cell's float32 rounding is larger (module docstring)
+            atol, rtol = (5e-4, 1e-3) if cell == "lstm_ln" else (2e-5, 1e-4)
+        torch.testing.assert_close(u, v, atol=atol, rtol=rtol, msg=lambda m: f"{what}[{i}]: {m}")
 
 
 @pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn"])
@@ -124,7 +129,7 @@ def test_matches_reference(cell, options, dtype, loop):
     ran = {"compiled-split": "parallel_loop", "onednn": "onednn_lstm"}.get(loop)
     assert ran is None or fused.calls[ran] > before[ran], f"the {loop} driver did not run"
     _close(outs, outs_ref, dtype, "outputs")
-    _close(grads, grads_ref, dtype, "grads")
+    _close(grads, grads_ref, dtype, "grads", cell)
     # inference (no grad) takes its own paths: no saving, and oneDNN's LSTM layer
     outs_inf, _ = _run(cell, options, "fused", dtype, grad=False)
     _close(outs_inf, outs_ref, dtype, "outputs")
