@@ -109,3 +109,24 @@ def test_errors():
     with pytest.raises(ValueError, match="Keras has no layer-normalised LSTM"):
         to_keras(rnnkit.LayerNormLSTM(3, 4))
 
+
+
+def test_fused_inference_keeps_nothing_for_backward(monkeypatch):
+    """Without a gradient to compute (no_grad, or nothing that requires one) the fused recurrence runs
+    its inference path: autograd's ``needs_input_grad`` is set under no_grad too, so the layer decides."""
+    from rnnkit.kernels import fused_ln
+
+    seen = []
+    apply = fused_ln._Recurrence.apply
+    monkeypatch.setattr(fused_ln._Recurrence, "apply", lambda *args: seen.append(args[-1]) or apply(*args))
+    layer = rnnkit.LayerNormLSTM(3, 4, backend="fused")
+    x = torch.randn(6, 2, 3)
+    with torch.no_grad():
+        inference, _ = layer(x)
+    training, _ = layer(x)
+    training.sum().backward()
+    layer.requires_grad_(False)
+    frozen, _ = layer(x)
+    assert seen == [False, True, False]
+    torch.testing.assert_close(inference, training.detach())
+    torch.testing.assert_close(frozen, inference)

@@ -24,14 +24,15 @@ from .fused import _np
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gates <f>[T, B, 4H], w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n)
+    """(gates <f>[T, B, 4H], w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n, train)
     → (out <f>[T, B, H], h_n, c_n); stepwise: drive the loop from Python with oneDNN's GEMM; else the
-    compiled loop split into n chunks of the batch (``fused._loop``). b_hh is added inside the loop."""
+    compiled loop split into n chunks of the batch (``fused._loop``). b_hh is added inside the loop.
+    train: keep what backward needs (decided by the caller: inside ``forward`` autograd is always off,
+    and ``ctx.needs_input_grad`` is set under ``torch.no_grad`` too)."""
 
     @staticmethod
-    def forward(ctx, gates, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n):
+    def forward(ctx, gates, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, train):
         K = fused._kernels()
-        train = any(ctx.needs_input_grad[:6])
         T, B, G = gates.shape
         H = G // 4
         # becomes the activated gates: in inference the input term's own (fresh) buffer, else a copy
@@ -97,7 +98,7 @@ class _Recurrence(torch.autograd.Function):
         fused.calls["backward"] += 1
         db_hh = dg.sum((0, 1)) if need[3] else None  # b_hh sits beside the input term in every pre-activation
         return (dg if need[0] else None, dw_hh, dln if need[2] else None, db_hh, dh if need[4] else None,
-                dc if need[5] else None, None, None, None, None)
+                dc if need[5] else None, None, None, None, None, None)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
@@ -109,7 +110,9 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
         gates = ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
-        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n)
+        train = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in (gates, w.w_hh, w.ln, w.b_hh, h0, c0))
+        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n, train)
         outs.append(out)
         finals.append((h, c))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals
