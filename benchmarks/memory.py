@@ -1,0 +1,63 @@
+"""Peak memory of one training step (forward + backward of an MSE loss), rnnkit's fused backend
+against torch.nn, for the speed benchmark's cells and configs.
+
+Each contender runs in a fresh process: it first runs a tiny step of the same cell (so that numba's
+kernels, oneDNN's and torch's own one-time allocations are in place), builds the model and data, and
+then reports how far the process's peak resident memory rose above its resident memory just before
+the step (``ru_maxrss``, which counts every allocator: torch's, numpy's inside our kernels, oneDNN's).
+
+    python benchmarks/memory.py                              (all cells and configs)
+    python benchmarks/memory.py --cells lstm --configs 256x50x256x512
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+
+import torch
+
+from rnnkit.bench import CELLS, DEFAULT_CONFIGS, in_fresh_process, make_models, parse_configs, peer_name, train_fn
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def step_peak_mib(cell: str, cfg: tuple[int, int, int, int], impl: str) -> float:
+    """MiB by which one training step raised the peak resident memory of this (fresh) process."""
+    B, T, I, H = cfg
+    tiny = make_models(cell, 2, 3, I, H, ["fused"])[impl]
+    train_fn(tiny, torch.randn(3, 2, I), torch.randn(3, 2, H))()
+    model = make_models(cell, B, T, I, H, ["fused"])[impl]
+    x, target = torch.randn(T, B, I), torch.randn(T, B, H)
+    step = train_fn(model, x, target)
+    before = _resident_bytes()
+    step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2 ** 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated BxTxIxH")
+    ap.add_argument("--cells", default="rnn,lstm,gru", help=f"comma-separated, from {','.join(CELLS)}")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    ratios = []
+    print(f"{'cell':6} {'B,T,I,H':>16} | {'peer':>11} {'peer MiB':>9} {'fused MiB':>10} {'ratio':>6}")
+    for cell in args.cells.split(","):
+        peer = peer_name(cell)
+        for cfg in parse_configs(args.configs):
+            theirs, ours = (in_fresh_process(args.threads, step_peak_mib, cell, cfg, impl) for impl in (peer, "fused"))
+            ratios.append(ours / theirs)
+            print(f"{cell:6} {','.join(map(str, cfg)):>16} | {peer:>11} {theirs:9.1f} {ours:10.1f} {ours / theirs:6.2f}",
+                  flush=True)
+    print(f"fused / peer: median {statistics.median(ratios):.2f}, worst {max(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
