@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet -r requirements.lock pytest==9.2.0
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	@echo "compiling rnnkit's fused CPU kernels into numba's cache (about two minutes, once)"
+	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, about three minutes on 2 cores, once)"
 	$(PY) -c "from rnnkit.kernels import fused; fused.warm_up()"
 	touch $(STAMP)
 
