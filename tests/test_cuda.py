@@ -5,6 +5,7 @@ loads on the CPU. Skipped on a machine without CUDA (CI's); run where a GPU is."
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -71,7 +72,9 @@ def test_matches_torch_nn_on_cuda(cell):
     x = torch.randn(8, 50, 16, device="cuda")
     outs = []
     for module in (ours, theirs):
-        out, _ = module(x)
+        with warnings.catch_warnings():  # ours: no advice to flatten weights (module docstring of native)
+            warnings.simplefilter("error" if module is ours else "ignore")
+            out, _ = module(x)
         out.square().mean().backward()
         outs.append([out] + [p.grad for p in module.parameters()])
     for a, b in zip(*outs):

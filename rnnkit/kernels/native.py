@@ -14,6 +14,9 @@ last valid step.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from torch import Tensor, _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -47,17 +50,28 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     run = _FUNCTIONS[spec.mode]
     # cuDNN saves what its backward needs only in training mode: it is "training" whenever autograd records
     options = (has_bias, 1, 0.0, torch.is_grad_enabled(), directions == 2)
-    if mask is None:
-        out, *final = run(x, _hx(spec, hx), flat, *options, False)
-    else:
-        packed = pack_padded_sequence(x, mask[:, :, 0].sum(0).cpu(), enforce_sorted=False)
-        order = packed.sorted_indices
-        data, *final = run(packed.data, packed.batch_sizes, _hx(spec, [h.index_select(1, order) for h in hx]),
-                           flat, *options)
-        out = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, packed.unsorted_indices),
-                                  total_length=x.shape[0])[0]
-        final = [f.index_select(1, packed.unsorted_indices) for f in final]
+    with _quiet_about_weight_layout():
+        if mask is None:
+            out, *final = run(x, _hx(spec, hx), flat, *options, False)
+        else:
+            packed = pack_padded_sequence(x, mask[:, :, 0].sum(0).cpu(), enforce_sorted=False)
+            order = packed.sorted_indices
+            data, *final = run(packed.data, packed.batch_sizes, _hx(spec, [h.index_select(1, order) for h in hx]),
+                               flat, *options)
+            out = pad_packed_sequence(PackedSequence(data, packed.batch_sizes, order, packed.unsorted_indices),
+                                      total_length=x.shape[0])[0]
+            final = [f.index_select(1, packed.unsorted_indices) for f in final]
     return out, [tuple(f[d] for f in final) for d in range(directions)]
+
+
+@contextlib.contextmanager
+def _quiet_about_weight_layout():
+    """cuDNN warns that weights not in one flat buffer are copied into one at every call, and to call
+    ``flatten_parameters()``. Our layers keep one tensor per weight (a no-op ``flatten_parameters``);
+    the copy is small beside the recurrence, so the advice would only mislead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        yield
 
 
 def _hx(spec: CellSpec, hx: list[Tensor]):
