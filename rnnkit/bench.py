@@ -15,8 +15,10 @@ rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can w
 
 Cells: rnn (tanh), rnn_relu, lstm, gru, against torch.nn; gru_v1 is GRU(reset_after=False), which
 torch.nn lacks (compare it with the reference); lstm_ln is rnnkit's LayerNormLSTM, whose peer is
-rnnkit's own plain LSTM (the issue's target: a variant cell within 1.5x of the standard one). FLOPs count the multiply-adds of the GEMMs only (2 per
-MAC): forward 2·T·B·G·H·(I + H), a training step three times that.
+rnnkit's own plain LSTM (the issue's target: a variant cell within 1.5x of the standard one). When
+JAX is installed (it is not one of rnnkit's dependencies), the LSTM rows also time the same LSTM as
+a jitted ``lax.scan`` (``jax_lstm``; ``--no-jax`` skips it). FLOPs count the multiply-adds of the
+GEMMs only (2 per MAC): forward 2·T·B·G·H·(I + H), a training step three times that.
 """
 
 from __future__ import annotations
@@ -120,7 +122,37 @@ def in_fresh_process(threads: int, fn, *args):
         return pool.apply(fn, args)
 
 
-def bench_one(cell, cfg, backends, repeat, min_time, device="cpu"):
+def jax_lstm(model, x: torch.Tensor, target: torch.Tensor):
+    """The third contender for the LSTM rows: the same one-layer LSTM (same weights) in JAX, a
+    ``lax.scan`` over time after one input GEMM, jitted, float32 on the CPU, as Flax's LSTM runs.
+    Returns (inference, training step) callables that wait for their result, or None without JAX.
+    The training step is the gradient of the same MSE loss with respect to every weight."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    params = {"w_ih": model.weight_ih_l0, "w_hh": model.weight_hh_l0, "b": model.bias_ih_l0 + model.bias_hh_l0}
+    params = {k: jnp.asarray(v.detach().cpu().numpy()) for k, v in params.items()}
+    batch, hidden = x.shape[1], model.hidden_size
+
+    def forward(p, xs):
+        def step(carry, gi):
+            h, c = carry
+            i, f, g, o = jnp.split(gi + h @ p["w_hh"].T, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+        zeros = jnp.zeros((batch, hidden), xs.dtype)
+        return jax.lax.scan(step, (zeros, zeros), xs @ p["w_ih"].T + p["b"])[1]
+
+    infer = jax.jit(forward)
+    grad = jax.jit(jax.grad(lambda p, xs, y: jnp.mean((forward(p, xs) - y) ** 2)))
+    xs, ys = jnp.asarray(x.cpu().numpy()), jnp.asarray(target.cpu().numpy())
+    return (lambda: infer(params, xs).block_until_ready()), (lambda: jax.block_until_ready(grad(params, xs, ys)))
+
+
+def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True):
     B, T, I, H = cfg
     G = CELLS[cell][3]
     flops_fwd = 2.0 * T * B * G * H * (I + H)
@@ -128,10 +160,13 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu"):
     peer = peer_name(cell)
     x = torch.randn(T, B, I, device=device)
     target = torch.randn(T, B, H, device=device)
+    jax_fns = jax_lstm(models[peer], x, target) if (with_jax and cell == "lstm" and device == "cpu") else None
     rows = []
     for mode, make, flops in (("inference", infer_fn, flops_fwd), ("train", lambda m, x: train_fn(m, x, target),
                                                                     3 * flops_fwd)):
         fns = {name: make(m, x) for name, m in models.items()}
+        if jax_fns is not None:
+            fns["jax"] = jax_fns[mode == "train"]
         first = {}
         for name, fn in fns.items():  # warm-up; the first call includes compilation (cached on disk)
             t = time.perf_counter()
@@ -162,6 +197,7 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu"):
                 "median_ms": med[name], "min_ms": min(samples[name]), "first_call_ms": first[name],
                 "peer": peer, "ratio_vs_peer": med[name] / med[peer] if peer else None,
                 "ratio_vs_reference": med[name] / med["reference"] if "reference" in med else None,
+                "ratio_vs_jax": med[name] / med["jax"] if "jax" in med else None,
                 "gflops": flops / med[name] / 1e6, "peak_pct": 100 * flops / med[name] / 1e6 / PEAK_GFLOPS,
                 "samples_ms": samples[name], "calls_per_sample": number[name],
             })
@@ -231,6 +267,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     help="cpu: rnnkit's fused backend; cuda: backend='auto' (cuDNN for torch.nn's cells)")
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per sample (several calls if fast)")
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference backend")
+    ap.add_argument("--no-jax", action="store_true", help="skip the JAX LSTM (run when JAX is installed)")
     ap.add_argument("--json", default=None, help="write all rows (with raw samples) to this path")
     ap.add_argument("--no-stream", action="store_true", help="skip the streaming (batch 1 step) timings")
     ap.add_argument("--markdown", default=None, help="write the tables as markdown (for the README) to this path")
@@ -266,13 +303,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for cell in cells:
         for cfg in configs:
             got = in_fresh_process(args.threads, bench_one, cell, cfg, backends, args.repeat, args.min_time,
-                                   args.device)
+                                   args.device, not args.no_jax)
             rows += got
             for mode in ("inference", "train"):
                 r = {row["impl"]: row for row in got if row["mode"] == mode}
                 f, t, ref = r[ours], r.get(peer_name(cell)), r.get("reference")
                 memory = "" if args.device == "cpu" else \
                     f" | {t['peak_mib'] if t else float('nan'):9.1f} {f['peak_mib']:9.1f}"
+                if "jax" in r:
+                    memory += f" | jax {r['jax']['median_ms']:9.2f} ms, {ours}/jax {f['ratio_vs_jax']:5.2f}"
                 print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | {peer_name(cell) or '-':>11} "
                       f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
                       f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
@@ -290,6 +329,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 summary[f"{cell}/{mode}"] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
                 print(f"{cell:8} {mode:9} {ours}/{peer_name(cell)}: median {statistics.median(ratios):.2f}, "
                       f"worst {max(ratios):.2f}")
+            vs_jax = [r["ratio_vs_jax"] for r in rows if r["cell"] == cell and r["mode"] == mode
+                      and r["impl"] == ours and r["ratio_vs_jax"] is not None]
+            if vs_jax:
+                summary[f"{cell}/{mode}/jax"] = {"median_ratio": statistics.median(vs_jax), "max_ratio": max(vs_jax)}
+                print(f"{cell:8} {mode:9} {ours}/jax: median {statistics.median(vs_jax):.2f}, worst {max(vs_jax):.2f}")
     stream = []
     if not args.no_stream and args.device == "cpu":
         torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
@@ -325,15 +369,25 @@ def markdown(report: dict) -> str:
     lines = ["| cell | B, T, I, H | mode | peer | peer ms | rnnkit ms | ratio | rnnkit % of peak |", "|" + "---|" * 8]
     by_key = {(r["cell"], r["B"], r["T"], r["I"], r["H"], r["mode"], r["impl"]): r for r in report["rows"]}
     for (cell, B, T, I, H, mode, impl), r in by_key.items():
-        if impl != report.get("ours", "fused"):
+        if impl != report.get("ours", "fused"):  # rnnkit's rows; JAX's have a table of their own
             continue
         peer = by_key.get((cell, B, T, I, H, mode, r["peer"])) if r["peer"] else None
         lines.append(f"| {cell} | {B}, {T}, {I}, {H} | {mode} | {r['peer'] or '-'} | "
                      f"{peer['median_ms'] if peer else float('nan'):.2f} | {r['median_ms']:.2f} | "
                      f"{r['ratio_vs_peer'] if peer else float('nan'):.2f} | {r['peak_pct']:.0f}% |")
-    lines += ["", "| cell | mode | median ratio over configs | worst |", "|---|---|---|---|"]
-    lines += [f"| {key.split('/')[0]} | {key.split('/')[1]} | {v['median_ratio']:.2f} | {v['max_ratio']:.2f} |"
-              for key, v in report["summary"].items()]
+    ours = report.get("ours", "fused")
+    jax_rows = [(key, r) for key, r in by_key.items() if key[-1] == "jax"]
+    if jax_rows:
+        lines += ["", "| B, T, I, H | mode | JAX lax.scan LSTM ms | rnnkit ms | ratio |", "|---|---|---|---|---|"]
+        for (cell, B, T, I, H, mode, _), r in jax_rows:
+            mine = by_key[(cell, B, T, I, H, mode, ours)]
+            lines.append(f"| {B}, {T}, {I}, {H} | {mode} | {r['median_ms']:.2f} | {mine['median_ms']:.2f} | "
+                         f"{mine['ratio_vs_jax']:.2f} |")
+    lines += ["", "| cell | mode | against | median ratio over configs | worst |", "|---|---|---|---|---|"]
+    for key, v in report["summary"].items():
+        cell, mode, *against = key.split("/")
+        lines.append(f"| {cell} | {mode} | {against[0] if against else peer_name(cell)} | {v['median_ratio']:.2f} | "
+                     f"{v['max_ratio']:.2f} |")
     if report["stream"]:
         lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs |", "|---|---|---|---|---|"]
         lines += [f"| {s['cell']} | {s['H']} | {s.get('torch_us', float('nan')):.2f} | {s['layer.step_us']:.2f} | "

@@ -14,7 +14,7 @@ from rnnkit.cli import app
 def test_bench_writes_ratios_and_streaming(tmp_path):
     out, md = tmp_path / "speed.json", tmp_path / "speed.md"
     assert main(["--configs", "2x3x4x5", "--cells", "gru,lstm,lstm_ln", "--repeat", "1", "--threads", "1",
-                 "--min-time", "0.001", "--json", str(out), "--markdown", str(md)]) == 0
+                 "--min-time", "0.001", "--no-jax", "--json", str(out), "--markdown", str(md)]) == 0
     table = md.read_text().splitlines()
     assert sum(line.startswith("| lstm_ln | 2, 3, 4, 5 |") for line in table) == 2  # inference, train
     assert any(line.startswith("| gru | 2, 3, 4, 5 | train | torch |") for line in table)
@@ -41,3 +41,27 @@ def test_bench_cli_passes_options_through():
     result = CliRunner().invoke(app, ["bench", "--cells", "nope"])
     assert result.exit_code != 0
     assert "--cells: unknown cell 'nope'" in str(result.exception) + result.output
+
+
+def test_jax_lstm_is_the_same_lstm(tmp_path):
+    """The JAX contender (run only where JAX is installed) computes what torch.nn.LSTM computes."""
+    jax = pytest.importorskip("jax")
+    from rnnkit.bench import jax_lstm
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 6)
+    x, target = torch.randn(5, 3, 4), torch.randn(5, 3, 6)
+    infer, train = jax_lstm(lstm, x, target)
+    torch.testing.assert_close(torch.from_numpy(jax.device_get(infer()).copy()), lstm(x)[0].detach(),
+                               atol=1e-5, rtol=1e-5)
+    torch.nn.functional.mse_loss(lstm(x)[0], target).backward()
+    grads = jax.device_get(train())
+    torch.testing.assert_close(torch.from_numpy(grads["w_hh"].copy()), lstm.weight_hh_l0.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(grads["b"].copy()), lstm.bias_hh_l0.grad, atol=1e-6, rtol=1e-4)
+    out, md = tmp_path / "speed.json", tmp_path / "speed.md"  # and in the benchmark, beside the others
+    assert main(["--configs", "2x3x4x5", "--cells", "lstm", "--repeat", "1", "--threads", "1", "--min-time", "0.001",
+                 "--no-stream", "--json", str(out), "--markdown", str(md)]) == 0
+    report = json.loads(out.read_text())
+    assert {(r["mode"], r["impl"]) for r in report["rows"]} >= {("inference", "jax"), ("train", "jax")}
+    assert {"lstm/inference/jax", "lstm/train/jax"} <= set(report["summary"])
+    assert "| 2, 3, 4, 5 | train |" in md.read_text()
