@@ -36,7 +36,6 @@ import torch
 
 import rnnkit
 
-from . import kernels
 from .kernels import fused as _fused
 
 PEAK_GFLOPS = 570.0

@@ -555,7 +555,7 @@ class Forecaster(Task):
         evaluate: run the backtests of ``experiment.evaluate`` on the test part into ``results``.
         """
         experiment, frame = cls._experiment(data, experiment, options)
-        cfg, fcfg = experiment.data, experiment.forecast
+        cfg = experiment.data
         if not cfg.target_columns:
             raise ValueError("data.target_columns: expected at least one column to forecast, got none")
         series = cls._read_training(cfg, frame)
