@@ -307,32 +307,29 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             for mode in ("inference", "train"):
                 r = {row["impl"]: row for row in got if row["mode"] == mode}
                 f, t, ref = r[ours], r.get(peer_name(cell)), r.get("reference")
-                memory = "" if args.device == "cpu" else \
+                extra = "" if args.device == "cpu" else \
                     f" | {t['peak_mib'] if t else float('nan'):9.1f} {f['peak_mib']:9.1f}"
                 if "jax" in r:
-                    memory += f" | jax {r['jax']['median_ms']:9.2f} ms, {ours}/jax {f['ratio_vs_jax']:5.2f}"
+                    extra += f" | jax {r['jax']['median_ms']:9.2f} ms, {ours}/jax {f['ratio_vs_jax']:5.2f}"
                 print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | {peer_name(cell) or '-':>11} "
                       f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
                       f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
                       f"{(t['peak_pct'] if t else float('nan')):8.1f}% | "
                       f"{ref['median_ms'] if ref else float('nan'):9.2f} "
-                      f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}{memory}", flush=True)
+                      f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}{extra}", flush=True)
     # summary: median ratio over configs per cell and mode
     print()
     summary = {}
     for cell in cells:
         for mode in ("inference", "train"):
-            ratios = [r["ratio_vs_peer"] for r in rows if r["cell"] == cell and r["mode"] == mode
-                      and r["impl"] == ours and r["ratio_vs_peer"] is not None]
-            if ratios:
-                summary[f"{cell}/{mode}"] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
-                print(f"{cell:8} {mode:9} {ours}/{peer_name(cell)}: median {statistics.median(ratios):.2f}, "
-                      f"worst {max(ratios):.2f}")
-            vs_jax = [r["ratio_vs_jax"] for r in rows if r["cell"] == cell and r["mode"] == mode
-                      and r["impl"] == ours and r["ratio_vs_jax"] is not None]
-            if vs_jax:
-                summary[f"{cell}/{mode}/jax"] = {"median_ratio": statistics.median(vs_jax), "max_ratio": max(vs_jax)}
-                print(f"{cell:8} {mode:9} {ours}/jax: median {statistics.median(vs_jax):.2f}, worst {max(vs_jax):.2f}")
+            for field, key, against in (("ratio_vs_peer", f"{cell}/{mode}", peer_name(cell)),
+                                        ("ratio_vs_jax", f"{cell}/{mode}/jax", "jax")):
+                ratios = [r[field] for r in rows if r["cell"] == cell and r["mode"] == mode
+                          and r["impl"] == ours and r[field] is not None]
+                if ratios:
+                    summary[key] = {"median_ratio": statistics.median(ratios), "max_ratio": max(ratios)}
+                    print(f"{cell:8} {mode:9} {ours}/{against}: median {statistics.median(ratios):.2f}, "
+                          f"worst {max(ratios):.2f}")
     stream = []
     if not args.no_stream and args.device == "cpu":
         torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded

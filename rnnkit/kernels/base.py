@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 
@@ -21,3 +22,11 @@ class DirectionWeights(NamedTuple):
     b_hh: Tensor | None
     w_hr: Tensor | None
     ln: Tensor | None = None
+
+
+def whole_sequence_input(x: Tensor) -> bool:
+    """What every fast backend asks of an input besides device and dtype: non-empty <float>[T, B, I],
+    and no tracing, scripting or ONNX export (those take the reference's plain torch ops)."""
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        return False
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())

@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -57,7 +59,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cells import CellSpec, State
 from . import Backend, register_backend
-from .base import DirectionWeights
+from .base import DirectionWeights, whole_sequence_input
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _DTYPES = (torch.float32, torch.float64)
@@ -154,13 +156,7 @@ class _OneBlasThread:
 
 def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
     """CPU, float32/float64, a known cell, a non-empty 3-D input, not being traced or exported."""
-    if x.device.type != "cpu" or x.dtype not in _DTYPES or spec.mode not in _MODES:
-        return False
-    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-        return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-        return False
-    return True
+    return x.device.type == "cpu" and x.dtype in _DTYPES and spec.mode in _MODES and whole_sequence_input(x)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -823,9 +819,6 @@ def warm_up(dtypes=(torch.float32, torch.float64), processes: int = 2) -> None:
     cache). The groups of ``WARM_UP_GROUPS`` compile in ``processes`` processes at once (numba
     compiles on one thread): on a 2-core Zen 3, 5 min 13 s in one process, 2 min 52 s in two."""
     if processes > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(min(processes, len(WARM_UP_GROUPS)), multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_warm_up_cells, WARM_UP_GROUPS, [dtypes] * len(WARM_UP_GROUPS)))
     else:
@@ -861,9 +854,9 @@ def _warm_up_cells(specs, dtypes) -> None:
                             with torch.no_grad():
                                 run_layer(spec, x, [w], [state], mask)
                 if stream_supports(spec, x[0]):  # one and two layers: each depth compiles on its own
-                    above = DirectionWeights(*(None if t is None else param(*t.shape).detach() for t in w))
-                    above = above._replace(w_ih=torch.randn(g, p, dtype=dtype))
-                    layers = [DirectionWeights(*(None if t is None else t.detach() for t in w)), above]
+                    rest = [None if t is None else t.detach() for t in w[1:]]  # the layer above shares them
+                    layers = [DirectionWeights(w.w_ih.detach(), *rest),
+                              DirectionWeights(torch.randn(g, p, dtype=dtype), *rest)]
                     for depth in (1, 2):
                         stream_step(spec, x[0], layers[:depth], None)
 

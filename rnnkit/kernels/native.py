@@ -22,7 +22,7 @@ from torch import Tensor, _VF
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..cells import CellSpec, State
-from .base import DirectionWeights
+from .base import DirectionWeights, whole_sequence_input
 
 _FUNCTIONS = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "LSTM": _VF.lstm, "GRU": _VF.gru}
 _DTYPES = {"cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
@@ -34,9 +34,7 @@ def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
     (or CPU) in a floating dtype torch's kernels take, a non-empty 3-D input, not being traced."""
     if spec.layer_norm or (spec.mode == "GRU" and not spec.reset_after):
         return False
-    if x.dtype not in _DTYPES.get(x.device.type, ()) or x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-        return False
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return x.dtype in _DTYPES.get(x.device.type, ()) and whole_sequence_input(x)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],

@@ -208,7 +208,7 @@ class LanguageModel(Task):
     @torch.no_grad()
     def _next_distribution(self, ids: torch.Tensor, state=None):
         logits, state = self.model(ids.to(next(self.model.parameters()).device), state=state)
-        logits = logits[0, -1].float().cpu()
+        logits = logits[0, -1].to("cpu", torch.float32, copy=True)  # a copy: written into below
         logits[self.vocab.pad_id] = -math.inf
         return logits, state
 
