@@ -1,12 +1,12 @@
 """The fused CPU path of the layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``).
 
-Per direction, the input term ``LN(x W_ih^T)·γ_ih + b_ih`` is computed for every step at once
-with torch ops (one GEMM and one batched layer norm with b_ih as its shift; autograd differentiates
-it); b_hh is added in the loop. The recurrence runs in one compiled loop
-(``fused_loops.ln_lstm_forward``, split across threads by rows of the batch as the plain cells'
-loops are): per step the recurrent mat-mul, then one
-pass per row for its normalisation, the gates, the cell and the cell's normalisation. The backward
-through time is hand-written (``ln_lstm_backward``); W_hh's gradient is one GEMM over the sequence.
+Per direction, x W_ih^T is one GEMM for every step at once; everything else runs in one compiled
+loop (``fused_loops.ln_lstm_forward``, split across threads by rows of the batch as the plain
+cells' loops are): per step the recurrent mat-mul, then one pass per row that normalises the input
+and recurrent terms, adds the biases, applies the gates, updates the cell and normalises it. The
+backward through time is hand-written (``ln_lstm_backward``): it also carries the gradient back
+through the input term's normalisation, so that W_ih's and W_hh's gradients are one GEMM each
+over the sequence, and the gains' and biases' gradients are summed inside the loop.
 For large float32 shapes the time loop runs in Python with oneDNN's prepacked GEMM per step and
 one compiled elementwise call (``*_step``), under the plain cells' rule (``fused._step_loop``).
 """
@@ -17,51 +17,55 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..cells import CellSpec, State, ln_lstm_project
+from ..cells import CellSpec, State
 from . import fused
 from .base import DirectionWeights
 from .fused import _np
 
 
 class _Recurrence(torch.autograd.Function):
-    """(gates <f>[T, B, 4H], w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n, train)
-    → (out <f>[T, B, H], h_n, c_n); stepwise: drive the loop from Python with oneDNN's GEMM; else the
-    compiled loop split into n chunks of the batch (``fused._loop``). b_hh is added inside the loop.
+    """(x <f>[T, B, I], w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n,
+    train) → (out <f>[T, B, H], h_n, c_n). x W_ih^T is one GEMM; both layer norms, the biases and the
+    cell run in the compiled loop. stepwise: drive the loop from Python with oneDNN's GEMM; else the
+    compiled loop split into n chunks of the batch (``fused._loop``).
     train: keep what backward needs (decided by the caller: inside ``forward`` autograd is always off,
     and ``ctx.needs_input_grad`` is set under ``torch.no_grad`` too)."""
 
     @staticmethod
-    def forward(ctx, gates, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, train):
+    def forward(ctx, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, train):
         K = fused._kernels()
-        T, B, G = gates.shape
+        T, B, I = x.shape
+        G = w_ih.shape[0]
         H = G // 4
-        # becomes the activated gates: in inference the input term's own (fresh) buffer, else a copy
-        gates = gates.detach().clone(memory_format=torch.contiguous_format) if train else gates.detach().contiguous()
+        x, w_ih, w_hh, ln = fused._c(x), fused._c(w_ih), fused._c(w_hh), fused._c(ln)
+        gates = fused._linear(x.view(T * B, I), w_ih, None).view(T, B, G)  # becomes the activated gates
+        bias = fused._add(b_ih, b_hh)
+        bias_np = _np(bias.detach().contiguous() if bias is not None else gates.new_zeros(G))
         h, c = h0.detach().clone(memory_format=torch.contiguous_format), c0.detach().clone(
             memory_format=torch.contiguous_format)
         out = gates.new_empty(T, B, H)
         kept = (T, B) if train else (1, 1)
-        rh, rstd = gates.new_empty(*kept, G), gates.new_empty(*kept, 2)
-        cs, chat, hs = (gates.new_empty(*kept, H) for _ in range(3))
+        ri, rh, rstd = gates.new_empty(*kept, G), gates.new_empty(*kept, G), gates.new_empty(*kept, 3)
         has_mask = mask is not None
+        cs, chat = gates.new_empty(*kept, H), gates.new_empty(*kept, H)
+        hs = gates.new_empty(*(kept if has_mask else (1, 1)), H)  # without a mask, out is the state sequence
         mask_np = _np(mask) if has_mask else fused._NO_MASK
-        w_hh, ln = w_hh.detach().contiguous(), ln.detach().contiguous()
-        b_hh_np = _np(b_hh.detach().contiguous() if b_hh is not None else gates.new_zeros(G))
         gates_np, ln_np, h_np, c_np = _np(gates), _np(ln), _np(h), _np(c)
-        bufs = [_np(t) for t in (out, rh, rstd, cs, chat, hs)]
+        bufs = [_np(t) for t in (out, ri, rh, rstd, cs, chat, hs)]
         with fused._OneBlasThread():
             if stepwise:
                 pw = fused._reorder(w_hh, B)
                 for s in range(T):
                     gh = fused._lp(h, pw, None, "none", [], "")
-                    K.ln_lstm_forward_step(T - 1 - s if reverse else s, gates_np, _np(gh), ln_np, b_hh_np, h_np, c_np,
+                    K.ln_lstm_forward_step(T - 1 - s if reverse else s, gates_np, _np(gh), ln_np, bias_np, h_np, c_np,
                                            mask_np, has_mask, train, *bufs)
             else:
-                fused._loop("ln_lstm_forward", n, gates_np, _np(w_hh), ln_np, b_hh_np, h_np, c_np, mask_np, has_mask,
+                fused._loop("ln_lstm_forward", n, gates_np, _np(w_hh), ln_np, bias_np, h_np, c_np, mask_np, has_mask,
                             reverse, train, *bufs)
         fused.calls["step_loop" if stepwise else "compiled_loop"] += 1
         if train:
-            ctx.save_for_backward(gates, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask)
+            ctx.save_for_backward(x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln,
+                                  mask)
             ctx.reverse, ctx.stepwise, ctx.n = reverse, stepwise, n
         fused.calls["forward"] += 1
         return out, h, c
@@ -70,35 +74,39 @@ class _Recurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, dhn, dcn):
         K = fused._kernels()
-        gates, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask = ctx.saved_tensors
+        x, w_ih, gates, ri, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask = ctx.saved_tensors
+        T, B, G = gates.shape
         dh = dhn.clone(memory_format=torch.contiguous_format) if dhn is not None else torch.zeros_like(h0)
         dc = dcn.clone(memory_format=torch.contiguous_format) if dcn is not None else torch.zeros_like(c0)
         dout = dout.contiguous() if dout is not None else torch.zeros_like(hs)
         dg, drh = torch.empty_like(gates), torch.empty_like(rh)
-        dln = torch.zeros_like(ln)
+        dpar = ln.new_zeros(ln.shape[0] + G)  # [dln | d(b_ih + b_hh)]
         has_mask = mask is not None
-        saved = (_np(gates), _np(rh), _np(rstd), _np(cs), _np(chat), _np(c0.contiguous()))
+        saved = (_np(gates), _np(ri), _np(rh), _np(rstd), _np(cs), _np(chat), _np(c0.contiguous()))
         mask_np = _np(mask) if has_mask else fused._NO_MASK
         with fused._OneBlasThread():
             if ctx.stepwise:
-                T, B = gates.shape[:2]
                 pw_t = fused._reorder(w_hh.t().contiguous(), B)  # drh_t W_hh = linear(drh_t, W_hh^T)
                 tprev, tmp_np = -1, _np(dh)
                 for s in range(T + 1):
                     t = -1 if s == T else (s if ctx.reverse else T - 1 - s)
                     K.ln_lstm_backward_step(t, tprev, tmp_np, ctx.reverse, *saved, _np(ln), _np(dh), _np(dc), mask_np,
-                                            has_mask, _np(dout), _np(dg), _np(drh), _np(dln))
+                                            has_mask, _np(dout), _np(dg), _np(drh), _np(dpar))
                     if t >= 0:
                         tmp_np, tprev = _np(fused._lp(drh[t], pw_t, None, "none", [], "")), t
             else:
                 fused._loop("ln_lstm_backward", ctx.n, *saved, _np(w_hh), _np(ln), _np(dh), _np(dc), mask_np, has_mask,
-                            ctx.reverse, _np(dout), _np(dg), _np(drh), _np(dln))
+                            ctx.reverse, _np(dout), _np(dg), _np(drh), _np(dpar))
         need = ctx.needs_input_grad
-        dw_hh = fused._grad_recurrent(drh, hs, h0.detach(), ctx.reverse) if need[1] else None
+        dg2 = dg.view(T * B, G)
+        dx = dg2.mm(w_ih).view(x.shape) if need[0] else None
+        dw_ih = fused._grad_input_weight(dg2, x.view(T * B, -1)) if need[1] else None
+        dw_hh = fused._grad_recurrent(drh, hs, h0.detach(), ctx.reverse) if need[3] else None
+        dbias = dpar[ln.shape[0]:]  # b_ih and b_hh sit side by side in every pre-activation
         fused.calls["backward"] += 1
-        db_hh = dg.sum((0, 1)) if need[3] else None  # b_hh sits beside the input term in every pre-activation
-        return (dg if need[0] else None, dw_hh, dln if need[2] else None, db_hh, dh if need[4] else None,
-                dc if need[5] else None, None, None, None, None, None)
+        return (dx, dw_ih, dbias if need[2] else None, dw_hh, dpar[:ln.shape[0]] if need[4] else None,
+                dbias.clone() if need[5] else None, dh if need[6] else None, dc if need[7] else None,
+                None, None, None, None, None)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
@@ -109,10 +117,9 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     stepwise = n == 1 and fused._step_loop(spec, x, None)
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
-        gates = ln_lstm_project(x, w.w_ih, w.b_ih, w.ln)
         train = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                for t in (gates, w.w_hh, w.ln, w.b_hh, h0, c0))
-        out, h, c = _Recurrence.apply(gates, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n, train)
+                                                for t in (x, w.w_ih, w.b_ih, w.w_hh, w.ln, w.b_hh, h0, c0))
+        out, h, c = _Recurrence.apply(x, w.w_ih, w.b_ih, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n, train)
         outs.append(out)
         finals.append((h, c))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals

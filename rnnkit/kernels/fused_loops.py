@@ -1154,26 +1154,27 @@ def _ln_consts(a):
 
 
 @register_jitable
-def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
-    """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row."""
+def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, h, c, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs, k,
+                    scratch):
+    """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row.
+    k = _ln_consts(gh); scratch <f>[3, 4H]. hs is written only with a mask (else it is out)."""
     B, G = gh.shape
     H = G // 4
-    k = _ln_consts(gh)
-    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
-    nh = np.empty(G, gates.dtype)
-    nc = np.empty(H, gates.dtype)
+    g_ih, g_hh, g_c, b_c = ln[:G], ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
     for b in range(B):
         r = b0 + b
         if has_mask and not mask[t, r]:
             _zero(out[t, r])
             if train:
                 _set(cs[t, r], c[b])
-                _set(hs[t, r], h[b])
+                _set(hs[t, r], h[b])  # (a mask is given)
             continue
-        r1 = _normalise(gh[b], nh, k[0], k[2])
+        nx, nh, nc = scratch[0], scratch[1], scratch[2]  # nc: its first H used
         g = gates[t, r]
+        r0 = _normalise(g, nx, k[0], k[2])
+        r1 = _normalise(gh[b], nh, k[0], k[2])
         for j in range(G):
-            g[j] = (g[j] + g_hh[j] * nh[j]) + b_hh[j]
+            g[j] = (g_ih[j] * nx[j] + g_hh[j] * nh[j]) + bias[j]
         for j in range(2 * H):
             g[j] = sigmoid_(g[j])
         for j in range(H):
@@ -1189,74 +1190,82 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out
             hb[j] = g[3 * H + j] * tanh_(g_c[j] * nc[j] + b_c[j])
         _set(out[t, r], hb)
         if train:
+            _set(ri[t, r], nx)
             _set(rh[t, r], nh)
-            _set(chat[t, r], nc)
-            rstd[t, r, 0] = r1
-            rstd[t, r, 1] = r2
+            _set(chat[t, r], nc[:H])
+            rstd[t, r, 0] = r0
+            rstd[t, r, 1] = r1
+            rstd[t, r, 2] = r2
             _set(cs[t, r], cb)
-            _set(hs[t, r], hb)
+            if has_mask:
+                _set(hs[t, r], hb)
 
 
 @register_jitable
-def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
-                          chat, hs):
+def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd,
+                          cs, chat, hs):
     T, _, G = gates.shape
     ab = consts(gates)
     hc = _get_rows(h, b0, b1)
     cc = _get_rows(c, b0, b1)
     gh = np.empty((b1 - b0, G), gates.dtype)
+    scratch = np.empty((3, G), gates.dtype)
+    k = _ln_consts(gh)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot(hc, w_hh, gh, ab, False, True)
-        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, b_hh, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, hc, cc, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs, k,
+                        scratch)
     _put_rows(h, b0, hc)
     _put_rows(c, b0, cc)
 
 
 @njit(**_JIT)
-def ln_lstm_forward(gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
-    """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o.
+def ln_lstm_forward(gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd, cs, chat, hs):
+    """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o, with both
+    terms' normalisations inside the loop.
 
-    gates <f>[T, B, 4H]: in LN(x W_ih^T)·γ_ih + b_ih; out (train) the activated gates.
-    w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c]; b_hh <f>[4H];
+    gates <f>[T, B, 4H]: in x W_ih^T (no bias); out (train) the activated gates.
+    w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c]; bias <f>[4H] = b_ih + b_hh;
     out <f>[T, B, H].
-    train: keep the normalised recurrent term rh <f>[T, B, 4H], rstd <f>[T, B, 2] (recurrent, cell),
-    c_t in cs, the normalised c_t in chat <f>[T, B, H] and h_t in hs <f>[T, B, H].
+    train: keep the normalised input and recurrent terms ri, rh <f>[T, B, 4H], their and the cell's
+    1/std in rstd <f>[T, B, 3], c_t in cs, the normalised c_t in chat <f>[T, B, H] and, with a mask, h_t in
+    hs <f>[T, B, H] (without one, out is the state sequence).
     """
-    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd,
-                          cs, chat, hs)
+    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh,
+                          rstd, cs, chat, hs)
 
 
 @njit(**_PAR)
-def ln_lstm_forward_par(n, gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
+def ln_lstm_forward_par(n, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd, cs, chat,
                         hs):
     """``ln_lstm_forward`` with the batch in n chunks, one per thread."""
     for k in prange(n):
         b0, b1 = _chunk(k, n, h.shape[0])
-        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, b_hh, h, c, mask, has_mask, reverse, train, out, rh, rstd,
+        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd,
                               cs, chat, hs)
 
 
 @njit(**_JIT)
-def ln_lstm_forward_step(t, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
+def ln_lstm_forward_step(t, gates, gh, ln, bias, h, c, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs):
     """One step of ``ln_lstm_forward`` given gh = h W_hh^T (for a Python loop with oneDNN's GEMM)."""
-    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, b_hh, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs)
+    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, bias, h, c, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs,
+                    _ln_consts(gh), np.empty((3, gh.shape[1]), gh.dtype))
 
 
 @register_jitable
-def _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
-                    dln):
-    """Step t of ``ln_lstm_backward`` up to drh[t] (the recurrent mat-mul and the carry follow)."""
+def _ln_lstm_bwd_ew(t, b0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
+                    dpar, k, scratch):
+    """Step t of ``ln_lstm_backward`` up to drh[t] (the recurrent mat-mul and the carry follow).
+    k = _ln_consts(dg); scratch <f>[3, 4H]."""
     G = dg.shape[2]
     B = dh.shape[0]
     H = G // 4
     one = one_(dg)
-    k = _ln_consts(dg)
-    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
-    dg_hh, dg_c, db_c = dln[G:2 * G], dln[2 * G:2 * G + H], dln[2 * G + H:]
-    tc = np.empty(H, dg.dtype)
-    dn = np.empty(G, dg.dtype)
-    dcv = np.empty(H, dg.dtype)
+    g_ih, g_hh, g_c, b_c = ln[:G], ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
+    dg_ih, dg_hh, dg_c, db_c = dpar[:G], dpar[G:2 * G], dpar[2 * G:2 * G + H], dpar[2 * G + H:10 * H]
+    dbias = dpar[10 * H:]
+    dn, tc, dcv = scratch[0], scratch[1, :H], scratch[2, :H]
     for b in range(B):
         r = b0 + b
         dgb = dg[t, r]
@@ -1272,12 +1281,16 @@ def _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc,
         cp = c0[r] if first else cs[tp, r]
         for j in range(H):
             tc[j] = tanh_(g_c[j] * nc[j] + b_c[j])
-        for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c)
-            dcn = dhb[j] * g[3 * H + j] * (one - tc[j] * tc[j])
-            dg_c[j] += dcn * nc[j]
-            db_c[j] += dcn
-            dn[j] = dcn * g_c[j]
-        _normalise_backward(dn[:H], nc, rstd[t, r, 1], k[1], dcv)
+        # one array written per loop: more and LLVM's runtime alias checks exceed its limit (no SIMD)
+        for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c): dn = ∂L/∂(LN(c)·γ_c + β_c)
+            dn[j] = dhb[j] * g[3 * H + j] * (one - tc[j] * tc[j])
+        for j in range(H):
+            db_c[j] += dn[j]
+        for j in range(H):
+            dg_c[j] += dn[j] * nc[j]
+        for j in range(H):
+            dn[j] *= g_c[j]
+        _normalise_backward(dn[:H], nc, rstd[t, r, 2], k[1], dcv)
         dcb = dc[b]
         for j in range(H):
             dcv[j] += dcb[j]
@@ -1285,23 +1298,34 @@ def _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc,
         nh = rh[t, r]
         for j in range(G):  # through LN(h W_hh^T)·γ_hh
             dg_hh[j] += dgb[j] * nh[j]
+        for j in range(G):
             dn[j] = dgb[j] * g_hh[j]
-        _normalise_backward(dn, nh, rstd[t, r, 0], k[0], drb)
+        _normalise_backward(dn, nh, rstd[t, r, 1], k[0], drb)
+        nx = ri[t, r]
+        for j in range(G):  # through LN(x W_ih^T)·γ_ih and the biases; dgb becomes ∂L/∂(x W_ih^T)
+            dbias[j] += dgb[j]
+        for j in range(G):
+            dg_ih[j] += dgb[j] * nx[j]
+        for j in range(G):
+            dn[j] = dgb[j] * g_ih[j]
+        _normalise_backward(dn, nx, rstd[t, r, 0], k[0], dgb)
 
 
 @register_jitable
-def _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout,
-                           dg, drh, dln):
-    T = dg.shape[0]
+def _ln_lstm_backward_rows(b0, b1, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
+                           dout, dg, drh, dpar):
+    T, _, G = dg.shape
     ab = consts(dg)
     dhc = _get_rows(dh, b0, b1)
     dcc = _get_rows(dc, b0, b1)
     tmp = np.empty(dhc.shape, dg.dtype)
+    scratch = np.empty((3, G), dg.dtype)
+    k = _ln_consts(dg)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = _prev(t, T, reverse)
-        _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg, drh,
-                        dln)
+        _ln_lstm_bwd_ew(t, b0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg,
+                        drh, dpar, k, scratch)
         dot(drh[t, b0:b1], w_hh, tmp, ab, False, False)
         _merge_set(t, b0, dhc, tmp, mask, has_mask)
     _put_rows(dh, b0, dhc)
@@ -1309,37 +1333,38 @@ def _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, 
 
 
 @njit(**_JIT)
-def ln_lstm_backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh,
-                     dln):
+def ln_lstm_backward(gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh,
+                     dpar):
     """Backward of ``ln_lstm_forward`` (its saved buffers in). dh, dc <f>[B, H]: in ∂L/∂(final
-    state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂gates (the input term) and
-    drh <f>[T, B, 4H] = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds the γ_hh, γ_c and β_c
-    gradients into dln <f>[10H] (γ_ih's comes from the input term, outside)."""
-    _ln_lstm_backward_rows(0, dh.shape[0], gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
-                           dout, dg, drh, dln)
+    state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂(x W_ih^T) and drh <f>[T, B, 4H]
+    = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds the gradients of ln's γ_ih, γ_hh, γ_c and β_c
+    into dpar[:10H] and that of the bias (b_ih + b_hh) into dpar[10H:] (dpar <f>[14H])."""
+    _ln_lstm_backward_rows(0, dh.shape[0], gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask,
+                           reverse, dout, dg, drh, dpar)
 
 
 @njit(**_PAR)
-def ln_lstm_backward_par(n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg,
-                         drh, dln):
+def ln_lstm_backward_par(n, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg,
+                         drh, dpar):
     """``ln_lstm_backward`` with the batch in n chunks, one per thread; each sums its own share of
-    the layer-norm parameters' gradient, added to dln at the end."""
-    parts = np.zeros((n, dln.shape[0]), dln.dtype)
+    the parameters' gradients in dpar, added to dpar at the end."""
+    parts = np.zeros((n, dpar.shape[0]), dpar.dtype)
     for k in prange(n):
         b0, b1 = _chunk(k, n, dh.shape[0])
-        _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
+        _ln_lstm_backward_rows(b0, b1, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
                                dout, dg, drh, parts[k])
     for k in range(n):
-        _acc(dln, parts[k])
+        _acc(dpar, parts[k])
 
 
 @njit(**_JIT)
-def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout,
-                          dg, drh, dln):
+def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, ri, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout,
+                          dg, drh, dpar):
     """Finish step tprev (tmp = drh[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
     if tprev >= 0:
         _merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
         tp, first = _prev(t, gates.shape[0], reverse)
-        _ln_lstm_bwd_ew(t, 0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
-                        dln)
+        _ln_lstm_bwd_ew(t, 0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
+                        dpar, _ln_consts(dg), np.empty((3, dg.shape[2]), dg.dtype))
+
