@@ -1281,7 +1281,6 @@ def _ln_lstm_bwd_ew(t, b0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dh,
         cp = c0[r] if first else cs[tp, r]
         for j in range(H):
             tc[j] = tanh_(g_c[j] * nc[j] + b_c[j])
-        # one array written per loop: more and LLVM's runtime alias checks exceed its limit (no SIMD)
         for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c): dn = ∂L/∂(LN(c)·γ_c + β_c)
             dn[j] = dhb[j] * g[3 * H + j] * (one - tc[j] * tc[j])
         for j in range(H):
