@@ -383,13 +383,45 @@ def test_streamer(cell):
         ref, hn = model(x, hx)
         h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
         streamer = fused.Streamer(model.spec, [model.direction_weights(layer, 0) for layer in range(2)], 3, h0, c0)
-        ys = torch.stack([streamer(x[t]) for t in range(T)])
-    torch.testing.assert_close(ys, ref, atol=1e-5, rtol=1e-5)
+        streamer.POOL_BYTES = 1  # one output per block: a new block every call
+        ys = [streamer(x[t]) for t in range(T)]
+    torch.testing.assert_close(torch.stack(ys), ref, atol=1e-5, rtol=1e-5)
     state = streamer.state
     for a, b in zip(hn if isinstance(hn, tuple) else (hn,), state if isinstance(state, tuple) else (state,)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="x_t"):
+    with pytest.raises(ValueError, match=r"x_t: expected a CPU tensor of shape \(3, 5\)"):
         streamer(torch.randn(2, I))
+    with pytest.raises(ValueError, match="x_t: expected a CPU tensor .* on meta"):
+        streamer(torch.randn(3, I, device="meta"))
+
+
+@pytest.mark.parametrize("cell", STREAM_CELLS)
+def test_streamer_outputs_stay_put(cell):
+    """Outputs come from a preallocated block: each call's tensor keeps its values through later calls,
+    across block refills, and a non-contiguous input gives the same result as a contiguous one."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model = cls(I, H, num_layers=2, **kw)
+    x = torch.randn(2 * T, I, 3).transpose(1, 2)  # [2T, 3, I], every x[t] non-contiguous
+    weights = [model.direction_weights(layer, 0) for layer in range(2)]
+    with torch.no_grad():
+        ref, _ = model(x.contiguous())
+        streamer = fused.Streamer(model.spec, weights, 3)
+        streamer.POOL_BYTES = 3 * (kw.get("proj_size") or H) * 4 * 3  # three outputs per block
+        ys = [streamer(x[t]) for t in range(2 * T)]
+        assert ys[0].untyped_storage().data_ptr() != ys[-1].untyped_storage().data_ptr()
+    torch.testing.assert_close(torch.stack(ys), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_stream_kernels_check_weight_shapes():
+    """The compiled step reads weights through addresses, unchecked: their shapes are checked before."""
+    model = rnnkit.GRU(I, H, num_layers=2)
+    weights = [model.direction_weights(layer, 0) for layer in range(2)]
+    bad = weights[1]._replace(w_hh=torch.randn(3 * H, H + 1))
+    with pytest.raises(ValueError, match=r"layers\[1\].w_hh: expected shape \(18, 6\)"):
+        fused.stream_step(model.spec, torch.randn(3, I), [weights[0], bad], None, None)
+    with pytest.raises(ValueError, match=r"layers\[1\].w_ih: expected shape"):
+        fused.Streamer(model.spec, [weights[0], weights[1]._replace(w_ih=torch.randn(3 * H, I + 5))], 1)
 
 
 def test_split_needs_a_thread_safe_layer():

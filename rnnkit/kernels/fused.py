@@ -40,8 +40,8 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
 
 Streaming: ``stream_step`` runs one time step of a whole unidirectional stack in one compiled call
 (no autograd), state in and out as tensors, for ``step(x_t, state)``; ``Streamer`` keeps the state
-inside, for a state object (lowest overhead). Weights are read in place (numpy views), so updates are
-always seen. Not supported: double backward (``create_graph=True``) — use backend="reference".
+inside, for a state object (lowest overhead). The kernels take the weights as addresses into the
+parameters themselves (shapes checked in Python), so updates are always seen. Not supported: double backward (``create_graph=True``) — use backend="reference".
 """
 
 from __future__ import annotations
@@ -169,9 +169,12 @@ _DUMMIES = {(dt, n): np.zeros((1, 1, 1)[:n] if n == 3 else (0,) * n, dt) for dt 
             for n in (1, 2, 3)}
 
 
+_NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
 def _dummy(dtype: torch.dtype, ndim: int):
     """A placeholder array for an unused kernel argument: <dtype>[1, 1, 1] (ndim 3) or empty."""
-    return _DUMMIES[(np.float32 if dtype == torch.float32 else np.float64, ndim)]
+    return _DUMMIES[(_NP_DTYPE[dtype].type, ndim)]
 
 
 def _c(t: Tensor) -> Tensor:
@@ -627,25 +630,48 @@ def _bias_view(b: Tensor | None, n: int, dtype):
 _stacks: dict = {}
 
 
-def _stack_views(spec: CellSpec, layers: list[DirectionWeights], dtype):
-    """Numpy views of every layer's weights as tuples over layers (w_ih, w_hh, b_ih, b_hh, w_hr),
-    cached while every weight keeps its storage (views, so in-place updates are always seen)."""
+def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights], dtype) -> tuple[np.ndarray, list]:
+    """The weights of a stack for the streaming kernels: ptrs <int64>[L, 6] (per layer the addresses
+    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, and the layer's input size; see fused_loops), and the arrays
+    they point into, which the caller keeps alive while it uses ptrs. They are the parameters
+    themselves where contiguous (so every in-place update is seen), and cached while every weight
+    keeps its storage. Every shape and dtype is checked here: the compiled code does not."""
     params = [p for w in layers for p in w if p is not None]
     key = tuple(map(id, params))
     hit = _stacks.get(key)
     if hit is not None and [p.data_ptr() for p in params] == hit[1]:
         return hit[2]
-    gh = spec.gates * spec.hidden_size
-    bundle = (tuple(_view(w.w_ih) for w in layers), tuple(_view(w.w_hh) for w in layers),
-              tuple(_bias_view(w.b_ih, gh, dtype) for w in layers),
-              tuple(_bias_view(w.b_hh, gh, dtype) for w in layers),
-              tuple(_view(w.w_hr) if w.w_hr is not None else _DUMMIES[(dtype.type, 2)] for w in layers))
+    G, H, P = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
+    arrays, rows = [], []
+    for layer, w in enumerate(layers):
+        I = w.w_ih.shape[-1] if layer == 0 else P
+        expected = {"w_ih": (G, I), "w_hh": (G, P), "b_ih": (G,), "b_hh": (G,), "w_hr": (P, H)}
+        for name, shape in expected.items():
+            t = getattr(w, name)
+            if t is not None and (tuple(t.shape) != shape or t.dtype != layers[0].w_ih.dtype):
+                raise ValueError(f"layers[{layer}].{name}: expected shape {shape} of dtype "
+                                 f"{layers[0].w_ih.dtype}, got {tuple(t.shape)} {t.dtype}")
+        row = (_view(w.w_ih), _view(w.w_hh), _bias_view(w.b_ih, G, dtype), _bias_view(w.b_hh, G, dtype),
+               None if w.w_hr is None else _view(w.w_hr))
+        arrays.append(row)
+        rows.append([0 if a is None else a.ctypes.data for a in row] + [I])
+    bundle = (np.array(rows, np.int64), arrays)
     if any(not p.is_contiguous() for p in params):  # copies, not views: never cached
         return bundle
     if len(_stacks) > 64:
         _stacks.clear()
     _stacks[key] = (params, [p.data_ptr() for p in params], bundle)  # params kept alive: ids stay theirs
     return bundle
+
+
+def _stream_kernel(spec: CellSpec):
+    """The compiled step of this cell, ``kernel(ptrs, x_addr, y_addr, h, c, flag)``, and its flag."""
+    K = _kernels()
+    if spec.mode == "LSTM":
+        return K.stream_lstm, False
+    if spec.mode == "GRU":
+        return K.stream_gru, spec.reset_after
+    return K.stream_rnn, spec.mode == "RNN_RELU"
 
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
@@ -660,12 +686,10 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     """One time step of a unidirectional stack, every layer in one compiled call, without autograd
     (for streaming inference: a few µs of overhead per call).
 
-    x_t <f>[B, I];  h <f>[L, B, P] and c <f>[L, B, H] (LSTM) in torch.nn's layout, or None (zeros).
-    Returns y_t <f>[B, P] (the top layer's h), the new h and the new c (None unless LSTM)."""
-    K = _kernels()
+    x_t <f>[B, I] on the CPU;  h <f>[L, B, P] and c <f>[L, B, H] (LSTM) in torch.nn's layout, or None
+    (zeros). Returns y_t <f>[B, P] (the top layer's h), the new h and the new c (None unless LSTM)."""
     L, B, I = len(layers), x_t.shape[0], x_t.shape[1]
-    H, P = spec.hidden_size, spec.proj_size or spec.hidden_size
-    # the compiled code does not check bounds: check every shape here (cheap tuple compares)
+    H, P = spec.hidden_size, spec.output_size
     w0 = layers[0].w_ih
     if w0.shape[1] != I or w0.dtype != x_t.dtype:
         raise ValueError(f"x_t: expected {w0.shape[1]} features of dtype {w0.dtype}, got shape "
@@ -674,83 +698,89 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
         raise ValueError(f"h: expected shape {(L, B, P)} of dtype {x_t.dtype}, got {tuple(h.shape)} {h.dtype}")
     if c is not None and (tuple(c.shape) != (L, B, H) or c.dtype != x_t.dtype):
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
-    x_np = _np_fast(x_t)
-    dtype = x_np.dtype
-    w_ih, w_hh, b_ih, b_hh, w_hr = _stack_views(spec, layers, dtype)
-    h_np = _state_np(h) if h is not None else np.zeros((L, B, P), dtype)
-    hout = np.empty((L, B, P), dtype)
+    x_t = x_t.contiguous()
+    dtype = _NP_DTYPE[x_t.dtype]
+    ptrs, _alive = _stack_pointers(spec, layers, dtype)
+    kernel, flag = _stream_kernel(spec)
+    hout = _state_np(h).copy() if h is not None else np.zeros((L, B, P), dtype)  # the kernel updates it in place
+    lstm = spec.mode == "LSTM"
+    cout = (_state_np(c).copy() if c is not None else np.zeros((L, B, H), dtype)) if lstm else _dummy(x_t.dtype, 3)
+    kernel(ptrs, x_t.data_ptr(), 0, hout, cout, flag)
     h_t = _from_np(hout)
-    if spec.mode == "LSTM":
-        c_np = _state_np(c) if c is not None else np.zeros((L, B, H), dtype)
-        cout = np.empty((L, B, H), dtype)
-        K.stream_lstm(x_np, w_ih, w_hh, b_ih, b_hh, w_hr, h_np, c_np, hout, cout)
-        c_t = _from_np(cout)
-        _last_state.clear()
-        _last_state.update({id(h_t): (h_t, hout), id(c_t): (c_t, cout)})
-        return _from_np(hout[L - 1]), h_t, c_t
-    if spec.mode == "GRU":
-        K.stream_gru(x_np, w_ih, w_hh, b_ih, b_hh, spec.reset_after, h_np, hout)
-    else:
-        K.stream_rnn(x_np, w_ih, w_hh, b_ih, b_hh, spec.mode == "RNN_RELU", h_np, hout)
+    c_t = _from_np(cout) if lstm else None
     _last_state.clear()
     _last_state[id(h_t)] = (h_t, hout)
-    return _from_np(hout[L - 1]), h_t, None
+    if lstm:
+        _last_state[id(c_t)] = (c_t, cout)
+    return _from_np(hout[L - 1]), h_t, c_t
 
 
 class Streamer:
-    """Stateful streaming for a unidirectional stack: ``y_t = streamer(x_t)`` advances the state
-    kept inside (numpy buffers, so a call is a numpy view, one compiled call and one small output
-    allocation: the lowest-overhead way to run one step at a time, e.g. for ``step()`` with a state
-    object). The weights are read in place (views made once), so in-place updates to them (an
-    optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new one.
+    """Stateful streaming for a unidirectional stack: ``y_t = streamer(x_t)`` advances the state kept
+    inside. The lowest-overhead way to run one step at a time: a call checks x_t, makes one compiled
+    call (the weights passed as addresses, the state updated in place) and hands out the next of a
+    block of preallocated output tensors (views of one storage of at most 64 KiB, so they cost no
+    allocation each). The weights are read in place, so in-place updates to them (an optimizer step,
+    ``load_state_dict``) are seen; after replacing a parameter tensor, make a new streamer.
 
-    layers: the stack's DirectionWeights (forward direction), batch B; h <f>[L, B, P] and c <f>[L, B, H]
-    (LSTM) the initial state, or None for zeros. ``state`` returns h, or (h, c) for LSTM, as new
-    tensors (forward's hx layout)."""
+    layers: the stack's DirectionWeights (forward direction, contiguous), batch B; h <f>[L, B, P] and
+    c <f>[L, B, H] (LSTM) the initial state, or None for zeros. x_t <f>[B, I] on the CPU →
+    y_t <f>[B, P]. ``state`` returns h, or (h, c) for LSTM, as new tensors (forward's hx layout)."""
+
+    POOL_BYTES = 1 << 16
 
     def __init__(self, spec: CellSpec, layers: list[DirectionWeights], batch: int,
                  h: Tensor | None = None, c: Tensor | None = None) -> None:
         if spec.mode not in _MODES or spec.layer_norm:
             raise ValueError(f"spec: the Streamer covers the plain RNN, LSTM and GRU cells, got {spec}")
-        self.spec, self.layers, self.K = spec, layers, _kernels()
+        if not all(t.is_contiguous() for w in layers for t in w if t is not None):
+            raise ValueError("layers: the Streamer reads the weights in place and needs them contiguous")
+        self.spec = spec
         w0 = layers[0].w_ih
-        self.I, L, H, P = w0.shape[1], len(layers), spec.hidden_size, spec.proj_size or spec.hidden_size
-        self.dtype = _np(w0[:0]).dtype
-        self.h = [np.zeros((L, batch, P), self.dtype) for _ in range(2)]
-        self.c = [np.zeros((L, batch, H), self.dtype) for _ in range(2)]
+        L, H, P = len(layers), spec.hidden_size, spec.output_size
+        dtype = _NP_DTYPE[w0.dtype]
+        self._lstm = spec.mode == "LSTM"
+        self.h = np.zeros((L, batch, P), dtype)
+        self.c = np.zeros((L, batch, H), dtype) if self._lstm else _dummy(w0.dtype, 3)
         for name, init, n in (("h", h, P), ("c", c, H)):
             if init is not None:
                 if tuple(init.shape) != (L, batch, n) or init.dtype != w0.dtype:
                     raise ValueError(f"{name}: expected shape {(L, batch, n)} of dtype {w0.dtype}, "
                                      f"got {tuple(init.shape)} {init.dtype}")
-                getattr(self, name)[0][...] = _np(init)
-        self.cur = 0
-        self.shape_x, self.torch_dtype = (batch, self.I), w0.dtype
-        contiguous = all(t.is_contiguous() for w in layers for t in w if t is not None)
-        self.views = _stack_views(spec, layers, self.dtype) if contiguous else None  # else copies, per call
+                getattr(self, name)[...] = _np(init)
+        self._ptrs, self._alive = _stack_pointers(spec, layers, dtype)  # _alive: what ptrs point into
+        self._kernel, self._flag = _stream_kernel(spec)
+        self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
+        self._shape_y, self._row_bytes = (batch, P), batch * P * dtype.itemsize
+        self._outs: tuple = ()
+        self._next, self._pool_addr = 0, 0
 
     def __call__(self, x_t: Tensor) -> Tensor:
-        if x_t.shape != self.shape_x or x_t.dtype != self.torch_dtype:
-            raise ValueError(f"x_t: expected shape {self.shape_x} of dtype {self.torch_dtype}, "
-                             f"got {tuple(x_t.shape)} {x_t.dtype}")
-        w_ih, w_hh, b_ih, b_hh, w_hr = self.views or _stack_views(self.spec, self.layers, self.dtype)
-        i, o = self.cur, 1 - self.cur
-        hout = self.h[o]
-        mode = self.spec.mode
-        if mode == "LSTM":
-            self.K.stream_lstm(_np_fast(x_t), w_ih, w_hh, b_ih, b_hh, w_hr, self.h[i], self.c[i], hout, self.c[o])
-        elif mode == "GRU":
-            self.K.stream_gru(_np_fast(x_t), w_ih, w_hh, b_ih, b_hh, self.spec.reset_after, self.h[i], hout)
-        else:
-            self.K.stream_rnn(_np_fast(x_t), w_ih, w_hh, b_ih, b_hh, mode == "RNN_RELU", self.h[i], hout)
-        self.cur = o
-        return _from_np(hout[-1].copy())
+        if x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu:
+            raise ValueError(f"x_t: expected a CPU tensor of shape {tuple(self._shape_x)} and dtype "
+                             f"{self._dtype}, got {_describe(x_t)}")
+        if not x_t.is_contiguous():
+            x_t = x_t.contiguous()
+        k = self._next
+        if k == len(self._outs):
+            block = torch.empty((max(1, min(256, self.POOL_BYTES // self._row_bytes)), *self._shape_y),
+                                dtype=self._dtype)
+            self._outs, self._pool_addr, k = block.unbind(0), block.data_ptr(), 0
+        self._next = k + 1
+        self._kernel(self._ptrs, x_t.data_ptr(), self._pool_addr + k * self._row_bytes, self.h, self.c, self._flag)
+        return self._outs[k]
 
     @property
     def state(self) -> Tensor | tuple[Tensor, Tensor]:
         """The current h <f>[L, B, P], or (h, c <f>[L, B, H]) for LSTM, as new tensors."""
-        h = _from_np(self.h[self.cur].copy())
-        return (h, _from_np(self.c[self.cur].copy())) if self.spec.mode == "LSTM" else h
+        h = _from_np(self.h.copy())
+        return (h, _from_np(self.c.copy())) if self._lstm else h
+
+
+def _describe(x) -> str:
+    if isinstance(x, Tensor):
+        return f"shape {tuple(x.shape)}, dtype {x.dtype} on {x.device}"
+    return f"{type(x).__name__}"
 
 
 def _single_step(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State]):
@@ -853,12 +883,8 @@ def _warm_up_cells(specs, dtypes) -> None:
                             run_layer(spec, x, [w], [state], mask)[0].sum().backward()
                             with torch.no_grad():
                                 run_layer(spec, x, [w], [state], mask)
-                if stream_supports(spec, x[0]):  # one and two layers: each depth compiles on its own
-                    rest = [None if t is None else t.detach() for t in w[1:]]  # the layer above shares them
-                    layers = [DirectionWeights(w.w_ih.detach(), *rest),
-                              DirectionWeights(torch.randn(g, p, dtype=dtype), *rest)]
-                    for depth in (1, 2):
-                        stream_step(spec, x[0], layers[:depth], None)
+                if stream_supports(spec, x[0]):  # one kernel for every depth
+                    stream_step(spec, x[0], [DirectionWeights(*(None if t is None else t.detach() for t in w))], None)
 
 
 def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor,
@@ -871,7 +897,8 @@ def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeig
 
 def _backend_streamer(spec: CellSpec, layers: list[DirectionWeights], batch: int, h: Tensor | None,
                       c: Tensor | None, like: Tensor):
-    return Streamer(spec, layers, batch, h, c) if stream_supports(spec, like[:1, :1]) else None
+    contiguous = all(t.is_contiguous() for w in layers for t in w if t is not None)
+    return Streamer(spec, layers, batch, h, c) if contiguous and stream_supports(spec, like[:1, :1]) else None
 
 
 register_backend(Backend("fused", run_layer, supports, _backend_stream_step, _backend_streamer))

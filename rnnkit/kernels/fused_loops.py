@@ -40,8 +40,8 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload, register_jitable
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic, overload, register_jitable
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # OpenMP first: numba's omp layer then runs on the libgomp that torch has already loaded, so its
@@ -978,32 +978,57 @@ def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask,
 
 
 # ------------------------------------------------------------------------------------ streaming
-# One time step of a whole (unidirectional) stack, for ``step()``: every layer in one compiled call.
-# The weights come as tuples over layers of the parameters themselves, in torch's layout (numpy views:
-# nothing is copied or cached, so every update to a weight is seen): w_ih[l] <f>[G*H, I_l],
-# w_hh[l] <f>[G*H, P], b_ih[l], b_hh[l] <f>[G*H] (zeros without bias), w_hr[l] <f>[P, H] (LSTM
-# projection; shape (0, 0) without). hin, cin: <f>[L, B, P], [L, B, H]; the new state goes into
-# hout, cout (allocated by the caller: returning arrays from numba costs ~0.7 µs each).
+# One time step of a whole (unidirectional) stack, for ``step()`` and ``Streamer``: every layer in one
+# compiled call, with a per-call overhead of about one numba dispatch. So that the call passes few
+# arguments, the weights come as addresses: ptrs <int64>[L, 6] holds, per layer, the addresses of the
+# C-contiguous w_ih <f>[G*H, I_l], w_hh <f>[G*H, P], b_ih, b_hh <f>[G*H] (zeros without bias) and
+# w_hr <f>[P, H] (LSTM projection; 0 without), then I_l. They point into the parameters themselves
+# (every update is seen); the caller keeps those alive and checks every shape. x_addr is the input
+# <f>[B, I_0]. The state h <f>[L, B, P] (c <f>[L, B, H]) is updated in place; the top layer's new h
+# is also written to y_addr <f>[B, P] unless it is 0. One signature for all three,
+# ``(ptrs, x_addr, y_addr, h, c, flag)``: c a dummy and flag False where the cell has none.
+
+
+@intrinsic
+def _at(typingctx, addr, like):
+    """A pointer to ``like``'s dtype at the integer address ``addr`` (for ``numba.carray``)."""
+    ptr = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(types.intp, like), codegen
+
+
+@register_jitable
+def _stream_weights(p, like, G, P):
+    """One layer's (w_ih, w_hh, b_ih, b_hh) from its row p of ptrs, as arrays of like's dtype."""
+    return (carray(_at(p[0], like), (G, p[5])), carray(_at(p[1], like), (G, P)),
+            carray(_at(p[2], like), G), carray(_at(p[3], like), G))
+
+
+@register_jitable
+def _stream_out(y_addr, h):
+    if y_addr != 0:
+        carray(_at(y_addr, h), (h.shape[1], h.shape[2]))[:] = h[h.shape[0] - 1]
 
 
 @njit(**_JIT)
-def stream_lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, hin, cin, hout, cout):
-    L, B = hin.shape[0], hin.shape[1]
-    H = cin.shape[2]
+def stream_lstm(ptrs, x_addr, y_addr, h, c, unused):
+    L, B, P = h.shape
+    H = c.shape[2]
     G = 4 * H
-    ab = consts(x)
-    gates = np.empty((B, G), x.dtype)
-    gh = np.empty((B, G), x.dtype)
-    hc = np.empty((B, H), x.dtype)
-    xin = x
+    ab = consts(h)
+    gates = np.empty((B, G), h.dtype)
+    gh = np.empty((B, G), h.dtype)
+    hc = np.empty((B, H), h.dtype)
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 5]))
     for layer in range(L):
-        proj = w_hr[layer].shape[0] > 0
-        dot(xin, w_ih[layer], gates, ab, False, True)
-        dot(hin[layer], w_hh[layer], gh, ab, False, True)
-        bi = b_ih[layer]
-        bh = b_hh[layer]
-        co = cout[layer]
-        hdst = hc if proj else hout[layer]
+        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, P)
+        proj = ptrs[layer, 4] != 0
+        dot(xin, w_ih, gates, ab, False, True)
+        dot(h[layer], w_hh, gh, ab, False, True)
+        co = c[layer]
+        hdst = hc if proj else h[layer]
         for b in range(B):
             g = gates[b]
             ghb = gh[b]
@@ -1015,87 +1040,84 @@ def stream_lstm(x, w_ih, w_hh, b_ih, b_hh, w_hr, hin, cin, hout, cout):
                 g[2 * H + j] = tanh_(g[2 * H + j])
             for j in range(H):
                 g[3 * H + j] = sigmoid_(g[3 * H + j])
-            cb = cin[layer, b]
-            cob = co[b]
+            cb = co[b]
             hb = hdst[b]
             for j in range(H):
                 cv = g[H + j] * cb[j] + g[j] * g[2 * H + j]
-                cob[j] = cv
+                cb[j] = cv
                 hb[j] = g[3 * H + j] * tanh_(cv)
         if proj:
-            dot(hc, w_hr[layer], hout[layer], ab, False, True)
-        xin = hout[layer]
+            dot(hc, carray(_at(ptrs[layer, 4], h), (P, H)), h[layer], ab, False, True)
+        xin = h[layer]
+    _stream_out(y_addr, h)
 
 
 @njit(**_JIT)
-def stream_gru(x, w_ih, w_hh, b_ih, b_hh, reset_after, hin, hout):
-    L, B, H = hin.shape
+def stream_gru(ptrs, x_addr, y_addr, h, unused, reset_after):
+    L, B, H = h.shape
     G = 3 * H
-    ab = consts(x)
-    gates = np.empty((B, G), x.dtype)
-    gh = np.empty((B, G), x.dtype)
-    ghrz = np.empty((B, 2 * H), x.dtype)
-    rh = np.empty((B, H), x.dtype)
-    ghn = np.empty((B, H), x.dtype)
-    nb = np.empty(H, x.dtype)
-    xin = x
+    ab = consts(h)
+    gates = np.empty((B, G), h.dtype)
+    gh = np.empty((B, G), h.dtype)
+    ghrz = np.empty((B, 2 * H), h.dtype)
+    rh = np.empty((B, H), h.dtype)
+    ghn = np.empty((B, H), h.dtype)
+    nb = np.empty(H, h.dtype)
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 5]))
     for layer in range(L):
-        h = hin[layer]
-        bi = b_ih[layer]
-        bh = b_hh[layer]
-        dot(xin, w_ih[layer], gates, ab, False, True)
+        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
+        hl = h[layer]
+        dot(xin, w_ih, gates, ab, False, True)
         if reset_after:
-            dot(h, w_hh[layer], gh, ab, False, True)
+            dot(hl, w_hh, gh, ab, False, True)
         else:
-            dot(h, w_hh[layer][: 2 * H], ghrz, ab, False, True)
+            dot(hl, w_hh[: 2 * H], ghrz, ab, False, True)
         src = gh if reset_after else ghrz
         for b in range(B):
             g = gates[b]
             sb = src[b]
             for j in range(2 * H):
                 g[j] = sigmoid_(g[j] + bi[j] + sb[j] + bh[j])
-            hb = h[b]
+            hb = hl[b]
             if reset_after:
                 for j in range(H):
                     nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + g[j] * (sb[2 * H + j] + bh[2 * H + j]))
-                ob = hout[layer, b]
                 for j in range(H):
-                    ob[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+                    hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
             else:
                 rb = rh[b]
                 for j in range(H):
                     rb[j] = g[j] * hb[j]
         if not reset_after:
-            dot(rh, w_hh[layer][2 * H:], ghn, ab, False, True)
+            dot(rh, w_hh[2 * H:], ghn, ab, False, True)
             for b in range(B):
                 g = gates[b]
                 gnb = ghn[b]
                 for j in range(H):
                     nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + gnb[j] + bh[2 * H + j])
-                hb = h[b]
-                ob = hout[layer, b]
+                hb = hl[b]
                 for j in range(H):
-                    ob[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
-        xin = hout[layer]
+                    hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+        xin = hl
+    _stream_out(y_addr, h)
 
 
 @njit(**_JIT)
-def stream_rnn(x, w_ih, w_hh, b_ih, b_hh, relu, hin, hout):
-    L, B, H = hin.shape
-    ab = consts(x)
-    zero = one_(x) - one_(x)
-    gates = np.empty((B, H), x.dtype)
-    gh = np.empty((B, H), x.dtype)
-    xin = x
+def stream_rnn(ptrs, x_addr, y_addr, h, unused, relu):
+    L, B, H = h.shape
+    ab = consts(h)
+    zero = one_(h) - one_(h)
+    gates = np.empty((B, H), h.dtype)
+    gh = np.empty((B, H), h.dtype)
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 5]))
     for layer in range(L):
-        dot(xin, w_ih[layer], gates, ab, False, True)
-        dot(hin[layer], w_hh[layer], gh, ab, False, True)
-        bi = b_ih[layer]
-        bh = b_hh[layer]
+        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, H, H)
+        dot(xin, w_ih, gates, ab, False, True)
+        dot(h[layer], w_hh, gh, ab, False, True)
         for b in range(B):
             g = gates[b]
             ghb = gh[b]
-            ob = hout[layer, b]
+            ob = h[layer, b]
             for j in range(H):
                 g[j] = g[j] + ghb[j] + bi[j] + bh[j]
             if relu:
@@ -1104,7 +1126,8 @@ def stream_rnn(x, w_ih, w_hh, b_ih, b_hh, relu, hin, hout):
             else:
                 for j in range(H):
                     ob[j] = tanh_(g[j])
-        xin = hout[layer]
+        xin = h[layer]
+    _stream_out(y_addr, h)
 
 
 # ---------------------------------------------------------------------- LSTM, layer-normalised
