@@ -1,10 +1,14 @@
 """Peak memory of one training step (forward + backward of an MSE loss), rnnkit's fused backend
 against torch.nn, for the speed benchmark's cells and configs.
 
-Each contender runs in a fresh process: it first runs a tiny step of the same cell (so that numba's
-kernels, oneDNN's and torch's own one-time allocations are in place), builds the model and data, and
-then reports how far the process's peak resident memory rose above its resident memory just before
-the step (``ru_maxrss``, which counts every allocator: torch's, numpy's inside our kernels, oneDNN's).
+Each contender runs in a fresh process. It first runs one step of the same cell and config on
+another model, so that every one-time cost of that path is paid before the measurement: numba's
+kernels loaded, oneDNN initialised and its kernels generated for these shapes (a tiny warm-up step
+missed those: at 1, 1000, 32, 64 the first use of oneDNN's linear alone raised the peak by ~5 MiB).
+Then it hands the freed heap back to the system (glibc's ``malloc_trim``, so that the step cannot
+reuse pages the warm-up left resident), builds the model and data, and reports how far the process's
+peak resident memory rose above its resident memory just before the step (``ru_maxrss``, which
+counts every allocator: torch's, numpy's inside our kernels, oneDNN's).
 
     python benchmarks/memory.py                              (all cells and configs)
     python benchmarks/memory.py --cells lstm --configs 256x50x256x512
@@ -13,6 +17,8 @@ the step (``ru_maxrss``, which counts every allocator: torch's, numpy's inside o
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import resource
 import statistics
 import sys
@@ -27,11 +33,22 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
+def _release_free_heap() -> None:
+    """Return the C heap's free pages to the system (glibc's malloc_trim; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def step_peak_mib(cell: str, cfg: tuple[int, int, int, int], impl: str) -> float:
     """MiB by which one training step raised the peak resident memory of this (fresh) process."""
     B, T, I, H = cfg
-    tiny = make_models(cell, 2, 3, I, H, ["fused"])[impl]
-    train_fn(tiny, torch.randn(3, 2, I), torch.randn(3, 2, H))()
+    warm = make_models(cell, B, T, I, H, ["fused"])[impl]
+    train_fn(warm, torch.randn(T, B, I), torch.randn(T, B, H))()
+    del warm
+    gc.collect()
+    _release_free_heap()
     model = make_models(cell, B, T, I, H, ["fused"])[impl]
     x, target = torch.randn(T, B, I), torch.randn(T, B, H)
     step = train_fn(model, x, target)

@@ -145,3 +145,22 @@ def test_layer_hook_sees_every_layer():
     handle.remove()
     layer(torch.randn(5, 2, 3))
     assert seen == [(0, (5, 2, 8)), (1, (5, 2, 8)), (2, (5, 2, 8))]
+
+
+def test_parametrized_weight_is_used():
+    """A weight computed by torch.nn.utils.parametrize (not a registered parameter) is the one used."""
+    class Double(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(3, 4, **F64)
+    plain = rnnkit.GRU(3, 4, **F64)
+    plain.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(2)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight_hh_l0", Double())
+    x = torch.randn(5, 2, 3, **F64)
+    torch.testing.assert_close(layer(x)[0], plain(x)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(layer.step(x[0])[0], plain.step(x[0])[0])
