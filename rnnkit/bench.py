@@ -11,6 +11,7 @@ rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can w
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
+    rnnkit bench --configs none --repeat 9        (only the streaming step, batch 1)
     rnnkit bench --device cuda --no-stream        (on a GPU: rnnkit's backend="auto", i.e. cuDNN, and peak memory)
 
 Cells: rnn (tanh), rnn_relu, lstm, gru, against torch.nn; gru_v1 is GRU(reset_after=False), which
@@ -57,6 +58,9 @@ def peer_name(cell: str) -> str | None:
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
+    """"BxTxIxH,..." as tuples; "none" for no configuration (e.g. only the streaming rows)."""
+    if text.strip().lower() == "none":
+        return []
     configs = []
     for item in text.split(","):
         parts = item.lower().replace("(", "").replace(")", "").split("x")
@@ -258,7 +262,8 @@ def gemm_gflops(repeat: int = 5) -> float:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the benchmark with command-line arguments argv; prints the table, returns the exit code."""
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated BxTxIxH (default: the 4 anchors)")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS,
+                    help="comma-separated BxTxIxH (default: the 4 anchors); none: only the streaming rows")
     ap.add_argument("--cells", default="rnn,lstm,gru,lstm_ln", help=f"comma-separated, from {','.join(CELLS)}")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds; medians are over these")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")

@@ -65,3 +65,12 @@ def test_jax_lstm_is_the_same_lstm(tmp_path):
     assert {(r["mode"], r["impl"]) for r in report["rows"]} >= {("inference", "jax"), ("train", "jax")}
     assert {"lstm/inference/jax", "lstm/train/jax"} <= set(report["summary"])
     assert "| 2, 3, 4, 5 | train |" in md.read_text()
+
+
+def test_bench_configs_none_runs_only_the_streaming_rows(tmp_path):
+    out = tmp_path / "stream.json"
+    assert main(["--configs", "none", "--cells", "rnn", "--repeat", "1", "--no-jax", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["rows"] == [] and report["summary"] == {}
+    assert {(s["cell"], s["H"]) for s in report["stream"]} == {("rnn", 64), ("rnn", 256)}
+    assert all(s["streamer_us"] > 0 for s in report["stream"])
