@@ -383,7 +383,6 @@ def test_streamer(cell):
         ref, hn = model(x, hx)
         h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
         streamer = fused.Streamer(model.spec, [model.direction_weights(layer, 0) for layer in range(2)], 3, h0, c0)
-        streamer.POOL_BYTES = 1  # one output per block: a new block every call
         ys = [streamer(x[t]) for t in range(T)]
     torch.testing.assert_close(torch.stack(ys), ref, atol=1e-5, rtol=1e-5)
     state = streamer.state
@@ -396,21 +395,26 @@ def test_streamer(cell):
 
 
 @pytest.mark.parametrize("cell", STREAM_CELLS)
-def test_streamer_outputs_stay_put(cell):
-    """Outputs come from a preallocated block: each call's tensor keeps its values through later calls,
-    across block refills, and a non-contiguous input gives the same result as a contiguous one."""
+def test_streamer_outputs_are_tensors_of_their_own(cell):
+    """Each call's output keeps its values through later calls and has its own storage and version
+    counter: an in-place op on a later output does not break the backward of a head that saved an
+    earlier one. A non-contiguous input gives the same result as a contiguous one."""
     cls, kw = CELLS[cell]
     torch.manual_seed(0)
     model = cls(I, H, num_layers=2, **kw)
-    x = torch.randn(2 * T, I, 3).transpose(1, 2)  # [2T, 3, I], every x[t] non-contiguous
-    weights = [model.direction_weights(layer, 0) for layer in range(2)]
+    x = torch.randn(T, I, 3).transpose(1, 2)  # [T, 3, I], every x[t] non-contiguous
     with torch.no_grad():
         ref, _ = model(x.contiguous())
-        streamer = fused.Streamer(model.spec, weights, 3)
-        streamer.POOL_BYTES = 3 * (kw.get("proj_size") or H) * 4 * 3  # three outputs per block
-        ys = [streamer(x[t]) for t in range(2 * T)]
-        assert ys[0].untyped_storage().data_ptr() != ys[-1].untyped_storage().data_ptr()
+    streamer = fused.Streamer(model.spec, [model.direction_weights(layer, 0) for layer in range(2)], 3)
+    head = torch.nn.Linear(kw.get("proj_size") or H, 1)
+    y0 = streamer(x[0])
+    loss = head(y0).sum()  # saves y0 for the weight's gradient
+    ys = [y0] + [streamer(x[t]) for t in range(1, T)]
     torch.testing.assert_close(torch.stack(ys), ref, atol=1e-5, rtol=1e-5)
+    assert len({y.untyped_storage().data_ptr() for y in ys}) == T
+    ys[-1].mul_(2)
+    loss.backward()
+    torch.testing.assert_close(head.weight.grad[0], y0.sum(0))
 
 
 def test_stream_kernels_check_weight_shapes():

@@ -325,9 +325,8 @@ class RecurrentBase(nn.Module):
     def streamer(self, batch_size: int = 1, state: Hidden | None = None):
         """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
         state kept inside, ``s.state`` is it in forward's hx layout. No autograd, no dropout. The
-        fastest way to run one step at a time (on CPU float32/64 one compiled call per step, and the
-        outputs of consecutive calls are views of one preallocated block); it falls back to
-        ``step()`` where no backend offers one.
+        fastest way to run one step at a time (on CPU float32/64 one compiled call per step); it
+        falls back to ``step()`` where no backend offers one.
 
         x_t <float>[batch_size, I] → y_t <float>[batch_size, P]; state as forward's hx, or None (zeros)."""
         if self.bidirectional:
