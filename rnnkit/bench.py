@@ -209,10 +209,10 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
 
 def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dict:
     """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad:
-    torch.nn's *Cell against rnnkit's ``layer.step(x_t, state)``, the kernel it calls
-    (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and ``layer.streamer()`` (the
-    state kept inside: a compiled ``fused.Streamer``)."""
-    cls, torch_cls, kw, _ = CELLS[cell]
+    torch.nn's *Cell (where torch.nn has the cell) against rnnkit's ``layer.step(x_t, state)``, the
+    kernel it calls (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and
+    ``layer.streamer()`` (the state kept inside: a compiled ``fused.Streamer``)."""
+    cls, _, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
     weights = [m.direction_weights(0, 0)]
@@ -223,9 +223,10 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     state = h if c is None else (h, c)
     fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
            "streamer": lambda: streamer(x)}
-    if torch_cls is not None:
-        tcell = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
-                 "gru": torch.nn.GRUCell}[cell](hidden, hidden, **kw)
+    torch_cell = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
+                  "gru": torch.nn.GRUCell}.get(cell)  # torch.nn has no layer-normalised LSTM cell
+    if torch_cell is not None:
+        tcell = torch_cell(hidden, hidden, **kw)
         cell_state = (h[0], c[0]) if c is not None else h[0]
         fns["torch"] = lambda: tcell(x, cell_state)
     with torch.no_grad():
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
         print()
         print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
-        for cell in (c for c in cells if c != "lstm_ln"):  # no streaming kernel for the LN cell (step() falls back)
+        for cell in cells:
             for hidden in (64, 256):
                 r = bench_stream(cell, hidden, args.repeat)
                 stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()}})

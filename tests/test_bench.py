@@ -26,8 +26,9 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     fused = [r for r in report["rows"] if r["impl"] == "fused"]
     assert all(r["ratio_vs_peer"] > 0 and r["median_ms"] > 0 for r in fused)
     assert set(report["summary"]) == {f"{c}/{m}" for c in ("gru", "lstm", "lstm_ln") for m in ("inference", "train")}
-    assert {(s["cell"], s["H"]) for s in report["stream"]} == {("gru", 64), ("gru", 256), ("lstm", 64), ("lstm", 256)}
-    assert all(s["layer.step_us"] > 0 for s in report["stream"])
+    assert {(s["cell"], s["H"]) for s in report["stream"]} == {(c, h) for c in ("gru", "lstm", "lstm_ln") for h in (64, 256)}
+    assert all(s["layer.step_us"] > 0 and s["streamer_us"] > 0 for s in report["stream"])
+    assert all(("torch_us" in s) == (s["cell"] != "lstm_ln") for s in report["stream"])  # torch.nn has no LN cell
     assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
 
 

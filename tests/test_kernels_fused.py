@@ -34,7 +34,6 @@ CELLS = {
     "gru_v1": (rnnkit.GRU, {"reset_after": False}),
     "lstm_ln": (rnnkit.LayerNormLSTM, {}),
 }
-STREAM_CELLS = [c for c in CELLS if c != "lstm_ln"]  # the streaming kernels cover the plain cells
 WITH_C = (rnnkit.LSTM, rnnkit.LayerNormLSTM)  # cells whose state is (h, c)
 # (num_layers, bidirectional, lengths, initial state, bias, batch)
 OPTIONS = [
@@ -253,7 +252,7 @@ def test_layer_paths():
         assert all(p.grad is None for p in fast.parameters())
 
 
-@pytest.mark.parametrize("cell", STREAM_CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_stream_step(cell, dtype):
     """fused.stream_step (the fast path for step()) replays forward() one step at a time."""
@@ -296,7 +295,7 @@ def test_layer_step_takes_stream_step_without_grad(cell):
             for t in range(T):
                 y, state = model.step(x[t], state)
                 ys.append(y)
-        assert fused.calls["layer_step"] - before == (0 if grad or model.spec.layer_norm else T)
+        assert fused.calls["layer_step"] - before == (0 if grad else T)
         assert ys[-1].requires_grad == grad
         torch.testing.assert_close(torch.stack(ys), ref.detach(), atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match=r"h_0: expected shape \(2, 3, "):
@@ -321,7 +320,7 @@ def test_layer_streamer(cell, backend):
         ref, hn = model(x, hx)
     model.train()  # the streamer never applies dropout
     streamer = model.streamer(3, hx)
-    assert isinstance(streamer, fused.Streamer) == (backend == "auto" and cell != "lstm_ln")
+    assert isinstance(streamer, fused.Streamer) == (backend == "auto")
     ys = torch.stack([streamer(x[t]) for t in range(T)])
     assert not ys.requires_grad and model.training
     torch.testing.assert_close(ys, ref, atol=1e-12, rtol=1e-10)
@@ -370,7 +369,7 @@ def test_single_step_call(cell):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cell", STREAM_CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 def test_streamer(cell):
     """fused.Streamer (stateful streaming) replays forward() one step at a time."""
     cls, kw = CELLS[cell]
@@ -394,7 +393,7 @@ def test_streamer(cell):
         streamer(torch.randn(3, I, device="meta"))
 
 
-@pytest.mark.parametrize("cell", STREAM_CELLS)
+@pytest.mark.parametrize("cell", CELLS)
 def test_streamer_outputs_are_tensors_of_their_own(cell):
     """Each call's output keeps its values through later calls and has its own storage and version
     counter: an in-place op on a later output does not break the backward of a head that saved an

@@ -632,8 +632,8 @@ _stacks: dict = {}
 
 
 def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights], dtype) -> tuple[np.ndarray, list]:
-    """The weights of a stack for the streaming kernels: ptrs <int64>[L, 6] (per layer the addresses
-    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, and the layer's input size; see fused_loops), and the arrays
+    """The weights of a stack for the streaming kernels: ptrs <int64>[L, 7] (per layer the addresses
+    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, ln or 0, and the layer's input size; see fused_loops), and the arrays
     they point into, which the caller keeps alive while it uses ptrs. They are the parameters
     themselves where contiguous (so every in-place update is seen), and cached while every weight
     keeps its storage. Every shape and dtype is checked here: the compiled code does not."""
@@ -646,14 +646,14 @@ def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights], dtype) -> tu
     arrays, rows = [], []
     for layer, w in enumerate(layers):
         I = w.w_ih.shape[-1] if layer == 0 else P
-        expected = {"w_ih": (G, I), "w_hh": (G, P), "b_ih": (G,), "b_hh": (G,), "w_hr": (P, H)}
+        expected = {"w_ih": (G, I), "w_hh": (G, P), "b_ih": (G,), "b_hh": (G,), "w_hr": (P, H), "ln": (10 * H,)}
         for name, shape in expected.items():
             t = getattr(w, name)
             if t is not None and (tuple(t.shape) != shape or t.dtype != layers[0].w_ih.dtype):
                 raise ValueError(f"layers[{layer}].{name}: expected shape {shape} of dtype "
                                  f"{layers[0].w_ih.dtype}, got {tuple(t.shape)} {t.dtype}")
         row = (_view(w.w_ih), _view(w.w_hh), _bias_view(w.b_ih, G, dtype), _bias_view(w.b_hh, G, dtype),
-               None if w.w_hr is None else _view(w.w_hr))
+               None if w.w_hr is None else _view(w.w_hr), None if w.ln is None else _view(w.ln))
         arrays.append(row)
         rows.append([0 if a is None else a.ctypes.data for a in row] + [I])
     bundle = (np.array(rows, np.int64), arrays)
@@ -669,16 +669,16 @@ def _stream_kernel(spec: CellSpec):
     """The compiled step of this cell, ``kernel(ptrs, x_addr, y_addr, h, c, flag)``, and its flag."""
     K = _kernels()
     if spec.mode == "LSTM":
-        return K.stream_lstm, False
+        return (K.stream_ln_lstm if spec.layer_norm else K.stream_lstm), False
     if spec.mode == "GRU":
         return K.stream_gru, spec.reset_after
     return K.stream_rnn, spec.mode == "RNN_RELU"
 
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
-    """Whether ``stream_step`` can run: CPU float32/64, a known plain cell, not tracing or scripting. The
+    """Whether ``stream_step`` can run: CPU float32/64, a known cell, not tracing or scripting. The
     caller also checks that no gradient is needed (and that no inter-layer dropout applies)."""
-    return (x_t.device.type == "cpu" and x_t.dtype in _DTYPES and spec.mode in _MODES and not spec.layer_norm
+    return (x_t.device.type == "cpu" and x_t.dtype in _DTYPES and spec.mode in _MODES
             and x_t.dim() == 2 and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 
@@ -732,8 +732,8 @@ class Streamer:
 
     def __init__(self, spec: CellSpec, layers: list[DirectionWeights], batch: int,
                  h: Tensor | None = None, c: Tensor | None = None) -> None:
-        if spec.mode not in _MODES or spec.layer_norm:
-            raise ValueError(f"spec: the Streamer covers the plain RNN, LSTM and GRU cells, got {spec}")
+        if spec.mode not in _MODES:
+            raise ValueError(f"spec: the Streamer covers the RNN, LSTM and GRU cells, got {spec}")
         if not all(t.is_contiguous() for w in layers for t in w if t is not None):
             raise ValueError("layers: the Streamer reads the weights in place and needs them contiguous")
         self.spec = spec

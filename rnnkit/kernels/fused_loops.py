@@ -980,9 +980,10 @@ def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask,
 # ------------------------------------------------------------------------------------ streaming
 # One time step of a whole (unidirectional) stack, for ``step()`` and ``Streamer``: every layer in one
 # compiled call, with a per-call overhead of about one numba dispatch. So that the call passes few
-# arguments, the weights come as addresses: ptrs <int64>[L, 6] holds, per layer, the addresses of the
-# C-contiguous w_ih <f>[G*H, I_l], w_hh <f>[G*H, P], b_ih, b_hh <f>[G*H] (zeros without bias) and
-# w_hr <f>[P, H] (LSTM projection; 0 without), then I_l. They point into the parameters themselves
+# arguments, the weights come as addresses: ptrs <int64>[L, 7] holds, per layer, the addresses of the
+# C-contiguous w_ih <f>[G*H, I_l], w_hh <f>[G*H, P], b_ih, b_hh <f>[G*H] (zeros without bias),
+# w_hr <f>[P, H] (LSTM projection; 0 without) and ln <f>[10H] (layer-normalised LSTM; 0 without),
+# then I_l. They point into the parameters themselves
 # (every update is seen); the caller keeps those alive and checks every shape. x_addr is the input
 # <f>[B, I_0]. The state h <f>[L, B, P] (c <f>[L, B, H]) is updated in place; the top layer's new h
 # is also written to y_addr <f>[B, P] unless it is 0. One signature for all three,
@@ -1002,7 +1003,7 @@ def _at(typingctx, addr, like):
 @register_jitable
 def _stream_weights(p, like, G, P):
     """One layer's (w_ih, w_hh, b_ih, b_hh) from its row p of ptrs, as arrays of like's dtype."""
-    return (carray(_at(p[0], like), (G, p[5])), carray(_at(p[1], like), (G, P)),
+    return (carray(_at(p[0], like), (G, p[6])), carray(_at(p[1], like), (G, P)),
             carray(_at(p[2], like), G), carray(_at(p[3], like), G))
 
 
@@ -1021,7 +1022,7 @@ def stream_lstm(ptrs, x_addr, y_addr, h, c, unused):
     gates = np.empty((B, G), h.dtype)
     gh = np.empty((B, G), h.dtype)
     hc = np.empty((B, H), h.dtype)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 5]))
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
     for layer in range(L):
         w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, P)
         proj = ptrs[layer, 4] != 0
@@ -1063,7 +1064,7 @@ def stream_gru(ptrs, x_addr, y_addr, h, unused, reset_after):
     rh = np.empty((B, H), h.dtype)
     ghn = np.empty((B, H), h.dtype)
     nb = np.empty(H, h.dtype)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 5]))
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
     for layer in range(L):
         w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
         hl = h[layer]
@@ -1109,7 +1110,7 @@ def stream_rnn(ptrs, x_addr, y_addr, h, unused, relu):
     zero = one_(h) - one_(h)
     gates = np.empty((B, H), h.dtype)
     gh = np.empty((B, H), h.dtype)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 5]))
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
     for layer in range(L):
         w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, H, H)
         dot(xin, w_ih, gates, ab, False, True)
@@ -1267,6 +1268,35 @@ def ln_lstm_forward_par(n, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse,
         b0, b1 = _chunk(k, n, h.shape[0])
         _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd,
                               cs, chat, hs)
+
+
+@njit(**_JIT)
+def stream_ln_lstm(ptrs, x_addr, y_addr, h, c, unused):
+    """One step of a layer-normalised LSTM stack, with ``stream_lstm``'s arguments (see "streaming"
+    above; ptrs[l, 5] the address of ln), through the sequence loop's elementwise step."""
+    L, B, H = h.shape
+    G = 4 * H
+    ab = consts(h)
+    gates = np.empty((1, B, G), h.dtype)  # the step's x W_ih^T, as step 0 of a sequence
+    gh = np.empty((B, G), h.dtype)
+    bias = np.empty(G, h.dtype)
+    out = np.empty((1, B, H), h.dtype)
+    scratch = np.empty((3, G), h.dtype)
+    no_mask = np.zeros((1, 1), np.bool_)
+    k = _ln_consts(gh)
+    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
+    for layer in range(L):
+        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
+        ln = carray(_at(ptrs[layer, 5], h), 10 * H)
+        for j in range(G):
+            bias[j] = bi[j] + bh[j]
+        dot(xin, w_ih, gates[0], ab, False, True)
+        dot(h[layer], w_hh, gh, ab, False, True)
+        # not training and no mask: the kept-for-backward arrays are never touched (gates stands in)
+        _ln_lstm_fwd_ew(0, 0, gates, gh, ln, bias, h[layer], c[layer], no_mask, False, False, out, gates, gates,
+                        gates, gates, gates, gates, k, scratch)
+        xin = h[layer]
+    _stream_out(y_addr, h)
 
 
 @njit(**_JIT)

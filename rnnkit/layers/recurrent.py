@@ -419,7 +419,8 @@ class LayerNormLSTM(RecurrentBase):
     equations in ``rnnkit.cells.ln_lstm_step``. Same options and return values as ``LSTM`` (no
     projection); each layer and direction adds one parameter ``layer_norm_l{k}`` <float>[10H]:
     [γ_ih (4H) | γ_hh (4H) | γ_c (H) | β_c (H)], initialised to gains 1 and shift 0.
-    The fused CPU backend runs it forward and backward like the plain cells.
+    The fused CPU backend runs it forward and backward like the plain cells, and streams it
+    (``step()`` without autograd, ``streamer()``) with the same compiled one-step call.
     """
 
     mode = "LSTM"
