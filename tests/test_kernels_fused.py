@@ -421,9 +421,9 @@ def test_stream_kernels_check_weight_shapes():
     model = rnnkit.GRU(I, H, num_layers=2)
     weights = [model.direction_weights(layer, 0) for layer in range(2)]
     bad = weights[1]._replace(w_hh=torch.randn(3 * H, H + 1))
-    with pytest.raises(ValueError, match=r"layers\[1\].w_hh: expected shape \(18, 6\)"):
+    with pytest.raises(ValueError, match=r"layers\[1\].w_hh: expected a CPU tensor of shape \(18, 6\)"):
         fused.stream_step(model.spec, torch.randn(3, I), [weights[0], bad], None, None)
-    with pytest.raises(ValueError, match=r"layers\[1\].w_ih: expected shape"):
+    with pytest.raises(ValueError, match=r"layers\[1\].w_ih: expected a CPU tensor of shape"):
         fused.Streamer(model.spec, [weights[0], weights[1]._replace(w_ih=torch.randn(3 * H, I + 5))], 1)
 
 
@@ -459,3 +459,79 @@ def test_openblas_fallback_matches_reference():
     env = dict(os.environ, RNNKIT_BLAS="openblas")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["openblas", "2"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_output_and_state_are_separate_tensors(cell):
+    """On the compiled path, step()'s y_t is not a view of the new state: changing one leaves the
+    other, and a head's backward through y_t sees y_t's values."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    layer = cls(I, H, num_layers=2, **kw).requires_grad_(False)
+    x = torch.randn(3, I)
+    with torch.no_grad():
+        y, state = layer.step(x)
+    h = state[0] if isinstance(state, tuple) else state
+    h_before, y_before = h.clone(), y.clone()
+    y.mul_(100)
+    torch.testing.assert_close(h, h_before)
+    w = torch.ones(y.shape[1], requires_grad=True)
+    y2, state2 = layer.step(x)
+    loss = (y2 * w).sum()
+    (state2[0] if isinstance(state2, tuple) else state2).zero_()
+    loss.backward()
+    torch.testing.assert_close(w.grad, y_before.sum(0))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_step_keeps_autograd_for_a_state_that_needs_it(cell):
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    layer = cls(I, H, **kw).requires_grad_(False)
+    x = torch.randn(1, 2, I)
+    h0 = torch.randn(1, 2, H, requires_grad=True)
+    state = (h0, torch.zeros(1, 2, H)) if cls in WITH_C else h0
+    y, _ = layer.step(x[0], state)
+    assert y.requires_grad
+    y.sum().backward()
+    grad = h0.grad.clone()
+    h0.grad = None
+    layer(x, state)[0].sum().backward()
+    torch.testing.assert_close(grad, h0.grad)
+
+
+def test_streaming_keeps_no_parameter_alive():
+    """The streaming caches hold addresses, not parameters: a deleted layer's weights are freed."""
+    import gc
+    import weakref
+    layer = rnnkit.LSTM(I, H, num_layers=2)
+    ref = weakref.ref(layer.weight_hh_l1)
+    with torch.no_grad():
+        layer.step(torch.randn(2, I))
+    streamer = layer.streamer(2)
+    streamer(torch.randn(2, I))
+    del layer, streamer
+    gc.collect()
+    assert ref() is None
+
+
+def test_streamer_refuses_copies_and_odd_input():
+    import copy
+    import pickle
+    streamer = rnnkit.GRU(I, H).streamer(2)
+    for make_copy in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            make_copy(streamer)
+    with pytest.raises(TypeError, match="x_t: expected a torch.Tensor, got list"):
+        streamer([[0.0] * I] * 2)
+
+
+def test_fallback_streamer_checks_batch_and_starts_from_zeros():
+    layer = rnnkit.GRU(I, H, num_layers=2, backend="reference")
+    streamer = layer.streamer(3)
+    assert not isinstance(streamer, fused.Streamer)
+    torch.testing.assert_close(streamer.state, torch.zeros(2, 3, H))
+    with pytest.raises(ValueError, match="x_t: expected a batch of 3"):
+        streamer(torch.randn(2, I))
+    lstm = rnnkit.LSTM(I, H, backend="reference").streamer(1)
+    assert [tuple(t.shape) for t in lstm.state] == [(1, 1, H), (1, 1, H)]

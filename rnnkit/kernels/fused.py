@@ -51,6 +51,7 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -599,70 +600,56 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
 
 
 # --------------------------------------------------------------------------------- streaming
-_views: dict = {}
-
-
-def _view(p: Tensor):
-    """A numpy view of a weight, kept between calls while the weight keeps its storage. A view, never
-    a copy: every update to the weight (optimizer, load_state_dict, even through ``.data``) is seen."""
-    hit = _views.get(id(p))
-    if hit is not None and hit[0] is p and hit[1] == p.data_ptr():
-        return hit[2]
-    if not p.is_contiguous():  # no view possible: a fresh copy, not cached
-        return _np(_c(p))
-    if len(_views) > 256:
-        _views.clear()
-    view = _np(p)
-    _views[id(p)] = (p, p.data_ptr(), view)  # p kept alive with its entry, so that its id stays its own
-    return view
-
-
 _zero_bias: dict = {}
 
 
-def _bias_view(b: Tensor | None, n: int, dtype):
-    if b is not None:
-        return _view(b)
+def _zeros(n: int, dtype: torch.dtype) -> Tensor:
+    """A shared zero vector <dtype>[n] (the bias of a layer without one; never written)."""
     if (n, dtype) not in _zero_bias:
-        _zero_bias[(n, dtype)] = np.zeros(n, dtype)
+        _zero_bias[(n, dtype)] = torch.zeros(n, dtype=dtype)
     return _zero_bias[(n, dtype)]
 
 
 _stacks: dict = {}
 
 
-def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights], dtype) -> tuple[np.ndarray, list]:
+def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.ndarray, list[Tensor]]:
     """The weights of a stack for the streaming kernels: ptrs <int64>[L, 7] (per layer the addresses
-    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, ln or 0, and the layer's input size; see fused_loops), and the arrays
-    they point into, which the caller keeps alive while it uses ptrs. They are the parameters
-    themselves where contiguous (so every in-place update is seen), and cached while every weight
-    keeps its storage. Every shape and dtype is checked here: the compiled code does not."""
+    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, ln or 0, and the layer's input size; see fused_loops), and
+    the tensors they point into: the parameters themselves where contiguous (so every in-place update
+    is seen), else copies. The caller keeps those alive while it uses ptrs. Every shape and dtype is
+    checked here (the compiled code does not). ptrs are cached per spec and parameters, while the
+    same tensors (weak references: the cache keeps none alive) keep their addresses and sizes (the
+    compiled code can then not read past a weight, whatever a caller does to its shape)."""
     params = [p for w in layers for p in w if p is not None]
-    key = tuple(map(id, params))
+    key = (spec, *map(id, params))
     hit = _stacks.get(key)
-    if hit is not None and [p.data_ptr() for p in params] == hit[1]:
-        return hit[2]
+    if (hit is not None and all(ref() is p for ref, p in zip(hit[0], params))
+            and [p.data_ptr() for p in params] == hit[1] and [p.numel() for p in params] == hit[2]):
+        return hit[3], params
     G, H, P = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
-    arrays, rows = [], []
+    dtype = layers[0].w_ih.dtype
+    rows, alive = [], []
     for layer, w in enumerate(layers):
         I = w.w_ih.shape[-1] if layer == 0 else P
         expected = {"w_ih": (G, I), "w_hh": (G, P), "b_ih": (G,), "b_hh": (G,), "w_hr": (P, H), "ln": (10 * H,)}
         for name, shape in expected.items():
             t = getattr(w, name)
-            if t is not None and (tuple(t.shape) != shape or t.dtype != layers[0].w_ih.dtype):
-                raise ValueError(f"layers[{layer}].{name}: expected shape {shape} of dtype "
-                                 f"{layers[0].w_ih.dtype}, got {tuple(t.shape)} {t.dtype}")
-        row = (_view(w.w_ih), _view(w.w_hh), _bias_view(w.b_ih, G, dtype), _bias_view(w.b_hh, G, dtype),
-               None if w.w_hr is None else _view(w.w_hr), None if w.ln is None else _view(w.ln))
-        arrays.append(row)
-        rows.append([0 if a is None else a.ctypes.data for a in row] + [I])
-    bundle = (np.array(rows, np.int64), arrays)
-    if any(not p.is_contiguous() for p in params):  # copies, not views: never cached
-        return bundle
-    if len(_stacks) > 64:
-        _stacks.clear()
-    _stacks[key] = (params, [p.data_ptr() for p in params], bundle)  # params kept alive: ids stay theirs
-    return bundle
+            if t is not None and (tuple(t.shape) != shape or t.dtype != dtype or t.device.type != "cpu"):
+                raise ValueError(f"layers[{layer}].{name}: expected a CPU tensor of shape {shape} and dtype {dtype}, "
+                                 f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+        row = [w.w_ih, w.w_hh, w.b_ih if w.b_ih is not None else _zeros(G, dtype),
+               w.b_hh if w.b_hh is not None else _zeros(G, dtype), w.w_hr, w.ln]
+        row = [None if t is None else _c(t) for t in row]  # the parameter itself when contiguous
+        alive += [t for t in row if t is not None]
+        rows.append([0 if t is None else t.data_ptr() for t in row] + [I])
+    ptrs = np.array(rows, np.int64)
+    if all(p.is_contiguous() for p in params):  # else the addresses are the copies': not cacheable
+        if len(_stacks) > 256:
+            _stacks.clear()
+        _stacks[key] = ([weakref.ref(p) for p in params], [p.data_ptr() for p in params], [p.numel() for p in params],
+                        ptrs)
+    return ptrs, alive
 
 
 def _stream_kernel(spec: CellSpec):
@@ -701,19 +688,20 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_t = x_t.contiguous()
     dtype = _NP_DTYPE[x_t.dtype]
-    ptrs, _alive = _stack_pointers(spec, layers, dtype)
+    ptrs, _alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into, held through the call
     kernel, flag = _stream_kernel(spec)
     hout = _state_np(h).copy() if h is not None else np.zeros((L, B, P), dtype)  # the kernel updates it in place
     lstm = spec.mode == "LSTM"
     cout = (_state_np(c).copy() if c is not None else np.zeros((L, B, H), dtype)) if lstm else _dummy(x_t.dtype, 3)
     kernel(ptrs, x_t.data_ptr(), 0, hout, cout, flag)
+    y_t = _from_np(hout[L - 1].copy())  # its own tensor, not a view of the new h
     h_t = _from_np(hout)
     c_t = _from_np(cout) if lstm else None
     _last_state.clear()
     _last_state[id(h_t)] = (h_t, hout)
     if lstm:
         _last_state[id(c_t)] = (c_t, cout)
-    return _from_np(hout[L - 1]), h_t, c_t
+    return y_t, h_t, c_t
 
 
 class Streamer:
@@ -749,13 +737,17 @@ class Streamer:
                     raise ValueError(f"{name}: expected shape {(L, batch, n)} of dtype {w0.dtype}, "
                                      f"got {tuple(init.shape)} {init.dtype}")
                 getattr(self, name)[...] = _np(init)
-        self._ptrs, self._alive = _stack_pointers(spec, layers, dtype)  # _alive: what ptrs point into
+        self._ptrs, self._alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into
         self._kernel, self._flag = _stream_kernel(spec)
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
         self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.2 µs, empty(shape) 2.1
 
     def __call__(self, x_t: Tensor) -> Tensor:
-        if x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu:
+        try:
+            wrong = x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu
+        except AttributeError:
+            raise TypeError(f"x_t: expected a torch.Tensor, got {type(x_t).__name__}") from None
+        if wrong:
             raise ValueError(f"x_t: expected a CPU tensor of shape {tuple(self._shape_x)} and dtype "
                              f"{self._dtype}, got {_describe(x_t)}")
         if not x_t.is_contiguous():
@@ -769,6 +761,11 @@ class Streamer:
         """The current h <f>[L, B, P], or (h, c <f>[L, B, H]) for LSTM, as new tensors."""
         h = _from_np(self.h.copy())
         return (h, _from_np(self.c.copy())) if self._lstm else h
+
+    def __reduce_ex__(self, protocol):
+        # the kernel's weight addresses cannot travel with a copy or a pickle
+        raise TypeError("Streamer: cannot be copied or pickled; to fork the state, make another with "
+                        "layer.streamer(batch_size, state=streamer.state)")
 
 
 def _describe(x) -> str:

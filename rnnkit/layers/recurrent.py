@@ -306,7 +306,7 @@ class RecurrentBase(nn.Module):
         self._check_input(x_t)
         if x_t.dim() != 2:
             raise ValueError(f"x_t: expected 2 dims (batch, features), got shape {_shape(x_t)}")
-        if self._streams(x_t):  # a backend's compiled step for the whole stack, when one can run it
+        if self._streams(x_t, state):  # a backend's compiled step for the whole stack, when one can run it
             h, c = (None, None) if state is None else (self._check_hx(state, x_t.shape[0], x_t) + [None])[:2]
             weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
             fast = kernels.stream_step(self.spec, x_t, weights, h, c, self.backend)
@@ -326,7 +326,9 @@ class RecurrentBase(nn.Module):
         """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
         state kept inside, ``s.state`` is it in forward's hx layout. No autograd, no dropout. The
         fastest way to run one step at a time (on CPU float32/64 one compiled call per step); it
-        falls back to ``step()`` where no backend offers one.
+        falls back to ``step()`` where no backend offers one. It reads the parameters in place, so
+        in-place updates are seen; after replacing a parameter (``.to()``, ``double()``, a new
+        ``Parameter``) or updating a parametrized weight's original, make a new streamer.
 
         x_t <float>[batch_size, I] → y_t <float>[batch_size, P]; state as forward's hx, or None (zeros)."""
         if self.bidirectional:
@@ -337,14 +339,18 @@ class RecurrentBase(nn.Module):
         parts = self._check_hx(state, batch_size, like) if state is not None else [None, None]
         weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
         fast = kernels.streamer(self.spec, weights, batch_size, parts[0], (parts + [None])[1], like, self.backend)
-        return fast if fast is not None else _StepStreamer(self, state)
+        return fast if fast is not None else _StepStreamer(self, batch_size, state)
 
-    def _streams(self, x_t: Tensor) -> bool:
-        """Whether step() may take a backend's compiled streaming step: nothing needs a gradient,
-        no dropout applies between layers and no layer hook is registered."""
+    def _streams(self, x_t: Tensor, state: Hidden | None) -> bool:
+        """Whether step() may take a backend's compiled streaming step: nothing needs a gradient
+        (input, state or parameters), no dropout applies between layers and no layer hook is registered."""
         if self._layer_hooks or (self.training and self.dropout > 0 and self.num_layers > 1):
             return False
-        return not (torch.is_grad_enabled() and (x_t.requires_grad or any(p.requires_grad for p in self.parameters())))
+        if not torch.is_grad_enabled():
+            return True
+        parts = () if state is None else state if isinstance(state, (tuple, list)) else (state,)
+        tensors = (x_t, *parts, *self.parameters())
+        return not any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -361,12 +367,20 @@ class RecurrentBase(nn.Module):
 
 
 class _StepStreamer:
-    """The generic streamer (``RecurrentBase.streamer``): ``step()`` without autograd, state inside."""
+    """The generic streamer (``RecurrentBase.streamer``): ``step()`` without autograd, state inside
+    (zeros in forward's hx layout when none is given)."""
 
-    def __init__(self, layer: RecurrentBase, state: Hidden | None) -> None:
-        self.layer, self._state = layer, state
+    def __init__(self, layer: RecurrentBase, batch_size: int, state: Hidden | None) -> None:
+        if state is None:
+            like = layer.weight_ih_l0
+            zeros = [like.new_zeros(layer.num_layers, batch_size, n) for n in layer.spec.state_sizes]
+            state = tuple(zeros) if len(zeros) == 2 else zeros[0]
+        self.layer, self.batch_size, self._state = layer, batch_size, state
 
     def __call__(self, x_t: Tensor) -> Tensor:
+        if isinstance(x_t, Tensor) and x_t.dim() == 2 and x_t.shape[0] != self.batch_size:
+            raise ValueError(f"x_t: expected a batch of {self.batch_size} (the streamer's batch_size), "
+                             f"got shape {_shape(x_t)}")
         with torch.no_grad():
             training = self.layer.training
             self.layer.train(False)
@@ -377,8 +391,8 @@ class _StepStreamer:
         return y_t
 
     @property
-    def state(self) -> Hidden | None:
-        """The current state in forward's hx layout (None before the first step without an initial state)."""
+    def state(self) -> Hidden:
+        """The current state in forward's hx layout."""
         return self._state
 
 
