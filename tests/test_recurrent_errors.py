@@ -29,7 +29,10 @@ X = torch.randn(5, 3, 4)  # (time, batch, features)
     (lambda m: m(X, lengths=[5, -1, 2]), ValueError, r"lengths: expected every length >= 1, got -1"),
     (lambda m: m(X, lengths=[5, 2]), ValueError, r"lengths: expected 3 entries .* got 2"),
     (lambda m: m(X, lengths=[5.0, 2.0, 1.0]), TypeError, r"lengths: expected a 1-D integer tensor"),
-    (lambda m: m.step(torch.randn(3, 5)), ValueError, r"input: expected 4 features"),
+    (lambda m: m.step(torch.randn(3, 5)), ValueError, r"x_t: expected 4 features"),
+    (lambda m: m.step(torch.randn(4)), ValueError, r"x_t: expected 2 dims \(batch, features\), got shape \(4,\)"),
+    (lambda m: m.step(torch.ones(3, 4, dtype=torch.long)), TypeError, r"x_t: expected a floating-point tensor"),
+    (lambda m: m.step([[1.0] * 4]), TypeError, r"x_t: expected a torch.Tensor, got list"),
     (lambda m: m.step(torch.randn(2, 3, 4)), ValueError, r"x_t: expected 2 dims \(batch, features\)"),
 ])
 def test_bad_input_is_named(call, error, pattern):

@@ -177,21 +177,25 @@ class RecurrentBase(nn.Module):
         """No-op, for drop-in compatibility with torch.nn (which compacts cuDNN weights here)."""
 
     # -------------------------------------------------------------------------------- validation
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, name: str = "input") -> None:
+        """Validate forward()'s input, or step()'s x_t (name "x_t": 2 dims (batch, features) only)."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"input: expected a torch.Tensor or PackedSequence, got {type(x).__name__}")
+            also = " or PackedSequence" if name == "input" else ""
+            raise TypeError(f"{name}: expected a torch.Tensor{also}, got {type(x).__name__}")
         if not x.is_floating_point():
-            raise TypeError(f"input: expected a floating-point tensor, got dtype {x.dtype} "
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype} "
                             "(token ids go through an embedding layer first)")
         dtype = self.weight_ih_l0.dtype
         if x.dtype != dtype:
-            raise TypeError(f"input: expected dtype {dtype} (the layer's parameters), got {x.dtype}")
+            raise TypeError(f"{name}: expected dtype {dtype} (the layer's parameters), got {x.dtype}")
         layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
+        if name != "input" and x.dim() != 2:
+            raise ValueError(f"{name}: expected 2 dims (batch, features), got shape {_shape(x)}")
         if x.dim() not in (2, 3):
-            raise ValueError(f"input: expected 3 dims {layout} or 2 dims (time, features) for one "
+            raise ValueError(f"{name}: expected 3 dims {layout} or 2 dims (time, features) for one "
                              f"unbatched sequence, got shape {_shape(x)}")
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected {self.input_size} features (input_size) in the last dim, "
+            raise ValueError(f"{name}: expected {self.input_size} features (input_size) in the last dim, "
                              f"got shape {_shape(x)}")
 
     def _check_lengths(self, lengths, batch: int, time: int, device: torch.device) -> Tensor:
@@ -303,9 +307,7 @@ class RecurrentBase(nn.Module):
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence; use forward()")
-        self._check_input(x_t)
-        if x_t.dim() != 2:
-            raise ValueError(f"x_t: expected 2 dims (batch, features), got shape {_shape(x_t)}")
+        self._check_input(x_t, "x_t")
         if self._streams(x_t, state):  # a backend's compiled step for the whole stack, when one can run it
             h, c = (None, None) if state is None else (self._check_hx(state, x_t.shape[0], x_t) + [None])[:2]
             weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
