@@ -613,6 +613,10 @@ def _zeros(n: int, dtype: torch.dtype) -> Tensor:
 _stacks: dict = {}
 
 
+def _all_contiguous(layers: list[DirectionWeights]) -> bool:
+    return all(t.is_contiguous() for w in layers for t in w if t is not None)
+
+
 def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.ndarray, list[Tensor]]:
     """The weights of a stack for the streaming kernels: ptrs <int64>[L, 7] (per layer the addresses
     of w_ih, w_hh, b_ih, b_hh, w_hr or 0, ln or 0, and the layer's input size; see fused_loops), and
@@ -644,7 +648,7 @@ def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.
         alive += [t for t in row if t is not None]
         rows.append([0 if t is None else t.data_ptr() for t in row] + [I])
     ptrs = np.array(rows, np.int64)
-    if all(p.is_contiguous() for p in params):  # else the addresses are the copies': not cacheable
+    if _all_contiguous(layers):  # else the addresses are the copies': not cacheable
         if len(_stacks) > 256:
             _stacks.clear()
         _stacks[key] = ([weakref.ref(p) for p in params], [p.data_ptr() for p in params], [p.numel() for p in params],
@@ -708,7 +712,7 @@ class Streamer:
     """Stateful streaming for a unidirectional stack: ``y_t = streamer(x_t)`` advances the state kept
     inside. The lowest-overhead way to run one step at a time: a call checks x_t, allocates y_t and
     makes one compiled call (the weights passed as addresses, the state updated in place). Each y_t
-    is a tensor of its own (handing out views of one preallocated block would save ~0.9 µs a call,
+    is a tensor of its own (handing out views of one preallocated block saved ~0.6 µs a call,
     but views share one version counter, so an in-place op on one output would break autograd's
     check of another saved for backward). The weights are read in place, so in-place updates to them
     (an optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new
@@ -722,7 +726,7 @@ class Streamer:
                  h: Tensor | None = None, c: Tensor | None = None) -> None:
         if spec.mode not in _MODES:
             raise ValueError(f"spec: the Streamer covers the RNN, LSTM and GRU cells, got {spec}")
-        if not all(t.is_contiguous() for w in layers for t in w if t is not None):
+        if not _all_contiguous(layers):
             raise ValueError("layers: the Streamer reads the weights in place and needs them contiguous")
         self.spec = spec
         w0 = layers[0].w_ih
@@ -740,7 +744,7 @@ class Streamer:
         self._ptrs, self._alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into
         self._kernel, self._flag = _stream_kernel(spec)
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
-        self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.2 µs, empty(shape) 2.1
+        self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.3 µs, empty(shape) 2.4
 
     def __call__(self, x_t: Tensor) -> Tensor:
         try:
@@ -888,8 +892,9 @@ def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeig
 
 def _backend_streamer(spec: CellSpec, layers: list[DirectionWeights], batch: int, h: Tensor | None,
                       c: Tensor | None, like: Tensor):
-    contiguous = all(t.is_contiguous() for w in layers for t in w if t is not None)
-    return Streamer(spec, layers, batch, h, c) if contiguous and stream_supports(spec, like[:1, :1]) else None
+    if not (_all_contiguous(layers) and stream_supports(spec, like[:1, :1])):
+        return None  # the layer falls back to its step()-based streamer
+    return Streamer(spec, layers, batch, h, c)
 
 
 register_backend(Backend("fused", run_layer, supports, _backend_stream_step, _backend_streamer))
