@@ -7,7 +7,7 @@ kernels loaded, oneDNN initialised and its kernels generated for these shapes (a
 missed those: at 1, 1000, 32, 64 our RNN's first call, where oneDNN's linear takes the input
 projection, raised the peak by 5.7-6.1 MiB, its second by at most 0.4 MiB).
 Then it hands the freed heap back to the system (glibc's ``malloc_trim``, so that the step cannot
-reuse pages the warm-up left resident), builds the model and data, and reports how far the process's
+reuse pages the warm-up left resident; rnnkit's pool of reusable buffers is emptied first), builds the model and data, and reports how far the process's
 peak resident memory rose above its resident memory just before the step (``ru_maxrss``, which
 counts every allocator: torch's, numpy's inside our kernels, oneDNN's).
 
@@ -27,6 +27,7 @@ import sys
 import torch
 
 from rnnkit.bench import CELLS, DEFAULT_CONFIGS, in_fresh_process, make_models, parse_configs, peer_name, train_fn
+from rnnkit.kernels.buffers import pool
 
 
 def _resident_bytes() -> int:
@@ -42,20 +43,22 @@ def _release_free_heap() -> None:
         pass
 
 
-def step_peak_mib(cell: str, cfg: tuple[int, int, int, int], impl: str) -> float:
-    """MiB by which one training step raised the peak resident memory of this (fresh) process."""
+def step_peak_mib(cell: str, cfg: tuple[int, int, int, int], impl: str) -> tuple[float, float]:
+    """MiB by which one training step raised the peak resident memory of this (fresh) process, and
+    the MiB that rnnkit's buffer pool keeps after it for the next step (within the peak)."""
     B, T, I, H = cfg
     warm = make_models(cell, B, T, I, H, ["fused"])[impl]
     train_fn(warm, torch.randn(T, B, I), torch.randn(T, B, H))()
     del warm
     gc.collect()
+    pool.clear()  # the warm-up's buffers kept for reuse: the measured step pays for its own
     _release_free_heap()
     model = make_models(cell, B, T, I, H, ["fused"])[impl]
     x, target = torch.randn(T, B, I), torch.randn(T, B, H)
     step = train_fn(model, x, target)
     before = _resident_bytes()
     step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2 ** 20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2 ** 20, pool.held_bytes / 2 ** 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     ratios = []
-    print(f"{'cell':6} {'B,T,I,H':>16} | {'peer':>11} {'peer MiB':>9} {'fused MiB':>10} {'ratio':>6}")
+    print(f"{'cell':6} {'B,T,I,H':>16} | {'peer':>11} {'peer MiB':>9} {'fused MiB':>10} {'ratio':>6} | "
+          f"{'kept MiB':>8}")
     for cell in args.cells.split(","):
         peer = peer_name(cell)
         for cfg in parse_configs(args.configs):
-            theirs, ours = (in_fresh_process(args.threads, step_peak_mib, cell, cfg, impl) for impl in (peer, "fused"))
+            (theirs, _), (ours, kept) = (in_fresh_process(args.threads, step_peak_mib, cell, cfg, impl)
+                                         for impl in (peer, "fused"))
             ratios.append(ours / theirs)
-            print(f"{cell:6} {','.join(map(str, cfg)):>16} | {peer:>11} {theirs:9.1f} {ours:10.1f} {ours / theirs:6.2f}",
-                  flush=True)
+            print(f"{cell:6} {','.join(map(str, cfg)):>16} | {peer:>11} {theirs:9.1f} {ours:10.1f} {ours / theirs:6.2f} | "
+                  f"{kept:8.1f}", flush=True)
     print(f"fused / peer: median {statistics.median(ratios):.2f}, worst {max(ratios):.2f}")
     return 0
 

@@ -62,6 +62,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import CellSpec, State
 from . import Backend, register_backend
 from .base import DirectionWeights, whole_sequence_input
+from .buffers import pool
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 _DTYPES = (torch.float32, torch.float64)
@@ -295,7 +296,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
         gates = _linear(x2, _c(w_ih), bias.detach() if bias is not None else None).view(T, B, G * H)
         h0 = _c(h0)
         h = h0.clone()  # becomes the final state
-        hs = x.new_empty(T, B, P) if (train and has_mask) else None
+        hs = pool.empty((T, B, P), x.dtype) if (train and has_mask) else None
         hs_np = _np(hs) if hs is not None else dummy3
         keep: dict[str, Tensor] = {"gates": gates, "h0": h0, "hs": hs} if train else {}
         stepwise = n == 1 and _step_loop(spec, x, w_hr)
@@ -312,7 +313,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
         if spec.mode == "LSTM":
             c0 = _c(c0)
             c = c0.clone()
-            cs = x.new_empty(T, B, H) if train else None
+            cs = pool.empty((T, B, H), x.dtype) if train else None
             cs_np = _np(cs) if train else dummy3
             if stepwise:
                 c_np = _np(c)
@@ -330,7 +331,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
                 keep.update(cs=cs, c0=c0)
         elif spec.mode == "GRU" and spec.reset_after:
             b_hn = _c(b_hh[2 * H:]) if b_hh is not None else x.new_zeros(H)
-            ghn = x.new_empty(T, B, H) if train else None
+            ghn = pool.empty((T, B, H), x.dtype) if train else None
             ghn_np = _np(ghn) if train else dummy3
             if stepwise:
                 b_hn_np = _np(b_hn)
@@ -445,7 +446,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
         if spec.mode == "LSTM":
             dc = dfin[1].detach().clone(memory_format=torch.contiguous_format) if dfin[1] is not None \
                 else x.new_zeros(B, H)
-            dg = x.new_empty(T, B, G * H)
+            dg = pool.empty((T, B, G * H), x.dtype)
             gates_np, cs_np, c0_np, dc_np, dg_np = (_np(keep["gates"]), _np(keep["cs"]), _np(keep["c0"]),
                                                    _np(dc), _np(dg))
             if stepwise:
@@ -459,8 +460,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
                                      has_mask, dout_np, off, dg_np)
             else:
                 proj = w_hr is not None
-                dhs = x.new_empty(T, B, P) if proj else None
-                hcs = x.new_empty(T, B, H) if proj else None
+                dhs = pool.empty((T, B, P), x.dtype) if proj else None
+                hcs = pool.empty((T, B, H), x.dtype) if proj else None
                 dummy = _dummy(x.dtype, 3)
                 _loop("lstm_backward", n, gates_np, cs_np, c0_np, _np(w_hh),
                       _np(_c(w_hr)) if proj else _dummy(x.dtype, 2), dh_np, dc_np, mask_np, has_mask, reverse,
@@ -471,8 +472,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
             g_w_hh = _grad_recurrent(dg, hprev, h0, reverse) if need[1] else None
             g_b_hh = "same"  # = the input-side bias gradient
         elif spec.mode == "GRU" and spec.reset_after:
-            dg_in = x.new_empty(T, B, G * H)
-            dghn = x.new_empty(T, B, H)
+            dg_in = pool.empty((T, B, G * H), x.dtype)
+            dghn = pool.empty((T, B, H), x.dtype)
             args = (_np(keep["gates"]), _np(keep["ghn"]), _np(h0), hseq_np, hoff)
             if stepwise:
                 dgh = x.new_empty(B, G * H)
@@ -495,8 +496,8 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
             if need[3]:
                 g_b_hh = torch.cat([dg_in[:, :, : 2 * H].sum((0, 1)), dghn.sum((0, 1))])
         elif spec.mode == "GRU":
-            dg_in = x.new_empty(T, B, G * H)
-            rhs = x.new_empty(T, B, H)
+            dg_in = pool.empty((T, B, G * H), x.dtype)
+            rhs = pool.empty((T, B, H), x.dtype)
             _loop("grux_backward", n, _np(keep["gates"]), _np(h0), hseq_np, hoff, _np(_c(w_hh[: 2 * H])),
                   _np(_c(w_hh[2 * H:])), dh_np, mask_np, has_mask, reverse, dout_np, off, _np(dg_in), _np(rhs))
             g_w_hh = g_b_hh = None
@@ -505,7 +506,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
                                     dg_in[:, :, 2 * H:].reshape(T * B, H).t().mm(rhs.view(T * B, H))])
             g_b_hh = "same"
         else:
-            dg_in = x.new_empty(T, B, H)
+            dg_in = pool.empty((T, B, H), x.dtype)
             relu = spec.mode == "RNN_RELU"
             if stepwise:
                 dg_np = _np(dg_in)

@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 from ..cells import CellSpec, State
 from . import fused
 from .base import DirectionWeights
+from .buffers import pool
 from .fused import _np
 
 
@@ -45,10 +46,10 @@ class _Recurrence(torch.autograd.Function):
             memory_format=torch.contiguous_format)
         out = gates.new_empty(T, B, H)
         kept = (T, B) if train else (1, 1)
-        ri, rh, rstd = gates.new_empty(*kept, G), gates.new_empty(*kept, G), gates.new_empty(*kept, 3)
+        ri, rh, rstd = (pool.empty((*kept, n), x.dtype) for n in (G, G, 3))
         has_mask = mask is not None
-        cs, chat = gates.new_empty(*kept, H), gates.new_empty(*kept, H)
-        hs = gates.new_empty(*(kept if has_mask else (1, 1)), H)  # without a mask, out is the state sequence
+        cs, chat = pool.empty((*kept, H), x.dtype), pool.empty((*kept, H), x.dtype)
+        hs = pool.empty((*(kept if has_mask else (1, 1)), H), x.dtype)  # without a mask, out is the state sequence
         mask_np = _np(mask) if has_mask else fused._NO_MASK
         gates_np, ln_np, h_np, c_np = _np(gates), _np(ln), _np(h), _np(c)
         bufs = [_np(t) for t in (out, ri, rh, rstd, cs, chat, hs)]
@@ -79,7 +80,7 @@ class _Recurrence(torch.autograd.Function):
         dh = dhn.clone(memory_format=torch.contiguous_format) if dhn is not None else torch.zeros_like(h0)
         dc = dcn.clone(memory_format=torch.contiguous_format) if dcn is not None else torch.zeros_like(c0)
         dout = dout.contiguous() if dout is not None else torch.zeros_like(hs)
-        dg, drh = torch.empty_like(gates), torch.empty_like(rh)
+        dg, drh = pool.empty(gates.shape, gates.dtype), pool.empty(gates.shape, gates.dtype)
         dpar = ln.new_zeros(ln.shape[0] + G)  # [dln | d(b_ih + b_hh)]
         has_mask = mask is not None
         saved = (_np(gates), _np(ri), _np(rh), _np(rstd), _np(cs), _np(chat), _np(c0.contiguous()))

@@ -1,0 +1,89 @@
+"""The pool of reusable scratch buffers behind the fused kernels (rnnkit.kernels.buffers)."""
+
+import gc
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.kernels.buffers import MIN_BYTES, BufferPool, pool
+
+BIG = (MIN_BYTES // 4 + 10,)  # float32 elements: just above the pooling threshold
+
+
+def test_a_buffer_is_reused_only_once_every_tensor_made_from_it_is_gone():
+    p = BufferPool()
+    a = p.empty(BIG, torch.float32)
+    view = a[5:]
+    addr = a.data_ptr()
+    del a
+    b = p.empty(BIG, torch.float32)  # the first buffer is still held by `view`
+    assert b.data_ptr() != addr
+    del view
+    c = p.empty(BIG, torch.float32)
+    assert c.data_ptr() == addr
+    assert p.held_bytes >= 2 * BIG[0] * 4
+
+
+def test_a_free_buffer_serves_requests_of_half_its_size_and_more():
+    p = BufferPool()
+    n = BIG[0] * 3
+    addr = p.empty((n,), torch.float32).data_ptr()  # freed at once
+    assert p.empty((n * 2 // 3,), torch.float32).data_ptr() == addr  # a shorter sequence's buffer
+    assert p.empty((n + 1,), torch.float32).data_ptr() != addr  # too big for it
+    assert p.empty((n // 2 - 100,), torch.float32).data_ptr() != addr  # under half: a buffer of its own
+
+
+def test_buffers_are_aligned_shaped_and_typed():
+    p = BufferPool()
+    for shape, dtype in (((3, 100_000), torch.float32), ((2, 7, 20_000), torch.float64)):
+        t = p.empty(shape, dtype)
+        assert t.shape == shape and t.dtype == dtype and t.is_contiguous()
+        assert t.data_ptr() % 64 == 0
+        t.fill_(1.5)  # writable, the whole extent
+        assert float(t.sum()) == 1.5 * t.numel()
+
+
+def test_small_requests_and_other_dtypes_are_not_pooled():
+    p = BufferPool()
+    small = p.empty((10,), torch.float32)
+    ints = p.empty(BIG, torch.int64)
+    assert small.shape == (10,) and ints.dtype == torch.int64
+    assert p.held_bytes == 0
+
+
+def test_a_free_buffer_not_taken_for_max_idle_requests_is_dropped():
+    p = BufferPool(max_idle=3)
+    p.empty(BIG, torch.float32)  # freed at once
+    other = (BIG[0] * 2,)
+    for _ in range(4):
+        p.empty(other, torch.float32)
+    assert p.held_bytes == pytest.approx(other[0] * 4, rel=0.01)  # only the one still taken remains
+    p.clear()
+    assert p.held_bytes == 0
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN, rnnkit.LayerNormLSTM])
+def test_graphs_alive_at_once_do_not_share_buffers(cls):
+    """Two forward passes whose graphs are both alive, then both backwards (in the other order): each
+    gets the gradients of its own input, as the reference backend computes them (float64: the
+    comparison is exact to rounding)."""
+    torch.manual_seed(0)
+    T, B, I, H = 40, 64, 16, 128  # big enough that the kept arrays and gradient buffers are pooled
+    fused, ref = cls(I, H, backend="fused").double(), cls(I, H, backend="reference").double()
+    ref.load_state_dict(fused.state_dict())
+    xs = [torch.randn(T, B, I, dtype=torch.float64) for _ in range(2)]
+    weights = [torch.randn(T, B, H, dtype=torch.float64) for _ in range(2)]
+    lengths = torch.randint(T // 2, T + 1, (B,))  # with lengths, every cell also keeps its states
+    grads = {}
+    for name, m in (("fused", fused), ("reference", ref)):
+        m.zero_grad()
+        outs = [m(x, lengths=lengths)[0] for x in xs]
+        for o, w in reversed(list(zip(outs, weights))):
+            (o * w).sum().backward()
+        grads[name] = [p.grad.clone() for p in m.parameters()]
+    for a, b in zip(grads["fused"], grads["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    assert pool.held_bytes > 0  # the test did take its buffers from the pool
+    del grads
+    gc.collect()
