@@ -13,6 +13,7 @@ rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can w
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
     rnnkit bench --configs none --repeat 9        (only the streaming step, batch 1)
     rnnkit bench --device cuda --no-stream        (on a GPU: rnnkit's backend="auto", i.e. cuDNN, and peak memory)
+    rnnkit bench --malloc tuned                   (glibc never trims or unmaps: page faults out of every row)
 
 Cells: rnn (tanh), rnn_relu, lstm, gru, against torch.nn; gru_v1 is GRU(reset_after=False), which
 torch.nn lacks (compare it with the reference); lstm_ln is rnnkit's LayerNormLSTM, whose peer is
@@ -25,6 +26,7 @@ GEMMs only (2 per MAC): forward 2·T·B·G·H·(I + H), a training step three ti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -40,6 +42,10 @@ import rnnkit
 from .kernels import fused as _fused
 
 PEAK_GFLOPS = 570.0
+# --malloc tuned: glibc's malloc keeps freed memory (no heap trimming, no mmap for large blocks), so a
+# training step does not fault its buffers in again. torch.nn's training rows gain most (the GUIDE:
+# 68.5 -> 38.5 ms); rnnkit reuses its own large buffers (kernels/buffers.py) and depends less on it.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 DEFAULT_CONFIGS = "64x100x128x256,32x200x64x128,1x1000x32x64,256x50x256x512"
 CELLS = {  # name: (rnnkit class, peer class or None, kwargs, gates)
     "rnn": (rnnkit.RNN, torch.nn.RNN, {}, 1),
@@ -117,6 +123,21 @@ def timed(fn, number: int, device: str = "cpu") -> float:
 
 def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """os.environ with these values set (for the processes spawned meanwhile), restored afterwards."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def in_fresh_process(threads: int, fn, *args):
@@ -276,6 +297,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--json", default=None, help="write all rows (with raw samples) to this path")
     ap.add_argument("--no-stream", action="store_true", help="skip the streaming (batch 1 step) timings")
     ap.add_argument("--markdown", default=None, help="write the tables as markdown (for the README) to this path")
+    ap.add_argument("--malloc", choices=("glibc", "tuned"), default="glibc",
+                    help="glibc: the C library's defaults (what a user gets); tuned: no heap trimming and no mmap "
+                         "for large blocks in the benchmark's processes, so neither contender pays page faults")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -289,7 +313,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ours = "fused" if args.device == "cpu" else "auto"
     backends = [ours] + ([] if args.no_reference else ["reference"])
     load0 = os.getloadavg()
-    print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, "
+    print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, malloc {args.malloc}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     if args.device == "cpu":
         gemm = gemm_gflops()
@@ -307,8 +331,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     rows = []
     for cell in cells:
         for cfg in configs:
-            got = in_fresh_process(args.threads, bench_one, cell, cfg, backends, args.repeat, args.min_time,
-                                   args.device, not args.no_jax)
+            with environment(TUNED_MALLOC if args.malloc == "tuned" else {}):
+                got = in_fresh_process(args.threads, bench_one, cell, cfg, backends, args.repeat, args.min_time,
+                                       args.device, not args.no_jax)
             rows += got
             for mode in ("inference", "train"):
                 r = {row["impl"]: row for row in got if row["mode"] == mode}
@@ -352,6 +377,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat, "device": args.device,
+              "malloc": args.malloc,
               "ours": ours, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
               "cpu": cpu_name(), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,

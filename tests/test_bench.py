@@ -75,3 +75,18 @@ def test_bench_configs_none_runs_only_the_streaming_rows(tmp_path):
     assert report["rows"] == [] and report["summary"] == {}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {("rnn", 64), ("rnn", 256)}
     assert all(s["streamer_us"] > 0 for s in report["stream"])
+
+
+def test_bench_malloc_tuned_reaches_the_benchmark_processes_only(tmp_path, monkeypatch):
+    import os
+
+    from rnnkit.bench import TUNED_MALLOC, environment, in_fresh_process
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with environment(TUNED_MALLOC):
+        assert in_fresh_process(1, os.getenv, "MALLOC_TRIM_THRESHOLD_") == TUNED_MALLOC["MALLOC_TRIM_THRESHOLD_"]
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    out = tmp_path / "speed.json"
+    assert main(["--configs", "2x3x4x5", "--cells", "rnn", "--repeat", "1", "--threads", "1", "--min-time", "0.001",
+                 "--no-stream", "--no-reference", "--malloc", "tuned", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["malloc"] == "tuned"
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
