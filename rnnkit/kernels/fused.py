@@ -670,7 +670,7 @@ def _stream_kernel(spec: CellSpec):
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
     """Whether ``stream_step`` can run: CPU float32/64, a known cell, not tracing or scripting. The
     caller also checks that no gradient is needed (and that no inter-layer dropout applies)."""
-    return (x_t.device.type == "cpu" and x_t.dtype in _DTYPES and spec.mode in _MODES
+    return (x_t.is_cpu and x_t.dtype in _DTYPES and spec.mode in _MODES
             and x_t.dim() == 2 and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 

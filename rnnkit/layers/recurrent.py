@@ -107,6 +107,11 @@ class RecurrentBase(nn.Module):
         # the attribute, e.g. a weight computed by torch.nn.utils.parametrize
         return DirectionWeights(*(None if n is None else params[n] if n in params else getattr(self, n) for n in names))
 
+    def _param_dtype(self) -> torch.dtype:
+        """The parameters' dtype (the registered first weight's, else the attribute's: parametrize)."""
+        w = self._parameters.get("weight_ih_l0")
+        return (w if w is not None else self.weight_ih_l0).dtype
+
     def _all_direction_weights(self) -> list[DirectionWeights]:
         """Every layer's and direction's weights, layer by layer, forward before reverse."""
         return [self.direction_weights(layer, d) for layer in range(self.num_layers)
@@ -185,7 +190,7 @@ class RecurrentBase(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype} "
                             "(token ids go through an embedding layer first)")
-        dtype = self.weight_ih_l0.dtype
+        dtype = self._param_dtype()
         if x.dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype} (the layer's parameters), got {x.dtype}")
         layout = "(batch, time, features)" if self.batch_first else "(time, batch, features)"
