@@ -12,7 +12,9 @@ backward, per direction
 
 Saved for backward: the input, the layer output (it is the state sequence), the activated gates and
 per cell what the elementwise backward needs (LSTM c_t; GRU W_hn h + b_hn); with ``lengths`` also
-the state sequence (the output is zero-padded). Both directions write into one output buffer.
+the state sequence (the output is zero-padded). Both directions write into one output buffer. What
+is kept for backward and the backward's gradient buffers come from ``buffers.pool`` (reused from one
+call to the next, so that a training loop does not fault them in again every step).
 
 Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 5 by the day):
 
