@@ -34,6 +34,19 @@ def test_a_free_buffer_serves_requests_of_half_its_size_and_more():
     assert p.empty((n // 2 - 100,), torch.float32).data_ptr() != addr  # under half: a buffer of its own
 
 
+def test_varying_sizes_do_not_pile_up():
+    """Sequences of varying length (a new size each call) reuse buffers of up to twice their size;
+    what the pool holds stays within a few of the largest request."""
+    p = BufferPool()
+    gen = torch.Generator().manual_seed(0)
+    sizes = torch.randint(BIG[0], 5 * BIG[0], (300,), generator=gen).tolist()
+    for n in sizes:
+        kept = p.empty((n,), torch.float32)  # in use while the next is taken (forward, then backward)
+        p.empty((n // 2 + BIG[0],), torch.float32)
+        del kept
+    assert p.held_bytes <= 6 * max(sizes) * 4
+
+
 def test_buffers_are_aligned_shaped_and_typed():
     p = BufferPool()
     for shape, dtype in (((3, 100_000), torch.float32), ((2, 7, 20_000), torch.float64)):
