@@ -3,7 +3,7 @@ back to the OS and take them again (page faults) on every step.
 
 The fused backward and the values it keeps from forward are several [T, B, G*H] arrays per layer.
 With glibc's default malloc, freeing them at the end of a step can trim the heap (or unmap them),
-and the next step faults every page back in: measured, 12,800 faults (50 MB) a training step for
+and the next step faults every page back in: measured, 12,800-13,700 faults (50-56 MB) a step for
 the layer-normalised LSTM at B, T, I, H = 64, 100, 128, 256, and 168-176 ms a step against 142-145
 ms with this pool (10 steps in a row, two runs each). A pooled buffer
 is an ndarray wrapped by ``torch.from_numpy``; the tensor (and every view of it, and autograd's
