@@ -119,7 +119,10 @@ def _kernels():
     """The compiled loops, imported on first use (numba's import and cache load cost ~0.3 s)."""
     global _loops
     if _loops is None:
+        threads = torch.get_num_threads()
         from . import fused_loops
+        # starting numba's OpenMP pool (on the libgomp torch has loaded) resets the count torch reads
+        torch.set_num_threads(threads)
         _loops = fused_loops
     return _loops
 
