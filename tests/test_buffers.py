@@ -47,6 +47,19 @@ def test_varying_sizes_do_not_pile_up():
     assert p.held_bytes <= 6 * max(sizes) * 4
 
 
+def test_outgrown_buffers_do_not_pile_up():
+    """Sequences a little longer every step (a curriculum, or batches sorted by length): no free buffer
+    is big enough, so each step takes new ones; the pool keeps at most about one step's worth of the
+    outgrown ones (it kept ~64 requests' worth before)."""
+    p = BufferPool()
+    for step in range(100):
+        n = BIG[0] * (10 + step) // 10
+        kept = [p.empty((n * k,), torch.float32) for k in (1, 3, 1)]  # one step's buffers, in use together
+        need = sum(t.numel() * 4 for t in kept)
+        del kept
+    assert p.held_bytes <= 2.1 * need
+
+
 def test_buffers_are_aligned_shaped_and_typed():
     p = BufferPool()
     for shape, dtype in (((3, 100_000), torch.float32), ((2, 7, 20_000), torch.float64)):

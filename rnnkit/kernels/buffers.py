@@ -31,14 +31,16 @@ _NP = {torch.float32: np.float32, torch.float64: np.float64}
 
 class BufferPool:
     """``pool.empty(shape, dtype)``: an uninitialised float CPU tensor, from a free buffer when the pool
-    has one that fits. Thread-safe; a buffer is in use while any tensor made from it lives. A free
-    buffer not taken in ``max_idle`` requests is dropped; ``clear()`` drops them all."""
+    has one that fits. Thread-safe; a buffer is in use while any tensor made from it lives. The free
+    buffers kept are at most as many bytes as were ever in use at once, each taken within the last
+    ``max_idle`` requests; ``clear()`` drops them all."""
 
     def __init__(self, max_idle: int = MAX_IDLE) -> None:
         self.max_idle = max_idle
         self._lock = threading.Lock()
         self._blocks: list[list] = []  # [ndarray (1-D bytes), request count at its last take]
         self._requests = 0
+        self._peak = 0  # the most bytes in use at once so far
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """A tensor <dtype>[*shape], C-contiguous, uninitialised: the start of the smallest free buffer
@@ -49,19 +51,29 @@ class BufferPool:
         need = nbytes + ALIGN
         with self._lock:
             self._requests += 1
-            kept, best = [], None
+            used, free = [], []
             for entry in self._blocks:  # a few entries: the buffers of the calls in flight and the last ones
-                if sys.getrefcount(entry[0]) == 2:  # free: held by the entry and getrefcount's argument only
-                    if need <= entry[0].nbytes <= 2 * need and (best is None or entry[0].nbytes < best[0].nbytes):
-                        best = entry
-                    elif self._requests - entry[1] > self.max_idle:
-                        continue  # not taken for too long: dropped
-                kept.append(entry)
-            if best is None:
+                # free when held by the entry and getrefcount's argument only
+                (free if sys.getrefcount(entry[0]) == 2 else used).append(entry)
+            fits = [entry for entry in free if need <= entry[0].nbytes <= 2 * need]
+            if fits:
+                best = min(fits, key=lambda entry: entry[0].nbytes)
+                free = [entry for entry in free if entry is not best]
+            else:
                 best = [np.empty(need, np.uint8), 0]
-                kept.append(best)
             best[1] = self._requests
-            self._blocks = kept
+            used.append(best)
+            self._peak = max(self._peak, sum(entry[0].nbytes for entry in used))
+            # keep the most recently taken free buffers, within max_idle requests and within the most
+            # bytes ever in use at once (one training step's working set): sequences that grow a little
+            # every step leave their outgrown buffers behind, and those must not pile up
+            free.sort(key=lambda entry: entry[1], reverse=True)
+            room = self._peak
+            for entry in free:
+                if self._requests - entry[1] <= self.max_idle and entry[0].nbytes <= room:
+                    used.append(entry)
+                    room -= entry[0].nbytes
+            self._blocks = used
             block = best[0]
         start = -block.ctypes.data % ALIGN
         return torch.from_numpy(block[start:start + nbytes].view(_NP[dtype]).reshape(shape))
@@ -76,6 +88,7 @@ class BufferPool:
         """Drop every free buffer (those in use are dropped when their last tensor goes)."""
         with self._lock:
             self._blocks = []
+            self._peak = 0
 
 
 pool = BufferPool()
