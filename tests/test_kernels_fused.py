@@ -546,3 +546,17 @@ def test_loading_the_kernels_keeps_torch_thread_count():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def test_linear_gives_onednn_a_bounded_number_of_shapes(monkeypatch):
+    """oneDNN caches a primitive (1-3 MB) per GEMM shape: sequences of a new length every call would
+    grow the process without bound, so after ONEDNN_MAX_SHAPES shapes the products go to MKL."""
+    monkeypatch.setattr(fused, "_onednn_shapes", set())
+    monkeypatch.setattr(fused, "ONEDNN_MAX_SHAPES", 3)
+    torch.manual_seed(0)
+    w, b = torch.randn(256, 64), torch.randn(256)
+    for rows in range(200, 206):  # large enough for oneDNN (rows·256·64 >= 2M multiply-adds)
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(fused._linear(x, w, b), torch.addmm(b, x, w.t()), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fused._linear(x, w, None), x.mm(w.t()), rtol=1e-4, atol=1e-4)
+    assert fused._onednn_shapes == {(200, 256, 64), (201, 256, 64), (202, 256, 64)}

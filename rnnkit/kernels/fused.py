@@ -83,6 +83,10 @@ STEP_LOOP_MIN_STEPS = 8
 TRANSPOSE_MIN_STEPS = 16
 """At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh: its
 mat-vec is ~35% faster at H=256 (the same at H=64); below, the copy would cost more than it saves."""
+ONEDNN_MAX_SHAPES = 64
+"""Distinct (rows, out, in) products that ``_linear`` gives to oneDNN; later shapes go to MKL. A
+loop over sequences of a new length every call (T·B rows each) grew the process by 500 MiB over 200
+lengths before this limit (oneDNN caches a primitive per shape), and by 130 MiB with it."""
 PAR_MIN_ROWS = 4
 """The compiled loops give each thread at least this many rows of the batch (see ``_chunks``)."""
 PAR_ROW_BYTES = 256 * 1024
@@ -203,11 +207,19 @@ def _folded_bias(spec: CellSpec, b_ih: Tensor | None, b_hh: Tensor | None) -> Te
     return _add(b_ih, b_hh)
 
 
+_onednn_shapes: set = set()
+"""(rows, out, in) of the products given to oneDNN so far (see ``_linear``)."""
+
+
 def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """x w^T + b into a fresh contiguous tensor: oneDNN for large float32 products (20-30% faster
-    than MKL's sgemm here; but ~15 µs of fixed cost, so small ones go to MKL)."""
+    than MKL's sgemm here; but ~15 µs of fixed cost, so small ones go to MKL), for the first
+    ``ONEDNN_MAX_SHAPES`` shapes (oneDNN keeps a primitive per shape)."""
     if x.dtype == torch.float32 and x.shape[0] * w.shape[0] * w.shape[1] >= 2_000_000:
-        return _lp(x, w, b, "none", [], "")
+        shape = (x.shape[0], *w.shape)
+        if shape in _onednn_shapes or len(_onednn_shapes) < ONEDNN_MAX_SHAPES:
+            _onednn_shapes.add(shape)
+            return _lp(x, w, b, "none", [], "")
     return torch.addmm(b, x, w.t()) if b is not None else x.mm(w.t())
 
 
