@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .config import Config
 from .io.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from .kernels.buffers import pool
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteError", "LRSchedule", "build_optimizer",
            "seed_everything", "repackage_hidden"]
@@ -339,6 +340,7 @@ class Trainer:
                 self._metrics_file = None
             if self._tensorboard is not None:
                 self._tensorboard.flush()
+            pool.clear()  # the fused kernels' buffers kept from step to step: not needed after training
         return self.history
 
     def resume(self, path: str | Path) -> Trainer:

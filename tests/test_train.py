@@ -391,3 +391,30 @@ def test_stateless_tasks_get_none_state():
 
     Trainer(make_model(), quiet(epochs=1), loss_fn=loss).fit(stream())
     assert states == [None] * 4
+
+
+def test_fit_hands_the_kernels_buffers_back():
+    """The fused kernels keep their large buffers from step to step (rnnkit.kernels.buffers); after
+    fit() nothing needs them, so the pool is emptied."""
+    from rnnkit.kernels.buffers import pool
+
+    class Wide(nn.Module):  # large enough that the kernels' buffers are pooled (>= 1 MiB)
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = rnnkit.LSTM(2, 128, batch_first=True, backend="fused")
+            self.head = nn.Linear(128, 1)
+
+        def forward(self, x, state=None):
+            out, state = self.rnn(x, state)
+            return self.head(out), state
+
+    held = []
+
+    def loss(model, batch, state):
+        out = carried_loss(model, batch, state)
+        held.append(pool.held_bytes)  # after the forward: what it keeps for backward is pooled
+        return out
+
+    Trainer(Wide(), quiet(epochs=1), loss_fn=loss).fit(stream(batch=64, chunks=2, chunk_len=40))
+    assert max(held) > 0
+    assert pool.held_bytes == 0
