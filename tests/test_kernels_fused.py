@@ -560,3 +560,80 @@ def test_linear_gives_onednn_a_bounded_number_of_shapes(monkeypatch):
         torch.testing.assert_close(fused._linear(x, w, b), torch.addmm(b, x, w.t()), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(fused._linear(x, w, None), x.mm(w.t()), rtol=1e-4, atol=1e-4)
     assert fused._onednn_shapes == {(200, 256, 64), (201, 256, 64), (202, 256, 64)}
+
+
+def _replay(model, x, state=None):
+    """model.step() over x <f>[T, B, I] without autograd: the outputs stacked, and the final state."""
+    ys = []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            y, state = model.step(x[t], state)
+            ys.append(y)
+    return torch.stack(ys), state
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_cache_follows_the_parameters(cell):
+    """step() keeps a streamer per layer (and thread) that reads the weights in place: in-place
+    updates are seen, and a replaced, converted or reshaped parameter, another batch size or a deep
+    copy of the layer each get a right answer."""
+    import copy
+    import pickle
+
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model = cls(I, H, num_layers=2, dtype=torch.float64, **kw)
+    x = torch.randn(T, 3, I, dtype=torch.float64)
+
+    def check(m, xs, tol=1e-12):
+        with torch.no_grad():
+            ref, hn = m(xs)
+        ys, state = _replay(m, xs)
+        torch.testing.assert_close(ys, ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(state, hn, atol=tol, rtol=tol)
+
+    check(model, x)
+    with torch.no_grad():
+        model.weight_hh_l1.mul_(0.5)  # in place: the same tensor, new values
+    check(model, x)
+    model.weight_hh_l0 = torch.nn.Parameter(model.weight_hh_l0.detach() * 2)  # replaced
+    check(model, x)
+    model.weight_ih_l0.data = model.weight_ih_l0.data.clone() * 0.7  # new storage, same Parameter
+    check(model, x)
+    check(model, x[:, :2])  # another batch size
+    twin = copy.deepcopy(model)
+    check(twin, x)
+    with torch.no_grad():
+        twin.weight_hh_l1.zero_()
+    check(model, x)  # the original is unaffected by the copy's update
+    check(pickle.loads(pickle.dumps(model)), x)
+    model.float()  # converted: every parameter at a new address
+    check(model, x.float(), tol=1e-5)
+
+
+def test_step_from_two_threads_on_one_layer():
+    """Two threads stepping the same layer at once (say, two requests to one model) each get their own
+    sequence's answer: step()'s cached streamer is per thread."""
+    import threading
+
+    torch.manual_seed(0)
+    model = rnnkit.LSTM(I, H, num_layers=2, dtype=torch.float64)
+    xs = [torch.randn(200, 2, I, dtype=torch.float64) for _ in range(2)]
+    with torch.no_grad():
+        refs = [model(x)[0] for x in xs]
+    got = [None, None]
+
+    def run(k):
+        got[k] = _replay(model, xs[k])[0]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that their steps interleave
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(interval)
+    for y, ref in zip(got, refs):
+        torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-10)

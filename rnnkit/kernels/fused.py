@@ -778,6 +778,16 @@ class Streamer:
         self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), self.h, self.c, self._flag)
         return y_t
 
+    def load(self, h: Tensor | None, c: Tensor | None = None) -> None:
+        """Set the state: h <f>[L, B, P] (and c <f>[L, B, H] for LSTM) copied in, None for zeros (for
+        ``step()``, whose caller has checked their shapes and dtype)."""
+        calls["layer_step"] += 1
+        for mine, given in [(self.h, h)] + ([(self.c, c)] if self._lstm else []):
+            if given is None:
+                mine.fill(0)
+            else:
+                np.copyto(mine, _state_np(given))
+
     @property
     def state(self) -> Tensor | tuple[Tensor, Tensor]:
         """The current h <f>[L, B, P], or (h, c <f>[L, B, H]) for LSTM, as new tensors."""
