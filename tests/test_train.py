@@ -398,10 +398,10 @@ def test_fit_hands_the_kernels_buffers_back():
     fit() nothing needs them, so the pool is emptied."""
     from rnnkit.kernels.buffers import pool
 
-    class Wide(nn.Module):  # large enough that the kernels' buffers are pooled (>= 1 MiB)
-        def __init__(self) -> None:
+    class Wide(nn.Module):  # large enough that the kernels' buffers are pooled (>= 1 MiB); a GRU, which
+        def __init__(self) -> None:  # always runs our loops (an LSTM may run oneDNN's layer)
             super().__init__()
-            self.rnn = rnnkit.LSTM(2, 128, batch_first=True, backend="fused")
+            self.rnn = rnnkit.GRU(2, 128, batch_first=True, backend="fused")
             self.head = nn.Linear(128, 1)
 
         def forward(self, x, state=None):
