@@ -337,8 +337,9 @@ class RecurrentBase(nn.Module):
 
     def _step_streamer(self, x_t: Tensor):
         """A backend's streamer for ``step()`` at x_t's batch size and dtype, cached per layer and
-        thread (2x faster than a ``stream_step`` call, which checks and gathers the weights each
-        time), or None: no backend streams this layer, or a weight is not a registered parameter
+        thread (a step through it: 21-33 µs at H = 64, against 29-43 µs through ``stream_step``, which
+        gathers and checks the weights each time), or None: no backend streams this layer, or a
+        weight is not a registered parameter
         (``torch.nn.utils.parametrize``). The streamer reads the parameters in place, so every call
         checks that each is still the same contiguous tensor at the same address and shape."""
         cache = getattr(_step_streamers, "by_layer", None)
