@@ -6,10 +6,11 @@ another model, so that every one-time cost of that path is paid before the measu
 kernels loaded, oneDNN initialised and its kernels generated for these shapes (a tiny warm-up step
 missed those: at 1, 1000, 32, 64 our RNN's first call, where oneDNN's linear takes the input
 projection, raised the peak by 5.7-6.1 MiB, its second by at most 0.4 MiB).
-Then it hands the freed heap back to the system (glibc's ``malloc_trim``, so that the step cannot
-reuse pages the warm-up left resident; rnnkit's pool of reusable buffers is emptied first), builds the model and data, and reports how far the process's
-peak resident memory rose above its resident memory just before the step (``ru_maxrss``, which
-counts every allocator: torch's, numpy's inside our kernels, oneDNN's).
+Then it empties rnnkit's pool of reusable buffers and hands the freed heap back to the system
+(glibc's ``malloc_trim``), so that the step cannot reuse memory the warm-up left resident, builds
+the model and data, and reports how far the process's peak resident memory rose above its resident
+memory just before the step (``ru_maxrss``, which counts every allocator: torch's, numpy's inside
+our kernels, oneDNN's), and what the pool keeps after it for the next step.
 
     python benchmarks/memory.py                              (all cells and configs)
     python benchmarks/memory.py --cells lstm --configs 256x50x256x512

@@ -1,7 +1,5 @@
 """The pool of reusable scratch buffers behind the fused kernels (rnnkit.kernels.buffers)."""
 
-import gc
-
 import pytest
 import torch
 
@@ -97,6 +95,7 @@ def test_graphs_alive_at_once_do_not_share_buffers(cls):
     torch.manual_seed(0)
     T, B, I, H = 40, 64, 16, 128  # big enough that the kept arrays and gradient buffers are pooled
     fused, ref = cls(I, H, backend="fused").double(), cls(I, H, backend="reference").double()
+    pool.clear()
     ref.load_state_dict(fused.state_dict())
     xs = [torch.randn(T, B, I, dtype=torch.float64) for _ in range(2)]
     weights = [torch.randn(T, B, H, dtype=torch.float64) for _ in range(2)]
@@ -111,5 +110,3 @@ def test_graphs_alive_at_once_do_not_share_buffers(cls):
     for a, b in zip(grads["fused"], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     assert pool.held_bytes > 0  # the test did take its buffers from the pool
-    del grads
-    gc.collect()

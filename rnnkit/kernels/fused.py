@@ -778,15 +778,17 @@ class Streamer:
         self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), self.h, self.c, self._flag)
         return y_t
 
-    def load(self, h: Tensor | None, c: Tensor | None = None) -> None:
-        """Set the state: h <f>[L, B, P] (and c <f>[L, B, H] for LSTM) copied in, None for zeros (for
-        ``step()``, whose caller has checked their shapes and dtype)."""
+    def step(self, x_t: Tensor, h: Tensor | None, c: Tensor | None = None):
+        """One step from a given state, for ``layer.step()``: h <f>[L, B, P] (and c <f>[L, B, H] for
+        LSTM; None for zeros, shapes and dtype checked by the caller) are copied in; returns y_t and
+        the new state as new tensors (``state``'s layout)."""
         calls["layer_step"] += 1
         for mine, given in [(self.h, h)] + ([(self.c, c)] if self._lstm else []):
             if given is None:
                 mine.fill(0)
             else:
                 np.copyto(mine, _state_np(given))
+        return self(x_t), self.state
 
     @property
     def state(self) -> Tensor | tuple[Tensor, Tensor]:

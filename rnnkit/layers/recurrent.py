@@ -319,8 +319,7 @@ class RecurrentBase(nn.Module):
             h, c = (None, None) if state is None else (self._check_hx(state, x_t.shape[0], x_t) + [None])[:2]
             streamer = self._step_streamer(x_t)
             if streamer is not None:
-                streamer.load(h, c)
-                return streamer(x_t), streamer.state
+                return streamer.step(x_t, h, c)
             weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
             fast = kernels.stream_step(self.spec, x_t, weights, h, c, self.backend)
             if fast is not None:
@@ -339,9 +338,9 @@ class RecurrentBase(nn.Module):
         """A backend's streamer for ``step()`` at x_t's batch size and dtype, cached per layer and
         thread (a step through it: 21-33 µs at H = 64, against 29-43 µs through ``stream_step``, which
         gathers and checks the weights each time), or None: no backend streams this layer, or a
-        weight is not a registered parameter
-        (``torch.nn.utils.parametrize``). The streamer reads the parameters in place, so every call
-        checks that each is still the same contiguous tensor at the same address and shape."""
+        weight is not a registered parameter (``torch.nn.utils.parametrize``). The streamer reads the
+        parameters in place, so every call checks that each is still the same contiguous tensor at
+        the same address and shape."""
         cache = getattr(_step_streamers, "by_layer", None)
         if cache is None:
             cache = _step_streamers.by_layer = weakref.WeakKeyDictionary()
