@@ -212,6 +212,18 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(fused, "_threads", lambda: 2)
     lstm(x32)[0].sum().backward()  # split across threads: our loop
     assert fused.calls["onednn_lstm"] == n + 2 and fused._chunks(lstm.spec, x32) == 2
+    with torch.no_grad():  # inference split across threads with a small weight: our loop too
+        lstm(x32)
+        assert fused.calls["onednn_lstm"] == n + 2
+        max_weight = fused.LOOP_LSTM_INFERENCE_MAX_WEIGHT
+        monkeypatch.setattr(fused, "LOOP_LSTM_INFERENCE_MAX_WEIGHT", 0)  # a larger weight: oneDNN's layer
+        lstm(x32)
+        assert fused.calls["onednn_lstm"] == n + 3
+        monkeypatch.setattr(fused, "LOOP_LSTM_INFERENCE_MAX_WEIGHT", max_weight)
+        monkeypatch.setattr(fused, "LOOP_LSTM_INFERENCE_ROW_BYTES", 0)  # too many bytes per row: the same
+        lstm(x32)
+        assert fused.calls["onednn_lstm"] == n + 4
+    n += 2
     monkeypatch.setattr(fused, "PAR_ROW_BYTES_LSTM", 0)  # a weight too big to split: oneDNN's layer
     assert fused._chunks(lstm.spec, x32) == 2 and fused._chunks(lstm.spec, x32, fused.PAR_ROW_BYTES_LSTM) == 1
     lstm(x32)[0].sum().backward()

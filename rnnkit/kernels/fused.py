@@ -21,8 +21,9 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
 - ``supports()``: CPU float32/float64, all four modes (LSTM projection included), non-empty input,
   not tracing/scripting/ONNX export; anything else runs the reference kernel.
 - LSTM, float32, no projection, no ``lengths``, per-step work B·4H·H >= ``ONEDNN_LSTM_MIN_MACS``
-  (inference) or ``ONEDNN_LSTM_TRAIN_MIN_MACS`` (training, when the loop would not be split across
-  threads by ``PAR_ROW_BYTES_LSTM``): oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
+  (inference, unless the loop splits across threads with a small weight, by
+  ``LOOP_LSTM_INFERENCE_ROW_BYTES``) or ``ONEDNN_LSTM_TRAIN_MIN_MACS`` (training, when the loop would
+  not be split across threads by ``PAR_ROW_BYTES_LSTM``): oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
   torch.nn.LSTM runs, with its backward under autograd) — on par with torch.nn by construction; below
   that our own loop is faster.
 - Batch split (``_chunks``): with several torch threads and enough rows per thread for the size of
@@ -102,8 +103,17 @@ lengths). Split against oneDNN: 31.4 against 44.3 ms at B=32 H=128 (16 KB per ro
 53.9 at B=32 H=256 (64 KB); slower at B=16 H=256 (128 KB: 26.2 against 21.9) and B=8 H=256 (19.8
 against 12.2)."""
 ONEDNN_LSTM_MIN_MACS = 1_000_000
-"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer
-(measured, one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128)."""
+"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer (measured,
+one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128), except where our
+loop splits across threads with a small weight (the next two constants)."""
+LOOP_LSTM_INFERENCE_ROW_BYTES = 16 * 1024
+LOOP_LSTM_INFERENCE_MAX_WEIGHT = 256 * 1024
+"""LSTM inference stays in our compiled loop when it splits across threads with at most this many
+bytes of recurrent weight per row of a thread's chunk, for a weight of at most this size (H <= 128
+in float32). Measured (Zen 3, 2 threads, in-process alternation, 7-11 rounds), our split loop ÷
+oneDNN's layer: 0.80-0.92 at H = 64-128 with 2-16 KB per row (B, T, I, H = 32, 200, 64, 128: 0.84,
+0.90); 1.06-1.11 at 32-64 KB per row; at H = 256 a tie from 8 to 32 KB (0.91-1.04), at H = 512
+1.12-1.14 at 16-32 KB."""
 ONEDNN_LSTM_TRAIN_MIN_MACS = 1_000_000
 """The same for LSTM training where our loop is not split across threads: oneDNN's layer with its own
 backward (torch.nn.LSTM's path) was 1.1-1.5x faster than our step loop at B=8-16, H=256-512, and
@@ -388,14 +398,16 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
 
 def _onednn_lstm_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, train: bool) -> bool:
     """Whether the layer runs on oneDNN's fused LSTM layer: float32, no projection, no ``lengths``,
-    from ONEDNN_LSTM_MIN_MACS (inference) or ONEDNN_LSTM_TRAIN_MIN_MACS (training, where our loop
-    would not split by PAR_ROW_BYTES_LSTM) per-step multiply-adds B·4H·H."""
+    from ONEDNN_LSTM_MIN_MACS (inference, unless our loop splits with a small weight: see
+    LOOP_LSTM_INFERENCE_ROW_BYTES) or ONEDNN_LSTM_TRAIN_MIN_MACS (training, where our loop would not
+    split by PAR_ROW_BYTES_LSTM) per-step multiply-adds B·4H·H."""
     if spec.mode != "LSTM" or spec.proj_size or mask is not None or x.dtype != torch.float32:
         return False
     macs = x.shape[1] * 4 * spec.hidden_size ** 2
     if train:
         return macs >= ONEDNN_LSTM_TRAIN_MIN_MACS and _chunks(spec, x, PAR_ROW_BYTES_LSTM) == 1
-    return macs >= ONEDNN_LSTM_MIN_MACS
+    small = 4 * spec.hidden_size ** 2 * x.element_size() <= LOOP_LSTM_INFERENCE_MAX_WEIGHT
+    return macs >= ONEDNN_LSTM_MIN_MACS and not (small and _chunks(spec, x, LOOP_LSTM_INFERENCE_ROW_BYTES) > 1)
 
 
 def _onednn_lstm(x: Tensor, weights: list[DirectionWeights], states: list[State], train: bool):
