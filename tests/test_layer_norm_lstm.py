@@ -113,12 +113,19 @@ def test_errors():
 
 def test_fused_inference_keeps_nothing_for_backward(monkeypatch):
     """Without a gradient to compute (no_grad, or nothing that requires one) the fused recurrence runs
-    its inference path: autograd's ``needs_input_grad`` is set under no_grad too, so the layer decides."""
+    its inference path, outside autograd, and keeps nothing: the layer decides, as autograd's
+    ``needs_input_grad`` is set under no_grad too."""
     from rnnkit.kernels import fused_ln
 
     seen = []
-    apply = fused_ln._Recurrence.apply
-    monkeypatch.setattr(fused_ln._Recurrence, "apply", lambda *args: seen.append(args[-1]) or apply(*args))
+    forward = fused_ln._forward
+
+    def spy(*args):
+        out, h, c, saved = forward(*args)
+        seen.append(args[-1])
+        assert (saved is None) == (not args[-1])
+        return out, h, c, saved
+    monkeypatch.setattr(fused_ln, "_forward", spy)
     layer = rnnkit.LayerNormLSTM(3, 4, backend="fused")
     x = torch.randn(6, 2, 3)
     with torch.no_grad():

@@ -24,51 +24,60 @@ from .buffers import pool
 from .fused import _np
 
 
+def _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, train):
+    """One direction: (x <f>[T, B, I], its weights, h0, c0, mask <bool>[T, B] | None, ...) → out
+    <f>[T, B, H], h_n, c_n and, with train, what backward needs (a tuple, ``_Recurrence``'s order);
+    without it, None (inference passes placeholders for the buffers the loop would keep).
+    x W_ih^T is one GEMM; both layer norms, the biases and the cell run in the compiled loop.
+    stepwise: drive the loop from Python with oneDNN's GEMM; else the compiled loop split into n
+    chunks of the batch (``fused._loop``)."""
+    K = fused._kernels()
+    T, B, I = x.shape
+    G = w_ih.shape[0]
+    H = G // 4
+    x, w_ih, w_hh, ln = fused._c(x), fused._c(w_ih), fused._c(w_hh), fused._c(ln)
+    gates = fused._linear(x.view(T * B, I), w_ih, None).view(T, B, G)  # becomes the activated gates
+    bias = fused._add(b_ih, b_hh)
+    bias_np = _np(bias.detach().contiguous() if bias is not None else gates.new_zeros(G))
+    h, c = h0.detach().clone(memory_format=torch.contiguous_format), c0.detach().clone(
+        memory_format=torch.contiguous_format)
+    out = gates.new_empty(T, B, H)
+    has_mask = mask is not None
+    if train:
+        ri, rh, rstd = (pool.empty((T, B, n), x.dtype) for n in (G, G, 3))
+        cs, chat = pool.empty((T, B, H), x.dtype), pool.empty((T, B, H), x.dtype)
+        hs = pool.empty((T, B, H), x.dtype) if has_mask else None  # without a mask, out is the state sequence
+        kept = [_np(t) for t in (ri, rh, rstd, cs, chat)] + [_np(hs) if has_mask else fused._dummy(x.dtype, 3)]
+    else:  # the loop keeps nothing: placeholders
+        kept = [fused._dummy(x.dtype, 3)] * 6
+    mask_np = _np(mask) if has_mask else fused._NO_MASK
+    gates_np, ln_np, h_np, c_np = _np(gates), _np(ln), _np(h), _np(c)
+    bufs = [_np(out), *kept]
+    with fused._OneBlasThread():
+        if stepwise:
+            pw = fused._reorder(w_hh, B)
+            for s in range(T):
+                gh = fused._lp(h, pw, None, "none", [], "")
+                K.ln_lstm_forward_step(T - 1 - s if reverse else s, gates_np, _np(gh), ln_np, bias_np, h_np, c_np,
+                                       mask_np, has_mask, train, *bufs)
+        else:
+            fused._loop("ln_lstm_forward", n, gates_np, _np(w_hh), ln_np, bias_np, h_np, c_np, mask_np, has_mask,
+                        reverse, train, *bufs)
+    fused.calls["step_loop" if stepwise else "compiled_loop"] += 1
+    fused.calls["forward"] += 1
+    saved = (x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln, mask) if train else None
+    return out, h, c, saved
+
+
 class _Recurrence(torch.autograd.Function):
-    """(x <f>[T, B, I], w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n,
-    train) → (out <f>[T, B, H], h_n, c_n). x W_ih^T is one GEMM; both layer norms, the biases and the
-    cell run in the compiled loop. stepwise: drive the loop from Python with oneDNN's GEMM; else the
-    compiled loop split into n chunks of the batch (``fused._loop``).
-    train: keep what backward needs (decided by the caller: inside ``forward`` autograd is always off,
-    and ``ctx.needs_input_grad`` is set under ``torch.no_grad`` too)."""
+    """(x <f>[T, B, I], w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse, stepwise, n)
+    → (out <f>[T, B, H], h_n, c_n), through ``_forward``, keeping what backward needs."""
 
     @staticmethod
-    def forward(ctx, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, train):
-        K = fused._kernels()
-        T, B, I = x.shape
-        G = w_ih.shape[0]
-        H = G // 4
-        x, w_ih, w_hh, ln = fused._c(x), fused._c(w_ih), fused._c(w_hh), fused._c(ln)
-        gates = fused._linear(x.view(T * B, I), w_ih, None).view(T, B, G)  # becomes the activated gates
-        bias = fused._add(b_ih, b_hh)
-        bias_np = _np(bias.detach().contiguous() if bias is not None else gates.new_zeros(G))
-        h, c = h0.detach().clone(memory_format=torch.contiguous_format), c0.detach().clone(
-            memory_format=torch.contiguous_format)
-        out = gates.new_empty(T, B, H)
-        kept = (T, B) if train else (1, 1)
-        ri, rh, rstd = (pool.empty((*kept, n), x.dtype) for n in (G, G, 3))
-        has_mask = mask is not None
-        cs, chat = pool.empty((*kept, H), x.dtype), pool.empty((*kept, H), x.dtype)
-        hs = pool.empty((*(kept if has_mask else (1, 1)), H), x.dtype)  # without a mask, out is the state sequence
-        mask_np = _np(mask) if has_mask else fused._NO_MASK
-        gates_np, ln_np, h_np, c_np = _np(gates), _np(ln), _np(h), _np(c)
-        bufs = [_np(t) for t in (out, ri, rh, rstd, cs, chat, hs)]
-        with fused._OneBlasThread():
-            if stepwise:
-                pw = fused._reorder(w_hh, B)
-                for s in range(T):
-                    gh = fused._lp(h, pw, None, "none", [], "")
-                    K.ln_lstm_forward_step(T - 1 - s if reverse else s, gates_np, _np(gh), ln_np, bias_np, h_np, c_np,
-                                           mask_np, has_mask, train, *bufs)
-            else:
-                fused._loop("ln_lstm_forward", n, gates_np, _np(w_hh), ln_np, bias_np, h_np, c_np, mask_np, has_mask,
-                            reverse, train, *bufs)
-        fused.calls["step_loop" if stepwise else "compiled_loop"] += 1
-        if train:
-            ctx.save_for_backward(x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln,
-                                  mask)
-            ctx.reverse, ctx.stepwise, ctx.n = reverse, stepwise, n
-        fused.calls["forward"] += 1
+    def forward(ctx, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n):
+        out, h, c, saved = _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, True)
+        ctx.save_for_backward(*saved)
+        ctx.reverse, ctx.stepwise, ctx.n = reverse, stepwise, n
         return out, h, c
 
     @staticmethod
@@ -107,7 +116,7 @@ class _Recurrence(torch.autograd.Function):
         fused.calls["backward"] += 1
         return (dx, dw_ih, dbias if need[2] else None, dw_hh, dpar[:ln.shape[0]] if need[4] else None,
                 dbias.clone() if need[5] else None, dh if need[6] else None, dc if need[7] else None,
-                None, None, None, None, None)
+                None, None, None, None)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
@@ -118,9 +127,12 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     stepwise = n == 1 and fused._step_loop(spec, x, None)
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
-        train = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                for t in (x, w.w_ih, w.b_ih, w.w_hh, w.ln, w.b_hh, h0, c0))
-        out, h, c = _Recurrence.apply(x, w.w_ih, w.b_ih, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n, train)
+        args = (x, w.w_ih, w.b_ih, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1, stepwise, n)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:8]):
+            out, h, c = _Recurrence.apply(*args)
+        else:
+            with torch.no_grad():
+                out, h, c, _ = _forward(*args, False)
         outs.append(out)
         finals.append((h, c))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals
