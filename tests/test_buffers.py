@@ -87,15 +87,23 @@ def test_a_free_buffer_not_taken_for_max_idle_requests_is_dropped():
     assert p.held_bytes == 0
 
 
+@pytest.mark.parametrize("pooled_projection", [False, True], ids=["", "pooled-projection"])
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN, rnnkit.LayerNormLSTM])
-def test_graphs_alive_at_once_do_not_share_buffers(cls):
+def test_graphs_alive_at_once_do_not_share_buffers(cls, pooled_projection, monkeypatch):
     """Two forward passes whose graphs are both alive, then both backwards (in the other order): each
     gets the gradients of its own input, as the reference backend computes them (float64: the
-    comparison is exact to rounding)."""
+    comparison is exact to rounding). pooled_projection: the input projection x W_ih^T, which the
+    layer keeps for backward, comes from the pool too (as it does from LINEAR_POOL_MIN_BYTES)."""
+    from rnnkit.kernels import fused as fused_module
     torch.manual_seed(0)
     T, B, I, H = 40, 64, 16, 128  # big enough that the kept arrays and gradient buffers are pooled
     fused, ref = cls(I, H, backend="fused").double(), cls(I, H, backend="reference").double()
     pool.clear()
+    requests = []
+    if pooled_projection:
+        monkeypatch.setattr(fused_module, "LINEAR_POOL_MIN_BYTES", 0)
+        empty = pool.empty
+        monkeypatch.setattr(pool, "empty", lambda shape, dtype: requests.append(tuple(shape)) or empty(shape, dtype))
     ref.load_state_dict(fused.state_dict())
     xs = [torch.randn(T, B, I, dtype=torch.float64) for _ in range(2)]
     weights = [torch.randn(T, B, H, dtype=torch.float64) for _ in range(2)]
@@ -110,3 +118,5 @@ def test_graphs_alive_at_once_do_not_share_buffers(cls):
     for a, b in zip(grads["fused"], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     assert pool.held_bytes > 0  # the test did take its buffers from the pool
+    if pooled_projection:
+        assert requests.count((T * B, fused.spec.gates * H)) == 2  # one projection per forward pass

@@ -88,6 +88,12 @@ ONEDNN_MAX_SHAPES = 64
 """Distinct (rows, out, in) products that ``_linear`` gives to oneDNN; later shapes go to MKL. A
 loop over sequences of a new length every call (T·B rows each) grew the process by 500 MiB over 200
 lengths before this limit (oneDNN caches a primitive per shape), and by 130 MiB with it."""
+LINEAR_POOL_MIN_BYTES = 32 << 20
+"""Input projections (``_linear(..., pooled=True)``) of at least this many bytes go into a pooled
+buffer, through MKL: glibc maps every block above 32 MiB (its largest mmap threshold) afresh, so a
+fresh result faulted all its pages in on every call. Measured (Zen 3, 2 threads, in-process
+alternation) at 12800 × 256 → 2048 rows (LSTM 256, 50, 256, 512): oneDNN into a fresh tensor 159 ms
+and 25,601 page faults, MKL into the pooled buffer 129 ms and none."""
 PAR_MIN_ROWS = 4
 """The compiled loops give each thread at least this many rows of the batch (see ``_chunks``)."""
 PAR_ROW_BYTES = 256 * 1024
@@ -221,10 +227,14 @@ _onednn_shapes: set = set()
 """(rows, out, in) of the products given to oneDNN so far (see ``_linear``)."""
 
 
-def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+def _linear(x: Tensor, w: Tensor, b: Tensor | None, pooled: bool = False) -> Tensor:
     """x w^T + b into a fresh contiguous tensor: oneDNN for large float32 products (20-30% faster
     than MKL's sgemm here; but ~15 µs of fixed cost, so small ones go to MKL), for the first
-    ``ONEDNN_MAX_SHAPES`` shapes (oneDNN keeps a primitive per shape)."""
+    ``ONEDNN_MAX_SHAPES`` shapes (oneDNN keeps a primitive per shape). pooled (a result the layer
+    keeps to itself): from ``LINEAR_POOL_MIN_BYTES``, into a pooled buffer through MKL."""
+    if pooled and x.shape[0] * w.shape[0] * x.element_size() >= LINEAR_POOL_MIN_BYTES:
+        out = pool.empty((x.shape[0], w.shape[0]), x.dtype)
+        return torch.addmm(b, x, w.t(), out=out) if b is not None else torch.mm(x, w.t(), out=out)
     if x.dtype == torch.float32 and x.shape[0] * w.shape[0] * w.shape[1] >= 2_000_000:
         shape = (x.shape[0], *w.shape)
         if shape in _onednn_shapes or len(_onednn_shapes) < ONEDNN_MAX_SHAPES:
@@ -320,7 +330,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
         reverse, off = d == 1, d * P
         w_hh = _c(w_hh)
         bias = _folded_bias(spec, b_ih, b_hh)
-        gates = _linear(x2, _c(w_ih), bias.detach() if bias is not None else None).view(T, B, G * H)
+        gates = _linear(x2, _c(w_ih), bias.detach() if bias is not None else None, pooled=True).view(T, B, G * H)
         h0 = _c(h0)
         h = h0.clone()  # becomes the final state
         hs = pool.empty((T, B, P), x.dtype) if (train and has_mask) else None

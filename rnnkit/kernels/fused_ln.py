@@ -36,7 +36,7 @@ def _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, 
     G = w_ih.shape[0]
     H = G // 4
     x, w_ih, w_hh, ln = fused._c(x), fused._c(w_ih), fused._c(w_hh), fused._c(ln)
-    gates = fused._linear(x.view(T * B, I), w_ih, None).view(T, B, G)  # becomes the activated gates
+    gates = fused._linear(x.view(T * B, I), w_ih, None, pooled=True).view(T, B, G)  # becomes the activated gates
     bias = fused._add(b_ih, b_hh)
     bias_np = _np(bias.detach().contiguous() if bias is not None else gates.new_zeros(G))
     h, c = h0.detach().clone(memory_format=torch.contiguous_format), c0.detach().clone(
