@@ -3,7 +3,7 @@
 For each cell and config (B, T, I, H) it times inference (forward under ``torch.no_grad``) and a
 training step (forward + backward of an MSE loss) for torch.nn and for rnnkit with
 ``backend="fused"`` and ``backend="reference"``, all with the same weights, interleaved round by
-round so that machine noise hits every contender alike. Each cell and config runs in a fresh
+round (in a shuffled order each round) so that machine noise hits every contender alike. Each cell and config runs in a fresh
 process, so that a row does not depend on the rows run before it: in one process, torch.nn.LSTM's
 training step at 32,200,64,128 took 25.9 ms after the other rows against 37-44 ms alone (cause not
 pinned down: page faults and thread counts were the same). It prints medians (ms), the ratio
@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -201,9 +202,11 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
         single = {name: timed(fn, 1, device) for name, fn in fns.items()}
         number = {name: max(1, int(min_time * 1e3 / max(s, 1e-3))) for name, s in single.items()}
         samples = {name: [] for name in fns}
-        for _ in range(repeat):  # interleaved rounds
-            for name, fn in fns.items():
-                samples[name].append(timed(fn, number[name], device))
+        order, shuffle = list(fns), random.Random(0).shuffle
+        for _ in range(repeat):  # interleaved rounds, each in a new order (what runs just before a call can
+            shuffle(order)       # speed it up or slow it down: fixed-order blocks read small LSTMs 1.2x slower)
+            for name in order:
+                samples[name].append(timed(fns[name], number[name], device))
         med = {name: statistics.median(v) for name, v in samples.items()}
         peak_mib = {}
         if device == "cuda":  # the most memory one call holds at once, on top of the models and data
