@@ -1178,13 +1178,42 @@ def _ln_consts(a):
 
 
 @register_jitable
-def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, h, c, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs, k,
-                    scratch):
-    """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row.
-    k = _ln_consts(gh); scratch <f>[3, 4H]. hs is written only with a mask (else it is out)."""
+def _ln_input_row(g, g_ih, bias, nx, inv_n, eps):
+    """g <f>[4H]: in a row of x W_ih^T, out γ_ih·LN(row) + bias; nx <f>[4H] gets LN(row). Returns its
+    1/std."""
+    r = _normalise(g, nx, inv_n, eps)
+    for j in range(g.shape[0]):
+        g[j] = g_ih[j] * nx[j] + bias[j]
+    return r
+
+
+@njit(**_PAR)
+def ln_input_forward(n, gates, ln, bias, train, ri, rstd):
+    """Before ``ln_lstm_forward``: the input term of every step at once (it does not depend on the
+    recurrence), in n chunks of rows, one per thread. gates <f>[N, 4H] (all T·B rows): in x W_ih^T,
+    out γ_ih·LN(x W_ih^T) + bias (bias <f>[4H] = b_ih + b_hh). train: keep LN(x W_ih^T) in ri
+    <f>[N, 4H] and its 1/std in rstd[:, 0] (rstd <f>[N, 3]); else both may be placeholders."""
+    N, G = gates.shape
+    k = _ln_consts(gates)
+    g_ih = ln[:G]
+    for c in prange(n):
+        r0, r1 = _chunk(c, n, N)
+        scratch = np.empty(G, gates.dtype)
+        for r in range(r0, r1):
+            if train:
+                rstd[r, 0] = _ln_input_row(gates[r], g_ih, bias, ri[r], k[0], k[2])
+            else:
+                _ln_input_row(gates[r], g_ih, bias, scratch, k[0], k[2])
+
+
+@register_jitable
+def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs, k, scratch):
+    """Step t of ``ln_lstm_forward`` after the recurrent mat-mul gh = h W_hh^T, for every row; gates[t]
+    holds the input term (``ln_input_forward``). k = _ln_consts(gh); scratch <f>[2, 4H]. hs is
+    written only with a mask (else it is out)."""
     B, G = gh.shape
     H = G // 4
-    g_ih, g_hh, g_c, b_c = ln[:G], ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
+    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
     for b in range(B):
         r = b0 + b
         if has_mask and not mask[t, r]:
@@ -1193,12 +1222,11 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, h, c, mask, has_mask, train, out
                 _set(cs[t, r], c[b])
                 _set(hs[t, r], h[b])  # (a mask is given)
             continue
-        nx, nh, nc = scratch[0], scratch[1], scratch[2]  # nc: its first H used
+        nh, nc = scratch[0], scratch[1]  # nc: its first H used
         g = gates[t, r]
-        r0 = _normalise(g, nx, k[0], k[2])
         r1 = _normalise(gh[b], nh, k[0], k[2])
         for j in range(G):
-            g[j] = (g_ih[j] * nx[j] + g_hh[j] * nh[j]) + bias[j]
+            g[j] += g_hh[j] * nh[j]
         for j in range(2 * H):
             g[j] = sigmoid_(g[j])
         for j in range(H):
@@ -1214,10 +1242,8 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, h, c, mask, has_mask, train, out
             hb[j] = g[3 * H + j] * tanh_(g_c[j] * nc[j] + b_c[j])
         _set(out[t, r], hb)
         if train:
-            _set(ri[t, r], nx)
             _set(rh[t, r], nh)
             _set(chat[t, r], nc[:H])
-            rstd[t, r, 0] = r0
             rstd[t, r, 1] = r1
             rstd[t, r, 2] = r2
             _set(cs[t, r], cb)
@@ -1226,48 +1252,46 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, h, c, mask, has_mask, train, out
 
 
 @register_jitable
-def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd,
-                          cs, chat, hs):
+def _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
+                          hs):
     T, _, G = gates.shape
     ab = consts(gates)
     hc = _get_rows(h, b0, b1)
     cc = _get_rows(c, b0, b1)
     gh = np.empty((b1 - b0, G), gates.dtype)
-    scratch = np.empty((3, G), gates.dtype)
+    scratch = np.empty((2, G), gates.dtype)
     k = _ln_consts(gh)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot(hc, w_hh, gh, ab, False, True)
-        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, bias, hc, cc, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs, k,
-                        scratch)
+        _ln_lstm_fwd_ew(t, b0, gates, gh, ln, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs, k, scratch)
     _put_rows(h, b0, hc)
     _put_rows(c, b0, cc)
 
 
 @njit(**_JIT)
-def ln_lstm_forward(gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd, cs, chat, hs):
-    """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o, with both
-    terms' normalisations inside the loop.
+def ln_lstm_forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
+    """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o: the recurrent
+    term's and the cell's normalisations inside the loop, the input term's before it.
 
-    gates <f>[T, B, 4H]: in x W_ih^T (no bias); out (train) the activated gates.
-    w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c]; bias <f>[4H] = b_ih + b_hh;
+    gates <f>[T, B, 4H]: in γ_ih·LN(x W_ih^T) + b_ih + b_hh (``ln_input_forward``); out (train) the
+    activated gates. w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c];
     out <f>[T, B, H].
-    train: keep the normalised input and recurrent terms ri, rh <f>[T, B, 4H], their and the cell's
-    1/std in rstd <f>[T, B, 3], c_t in cs, the normalised c_t in chat <f>[T, B, H] and, with a mask, h_t in
-    hs <f>[T, B, H] (without one, out is the state sequence).
+    train: keep the normalised recurrent term rh <f>[T, B, 4H], its and the cell's 1/std in
+    rstd[:, :, 1:] (rstd <f>[T, B, 3]), c_t in cs, the normalised c_t in chat <f>[T, B, H] and, with a
+    mask, h_t in hs <f>[T, B, H] (without one, out is the state sequence).
     """
-    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh,
-                          rstd, cs, chat, hs)
+    _ln_lstm_forward_rows(0, h.shape[0], gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
+                          chat, hs)
 
 
 @njit(**_PAR)
-def ln_lstm_forward_par(n, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd, cs, chat,
-                        hs):
+def ln_lstm_forward_par(n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
     """``ln_lstm_forward`` with the batch in n chunks, one per thread."""
     for k in prange(n):
         b0, b1 = _chunk(k, n, h.shape[0])
-        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, bias, h, c, mask, has_mask, reverse, train, out, ri, rh, rstd,
-                              cs, chat, hs)
+        _ln_lstm_forward_rows(b0, b1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
+                              hs)
 
 
 @njit(**_JIT)
@@ -1277,11 +1301,11 @@ def stream_ln_lstm(ptrs, x_addr, y_addr, h, c, unused):
     L, B, H = h.shape
     G = 4 * H
     ab = consts(h)
-    gates = np.empty((1, B, G), h.dtype)  # the step's x W_ih^T, as step 0 of a sequence
+    gates = np.empty((1, B, G), h.dtype)  # the step's input term, as step 0 of a sequence
     gh = np.empty((B, G), h.dtype)
     bias = np.empty(G, h.dtype)
     out = np.empty((1, B, H), h.dtype)
-    scratch = np.empty((3, G), h.dtype)
+    scratch = np.empty((2, G), h.dtype)
     no_mask = np.zeros((1, 1), np.bool_)
     k = _ln_consts(gh)
     xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
@@ -1291,33 +1315,34 @@ def stream_ln_lstm(ptrs, x_addr, y_addr, h, c, unused):
         for j in range(G):
             bias[j] = bi[j] + bh[j]
         dot(xin, w_ih, gates[0], ab, False, True)
+        for b in range(B):
+            _ln_input_row(gates[0, b], ln[:G], bias, scratch[0], k[0], k[2])
         dot(h[layer], w_hh, gh, ab, False, True)
         # not training and no mask: the kept-for-backward arrays are never touched (gates stands in)
-        _ln_lstm_fwd_ew(0, 0, gates, gh, ln, bias, h[layer], c[layer], no_mask, False, False, out, gates, gates,
-                        gates, gates, gates, gates, k, scratch)
+        _ln_lstm_fwd_ew(0, 0, gates, gh, ln, h[layer], c[layer], no_mask, False, False, out, gates, gates, gates,
+                        gates, gates, k, scratch)
         xin = h[layer]
     _stream_out(y_addr, h)
 
 
 @njit(**_JIT)
-def ln_lstm_forward_step(t, gates, gh, ln, bias, h, c, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs):
+def ln_lstm_forward_step(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs):
     """One step of ``ln_lstm_forward`` given gh = h W_hh^T (for a Python loop with oneDNN's GEMM)."""
-    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, bias, h, c, mask, has_mask, train, out, ri, rh, rstd, cs, chat, hs,
-                    _ln_consts(gh), np.empty((3, gh.shape[1]), gh.dtype))
+    _ln_lstm_fwd_ew(t, 0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs, chat, hs, _ln_consts(gh),
+                    np.empty((2, gh.shape[1]), gh.dtype))
 
 
 @register_jitable
-def _ln_lstm_bwd_ew(t, b0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
-                    dpar, k, scratch):
+def _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dpar,
+                    k, scratch):
     """Step t of ``ln_lstm_backward`` up to drh[t] (the recurrent mat-mul and the carry follow).
     k = _ln_consts(dg); scratch <f>[3, 4H]."""
     G = dg.shape[2]
     B = dh.shape[0]
     H = G // 4
     one = one_(dg)
-    g_ih, g_hh, g_c, b_c = ln[:G], ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
-    dg_ih, dg_hh, dg_c, db_c = dpar[:G], dpar[G:2 * G], dpar[2 * G:2 * G + H], dpar[2 * G + H:10 * H]
-    dbias = dpar[10 * H:]
+    g_hh, g_c, b_c = ln[G:2 * G], ln[2 * G:2 * G + H], ln[2 * G + H:]
+    dg_c, db_c = dpar[2 * G:2 * G + H], dpar[2 * G + H:10 * H]
     dn, tc, dcv = scratch[0], scratch[1, :H], scratch[2, :H]
     for b in range(B):
         r = b0 + b
@@ -1346,26 +1371,52 @@ def _ln_lstm_bwd_ew(t, b0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dh,
         dcb = dc[b]
         for j in range(H):
             dcv[j] += dcb[j]
-        _lstm_gate_grads(g, dcv, dhb, tc, cp, dcb, dgb)
-        nh = rh[t, r]
+        _lstm_gate_grads(g, dcv, dhb, tc, cp, dcb, dgb)  # dgb: ∂L/∂(the gates' pre-activation)
         for j in range(G):  # through LN(h W_hh^T)·γ_hh
-            dg_hh[j] += dgb[j] * nh[j]
-        for j in range(G):
             dn[j] = dgb[j] * g_hh[j]
-        _normalise_backward(dn, nh, rstd[t, r, 1], k[0], drb)
-        nx = ri[t, r]
-        for j in range(G):  # through LN(x W_ih^T)·γ_ih and the biases; dgb becomes ∂L/∂(x W_ih^T)
-            dbias[j] += dgb[j]
-        for j in range(G):
-            dg_ih[j] += dgb[j] * nx[j]
-        for j in range(G):
-            dn[j] = dgb[j] * g_ih[j]
-        _normalise_backward(dn, nx, rstd[t, r, 0], k[0], dgb)
+        _normalise_backward(dn, rh[t, r], rstd[t, r, 1], k[0], drb)
+
+
+@njit(**_PAR)
+def ln_input_backward(n, dg, ri, rh, rstd, ln, mask, has_mask, dpar):
+    """After ``ln_lstm_backward``, for every row at once, in n chunks of rows, one per thread: adds the
+    gradients of γ_ih, γ_hh and the bias (Σ dA·LN(x W_ih^T), Σ dA·LN(h W_hh^T), Σ dA) into dpar (its
+    layout in ``ln_lstm_backward``) and turns each row of dg <f>[T, B, 4H] from dA = ∂L/∂(the gates'
+    pre-activation) into ∂L/∂(x W_ih^T), through the input term's normalisation. Rows past a length
+    hold dA = 0 and are skipped (their kept terms were never written)."""
+    T, B, G = dg.shape
+    k = _ln_consts(dg)
+    g_ih = ln[:G]
+    H = G // 4
+    parts = np.zeros((n, dpar.shape[0]), dpar.dtype)
+    for c in prange(n):
+        r0, r1 = _chunk(c, n, T * B)
+        part = parts[c]
+        dg_ih, dg_hh, dbias = part[:G], part[G:2 * G], part[10 * H:]
+        dn = np.empty(G, dg.dtype)
+        for q in range(r0, r1):
+            t, r = q // B, q % B
+            if has_mask and not mask[t, r]:
+                continue
+            da = dg[t, r]
+            nx = ri[t, r]
+            nh = rh[t, r]
+            for j in range(G):
+                dbias[j] += da[j]
+            for j in range(G):
+                dg_ih[j] += da[j] * nx[j]
+            for j in range(G):
+                dg_hh[j] += da[j] * nh[j]
+            for j in range(G):
+                dn[j] = da[j] * g_ih[j]
+            _normalise_backward(dn, nx, rstd[t, r, 0], k[0], da)
+    for c in range(n):
+        _acc(dpar, parts[c])
 
 
 @register_jitable
-def _ln_lstm_backward_rows(b0, b1, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
-                           dout, dg, drh, dpar):
+def _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout,
+                           dg, drh, dpar):
     T, _, G = dg.shape
     ab = consts(dg)
     dhc = _get_rows(dh, b0, b1)
@@ -1376,8 +1427,8 @@ def _ln_lstm_backward_rows(b0, b1, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, 
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = _prev(t, T, reverse)
-        _ln_lstm_bwd_ew(t, b0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg,
-                        drh, dpar, k, scratch)
+        _ln_lstm_bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg, drh,
+                        dpar, k, scratch)
         dot(drh[t, b0:b1], w_hh, tmp, ab, False, False)
         _merge_set(t, b0, dhc, tmp, mask, has_mask)
     _put_rows(dh, b0, dhc)
@@ -1385,38 +1436,37 @@ def _ln_lstm_backward_rows(b0, b1, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, 
 
 
 @njit(**_JIT)
-def ln_lstm_backward(gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh,
-                     dpar):
+def ln_lstm_backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh, dpar):
     """Backward of ``ln_lstm_forward`` (its saved buffers in). dh, dc <f>[B, H]: in ∂L/∂(final
-    state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂(x W_ih^T) and drh <f>[T, B, 4H]
-    = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds the gradients of ln's γ_ih, γ_hh, γ_c and β_c
-    into dpar[:10H] and that of the bias (b_ih + b_hh) into dpar[10H:] (dpar <f>[14H])."""
-    _ln_lstm_backward_rows(0, dh.shape[0], gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask,
-                           reverse, dout, dg, drh, dpar)
+    state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂(the gates' pre-activation) (for
+    ``ln_input_backward``) and drh <f>[T, B, 4H] = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds
+    the gradients of ln's γ_c and β_c into dpar[8H:10H] (dpar <f>[14H] = [γ_ih | γ_hh | γ_c | β_c |
+    the bias b_ih + b_hh])."""
+    _ln_lstm_backward_rows(0, dh.shape[0], gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
+                           dout, dg, drh, dpar)
 
 
 @njit(**_PAR)
-def ln_lstm_backward_par(n, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg,
-                         drh, dpar):
+def ln_lstm_backward_par(n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh,
+                         dpar):
     """``ln_lstm_backward`` with the batch in n chunks, one per thread; each sums its own share of
     the parameters' gradients in dpar, added to dpar at the end."""
     parts = np.zeros((n, dpar.shape[0]), dpar.dtype)
     for k in prange(n):
         b0, b1 = _chunk(k, n, dh.shape[0])
-        _ln_lstm_backward_rows(b0, b1, gates, ri, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
-                               dout, dg, drh, parts[k])
+        _ln_lstm_backward_rows(b0, b1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout,
+                               dg, drh, parts[k])
     for k in range(n):
         _acc(dpar, parts[k])
 
 
 @njit(**_JIT)
-def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, ri, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout,
-                          dg, drh, dpar):
+def ln_lstm_backward_step(t, tprev, tmp, reverse, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg,
+                          drh, dpar):
     """Finish step tprev (tmp = drh[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
     if tprev >= 0:
         _merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
         tp, first = _prev(t, gates.shape[0], reverse)
-        _ln_lstm_bwd_ew(t, 0, first, tp, gates, ri, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
+        _ln_lstm_bwd_ew(t, 0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
                         dpar, _ln_consts(dg), np.empty((3, dg.shape[2]), dg.dtype))
-
