@@ -3,11 +3,12 @@
 For each cell and config (B, T, I, H) it times inference (forward under ``torch.no_grad``) and a
 training step (forward + backward of an MSE loss) for torch.nn and for rnnkit with
 ``backend="fused"`` and ``backend="reference"``, all with the same weights, interleaved round by
-round (in a shuffled order each round) so that machine noise hits every contender alike. Each cell and config runs in a fresh
-process, so that a row does not depend on the rows run before it: in one process, torch.nn.LSTM's
-training step at 32,200,64,128 took 25.9 ms after the other rows against 37-44 ms alone (cause not
-pinned down: page faults and thread counts were the same). It prints medians (ms), the ratio
-rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and can write JSON.
+round (in a shuffled order each round) so that machine noise hits every contender alike. Each cell
+and config runs in a fresh process, so that a row does not depend on the rows run before it: in one
+process, torch.nn.LSTM's training step at 32,200,64,128 took 25.9 ms after the other rows against
+37-44 ms alone (cause not pinned down: page faults and thread counts were the same). It prints
+medians (ms), the ratio rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and
+can write JSON.
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json

@@ -23,9 +23,9 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
 - LSTM, float32, no projection, no ``lengths``, per-step work B·4H·H >= ``ONEDNN_LSTM_MIN_MACS``
   (inference, unless the loop splits across threads with a small weight, by
   ``LOOP_LSTM_INFERENCE_ROW_BYTES``) or ``ONEDNN_LSTM_TRAIN_MIN_MACS`` (training, when the loop would
-  not be split across threads by ``PAR_ROW_BYTES_LSTM``): oneDNN's fused LSTM layer (``aten::mkldnn_rnn_layer``, what
-  torch.nn.LSTM runs, with its backward under autograd) — on par with torch.nn by construction; below
-  that our own loop is faster.
+  not be split across threads by ``PAR_ROW_BYTES_LSTM``): oneDNN's fused LSTM layer
+  (``aten::mkldnn_rnn_layer``, what torch.nn.LSTM runs, with its backward under autograd) — on par
+  with torch.nn by construction; below that our own loop is faster.
 - Batch split (``_chunks``): with several torch threads and enough rows per thread for the size of
   the recurrent weight (``PAR_ROW_BYTES``), the compiled loop runs on every thread at once, each for
   its own rows of the batch for the whole sequence (sequences are independent, so there is no

@@ -35,8 +35,8 @@ def _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, 
     <f>[T, B, H], h_n, c_n and, with train, what backward needs (a tuple, ``_Recurrence``'s order);
     without it, None (inference passes placeholders for the buffers the loop would keep).
     x W_ih^T is one GEMM, its normalisation and the biases one pass over all rows; the recurrent
-    term's normalisation and the cell run in the compiled loop. stepwise: drive the loop from Python with oneDNN's GEMM; else the compiled loop split into n
-    chunks of the batch (``fused._loop``)."""
+    term's normalisation and the cell run in the compiled loop. stepwise: drive the loop from Python
+    with oneDNN's GEMM; else the compiled loop split into n chunks of the batch (``fused._loop``)."""
     K = fused._kernels()
     T, B, I = x.shape
     G = w_ih.shape[0]
