@@ -26,7 +26,7 @@ from torch import Tensor
 # smaller buffers: torch.empty (glibc's malloc serves blocks below its default mmap threshold, 128 KiB,
 # from its heap, which it trims only when its top grows past the trim threshold); larger ones faulted
 # in again every step before: the layer-normalised LSTM at B, T, I, H = 1, 1000, 32, 64 with 1 MiB here
-# took 968 page faults and 12.0-15.4 ms a training step, 0 faults and 8.6-8.8 ms with 128 KiB.
+# took 468-968 page faults and 10.7-15.4 ms a training step, 0 faults and 8.3-11.7 ms with 128 KiB.
 # RNNKIT_BUFFER_POOL=0: no pooling
 MIN_BYTES = 128 << 10 if os.environ.get("RNNKIT_BUFFER_POOL", "1") != "0" else 1 << 62
 MAX_IDLE = 64  # a free buffer not taken in this many requests is dropped (memory goes back to malloc)

@@ -118,7 +118,7 @@ LOOP_LSTM_INFERENCE_MAX_WEIGHT = 256 * 1024
 bytes of recurrent weight per row of a thread's chunk, for a weight of at most this size (H <= 128
 in float32). Measured (Zen 3, 2 threads, in-process alternation, 7-11 rounds), our split loop ÷
 oneDNN's layer: 0.80-0.92 at H = 64-128 with 2-16 KB per row (B, T, I, H = 32, 200, 64, 128: 0.84,
-0.90); 1.06-1.11 at 32-64 KB per row; at H = 256 a tie from 8 to 32 KB (0.91-1.04), at H = 512
+0.90); 1.06-1.11 at 32-64 KB per row; at H = 256 a tie from 8 to 32 KB (0.89-1.04), at H = 512
 1.12-1.14 at 16-32 KB."""
 ONEDNN_LSTM_TRAIN_MIN_MACS = 1_000_000
 """The same for LSTM training where our loop is not split across threads: oneDNN's layer with its own
@@ -263,13 +263,17 @@ def _grad_recurrent(dg: Tensor, hseq: Tensor, h0: Tensor, reverse: bool) -> Tens
     return gw
 
 
+def _weight_bytes(spec: CellSpec, x: Tensor) -> int:
+    """Bytes of one direction's recurrent weight W_hh <f>[G·H, P] in x's dtype."""
+    return spec.gates * spec.hidden_size * spec.output_size * x.element_size()
+
+
 def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
     """Whether to drive the (unsplit) time loop from Python with oneDNN's GEMM (see module docstring)."""
     if x.dtype != torch.float32 or w_hr is not None or (spec.mode == "GRU" and not spec.reset_after):
         return False
     T, B = x.shape[0], x.shape[1]
-    weight = spec.gates * spec.hidden_size * spec.output_size * x.element_size()
-    return B >= STEP_LOOP_MIN_BATCH and T >= STEP_LOOP_MIN_STEPS and weight >= STEP_LOOP_MIN_WEIGHT
+    return B >= STEP_LOOP_MIN_BATCH and T >= STEP_LOOP_MIN_STEPS and _weight_bytes(spec, x) >= STEP_LOOP_MIN_WEIGHT
 
 
 def _threads() -> int:
@@ -284,8 +288,7 @@ def _chunks(spec: CellSpec, x: Tensor, row_bytes: int | None = None) -> int:
     (default ``PAR_ROW_BYTES``) of recurrent weight per row."""
     B = x.shape[1]
     n = min(_threads(), B // PAR_MIN_ROWS)
-    weight = spec.gates * spec.hidden_size * spec.output_size * x.element_size()
-    if n <= 1 or weight > (PAR_ROW_BYTES if row_bytes is None else row_bytes) * (B // n):
+    if n <= 1 or _weight_bytes(spec, x) > (PAR_ROW_BYTES if row_bytes is None else row_bytes) * (B // n):
         return 1
     return n
 
@@ -416,7 +419,7 @@ def _onednn_lstm_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, train: 
     macs = x.shape[1] * 4 * spec.hidden_size ** 2
     if train:
         return macs >= ONEDNN_LSTM_TRAIN_MIN_MACS and _chunks(spec, x, PAR_ROW_BYTES_LSTM) == 1
-    small = 4 * spec.hidden_size ** 2 * x.element_size() <= LOOP_LSTM_INFERENCE_MAX_WEIGHT
+    small = _weight_bytes(spec, x) <= LOOP_LSTM_INFERENCE_MAX_WEIGHT
     return macs >= ONEDNN_LSTM_MIN_MACS and not (small and _chunks(spec, x, LOOP_LSTM_INFERENCE_ROW_BYTES) > 1)
 
 

@@ -30,6 +30,20 @@ from .buffers import pool
 from .fused import _np
 
 
+ROW_PASS_MIN_ROWS = 64
+"""The passes over every row at once (``ln_input_*``) use all the loops' threads from this many rows
+per thread; below, one."""
+
+
+def _rows_pass(name: str, rows: int, *args) -> None:
+    """Run ``fused_loops.<name>`` over ``rows`` rows in chunks, one per thread."""
+    K = fused._kernels()
+    n = fused._threads()
+    n = n if rows >= ROW_PASS_MIN_ROWS * n else 1
+    K.set_threads(n)
+    getattr(K, name)(n, *args)
+
+
 def _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, train):
     """One direction: (x <f>[T, B, I], its weights, h0, c0, mask <bool>[T, B] | None, ...) → out
     <f>[T, B, H], h_n, c_n and, with train, what backward needs (a tuple, ``_Recurrence``'s order);
@@ -50,7 +64,7 @@ def _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, 
     out = gates.new_empty(T, B, H)
     has_mask = mask is not None
     if train:
-        ri, rh, rstd = (pool.empty((T, B, n), x.dtype) for n in (G, G, 3))
+        ri, rh, rstd = (pool.empty((T, B, width), x.dtype) for width in (G, G, 3))
         cs, chat = pool.empty((T, B, H), x.dtype), pool.empty((T, B, H), x.dtype)
         hs = pool.empty((T, B, H), x.dtype) if has_mask else None  # without a mask, out is the state sequence
         kept = [_np(t) for t in (rh, rstd, cs, chat)] + [_np(hs) if has_mask else fused._dummy(x.dtype, 3)]
@@ -76,20 +90,6 @@ def _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, 
     fused.calls["forward"] += 1
     saved = (x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln, mask) if train else None
     return out, h, c, saved
-
-
-ROW_PASS_MIN_ROWS = 64
-"""The passes over every row at once (``ln_input_*``) use all the loops' threads from this many rows
-per thread; below, one."""
-
-
-def _rows_pass(name: str, rows: int, *args) -> None:
-    """Run ``fused_loops.<name>`` over ``rows`` rows in chunks, one per thread."""
-    K = fused._kernels()
-    n = fused._threads()
-    n = n if rows >= ROW_PASS_MIN_ROWS * n else 1
-    K.set_threads(n)
-    getattr(K, name)(n, *args)
 
 
 class _Recurrence(torch.autograd.Function):

@@ -1383,7 +1383,7 @@ def ln_input_backward(n, dg, ri, rh, rstd, ln, mask, has_mask, dpar):
     gradients of γ_ih, γ_hh and the bias (Σ dA·LN(x W_ih^T), Σ dA·LN(h W_hh^T), Σ dA) into dpar (its
     layout in ``ln_lstm_backward``) and turns each row of dg <f>[T, B, 4H] from dA = ∂L/∂(the gates'
     pre-activation) into ∂L/∂(x W_ih^T), through the input term's normalisation. Rows past a length
-    hold dA = 0 and are skipped (their kept terms were never written)."""
+    hold dA = 0 and are skipped (their recurrent term in rh was never written)."""
     T, B, G = dg.shape
     k = _ln_consts(dg)
     g_ih = ln[:G]
