@@ -7,8 +7,8 @@ round (in a shuffled order each round) so that machine noise hits every contende
 and config runs in a fresh process, so that a row does not depend on the rows run before it: in one
 process, torch.nn.LSTM's training step at 32,200,64,128 took 25.9 ms after the other rows against
 37-44 ms alone (cause not pinned down: page faults and thread counts were the same). It prints
-medians (ms), the ratio rnnkit ÷ torch.nn and the share of the 2-core FMA peak (570 GFLOP/s), and
-can write JSON.
+medians (ms), the ratio rnnkit ÷ torch.nn and the share of this CPU's FMA peak on the threads used
+(``fma_peak``: 570 GFLOP/s for the GUIDE's 2-core Zen 5), and can write JSON.
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
@@ -43,7 +43,6 @@ import rnnkit
 
 from .kernels import fused as _fused
 
-PEAK_GFLOPS = 570.0
 # --malloc tuned: glibc's malloc keeps freed memory (no heap trimming, no mmap for large blocks), so a
 # training step does not fault its buffers in again. torch.nn's training rows gain most (the GUIDE:
 # 68.5 -> 38.5 ms); rnnkit reuses its own large buffers (kernels/buffers.py) and depends less on it.
@@ -226,7 +225,7 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
                 "peer": peer, "ratio_vs_peer": med[name] / med[peer] if peer else None,
                 "ratio_vs_reference": med[name] / med["reference"] if "reference" in med else None,
                 "ratio_vs_jax": med[name] / med["jax"] if "jax" in med else None,
-                "gflops": flops / med[name] / 1e6, "peak_pct": 100 * flops / med[name] / 1e6 / PEAK_GFLOPS,
+                "gflops": flops / med[name] / 1e6,
                 "samples_ms": samples[name], "calls_per_sample": number[name],
             })
     return rows
@@ -264,15 +263,47 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def cpu_name() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo's fields (one processor's; they are the same for all here), empty off Linux."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # pragma: no cover - not Linux
+        return {}
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lines if ":" in line)}
+
+
+def cpu_name(info: dict[str, str] | None = None) -> str:
     """The CPU as /proc/cpuinfo names it, with its family and model (AMD family 25 is Zen 3/4, 26 is Zen 5):
     hosts of one machine kind differ, so a report says which one it ran on."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-    except OSError:  # pragma: no cover - not Linux
+    info = _cpuinfo() if info is None else info
+    if not info:  # pragma: no cover - not Linux
         return platform.processor() or "?"
+    return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+
+
+def fma_peak(threads: int, info: dict[str, str] | None = None) -> tuple[float | None, str]:
+    """The float32 FMA peak of ``threads`` cores of this CPU in GFLOP/s, and how it was reckoned:
+    threads × 2 FMA pipes × SIMD lanes × 2 FLOPs × the clock /proc/cpuinfo gives (the nominal one in
+    a VM; a boost clock can run above it). Lanes: 16 with AVX-512 on full-width units (Intel; AMD from
+    Zen 5, family 26: 2 threads at 4.45 GHz give the GUIDE's 570 GFLOP/s), 8 with AVX2 and FMA (and
+    on Zen 4, family 25, whose AVX-512 runs on 256-bit halves), 4 otherwise. Two FMA pipes per core
+    holds for Zen 2-5 and Intel's larger cores; ``--peak-gflops`` overrides it. None where the clock
+    is unknown (e.g. Arm, or not Linux)."""
+    info = _cpuinfo() if info is None else info
+    try:
+        ghz = float(info["cpu MHz"]) / 1000
+    except (KeyError, ValueError):
+        return None, "unknown: /proc/cpuinfo gives no clock (pass --peak-gflops)"
+    flags = set(info.get("flags", "").split())
+    amd_before_zen5 = info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", "0") or 0) < 26
+    if "avx512f" in flags and not amd_before_zen5:
+        lanes, isa = 16, "AVX-512"
+    elif "fma" in flags and "avx2" in flags:
+        lanes, isa = 8, "AVX2"
+    else:
+        lanes, isa = 4, "SSE"
+    peak = threads * 2 * lanes * 2 * ghz
+    return peak, f"{threads} threads × 2 FMA pipes × {lanes} float32 lanes ({isa}) × 2 FLOPs × {ghz:.2f} GHz"
 
 
 def gemm_gflops(repeat: int = 5) -> float:
@@ -301,6 +332,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--json", default=None, help="write all rows (with raw samples) to this path")
     ap.add_argument("--no-stream", action="store_true", help="skip the streaming (batch 1 step) timings")
     ap.add_argument("--markdown", default=None, help="write the tables as markdown (for the README) to this path")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="the FMA peak that %%pk refers to (default: reckoned from /proc/cpuinfo for --threads cores)")
     ap.add_argument("--malloc", choices=("glibc", "tuned"), default="glibc",
                     help="glibc: the C library's defaults (what a user gets); tuned: no heap trimming and no mmap "
                          "for large blocks in the benchmark's processes, so neither contender pays page faults")
@@ -319,12 +352,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, malloc {args.malloc}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
+    peak, peak_from = (args.peak_gflops, "--peak-gflops") if args.peak_gflops else fma_peak(args.threads)
     if args.device == "cpu":
         gemm = gemm_gflops()
-        print(f"CPU {cpu_name()}; its 2048³ float32 GEMM now: {gemm:.0f} GFLOP/s = {100 * gemm / PEAK_GFLOPS:.0f}% "
-              f"of the {PEAK_GFLOPS:.0f} GFLOP/s peak that %pk refers to", flush=True)
+        print(f"CPU {cpu_name()}; %pk: of its FMA peak, {peak_from}" + (f" = {peak:.0f} GFLOP/s" if peak else "")
+              + f"; its 2048³ float32 GEMM now: {gemm:.0f} GFLOP/s"
+              + (f" = {100 * gemm / peak:.0f}% of that peak" if peak else ""), flush=True)
     else:
-        gemm = None
+        gemm = peak = peak_from = None
         print(f"GPU {torch.cuda.get_device_name()}; rnnkit with backend='auto' (%pk: of the CPU peak, "
               f"meaningless here); peak MiB: the most memory one call holds beyond its inputs", flush=True)
     header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {ours + ' ms':>9} {'ratio':>6} "
@@ -338,6 +373,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             with environment(TUNED_MALLOC if args.malloc == "tuned" else {}):
                 got = in_fresh_process(args.threads, bench_one, cell, cfg, backends, args.repeat, args.min_time,
                                        args.device, not args.no_jax)
+            for row in got:
+                row["peak_pct"] = 100 * row["gflops"] / peak if peak else None
             rows += got
             for mode in ("inference", "train"):
                 r = {row["impl"]: row for row in got if row["mode"] == mode}
@@ -348,8 +385,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     extra += f" | jax {r['jax']['median_ms']:9.2f} ms, {ours}/jax {f['ratio_vs_jax']:5.2f}"
                 print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | {peer_name(cell) or '-':>11} "
                       f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
-                      f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {f['peak_pct']:8.1f}% "
-                      f"{(t['peak_pct'] if t else float('nan')):8.1f}% | "
+                      f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {_pct(f)}% {_pct(t)}% | "
                       f"{ref['median_ms'] if ref else float('nan'):9.2f} "
                       f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}{extra}", flush=True)
     # summary: median ratio over configs per cell and mode
@@ -385,7 +421,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               "ours": ours, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
               "cpu": cpu_name(), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
-              "peak_gflops": PEAK_GFLOPS,
+              "peak_gflops": peak, "peak_from": peak_from,
               "rows": rows, "summary": summary, "stream": stream}
     for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):
         if path:
@@ -393,6 +429,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             Path(path).write_text(text())
             print(f"wrote {path}")
     return 0
+
+
+def _pct(row: dict | None, spec: str = "8.1f") -> str:
+    """A row's share of the FMA peak, for the tables: nan without a row or a known peak."""
+    pct = row.get("peak_pct") if row else None
+    return format(pct if pct is not None else float("nan"), spec)
 
 
 def markdown(report: dict) -> str:
@@ -406,7 +448,7 @@ def markdown(report: dict) -> str:
         peer = by_key.get((cell, B, T, I, H, mode, r["peer"])) if r["peer"] else None
         lines.append(f"| {cell} | {B}, {T}, {I}, {H} | {mode} | {r['peer'] or '-'} | "
                      f"{peer['median_ms'] if peer else float('nan'):.2f} | {r['median_ms']:.2f} | "
-                     f"{r['ratio_vs_peer'] if peer else float('nan'):.2f} | {r['peak_pct']:.0f}% |")
+                     f"{r['ratio_vs_peer'] if peer else float('nan'):.2f} | {_pct(r, '.0f')}% |")
     ours = report.get("ours", "fused")
     jax_rows = [(key, r) for key, r in by_key.items() if key[-1] == "jax"]
     if jax_rows:

@@ -14,7 +14,7 @@ from rnnkit.cli import app
 def test_bench_writes_ratios_and_streaming(tmp_path):
     out, md = tmp_path / "speed.json", tmp_path / "speed.md"
     assert main(["--configs", "2x3x4x5", "--cells", "gru,lstm,lstm_ln", "--repeat", "1", "--threads", "1",
-                 "--min-time", "0.001", "--no-jax", "--json", str(out), "--markdown", str(md)]) == 0
+                 "--min-time", "0.001", "--no-jax", "--peak-gflops", "50", "--json", str(out), "--markdown", str(md)]) == 0
     table = md.read_text().splitlines()
     assert sum(line.startswith("| lstm_ln | 2, 3, 4, 5 |") for line in table) == 2  # inference, train
     assert any(line.startswith("| gru | 2, 3, 4, 5 | train | torch |") for line in table)
@@ -30,6 +30,32 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     assert all(s["layer.step_us"] > 0 and s["streamer_us"] > 0 for s in report["stream"])
     assert all(("torch_us" in s) == (s["cell"] != "lstm_ln") for s in report["stream"])  # torch.nn has no LN cell
     assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
+    assert report["peak_gflops"] == 50 and report["peak_from"] == "--peak-gflops"
+    assert all(r["peak_pct"] == pytest.approx(2 * r["gflops"]) for r in report["rows"])
+
+
+ZEN3 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "cpu MHz": "2445.406", "flags": "fpu sse2 fma avx avx2"}
+
+
+@pytest.mark.parametrize("info, lanes, ghz", [
+    (ZEN3, 8, 2.445406),  # this project's Zen 3 hosts: AVX2
+    (dict(ZEN3, flags="fma avx2 avx512f"), 8, 2.445406),  # Zen 4 (family 25): AVX-512 on 256-bit halves
+    (dict(ZEN3, **{"cpu family": "26", "cpu MHz": "4450", "flags": "fma avx2 avx512f"}), 16, 4.45),  # Zen 5: the GUIDE's 570
+    ({"vendor_id": "GenuineIntel", "cpu family": "6", "cpu MHz": "2000", "flags": "fma avx2 avx512f"}, 16, 2.0),
+    (dict(ZEN3, flags="sse2"), 4, 2.445406),
+])
+def test_fma_peak_reckons_from_the_cpu(info, lanes, ghz):
+    from rnnkit.bench import fma_peak
+
+    peak, how = fma_peak(2, info)
+    assert peak == pytest.approx(2 * 2 * lanes * 2 * ghz)
+    assert f"{lanes} float32 lanes" in how and f"{ghz:.2f} GHz" in how
+
+
+def test_fma_peak_unknown_without_a_clock():
+    from rnnkit.bench import fma_peak
+
+    assert fma_peak(2, {"flags": "fma avx2"}) == (None, "unknown: /proc/cpuinfo gives no clock (pass --peak-gflops)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
