@@ -84,17 +84,20 @@ def _close(a, b, dtype, what, cell=""):
         torch.testing.assert_close(u, v, atol=atol, rtol=rtol, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-@pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn"])
+@pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn", "streamed"])
 def loop(request, monkeypatch):
     """Every time-loop driver: the compiled loop on one thread (with W_hh as stored, or a transposed
     copy at batch 1: "-wt"), split across two threads by rows of the batch (uneven chunks at batch
-    3), the Python loop with oneDNN's GEMM (float32), and oneDNN's LSTM layer (float32 LSTM without
-    projection or lengths; the others fall back to the step loop)."""
+    3), the Python loop with oneDNN's GEMM (float32), oneDNN's LSTM layer (float32 LSTM without
+    projection or lengths; the others fall back to the step loop), and, for inference of a
+    unidirectional stack, the streaming kernel over the whole call ("streamed"; training takes the
+    compiled loop). Only "streamed" lets a no-grad call stream; the others test their own loops."""
     never = 1 << 62
+    monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", never if request.param == "streamed" else 0)
     if request.param == "compiled-split" and fused._kernels().MAX_THREADS < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", never if request.param.startswith("compiled") else 0)
+    monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", 0 if request.param in ("stepwise", "onednn") else never)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)
     split = request.param == "compiled-split"
@@ -122,6 +125,9 @@ def test_matches_reference(cell, options, dtype, loop):
         pytest.skip("the layer-normalised LSTM's compiled loop has no transposed-W_hh variant")
     if loop == "compiled-wt" and options[5] != 1:
         pytest.skip("the transposed W_hh is used at batch 1 only")
+    streams = not options[1] and options[2] is None  # unidirectional, no lengths
+    if loop == "streamed" and not streams:
+        pytest.skip("a bidirectional call or one with lengths does not stream (test_small_no_grad_call_streams)")
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
     before = dict(fused.calls)
     outs, grads = _run(cell, options, "fused", dtype)
@@ -129,8 +135,10 @@ def test_matches_reference(cell, options, dtype, loop):
     assert ran is None or fused.calls[ran] > before[ran], f"the {loop} driver did not run"
     _close(outs, outs_ref, dtype, "outputs")
     _close(grads, grads_ref, dtype, "grads", cell)
-    # inference (no grad) takes its own paths: no saving, and oneDNN's LSTM layer
+    # inference (no grad) takes its own paths: no saving, oneDNN's LSTM layer, the streaming kernel
+    streamed = fused.calls["stream_sequence"]
     outs_inf, _ = _run(cell, options, "fused", dtype, grad=False)
+    assert fused.calls["stream_sequence"] - streamed == (loop == "streamed")
     _close(outs_inf, outs_ref, dtype, "outputs")
 
 
@@ -194,7 +202,9 @@ def test_dispatch(monkeypatch):
     assert fused.calls["forward"] == before["forward"] + 1
 
     # LSTM goes to oneDNN's fused layer from ONEDNN_LSTM_MIN_MACS (inference) and
-    # ONEDNN_LSTM_TRAIN_MIN_MACS (training, unless the loop is split across threads)
+    # ONEDNN_LSTM_TRAIN_MIN_MACS (training, unless the loop is split across threads); a call this
+    # small would stream without a gradient (test_small_no_grad_call_streams), so not here
+    monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", 0)
     lstm = rnnkit.LSTM(5, 4, backend="fused")
     n = fused.calls["onednn_lstm"]
     with torch.no_grad():
@@ -360,6 +370,53 @@ def test_stream_step_checks_shapes():
         fused.stream_step(model.spec, x, weights, torch.zeros(1, 3, H), None)
     with pytest.raises(ValueError, match="c:"):
         fused.stream_step(model.spec, x, weights, torch.zeros(2, 3, H), torch.zeros(2, 2, H))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_small_no_grad_call_streams(cell):
+    """A small call that needs no gradient runs the whole unidirectional stack through the streaming
+    kernel (one compiled call): the same outputs and final states as the reference, from a given state
+    or zeros, batch-first or not, batched or not; and not where it cannot (a gradient, lengths that
+    mask, bidirectional, dropout between layers in training, a layer hook) or would be slower
+    (above STREAM_SEQUENCE_MAX_MACS)."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    ref = cls(I, H, num_layers=2, batch_first=True, backend="reference", dtype=torch.float64, **kw)
+    fast = cls(I, H, num_layers=2, batch_first=True, dtype=torch.float64, **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, T, I, dtype=torch.float64)
+    hx = torch.randn(2, 3, kw.get("proj_size") or H, dtype=torch.float64)
+    hx = (hx, torch.randn(2, 3, H, dtype=torch.float64)) if cls in WITH_C else hx
+
+    def streams(model, *args, grad=False, **kwargs):
+        before = fused.calls["stream_sequence"]
+        with torch.set_grad_enabled(grad):
+            out = model(*args, **kwargs)
+        return fused.calls["stream_sequence"] - before == 1, out
+
+    for args in ((x,), (x, hx), (x[0],), (x[0], tuple(h[:, 0] for h in hx) if cls in WITH_C else hx[:, 0])):
+        took, (out, hn) = streams(fast, *args)
+        out_ref, hn_ref = ref(*args)
+        assert took and not out.requires_grad
+        torch.testing.assert_close(out, out_ref.detach(), atol=1e-12, rtol=1e-10)
+        for a, b in zip(hn if isinstance(hn, tuple) else (hn,), hn_ref if isinstance(hn_ref, tuple) else (hn_ref,)):
+            torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=1e-10)
+    assert streams(fast, x, lengths=[T] * 3)[0]  # full lengths mask nothing
+    assert not streams(fast, x, lengths=[T, 2, 3])[0]
+    assert not streams(fast, x, grad=True)[0]  # the parameters need gradients
+    bidir = cls(I, H, bidirectional=True, dtype=torch.float64, **kw)
+    assert not streams(bidir, x)[0]
+    dropped = cls(I, H, num_layers=2, dropout=0.5, dtype=torch.float64, **kw)
+    assert not streams(dropped, x)[0] and streams(dropped.eval(), x)[0]
+    handle = fast.register_layer_hook(lambda layer, out: None)
+    assert not streams(fast, x)[0]
+    handle.remove()
+    limit = fused.STREAM_SEQUENCE_MAX_MACS
+    try:
+        fused.STREAM_SEQUENCE_MAX_MACS = 0
+        assert not streams(fast, x)[0]
+    finally:
+        fused.STREAM_SEQUENCE_MAX_MACS = limit
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -115,7 +115,7 @@ def test_fused_inference_keeps_nothing_for_backward(monkeypatch):
     """Without a gradient to compute (no_grad, or nothing that requires one) the fused recurrence runs
     its inference path, outside autograd, and keeps nothing: the layer decides, as autograd's
     ``needs_input_grad`` is set under no_grad too."""
-    from rnnkit.kernels import fused_ln
+    from rnnkit.kernels import fused, fused_ln
 
     seen = []
     forward = fused_ln._forward
@@ -126,6 +126,7 @@ def test_fused_inference_keeps_nothing_for_backward(monkeypatch):
         assert (saved is None) == (not args[-1])
         return out, h, c, saved
     monkeypatch.setattr(fused_ln, "_forward", spy)
+    monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", 0)  # so small a call would stream the whole stack
     layer = rnnkit.LayerNormLSTM(3, 4, backend="fused")
     x = torch.randn(6, 2, 3)
     with torch.no_grad():

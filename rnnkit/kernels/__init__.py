@@ -9,7 +9,9 @@ A backend runs one layer (both directions) over a whole time-major sequence:
 ``fused`` (CPU float32/64, every cell: our compiled kernels), ``torch`` (torch's own RNN kernels:
 cuDNN on CUDA, for the cells torch.nn has) and ``reference`` (the equations, step by step with
 autograd: any device and dtype, ONNX export). A backend
-may also offer a streaming step for a whole unidirectional stack, without autograd:
+may also offer a streaming step for a whole unidirectional stack, without autograd, for one step
+x_t <float>[B, I] (``step()``) or for a whole small call x <float>[T, B, I] (``forward()``; y then
+<float>[T, B, P]):
 
     stream_step(spec, x_t <float>[B, I], weights: [DirectionWeights] * L, h <float>[L, B, P],
                 c <float>[L, B, H] | None) -> (y_t <float>[B, P], h, c | None), or None if it cannot

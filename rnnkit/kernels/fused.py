@@ -38,11 +38,14 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
   call per step. Otherwise the whole loop runs compiled in numba, its GEMMs through MKL on the
   calling thread (batch 1: a plain loop), no Python per step.
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
-- A one-step call without autograd (generation) skips all GEMM setup: the streaming kernel below.
+- A small call without autograd (up to ``STREAM_SEQUENCE_MAX_MACS``; e.g. generation, one step at
+  a time) of a unidirectional stack skips all GEMM setup: the streaming kernel below runs every
+  step and layer in one compiled call.
 - The layer-normalised LSTM (``spec.layer_norm``) runs its own compiled loop, ``fused_ln``.
 
-Streaming: ``stream_step`` runs one time step of a whole unidirectional stack in one compiled call
-(no autograd), state in and out as tensors, for ``step(x_t, state)``; ``Streamer`` keeps the state
+Streaming: ``stream_step`` runs one time step of a whole unidirectional stack (or every step of a
+small call) in one compiled call (no autograd), state in and out as tensors, for
+``step(x_t, state)`` and ``forward()``; ``Streamer`` keeps the state
 inside, for a state object (lowest overhead). The kernels take the weights as addresses into the
 parameters themselves (shapes checked in Python), so updates are always seen. Not supported: double
 backward (``create_graph=True``) — use backend="reference".
@@ -108,10 +111,15 @@ PAR_ROW_BYTES_LSTM = 64 * 1024
 lengths). Split against oneDNN: 31.4 against 44.3 ms at B=32 H=128 (16 KB per row), 47.3 against
 53.9 at B=32 H=256 (64 KB); slower at B=16 H=256 (128 KB: 26.2 against 21.9) and B=8 H=256 (19.8
 against 12.2)."""
-ONEDNN_LSTM_MIN_MACS = 1_000_000
-"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer (measured,
-one thread: oneDNN 25% faster at B=32 H=128; our loop 5-15% faster at B<=8, H<=128), except where our
-loop splits across threads with a small weight (the next two constants)."""
+ONEDNN_LSTM_MIN_MACS = 65_536
+"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer, except
+where our loop splits across threads with a small weight (the next two constants). Measured (Zen 3,
+2 threads, T = 100, I = 64, in-process, shuffled, 15 and 21 rounds), our loop ÷ oneDNN's layer:
+0.74-0.93 below 32,768 (B·H = 1·32, 1·64, 2·32, 4·32), 0.97-1.16 at 32,768 (2·64, 8·32), 0.98-1.11
+at 65,536 (1·128, 4·64, 16·32), and from 131,072 0.98-1.00 at 8·64 but 1.18-1.41 at 1·256,
+1.43-1.57 at 2·128, 1.38-1.48 at 4·128, 1.23-1.24 at 8·128 and 2.05-2.58 at 2·256 and 4·256. It was
+1M before, from a one-thread Zen 4 measurement (oneDNN 25% faster at B=32 H=128; our loop 5-15%
+faster at B<=8, H<=128)."""
 LOOP_LSTM_INFERENCE_ROW_BYTES = 16 * 1024
 LOOP_LSTM_INFERENCE_MAX_WEIGHT = 256 * 1024
 """LSTM inference stays in our compiled loop when it splits across threads with at most this many
@@ -125,8 +133,18 @@ ONEDNN_LSTM_TRAIN_MIN_MACS = 1_000_000
 backward (torch.nn.LSTM's path) was 1.1-1.5x faster than our step loop at B=8-16, H=256-512, and
 1.4x faster than our compiled loop on one thread at B=16 H=128 (10.3 against 14.7 ms)."""
 
+STREAM_SEQUENCE_MAX_MACS = 16_000_000
+"""Multiply-adds (T·B·G·H·(I + P), every layer counted) up to which a no-grad call of a whole
+unidirectional stack runs through the streaming kernel, every step and layer in one compiled call
+with the input product taken per step, rather than layer by layer (the GEMM setup, ~45 torch
+operators and a compiled loop per layer). Measured (Zen 3, 2 threads, in-process, shuffled, 25
+rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37-0.40 at 8, 10,
+16, 32; 0.48-0.65 at 1, 100, 32, 64; 0.65-0.91 at 32, 20, 32, 64 (3.9-15.7 M); 0.70-0.97 at 19.7 M
+(16, 50, 32, 64; 1, 200, 128, 256; 8, 100, 64, 128); 1.01 at 24.6 M (LSTM 1, 1000, 32, 64) and
+1.1-1.4 from 39 M."""
+
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
-         "parallel_loop": 0, "serial_loop": 0}
+         "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0}
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
 
 _loops = None
@@ -700,7 +718,7 @@ def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.
 
 
 def _stream_kernel(spec: CellSpec):
-    """The compiled step of this cell, ``kernel(ptrs, x_addr, y_addr, h, c, flag)``, and its flag."""
+    """The compiled steps of this cell, ``kernel(ptrs, x_addr, y_addr, steps, h, c, flag)``, and its flag."""
     K = _kernels()
     if spec.mode == "LSTM":
         return (K.stream_ln_lstm if spec.layer_norm else K.stream_lstm), False
@@ -709,21 +727,32 @@ def _stream_kernel(spec: CellSpec):
     return K.stream_rnn, spec.mode == "RNN_RELU"
 
 
+def _stream_sequence_applies(spec: CellSpec, x: Tensor, layers: int) -> bool:
+    """Whether a no-grad call of a whole unidirectional stack over x <f>[T, B, I] runs through the
+    streaming kernel, one compiled call for every step and layer, rather than layer by layer (see
+    ``STREAM_SEQUENCE_MAX_MACS``)."""
+    T, B, I = x.shape
+    G, P = spec.gates * spec.hidden_size, spec.output_size
+    return T * B * G * (I + P + (layers - 1) * 2 * P) <= STREAM_SEQUENCE_MAX_MACS
+
+
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
-    """Whether ``stream_step`` can run: CPU float32/64, a known cell, not tracing or scripting. The
-    caller also checks that no gradient is needed (and that no inter-layer dropout applies)."""
+    """Whether ``stream_step`` can run: CPU float32/64, a known cell, one step <f>[B, I] or steps
+    <f>[T, B, I], not tracing or scripting. The caller also checks that no gradient is needed (and
+    that no inter-layer dropout applies)."""
     return (x_t.is_cpu and x_t.dtype in _DTYPES and spec.mode in _MODES
-            and x_t.dim() == 2 and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+            and x_t.dim() in (2, 3) and not torch.jit.is_tracing() and not torch.jit.is_scripting())
 
 
 def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor | None,
                 c: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One time step of a unidirectional stack, every layer in one compiled call, without autograd
-    (for streaming inference: a few µs of overhead per call).
+    """One time step of a unidirectional stack, or a few, every layer in one compiled call, without
+    autograd (for streaming inference, and whole calls on small shapes: a few µs of overhead).
 
-    x_t <f>[B, I] on the CPU;  h <f>[L, B, P] and c <f>[L, B, H] (LSTM) in torch.nn's layout, or None
-    (zeros). Returns y_t <f>[B, P] (the top layer's h), the new h and the new c (None unless LSTM)."""
-    L, B, I = len(layers), x_t.shape[0], x_t.shape[1]
+    x_t <f>[B, I] (or steps <f>[T, B, I]) on the CPU;  h <f>[L, B, P] and c <f>[L, B, H] (LSTM) in
+    torch.nn's layout, or None (zeros). Returns y_t <f>[B, P] (or <f>[T, B, P]: the top layer's h at
+    each step), the new h and the new c (None unless LSTM)."""
+    L, B, I = len(layers), x_t.shape[-2], x_t.shape[-1]
     H, P = spec.hidden_size, spec.output_size
     w0 = layers[0].w_ih
     if w0.shape[1] != I or w0.dtype != x_t.dtype:
@@ -740,8 +769,9 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     hout = _state_np(h).copy() if h is not None else np.zeros((L, B, P), dtype)  # the kernel updates it in place
     lstm = spec.mode == "LSTM"
     cout = (_state_np(c).copy() if c is not None else np.zeros((L, B, H), dtype)) if lstm else _dummy(x_t.dtype, 3)
-    kernel(ptrs, x_t.data_ptr(), 0, hout, cout, flag)
-    y_t = _from_np(hout[L - 1].copy())  # its own tensor, not a view of the new h
+    steps = x_t.shape[0] if x_t.dim() == 3 else 1
+    y_t = torch.empty((*x_t.shape[:-1], P), dtype=x_t.dtype)  # its own tensor, not a view of the new h
+    kernel(ptrs, x_t.data_ptr(), y_t.data_ptr(), steps, hout, cout, flag)
     h_t = _from_np(hout)
     c_t = _from_np(cout) if lstm else None
     _last_state.clear()
@@ -800,7 +830,7 @@ class Streamer:
         if not x_t.is_contiguous():
             x_t = x_t.contiguous()
         y_t = torch.empty_like(self._like_y)
-        self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), self.h, self.c, self._flag)
+        self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), 1, self.h, self.c, self._flag)
         return y_t
 
     def step(self, x_t: Tensor, h: Tensor | None, c: Tensor | None = None):
@@ -941,7 +971,12 @@ def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeig
                          c: Tensor | None):
     if not stream_supports(spec, x_t):
         return None
-    calls["layer_step"] += 1
+    if x_t.dim() == 3:  # a whole no-grad call of the stack: only where it beats the layer-by-layer path
+        if not (whole_sequence_input(x_t) and _stream_sequence_applies(spec, x_t, len(layers))):
+            return None
+        calls["stream_sequence"] += 1
+    else:
+        calls["layer_step"] += 1
     return stream_step(spec, x_t, layers, h, c)
 
 

@@ -985,9 +985,28 @@ def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask,
 # w_hr <f>[P, H] (LSTM projection; 0 without) and ln <f>[10H] (layer-normalised LSTM; 0 without),
 # then I_l. They point into the parameters themselves
 # (every update is seen); the caller keeps those alive and checks every shape. x_addr is the input
-# <f>[B, I_0]. The state h <f>[L, B, P] (c <f>[L, B, H]) is updated in place; the top layer's new h
-# is also written to y_addr <f>[B, P] unless it is 0. One signature for all three,
-# ``(ptrs, x_addr, y_addr, h, c, flag)``: c a dummy and flag False where the cell has none.
+# <f>[steps, B, I_0], one or more time steps (C-contiguous). The state h <f>[L, B, P] (c <f>[L, B, H])
+# is updated in place; the top layer's new h at each step is written to y_addr <f>[steps, B, P]. One
+# signature for all, ``(ptrs, x_addr, y_addr, steps, h, c, flag)``: c a dummy and flag False where the
+# cell has none.
+
+
+@register_jitable
+def _stream_io(ptrs, x_addr, y_addr, steps, h):
+    """The input <f>[steps, B, I_0] at x_addr and the output <f>[steps, B, P] at y_addr, as arrays."""
+    B = h.shape[1]
+    return carray(_at(x_addr, h), (steps, B, ptrs[0, 6])), carray(_at(y_addr, h), (steps, B, h.shape[2]))
+
+
+@register_jitable
+def _activate_lstm_gates(g, H):
+    """An LSTM row's gate pre-activations g <f>[4H] = [i | f | g | o], activated in place: σ, σ, tanh, σ."""
+    for j in range(2 * H):
+        g[j] = sigmoid_(g[j])
+    for j in range(H):
+        g[2 * H + j] = tanh_(g[2 * H + j])
+    for j in range(H):
+        g[3 * H + j] = sigmoid_(g[3 * H + j])
 
 
 @intrinsic
@@ -1007,14 +1026,8 @@ def _stream_weights(p, like, G, P):
             carray(_at(p[2], like), G), carray(_at(p[3], like), G))
 
 
-@register_jitable
-def _stream_out(y_addr, h):
-    if y_addr != 0:
-        carray(_at(y_addr, h), (h.shape[1], h.shape[2]))[:] = h[h.shape[0] - 1]
-
-
 @njit(**_JIT)
-def stream_lstm(ptrs, x_addr, y_addr, h, c, unused):
+def stream_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
     L, B, P = h.shape
     H = c.shape[2]
     G = 4 * H
@@ -1022,39 +1035,36 @@ def stream_lstm(ptrs, x_addr, y_addr, h, c, unused):
     gates = np.empty((B, G), h.dtype)
     gh = np.empty((B, G), h.dtype)
     hc = np.empty((B, H), h.dtype)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
-    for layer in range(L):
-        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, P)
-        proj = ptrs[layer, 4] != 0
-        dot(xin, w_ih, gates, ab, False, True)
-        dot(h[layer], w_hh, gh, ab, False, True)
-        co = c[layer]
-        hdst = hc if proj else h[layer]
-        for b in range(B):
-            g = gates[b]
-            ghb = gh[b]
-            for j in range(G):
-                g[j] = g[j] + ghb[j] + bi[j] + bh[j]
-            for j in range(2 * H):
-                g[j] = sigmoid_(g[j])
-            for j in range(H):
-                g[2 * H + j] = tanh_(g[2 * H + j])
-            for j in range(H):
-                g[3 * H + j] = sigmoid_(g[3 * H + j])
-            cb = co[b]
-            hb = hdst[b]
-            for j in range(H):
-                cv = g[H + j] * cb[j] + g[j] * g[2 * H + j]
-                cb[j] = cv
-                hb[j] = g[3 * H + j] * tanh_(cv)
-        if proj:
-            dot(hc, carray(_at(ptrs[layer, 4], h), (P, H)), h[layer], ab, False, True)
-        xin = h[layer]
-    _stream_out(y_addr, h)
+    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
+    for t in range(steps):
+        xin = xs[t]
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, P)
+            proj = ptrs[layer, 4] != 0
+            dot(xin, w_ih, gates, ab, False, True)
+            dot(h[layer], w_hh, gh, ab, False, True)
+            co = c[layer]
+            hdst = hc if proj else h[layer]
+            for b in range(B):
+                g = gates[b]
+                ghb = gh[b]
+                for j in range(G):
+                    g[j] = g[j] + ghb[j] + bi[j] + bh[j]
+                _activate_lstm_gates(g, H)
+                cb = co[b]
+                hb = hdst[b]
+                for j in range(H):
+                    cv = g[H + j] * cb[j] + g[j] * g[2 * H + j]
+                    cb[j] = cv
+                    hb[j] = g[3 * H + j] * tanh_(cv)
+            if proj:
+                dot(hc, carray(_at(ptrs[layer, 4], h), (P, H)), h[layer], ab, False, True)
+            xin = h[layer]
+        ys[t] = h[L - 1]
 
 
 @njit(**_JIT)
-def stream_gru(ptrs, x_addr, y_addr, h, unused, reset_after):
+def stream_gru(ptrs, x_addr, y_addr, steps, h, unused, reset_after):
     L, B, H = h.shape
     G = 3 * H
     ab = consts(h)
@@ -1064,71 +1074,75 @@ def stream_gru(ptrs, x_addr, y_addr, h, unused, reset_after):
     rh = np.empty((B, H), h.dtype)
     ghn = np.empty((B, H), h.dtype)
     nb = np.empty(H, h.dtype)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
-    for layer in range(L):
-        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
-        hl = h[layer]
-        dot(xin, w_ih, gates, ab, False, True)
-        if reset_after:
-            dot(hl, w_hh, gh, ab, False, True)
-        else:
-            dot(hl, w_hh[: 2 * H], ghrz, ab, False, True)
-        src = gh if reset_after else ghrz
-        for b in range(B):
-            g = gates[b]
-            sb = src[b]
-            for j in range(2 * H):
-                g[j] = sigmoid_(g[j] + bi[j] + sb[j] + bh[j])
-            hb = hl[b]
+    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
+    for t in range(steps):
+        xin = xs[t]
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
+            hl = h[layer]
+            dot(xin, w_ih, gates, ab, False, True)
             if reset_after:
-                for j in range(H):
-                    nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + g[j] * (sb[2 * H + j] + bh[2 * H + j]))
-                for j in range(H):
-                    hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+                dot(hl, w_hh, gh, ab, False, True)
             else:
-                rb = rh[b]
-                for j in range(H):
-                    rb[j] = g[j] * hb[j]
-        if not reset_after:
-            dot(rh, w_hh[2 * H:], ghn, ab, False, True)
+                dot(hl, w_hh[: 2 * H], ghrz, ab, False, True)
+            src = gh if reset_after else ghrz
             for b in range(B):
                 g = gates[b]
-                gnb = ghn[b]
-                for j in range(H):
-                    nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + gnb[j] + bh[2 * H + j])
+                sb = src[b]
+                for j in range(2 * H):
+                    g[j] = sigmoid_(g[j] + bi[j] + sb[j] + bh[j])
                 hb = hl[b]
-                for j in range(H):
-                    hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
-        xin = hl
-    _stream_out(y_addr, h)
+                if reset_after:
+                    for j in range(H):
+                        nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + g[j] * (sb[2 * H + j] + bh[2 * H + j]))
+                    for j in range(H):
+                        hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+                else:
+                    rb = rh[b]
+                    for j in range(H):
+                        rb[j] = g[j] * hb[j]
+            if not reset_after:
+                dot(rh, w_hh[2 * H:], ghn, ab, False, True)
+                for b in range(B):
+                    g = gates[b]
+                    gnb = ghn[b]
+                    for j in range(H):
+                        nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + gnb[j] + bh[2 * H + j])
+                    hb = hl[b]
+                    for j in range(H):
+                        hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+            xin = hl
+        ys[t] = h[L - 1]
 
 
 @njit(**_JIT)
-def stream_rnn(ptrs, x_addr, y_addr, h, unused, relu):
+def stream_rnn(ptrs, x_addr, y_addr, steps, h, unused, relu):
     L, B, H = h.shape
     ab = consts(h)
     zero = one_(h) - one_(h)
     gates = np.empty((B, H), h.dtype)
     gh = np.empty((B, H), h.dtype)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
-    for layer in range(L):
-        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, H, H)
-        dot(xin, w_ih, gates, ab, False, True)
-        dot(h[layer], w_hh, gh, ab, False, True)
-        for b in range(B):
-            g = gates[b]
-            ghb = gh[b]
-            ob = h[layer, b]
-            for j in range(H):
-                g[j] = g[j] + ghb[j] + bi[j] + bh[j]
-            if relu:
+    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
+    for t in range(steps):
+        xin = xs[t]
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, H, H)
+            dot(xin, w_ih, gates, ab, False, True)
+            dot(h[layer], w_hh, gh, ab, False, True)
+            for b in range(B):
+                g = gates[b]
+                ghb = gh[b]
+                ob = h[layer, b]
                 for j in range(H):
-                    ob[j] = g[j] if g[j] > 0 else zero
-            else:
-                for j in range(H):
-                    ob[j] = tanh_(g[j])
-        xin = h[layer]
-    _stream_out(y_addr, h)
+                    g[j] = g[j] + ghb[j] + bi[j] + bh[j]
+                if relu:
+                    for j in range(H):
+                        ob[j] = g[j] if g[j] > 0 else zero
+                else:
+                    for j in range(H):
+                        ob[j] = tanh_(g[j])
+            xin = h[layer]
+        ys[t] = h[L - 1]
 
 
 # ---------------------------------------------------------------------- LSTM, layer-normalised
@@ -1227,12 +1241,7 @@ def _ln_lstm_fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, 
         r1 = _normalise(gh[b], nh, k[0], k[2])
         for j in range(G):
             g[j] += g_hh[j] * nh[j]
-        for j in range(2 * H):
-            g[j] = sigmoid_(g[j])
-        for j in range(H):
-            g[2 * H + j] = tanh_(g[2 * H + j])
-        for j in range(H):
-            g[3 * H + j] = sigmoid_(g[3 * H + j])
+        _activate_lstm_gates(g, H)
         cb = c[b]
         for j in range(H):
             cb[j] = g[H + j] * cb[j] + g[j] * g[2 * H + j]
@@ -1295,8 +1304,8 @@ def ln_lstm_forward_par(n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train
 
 
 @njit(**_JIT)
-def stream_ln_lstm(ptrs, x_addr, y_addr, h, c, unused):
-    """One step of a layer-normalised LSTM stack, with ``stream_lstm``'s arguments (see "streaming"
+def stream_ln_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
+    """Steps of a layer-normalised LSTM stack, with ``stream_lstm``'s arguments (see "streaming"
     above; ptrs[l, 5] the address of ln), through the sequence loop's elementwise step."""
     L, B, H = h.shape
     G = 4 * H
@@ -1308,21 +1317,23 @@ def stream_ln_lstm(ptrs, x_addr, y_addr, h, c, unused):
     scratch = np.empty((2, G), h.dtype)
     no_mask = np.zeros((1, 1), np.bool_)
     k = _ln_consts(gh)
-    xin = carray(_at(x_addr, h), (B, ptrs[0, 6]))
-    for layer in range(L):
-        w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
-        ln = carray(_at(ptrs[layer, 5], h), 10 * H)
-        for j in range(G):
-            bias[j] = bi[j] + bh[j]
-        dot(xin, w_ih, gates[0], ab, False, True)
-        for b in range(B):
-            _ln_input_row(gates[0, b], ln[:G], bias, scratch[0], k[0], k[2])
-        dot(h[layer], w_hh, gh, ab, False, True)
-        # not training and no mask: the kept-for-backward arrays are never touched (gates stands in)
-        _ln_lstm_fwd_ew(0, 0, gates, gh, ln, h[layer], c[layer], no_mask, False, False, out, gates, gates, gates,
-                        gates, gates, k, scratch)
-        xin = h[layer]
-    _stream_out(y_addr, h)
+    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
+    for t in range(steps):
+        xin = xs[t]
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
+            ln = carray(_at(ptrs[layer, 5], h), 10 * H)
+            for j in range(G):
+                bias[j] = bi[j] + bh[j]
+            dot(xin, w_ih, gates[0], ab, False, True)
+            for b in range(B):
+                _ln_input_row(gates[0, b], ln[:G], bias, scratch[0], k[0], k[2])
+            dot(h[layer], w_hh, gh, ab, False, True)
+            # not training and no mask: the kept-for-backward arrays are never touched (gates stands in)
+            _ln_lstm_fwd_ew(0, 0, gates, gh, ln, h[layer], c[layer], no_mask, False, False, out, gates, gates, gates,
+                            gates, gates, k, scratch)
+            xin = h[layer]
+        ys[t] = h[L - 1]
 
 
 @njit(**_JIT)

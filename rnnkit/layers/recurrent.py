@@ -281,19 +281,8 @@ class RecurrentBase(nn.Module):
             lengths = self._check_lengths(lengths, batch, time, x.device)
             if batch and int(lengths.min()) < time:
                 mask = (torch.arange(time, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)
-        states = self._initial_states(hx, batch, x)
-
-        finals: list[State] = []
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout > 0 and self.training:
-                x = nn.functional.dropout(x, self.dropout, training=True)
-            weights = [self.direction_weights(layer, d) for d in range(self.num_directions)]
-            x, layer_finals = kernels.run_layer(self.spec, x, weights, states[layer], mask,
-                                                torch.is_grad_enabled(), self.backend)
-            finals.extend(layer_finals)
-            for hook in self._layer_hooks.values():
-                hook(layer, x)
-        hidden = self._final_hidden(finals)
+        fast = self._stream(x, hx) if mask is None else None  # small no-grad calls: the stack in one call
+        x, hidden = fast if fast is not None else self._layer_by_layer(x, hx, mask)
 
         if packed is not None:
             order = packed.sorted_indices
@@ -306,6 +295,40 @@ class RecurrentBase(nn.Module):
             return x.squeeze(1), hidden
         return (x.transpose(0, 1) if self.batch_first else x), hidden
 
+    def _layer_by_layer(self, x: Tensor, hx: Hidden | None, mask: Tensor | None) -> tuple[Tensor, Hidden]:
+        """forward() on time-major x <f>[T, B, I] (mask <bool>[T, B, 1] or None), each layer through
+        the backend: the output and the final hidden state."""
+        states = self._initial_states(hx, x.shape[1], x)
+        finals: list[State] = []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0 and self.training:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+            weights = [self.direction_weights(layer, d) for d in range(self.num_directions)]
+            x, layer_finals = kernels.run_layer(self.spec, x, weights, states[layer], mask,
+                                                torch.is_grad_enabled(), self.backend)
+            finals.extend(layer_finals)
+            for hook in self._layer_hooks.values():
+                hook(layer, x)
+        return x, self._final_hidden(finals)
+
+    def _stream(self, x: Tensor, state: Hidden | None) -> tuple[Tensor, Hidden] | None:
+        """A backend's compiled step for the whole stack, one step x <f>[B, I] or steps <f>[T, B, I]:
+        the output and the new state (forward's hx layout); None where none runs it (a gradient is
+        needed, dropout between layers, a layer hook, a bidirectional layer, or no backend takes it)."""
+        if self.bidirectional or not self._streams(x, state):
+            return None
+        batch = x.shape[-2]
+        h, c = (None, None) if state is None else (self._check_hx(state, batch, x) + [None])[:2]
+        if x.dim() == 2:
+            streamer = self._step_streamer(x)
+            if streamer is not None:
+                return streamer.step(x, h, c)
+        weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
+        fast = kernels.stream_step(self.spec, x, weights, h, c, self.backend)
+        if fast is None:
+            return None
+        return fast[0], (fast[1] if fast[2] is None else (fast[1], fast[2]))
+
     def step(self, x_t: Tensor, state: Hidden | None = None) -> tuple[Tensor, Hidden]:
         """One time step for streaming: x_t <float>[B, I] → y_t <float>[B, P] and the new state.
 
@@ -315,15 +338,9 @@ class RecurrentBase(nn.Module):
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence; use forward()")
         self._check_input(x_t, "x_t")
-        if self._streams(x_t, state):  # a backend's compiled step for the whole stack, when one can run it
-            h, c = (None, None) if state is None else (self._check_hx(state, x_t.shape[0], x_t) + [None])[:2]
-            streamer = self._step_streamer(x_t)
-            if streamer is not None:
-                return streamer.step(x_t, h, c)
-            weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
-            fast = kernels.stream_step(self.spec, x_t, weights, h, c, self.backend)
-            if fast is not None:
-                return fast[0], (fast[1] if fast[2] is None else (fast[1], fast[2]))
+        fast = self._stream(x_t, state)  # a backend's compiled step for the whole stack, when one can run it
+        if fast is not None:
+            return fast
         states = self._initial_states(state, x_t.shape[0], x_t)
         finals: list[State] = []
         for layer in range(self.num_layers):
