@@ -14,6 +14,8 @@ X = torch.randn(5, 3, 4)  # (time, batch, features)
     (lambda m: m(torch.randn(5, 3, 4, 1)), ValueError, r"input: expected 3 dims .* got shape \(5, 3, 4, 1\)"),
     (lambda m: m(torch.randn(4)), ValueError, r"input: expected 3 dims .* got shape \(4,\)"),
     (lambda m: m(torch.randn(5, 3, 6)), ValueError, r"input: expected 4 features .* got shape \(5, 3, 6\)"),
+    (lambda m: m(torch.randn(0, 3, 4)), ValueError, r"input: expected at least one time step, got shape \(0, 3, 4\)"),
+    (lambda m: m(torch.randn(0, 4)), ValueError, r"input: expected at least one time step, got shape \(0, 4\)"),
     (lambda m: m(torch.ones(5, 3, 4, dtype=torch.long)), TypeError, r"input: expected a floating-point tensor"),
     (lambda m: m(X.double()), TypeError, r"input: expected dtype torch.float32 .* got torch.float64"),
     (lambda m: m([[1.0]]), TypeError, r"input: expected a torch.Tensor"),

@@ -276,6 +276,8 @@ class RecurrentBase(nn.Module):
             if unbatched and hx is not None:
                 hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
         time, batch = x.shape[0], x.shape[1]
+        if time == 0:
+            raise ValueError(f"input: expected at least one time step, got shape {_shape(input)}")
         mask = None
         if lengths is not None:
             lengths = self._check_lengths(lengths, batch, time, x.device)
