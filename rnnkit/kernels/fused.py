@@ -763,22 +763,30 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     if c is not None and (tuple(c.shape) != (L, B, H) or c.dtype != x_t.dtype):
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_t = x_t.contiguous()
-    dtype = _NP_DTYPE[x_t.dtype]
     ptrs, _alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into, held through the call
     kernel, flag = _stream_kernel(spec)
-    hout = _state_np(h).copy() if h is not None else np.zeros((L, B, P), dtype)  # the kernel updates it in place
-    lstm = spec.mode == "LSTM"
-    cout = (_state_np(c).copy() if c is not None else np.zeros((L, B, H), dtype)) if lstm else _dummy(x_t.dtype, 3)
-    steps = x_t.shape[0] if x_t.dim() == 3 else 1
     y_t = torch.empty((*x_t.shape[:-1], P), dtype=x_t.dtype)  # its own tensor, not a view of the new h
-    kernel(ptrs, x_t.data_ptr(), y_t.data_ptr(), steps, hout, cout, flag)
+    h_t, c_t = _advance(kernel, flag, ptrs, x_t, y_t, h, c, (L, B, P), (L, B, H) if spec.mode == "LSTM" else None)
+    return y_t, h_t, c_t
+
+
+def _advance(kernel, flag, ptrs, x_t: Tensor, y_t: Tensor, h: Tensor | None, c: Tensor | None, h_shape: tuple,
+             c_shape: tuple | None) -> tuple[Tensor, Tensor | None]:
+    """Run a streaming kernel over x_t <f>[B, I] or <f>[T, B, I] (contiguous, checked) into y_t from
+    the state h, c (None: zeros; c_shape None: no cell state), on copies that become the new state
+    tensors, returned. The last ones returned are remembered with their numpy views (``_last_state``)."""
+    dtype = _NP_DTYPE[x_t.dtype]
+    hout = _state_np(h).copy() if h is not None else np.zeros(h_shape, dtype)  # the kernel updates it in place
+    lstm = c_shape is not None
+    cout = (_state_np(c).copy() if c is not None else np.zeros(c_shape, dtype)) if lstm else _dummy(x_t.dtype, 3)
+    kernel(ptrs, x_t.data_ptr(), y_t.data_ptr(), x_t.shape[0] if x_t.dim() == 3 else 1, hout, cout, flag)
     h_t = _from_np(hout)
     c_t = _from_np(cout) if lstm else None
     _last_state.clear()
     _last_state[id(h_t)] = (h_t, hout)
     if lstm:
         _last_state[id(c_t)] = (c_t, cout)
-    return y_t, h_t, c_t
+    return h_t, c_t
 
 
 class Streamer:
@@ -820,6 +828,13 @@ class Streamer:
         self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.3 µs, empty(shape) 2.4
 
     def __call__(self, x_t: Tensor) -> Tensor:
+        x_t = self._checked(x_t)
+        y_t = torch.empty_like(self._like_y)
+        self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), 1, self.h, self.c, self._flag)
+        return y_t
+
+    def _checked(self, x_t: Tensor) -> Tensor:
+        """x_t, checked against the streamer's shape, dtype and device, and contiguous."""
         try:
             wrong = x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu
         except AttributeError:
@@ -827,23 +842,17 @@ class Streamer:
         if wrong:
             raise ValueError(f"x_t: expected a CPU tensor of shape {tuple(self._shape_x)} and dtype "
                              f"{self._dtype}, got {_describe(x_t)}")
-        if not x_t.is_contiguous():
-            x_t = x_t.contiguous()
-        y_t = torch.empty_like(self._like_y)
-        self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), 1, self.h, self.c, self._flag)
-        return y_t
+        return x_t if x_t.is_contiguous() else x_t.contiguous()
 
     def step(self, x_t: Tensor, h: Tensor | None, c: Tensor | None = None):
         """One step from a given state, for ``layer.step()``: h <f>[L, B, P] (and c <f>[L, B, H] for
-        LSTM; None for zeros, shapes and dtype checked by the caller) are copied in; returns y_t and
-        the new state as new tensors (``state``'s layout)."""
+        LSTM; None for zeros, shapes and dtype checked by the caller). Returns y_t and the new state as
+        new tensors (``state``'s layout); the streamer's own state is left as it was."""
         calls["layer_step"] += 1
-        for mine, given in [(self.h, h)] + ([(self.c, c)] if self._lstm else []):
-            if given is None:
-                mine.fill(0)
-            else:
-                np.copyto(mine, _state_np(given))
-        return self(x_t), self.state
+        y_t = torch.empty_like(self._like_y)
+        h_t, c_t = _advance(self._kernel, self._flag, self._ptrs, self._checked(x_t), y_t, h, c, self.h.shape,
+                            self.c.shape if self._lstm else None)
+        return y_t, ((h_t, c_t) if self._lstm else h_t)
 
     @property
     def state(self) -> Tensor | tuple[Tensor, Tensor]:
