@@ -352,10 +352,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, threads {args.threads}, repeat {args.repeat}, malloc {args.malloc}, "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
-    peak, peak_from = (args.peak_gflops, "--peak-gflops") if args.peak_gflops else fma_peak(args.threads)
+    info = _cpuinfo()
+    peak, peak_from = (args.peak_gflops, "--peak-gflops") if args.peak_gflops else fma_peak(args.threads, info)
     if args.device == "cpu":
         gemm = gemm_gflops()
-        print(f"CPU {cpu_name()}; %pk: of its FMA peak, {peak_from}" + (f" = {peak:.0f} GFLOP/s" if peak else "")
+        print(f"CPU {cpu_name(info)}; %pk: of its FMA peak, {peak_from}" + (f" = {peak:.0f} GFLOP/s" if peak else "")
               + f"; its 2048³ float32 GEMM now: {gemm:.0f} GFLOP/s"
               + (f" = {100 * gemm / peak:.0f}% of that peak" if peak else ""), flush=True)
     else:
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               "malloc": args.malloc,
               "ours": ours, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-              "cpu": cpu_name(), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
+              "cpu": cpu_name(info), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
               "peak_gflops": peak, "peak_from": peak_from,
               "rows": rows, "summary": summary, "stream": stream}
     for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):

@@ -139,9 +139,9 @@ unidirectional stack runs through the streaming kernel, every step and layer in 
 with the input product taken per step, rather than layer by layer (the GEMM setup, ~45 torch
 operators and a compiled loop per layer). Measured (Zen 3, 2 threads, in-process, shuffled, 25
 rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37-0.40 at 8, 10,
-16, 32; 0.48-0.65 at 1, 100, 32, 64; 0.65-0.91 at 32, 20, 32, 64 (3.9-15.7 M); 0.70-0.97 at 19.7 M
-(16, 50, 32, 64; 1, 200, 128, 256; 8, 100, 64, 128); 1.01 at 24.6 M (LSTM 1, 1000, 32, 64) and
-1.1-1.4 from 39 M."""
+16, 32; 0.48-0.65 at 1, 100, 32, 64; 0.65-0.91 at 32, 20, 32, 64 (3.9-15.7 M); 0.80-0.97 at 19.7 M
+(LSTM 16, 50, 32, 64; RNN 1, 200, 128, 256, 8, 100, 64, 128 and 64, 50, 32, 64); 1.01 at 24.6 M
+(LSTM 1, 1000, 32, 64) and 0.99-1.36 from 39 M."""
 
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
          "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0}
