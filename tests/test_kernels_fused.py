@@ -84,23 +84,27 @@ def _close(a, b, dtype, what, cell=""):
         torch.testing.assert_close(u, v, atol=atol, rtol=rtol, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-@pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn", "streamed"])
+@pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn", "streamed",
+                        "streamed-split"])
 def loop(request, monkeypatch):
     """Every time-loop driver: the compiled loop on one thread (with W_hh as stored, or a transposed
     copy at batch 1: "-wt"), split across two threads by rows of the batch (uneven chunks at batch
     3), the Python loop with oneDNN's GEMM (float32), oneDNN's LSTM layer (float32 LSTM without
     projection or lengths; the others fall back to the step loop), and, for inference of a
-    unidirectional stack, the streaming kernel over the whole call ("streamed"; training takes the
-    compiled loop). Only "streamed" lets a no-grad call stream; the others test their own loops."""
+    unidirectional stack, the streaming kernel over the whole call, on one thread ("streamed") or
+    split across two ("streamed-split"; training takes the split compiled loop). Only these two let a
+    no-grad call stream; the others test their own loops."""
     never = 1 << 62
+    split = request.param.endswith("-split")
     monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", never if request.param == "streamed" else 0)
-    if request.param == "compiled-split" and fused._kernels().MAX_THREADS < 2:
+    monkeypatch.setattr(fused, "STREAM_PAR_MIN_MACS", 0 if request.param == "streamed-split" else never)
+    monkeypatch.setattr(fused, "STREAM_PAR_CACHED_WEIGHT", never)
+    if split and fused._kernels().MAX_THREADS < 2:
         pytest.skip("numba has one thread here")
     monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", 0 if request.param in ("stepwise", "onednn") else never)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)
-    split = request.param == "compiled-split"
     monkeypatch.setattr(fused, "PAR_MIN_ROWS", 1 if split else never)
     monkeypatch.setattr(fused, "PAR_ROW_BYTES", never)
     monkeypatch.setattr(fused, "_threads", lambda: 2 if split else 1)
@@ -117,7 +121,7 @@ def test_matches_reference(cell, options, dtype, loop):
     if loop == "stepwise" and (dtype == torch.float64 or cell in ("lstm_proj", "gru_v1")):
         pytest.skip("the stepwise driver covers float32 RNN, LSTM (plain and layer-normalised) and GRU "
                     "(reset_after=True) only")
-    if loop == "compiled-split" and options[5] == 1:
+    if loop.endswith("-split") and options[5] == 1:
         pytest.skip("the split needs 2 rows")
     if loop == "onednn" and (dtype == torch.float64 or cell != "lstm" or options[2] is not None):
         pytest.skip("oneDNN's LSTM layer covers float32 LSTM without projection or lengths")
@@ -126,7 +130,7 @@ def test_matches_reference(cell, options, dtype, loop):
     if loop == "compiled-wt" and options[5] != 1:
         pytest.skip("the transposed W_hh is used at batch 1 only")
     streams = not options[1] and options[2] is None  # unidirectional, no lengths
-    if loop == "streamed" and not streams:
+    if loop.startswith("streamed") and not streams:
         pytest.skip("a bidirectional call or one with lengths does not stream (test_small_no_grad_call_streams)")
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
     before = dict(fused.calls)
@@ -136,9 +140,10 @@ def test_matches_reference(cell, options, dtype, loop):
     _close(outs, outs_ref, dtype, "outputs")
     _close(grads, grads_ref, dtype, "grads", cell)
     # inference (no grad) takes its own paths: no saving, oneDNN's LSTM layer, the streaming kernel
-    streamed = fused.calls["stream_sequence"]
+    streamed, split = fused.calls["stream_sequence"], fused.calls["parallel_stream"]
     outs_inf, _ = _run(cell, options, "fused", dtype, grad=False)
-    assert fused.calls["stream_sequence"] - streamed == (loop == "streamed")
+    assert fused.calls["stream_sequence"] - streamed == loop.startswith("streamed")
+    assert fused.calls["parallel_stream"] - split == (loop == "streamed-split")
     _close(outs_inf, outs_ref, dtype, "outputs")
 
 
@@ -417,6 +422,53 @@ def test_small_no_grad_call_streams(cell):
         assert not streams(fast, x)[0]
     finally:
         fused.STREAM_SEQUENCE_MAX_MACS = limit
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_grad_call_streams_split(cell, monkeypatch):
+    """A larger no-grad call of a batch that threads can share streams the whole stack split across
+    them, each thread its own rows (uneven chunks at batch 5): the reference's outputs and states."""
+    if fused._kernels().MAX_THREADS < 2:
+        pytest.skip("numba has one thread here")
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    ref = cls(I, H, num_layers=2, backend="reference", dtype=torch.float64, **kw)
+    fast = cls(I, H, num_layers=2, dtype=torch.float64, **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 5, I, dtype=torch.float64)
+    hx = torch.randn(2, 5, kw.get("proj_size") or H, dtype=torch.float64)
+    hx = (hx, torch.randn(2, 5, H, dtype=torch.float64)) if cls in WITH_C else hx
+    for name, value in (("STREAM_PAR_MIN_MACS", 0), ("PAR_MIN_ROWS", 2), ("STREAM_PAR_CACHED_WEIGHT", 1 << 62)):
+        monkeypatch.setattr(fused, name, value)
+    monkeypatch.setattr(fused, "_threads", lambda: 2)
+    for args in ((x,), (x, hx)):
+        before = fused.calls["parallel_stream"]
+        with torch.no_grad():
+            out, hn = fast(*args)
+        assert fused.calls["parallel_stream"] == before + 1
+        out_ref, hn_ref = ref(*args)
+        torch.testing.assert_close(out, out_ref.detach(), atol=1e-12, rtol=1e-10)
+        for a, b in zip(hn if isinstance(hn, tuple) else (hn,), hn_ref if isinstance(hn_ref, tuple) else (hn_ref,)):
+            torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=1e-10)
+
+
+def test_stream_sequence_dispatch(monkeypatch):
+    """Which no-grad calls of a unidirectional stack stream, split or not (``_stream_sequence_chunks``),
+    with two threads: a small call on one thread, a large one whose weights each thread can afford to
+    read every step split, a large batch with large weights (or a call of one sequence) layer by layer."""
+    monkeypatch.setattr(fused, "_threads", lambda: 2)
+
+    def chunks(cell, B, T, I, H, layers=1):
+        spec = CellSpec({"rnn": "RNN_TANH", "gru": "GRU", "lstm": "LSTM"}[cell], H)
+        return fused._stream_sequence_chunks(spec, torch.empty(T, B, I), layers)
+    assert chunks("gru", 8, 10, 16, 32) == 1  # below STREAM_PAR_MIN_MACS: thread start-up would cost more
+    assert chunks("gru", 32, 200, 64, 128) == 2  # 18 KB of weights per row of a chunk
+    assert chunks("lstm", 16, 100, 64, 128) == 2  # 393 KB in all: they stay in L2
+    assert chunks("lstm", 64, 100, 128, 256) == 0  # 48 KB per row: oneDNN's layer
+    assert chunks("gru", 64, 50, 256, 512) == 0  # 144 KB per row
+    assert chunks("lstm", 32, 35, 256, 256, layers=2) == 0
+    assert chunks("rnn", 1, 1000, 32, 64) == 1  # 6.1 M: one thread
+    assert chunks("rnn", 1, 2000, 64, 128) == 0  # 49 M for one sequence: layer by layer
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -40,7 +40,9 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
 - float32 input projection and dx use oneDNN linear; the weight gradients use torch.mm.
 - A small call without autograd (up to ``STREAM_SEQUENCE_MAX_MACS``; e.g. generation, one step at
   a time) of a unidirectional stack skips all GEMM setup: the streaming kernel below runs every
-  step and layer in one compiled call.
+  step and layer in one compiled call. A larger one of a batch that several threads can share
+  (``STREAM_PAR_*``) runs the same kernel split across them, each thread every step and layer for
+  its own rows, the input product taken per step (no T·B·G buffer of projected inputs).
 - The layer-normalised LSTM (``spec.layer_norm``) runs its own compiled loop, ``fused_ln``.
 
 Streaming: ``stream_step`` runs one time step of a whole unidirectional stack (or every step of a
@@ -55,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import multiprocessing
 import os
 import weakref
@@ -143,8 +146,26 @@ rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37
 (LSTM 16, 50, 32, 64; RNN 1, 200, 128, 256, 8, 100, 64, 128 and 64, 50, 32, 64); 1.01 at 24.6 M
 (LSTM 1, 1000, 32, 64) and 0.99-1.36 from 39 M."""
 
+STREAM_PAR_MIN_MACS = 12_000_000
+STREAM_PAR_ROW_BYTES = 32 * 1024
+STREAM_PAR_CACHED_WEIGHT = 512 * 1024
+"""A no-grad call of a unidirectional stack from STREAM_PAR_MIN_MACS multiply-adds (counted as for
+``STREAM_SEQUENCE_MAX_MACS``) runs through the streaming kernel split across threads, each thread
+every step and layer for its own rows of the batch, where every thread can afford to read a layer's
+whole W_ih and W_hh each step: at most STREAM_PAR_ROW_BYTES of them per row of its chunk, or at most
+STREAM_PAR_CACHED_WEIGHT in all (they stay in the core's L2). Measured (Zen 3, 2 threads, in-process,
+shuffled, 7-9 rounds), split streaming ÷ the path it replaces: RNN and GRU 0.88-0.97 at 32, 200, 64,
+128 (12-18 KB per row) and 0.89-0.94 at 64, 100, 128, 256 (RNN), 128, 50, 128, 256 and 256, 50, 128,
+256; LSTM against oneDNN's layer 0.65 at 64, 50, 32, 64, 0.79 at 16, 100, 64, 128 (393 KB), 0.82 at
+128, 50, 128, 256 (24 KB per row), 0.90-0.96 at 32, 200, 64, 128 against our split loop; against
+streaming on one thread 0.72-0.82 from 14.7 M multiply-adds (LSTM 32, 20, 32, 64; GRU 8, 100, 32,
+64) but 1.05-1.26 below 12 M (thread start-up). Left to the other paths: 0.97-1.00 at LSTM 64, 100,
+128, 256 (48 KB per row, against oneDNN), 0.94-0.99 at GRU 64, 100, 128, 256 (36 KB), 1.03-1.09 at
+GRU and LSTM 256, 50, 256, 512 (36-48 KB), 1.11 at a two-layer LSTM 32, 35, 256, 256 (128 KB), 1.36
+at GRU 64, 50, 256, 512 (144 KB)."""
+
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
-         "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0}
+         "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0, "parallel_stream": 0}
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
 
 _loops = None
@@ -717,23 +738,37 @@ def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.
     return ptrs, alive
 
 
-def _stream_kernel(spec: CellSpec):
-    """The compiled steps of this cell, ``kernel(ptrs, x_addr, y_addr, steps, h, c, flag)``, and its flag."""
+def _stream_kernel(spec: CellSpec, chunks: int = 1):
+    """The compiled steps of this cell, ``kernel(ptrs, x_addr, y_addr, steps, h, c, flag)``, and its
+    flag; with chunks > 1, the kernel that splits the batch into that many chunks, one per thread
+    (numba's pool is set to that size here)."""
     K = _kernels()
     if spec.mode == "LSTM":
-        return (K.stream_ln_lstm if spec.layer_norm else K.stream_lstm), False
-    if spec.mode == "GRU":
-        return K.stream_gru, spec.reset_after
-    return K.stream_rnn, spec.mode == "RNN_RELU"
+        name, flag = ("stream_ln_lstm" if spec.layer_norm else "stream_lstm"), False
+    elif spec.mode == "GRU":
+        name, flag = "stream_gru", spec.reset_after
+    else:
+        name, flag = "stream_rnn", spec.mode == "RNN_RELU"
+    if chunks == 1:
+        return getattr(K, name), flag
+    K.set_threads(chunks)
+    return functools.partial(getattr(K, name + "_par"), chunks), flag
 
 
-def _stream_sequence_applies(spec: CellSpec, x: Tensor, layers: int) -> bool:
-    """Whether a no-grad call of a whole unidirectional stack over x <f>[T, B, I] runs through the
-    streaming kernel, one compiled call for every step and layer, rather than layer by layer (see
-    ``STREAM_SEQUENCE_MAX_MACS``)."""
+def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
+    """How a no-grad call of a whole unidirectional stack over x <f>[T, B, I] runs: through the
+    streaming kernel, every step and layer in one compiled call, split into that many chunks of the
+    batch, one per thread (``STREAM_PAR_*``), or on one thread (1, up to ``STREAM_SEQUENCE_MAX_MACS``);
+    0: layer by layer."""
     T, B, I = x.shape
     G, P = spec.gates * spec.hidden_size, spec.output_size
-    return T * B * G * (I + P + (layers - 1) * 2 * P) <= STREAM_SEQUENCE_MAX_MACS
+    macs = T * B * G * (I + P + (layers - 1) * 2 * P)
+    n = min(_threads(), B // PAR_MIN_ROWS)
+    weight = G * (max(I, P) + P) * x.element_size()  # the largest layer's W_ih and W_hh
+    if n > 1 and macs >= STREAM_PAR_MIN_MACS and weight <= max(STREAM_PAR_CACHED_WEIGHT,
+                                                                STREAM_PAR_ROW_BYTES * (B // n)):
+        return n
+    return 1 if macs <= STREAM_SEQUENCE_MAX_MACS else 0
 
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
@@ -745,13 +780,14 @@ def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
 
 
 def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor | None,
-                c: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+                c: Tensor | None = None, chunks: int = 1) -> tuple[Tensor, Tensor, Tensor | None]:
     """One time step of a unidirectional stack, or a few, every layer in one compiled call, without
     autograd (for streaming inference, and whole calls on small shapes: a few µs of overhead).
 
     x_t <f>[B, I] (or steps <f>[T, B, I]) on the CPU;  h <f>[L, B, P] and c <f>[L, B, H] (LSTM) in
     torch.nn's layout, or None (zeros). Returns y_t <f>[B, P] (or <f>[T, B, P]: the top layer's h at
-    each step), the new h and the new c (None unless LSTM)."""
+    each step), the new h and the new c (None unless LSTM). chunks: threads that share the batch (see
+    ``_stream_sequence_chunks``)."""
     L, B, I = len(layers), x_t.shape[-2], x_t.shape[-1]
     H, P = spec.hidden_size, spec.output_size
     w0 = layers[0].w_ih
@@ -764,7 +800,7 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_t = x_t.contiguous()
     ptrs, _alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into, held through the call
-    kernel, flag = _stream_kernel(spec)
+    kernel, flag = _stream_kernel(spec, chunks)
     y_t = torch.empty((*x_t.shape[:-1], P), dtype=x_t.dtype)  # its own tensor, not a view of the new h
     h_t, c_t = _advance(kernel, flag, ptrs, x_t, y_t, h, c, (L, B, P), (L, B, H) if spec.mode == "LSTM" else None)
     return y_t, h_t, c_t
@@ -973,20 +1009,25 @@ def _warm_up_cells(specs, dtypes) -> None:
                             with torch.no_grad():
                                 run_layer(spec, x, [w], [state], mask)
                 if stream_supports(spec, x[0]):  # one kernel for every depth
-                    stream_step(spec, x[0], [DirectionWeights(*(None if t is None else t.detach() for t in w))], None)
+                    layers = [DirectionWeights(*(None if t is None else t.detach() for t in w))]
+                    for chunks in (1, 2) if _threads() > 1 else (1,):
+                        stream_step(spec, x[0], layers, None, chunks=chunks)
 
 
 def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor,
                          c: Tensor | None):
     if not stream_supports(spec, x_t):
         return None
+    chunks = 1
     if x_t.dim() == 3:  # a whole no-grad call of the stack: only where it beats the layer-by-layer path
-        if not (whole_sequence_input(x_t) and _stream_sequence_applies(spec, x_t, len(layers))):
+        chunks = _stream_sequence_chunks(spec, x_t, len(layers)) if whole_sequence_input(x_t) else 0
+        if not chunks:
             return None
         calls["stream_sequence"] += 1
+        calls["parallel_stream"] += chunks > 1
     else:
         calls["layer_step"] += 1
-    return stream_step(spec, x_t, layers, h, c)
+    return stream_step(spec, x_t, layers, h, c, chunks)
 
 
 def _backend_streamer(spec: CellSpec, layers: list[DirectionWeights], batch: int, h: Tensor | None,

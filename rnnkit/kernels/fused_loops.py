@@ -988,14 +988,44 @@ def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask,
 # <f>[steps, B, I_0], one or more time steps (C-contiguous). The state h <f>[L, B, P] (c <f>[L, B, H])
 # is updated in place; the top layer's new h at each step is written to y_addr <f>[steps, B, P]. One
 # signature for all, ``(ptrs, x_addr, y_addr, steps, h, c, flag)``: c a dummy and flag False where the
-# cell has none.
+# cell has none. ``stream_<cell>_par(n, ...)`` splits the batch into n chunks, one per thread, each
+# through every step and layer (sequences are independent: no synchronisation), for whole no-grad
+# calls of a large batch; each cell's ``_stream_<cell>_rows`` does the work for one chunk.
 
 
 @register_jitable
-def _stream_io(ptrs, x_addr, y_addr, steps, h):
-    """The input <f>[steps, B, I_0] at x_addr and the output <f>[steps, B, P] at y_addr, as arrays."""
-    B = h.shape[1]
-    return carray(_at(x_addr, h), (steps, B, ptrs[0, 6])), carray(_at(y_addr, h), (steps, B, h.shape[2]))
+def _stream_rows(ptrs, x_addr, y_addr, t, batch, b0, h):
+    """Step t's input rows <f>[b, I_0] and output rows <f>[b, P] from row b0 of the arrays at x_addr
+    <f>[steps, batch, I_0] and y_addr <f>[steps, batch, P], for a chunk whose state h <f>[L, b, P]
+    has b rows."""
+    b, P, I0 = h.shape[1], h.shape[2], ptrs[0, 6]
+    row = t * batch + b0
+    return (carray(_at(x_addr + row * I0 * h.itemsize, h), (b, I0)),
+            carray(_at(y_addr + row * P * h.itemsize, h), (b, P)))
+
+
+@register_jitable
+def _put_top(yout, h):
+    """yout <f>[b, P] = the top layer's state h[L - 1]."""
+    for r in range(yout.shape[0]):
+        _set(yout[r], h[h.shape[0] - 1, r])
+
+
+@register_jitable
+def _state_chunk(s, b0, b1):
+    """A C-contiguous copy of rows b0:b1 of a stack's state s <f>[L, B, N]."""
+    dst = np.empty((s.shape[0], b1 - b0, s.shape[2]), s.dtype)
+    for layer in range(s.shape[0]):
+        for b in range(b1 - b0):
+            _set(dst[layer, b], s[layer, b0 + b])
+    return dst
+
+
+@register_jitable
+def _put_state_chunk(s, b0, src):
+    """Rows b0: of a stack's state s <f>[L, B, N] = src <f>[L, b, N]."""
+    for layer in range(s.shape[0]):
+        _put_rows(s[layer], b0, src[layer])
 
 
 @register_jitable
@@ -1026,30 +1056,27 @@ def _stream_weights(p, like, G, P):
             carray(_at(p[2], like), G), carray(_at(p[3], like), G))
 
 
-@njit(**_JIT)
-def stream_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
+@register_jitable
+def _stream_lstm_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, c, unused):
     L, B, P = h.shape
     H = c.shape[2]
     G = 4 * H
     ab = consts(h)
     gates = np.empty((B, G), h.dtype)
-    gh = np.empty((B, G), h.dtype)
     hc = np.empty((B, H), h.dtype)
-    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
     for t in range(steps):
-        xin = xs[t]
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
         for layer in range(L):
             w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, P)
             proj = ptrs[layer, 4] != 0
             dot(xin, w_ih, gates, ab, False, True)
-            dot(h[layer], w_hh, gh, ab, False, True)
+            dot(h[layer], w_hh, gates, ab, True, True)
             co = c[layer]
             hdst = hc if proj else h[layer]
             for b in range(B):
                 g = gates[b]
-                ghb = gh[b]
                 for j in range(G):
-                    g[j] = g[j] + ghb[j] + bi[j] + bh[j]
+                    g[j] = g[j] + bi[j] + bh[j]
                 _activate_lstm_gates(g, H)
                 cb = co[b]
                 hb = hdst[b]
@@ -1060,11 +1087,28 @@ def stream_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
             if proj:
                 dot(hc, carray(_at(ptrs[layer, 4], h), (P, H)), h[layer], ab, False, True)
             xin = h[layer]
-        ys[t] = h[L - 1]
+        _put_top(yout, h)
 
 
 @njit(**_JIT)
-def stream_gru(ptrs, x_addr, y_addr, steps, h, unused, reset_after):
+def stream_lstm(ptrs, x_addr, y_addr, steps, h, c, flag):
+    """Steps of an LSTM stack (with or without projection), over the whole batch (see "streaming" above)."""
+    _stream_lstm_rows(ptrs, x_addr, y_addr, steps, h.shape[1], 0, h, c, flag)
+
+
+@njit(**_PAR)
+def stream_lstm_par(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_lstm`` with the batch in n chunks, one per thread, each through every step and layer."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[1])
+        hk, ck = _state_chunk(h, b0, b1), _state_chunk(c, b0, b1)
+        _stream_lstm_rows(ptrs, x_addr, y_addr, steps, h.shape[1], b0, hk, ck, flag)
+        _put_state_chunk(h, b0, hk)
+        _put_state_chunk(c, b0, ck)
+
+
+@register_jitable
+def _stream_gru_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, unused, reset_after):
     L, B, H = h.shape
     G = 3 * H
     ab = consts(h)
@@ -1074,9 +1118,8 @@ def stream_gru(ptrs, x_addr, y_addr, steps, h, unused, reset_after):
     rh = np.empty((B, H), h.dtype)
     ghn = np.empty((B, H), h.dtype)
     nb = np.empty(H, h.dtype)
-    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
     for t in range(steps):
-        xin = xs[t]
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
         for layer in range(L):
             w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
             hl = h[layer]
@@ -1112,29 +1155,42 @@ def stream_gru(ptrs, x_addr, y_addr, steps, h, unused, reset_after):
                     for j in range(H):
                         hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
             xin = hl
-        ys[t] = h[L - 1]
+        _put_top(yout, h)
 
 
 @njit(**_JIT)
-def stream_rnn(ptrs, x_addr, y_addr, steps, h, unused, relu):
+def stream_gru(ptrs, x_addr, y_addr, steps, h, c, flag):
+    """Steps of a GRU stack (flag: reset_after), over the whole batch (see "streaming" above)."""
+    _stream_gru_rows(ptrs, x_addr, y_addr, steps, h.shape[1], 0, h, c, flag)
+
+
+@njit(**_PAR)
+def stream_gru_par(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_gru`` with the batch in n chunks, one per thread, each through every step and layer."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[1])
+        hk = _state_chunk(h, b0, b1)
+        _stream_gru_rows(ptrs, x_addr, y_addr, steps, h.shape[1], b0, hk, c, flag)
+        _put_state_chunk(h, b0, hk)
+
+
+@register_jitable
+def _stream_rnn_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, unused, relu):
     L, B, H = h.shape
     ab = consts(h)
     zero = one_(h) - one_(h)
     gates = np.empty((B, H), h.dtype)
-    gh = np.empty((B, H), h.dtype)
-    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
     for t in range(steps):
-        xin = xs[t]
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
         for layer in range(L):
             w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, H, H)
             dot(xin, w_ih, gates, ab, False, True)
-            dot(h[layer], w_hh, gh, ab, False, True)
+            dot(h[layer], w_hh, gates, ab, True, True)
             for b in range(B):
                 g = gates[b]
-                ghb = gh[b]
                 ob = h[layer, b]
                 for j in range(H):
-                    g[j] = g[j] + ghb[j] + bi[j] + bh[j]
+                    g[j] = g[j] + bi[j] + bh[j]
                 if relu:
                     for j in range(H):
                         ob[j] = g[j] if g[j] > 0 else zero
@@ -1142,7 +1198,23 @@ def stream_rnn(ptrs, x_addr, y_addr, steps, h, unused, relu):
                     for j in range(H):
                         ob[j] = tanh_(g[j])
             xin = h[layer]
-        ys[t] = h[L - 1]
+        _put_top(yout, h)
+
+
+@njit(**_JIT)
+def stream_rnn(ptrs, x_addr, y_addr, steps, h, c, flag):
+    """Steps of an Elman RNN stack (flag: relu), over the whole batch (see "streaming" above)."""
+    _stream_rnn_rows(ptrs, x_addr, y_addr, steps, h.shape[1], 0, h, c, flag)
+
+
+@njit(**_PAR)
+def stream_rnn_par(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_rnn`` with the batch in n chunks, one per thread, each through every step and layer."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[1])
+        hk = _state_chunk(h, b0, b1)
+        _stream_rnn_rows(ptrs, x_addr, y_addr, steps, h.shape[1], b0, hk, c, flag)
+        _put_state_chunk(h, b0, hk)
 
 
 # ---------------------------------------------------------------------- LSTM, layer-normalised
@@ -1303,8 +1375,8 @@ def ln_lstm_forward_par(n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train
                               hs)
 
 
-@njit(**_JIT)
-def stream_ln_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
+@register_jitable
+def _stream_ln_lstm_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, c, unused):
     """Steps of a layer-normalised LSTM stack, with ``stream_lstm``'s arguments (see "streaming"
     above; ptrs[l, 5] the address of ln), through the sequence loop's elementwise step."""
     L, B, H = h.shape
@@ -1317,9 +1389,8 @@ def stream_ln_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
     scratch = np.empty((2, G), h.dtype)
     no_mask = np.zeros((1, 1), np.bool_)
     k = _ln_consts(gh)
-    xs, ys = _stream_io(ptrs, x_addr, y_addr, steps, h)
     for t in range(steps):
-        xin = xs[t]
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
         for layer in range(L):
             w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, G, H)
             ln = carray(_at(ptrs[layer, 5], h), 10 * H)
@@ -1333,7 +1404,24 @@ def stream_ln_lstm(ptrs, x_addr, y_addr, steps, h, c, unused):
             _ln_lstm_fwd_ew(0, 0, gates, gh, ln, h[layer], c[layer], no_mask, False, False, out, gates, gates, gates,
                             gates, gates, k, scratch)
             xin = h[layer]
-        ys[t] = h[L - 1]
+        _put_top(yout, h)
+
+
+@njit(**_JIT)
+def stream_ln_lstm(ptrs, x_addr, y_addr, steps, h, c, flag):
+    """Steps of a layer-normalised LSTM stack, over the whole batch (see "streaming" above)."""
+    _stream_ln_lstm_rows(ptrs, x_addr, y_addr, steps, h.shape[1], 0, h, c, flag)
+
+
+@njit(**_PAR)
+def stream_ln_lstm_par(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_ln_lstm`` with the batch in n chunks, one per thread, each through every step and layer."""
+    for k in prange(n):
+        b0, b1 = _chunk(k, n, h.shape[1])
+        hk, ck = _state_chunk(h, b0, b1), _state_chunk(c, b0, b1)
+        _stream_ln_lstm_rows(ptrs, x_addr, y_addr, steps, h.shape[1], b0, hk, ck, flag)
+        _put_state_chunk(h, b0, hk)
+        _put_state_chunk(c, b0, ck)
 
 
 @njit(**_JIT)
