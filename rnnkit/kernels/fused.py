@@ -155,8 +155,8 @@ every step and layer for its own rows of the batch, where every thread can affor
 whole W_ih and W_hh each step: at most STREAM_PAR_ROW_BYTES of them per row of its chunk, or at most
 STREAM_PAR_CACHED_WEIGHT in all (they stay in the core's L2). Measured (Zen 3, 2 threads, in-process,
 shuffled, 7-9 rounds), split streaming ÷ the path it replaces: RNN and GRU 0.88-0.97 at 32, 200, 64,
-128 (12-18 KB per row) and 0.89-0.94 at 64, 100, 128, 256 (RNN), 128, 50, 128, 256 and 256, 50, 128,
-256; LSTM against oneDNN's layer 0.65 at 64, 50, 32, 64, 0.79 at 16, 100, 64, 128 (393 KB), 0.82 at
+128 (6-18 KB per row) and 0.89-0.94 at 64, 100, 128, 256 (RNN), 128, 50, 128, 256 and 256, 50, 128,
+256, RNN 0.96-1.00 at 256, 50, 256, 512 (12 KB); LSTM against oneDNN's layer 0.65 at 64, 50, 32, 64, 0.79 at 16, 100, 64, 128 (393 KB), 0.82 at
 128, 50, 128, 256 (24 KB per row), 0.90-0.96 at 32, 200, 64, 128 against our split loop; against
 streaming on one thread 0.72-0.82 from 14.7 M multiply-adds (LSTM 32, 20, 32, 64; GRU 8, 100, 32,
 64) but 1.05-1.26 below 12 M (thread start-up). Left to the other paths: 0.97-1.00 at LSTM 64, 100,
@@ -321,12 +321,17 @@ def _threads() -> int:
     return 1 if os.getpid() != _PID else min(torch.get_num_threads(), _kernels().MAX_THREADS)
 
 
+def _max_chunks(batch: int) -> int:
+    """The most chunks a batch may be split into, one per thread: at least ``PAR_MIN_ROWS`` rows each."""
+    return min(_threads(), batch // PAR_MIN_ROWS)
+
+
 def _chunks(spec: CellSpec, x: Tensor, row_bytes: int | None = None) -> int:
     """How many threads share the compiled time loop, each running it for its own rows of the batch
     (no synchronisation per step): at least ``PAR_MIN_ROWS`` rows each, and at most ``row_bytes``
     (default ``PAR_ROW_BYTES``) of recurrent weight per row."""
     B = x.shape[1]
-    n = min(_threads(), B // PAR_MIN_ROWS)
+    n = _max_chunks(B)
     if n <= 1 or _weight_bytes(spec, x) > (PAR_ROW_BYTES if row_bytes is None else row_bytes) * (B // n):
         return 1
     return n
@@ -763,7 +768,7 @@ def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
     T, B, I = x.shape
     G, P = spec.gates * spec.hidden_size, spec.output_size
     macs = T * B * G * (I + P + (layers - 1) * 2 * P)
-    n = min(_threads(), B // PAR_MIN_ROWS)
+    n = _max_chunks(B)
     weight = G * (max(I, P) + P) * x.element_size()  # the largest layer's W_ih and W_hh
     if n > 1 and macs >= STREAM_PAR_MIN_MACS and weight <= max(STREAM_PAR_CACHED_WEIGHT,
                                                                 STREAM_PAR_ROW_BYTES * (B // n)):
