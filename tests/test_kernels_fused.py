@@ -452,6 +452,65 @@ def test_no_grad_call_streams_split(cell, monkeypatch):
             torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_batch_one_streams_units_split(cell, monkeypatch):
+    """At batch 1 with large weights (forced here), the streamer, layer.step() and a small no-grad
+    forward() share each layer's hidden units among the threads (uneven chunks: H = 7), for the RNN,
+    the LSTM without projection and the GRU with reset_after; the other cells stay on one thread.
+    Outputs and states: the reference's."""
+    if fused._kernels().MAX_THREADS < 2:
+        pytest.skip("numba has one thread here")
+    cls, kw = CELLS[cell]
+    hidden, f64 = 7, torch.float64
+    kernel = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru"}.get(cell)
+    split = kernel is not None
+    torch.manual_seed(0)
+    ref = cls(I, hidden, num_layers=2, backend="reference", dtype=f64, **kw)
+    fast = cls(I, hidden, num_layers=2, dtype=f64, **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 1, I, dtype=f64)
+    hx = torch.randn(2, 1, kw.get("proj_size") or hidden, dtype=f64)
+    hx = (hx, torch.randn(2, 1, hidden, dtype=f64)) if cls in WITH_C else hx
+    monkeypatch.setattr(fused, "STREAM_UNITS_MIN_WEIGHT", 0)
+    monkeypatch.setattr(fused, "_threads", lambda: 2)
+    out_ref, hn_ref = ref(x, hx)
+
+    def close(got, want):
+        for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=1e-10)
+    with torch.no_grad():
+        streamer = fast.streamer(1, hx)
+        assert getattr(streamer._kernel, "func", None) is (getattr(fused._kernels(), f"stream_{kernel}_units")
+                                                            if split else None)
+        close(torch.stack([streamer(x[t]) for t in range(T)]), out_ref)
+        close(streamer.state, hn_ref)
+        before = fused.calls["units_stream"]
+        out, hn = fast(x, hx)
+        y, _ = fast.step(x[0], hx)
+        assert fused.calls["units_stream"] - before == 2 * split
+    close(out, out_ref)
+    close(hn, hn_ref)
+    close(y, out_ref[0])
+
+
+def test_stream_units_dispatch(monkeypatch):
+    """Which streaming calls share each layer's units among the threads (``_stream_units``): batch 1,
+    from STREAM_UNITS_MIN_WEIGHT of W_ih and W_hh per layer, two threads or more, the cells it covers."""
+    monkeypatch.setattr(fused, "_threads", lambda: 2)
+
+    def units(cls, H, I=None, batch=1, layers=1, **kw):
+        return fused._stream_units(cls(1, H, **kw).spec, batch, I or H, layers, 4)
+    assert units(rnnkit.LSTM, 256) == 2  # 2 MB
+    assert units(rnnkit.LSTM, 128) == 1  # 512 KB: the threads' start-up costs more than they save
+    assert units(rnnkit.GRU, 256) == 2 and units(rnnkit.GRU, 256, reset_after=False) == 1
+    assert units(rnnkit.RNN, 512) == 2 and units(rnnkit.RNN, 256) == 1
+    assert units(rnnkit.LSTM, 256, batch=2) == 1
+    assert units(rnnkit.LSTM, 256, proj_size=128) == 1 and units(rnnkit.LayerNormLSTM, 256) == 1
+    assert units(rnnkit.LSTM, 256, I=8, layers=2) == 2  # 1.5 MB per layer on average
+    monkeypatch.setattr(fused, "_threads", lambda: 1)
+    assert units(rnnkit.LSTM, 512) == 1
+
+
 def test_stream_sequence_dispatch(monkeypatch):
     """Which no-grad calls of a unidirectional stack stream, split or not (``_stream_sequence_chunks``),
     with two threads: a small call on one thread, a large one whose weights each thread can afford to
@@ -469,6 +528,7 @@ def test_stream_sequence_dispatch(monkeypatch):
     assert chunks("lstm", 32, 35, 256, 256, layers=2) == 0
     assert chunks("rnn", 1, 1000, 32, 64) == 1  # 6.1 M: one thread
     assert chunks("rnn", 1, 2000, 64, 128) == 0  # 49 M for one sequence: layer by layer
+    assert chunks("gru", 1, 100, 256, 512) == 1  # 157 M, but 4.5 MB of weights: the threads share its units
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -146,6 +146,19 @@ rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37
 (LSTM 16, 50, 32, 64; RNN 1, 200, 128, 256, 8, 100, 64, 128 and 64, 50, 32, 64); 1.01 at 24.6 M
 (LSTM 1, 1000, 32, 64) and 0.99-1.36 from 39 M."""
 
+STREAM_UNITS_MIN_WEIGHT = 1024 * 1024
+"""Bytes of W_ih and W_hh per layer (on average) from which a streaming call at batch 1 shares each
+layer's hidden units among the threads (``_stream_units``): a step then costs a parallel region per
+layer (~2 µs) and each thread reads its share of the weights. Measured (Zen 3, 2 threads, input size
+= hidden size, in-process, alternating, 15 rounds, two runs), ``layer.streamer(1)`` split ÷ on one
+thread: one layer, LSTM 0.81-0.86 at 1.1 MB (H = 192), 0.75-0.80 at 2 MB, 0.57-0.60 at 8 MB; GRU
+0.85-0.91 at 1.5 MB, 0.59-0.65 at 6 MB; RNN 0.84 at 1.1 MB, 0.76-0.78 at 2 MB; two layers, LSTM
+0.67-0.68 at 2 MB and 0.32-0.34 at 8 MB per layer, GRU 0.74-0.83 at 1.5 MB and 0.26-0.45 at 6 MB,
+RNN 0.71-0.72 at 2 MB. Below: LSTM 0.95-1.03 at 512 KB, GRU 0.82-1.33 at 864 KB and 1.12-1.59 at
+384 KB, RNN 0.96-0.99 at 512 KB, 1.14-1.60 under. A whole no-grad call at batch 1 with such weights
+streams so too, rather than layer by layer: 0.57-0.79 of the layer path's time at 1, 100, 256, 512
+(GRU, RNN; LSTM against oneDNN's layer 0.74), 0.64 at GRU 1, 50, 650, 650."""
+
 STREAM_PAR_MIN_MACS = 12_000_000
 STREAM_PAR_ROW_BYTES = 32 * 1024
 STREAM_PAR_CACHED_WEIGHT = 512 * 1024
@@ -165,7 +178,7 @@ GRU and LSTM 256, 50, 256, 512 (36-48 KB), 1.11 at a two-layer LSTM 32, 35, 256,
 at GRU 64, 50, 256, 512 (144 KB)."""
 
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
-         "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0, "parallel_stream": 0}
+         "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0, "parallel_stream": 0, "units_stream": 0}
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
 
 _loops = None
@@ -743,10 +756,10 @@ def _stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.
     return ptrs, alive
 
 
-def _stream_kernel(spec: CellSpec, chunks: int = 1):
+def _stream_kernel(spec: CellSpec, chunks: int = 1, units: bool = False):
     """The compiled steps of this cell, ``kernel(ptrs, x_addr, y_addr, steps, h, c, flag)``, and its
-    flag; with chunks > 1, the kernel that splits the batch into that many chunks, one per thread
-    (numba's pool is set to that size here)."""
+    flag; with chunks > 1, the kernel that splits the batch (or with units, each layer's hidden units:
+    see ``_stream_units``) into that many chunks, one per thread (numba's pool is set to that size here)."""
     K = _kernels()
     if spec.mode == "LSTM":
         name, flag = ("stream_ln_lstm" if spec.layer_norm else "stream_lstm"), False
@@ -757,14 +770,26 @@ def _stream_kernel(spec: CellSpec, chunks: int = 1):
     if chunks == 1:
         return getattr(K, name), flag
     K.set_threads(chunks)
-    return functools.partial(getattr(K, name + "_par"), chunks), flag
+    return functools.partial(getattr(K, name + ("_units" if units else "_par")), chunks), flag
+
+
+def _stream_units(spec: CellSpec, batch: int, input_size: int, layers: int, itemsize: int) -> int:
+    """Threads that share each layer's hidden units in a streaming call of a unidirectional stack at
+    batch 1 (``stream_<cell>_units``), or 1: from ``STREAM_UNITS_MIN_WEIGHT`` of W_ih and W_hh per layer
+    (on average), for the RNN, the LSTM without projection or layer norm and the GRU with reset_after."""
+    n = _threads()
+    if n < 2 or batch != 1 or spec.proj_size or spec.layer_norm or (spec.mode == "GRU" and not spec.reset_after):
+        return 1
+    G, P = spec.gates * spec.hidden_size, spec.output_size
+    weight = G * (input_size + P + (layers - 1) * 2 * P) * itemsize  # every layer's W_ih and W_hh
+    return n if weight >= STREAM_UNITS_MIN_WEIGHT * layers else 1
 
 
 def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
     """How a no-grad call of a whole unidirectional stack over x <f>[T, B, I] runs: through the
     streaming kernel, every step and layer in one compiled call, split into that many chunks of the
-    batch, one per thread (``STREAM_PAR_*``), or on one thread (1, up to ``STREAM_SEQUENCE_MAX_MACS``);
-    0: layer by layer."""
+    batch, one per thread (``STREAM_PAR_*``), or not split by rows (1: up to ``STREAM_SEQUENCE_MAX_MACS``,
+    or at batch 1 where the threads share each layer's units, ``_stream_units``); 0: layer by layer."""
     T, B, I = x.shape
     G, P = spec.gates * spec.hidden_size, spec.output_size
     macs = T * B * G * (I + P + (layers - 1) * 2 * P)
@@ -773,7 +798,8 @@ def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
     if n > 1 and macs >= STREAM_PAR_MIN_MACS and weight <= max(STREAM_PAR_CACHED_WEIGHT,
                                                                 STREAM_PAR_ROW_BYTES * (B // n)):
         return n
-    return 1 if macs <= STREAM_SEQUENCE_MAX_MACS else 0
+    units = _stream_units(spec, B, I, layers, x.element_size()) > 1  # then stream_step splits the units
+    return 1 if macs <= STREAM_SEQUENCE_MAX_MACS or units else 0
 
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
@@ -805,7 +831,9 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
         raise ValueError(f"c: expected shape {(L, B, H)} of dtype {x_t.dtype}, got {tuple(c.shape)} {c.dtype}")
     x_t = x_t.contiguous()
     ptrs, _alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into, held through the call
-    kernel, flag = _stream_kernel(spec, chunks)
+    units = _stream_units(spec, B, I, L, x_t.element_size()) if chunks == 1 else 1
+    kernel, flag = _stream_kernel(spec, max(chunks, units), units > 1)
+    calls["units_stream"] += units > 1
     y_t = torch.empty((*x_t.shape[:-1], P), dtype=x_t.dtype)  # its own tensor, not a view of the new h
     h_t, c_t = _advance(kernel, flag, ptrs, x_t, y_t, h, c, (L, B, P), (L, B, H) if spec.mode == "LSTM" else None)
     return y_t, h_t, c_t
@@ -836,7 +864,9 @@ class Streamer:
     makes one compiled call (the weights passed as addresses, the state updated in place). Each y_t
     is a tensor of its own (handing out views of one preallocated block saved ~0.6 µs a call,
     but views share one version counter, so an in-place op on one output would break autograd's
-    check of another saved for backward). The weights are read in place, so in-place updates to them
+    check of another saved for backward). At batch 1 with ``STREAM_UNITS_MIN_WEIGHT`` of weights per
+    layer, the call shares each layer's hidden units among torch's threads (as many as when the
+    streamer is made). The weights are read in place, so in-place updates to them
     (an optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new
     streamer.
 
@@ -864,7 +894,9 @@ class Streamer:
                                      f"got {tuple(init.shape)} {init.dtype}")
                 getattr(self, name)[...] = _np(init)
         self._ptrs, self._alive = _stack_pointers(spec, layers)  # _alive: what ptrs point into
-        self._kernel, self._flag = _stream_kernel(spec)
+        units = _stream_units(spec, batch, w0.shape[1], L, w0.element_size())
+        self._kernel, self._flag = _stream_kernel(spec, units, units > 1)
+        self._units = units > 1
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
         self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.3 µs, empty(shape) 2.4
 
@@ -890,6 +922,7 @@ class Streamer:
         LSTM; None for zeros, shapes and dtype checked by the caller). Returns y_t and the new state as
         new tensors (``state``'s layout); the streamer's own state is left as it was."""
         calls["layer_step"] += 1
+        calls["units_stream"] += self._units
         y_t = torch.empty_like(self._like_y)
         h_t, c_t = _advance(self._kernel, self._flag, self._ptrs, self._checked(x_t), y_t, h, c, self.h.shape,
                             self.c.shape if self._lstm else None)
@@ -1017,6 +1050,8 @@ def _warm_up_cells(specs, dtypes) -> None:
                     layers = [DirectionWeights(*(None if t is None else t.detach() for t in w))]
                     for chunks in (1, 2) if _threads() > 1 else (1,):
                         stream_step(spec, x[0], layers, None, chunks=chunks)
+                    with _settings(STREAM_UNITS_MIN_WEIGHT=0):  # batch 1, units split where the cell has it
+                        stream_step(spec, x[0, :1], layers, None)
 
 
 def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor,

@@ -1216,6 +1216,102 @@ def stream_rnn_par(n, ptrs, x_addr, y_addr, steps, h, c, flag):
         _stream_rnn_rows(ptrs, x_addr, y_addr, steps, h.shape[1], b0, hk, c, flag)
         _put_state_chunk(h, b0, hk)
 
+# One step of a stack at batch 1 with each layer's hidden units split among n threads: thread k
+# computes the gate rows of its units u0:u1 (``_chunk`` of H), from its own rows of W_ih and W_hh, and
+# their new state; a layer's threads meet at the end of its ``prange`` (the next layer, and the next
+# step, read all of h). At batch 1 a step reads every weight once and does little else, so the split
+# shares the reading of the weights between the threads' caches. ``stream_<cell>_units(n, ...)``
+# takes the streaming kernels' arguments (batch 1; GRU with reset_after only; LSTM without
+# projection). hold <f>[1, P]: the layer's h before the step, read by every thread.
+@register_jitable
+def _unit_rows(x, w, b, out, ab, acc, H, blocks, u0, u1):
+    """out[0, r] (+)= w[r] · x[0] + b[r] for the rows r = q·H + u, u0 <= u < u1, of each gate block q."""
+    for q in range(blocks):
+        r0, r1 = q * H + u0, q * H + u1
+        dot(x, w[r0:r1], out[:, r0:r1], ab, acc, True)
+        o, bq = out[0, r0:r1], b[r0:r1]
+        for j in range(r1 - r0):
+            o[j] += bq[j]
+
+
+@njit(**_PAR)
+def stream_rnn_units(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_rnn`` at batch 1 with each layer's units in n chunks, one per thread (flag: relu)."""
+    L, _, H = h.shape
+    ab = consts(h)
+    zero = one_(h) - one_(h)
+    gates = np.empty((1, H), h.dtype)
+    hold = np.empty((1, H), h.dtype)
+    for t in range(steps):
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, 1, 0, h)
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, H, H)
+            _set(hold[0], h[layer, 0])
+            for k in prange(n):
+                u0, u1 = _chunk(k, n, H)
+                _unit_rows(xin, w_ih, bi, gates, ab, False, H, 1, u0, u1)
+                _unit_rows(hold, w_hh, bh, gates, ab, True, H, 1, u0, u1)
+                g, hu = gates[0, u0:u1], h[layer, 0, u0:u1]
+                for j in range(u1 - u0):
+                    hu[j] = (g[j] if g[j] > 0 else zero) if flag else tanh_(g[j])
+            xin = h[layer]
+        _put_top(yout, h)
+
+
+@njit(**_PAR)
+def stream_lstm_units(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_lstm`` at batch 1 (no projection) with each layer's units in n chunks, one per thread."""
+    L, _, H = h.shape
+    ab = consts(h)
+    gates = np.empty((1, 4 * H), h.dtype)
+    hold = np.empty((1, H), h.dtype)
+    for t in range(steps):
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, 1, 0, h)
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, 4 * H, H)
+            _set(hold[0], h[layer, 0])
+            for k in prange(n):
+                u0, u1 = _chunk(k, n, H)
+                _unit_rows(xin, w_ih, bi, gates, ab, False, H, 4, u0, u1)
+                _unit_rows(hold, w_hh, bh, gates, ab, True, H, 4, u0, u1)
+                g = gates[0]
+                gi, gf, gg, go = g[u0:u1], g[H + u0:H + u1], g[2 * H + u0:2 * H + u1], g[3 * H + u0:3 * H + u1]
+                cu, hu = c[layer, 0, u0:u1], h[layer, 0, u0:u1]
+                for j in range(u1 - u0):
+                    cv = sigmoid_(gf[j]) * cu[j] + sigmoid_(gi[j]) * tanh_(gg[j])
+                    cu[j] = cv
+                    hu[j] = sigmoid_(go[j]) * tanh_(cv)
+            xin = h[layer]
+        _put_top(yout, h)
+
+
+@njit(**_PAR)
+def stream_gru_units(n, ptrs, x_addr, y_addr, steps, h, c, flag):
+    """``stream_gru`` (reset_after) at batch 1 with each layer's units in n chunks, one per thread."""
+    L, _, H = h.shape
+    ab = consts(h)
+    gx = np.empty((1, 3 * H), h.dtype)
+    gh = np.empty((1, 3 * H), h.dtype)
+    hold = np.empty((1, H), h.dtype)
+    for t in range(steps):
+        xin, yout = _stream_rows(ptrs, x_addr, y_addr, t, 1, 0, h)
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = _stream_weights(ptrs[layer], h, 3 * H, H)
+            _set(hold[0], h[layer, 0])
+            for k in prange(n):
+                u0, u1 = _chunk(k, n, H)
+                _unit_rows(xin, w_ih, bi, gx, ab, False, H, 3, u0, u1)
+                _unit_rows(hold, w_hh, bh, gh, ab, False, H, 3, u0, u1)
+                a, b = gx[0], gh[0]
+                xr, xz, xn = a[u0:u1], a[H + u0:H + u1], a[2 * H + u0:2 * H + u1]
+                hr, hz, hn = b[u0:u1], b[H + u0:H + u1], b[2 * H + u0:2 * H + u1]
+                ho, hu = hold[0, u0:u1], h[layer, 0, u0:u1]
+                for j in range(u1 - u0):
+                    nv = tanh_(xn[j] + sigmoid_(xr[j] + hr[j]) * hn[j])
+                    hu[j] = nv + sigmoid_(xz[j] + hz[j]) * (ho[j] - nv)
+            xin = h[layer]
+        _put_top(yout, h)
+
 
 # ---------------------------------------------------------------------- LSTM, layer-normalised
 @register_jitable
