@@ -42,7 +42,9 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
   a time) of a unidirectional stack skips all GEMM setup: the streaming kernel below runs every
   step and layer in one compiled call. A larger one of a batch that several threads can share
   (``STREAM_PAR_*``) runs the same kernel split across them, each thread every step and layer for
-  its own rows, the input product taken per step (no T·B·G buffer of projected inputs).
+  its own rows, the input product taken per step (no T·B·G buffer of projected inputs). At batch 1
+  with large weights (``STREAM_UNITS_MIN_WEIGHT`` per layer), any call of the streaming kernel (a
+  step, a ``Streamer``, a whole no-grad call) shares each layer's hidden units among the threads.
 - The layer-normalised LSTM (``spec.layer_norm``) runs its own compiled loop, ``fused_ln``.
 
 Streaming: ``stream_step`` runs one time step of a whole unidirectional stack (or every step of a
@@ -777,8 +779,10 @@ def _stream_units(spec: CellSpec, batch: int, input_size: int, layers: int, item
     """Threads that share each layer's hidden units in a streaming call of a unidirectional stack at
     batch 1 (``stream_<cell>_units``), or 1: from ``STREAM_UNITS_MIN_WEIGHT`` of W_ih and W_hh per layer
     (on average), for the RNN, the LSTM without projection or layer norm and the GRU with reset_after."""
+    if batch != 1 or spec.proj_size or spec.layer_norm or (spec.mode == "GRU" and not spec.reset_after):
+        return 1
     n = _threads()
-    if n < 2 or batch != 1 or spec.proj_size or spec.layer_norm or (spec.mode == "GRU" and not spec.reset_after):
+    if n < 2:
         return 1
     G, P = spec.gates * spec.hidden_size, spec.output_size
     weight = G * (input_size + P + (layers - 1) * 2 * P) * itemsize  # every layer's W_ih and W_hh
