@@ -12,6 +12,7 @@ the fused kernel is as far, in another direction.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -491,6 +492,29 @@ def test_batch_one_streams_units_split(cell, monkeypatch):
     close(out, out_ref)
     close(hn, hn_ref)
     close(y, out_ref[0])
+
+
+def test_units_streamer_in_a_forked_child():
+    """A streamer that splits units, made before a fork, runs on one thread in the child (GNU OpenMP's
+    threads do not survive a fork) and gives the parent's result."""
+    if fused._kernels().MAX_THREADS < 2 or torch.get_num_threads() < 2 or "fork" not in mp.get_all_start_methods():
+        pytest.skip("needs two threads and fork")
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(512, 512)  # 6 MB of weights: the streamer splits the units
+    streamer, x = layer.streamer(1), torch.randn(1, 512)
+    assert streamer._units
+    with torch.no_grad():
+        want = layer.streamer(1)(x)
+    child = mp.get_context("fork").Process(target=_stream_and_check, args=(streamer, x, want))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+
+
+def _stream_and_check(streamer, x, want):
+    with torch.no_grad():
+        ok = torch.allclose(streamer(x), want, atol=1e-5) and not streamer._units
+    os._exit(0 if ok else 1)
 
 
 def test_stream_units_dispatch(monkeypatch):

@@ -911,7 +911,11 @@ class Streamer:
         return y_t
 
     def _checked(self, x_t: Tensor) -> Tensor:
-        """x_t, checked against the streamer's shape, dtype and device, and contiguous."""
+        """x_t, checked against the streamer's shape, dtype and device, and contiguous. In a process
+        forked after the streamer was made, the kernel that splits units goes back to one thread
+        (GNU OpenMP, which runs numba's threads, is not fork-safe)."""
+        if self._units and os.getpid() != _PID:
+            self._kernel, self._units = _stream_kernel(self.spec)[0], False
         try:
             wrong = x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu
         except AttributeError:
