@@ -43,7 +43,7 @@ Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 
   step and layer in one compiled call. A larger one of a batch that several threads can share
   (``STREAM_PAR_*``) runs the same kernel split across them, each thread every step and layer for
   its own rows, the input product taken per step (no T·B·G buffer of projected inputs). At batch 1
-  with large weights (``STREAM_UNITS_MIN_WEIGHT`` per layer), any call of the streaming kernel (a
+  with large weights (``STREAM_UNITS_MIN_*``), any call of the streaming kernel (a
   step, a ``Streamer``, a whole no-grad call) shares each layer's hidden units among the threads.
 - The layer-normalised LSTM (``spec.layer_norm``) runs its own compiled loop, ``fused_ln``.
 
@@ -148,18 +148,20 @@ rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37
 (LSTM 16, 50, 32, 64; RNN 1, 200, 128, 256, 8, 100, 64, 128 and 64, 50, 32, 64); 1.01 at 24.6 M
 (LSTM 1, 1000, 32, 64) and 0.99-1.36 from 39 M."""
 
-STREAM_UNITS_MIN_WEIGHT = 1024 * 1024
-"""Bytes of W_ih and W_hh per layer (on average) from which a streaming call at batch 1 shares each
-layer's hidden units among the threads (``_stream_units``): a step then costs a parallel region per
-layer (~2 µs) and each thread reads its share of the weights. Measured (Zen 3, 2 threads, input size
-= hidden size, in-process, alternating, 15 rounds, two runs), ``layer.streamer(1)`` split ÷ on one
-thread: one layer, LSTM 0.81-0.86 at 1.1 MB (H = 192), 0.75-0.80 at 2 MB, 0.57-0.60 at 8 MB; GRU
-0.85-0.91 at 1.5 MB, 0.59-0.65 at 6 MB; RNN 0.84 at 1.1 MB, 0.76-0.78 at 2 MB; two layers, LSTM
-0.67-0.68 at 2 MB and 0.32-0.34 at 8 MB per layer, GRU 0.74-0.83 at 1.5 MB and 0.26-0.45 at 6 MB,
-RNN 0.71-0.72 at 2 MB. Below: LSTM 0.95-1.03 at 512 KB, GRU 0.82-1.33 at 864 KB and 1.12-1.59 at
-384 KB, RNN 0.96-0.99 at 512 KB, 1.14-1.60 under. A whole no-grad call at batch 1 with such weights
-streams so too, rather than layer by layer: 0.57-0.79 of the layer path's time at 1, 100, 256, 512
-(GRU, RNN; LSTM against oneDNN's layer 0.74), 0.64 at GRU 1, 50, 650, 650."""
+STREAM_UNITS_MIN_WEIGHT = 3 << 20
+STREAM_UNITS_MIN_LAYER_WEIGHT = 1 << 20
+"""Bytes of W_ih and W_hh, of the whole stack and per layer on average, from which a streaming call
+at batch 1 shares each layer's hidden units among the threads (``_stream_units``): a step then costs
+a parallel region per layer (~2 µs) and each thread reads its share of the weights. Measured (Zen 3,
+2 threads, input size = hidden size, in-process, alternating; ``benchmarks/stream_units.py`` and a
+throw-away script, 5-15 rounds), ``layer.streamer(1)`` split ÷ on one thread: from 3 MB steadily
+below 1 (LSTM 0.74-0.80 at 4.5 MB, 0.53-0.64 at 8 MB; GRU 0.74-0.77 at 3.4 MB, 0.57-0.69 at 6 MB;
+two layers of 2 MB: LSTM 0.67-0.72, RNN 0.71-0.87; two of 8 MB: LSTM 0.32-0.37), but at 1-2 MB
+from 0.75 to 1.20 by the run (one LSTM layer of 2 MB: 0.75, 0.80, 0.85, 0.93, 1.14, 1.20; GRU of
+1.5 MB 0.85-1.16; two GRU layers of 1.5 MB 0.74-1.07), and 0.95-1.77 below 1 MB. A whole no-grad
+call at batch 1 with such weights streams so too, rather than layer by layer: 0.57 (GRU), 0.63 (RNN)
+and 0.74 (LSTM, against oneDNN's layer) of the layer path's time at 1, 100, 256, 512, 0.64 at GRU
+1, 50, 650, 650."""
 
 STREAM_PAR_MIN_MACS = 12_000_000
 STREAM_PAR_ROW_BYTES = 32 * 1024
@@ -777,8 +779,9 @@ def _stream_kernel(spec: CellSpec, chunks: int = 1, units: bool = False):
 
 def _stream_units(spec: CellSpec, batch: int, input_size: int, layers: int, itemsize: int) -> int:
     """Threads that share each layer's hidden units in a streaming call of a unidirectional stack at
-    batch 1 (``stream_<cell>_units``), or 1: from ``STREAM_UNITS_MIN_WEIGHT`` of W_ih and W_hh per layer
-    (on average), for the RNN, the LSTM without projection or layer norm and the GRU with reset_after."""
+    batch 1 (``stream_<cell>_units``), or 1: from ``STREAM_UNITS_MIN_WEIGHT`` of W_ih and W_hh in all and
+    ``STREAM_UNITS_MIN_LAYER_WEIGHT`` per layer, for the RNN, the LSTM without projection or layer norm
+    and the GRU with reset_after."""
     if batch != 1 or spec.proj_size or spec.layer_norm or (spec.mode == "GRU" and not spec.reset_after):
         return 1
     n = _threads()
@@ -786,7 +789,7 @@ def _stream_units(spec: CellSpec, batch: int, input_size: int, layers: int, item
         return 1
     G, P = spec.gates * spec.hidden_size, spec.output_size
     weight = G * (input_size + P + (layers - 1) * 2 * P) * itemsize  # every layer's W_ih and W_hh
-    return n if weight >= STREAM_UNITS_MIN_WEIGHT * layers else 1
+    return n if weight >= max(STREAM_UNITS_MIN_WEIGHT, STREAM_UNITS_MIN_LAYER_WEIGHT * layers) else 1
 
 
 def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
@@ -868,8 +871,8 @@ class Streamer:
     makes one compiled call (the weights passed as addresses, the state updated in place). Each y_t
     is a tensor of its own (handing out views of one preallocated block saved ~0.6 µs a call,
     but views share one version counter, so an in-place op on one output would break autograd's
-    check of another saved for backward). At batch 1 with ``STREAM_UNITS_MIN_WEIGHT`` of weights per
-    layer, the call shares each layer's hidden units among torch's threads (as many as when the
+    check of another saved for backward). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
+    the call shares each layer's hidden units among torch's threads (as many as when the
     streamer is made). The weights are read in place, so in-place updates to them
     (an optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new
     streamer.
@@ -1058,7 +1061,7 @@ def _warm_up_cells(specs, dtypes) -> None:
                     layers = [DirectionWeights(*(None if t is None else t.detach() for t in w))]
                     for chunks in (1, 2) if _threads() > 1 else (1,):
                         stream_step(spec, x[0], layers, None, chunks=chunks)
-                    with _settings(STREAM_UNITS_MIN_WEIGHT=0):  # batch 1, units split where the cell has it
+                    with _settings(STREAM_UNITS_MIN_WEIGHT=0, STREAM_UNITS_MIN_LAYER_WEIGHT=0):  # units split
                         stream_step(spec, x[0, :1], layers, None)
 
 

@@ -1,0 +1,103 @@
+"""Streaming at batch 1 with and without the units split, against torch.nn's cell.
+
+``layer.streamer(1)`` with each layer's hidden units shared among the threads (what rnnkit does from
+``fused.STREAM_UNITS_MIN_*`` bytes of weights) and on one thread, and torch.nn's *Cell (one
+layer), all on the same threads, alternating round by round; then a generation loop per token
+(embedding, streamer, a linear head over the vocabulary, argmax), split and not. Medians.
+
+    python benchmarks/stream_units.py                         (H = 256 and 512, one and two layers)
+    python benchmarks/stream_units.py --hidden 192,256,384 --layers 1 --cells lstm,gru --rounds 9
+    python benchmarks/stream_units.py --hidden 650 --layers 2 --rounds 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import rnnkit
+from rnnkit.kernels import fused
+
+CELLS = {"lstm": (rnnkit.LSTM, torch.nn.LSTMCell), "gru": (rnnkit.GRU, torch.nn.GRUCell),
+         "rnn": (rnnkit.RNN, torch.nn.RNNCell)}
+
+
+def per_call_us(fn, number: int) -> float:
+    t = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t) / number * 1e6
+
+
+def streamers(layer, split: bool):
+    """layer.streamer(1) with the units split on (from any size) or off."""
+    limit = 0 if split else 1 << 62
+    with fused._settings(STREAM_UNITS_MIN_WEIGHT=limit, STREAM_UNITS_MIN_LAYER_WEIGHT=limit):
+        return layer.streamer(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", default="256,512", help="comma-separated hidden sizes (input size = hidden)")
+    ap.add_argument("--layers", default="1,2", help="comma-separated layer counts")
+    ap.add_argument("--cells", default="lstm,gru,rnn")
+    ap.add_argument("--vocab", type=int, default=10_000, help="the generation loop's vocabulary")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"batch 1, input = hidden; {args.threads} threads; µs per call, medians of {args.rounds} rounds")
+    with torch.no_grad():
+        for cell in args.cells.split(","):
+            ours_cls, cell_cls = CELLS[cell]
+            for layers in (int(v) for v in args.layers.split(",")):
+                for hidden in (int(v) for v in args.hidden.split(",")):
+                    layer = ours_cls(hidden, hidden, num_layers=layers)
+                    x = torch.randn(1, hidden)
+                    split, one = streamers(layer, True), streamers(layer, False)
+                    fns = {"split": lambda: split(x), "one thread": lambda: one(x)}
+                    if layers == 1:
+                        peer = cell_cls(hidden, hidden)
+                        fns["torch.nn cell"] = lambda: peer(x)
+                    number = max(20, int(2e8 / (4 * hidden * hidden * layers)))
+                    times = {name: [] for name in fns}
+                    for _ in range(args.rounds):
+                        for name, fn in fns.items():
+                            fn()
+                            times[name].append(per_call_us(fn, number))
+                    med = {name: statistics.median(v) for name, v in times.items()}
+                    peer_text = (f"  torch.nn cell {med['torch.nn cell']:8.1f} (split / cell "
+                                 f"{med['split'] / med['torch.nn cell']:.2f})" if layers == 1 else "")
+                    weight = sum(w.numel() for n, w in layer.named_parameters() if n.startswith("weight")) * 4
+                    default = fused._stream_units(layer.spec, 1, hidden, layers, 4) > 1
+                    print(f"{cell:4} L={layers} H={hidden:<4} ({weight / 2 ** 20 / layers:4.1f} MB a layer; split by "
+                          f"default: {'yes' if default else 'no '})  "
+                          f"split {med['split']:8.1f}  one thread {med['one thread']:8.1f}  "
+                          f"split / one {med['split'] / med['one thread']:.2f}{peer_text}")
+        hidden, layers = (int(args.hidden.split(",")[-1]), int(args.layers.split(",")[-1]))
+        layer = rnnkit.LSTM(hidden, hidden, num_layers=layers)
+        embed, head = torch.nn.Embedding(args.vocab, hidden), torch.nn.Linear(hidden, args.vocab)
+
+        def generate(streamer, tokens: int = 20):
+            def run():
+                token = torch.tensor([1])
+                for _ in range(tokens):
+                    token = head(streamer(embed(token))).argmax(-1)
+            return run, tokens
+        loops = {"split": generate(streamers(layer, True)), "one thread": generate(streamers(layer, False))}
+        times = {name: [] for name in loops}
+        for _ in range(args.rounds):
+            for name, (run, tokens) in loops.items():
+                run()
+                times[name].append(per_call_us(run, 5) / tokens)
+        med = {name: statistics.median(v) for name, v in times.items()}
+        print(f"generation, LSTM L={layers} H={hidden}, vocabulary {args.vocab}, µs per token: split "
+              f"{med['split']:.1f}  one thread {med['one thread']:.1f}  split / one {med['split'] / med['one thread']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
