@@ -154,11 +154,11 @@ STREAM_UNITS_MIN_LAYER_WEIGHT = 1 << 20
 at batch 1 shares each layer's hidden units among the threads (``_stream_units``): a step then costs
 a parallel region per layer (~2 µs) and each thread reads its share of the weights. Measured (Zen 3,
 2 threads, input size = hidden size, in-process, alternating; ``benchmarks/stream_units.py`` and a
-throw-away script, 5-15 rounds), ``layer.streamer(1)`` split ÷ on one thread: from 3 MB steadily
-below 1 (LSTM 0.74-0.80 at 4.5 MB, 0.53-0.64 at 8 MB; GRU 0.74-0.77 at 3.4 MB, 0.57-0.69 at 6 MB;
-two layers of 2 MB: LSTM 0.67-0.72, RNN 0.71-0.87; two of 8 MB: LSTM 0.32-0.37), but at 1-2 MB
-from 0.75 to 1.20 by the run (one LSTM layer of 2 MB: 0.75, 0.80, 0.85, 0.93, 1.14, 1.20; GRU of
-1.5 MB 0.85-1.16; two GRU layers of 1.5 MB 0.74-1.07), and 0.95-1.77 below 1 MB. A whole no-grad
+throw-away script, 5-15 rounds, 3-6 runs each), ``layer.streamer(1)`` split ÷ on one thread: from
+3 MB below 1 in every run (LSTM 0.62-0.80 at 4.5 MB, 0.53-0.67 at 8 MB; GRU 0.63-0.77 at 3.4 MB,
+0.57-0.72 at 6 MB; two layers of 2 MB: LSTM 0.67-0.73, RNN 0.69-0.87; two of 8 MB: LSTM 0.32-0.44),
+but at 1-2 MB anywhere from 0.73 to 1.20 (one LSTM layer of 2 MB: 0.73-0.98 in eight runs, 1.14 and
+1.20 in two; GRU of 1.5 MB 0.80-1.16; two GRU layers of 1.5 MB 0.74-1.07), and 0.95-1.77 below 1 MB. A whole no-grad
 call at batch 1 with such weights streams so too, rather than layer by layer: 0.57 (GRU), 0.63 (RNN)
 and 0.74 (LSTM, against oneDNN's layer) of the layer path's time at 1, 100, 256, 512, 0.64 at GRU
 1, 50, 650, 650."""

@@ -1216,6 +1216,7 @@ def stream_rnn_par(n, ptrs, x_addr, y_addr, steps, h, c, flag):
         _stream_rnn_rows(ptrs, x_addr, y_addr, steps, h.shape[1], b0, hk, c, flag)
         _put_state_chunk(h, b0, hk)
 
+
 # One step of a stack at batch 1 with each layer's hidden units split among n threads: thread k
 # computes the gate rows of its units u0:u1 (``_chunk`` of H), from its own rows of W_ih and W_hh, and
 # their new state; a layer's threads meet at the end of its ``prange`` (the next layer, and the next
