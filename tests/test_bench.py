@@ -116,3 +116,18 @@ def test_bench_malloc_tuned_reaches_the_benchmark_processes_only(tmp_path, monke
                  "--no-stream", "--no-reference", "--malloc", "tuned", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["malloc"] == "tuned"
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+
+
+def test_stream_units_benchmark_runs():
+    """benchmarks/stream_units.py (the units split against one thread and torch.nn's cell) runs and
+    prints a ratio per row and the generation loop's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_units.py"
+    done = subprocess.run([sys.executable, str(script), "--hidden", "8", "--layers", "1,2", "--cells", "lstm,gru",
+                           "--rounds", "1", "--vocab", "10", "--threads", "2", "--calls", "50"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    lines = done.stdout.splitlines()
+    assert sum("split / one" in line for line in lines) == 5  # four rows and the generation loop
+    assert sum("split / cell" in line for line in lines) == 2  # one layer: torch.nn's cell beside
