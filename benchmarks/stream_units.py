@@ -25,11 +25,24 @@ CELLS = {"lstm": (rnnkit.LSTM, torch.nn.LSTMCell), "gru": (rnnkit.GRU, torch.nn.
          "rnn": (rnnkit.RNN, torch.nn.RNNCell)}
 
 
+TOKENS = 20  # per generation loop
+
+
 def per_call_us(fn, number: int) -> float:
     t = time.perf_counter()
     for _ in range(number):
         fn()
     return (time.perf_counter() - t) / number * 1e6
+
+
+def medians(fns: dict, rounds: int, number: int) -> dict:
+    """µs per call of each fn: number calls a sample, the fns alternating round by round, medians."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            times[name].append(per_call_us(fn, number))
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def streamers(layer, split: bool):
@@ -65,15 +78,10 @@ def main() -> None:
                         peer = cell_cls(hidden, hidden)
                         fns["torch.nn cell"] = lambda: peer(x)
                     number = args.calls or min(20_000, max(20, int(2e8 / (4 * hidden * hidden * layers))))
-                    times = {name: [] for name in fns}
-                    for _ in range(args.rounds):
-                        for name, fn in fns.items():
-                            fn()
-                            times[name].append(per_call_us(fn, number))
-                    med = {name: statistics.median(v) for name, v in times.items()}
+                    med = medians(fns, args.rounds, number)
                     peer_text = (f"  torch.nn cell {med['torch.nn cell']:8.1f} (split / cell "
                                  f"{med['split'] / med['torch.nn cell']:.2f})" if layers == 1 else "")
-                    weight = sum(w.numel() for n, w in layer.named_parameters() if n.startswith("weight")) * 4
+                    weight = fused._stack_weights(layer.spec, hidden, layers) * 4  # W_ih and W_hh, float32
                     default = fused._stream_units(layer.spec, 1, hidden, layers, 4) > 1
                     print(f"{cell:4} L={layers} H={hidden:<4} ({weight / 2 ** 20 / layers:4.1f} MB a layer; split by "
                           f"default: {'yes' if default else 'no '})  "
@@ -83,21 +91,17 @@ def main() -> None:
         layer = rnnkit.LSTM(hidden, hidden, num_layers=layers)
         embed, head = torch.nn.Embedding(args.vocab, hidden), torch.nn.Linear(hidden, args.vocab)
 
-        def generate(streamer, tokens: int = 20):
+        def generate(streamer):
             def run():
                 token = torch.tensor([1])
-                for _ in range(tokens):
+                for _ in range(TOKENS):
                     token = head(streamer(embed(token))).argmax(-1)
-            return run, tokens
-        loops = {"split": generate(streamers(layer, True)), "one thread": generate(streamers(layer, False))}
-        times = {name: [] for name in loops}
-        for _ in range(args.rounds):
-            for name, (run, tokens) in loops.items():
-                run()
-                times[name].append(per_call_us(run, 5) / tokens)
-        med = {name: statistics.median(v) for name, v in times.items()}
-        print(f"generation, LSTM L={layers} H={hidden}, vocabulary {args.vocab}, µs per token: split "
-              f"{med['split']:.1f}  one thread {med['one thread']:.1f}  split / one {med['split'] / med['one thread']:.2f}")
+            return run
+        med = medians({"split": generate(streamers(layer, True)), "one thread": generate(streamers(layer, False))},
+                      args.rounds, 5)
+        split, one = med["split"] / TOKENS, med["one thread"] / TOKENS
+        print(f"generation, LSTM L={layers} H={hidden}, vocabulary {args.vocab}, µs per token: split {split:.1f}  "
+              f"one thread {one:.1f}  split / one {split / one:.2f}")
 
 
 if __name__ == "__main__":

@@ -158,10 +158,10 @@ throw-away script, 5-15 rounds, 3-6 runs each), ``layer.streamer(1)`` split ÷ o
 3 MB below 1 in every run (LSTM 0.62-0.80 at 4.5 MB, 0.53-0.67 at 8 MB; GRU 0.63-0.77 at 3.4 MB,
 0.57-0.72 at 6 MB; two layers of 2 MB: LSTM 0.67-0.73, RNN 0.69-0.87; two of 8 MB: LSTM 0.32-0.44),
 but at 1-2 MB anywhere from 0.73 to 1.20 (one LSTM layer of 2 MB: 0.73-0.98 in eight runs, 1.14 and
-1.20 in two; GRU of 1.5 MB 0.80-1.16; two GRU layers of 1.5 MB 0.74-1.07), and 0.95-1.77 below 1 MB. A whole no-grad
-call at batch 1 with such weights streams so too, rather than layer by layer: 0.57 (GRU), 0.63 (RNN)
-and 0.74 (LSTM, against oneDNN's layer) of the layer path's time at 1, 100, 256, 512, 0.64 at GRU
-1, 50, 650, 650."""
+1.20 in two; GRU of 1.5 MB 0.80-1.16; two GRU layers of 1.5 MB 0.74-1.07), and 0.95-1.77 below 1 MB.
+A whole no-grad call at batch 1 with such weights streams so too, rather than layer by layer: 0.57
+(GRU), 0.63 (RNN) and 0.74 (LSTM, against oneDNN's layer) of the layer path's time at 1, 100, 256,
+512, 0.64 at GRU 1, 50, 650, 650."""
 
 STREAM_PAR_MIN_MACS = 12_000_000
 STREAM_PAR_ROW_BYTES = 32 * 1024
@@ -173,8 +173,9 @@ whole W_ih and W_hh each step: at most STREAM_PAR_ROW_BYTES of them per row of i
 STREAM_PAR_CACHED_WEIGHT in all (they stay in the core's L2). Measured (Zen 3, 2 threads, in-process,
 shuffled, 7-9 rounds), split streaming ÷ the path it replaces: RNN and GRU 0.88-0.97 at 32, 200, 64,
 128 (6-18 KB per row) and 0.89-0.94 at 64, 100, 128, 256 (RNN), 128, 50, 128, 256 and 256, 50, 128,
-256, RNN 0.96-1.00 at 256, 50, 256, 512 (12 KB); LSTM against oneDNN's layer 0.65 at 64, 50, 32, 64, 0.79 at 16, 100, 64, 128 (393 KB), 0.82 at
-128, 50, 128, 256 (24 KB per row), 0.90-0.96 at 32, 200, 64, 128 against our split loop; against
+256, RNN 0.96-1.00 at 256, 50, 256, 512 (12 KB); LSTM against oneDNN's layer 0.65 at 64, 50, 32,
+64, 0.79 at 16, 100, 64, 128 (393 KB), 0.82 at 128, 50, 128, 256 (24 KB per row), 0.90-0.96 at 32,
+200, 64, 128 against our split loop; against
 streaming on one thread 0.72-0.82 from 14.7 M multiply-adds (LSTM 32, 20, 32, 64; GRU 8, 100, 32,
 64) but 1.05-1.26 below 12 M (thread start-up). Left to the other paths: 0.97-1.00 at LSTM 64, 100,
 128, 256 (48 KB per row, against oneDNN), 0.94-0.99 at GRU 64, 100, 128, 256 (36 KB), 1.03-1.09 at
@@ -777,6 +778,12 @@ def _stream_kernel(spec: CellSpec, chunks: int = 1, units: bool = False):
     return functools.partial(getattr(K, name + ("_units" if units else "_par")), chunks), flag
 
 
+def _stack_weights(spec: CellSpec, input_size: int, layers: int) -> int:
+    """Elements of W_ih and W_hh in a unidirectional stack (= its multiply-adds per step and row)."""
+    G, P = spec.gates * spec.hidden_size, spec.output_size
+    return G * (input_size + P + (layers - 1) * 2 * P)
+
+
 def _stream_units(spec: CellSpec, batch: int, input_size: int, layers: int, itemsize: int) -> int:
     """Threads that share each layer's hidden units in a streaming call of a unidirectional stack at
     batch 1 (``stream_<cell>_units``), or 1: from ``STREAM_UNITS_MIN_WEIGHT`` of W_ih and W_hh in all and
@@ -787,8 +794,7 @@ def _stream_units(spec: CellSpec, batch: int, input_size: int, layers: int, item
     n = _threads()
     if n < 2:
         return 1
-    G, P = spec.gates * spec.hidden_size, spec.output_size
-    weight = G * (input_size + P + (layers - 1) * 2 * P) * itemsize  # every layer's W_ih and W_hh
+    weight = _stack_weights(spec, input_size, layers) * itemsize
     return n if weight >= max(STREAM_UNITS_MIN_WEIGHT, STREAM_UNITS_MIN_LAYER_WEIGHT * layers) else 1
 
 
@@ -799,7 +805,7 @@ def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
     or at batch 1 where the threads share each layer's units, ``_stream_units``); 0: layer by layer."""
     T, B, I = x.shape
     G, P = spec.gates * spec.hidden_size, spec.output_size
-    macs = T * B * G * (I + P + (layers - 1) * 2 * P)
+    macs = T * B * _stack_weights(spec, I, layers)
     n = _max_chunks(B)
     weight = G * (max(I, P) + P) * x.element_size()  # the largest layer's W_ih and W_hh
     if n > 1 and macs >= STREAM_PAR_MIN_MACS and weight <= max(STREAM_PAR_CACHED_WEIGHT,
