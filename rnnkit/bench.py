@@ -235,7 +235,8 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad:
     torch.nn's *Cell (where torch.nn has the cell) against rnnkit's ``layer.step(x_t, state)``, the
     kernel it calls (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and
-    ``layer.streamer()`` (the state kept inside: a compiled ``fused.Streamer``)."""
+    ``layer.streamer()`` (the state kept inside: a compiled ``fused.Streamer``), also writing into a
+    preallocated output (``streamer(x, out=y)``)."""
     cls, _, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
@@ -243,10 +244,10 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     x = torch.randn(1, hidden)
     h = torch.zeros(1, 1, hidden)
     c = torch.zeros(1, 1, hidden) if len(m.spec.state_sizes) == 2 else None
-    streamer = m.streamer(1)
+    streamer, y = m.streamer(1), torch.empty(1, hidden)
     state = h if c is None else (h, c)
     fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
-           "streamer": lambda: streamer(x)}
+           "streamer": lambda: streamer(x), "streamer_out": lambda: streamer(x, out=y)}
     torch_cell = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
                   "gru": torch.nn.GRUCell}.get(cell)  # torch.nn has no layer-normalised LSTM cell
     if torch_cell is not None:
@@ -414,7 +415,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 t = r.get("torch", float("nan"))
                 print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   layer.step {r['layer.step']:7.2f} µs "
                       f"({r['layer.step'] / t:.2f})   stream_step {r['fused']:7.2f} µs ({r['fused'] / t:.2f})   "
-                      f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})")
+                      f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})   "
+                      f"with out= {r['streamer_out']:7.2f} µs ({r['streamer_out'] / t:.2f})")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat, "device": args.device,
@@ -464,7 +466,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {cell} | {mode} | {against[0] if against else peer_name(cell)} | {v['median_ratio']:.2f} | "
                      f"{v['max_ratio']:.2f} |")
     if report["stream"]:
-        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs |", "|---|---|---|---|---|"]
+        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs | streamer(x, out=y) µs |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {s['cell']} | {s['H']} | {s.get('torch_us', float('nan')):.2f} | {s['layer.step_us']:.2f} | "
-                  f"{s['streamer_us']:.2f} |" for s in report["stream"]]
+                  f"{s['streamer_us']:.2f} | {s.get('streamer_out_us', float('nan')):.2f} |" for s in report["stream"]]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,8 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     assert all(r["ratio_vs_peer"] > 0 and r["median_ms"] > 0 for r in fused)
     assert set(report["summary"]) == {f"{c}/{m}" for c in ("gru", "lstm", "lstm_ln") for m in ("inference", "train")}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {(c, h) for c in ("gru", "lstm", "lstm_ln") for h in (64, 256)}
-    assert all(s["layer.step_us"] > 0 and s["streamer_us"] > 0 for s in report["stream"])
+    assert all(s["layer.step_us"] > 0 and s["streamer_us"] > 0 and s["streamer_out_us"] > 0 for s in report["stream"])
+    assert [line.count("|") for line in table if line.startswith("| lstm_ln | 64 |")] == [7]  # six columns
     assert all(("torch_us" in s) == (s["cell"] != "lstm_ln") for s in report["stream"])  # torch.nn has no LN cell
     assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
     assert report["peak_gflops"] == 50 and report["peak_from"] == "--peak-gflops"
@@ -118,16 +119,36 @@ def test_bench_malloc_tuned_reaches_the_benchmark_processes_only(tmp_path, monke
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
 
 
-def test_stream_units_benchmark_runs():
-    """benchmarks/stream_units.py (the units split against one thread and torch.nn's cell) runs and
-    prints a ratio per row and the generation loop's."""
+def _run_benchmark_script(name: str, *args: str) -> list[str]:
+    """The lines benchmarks/<name> prints, run in a fresh process with args."""
     import subprocess
     import sys
     from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_units.py"
-    done = subprocess.run([sys.executable, str(script), "--hidden", "8", "--layers", "1,2", "--cells", "lstm,gru",
-                           "--rounds", "1", "--vocab", "10", "--threads", "2", "--calls", "50"],
-                          capture_output=True, text=True, timeout=300, check=True)
-    lines = done.stdout.splitlines()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / name
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
+                          check=True)
+    return done.stdout.splitlines()
+
+
+def test_stream_units_benchmark_runs():
+    """benchmarks/stream_units.py (the units split against one thread and torch.nn's cell) runs and
+    prints a ratio per row and the generation loop's."""
+    lines = _run_benchmark_script("stream_units.py", "--hidden", "8", "--layers", "1,2", "--cells", "lstm,gru",
+                                  "--rounds", "1", "--vocab", "10", "--threads", "2", "--calls", "50")
     assert sum("split / one" in line for line in lines) == 5  # four rows and the generation loop
     assert sum("split / cell" in line for line in lines) == 2  # one layer: torch.nn's cell beside
+
+
+def test_stream_floor_benchmark_runs():
+    """benchmarks/stream_floor.py takes a streaming call apart: per cell and size the whole call, its
+    fixed costs, the step alone (less than the call: no check, allocation or dispatch) and the rate
+    at which the step reads its weights."""
+    import re
+    lines = _run_benchmark_script("stream_floor.py", "--hidden", "8,16", "--cells", "lstm,gru", "--rounds", "1",
+                                  "--calls", "20")
+    rows = [line for line in lines if " call " in line and "fixed" in line]
+    assert [line.split()[:2] for line in rows] == [["lstm", "H=8"], ["lstm", "H=16"], ["gru", "H=8"], ["gru", "H=16"]]
+    for line in rows:
+        call, fixed, step = (float(re.search(rf"{key}\s+([0-9.]+)", line).group(1)) for key in ("call", "fixed", "step"))
+        assert 0 < step < call and fixed > 0
+    assert sum("GB/s" in line for line in lines) == 4

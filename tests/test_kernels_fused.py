@@ -602,6 +602,36 @@ def test_streamer(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_streamer_writes_into_out(cell, backend):
+    """streamer(x_t, out=y) writes y_t into y and returns y itself, with the same values and state as
+    streamer(x_t); every out that is not a contiguous tensor of the output's shape, dtype and device
+    (or that requires grad) is refused, naming out, what was expected and what came."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model = cls(I, H, num_layers=2, dtype=torch.float64, backend=backend, **kw)
+    P = kw.get("proj_size") or H
+    fresh, into = model.streamer(3), model.streamer(3)
+    out = torch.full((3, P), float("nan"), dtype=torch.float64)
+    for _ in range(T):
+        x_t = torch.randn(3, I, dtype=torch.float64)
+        y = fresh(x_t)
+        assert into(x_t, out=out) is out
+        assert torch.equal(out, y)
+    for a, b in zip(*(s.state if isinstance(s.state, tuple) else (s.state,) for s in (fresh, into))):
+        assert torch.equal(a, b)
+    expected = r"out: expected a contiguous tensor of shape \(3, %d\), dtype torch.float64 on cpu" % P
+    for bad, came in ((torch.empty(2, P, dtype=torch.float64), r"got shape \(2, "),
+                      (torch.empty(3, P), "dtype torch.float32"),
+                      (torch.empty(3, 2 * P, dtype=torch.float64)[:, ::2], "not contiguous"),
+                      (torch.empty(3, P, dtype=torch.float64, requires_grad=True), "requiring grad")):
+        with pytest.raises(ValueError, match=expected + ".*" + came):
+            into(x_t, out=bad)
+    with pytest.raises(TypeError, match="out: expected a torch.Tensor, got ndarray"):
+        into(x_t, out=out.numpy())
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_streamer_outputs_are_tensors_of_their_own(cell):
     """Each call's output keeps its values through later calls and has its own storage and version
     counter: an in-place op on a later output does not break the backward of a head that saved an

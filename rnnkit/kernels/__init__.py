@@ -17,8 +17,9 @@ x_t <float>[B, I] (``step()``) or for a whole small call x <float>[T, B, I] (``f
                 c <float>[L, B, H] | None) -> (y_t <float>[B, P], h, c | None), or None if it cannot
 
 and a stateful streamer, ``streamer(spec, weights, batch, h, c, like)`` → an object with
-``y_t = s(x_t)`` and ``s.state`` (forward's hx layout), or None if it cannot (``like``: a tensor of
-the input's device and dtype).
+``y_t = s(x_t)`` (or ``s(x_t, out=y)``: y_t written into y, checked by ``base.check_out``) and
+``s.state`` (forward's hx layout), or None if it cannot (``like``: a tensor of the input's device and
+dtype).
 """
 
 from __future__ import annotations

@@ -30,3 +30,17 @@ def whole_sequence_input(x: Tensor) -> bool:
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
         return False
     return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+
+
+def check_out(out, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """A streamer's ``out=`` (the tensor to write y_t into): a contiguous tensor of that shape, dtype
+    and device that does not require grad (the kernels write it behind autograd's back); otherwise
+    a ValueError (TypeError for a non-tensor) naming ``out``, what was expected and what came."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
+    if not (out.shape == shape and out.dtype == dtype and out.device == device and out.is_contiguous()
+            and not out.requires_grad):
+        raise ValueError(f"out: expected a contiguous tensor of shape {tuple(shape)}, dtype {dtype} on {device} "
+                         f"that does not require grad, got shape {tuple(out.shape)}, dtype {out.dtype} on "
+                         f"{out.device}{', not contiguous' if not out.is_contiguous() else ''}"
+                         f"{', requiring grad' if out.requires_grad else ''}")

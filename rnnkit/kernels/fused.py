@@ -72,7 +72,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cells import CellSpec, State
 from . import Backend, register_backend
-from .base import DirectionWeights, whole_sequence_input
+from .base import DirectionWeights, check_out, whole_sequence_input
 from .buffers import pool
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
@@ -187,7 +187,18 @@ calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "step_loop": 0, "compile
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
 
 _loops = None
-_PID = os.getpid()
+_forked = False
+"""Whether this process is a fork of the one that imported this module (GNU OpenMP, which runs
+numba's threads, is not fork-safe: a forked child keeps the compiled loops on one thread). A flag
+set at fork rather than a comparison of process ids: ``os.getpid()`` costs ~0.2 µs a streaming call."""
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
 _lp = torch.ops.mkldnn._linear_pointwise
 _reorder = torch.ops.mkldnn._reorder_linear_weight
 
@@ -255,6 +266,7 @@ _DUMMIES = {(dt, n): np.zeros((1, 1, 1)[:n] if n == 3 else (0,) * n, dt) for dt 
 
 
 _NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_CPU = torch.device("cpu")
 
 
 def _dummy(dtype: torch.dtype, ndim: int):
@@ -336,7 +348,7 @@ def _step_loop(spec: CellSpec, x: Tensor, w_hr: Tensor | None) -> bool:
 def _threads() -> int:
     """Threads the compiled loops may use: torch's count, within numba's pool; 1 in a forked child
     (GNU OpenMP, which runs numba's threads, is not fork-safe)."""
-    return 1 if os.getpid() != _PID else min(torch.get_num_threads(), _kernels().MAX_THREADS)
+    return 1 if _forked else min(torch.get_num_threads(), _kernels().MAX_THREADS)
 
 
 def _max_chunks(batch: int) -> int:
@@ -877,7 +889,8 @@ class Streamer:
     makes one compiled call (the weights passed as addresses, the state updated in place). Each y_t
     is a tensor of its own (handing out views of one preallocated block saved ~0.6 µs a call,
     but views share one version counter, so an in-place op on one output would break autograd's
-    check of another saved for backward). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
+    check of another saved for backward), unless the caller passes its own: ``streamer(x_t, out=y)``
+    writes into y (no allocation: 1.3-3 µs less a call). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
     the call shares each layer's hidden units among torch's threads (as many as when the
     streamer is made). The weights are read in place, so in-place updates to them
     (an optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new
@@ -913,17 +926,22 @@ class Streamer:
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
         self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.3 µs, empty(shape) 2.4
 
-    def __call__(self, x_t: Tensor) -> Tensor:
+    def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
+        """y_t for x_t, the state advanced; out: a tensor <f>[B, P] to write y_t into and return
+        (no allocation per call), else a new tensor."""
         x_t = self._checked(x_t)
-        y_t = torch.empty_like(self._like_y)
-        self._kernel(self._ptrs, x_t.data_ptr(), y_t.data_ptr(), 1, self.h, self.c, self._flag)
-        return y_t
+        if out is None:
+            out = torch.empty_like(self._like_y)
+        else:
+            check_out(out, self._like_y.shape, self._dtype, _CPU)
+        self._kernel(self._ptrs, x_t.data_ptr(), out.data_ptr(), 1, self.h, self.c, self._flag)
+        return out
 
     def _checked(self, x_t: Tensor) -> Tensor:
         """x_t, checked against the streamer's shape, dtype and device, and contiguous. In a process
         forked after the streamer was made, the kernel that splits units goes back to one thread
         (GNU OpenMP, which runs numba's threads, is not fork-safe)."""
-        if self._units and os.getpid() != _PID:
+        if self._units and _forked:
             self._kernel, self._units = _stream_kernel(self.spec)[0], False
         try:
             wrong = x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu

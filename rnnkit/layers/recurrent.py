@@ -34,6 +34,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from .. import kernels
 from ..cells import CellSpec, State
 from ..kernels import DirectionWeights
+from ..kernels.base import check_out
 
 Hidden = Tensor | tuple[Tensor, Tensor]
 
@@ -387,7 +388,9 @@ class RecurrentBase(nn.Module):
         in-place updates are seen; after replacing a parameter (``.to()``, ``double()``, a new
         ``Parameter``) or updating a parametrized weight's original, make a new streamer.
 
-        x_t <float>[batch_size, I] → y_t <float>[batch_size, P]; state as forward's hx, or None (zeros)."""
+        x_t <float>[batch_size, I] → y_t <float>[batch_size, P]; state as forward's hx, or None (zeros).
+        ``s(x_t, out=y)`` writes y_t into y (contiguous, the parameters' dtype and device) and returns
+        it: no tensor allocated per call."""
         if self.bidirectional:
             raise ValueError("streamer: a bidirectional layer needs the whole sequence; use forward()")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -439,10 +442,13 @@ class _StepStreamer:
             state = tuple(zeros) if len(zeros) == 2 else zeros[0]
         self.layer, self.batch_size, self._state = layer, batch_size, state
 
-    def __call__(self, x_t: Tensor) -> Tensor:
+    def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
         if isinstance(x_t, Tensor) and x_t.dim() == 2 and x_t.shape[0] != self.batch_size:
             raise ValueError(f"x_t: expected a batch of {self.batch_size} (the streamer's batch_size), "
                              f"got shape {_shape(x_t)}")
+        if out is not None:
+            like = self.layer.weight_ih_l0
+            check_out(out, (self.batch_size, self.layer.spec.output_size), like.dtype, like.device)
         with torch.no_grad():
             training = self.layer.training
             self.layer.train(False)
@@ -450,7 +456,7 @@ class _StepStreamer:
                 y_t, self._state = self.layer.step(x_t, self._state)
             finally:
                 self.layer.train(training)
-        return y_t
+            return y_t if out is None else out.copy_(y_t)
 
     @property
     def state(self) -> Hidden:
