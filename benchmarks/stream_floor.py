@@ -21,7 +21,7 @@ import argparse
 
 import torch
 from numba import njit
-from stream_units import CELLS, medians
+from stream_units import CELLS, known_cells, medians, positive_int, positive_ints
 
 TARGET_US = {64: 4.0, 256: 20.0}
 STEPS = 1000  # per call, for the step's own time
@@ -67,18 +67,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", default="64,256", help="comma-separated hidden sizes (input size = hidden)")
     ap.add_argument("--cells", default="lstm,gru,rnn")
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds", type=positive_int, default=9)
     ap.add_argument("--calls", type=int, default=0, help="calls per sample (default: ~0.02 s of work each)")
     args = ap.parse_args()
+    cells, hiddens = known_cells(ap, args.cells), positive_ints(ap, "--hidden", args.hidden)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     print(f"batch 1, one layer, input = hidden, one thread; µs per call, medians of {args.rounds} rounds")
     print("fixed = check + output + dispatch (paid by every call); step = the kernel's time per step "
           f"in a {STEPS}-step call")
     with torch.no_grad():
-        for cell in args.cells.split(","):
+        for cell in cells:
             ours_cls, cell_cls = CELLS[cell]
-            for hidden in (int(v) for v in args.hidden.split(",")):
+            for hidden in hiddens:
                 layer = ours_cls(hidden, hidden)
                 streamer, x_t = layer.streamer(1), torch.randn(1, hidden)
                 peer = cell_cls(hidden, hidden)

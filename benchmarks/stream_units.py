@@ -45,6 +45,30 @@ def medians(fns: dict, rounds: int, number: int) -> dict:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def positive_ints(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated option of integers >= 1, or the parser's error naming it."""
+    values = [v.strip() for v in text.split(",")]
+    if not all(v.isdigit() and int(v) >= 1 for v in values):
+        ap.error(f"{flag}: expected comma-separated integers >= 1, got {text!r}")
+    return [int(v) for v in values]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def known_cells(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """--cells as a list of CELLS' names, or the parser's error."""
+    cells = [c.strip() for c in text.split(",")]
+    unknown = [c for c in cells if c not in CELLS]
+    if unknown:
+        ap.error(f"--cells: expected some of {sorted(CELLS)}, got {text!r}")
+    return cells
+
+
 def streamers(layer, split: bool):
     """layer.streamer(1) with the units split on (from any size) or off."""
     limit = 0 if split else 1 << 62
@@ -57,19 +81,21 @@ def main() -> None:
     ap.add_argument("--hidden", default="256,512", help="comma-separated hidden sizes (input size = hidden)")
     ap.add_argument("--layers", default="1,2", help="comma-separated layer counts")
     ap.add_argument("--cells", default="lstm,gru,rnn")
-    ap.add_argument("--vocab", type=int, default=10_000, help="the generation loop's vocabulary")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--vocab", type=positive_int, default=10_000, help="the generation loop's vocabulary")
+    ap.add_argument("--rounds", type=positive_int, default=7)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--calls", type=int, default=0, help="calls per sample (default: ~0.05 s of work each)")
     args = ap.parse_args()
+    cells, hiddens = known_cells(ap, args.cells), positive_ints(ap, "--hidden", args.hidden)
+    layer_counts = positive_ints(ap, "--layers", args.layers)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"batch 1, input = hidden; {args.threads} threads; µs per call, medians of {args.rounds} rounds")
     with torch.no_grad():
-        for cell in args.cells.split(","):
+        for cell in cells:
             ours_cls, cell_cls = CELLS[cell]
-            for layers in (int(v) for v in args.layers.split(",")):
-                for hidden in (int(v) for v in args.hidden.split(",")):
+            for layers in layer_counts:
+                for hidden in hiddens:
                     layer = ours_cls(hidden, hidden, num_layers=layers)
                     x = torch.randn(1, hidden)
                     split, one = streamers(layer, True), streamers(layer, False)
@@ -87,7 +113,7 @@ def main() -> None:
                           f"default: {'yes' if default else 'no '})  "
                           f"split {med['split']:8.1f}  one thread {med['one thread']:8.1f}  "
                           f"split / one {med['split'] / med['one thread']:.2f}{peer_text}")
-        hidden, layers = (int(args.hidden.split(",")[-1]), int(args.layers.split(",")[-1]))
+        hidden, layers = hiddens[-1], layer_counts[-1]
         layer = rnnkit.LSTM(hidden, hidden, num_layers=layers)
         embed, head = torch.nn.Embedding(args.vocab, hidden), torch.nn.Linear(hidden, args.vocab)
 

@@ -1,4 +1,4 @@
-"""Speed of rnnkit's recurrent layers against torch.nn, side by side in one process.
+"""Speed of rnnkit's recurrent layers against torch.nn, side by side (each config in one process).
 
 For each cell and config (B, T, I, H) it times inference (forward under ``torch.no_grad``) and a
 training step (forward + backward of an MSE loss) for torch.nn and for rnnkit with
@@ -8,7 +8,9 @@ and config runs in a fresh process, so that a row does not depend on the rows ru
 process, torch.nn.LSTM's training step at 32,200,64,128 took 25.9 ms after the other rows against
 37-44 ms alone (cause not pinned down: page faults and thread counts were the same). It prints
 medians (ms), the ratio rnnkit ÷ torch.nn and the share of this CPU's FMA peak on the threads used
-(``fma_peak``: 570 GFLOP/s for the GUIDE's 2-core Zen 5), and can write JSON.
+(``fma_peak``: reckoned from /proc/cpuinfo, e.g. 570 GFLOP/s for two Zen 5 cores), and can write
+JSON. The streaming rows time one step at batch 1 on one thread: torch.nn's cell, ``layer.step``,
+the kernel under it, ``layer.streamer()`` and the streamer writing into a preallocated output.
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
@@ -71,10 +73,29 @@ def parse_configs(text: str) -> list[tuple[int, int, int, int]]:
     configs = []
     for item in text.split(","):
         parts = item.lower().replace("(", "").replace(")", "").split("x")
-        if len(parts) != 4:
-            raise SystemExit(f"--configs: expected BxTxIxH items, got {item!r}")
+        if len(parts) != 4 or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            raise SystemExit(f"--configs: expected BxTxIxH items of integers >= 1 (e.g. 64x100x128x256), got {item!r}")
         configs.append(tuple(int(p) for p in parts))
     return configs
+
+
+def check_output_path(flag: str, path: str | None) -> None:
+    """Before any timing: the directory of an output file exists (or can be made) and takes a file, so
+    a long run does not end in an error with its results unwritten."""
+    if path is None:
+        return
+    target = Path(path)
+    existed = target.exists()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a"):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise SystemExit(f"{flag}: cannot write {path!r}: a part of its directory is a file") from None
+    except OSError as e:
+        raise SystemExit(f"{flag}: cannot write {path!r}: {e.strerror or e}") from None
+    if not existed:
+        target.unlink()
 
 
 def make_models(cell: str, B: int, T: int, I: int, H: int, backends: list[str], device: str = "cpu"):
@@ -340,12 +361,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                          "for large blocks in the benchmark's processes, so neither contender pays page faults")
     args = ap.parse_args(argv)
 
+    for flag, value in (("--repeat", args.repeat), ("--threads", args.threads)):
+        if value < 1:
+            raise SystemExit(f"{flag}: expected an integer >= 1, got {value}")
+    if args.min_time <= 0:
+        raise SystemExit(f"--min-time: expected a positive number of seconds, got {args.min_time}")
     torch.set_num_threads(args.threads)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    if not cells:
+        raise SystemExit(f"--cells: expected some of {sorted(CELLS)}, got {args.cells!r}")
     for c in cells:
         if c not in CELLS:
             raise SystemExit(f"--cells: unknown cell {c!r}; expected some of {sorted(CELLS)}")
     configs = parse_configs(args.configs)
+    if not configs and (args.no_stream or args.device == "cuda"):
+        raise SystemExit("--configs none with no streaming rows (--no-stream, or --device cuda): nothing to time")
+    check_output_path("--json", args.json)
+    check_output_path("--markdown", args.markdown)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device: 'cuda' requested but torch.cuda.is_available() is False")
     ours = "fused" if args.device == "cpu" else "auto"

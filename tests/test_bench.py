@@ -65,6 +65,35 @@ def test_bench_cuda_without_cuda_is_a_clear_error():
         main(["--device", "cuda", "--cells", "gru", "--configs", "2x3x4x5"])
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--configs", "4.5x10x8x16"], r"--configs: expected BxTxIxH items of integers >= 1 .*got '4.5x10x8x16'"),
+    (["--configs", "4x10x8x-1"], "--configs: expected BxTxIxH items of integers >= 1"),
+    (["--configs", "1x0x1x1"], "--configs: expected BxTxIxH items of integers >= 1"),
+    (["--configs", "4x10x8"], "--configs: expected BxTxIxH items"),
+    (["--repeat", "0"], "--repeat: expected an integer >= 1, got 0"),
+    (["--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+    (["--min-time", "0"], "--min-time: expected a positive number of seconds"),
+    (["--cells", ","], r"--cells: expected some of \['gru', "),
+    (["--configs", "none", "--no-stream"], "nothing to time"),
+    (["--configs", "none", "--json", "{file}/x.json"], "--json: cannot write .*: a part of its directory is a file"),
+    (["--configs", "none", "--markdown", "{file}/x.md"], "--markdown: cannot write"),
+])
+def test_bench_refuses_bad_arguments_before_timing(args, message, tmp_path, capsys):
+    """Bad arguments end the run at once (no GEMM probe, nothing printed), with a message naming the
+    option, what was expected and what came; an unwritable output path too, before a long run."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit, match=message):
+        main([a.replace("{file}", str(a_file)) for a in args])
+    assert capsys.readouterr().out == ""
+
+
+def test_bench_output_path_is_checked_without_leaving_a_file(tmp_path):
+    from rnnkit.bench import check_output_path
+    check_output_path("--json", str(tmp_path / "new" / "speed.json"))
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "speed.json").exists()
+
+
 def test_bench_cli_passes_options_through():
     result = CliRunner().invoke(app, ["bench", "--cells", "nope"])
     assert result.exit_code != 0

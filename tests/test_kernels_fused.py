@@ -196,8 +196,11 @@ def test_dispatch(monkeypatch):
     for other in (x32.half(), x32.bfloat16(), torch.empty(3, 2, 5, device="meta"), torch.empty(0, 2, 5)):
         assert not fused.supports(spec, other, True)
         assert kernels.select_backend(spec, other, True, "auto").name == "reference"
-    with pytest.raises(ValueError, match="does not support"):
+    with pytest.raises(ValueError, match=r"backend: 'fused' does not run this call: LSTM, input of shape \(3, 2, 5\) "
+                                         r"\(cpu, torch.float16\), with autograd; use backend='auto' or 'reference'"):
         kernels.select_backend(spec, x32.half(), True, "fused")
+    with pytest.raises(ValueError, match=r"GRU \(reset_after=False\), input of shape \(3, 0, 5\)"):
+        kernels.select_backend(CellSpec("GRU", 4, reset_after=False), torch.empty(3, 0, 5), False, "fused")
 
     # backend="fused" runs the kernel; "reference" does not
     before = dict(fused.calls)
@@ -762,6 +765,8 @@ def test_streamer_refuses_copies_and_odd_input():
             make_copy(streamer)
     with pytest.raises(TypeError, match="x_t: expected a torch.Tensor, got list"):
         streamer([[0.0] * I] * 2)
+    with pytest.raises(TypeError, match="x_t: expected a torch.Tensor, got ndarray"):
+        streamer(torch.zeros(2, I).numpy())
 
 
 def test_fallback_streamer_checks_batch_and_starts_from_zeros():

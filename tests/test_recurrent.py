@@ -133,8 +133,15 @@ def test_backend_seam_dispatches_and_can_be_forced(monkeypatch):
     layer = rnnkit.GRU(3, 4, num_layers=2, backend="reference")
     layer(torch.randn(5, 2, 3))
     assert calls == ["GRU", "GRU"]
-    with pytest.raises(ValueError, match="backend: expected 'auto' or one of"):
-        rnnkit.GRU(3, 4, backend="nope")(torch.randn(5, 2, 3))
+    for bad in ("nope", "FUSED", None, 1):  # refused when the layer is made, not at its first call
+        with pytest.raises(ValueError, match=r"backend: expected 'auto' or one of \['fused', 'reference', 'torch'\], "
+                                             f"got {bad!r}"):
+            rnnkit.GRU(3, 4, backend=bad)
+    layer.backend = "nope"  # set afterwards: every path that reads it refuses it
+    for call in (lambda: layer(torch.randn(5, 2, 3)), lambda: layer.step(torch.randn(2, 3)), lambda: layer.streamer(1)):
+        with pytest.raises(ValueError, match="backend: expected 'auto' or one of"):
+            with torch.no_grad():
+                call()
 
 
 def test_layer_hook_sees_every_layer():

@@ -32,8 +32,8 @@ from ..cells import CellSpec, State
 from . import native, reference
 from .base import DirectionWeights
 
-__all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "select_backend", "run_layer",
-           "stream_step", "streamer"]
+__all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "check_backend", "select_backend",
+           "run_layer", "stream_step", "streamer"]
 
 
 class Backend(NamedTuple):
@@ -60,15 +60,28 @@ register_backend(Backend("reference", reference.run_layer, lambda spec, x, train
 register_backend(Backend("torch", native.run_layer, native.supports))  # cuDNN on CUDA
 
 
+def check_backend(backend) -> None:
+    """A ValueError unless backend is "auto" or a registered backend's name."""
+    if backend != "auto" and not (isinstance(backend, str) and backend in BACKENDS):
+        raise ValueError(f"backend: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+
+
+def _describe_call(spec: CellSpec, x: Tensor, training: bool) -> str:
+    """The call as a backend's ``supports`` sees it, for an error message."""
+    variant = (" with layer norm" if spec.layer_norm else " with projection" if spec.proj_size
+               else " (reset_after=False)" if spec.mode == "GRU" and not spec.reset_after else "")
+    return (f"{spec.mode}{variant}, input of shape {tuple(x.shape)} ({x.device.type}, {x.dtype})"
+            f"{', with autograd' if training else ''}")
+
+
 def select_backend(spec: CellSpec, x: Tensor, training: bool, backend: str = "auto") -> Backend:
     """The backend that will run this call: the named one, or the preferred one that supports it."""
+    check_backend(backend)
     if backend != "auto":
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
         chosen = BACKENDS[backend]
         if not chosen.supports(spec, x, training):
-            raise ValueError(f"backend: {backend!r} does not support {spec.mode} on "
-                             f"{x.device.type}/{x.dtype}; use backend='auto' or 'reference'")
+            raise ValueError(f"backend: {backend!r} does not run this call: {_describe_call(spec, x, training)}; "
+                             "use backend='auto' or 'reference'")
         return chosen
     for candidate in reversed(BACKENDS.values()):
         if candidate.supports(spec, x, training):
@@ -97,6 +110,7 @@ def streamer(spec: CellSpec, weights: list[DirectionWeights], batch: int, h: Ten
 
 def _first(field: str, backend: str, *args):
     """The first non-None answer of the named (or every, in preference order) backend's optional field."""
+    check_backend(backend)
     candidates = [BACKENDS[backend]] if backend in BACKENDS else reversed(BACKENDS.values())
     for candidate in candidates:
         fn = getattr(candidate, field)

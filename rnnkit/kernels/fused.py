@@ -943,11 +943,9 @@ class Streamer:
         (GNU OpenMP, which runs numba's threads, is not fork-safe)."""
         if self._units and _forked:
             self._kernel, self._units = _stream_kernel(self.spec)[0], False
-        try:
-            wrong = x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu
-        except AttributeError:
-            raise TypeError(f"x_t: expected a torch.Tensor, got {type(x_t).__name__}") from None
-        if wrong:
+        if not isinstance(x_t, Tensor):
+            raise TypeError(f"x_t: expected a torch.Tensor, got {type(x_t).__name__}")
+        if x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu:
             raise ValueError(f"x_t: expected a CPU tensor of shape {tuple(self._shape_x)} and dtype "
                              f"{self._dtype}, got {_describe(x_t)}")
         return x_t if x_t.is_contiguous() else x_t.contiguous()

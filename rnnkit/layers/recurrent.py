@@ -68,6 +68,7 @@ class RecurrentBase(nn.Module):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         if init not in ("torch", "keras"):
             raise ValueError(f"init: expected 'torch' or 'keras', got {init!r}")
+        kernels.check_backend(backend)
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[nonlinearity] if self.mode == "RNN" else self.mode
         if layer_norm and (self.mode != "LSTM" or proj_size):
             raise ValueError("layer_norm: only an LSTM without projection has a layer-normalised cell")
