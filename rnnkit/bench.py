@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                       f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}{extra}", flush=True)
     # summary: median ratio over configs per cell and mode
     print()
+    for cell in cells:
+        if configs and peer_name(cell) is None:
+            print(f"{cell}: torch.nn has no such cell, so no ratio; compare it with the reference backend "
+                  f"({'dropped by --no-reference' if args.no_reference else 'the ref ms column'})")
     summary = {}
     for cell in cells:
         for mode in ("inference", "train"):

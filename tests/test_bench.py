@@ -88,6 +88,13 @@ def test_bench_refuses_bad_arguments_before_timing(args, message, tmp_path, caps
     assert capsys.readouterr().out == ""
 
 
+def test_bench_says_why_a_cell_without_peer_has_no_ratio(capsys):
+    assert main(["--configs", "2x3x4x5", "--cells", "gru_v1", "--repeat", "1", "--threads", "1", "--min-time", "0.001",
+                 "--no-stream", "--no-reference"]) == 0
+    assert "gru_v1: torch.nn has no such cell, so no ratio; compare it with the reference backend (dropped by " \
+           "--no-reference)" in capsys.readouterr().out
+
+
 def test_bench_output_path_is_checked_without_leaving_a_file(tmp_path):
     from rnnkit.bench import check_output_path
     check_output_path("--json", str(tmp_path / "new" / "speed.json"))
