@@ -11,14 +11,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet -r requirements.lock pytest==9.2.0 pytest-xdist==3.8.0 execnet==2.1.2
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, about three minutes on 2 cores, once)"
+	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, about four minutes on 2 cores, once)"
 	$(PY) -c "from rnnkit.kernels import fused; fused.warm_up()"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m rnnkit.demo
 
-# the tests in two worker processes (pytest-xdist): 2 min 14-22 s against 3 min 22 s in one on 2 cores,
+# the tests in two worker processes (pytest-xdist): 2 min 5-22 s against 3 min 8-22 s in one on 2 cores,
 # most tests being small and single-threaded; `.venv/bin/python -m pytest -p no:xdist` runs them in one
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2

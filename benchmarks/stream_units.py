@@ -45,19 +45,19 @@ def medians(fns: dict, rounds: int, number: int) -> dict:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def positive_ints(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
-    """A comma-separated option of integers >= 1, or the parser's error naming it."""
-    values = [v.strip() for v in text.split(",")]
-    if not all(v.isdigit() and int(v) >= 1 for v in values):
-        ap.error(f"{flag}: expected comma-separated integers >= 1, got {text!r}")
-    return [int(v) for v in values]
-
-
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return int(text)
+
+
+def positive_ints(ap: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated option of integers >= 1, or the parser's error naming it."""
+    try:
+        return [positive_int(v) for v in text.split(",")]
+    except argparse.ArgumentTypeError:
+        ap.error(f"{flag}: expected comma-separated integers >= 1, got {text!r}")
 
 
 def known_cells(ap: argparse.ArgumentParser, text: str) -> list[str]:

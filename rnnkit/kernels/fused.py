@@ -890,7 +890,8 @@ class Streamer:
     is a tensor of its own (handing out views of one preallocated block saved ~0.6 µs a call,
     but views share one version counter, so an in-place op on one output would break autograd's
     check of another saved for backward), unless the caller passes its own: ``streamer(x_t, out=y)``
-    writes into y (no allocation: 1.3-3 µs less a call). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
+    writes into y (no allocation, a check of y instead: 0.8-1.5 µs less a call at H = 64 in
+    ``rnnkit bench --configs none``). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
     the call shares each layer's hidden units among torch's threads (as many as when the
     streamer is made). The weights are read in place, so in-place updates to them
     (an optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new
