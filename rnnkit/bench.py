@@ -10,7 +10,8 @@ process, torch.nn.LSTM's training step at 32,200,64,128 took 25.9 ms after the o
 medians (ms), the ratio rnnkit ÷ torch.nn and the share of this CPU's FMA peak on the threads used
 (``fma_peak``: reckoned from /proc/cpuinfo, e.g. 570 GFLOP/s for two Zen 5 cores), and can write
 JSON. The streaming rows time one step at batch 1 on one thread: torch.nn's cell, ``layer.step``,
-the kernel under it, ``layer.streamer()`` and the streamer writing into a preallocated output.
+the kernel under it, ``layer.streamer()`` and the streamer writing into a preallocated output; and
+with ``--threads`` above 1, a streamer on that many threads (it shares large weights among them).
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
@@ -252,12 +253,14 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
     return rows
 
 
-def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dict:
-    """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad:
-    torch.nn's *Cell (where torch.nn has the cell) against rnnkit's ``layer.step(x_t, state)``, the
-    kernel it calls (``rnnkit.kernels.fused.stream_step``, state in and out as tensors) and
-    ``layer.streamer()`` (the state kept inside: a compiled ``fused.Streamer``), also writing into a
-    preallocated output (``streamer(x, out=y)``)."""
+def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000, threads: int = 1) -> dict:
+    """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad,
+    on one thread: torch.nn's *Cell (where torch.nn has the cell) against rnnkit's
+    ``layer.step(x_t, state)``, the kernel it calls (``rnnkit.kernels.fused.stream_step``, state in
+    and out as tensors) and ``layer.streamer()`` (the state kept inside: a compiled
+    ``fused.Streamer``), also writing into a preallocated output (``streamer(x, out=y)``). With
+    threads > 1, also a streamer made and run on that many threads (``streamer_threads``: with large
+    weights it shares the hidden units among them, see ``fused.STREAM_UNITS_MIN_WEIGHT``)."""
     cls, _, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
@@ -265,7 +268,8 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
     x = torch.randn(1, hidden)
     h = torch.zeros(1, 1, hidden)
     c = torch.zeros(1, 1, hidden) if len(m.spec.state_sizes) == 2 else None
-    streamer, y = m.streamer(1), torch.empty(1, hidden)
+    with _threads_set(1):
+        streamer, y = m.streamer(1), torch.empty(1, hidden)
     state = h if c is None else (h, c)
     fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
            "streamer": lambda: streamer(x), "streamer_out": lambda: streamer(x, out=y)}
@@ -275,14 +279,31 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000) -> dic
         tcell = torch_cell(hidden, hidden, **kw)
         cell_state = (h[0], c[0]) if c is not None else h[0]
         fns["torch"] = lambda: tcell(x, cell_state)
+    on = {name: 1 for name in fns}
+    if threads > 1:
+        with _threads_set(threads):
+            shared = m.streamer(1)
+        fns["streamer_threads"], on["streamer_threads"] = (lambda: shared(x)), threads
     with torch.no_grad():
-        for fn in fns.values():
-            fn()
         samples = {name: [] for name in fns}
-        for _ in range(repeat):
+        for i in range(repeat + 1):  # the first round warms up
             for name, fn in fns.items():
-                samples[name].append(timed(fn, number) * 1e3)
+                with _threads_set(on[name]):
+                    ms = timed(fn, number if i else 1)
+                if i:
+                    samples[name].append(ms * 1e3)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+@contextlib.contextmanager
+def _threads_set(n: int):
+    """torch (and with it the streaming kernels) on n threads inside the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -441,18 +462,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                           f"worst {max(ratios):.2f}")
     stream = []
     if not args.no_stream and args.device == "cpu":
-        torch.set_num_threads(1)  # batch 1: one thread beats two for torch.nn (GUIDE §4); ours is single-threaded
-        print()
+        print()  # batch 1: one thread beats two for torch.nn (GUIDE §4)
         print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
         for cell in cells:
             for hidden in (64, 256):
-                r = bench_stream(cell, hidden, args.repeat)
+                r = bench_stream(cell, hidden, args.repeat, threads=args.threads)
                 stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()}})
                 t = r.get("torch", float("nan"))
+                shared = (f"   streamer on {args.threads} threads {r['streamer_threads']:7.2f} µs "
+                          f"({r['streamer_threads'] / t:.2f})" if "streamer_threads" in r else "")
                 print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   layer.step {r['layer.step']:7.2f} µs "
                       f"({r['layer.step'] / t:.2f})   stream_step {r['fused']:7.2f} µs ({r['fused'] / t:.2f})   "
                       f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})   "
-                      f"with out= {r['streamer_out']:7.2f} µs ({r['streamer_out'] / t:.2f})")
+                      f"with out= {r['streamer_out']:7.2f} µs ({r['streamer_out'] / t:.2f}){shared}")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat, "device": args.device,
@@ -502,8 +524,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {cell} | {mode} | {against[0] if against else peer_name(cell)} | {v['median_ratio']:.2f} | "
                      f"{v['max_ratio']:.2f} |")
     if report["stream"]:
-        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs | streamer(x, out=y) µs |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs | streamer(x, out=y) µs | "
+                  f"streamer on {report['threads']} threads µs |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {s['cell']} | {s['H']} | {s.get('torch_us', float('nan')):.2f} | {s['layer.step_us']:.2f} | "
-                  f"{s['streamer_us']:.2f} | {s.get('streamer_out_us', float('nan')):.2f} |" for s in report["stream"]]
+                  f"{s['streamer_us']:.2f} | {s.get('streamer_out_us', float('nan')):.2f} | "
+                  f"{s.get('streamer_threads_us', float('nan')):.2f} |" for s in report["stream"]]
     return "\n".join(lines) + "\n"

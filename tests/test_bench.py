@@ -28,7 +28,8 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     assert set(report["summary"]) == {f"{c}/{m}" for c in ("gru", "lstm", "lstm_ln") for m in ("inference", "train")}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {(c, h) for c in ("gru", "lstm", "lstm_ln") for h in (64, 256)}
     assert all(s["layer.step_us"] > 0 and s["streamer_us"] > 0 and s["streamer_out_us"] > 0 for s in report["stream"])
-    assert [line.count("|") for line in table if line.startswith("| lstm_ln | 64 |")] == [7]  # six columns
+    assert [line.count("|") for line in table if line.startswith("| lstm_ln | 64 |")] == [8]  # seven columns
+    assert all("streamer_threads_us" not in s for s in report["stream"])  # --threads 1: no shared streamer
     assert all(("torch_us" in s) == (s["cell"] != "lstm_ln") for s in report["stream"])  # torch.nn has no LN cell
     assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
     assert report["peak_gflops"] == 50 and report["peak_from"] == "--peak-gflops"
@@ -137,7 +138,8 @@ def test_bench_configs_none_runs_only_the_streaming_rows(tmp_path):
     report = json.loads(out.read_text())
     assert report["rows"] == [] and report["summary"] == {}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {("rnn", 64), ("rnn", 256)}
-    assert all(s["streamer_us"] > 0 for s in report["stream"])
+    assert all(s["streamer_us"] > 0 and s["streamer_threads_us"] > 0 for s in report["stream"])  # --threads 2
+    assert torch.get_num_threads() == 2  # each sample's thread count is set and put back
 
 
 def test_bench_malloc_tuned_reaches_the_benchmark_processes_only(tmp_path, monkeypatch):

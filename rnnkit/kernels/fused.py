@@ -148,20 +148,24 @@ rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37
 (LSTM 16, 50, 32, 64; RNN 1, 200, 128, 256, 8, 100, 64, 128 and 64, 50, 32, 64); 1.01 at 24.6 M
 (LSTM 1, 1000, 32, 64) and 0.99-1.36 from 39 M."""
 
-STREAM_UNITS_MIN_WEIGHT = 3 << 20
+STREAM_UNITS_MIN_WEIGHT = 3 << 19
 STREAM_UNITS_MIN_LAYER_WEIGHT = 1 << 20
 """Bytes of W_ih and W_hh, of the whole stack and per layer on average, from which a streaming call
 at batch 1 shares each layer's hidden units among the threads (``_stream_units``): a step then costs
 a parallel region per layer (~2 µs) and each thread reads its share of the weights. Measured (Zen 3,
 2 threads, input size = hidden size, in-process, alternating; ``benchmarks/stream_units.py`` and a
-throw-away script, 5-15 rounds, 3-6 runs each), ``layer.streamer(1)`` split ÷ on one thread: from
-3 MB below 1 in every run (LSTM 0.62-0.80 at 4.5 MB, 0.53-0.67 at 8 MB; GRU 0.63-0.77 at 3.4 MB,
-0.57-0.72 at 6 MB; two layers of 2 MB: LSTM 0.67-0.73, RNN 0.69-0.87; two of 8 MB: LSTM 0.32-0.44),
-but at 1-2 MB anywhere from 0.73 to 1.20 (one LSTM layer of 2 MB: 0.73-0.98 in eight runs, 1.14 and
-1.20 in two; GRU of 1.5 MB 0.80-1.16; two GRU layers of 1.5 MB 0.74-1.07), and 0.95-1.77 below 1 MB.
-A whole no-grad call at batch 1 with such weights streams so too, rather than layer by layer: 0.57
-(GRU), 0.63 (RNN) and 0.74 (LSTM, against oneDNN's layer) of the layer path's time at 1, 100, 256,
-512, 0.64 at GRU 1, 50, 650, 650."""
+throw-away script, 5-15 rounds), ``layer.streamer(1)`` split ÷ on one thread: from 3 MB below 1 in
+every run (LSTM 0.62-0.80 at 4.5 MB, 0.53-0.67 at 8 MB; GRU 0.63-0.77 at 3.4 MB, 0.57-0.72 at 6 MB;
+two layers of 2 MB: LSTM 0.67-0.73, RNN 0.69-0.87; two of 8 MB: LSTM 0.32-0.44). From 1.5 MB (3 MB
+before): one LSTM layer of 2 MB 0.79-0.88 in five runs (0.73-0.98 in eleven earlier ones, 1.14
+and 1.20 in two), of 1.8-2.5 MB 0.77-0.88 in seven; GRU of 1.5 MB 0.82-0.97 in eight (0.80-1.16
+earlier), of 1.9 MB 0.79-0.91 in four; LSTM of 1.5 MB 0.80-0.98 in six of eight, 1.12 and 1.14 in
+two; RNN of 1.5-2 MB 0.82-1.05, 0.93 on average over eight. Below: 0.87-1.05 at a GRU
+of 1.1 MB, 0.95-1.77 below 1 MB. A whole no-grad call at batch 1 with such weights streams so too,
+rather than layer by layer: 0.57 (GRU), 0.63 (RNN) and 0.74 (LSTM, against oneDNN's layer) of the
+layer path's time at 1, 100, 256, 512, 0.64 at GRU 1, 50, 650, 650; at 1.5-2 MB, lowering the rule
+from 3 MB took 0.85-0.89 of the time at LSTM and GRU 1, 20-100, 256, 256 and 0.82 at RNN 1, 100,
+512, 512 (15 rounds, two runs)."""
 
 STREAM_PAR_MIN_MACS = 12_000_000
 STREAM_PAR_ROW_BYTES = 32 * 1024
