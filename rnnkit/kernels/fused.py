@@ -282,6 +282,16 @@ def _c(t: Tensor) -> Tensor:
     return t.detach().contiguous()
 
 
+def _pooled_contiguous(t: Tensor) -> Tensor:
+    """t detached and C-contiguous: itself when it is, else a copy into a pooled buffer (for a
+    large copy the backend keeps to itself, such as a batch-first gradient made time-major)."""
+    t = t.detach()
+    if t.is_contiguous():
+        return t
+    buf = pool.empty(tuple(t.shape), t.dtype)
+    return buf.copy_(t)
+
+
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     if a is None:
         return b
@@ -396,7 +406,7 @@ def _forward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, tr
     T, B, I = x.shape
     H, P, G = spec.hidden_size, spec.output_size, spec.gates
     D = len(flat) // _PER_DIR
-    x = _c(x)
+    x = _pooled_contiguous(x)
     x2 = x.view(T * B, I)
     out = x.new_empty(T, B, D * P)
     out_np = _np(out)
@@ -536,7 +546,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
     H, P, G = spec.hidden_size, spec.output_size, spec.gates
     D = len(flat) // _PER_DIR
     x2 = x.view(T * B, I)
-    dout = dout.contiguous()
+    dout = _pooled_contiguous(dout)
     dout_np = _np(dout)
     has_mask = mask is not None
     mask_np = _np(mask[:, :, 0].contiguous()) if has_mask else _NO_MASK
