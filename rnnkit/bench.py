@@ -279,7 +279,7 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000, thread
         tcell = torch_cell(hidden, hidden, **kw)
         cell_state = (h[0], c[0]) if c is not None else h[0]
         fns["torch"] = lambda: tcell(x, cell_state)
-    on = {name: 1 for name in fns}
+    on = {name: 1 for name in fns}  # batch 1: one thread beats two for torch.nn (GUIDE §4)
     if threads > 1:
         with _threads_set(threads):
             shared = m.streamer(1)
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                           f"worst {max(ratios):.2f}")
     stream = []
     if not args.no_stream and args.device == "cpu":
-        print()  # batch 1: one thread beats two for torch.nn (GUIDE §4)
+        print()
         print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
         for cell in cells:
             for hidden in (64, 256):
