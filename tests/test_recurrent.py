@@ -171,3 +171,30 @@ def test_parametrized_weight_is_used():
     torch.testing.assert_close(layer(x)[0], plain(x)[0])
     with torch.no_grad():
         torch.testing.assert_close(layer.step(x[0])[0], plain.step(x[0])[0])
+    # with autograd on, the parametrization's original (a parameter of a submodule) needs a gradient,
+    # alone: step() must not take the no-grad streaming path
+    for name, p in layer.named_parameters():
+        p.requires_grad_(name.startswith("parametrizations."))
+    y, _ = layer.step(x[0])
+    y.sum().backward()
+    assert layer.parametrizations.weight_hh_l0.original.grad is not None
+
+
+@pytest.mark.parametrize("cls,extra", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_final_state_is_its_own_tensor(cls, extra, backend, layers):
+    """h_n (and c_n) share no memory with the output: an in-place change to one leaves the other
+    (one layer and direction returns its final states with a new dim, not a stacked copy)."""
+    layer = cls(3, 4, num_layers=layers, backend=backend, **extra)
+    x = torch.randn(5, 2, 3)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out, hn = layer(x)
+        states = hn if isinstance(hn, tuple) else (hn,)
+        assert states[0].shape == (layers, 2, layer.spec.output_size)
+        torch.testing.assert_close(states[0][-1], out[-1])
+        before = out.detach().clone()
+        for s in states:
+            s.detach().add_(1)
+        assert torch.equal(out.detach(), before)
