@@ -43,6 +43,7 @@ OPTIONS = [
     (1, True, [2, 7, 4, 6], False, False, 4),
     (2, False, None, True, True, 3),
     (1, True, [5], True, True, 1),
+    (1, True, None, True, False, 2),
 ]
 T, I, H = 7, 5, 6
 
@@ -86,7 +87,7 @@ def _close(a, b, dtype, what, cell=""):
 
 
 @pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn", "streamed",
-                        "streamed-split"])
+                        "streamed-split", "small"])
 def loop(request, monkeypatch):
     """Every time-loop driver: the compiled loop on one thread (with W_hh as stored, or a transposed
     copy at batch 1: "-wt"), split across two threads by rows of the batch (uneven chunks at batch
@@ -94,8 +95,11 @@ def loop(request, monkeypatch):
     projection or lengths; the others fall back to the step loop), and, for inference of a
     unidirectional stack, the streaming kernel over the whole call, on one thread ("streamed") or
     split across two ("streamed-split"; training takes the split compiled loop). Only these two let a
-    no-grad call stream; the others test their own loops."""
+    no-grad call stream; the others test their own loops. "small": training through ``_SmallLayer``
+    (each direction one compiled call; unmasked RNN, LSTM and GRU with reset_after; the others fall
+    back to the compiled loop); no other driver takes it."""
     never = 1 << 62
+    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", never if request.param == "small" else -1)
     split = request.param.endswith("-split")
     monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", never if request.param == "streamed" else 0)
     monkeypatch.setattr(fused, "STREAM_PAR_MIN_MACS", 0 if request.param == "streamed-split" else never)
@@ -136,8 +140,10 @@ def test_matches_reference(cell, options, dtype, loop):
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
     before = dict(fused.calls)
     outs, grads = _run(cell, options, "fused", dtype)
-    ran = {"compiled-split": "parallel_loop", "onednn": "onednn_lstm"}.get(loop)
-    assert ran is None or fused.calls[ran] > before[ran], f"the {loop} driver did not run"
+    ran = {"compiled-split": "parallel_loop", "onednn": "onednn_lstm", "small": "small_train"}.get(loop)
+    small = options[2] is None and cell not in ("gru_v1", "lstm_proj", "lstm_ln")
+    assert ran is None or (fused.calls[ran] > before[ran]) == (loop != "small" or small), \
+        f"the {loop} driver did not run"
     _close(outs, outs_ref, dtype, "outputs")
     _close(grads, grads_ref, dtype, "grads", cell)
     # inference (no grad) takes its own paths: no saving, oneDNN's LSTM layer, the streaming kernel
@@ -202,11 +208,16 @@ def test_dispatch(monkeypatch):
     with pytest.raises(ValueError, match=r"GRU \(reset_after=False\), input of shape \(3, 0, 5\)"):
         kernels.select_backend(CellSpec("GRU", 4, reset_after=False), torch.empty(3, 0, 5), False, "fused")
 
-    # backend="fused" runs the kernel; "reference" does not
+    # backend="fused" runs the kernel; "reference" does not. A training call this small runs through
+    # _SmallLayer (up to SMALL_TRAIN_MAX_MACS), a larger one through the layer's own loops
     before = dict(fused.calls)
     model = rnnkit.GRU(5, 4, backend="fused")
     model(x32)[0].sum().backward()
+    assert fused.calls["small_train"] == before["small_train"] + 1 and fused.calls["forward"] == before["forward"]
+    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", 3 * 2 * 12 * (5 + 4) - 1)  # T·B·G·(I + P), one below
+    model(x32)[0].sum().backward()
     assert fused.calls["forward"] == before["forward"] + 1 and fused.calls["backward"] == before["backward"] + 1
+    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", -1)  # the rest: the layer's own drivers
     rnnkit.GRU(5, 4, backend="reference")(x32)
     assert fused.calls["forward"] == before["forward"] + 1
 
@@ -251,6 +262,7 @@ def test_dispatch(monkeypatch):
     monkeypatch.undo()
 
     # the time-loop driver follows STEP_LOOP_MIN_WEIGHT / _BATCH / _STEPS
+    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", -1)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", 0)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
     monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)

@@ -977,6 +977,122 @@ def grux_backward_par(n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask,
                             dg, rhs)
 
 
+# ------------------------------------------------------------------------- small training calls
+# A whole direction of a layer, forward or backward, in one compiled call: the input projection,
+# the time loop and (backward) every gradient, with no torch operator in between. For training calls
+# so small that the torch operators around the loops (~25 a direction) would cost more than the
+# arithmetic (``fused.SMALL_TRAIN_MAX_MACS``). Unmasked sequences; RNN, LSTM without projection, GRU
+# with reset_after. The time loops are the layer's own (``_<cell>_forward_rows`` and
+# ``_<cell>_backward_rows``); out <f>[T, B, D*P] holds the state sequence at columns off:off+P.
+@register_jitable
+def _project(x, w_ih, b_ih, b_hh, folded, gates):
+    """gates[t] = x[t] W_ih^T + b_ih + b_hh, b_hh added to the first ``folded`` columns only (GRU keeps
+    b_hn apart); x <f>[T, B, I], w_ih <f>[G, I], gates <f>[T, B, G]."""
+    ab = consts(gates)
+    for t in range(x.shape[0]):
+        g = gates[t]
+        dot(x[t], w_ih, g, ab, False, True)
+        for b in range(g.shape[0]):
+            gb = g[b]
+            for j in range(folded):
+                gb[j] += b_ih[j] + b_hh[j]
+            for j in range(folded, gb.shape[0]):
+                gb[j] += b_ih[j]
+
+
+@register_jitable
+def _small_grads(x, dgi, dgh, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Add one direction's share to the gradients: dx[t] += dgi[t] W_ih, dW_ih += Σ_t dgi[t]^T x[t],
+    db_ih += Σ dgi; dW_hh += Σ_t dgh[t]^T h_prev(t) and db_hh += Σ dgh, where dgi <f>[T, B, G] is the
+    gradient of the input pre-activations and dgh that of the recurrent ones (the same array but for
+    GRU); h_prev(t) is the state before step t: h0, or out[t -/+ 1, :, off:off+P] (reverse: +)."""
+    T, B, G = dgi.shape
+    P = h0.shape[1]
+    for t in range(T):
+        tp = t + 1 if reverse else t - 1
+        for b in range(B):
+            hp = h0[b] if tp < 0 or tp >= T else out[tp, b, off:off + P]
+            gi, gh, xb, dxb = dgi[t, b], dgh[t, b], x[t, b], dx[t, b]
+            for j in range(G):
+                a, c = gi[j], gh[j]
+                db_ih[j] += a
+                db_hh[j] += c
+                wj, rj, hj = w_ih[j], dw_ih[j], dw_hh[j]
+                for k in range(xb.shape[0]):
+                    rj[k] += a * xb[k]
+                    dxb[k] += a * wj[k]
+                for k in range(P):
+                    hj[k] += c * hp[k]
+
+
+@register_jitable
+def _no_mask():
+    return np.zeros((1, 1), np.bool_)
+
+
+@njit(**_JIT)
+def rnn_small_forward(x, w_ih, b_ih, b_hh, w_hh, h, relu, reverse, out, off):
+    """One direction of an Elman RNN layer over x <f>[T, B, I] from h <f>[B, H] (updated in place)."""
+    T, B, _ = x.shape
+    gates = np.empty((T, B, h.shape[1]), x.dtype)
+    _project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
+    _rnn_forward_rows(0, B, gates, w_hh, False, h, relu, _no_mask(), False, reverse, False, out, off,
+                      np.empty((1, 1, 1), x.dtype))
+
+
+@njit(**_JIT)
+def rnn_small_backward(x, out, off, h0, w_ih, w_hh, dh, relu, reverse, dout, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Backward of ``rnn_small_forward``: adds to dx and the weight gradients; dh <f>[B, H], the final
+    state's gradient, becomes h0's."""
+    dg = np.empty((x.shape[0], x.shape[1], h0.shape[1]), x.dtype)
+    _rnn_backward_rows(0, x.shape[1], out, off, w_hh, dh, relu, _no_mask(), False, reverse, dout, off, dg)
+    _small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
+
+
+@njit(**_JIT)
+def lstm_small_forward(x, w_ih, b_ih, b_hh, w_hh, h, c, reverse, out, off, gates, cs):
+    """One direction of an LSTM layer (no projection): gates <f>[T, B, 4H] and cs <f>[T, B, H] are
+    kept for backward (the activated gates, c_t)."""
+    _project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
+    _lstm_forward_rows(0, x.shape[1], gates, w_hh, False, np.empty((0, 0), x.dtype), h, c, _no_mask(), False,
+                       reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs)
+
+
+@njit(**_JIT)
+def lstm_small_backward(x, gates, cs, c0, out, off, h0, w_ih, w_hh, dh, dc, reverse, dout, dx, dw_ih, dw_hh,
+                        db_ih, db_hh):
+    """Backward of ``lstm_small_forward`` (dh, dc become h0's and c0's gradients)."""
+    dg = np.empty(gates.shape, x.dtype)
+    dummy = np.empty((1, 1, 1), x.dtype)
+    _lstm_backward_rows(0, x.shape[1], gates, cs, c0, w_hh, np.empty((0, 0), x.dtype), dh, dc, _no_mask(), False,
+                        reverse, dout, off, dg, dummy, dummy)
+    _small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
+
+
+@njit(**_JIT)
+def gru_small_forward(x, w_ih, b_ih, b_hh, w_hh, h, reverse, out, off, gates, ghn):
+    """One direction of a GRU layer (reset_after): gates <f>[T, B, 3H] and ghn = W_hn h + b_hn
+    <f>[T, B, H] are kept for backward."""
+    H = h.shape[1]
+    _project(x, w_ih, b_ih, b_hh, 2 * H, gates)
+    _gru_forward_rows(0, x.shape[1], gates, w_hh, False, b_hh[2 * H:], h, _no_mask(), False, reverse, True, out,
+                      off, np.empty((1, 1, 1), x.dtype), ghn)
+
+
+@njit(**_JIT)
+def gru_small_backward(x, gates, ghn, out, off, h0, w_ih, w_hh, dh, reverse, dout, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Backward of ``gru_small_forward``: the recurrent gradient is dgi's r and z parts and dghn."""
+    T, B, G = gates.shape
+    H = G // 3
+    dgi = np.empty(gates.shape, x.dtype)
+    dghn = np.empty((T, B, H), x.dtype)
+    _gru_backward_rows(0, B, gates, ghn, h0, out, off, w_hh, dh, _no_mask(), False, reverse, dout, off, dgi, dghn)
+    dgh = np.empty(gates.shape, x.dtype)
+    dgh[:, :, : 2 * H] = dgi[:, :, : 2 * H]
+    dgh[:, :, 2 * H:] = dghn
+    _small_grads(x, dgi, dgh, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
+
+
 # ------------------------------------------------------------------------------------ streaming
 # One time step of a whole (unidirectional) stack, for ``step()`` and ``Streamer``: every layer in one
 # compiled call, with a per-call overhead of about one numba dispatch. So that the call passes few
