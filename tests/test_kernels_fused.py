@@ -893,3 +893,14 @@ def test_step_from_two_threads_on_one_layer():
         sys.setswitchinterval(interval)
     for y, ref in zip(got, refs):
         torch.testing.assert_close(y, ref, atol=1e-12, rtol=1e-10)
+
+
+def test_warm_up_compiles_the_small_training_driver():
+    """``warm_up`` (run by ``make``) reaches _SmallLayer's kernels too, so no first call compiles them."""
+    K = fused._kernels()
+    for group in fused.WARM_UP_GROUPS:
+        fused._warm_up_cells(group, (torch.float64,))
+    for cell in ("rnn", "lstm", "gru"):
+        for part in ("forward", "backward"):
+            signatures = getattr(K, f"{cell}_small_{part}").signatures
+            assert any(str(sig[0]).startswith("array(float64") for sig in signatures), (cell, part, signatures)

@@ -1181,7 +1181,7 @@ def _warm_up_cells(specs, dtypes) -> None:
     """Run every driver of these cells once, forward and backward, with and without a mask."""
     never = 1 << 62
     with _settings(ONEDNN_LSTM_MIN_MACS=never, ONEDNN_LSTM_TRAIN_MIN_MACS=never, PAR_ROW_BYTES=never,
-                   STEP_LOOP_MIN_STEPS=1):
+                   STEP_LOOP_MIN_STEPS=1, SMALL_TRAIN_MAX_MACS=-1):
         for dtype in dtypes:
             for spec in specs:
                 g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
@@ -1204,6 +1204,8 @@ def _warm_up_cells(specs, dtypes) -> None:
                             run_layer(spec, x, [w], [state], mask)[0].sum().backward()
                             with torch.no_grad():
                                 run_layer(spec, x, [w], [state], mask)
+                with _settings(SMALL_TRAIN_MAX_MACS=never):  # _SmallLayer, where it applies
+                    run_layer(spec, x, [w], [state], None)[0].sum().backward()
                 if stream_supports(spec, x[0]):  # one kernel for every depth
                     layers = [DirectionWeights(*(None if t is None else t.detach() for t in w))]
                     for chunks in (1, 2) if _threads() > 1 else (1,):
