@@ -200,8 +200,9 @@ streaming on one thread 0.72-0.82 from 14.7 M multiply-adds (LSTM 32, 20, 32, 64
 GRU and LSTM 256, 50, 256, 512 (36-48 KB), 1.11 at a two-layer LSTM 32, 35, 256, 256 (128 KB), 1.36
 at GRU 64, 50, 256, 512 (144 KB)."""
 
-calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "small_train": 0, "step_loop": 0, "compiled_loop": 0, "layer_step": 0,
-         "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0, "parallel_stream": 0, "units_stream": 0}
+calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "small_train": 0, "step_loop": 0, "compiled_loop": 0,
+         "layer_step": 0, "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0, "parallel_stream": 0,
+         "units_stream": 0}
 """How often each path ran (layer calls and backward passes); for tests and diagnostics."""
 
 _loops = None
@@ -742,7 +743,8 @@ class _SmallLayer(torch.autograd.Function):
         x_np, out_np = _np(x), _np(out)
         finals, saved = [], [x, out]
         for d in range(D):
-            w_ih, w_hh, b_ih, b_hh, _, h0, c0 = (t if t is None else _c(t) for t in flat[d * _PER_DIR:(d + 1) * _PER_DIR])
+            part = flat[d * _PER_DIR:(d + 1) * _PER_DIR]
+            w_ih, w_hh, b_ih, b_hh, _, h0, c0 = (t if t is None else _c(t) for t in part)
             zero = _zeros(w_ih.shape[0], x.dtype)
             b_ih, b_hh = (zero if b is None else b for b in (b_ih, b_hh))
             h = h0.clone()
@@ -810,7 +812,9 @@ class _SmallLayer(torch.autograd.Function):
 def _state_grad(grad: Tensor | None, like: Tensor) -> Tensor:
     """A contiguous copy of a final state's gradient (the kernels turn it into the initial state's),
     or zeros."""
-    return like.new_zeros(like.shape) if grad is None else grad.detach().clone(memory_format=torch.contiguous_format)
+    if grad is None:
+        return like.new_zeros(like.shape)
+    return grad.detach().clone(memory_format=torch.contiguous_format)
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
