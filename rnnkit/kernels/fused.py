@@ -581,7 +581,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
         hseq_np = _np(hseq)
         hprev = hseq[:, :, hoff:hoff + P]
         dfin = dfinals[d * nstate:(d + 1) * nstate]
-        dh = dfin[0].detach().clone(memory_format=torch.contiguous_format) if dfin[0] is not None else x.new_zeros(B, P)
+        dh = _state_grad(dfin[0], h0)
         dh_np = _np(dh)
         dc = None
         g_w_hr = None
@@ -589,8 +589,7 @@ def _backward_impl(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, o
         if stepwise:
             pw_t = _reorder(_c(w_hh.t()), B)  # dG_t W_hh = linear(dG_t, W_hh^T)
         if spec.mode == "LSTM":
-            dc = dfin[1].detach().clone(memory_format=torch.contiguous_format) if dfin[1] is not None \
-                else x.new_zeros(B, H)
+            dc = _state_grad(dfin[1], keep["c0"])
             dg = pool.empty((T, B, G * H), x.dtype)
             gates_np, cs_np, c0_np, dc_np, dg_np = (_np(keep["gates"]), _np(keep["cs"]), _np(keep["c0"]),
                                                    _np(dc), _np(dg))
@@ -725,8 +724,7 @@ def _small_train_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: l
     if mask is not None or (spec.mode == "GRU" and not spec.reset_after) or flat[4] is not None:
         return False
     T, B, I = x.shape
-    G, P = spec.gates * spec.hidden_size, spec.output_size
-    return T * B * G * (I + P) * (len(flat) // _PER_DIR) <= SMALL_TRAIN_MAX_MACS
+    return T * B * _stack_weights(spec, I, 1) * (len(flat) // _PER_DIR) <= SMALL_TRAIN_MAX_MACS
 
 
 class _SmallLayer(torch.autograd.Function):
@@ -766,7 +764,7 @@ class _SmallLayer(torch.autograd.Function):
                 K.rnn_small_forward(*head, spec.mode == "RNN_RELU", d == 1, out_np, d * P)
                 finals.append(h)
             saved += [w_ih, w_hh, h0]
-        ctx.spec, ctx.biases = spec, [flat[d * _PER_DIR + 2] is not None for d in range(D)]
+        ctx.spec, ctx.directions, ctx.bias = spec, D, flat[2] is not None
         calls["small_train"] += 1
         ctx.save_for_backward(*saved)
         return (out, *finals)
@@ -778,12 +776,12 @@ class _SmallLayer(torch.autograd.Function):
         spec = ctx.spec
         x, out, *rest = ctx.saved_tensors
         lstm = spec.mode == "LSTM"
-        per = 6 if lstm else 5 if spec.mode == "GRU" else 3
+        per = len(rest) // ctx.directions  # what forward saved per direction
         nstate = 2 if lstm else 1
         dout_np, x_np, out_np = dout.detach().contiguous().numpy(), x.numpy(), out.detach().numpy()
         dx = torch.zeros_like(x)
         grads: list = []
-        for d, has_bias in enumerate(ctx.biases):
+        for d in range(ctx.directions):
             kept = rest[d * per:(d + 1) * per]
             w_ih, w_hh, h0 = kept[-3:]
             dfin = dfinals[d * nstate:(d + 1) * nstate]
@@ -804,7 +802,7 @@ class _SmallLayer(torch.autograd.Function):
             else:
                 dc = None
                 K.rnn_small_backward(x_np, out_np, off, *state, spec.mode == "RNN_RELU", *tail)
-            if not has_bias:
+            if not ctx.bias:
                 g[2] = g[3] = None
             grads += [*g, None, dh, dc]
         return (None, dx, *grads)
