@@ -867,6 +867,28 @@ def test_step_cache_follows_the_parameters(cell):
     check(model, x.float(), tol=1e-5)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_state_fed_back_skips_only_its_own_check(cell):
+    """The state step() returned last goes back in unchecked; edited in place, the edit counts; any
+    other state (an older one, another layer's) is checked as ever."""
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    model, other = cls(I, H, num_layers=2, **kw), cls(I, H, **kw)
+    x = torch.randn(T, 3, I)
+    with torch.no_grad():
+        _, first = model.step(x[0])
+        _, last = model.step(x[1], first)
+        for part in last if isinstance(last, tuple) else (last,):
+            part.zero_()  # reset in place: the next step starts from zeros
+        y, _ = model.step(x[2], last)
+        torch.testing.assert_close(y, model.step(x[2])[0])
+        older, _ = model.step(x[3], first)  # not the last state: checked, and still right
+        torch.testing.assert_close(older, model(torch.stack([x[0], x[3]]))[0][1])
+        _, foreign = other.step(x[0])
+        with pytest.raises(ValueError, match=r"h_0: expected shape \(2, 3, "):
+            model.step(x[1], foreign)
+
+
 def test_step_from_two_threads_on_one_layer():
     """Two threads stepping the same layer at once (say, two requests to one model) each get their own
     sequence's answer: step()'s cached streamer is per thread."""

@@ -22,6 +22,7 @@ L layers, D = 2 if bidirectional else 1, H hidden size, P = proj_size or H.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import weakref
 from collections import OrderedDict
@@ -328,16 +329,27 @@ class RecurrentBase(nn.Module):
         if self.bidirectional or not self._streams(x, state):
             return None
         batch = x.shape[-2]
-        h, c = (None, None) if state is None else (self._check_hx(state, batch, x) + [None])[:2]
         if x.dim() == 2:
-            streamer = self._step_streamer(x)
-            if streamer is not None:
-                return streamer.step(x, h, c)
+            cached = self._step_streamer(x)
+            if cached is not None:
+                y, cached.last = cached.streamer.step(x, *self._state_parts(state, batch, x, cached.last))
+                return y, cached.last
         weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
-        fast = kernels.stream_step(self.spec, x, weights, h, c, self.backend)
+        fast = kernels.stream_step(self.spec, x, weights, *self._state_parts(state, batch, x), self.backend)
         if fast is None:
             return None
         return fast[0], (fast[1] if fast[2] is None else (fast[1], fast[2]))
+
+    def _state_parts(self, state: Hidden | None, batch: int, x: Tensor,
+                     last: Hidden | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """(h, c) of a state in forward's hx layout, checked (c None but for LSTM; both None for no
+        state). ``last``: the state the cached streamer's previous step returned; passed back (the
+        usual streaming loop), it is the streamer's own and needs no check (~4 µs a step)."""
+        if state is None:
+            return None, None
+        if state is last:
+            return tuple(state) if isinstance(state, tuple) else (state, None)
+        return tuple(self._check_hx(state, batch, x) + [None])[:2]
 
     def step(self, x_t: Tensor, state: Hidden | None = None) -> tuple[Tensor, Hidden]:
         """One time step for streaming: x_t <float>[B, I] → y_t <float>[B, P] and the new state.
@@ -361,31 +373,28 @@ class RecurrentBase(nn.Module):
             finals.append(new)
         return x_t, self._final_hidden(finals)
 
-    def _step_streamer(self, x_t: Tensor):
+    def _step_streamer(self, x_t: Tensor) -> _CachedStreamer | None:
         """A backend's streamer for ``step()`` at x_t's batch size and dtype, cached per layer and
         thread (a step through it: 21-33 µs at H = 64, against 29-43 µs through ``stream_step``, which
         gathers and checks the weights each time), or None: no backend streams this layer, or a
-        weight is not a registered parameter (``torch.nn.utils.parametrize``). The streamer reads the
-        parameters in place, so every call checks that each is still the same contiguous tensor at
-        the same address and shape."""
+        weight is not a registered parameter (``torch.nn.utils.parametrize``)."""
         cache = getattr(_step_streamers, "by_layer", None)
         if cache is None:
             cache = _step_streamers.by_layer = weakref.WeakKeyDictionary()
-        params, key = self._parameters, (x_t.shape[0], x_t.dtype, self.backend)
+        key = (x_t.shape[0], x_t.dtype, self.backend)
         hit = cache.get(self)
-        if hit is not None and hit[0] == key and all(
-                params.get(name) is p and p.data_ptr() == addr and p.shape == shape and p.is_contiguous()
-                for name, p, addr, shape in hit[1]):
-            return hit[2]
+        if hit is not None and hit.key == key and hit.valid(self._parameters):
+            return hit
         cache.pop(self, None)
         names = [n for layer in range(self.num_layers) for n in self._weight_names[layer][0] if n is not None]
-        if not all(n in params for n in names):
+        if not all(n in self._parameters for n in names):
             return None
         weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
         streamer = kernels.streamer(self.spec, weights, x_t.shape[0], None, None, x_t, self.backend)
-        if streamer is not None:
-            cache[self] = (key, [(n, params[n], params[n].data_ptr(), params[n].shape) for n in names], streamer)
-        return streamer
+        if streamer is None:
+            return None
+        cache[self] = _CachedStreamer(key, names, [self._parameters[n] for n in names], streamer)
+        return cache[self]
 
     def streamer(self, batch_size: int = 1, state: Hidden | None = None):
         """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
@@ -439,6 +448,27 @@ class RecurrentBase(nn.Module):
 _step_streamers = threading.local()
 """Per thread, ``by_layer``: each layer's cached streamer for ``step()`` (weak keys: it goes with the
 layer, and no copy or pickle of the layer carries it; per thread: a streamer holds state)."""
+
+
+class _CachedStreamer:
+    """A layer's streamer for ``step()`` on one thread, made for ``key`` (batch size, dtype, backend).
+    The streamer reads the parameters in place, so it stays valid while each is still the registered
+    parameter of its name, at the same address, shape and strides (checked every call: an assignment
+    to ``.data`` keeps the Parameter and moves its memory). ``last``: the state its latest step
+    returned."""
+
+    def __init__(self, key: tuple, names: list[str], params: list[Tensor], streamer) -> None:
+        self.key, self.names, self.params, self.streamer, self.last = key, names, params, streamer, None
+        self.layout = _layout(params)
+
+    def valid(self, registered: dict) -> bool:
+        """Whether every parameter read is still ``registered[name]``, laid out as when made."""
+        return all(map(operator.is_, map(registered.get, self.names), self.params)) and \
+            _layout(self.params) == self.layout
+
+
+def _layout(params: list[Tensor]) -> list[tuple]:
+    return [(p.data_ptr(), p.shape, p.stride()) for p in params]
 
 
 class _StepStreamer:
