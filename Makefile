@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
-	$(PY) -m pip install --quiet -r requirements.lock pytest==9.2.0 pytest-xdist==3.8.0 execnet==2.1.2
+	$(PY) -m pip install --quiet -r requirements.lock -r requirements-test.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, about four minutes on 2 cores, once)"
 	$(PY) -c "from rnnkit.kernels import fused; fused.warm_up()"

@@ -26,10 +26,18 @@ class DirectionWeights(NamedTuple):
 
 def whole_sequence_input(x: Tensor) -> bool:
     """What every fast backend asks of an input besides device and dtype: non-empty <float>[T, B, I],
-    and no tracing, scripting or ONNX export (those take the reference's plain torch ops)."""
+    in plain eager mode (see ``eager``)."""
     if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
         return False
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return eager()
+
+
+def eager() -> bool:
+    """False while torch records the model rather than runs it: ``torch.jit.trace`` / ``script``
+    (and the TorchScript ONNX exporter, which traces), ``torch.compile``, ``torch.export`` (and the
+    ONNX exporter built on it, whose inputs are fake tensors without data). Those take the
+    reference's plain torch ops."""
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
 
 
 def check_out(out, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:

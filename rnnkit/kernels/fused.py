@@ -75,7 +75,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cells import CellSpec, State
 from . import Backend, register_backend
-from .base import DirectionWeights, check_out, whole_sequence_input
+from .base import DirectionWeights, check_out, eager, whole_sequence_input
 from .buffers import pool
 
 _MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
@@ -956,10 +956,10 @@ def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
     """Whether ``stream_step`` can run: CPU float32/64, a known cell, one step <f>[B, I] or steps
-    <f>[T, B, I], not tracing or scripting. The caller also checks that no gradient is needed (and
+    <f>[T, B, I], in plain eager mode (``base.eager``). The caller also checks that no gradient is needed (and
     that no inter-layer dropout applies)."""
     return (x_t.is_cpu and x_t.dtype in _DTYPES and spec.mode in _MODES
-            and x_t.dim() in (2, 3) and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+            and x_t.dim() in (2, 3) and eager())
 
 
 def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor | None,

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..kernels.base import eager
+
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +20,8 @@ class Embedding(nn.Embedding):
     """Lookup table: ids <int>[*] → vectors <float>[*, embedding_dim].
 
     Same constructor, parameters and state dict as ``torch.nn.Embedding``; forward() additionally
-    checks that ids are integers in ``[0, num_embeddings)`` and says which id is out of range.
+    checks that ids are integers in ``[0, num_embeddings)`` and says which id is out of range (in
+    eager mode: while torch records the model for export or compilation there are no values).
     ``padding_idx``'s row is zero and receives no gradient, as in torch.nn.
 
     coverage: the fraction of the vocabulary found in the file by ``from_text_vectors``, else None.
@@ -34,7 +37,7 @@ class Embedding(nn.Embedding):
             raise TypeError(f"ids: expected a torch.Tensor of token ids, got {type(ids).__name__}")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(f"ids: expected integer token ids, got {ids.dtype}")
-        if ids.numel():
+        if ids.numel() and eager():  # recording (export, compile) has no values to check
             low, high = (int(v) for v in torch.aminmax(ids))
             if high >= self.num_embeddings:
                 raise ValueError(f"ids: expected ids below the vocabulary size {self.num_embeddings}, "
