@@ -716,6 +716,37 @@ def test_openblas_fallback_matches_reference():
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("small", [True, False], ids=["small", "loop"])
+def test_double_backward_matches_reference(cell, small, monkeypatch):
+    """create_graph=True (a gradient penalty on the input and the final state): the fused layer's
+    first-order gradients can be differentiated again, and the second-order gradients of the input
+    and every parameter equal the reference's. On the small-training driver, and on the layer's own
+    loops with lengths."""
+    if not small:
+        monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", -1)
+    cls, kw = CELLS[cell]
+    torch.manual_seed(0)
+    fast = cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
+    ref = cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference", **kw)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(T, 3, I, dtype=torch.float64, requires_grad=True)
+    lengths = None if small else [7, 4, 2]
+
+    def second_order(model):
+        y, state = model(x, lengths=lengths)
+        h = state[0] if isinstance(state, tuple) else state
+        gx, = torch.autograd.grad(y.square().sum() + h.sin().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), [x, *model.parameters()])
+    before = dict(fused.calls)
+    got = second_order(fast)
+    ran = "small_train" if small and cls is not rnnkit.LayerNormLSTM and "proj_size" not in kw and kw.get(
+        "reset_after", True) else "forward"
+    assert fused.calls[ran] > before[ran]
+    for g, want in zip(got, second_order(ref)):
+        torch.testing.assert_close(g, want, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_step_output_and_state_are_separate_tensors(cell):
     """On the compiled path, step()'s y_t is not a view of the new state: changing one leaves the
     other, and a head's backward through y_t sees y_t's values."""

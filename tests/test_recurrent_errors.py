@@ -26,6 +26,9 @@ X = torch.randn(5, 3, 4)  # (time, batch, features)
      r"h_0: expected shape \(1, 3, 8\) .* got \(1, 2, 8\)"),  # batch mismatch with the input
     (lambda m: m(X, (torch.zeros(1, 3, 8), torch.zeros(1, 3, 7))), ValueError,
      r"c_0: expected shape \(1, 3, 8\)"),
+    (lambda m: m(X[:, 0], (torch.zeros(2, 8), torch.zeros(1, 8))), ValueError,  # unbatched: the shapes as given
+     r"h_0: expected shape \(1, 8\) \(num_layers\*num_directions, 8\) for an unbatched \(2-D\) input, got \(2, 8\)"),
+    (lambda m: m(X[:, 0], [torch.zeros(1, 8), torch.zeros(8)]), ValueError, r"c_0: expected shape \(1, 8\) .* got \(8,\)"),
     (lambda m: m(X, lengths=[5, 6, 2]), ValueError, r"lengths: expected every length <= 5 .* got 6"),
     (lambda m: m(X, lengths=[5, 0, 2]), ValueError, r"lengths: expected every length >= 1, got 0"),
     (lambda m: m(X, lengths=[5, -1, 2]), ValueError, r"lengths: expected every length >= 1, got -1"),
@@ -40,6 +43,15 @@ X = torch.randn(5, 3, 4)  # (time, batch, features)
 def test_bad_input_is_named(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(rnnkit.LSTM(4, 8))
+
+
+def test_unbatched_state_may_be_a_list():
+    """As in torch.nn: an unbatched input's (h_0, c_0) given as a list."""
+    lstm = rnnkit.LSTM(4, 8)
+    state = [torch.randn(1, 8), torch.randn(1, 8)]
+    y, (h, c) = lstm(X[:, 0], state)
+    want = lstm(X[:, :1], tuple(s.unsqueeze(1) for s in state))
+    torch.testing.assert_close((y, (h, c)), (want[0][:, 0], tuple(s[:, 0] for s in want[1])))
 
 
 def test_packed_input_with_lengths_is_rejected():

@@ -54,8 +54,11 @@ Streaming: ``stream_step`` runs one time step of a whole unidirectional stack (o
 small call) in one compiled call (no autograd), state in and out as tensors, for
 ``step(x_t, state)`` and ``forward()``; ``Streamer`` keeps the state
 inside, for a state object (lowest overhead). The kernels take the weights as addresses into the
-parameters themselves (shapes checked in Python), so updates are always seen. Not supported: double
-backward (``create_graph=True``) — use backend="reference".
+parameters themselves (shapes checked in Python), so updates are always seen.
+
+Double backward (``create_graph=True``: gradient penalties, Hessian-vector products): a layer
+Function's backward, called with grad mode on, reruns the reference on its saved inputs and
+differentiates that with a graph (``reference.differentiable_grads``); oneDNN's LSTM layer has its own.
 """
 
 from __future__ import annotations
@@ -71,10 +74,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells import CellSpec, State
-from . import Backend, register_backend
+from . import Backend, reference, register_backend
 from .base import DirectionWeights, check_out, eager, whole_sequence_input
 from .buffers import pool
 
@@ -688,23 +690,28 @@ class _FusedLayer(torch.autograd.Function):
     """One layer, all directions: (spec, x, mask, *flat) → (output, *final states)."""
 
     @staticmethod
-    def forward(ctx, spec, x, mask, *flat):
-        out, finals, saved, x = _forward(spec, x, mask, list(flat), train=True)
+    def forward(ctx, spec, x_in, mask, *flat):
+        out, finals, saved, x = _forward(spec, x_in, mask, list(flat), train=True)
         ctx.spec = spec
         ctx.layout = [sorted(k for k, v in keep.items() if v is not None) for keep in saved]
         weights = [t for i, t in enumerate(flat) if i % _PER_DIR < 5]
         tensors = [x, mask, out, *weights]
         for keys, keep in zip(ctx.layout, saved):
             tensors += [keep[k] for k in keys]
-        ctx.save_for_backward(*tensors)
+        ctx.save_for_backward(*tensors, x_in, *flat)  # the inputs themselves last, for double backward
         if mask is not None:
             ctx.mark_non_differentiable(mask)
         return (out, *finals)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, *dfinals):
-        x, mask, out, *rest = ctx.saved_tensors
+        inputs = len(ctx.needs_input_grad) - 2  # x and flat, saved last
+        if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
+            x_in, *flat = ctx.saved_tensors[-inputs:]
+            needs = ctx.needs_input_grad[1:2] + ctx.needs_input_grad[3:]
+            dx, *grads = _differentiable_grads(ctx.spec, x_in, ctx.saved_tensors[1], flat, [dout, *dfinals], needs)
+            return (None, dx, None, *grads)
+        x, mask, out, *rest = ctx.saved_tensors[:-inputs]
         D = len(ctx.layout)
         weights, rest = rest[: 5 * D], rest[5 * D:]
         flat, saved = [], []
@@ -717,6 +724,17 @@ class _FusedLayer(torch.autograd.Function):
         needs = tuple(ctx.needs_input_grad[3:]) + (ctx.needs_input_grad[1],)
         dx, grads = _backward(ctx.spec, x, mask, flat, out, saved, dout, list(dfinals), needs)
         return (None, dx, None, *grads)
+
+
+def _differentiable_grads(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, grads: list,
+                          needs: tuple) -> list:
+    """Double backward of a layer Function (``create_graph=True``): the gradients w.r.t. x and each of
+    flat (None where ``needs`` says no), differentiable, through ``reference.differentiable_grads``."""
+    parts = [flat[d:d + _PER_DIR] for d in range(0, len(flat), _PER_DIR)]
+    weights = [DirectionWeights(*part[:5]) for part in parts]
+    states = [tuple(t for t in part[5:] if t is not None) for part in parts]
+    inputs = [t if need else None for t, need in zip((x, *flat), needs)]
+    return reference.differentiable_grads(spec, x, mask, weights, states, False, grads, inputs)
 
 
 def _small_train_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list) -> bool:
@@ -734,9 +752,9 @@ class _SmallLayer(torch.autograd.Function):
     µs each, ~20 a step)."""
 
     @staticmethod
-    def forward(ctx, spec, x, *flat):
+    def forward(ctx, spec, x_in, *flat):
         K = _kernels()
-        x = x.detach().contiguous()
+        x = x_in.detach().contiguous()
         T, B, _ = x.shape
         H, P, D = spec.hidden_size, spec.output_size, len(flat) // _PER_DIR
         out = x.new_empty(T, B, D * P)
@@ -766,15 +784,19 @@ class _SmallLayer(torch.autograd.Function):
             saved += [w_ih, w_hh, h0]
         ctx.spec, ctx.directions, ctx.bias = spec, D, flat[2] is not None
         calls["small_train"] += 1
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(*saved, x_in, *flat)  # the inputs themselves last, for double backward
         return (out, *finals)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, *dfinals):
+        inputs = len(ctx.needs_input_grad) - 1  # x and flat, saved last
+        if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
+            x_in, *flat = ctx.saved_tensors[-inputs:]
+            return (None, *_differentiable_grads(ctx.spec, x_in, None, flat, [dout, *dfinals],
+                                                 ctx.needs_input_grad[1:]))
         K = _kernels()
         spec = ctx.spec
-        x, out, *rest = ctx.saved_tensors
+        x, out, *rest = ctx.saved_tensors[:-inputs]
         lstm = spec.mode == "LSTM"
         per = len(rest) // ctx.directions  # what forward saved per direction
         nstate = 2 if lstm else 1

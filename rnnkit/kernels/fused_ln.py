@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells import CellSpec, State
-from . import fused
+from . import fused, reference
 from .base import DirectionWeights
 from .buffers import pool
 from .fused import _np
@@ -99,15 +98,23 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n):
         out, h, c, saved = _forward(x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, stepwise, n, True)
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(*saved, x, w_ih, b_ih, w_hh, ln, b_hh)  # the inputs themselves, for double backward
         ctx.reverse, ctx.stepwise, ctx.n = reverse, stepwise, n
         return out, h, c
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dhn, dcn):
+        x, w_ih, gates, ri, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask = ctx.saved_tensors[:-6]
+        if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
+            x_in, w_ih_in, b_ih, w_hh_in, ln_in, b_hh = ctx.saved_tensors[-6:]
+            inputs = [x_in, w_ih_in, b_ih, w_hh_in, ln_in, b_hh, h0, c0]
+            spec = CellSpec("LSTM", w_hh.shape[1], layer_norm=True)
+            weights = DirectionWeights(w_ih_in, w_hh_in, b_ih, b_hh, None, ln_in)
+            grads = reference.differentiable_grads(
+                spec, x_in, mask[..., None] if mask is not None else None, [weights], [(h0, c0)], ctx.reverse,
+                [dout, dhn, dcn], [t if need else None for t, need in zip(inputs, ctx.needs_input_grad)])
+            return (*grads, None, None, None, None)
         K = fused._kernels()
-        x, w_ih, gates, ri, rh, rstd, cs, chat, hs, h0, c0, w_hh, ln, mask = ctx.saved_tensors
         T, B, G = gates.shape
         dh = dhn.clone(memory_format=torch.contiguous_format) if dhn is not None else torch.zeros_like(h0)
         dc = dcn.clone(memory_format=torch.contiguous_format) if dcn is not None else torch.zeros_like(c0)

@@ -45,3 +45,26 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
         outs.append(out)
         finals.append(final)
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals
+
+
+def differentiable_grads(spec: CellSpec, x: Tensor, mask: Tensor | None, weights: list[DirectionWeights],
+                         states: list[State], reverse: bool, grads: list[Tensor],
+                         inputs: list[Tensor | None]) -> list[Tensor | None]:
+    """Double backward for a fast kernel: the gradients of its layer w.r.t. ``inputs`` (a fast
+    Function's own inputs; None where none is needed) as tensors autograd can differentiate again,
+    by rerunning this reference on them and differentiating it with ``create_graph``. A fast
+    backward calls it when grad mode is on inside it, i.e. under ``create_graph=True``.
+
+    x <f>[T, B, I], mask <bool>[T, B, 1] or None; one DirectionWeights and state per direction, the
+    second reversed (the first too with ``reverse``); grads: those of the output and of each
+    direction's final state tensors, in that order."""
+    with torch.enable_grad():
+        outs, finals = [], []
+        for d, (w, s) in enumerate(zip(weights, states)):
+            out, final = run_direction(spec, x, w, s, mask, reverse=reverse or d == 1)
+            outs.append(out)
+            finals += final
+        wanted = [t for t in inputs if t is not None]
+        got = iter(torch.autograd.grad([torch.cat(outs, dim=2), *finals], wanted, grads, create_graph=True,
+                                       allow_unused=True))
+    return [None if t is None else next(got) for t in inputs]

@@ -257,6 +257,19 @@ class RecurrentBase(nn.Module):
                                  f"(num_layers*num_directions, batch, {n}), got {_shape(part)}")
         return parts
 
+    def _unbatched_hx(self, hx: Hidden) -> Hidden:
+        """hx for one unbatched sequence (h_0 <float>[L*D, P], and c_0 <float>[L*D, H] for LSTM), with
+        the batch dim added; each part's shape checked here, so that an error shows the shape given
+        (the rest, with the batched input's)."""
+        parts = list(hx) if isinstance(hx, (tuple, list)) else [hx]
+        rows = self.num_layers * self.num_directions
+        for name, part, n in zip(("h_0", "c_0"), parts, self.spec.state_sizes):
+            if isinstance(part, Tensor) and tuple(part.shape) != (rows, n):
+                raise ValueError(f"{name}: expected shape {(rows, n)} (num_layers*num_directions, {n}) for an "
+                                 f"unbatched (2-D) input, got {_shape(part)}")
+        batched = [p.unsqueeze(1) if isinstance(p, Tensor) else p for p in parts]
+        return tuple(batched) if isinstance(hx, (tuple, list)) else batched[0]
+
     def _final_hidden(self, finals: list[State]) -> Hidden:
         if len(finals) == 1:  # one layer and direction: its states, each a new dim 0 (no stack's copy)
             stacked = tuple(s.unsqueeze(0) for s in finals[0])
@@ -283,7 +296,7 @@ class RecurrentBase(nn.Module):
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             if unbatched and hx is not None:
-                hx = tuple(h.unsqueeze(1) for h in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
+                hx = self._unbatched_hx(hx)
         time, batch = x.shape[0], x.shape[1]
         if time == 0:
             raise ValueError(f"input: expected at least one time step, got shape {_shape(input)}")
