@@ -150,8 +150,8 @@ class SequenceModel(nn.Module):
                                        for i in range(cfg.num_layers))
             self.drop: nn.Module = LockedDropout(cfg.variational_dropout)
         else:
-            self.stack = nn.ModuleList([layer_cls(features, num_layers=cfg.num_layers,
-                                                  dropout=cfg.dropout, **options)])
+            between = cfg.dropout if cfg.num_layers > 1 else 0.0  # the model's own dropout does the rest
+            self.stack = nn.ModuleList([layer_cls(features, num_layers=cfg.num_layers, dropout=between, **options)])
             self.drop = nn.Dropout(cfg.dropout)
         self.output = OutputLayer(cfg.hidden_size * directions, cfg.output_size, cfg.output_activation,
                                   cfg.output_per, cfg.pooling, directions)

@@ -811,6 +811,19 @@ def test_streamer_refuses_copies_and_odd_input():
         streamer([[0.0] * I] * 2)
     with pytest.raises(TypeError, match="x_t: expected a torch.Tensor, got ndarray"):
         streamer(torch.zeros(2, I).numpy())
+    with pytest.raises(TypeError, match=r"x_t: expected .* dtype torch.float32, got .* torch.float64"):
+        streamer(torch.zeros(2, I, dtype=torch.float64))  # a TypeError, as from the layer's own checks
+
+
+def test_fallback_streamer_state_is_a_copy():
+    """The generic streamer's ``state`` gives new tensors, as the compiled one's: editing them leaves the
+    stream alone."""
+    torch.manual_seed(0)
+    layer, x = rnnkit.GRU(I, H, backend="reference"), torch.randn(2, I)
+    streamer = layer.streamer(2)
+    streamer(x)
+    streamer.state.zero_()
+    torch.testing.assert_close(streamer(x), layer(torch.stack([x, x]))[0][1])
 
 
 def test_fallback_streamer_checks_batch_and_starts_from_zeros():

@@ -34,6 +34,8 @@ X = torch.randn(5, 3, 4)  # (time, batch, features)
     (lambda m: m(X, lengths=[5, -1, 2]), ValueError, r"lengths: expected every length >= 1, got -1"),
     (lambda m: m(X, lengths=[5, 2]), ValueError, r"lengths: expected 3 entries .* got 2"),
     (lambda m: m(X, lengths=[5.0, 2.0, 1.0]), TypeError, r"lengths: expected a 1-D integer tensor"),
+    (lambda m: m(X, lengths="abc"), TypeError, r"lengths: expected a 1-D integer tensor or sequence of 3 lengths, got str"),
+    (lambda m: m(X, (torch.zeros(1, 3, 8),) * 3), TypeError, r"hx: expected a tuple \(h_0, c_0\) for LSTM, got a tuple of 3"),
     (lambda m: m.step(torch.randn(3, 5)), ValueError, r"x_t: expected 4 features"),
     (lambda m: m.step(torch.randn(4)), ValueError, r"x_t: expected 2 dims \(batch, features\), got shape \(4,\)"),
     (lambda m: m.step(torch.ones(3, 4, dtype=torch.long)), TypeError, r"x_t: expected a floating-point tensor"),
@@ -52,6 +54,11 @@ def test_unbatched_state_may_be_a_list():
     y, (h, c) = lstm(X[:, 0], state)
     want = lstm(X[:, :1], tuple(s.unsqueeze(1) for s in state))
     torch.testing.assert_close((y, (h, c)), (want[0][:, 0], tuple(s[:, 0] for s in want[1])))
+
+
+def test_dropout_on_one_layer_warns_as_torch_nn():
+    with pytest.warns(UserWarning, match="dropout=0.5 with num_layers=1 has no effect"):
+        rnnkit.GRU(4, 8, dropout=0.5)
 
 
 def test_packed_input_with_lengths_is_rejected():

@@ -1096,8 +1096,9 @@ class Streamer:
         if not isinstance(x_t, Tensor):
             raise TypeError(f"x_t: expected a torch.Tensor, got {type(x_t).__name__}")
         if x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu:
-            raise ValueError(f"x_t: expected a CPU tensor of shape {tuple(self._shape_x)} and dtype "
-                             f"{self._dtype}, got {_describe(x_t)}")
+            error = TypeError if x_t.dtype != self._dtype else ValueError  # as the layer's own checks
+            raise error(f"x_t: expected a CPU tensor of shape {tuple(self._shape_x)} and dtype "
+                        f"{self._dtype}, got {_describe(x_t)}")
         return x_t if x_t.is_contiguous() else x_t.contiguous()
 
     def step(self, x_t: Tensor, h: Tensor | None, c: Tensor | None = None):

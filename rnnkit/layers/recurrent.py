@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import operator
 import threading
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -61,6 +62,9 @@ class RecurrentBase(nn.Module):
                 raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout <= 1.0):
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:  # as torch.nn: it only acts between layers
+            warnings.warn(f"dropout={dropout} with num_layers=1 has no effect: dropout applies between stacked "
+                          "layers (after every layer but the last)", stacklevel=3)
         if proj_size and self.mode != "LSTM":
             raise ValueError(f"proj_size: only LSTM supports a projection, got proj_size={proj_size} for {self.mode}")
         if proj_size >= hidden_size:
@@ -209,7 +213,11 @@ class RecurrentBase(nn.Module):
                              f"got shape {_shape(x)}")
 
     def _check_lengths(self, lengths, batch: int, time: int, device: torch.device) -> Tensor:
-        lengths = torch.as_tensor(lengths)
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"lengths: expected a 1-D integer tensor or sequence of {batch} lengths, got "
+                            f"{type(lengths).__name__} ({err})") from None
         if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.dim() != 1:
             raise TypeError(f"lengths: expected a 1-D integer tensor of {batch} lengths, "
                             f"got {lengths.dtype} of shape {_shape(lengths)}")
@@ -241,7 +249,8 @@ class RecurrentBase(nn.Module):
         rows = self.num_layers * self.num_directions
         if self.spec.mode == "LSTM":
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
+                got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+                raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got {got}")
             parts = list(hx)
         else:
             if not isinstance(hx, Tensor):
@@ -513,8 +522,8 @@ class _StepStreamer:
 
     @property
     def state(self) -> Hidden:
-        """The current state in forward's hx layout."""
-        return self._state
+        """The current state in forward's hx layout, as new tensors (as the compiled streamer's)."""
+        return tuple(s.clone() for s in self._state) if isinstance(self._state, tuple) else self._state.clone()
 
 
 class RNN(RecurrentBase):
