@@ -1,8 +1,9 @@
 """Export and compilation: while torch records a model (``torch.jit.trace``, ``torch.export``,
 ``torch.compile``, ONNX) the layers run the reference backend's plain torch ops, never the fused
 kernels (which read tensors' memory: fake tensors have none), and the recorded program computes what
-the eager layer does. The reference loop is unrolled, so an exported graph keeps the time steps it
-was recorded with; the batch may stay dynamic (torch.export, ONNX through it)."""
+the eager layer does. Exported (torch.export, and ONNX through it) the time loop is one scan, so the
+program takes any batch and any number of time steps, lengths included; traced or compiled it is
+unrolled."""
 
 from __future__ import annotations
 
@@ -29,31 +30,51 @@ CELLS = {
 B, T, I, H = 2, 4, 3, 5
 
 
-def _layer(cell: str) -> torch.nn.Module:
+def _layer(cell: str, num_layers: int = 2) -> torch.nn.Module:
     cls, kw = CELLS[cell]
     torch.manual_seed(0)
-    return cls(I, H, num_layers=2, bidirectional=True, batch_first=True, **kw).eval()
+    return cls(I, H, num_layers=num_layers, bidirectional=True, batch_first=True, **kw).eval()
 
 
 def _fused_calls() -> int:
     return sum(fused.calls.values())
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("cell,strict", [(cell, False) for cell in CELLS] + [("lstm", True)])
 def test_torch_export_matches_eager(cell, strict):
     """torch.export (fake tensors, non-strict; or dynamo, strict) records the reference path; the
-    exported program gives the eager output and final state, at another batch size too."""
-    layer = _layer(cell)
+    exported program gives the eager output and final state at other batch sizes and lengths too.
+    (One bidirectional layer: exporting the scans takes ~4 s a direction here.)"""
+    layer = _layer(cell, num_layers=1)
     x = torch.randn(B, T, I)
     before = _fused_calls()
-    batch = torch.export.Dim("batch", min=2)
-    program = torch.export.export(layer, (x,), dynamic_shapes=({0: batch},), strict=strict)
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("time")}
+    program = torch.export.export(layer, (x,), dynamic_shapes=(dims,), strict=strict)
     assert _fused_calls() == before  # nothing ran on the fused kernels while recording
-    for xb in (x, torch.randn(B + 3, T, I)):
+    for xb in (x, torch.randn(B + 3, T + 5, I), torch.randn(1, 1, I)):
         with torch.no_grad():
             want = layer(xb)
         torch.testing.assert_close(program.module()(xb), want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm"])
+def test_torch_export_with_lengths(cell):
+    """A padded batch with lengths= exported: the program masks by the lengths it is given."""
+
+    class WithLengths(torch.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x, lengths):
+            return self.layer(x, lengths=lengths)
+    model = WithLengths(_layer(cell, num_layers=1))
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    program = torch.export.export(model, (torch.randn(B, T, I), torch.tensor([T, 2])),
+                                  dynamic_shapes=({0: batch, 1: time}, {0: batch}))
+    x, lengths = torch.randn(4, T + 3, I), torch.tensor([T + 3, 1, 5, T + 3])
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x, lengths), model(x, lengths), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -87,24 +108,53 @@ def test_torch_compile_trains_like_eager():
 
 
 def test_onnx_export_runs_in_onnxruntime():
-    """A language model (embedding, two LSTM layers, softmax head) exported to ONNX by torch's
-    exporter (through torch.export), run by onnxruntime: the eager model's outputs, at the batch it
-    was recorded with and another."""
+    """A language model (embedding, an LSTM layer, softmax head) exported to ONNX by torch's
+    exporter (through torch.export), run by onnxruntime: the eager model's outputs and final state,
+    at the batch and length it was recorded with and others."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime comes with the test dependencies (make test)")
     torch.manual_seed(0)
     model = SequenceModel.from_config({"cell": "lstm", "vocab_size": 11, "embedding_dim": 4, "hidden_size": 6,
-                                       "num_layers": 2, "output_size": 11, "output_activation": "softmax"}).eval()
+                                       "output_size": 11, "output_activation": "softmax"}).eval()
     buffer = io.BytesIO()
     torch.onnx.export(model, (torch.randint(0, 11, (B, T)),), buffer, input_names=["ids"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=2)},))
+                      dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("time")},))
     session = ort.InferenceSession(buffer.getvalue())
-    for batch in (B, B + 2):
-        ids = torch.randint(0, 11, (batch, T))
+    for shape in ((B, T), (B + 2, T + 6), (1, 1)):
+        ids = torch.randint(0, 11, shape)
         logits, h, c = session.run(None, {"ids": ids.numpy()})
         with torch.no_grad():
             want = model(ids)
         torch.testing.assert_close((torch.from_numpy(logits), (torch.from_numpy(h), torch.from_numpy(c))), want,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_onnx_classifier_with_lengths():
+    """A bidirectional GRU sentence classifier (last-step pooling over each sequence's own length,
+    sigmoid head) in ONNX: padded batches of any size and length, each row as the eager model scores it."""
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime comes with the test dependencies (make test)")
+    torch.manual_seed(0)
+    model = SequenceModel.from_config({"cell": "gru", "vocab_size": 20, "embedding_dim": 5, "hidden_size": 6,
+                                       "bidirectional": True, "output_size": 1, "output_activation": "sigmoid",
+                                       "output_per": "sequence", "pooling": "last", "padding_idx": 0}).eval()
+
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, lengths):
+            return self.model(ids, lengths=lengths)[0]
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    buffer = io.BytesIO()
+    torch.onnx.export(Scores(), (torch.randint(1, 20, (3, 6)), torch.tensor([6, 2, 4])), buffer,
+                      input_names=["ids", "lengths"], dynamic_shapes=({0: batch, 1: time}, {0: batch}))
+    session = ort.InferenceSession(buffer.getvalue())
+    ids, lengths = torch.randint(1, 20, (4, 9)), torch.tensor([9, 1, 5, 9])
+    ids[1, 1:], ids[2, 5:] = 0, 0
+    with torch.no_grad():
+        want = model(ids, lengths=lengths)[0]
+    got = session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru_v1"])

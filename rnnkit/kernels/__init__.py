@@ -30,10 +30,10 @@ from torch import Tensor
 
 from ..cells import CellSpec, State
 from . import native, reference
-from .base import DirectionWeights
+from .base import DirectionWeights, eager
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "check_backend", "select_backend",
-           "run_layer", "stream_step", "streamer"]
+           "run_layer", "stream_step", "streamer", "eager"]
 
 
 class Backend(NamedTuple):

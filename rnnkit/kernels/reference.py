@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch._higher_order_ops.scan import scan
 
 from ..cells import CellSpec, State
 from .base import DirectionWeights
@@ -25,6 +26,8 @@ def run_direction(spec: CellSpec, x: Tensor, w: DirectionWeights, state: State,
     """
     step = spec.step_fn()
     gi = spec.project(x, w)  # every step's input projection as one GEMM
+    if torch.compiler.is_exporting():  # recorded by torch.export (and ONNX): one scan, any length
+        return _scanned(step, gi, w, state, mask, reverse)
     outputs: list[Tensor] = [x.new_empty(0)] * x.shape[0]
     for t in (reversed(range(x.shape[0])) if reverse else range(x.shape[0])):
         new = step(gi[t], state, w)
@@ -34,6 +37,22 @@ def run_direction(spec: CellSpec, x: Tensor, w: DirectionWeights, state: State,
             state = tuple(torch.where(mask[t], n, s) for n, s in zip(new, state))
             outputs[t] = torch.where(mask[t], new[0], 0.0)
     return torch.stack(outputs), state
+
+
+def _scanned(step, gi: Tensor, w: DirectionWeights, state: State, mask: Tensor | None,
+             reverse: bool) -> tuple[Tensor, State]:
+    """``run_direction``'s loop as torch's scan operator, for an exported program: one step body in
+    the graph, not T copies, so the model takes any number of time steps (in ONNX, a Scan).
+    torch.compile keeps the loop unrolled: in torch 2.13 inductor refuses a scan under autograd
+    ("scan might be aliasing the input or the output")."""
+    def body(carry: State, xs: tuple[Tensor, ...]) -> tuple[State, Tensor]:
+        new = step(xs[0], carry, w)
+        if mask is None:
+            return new, new[0].clone()  # the output may not alias the carried state
+        valid = xs[1]
+        return tuple(torch.where(valid, n, s) for n, s in zip(new, carry)), torch.where(valid, new[0], 0.0)
+    final, outputs = scan(body, tuple(state), (gi,) if mask is None else (gi, mask), reverse=reverse)
+    return outputs, final
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..kernels.base import eager
+from ..kernels import eager
 
 log = logging.getLogger(__name__)
 
