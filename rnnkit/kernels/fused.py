@@ -978,8 +978,8 @@ def _stream_sequence_chunks(spec: CellSpec, x: Tensor, layers: int) -> int:
 
 def stream_supports(spec: CellSpec, x_t: Tensor) -> bool:
     """Whether ``stream_step`` can run: CPU float32/64, a known cell, one step <f>[B, I] or steps
-    <f>[T, B, I], in plain eager mode (``base.eager``). The caller also checks that no gradient is needed (and
-    that no inter-layer dropout applies)."""
+    <f>[T, B, I], in plain eager mode (``base.eager``). The caller also checks that no gradient is
+    needed (and that no inter-layer dropout applies)."""
     return (x_t.is_cpu and x_t.dtype in _DTYPES and spec.mode in _MODES
             and x_t.dim() in (2, 3) and eager())
 
