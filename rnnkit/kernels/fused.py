@@ -705,13 +705,11 @@ class _FusedLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *dfinals):
-        inputs = len(ctx.needs_input_grad) - 2  # x and flat, saved last
+        wanted = ctx.needs_input_grad[1:2] + ctx.needs_input_grad[3:]  # x and flat, which forward saved last
         if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
-            x_in, *flat = ctx.saved_tensors[-inputs:]
-            needs = ctx.needs_input_grad[1:2] + ctx.needs_input_grad[3:]
-            dx, *grads = _differentiable_grads(ctx.spec, x_in, ctx.saved_tensors[1], flat, [dout, *dfinals], needs)
+            dx, *grads = _double_backward(ctx, wanted, ctx.saved_tensors[1], [dout, *dfinals])
             return (None, dx, None, *grads)
-        x, mask, out, *rest = ctx.saved_tensors[:-inputs]
+        x, mask, out, *rest = ctx.saved_tensors[:-len(wanted)]
         D = len(ctx.layout)
         weights, rest = rest[: 5 * D], rest[5 * D:]
         flat, saved = [], []
@@ -726,15 +724,16 @@ class _FusedLayer(torch.autograd.Function):
         return (None, dx, None, *grads)
 
 
-def _differentiable_grads(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list, grads: list,
-                          needs: tuple) -> list:
-    """Double backward of a layer Function (``create_graph=True``): the gradients w.r.t. x and each of
-    flat (None where ``needs`` says no), differentiable, through ``reference.differentiable_grads``."""
+def _double_backward(ctx, needs: tuple, mask: Tensor | None, grads: list) -> list:
+    """Double backward of a layer Function (``create_graph=True``) whose forward saved its inputs x and
+    flat last: the gradients w.r.t. x and each of flat (None where ``needs`` says no), differentiable,
+    through ``reference.differentiable_grads``."""
+    x, *flat = ctx.saved_tensors[-len(needs):]
     parts = [flat[d:d + _PER_DIR] for d in range(0, len(flat), _PER_DIR)]
     weights = [DirectionWeights(*part[:5]) for part in parts]
     states = [tuple(t for t in part[5:] if t is not None) for part in parts]
     inputs = [t if need else None for t, need in zip((x, *flat), needs)]
-    return reference.differentiable_grads(spec, x, mask, weights, states, False, grads, inputs)
+    return reference.differentiable_grads(ctx.spec, x, mask, weights, states, False, grads, inputs)
 
 
 def _small_train_applies(spec: CellSpec, x: Tensor, mask: Tensor | None, flat: list) -> bool:
@@ -789,14 +788,12 @@ class _SmallLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *dfinals):
-        inputs = len(ctx.needs_input_grad) - 1  # x and flat, saved last
+        wanted = ctx.needs_input_grad[1:]  # x and flat, which forward saved last
         if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
-            x_in, *flat = ctx.saved_tensors[-inputs:]
-            return (None, *_differentiable_grads(ctx.spec, x_in, None, flat, [dout, *dfinals],
-                                                 ctx.needs_input_grad[1:]))
+            return (None, *_double_backward(ctx, wanted, None, [dout, *dfinals]))
         K = _kernels()
         spec = ctx.spec
-        x, out, *rest = ctx.saved_tensors[:-inputs]
+        x, out, *rest = ctx.saved_tensors[:-len(wanted)]
         lstm = spec.mode == "LSTM"
         per = len(rest) // ctx.directions  # what forward saved per direction
         nstate = 2 if lstm else 1
