@@ -5,10 +5,9 @@ training step (forward + backward of an MSE loss) for torch.nn and for rnnkit wi
 ``backend="fused"`` and ``backend="reference"``, all with the same weights, interleaved round by
 round (in a shuffled order each round) so that machine noise hits every contender alike. Each cell
 and config runs in a fresh process, so that a row does not depend on the rows run before it: in one
-process, torch.nn.LSTM's training step at 32,200,64,128 took 25.9 ms after the other rows against
-37-44 ms alone (cause not pinned down: page faults and thread counts were the same). It prints
+process a row's timing depended on the rows run before it (docs/performance.md). It prints
 medians (ms), the ratio rnnkit ÷ torch.nn and the share of this CPU's FMA peak on the threads used
-(``fma_peak``: reckoned from /proc/cpuinfo, e.g. 570 GFLOP/s for two Zen 5 cores), and can write
+(``fma_peak``: reckoned from /proc/cpuinfo), and can write
 JSON. The streaming rows time one step at batch 1 on one thread: torch.nn's cell, ``layer.step``,
 the kernel under it, ``layer.streamer()`` and the streamer writing into a preallocated output; and
 with ``--threads`` above 1, a streamer on that many threads (it shares large weights among them).
@@ -316,8 +315,8 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_name(info: dict[str, str] | None = None) -> str:
-    """The CPU as /proc/cpuinfo names it, with its family and model (AMD family 25 is Zen 3/4, 26 is Zen 5):
-    hosts of one machine kind differ, so a report says which one it ran on."""
+    """The CPU as /proc/cpuinfo names it, with its family and model: hosts of one machine kind differ,
+    so a report says which one it ran on."""
     info = _cpuinfo() if info is None else info
     if not info:  # pragma: no cover - not Linux
         return platform.processor() or "?"
@@ -328,9 +327,9 @@ def fma_peak(threads: int, info: dict[str, str] | None = None) -> tuple[float | 
     """The float32 FMA peak of ``threads`` cores of this CPU in GFLOP/s, and how it was reckoned:
     threads × 2 FMA pipes × SIMD lanes × 2 FLOPs × the clock /proc/cpuinfo gives (the nominal one in
     a VM; a boost clock can run above it). Lanes: 16 with AVX-512 on full-width units (Intel; AMD from
-    Zen 5, family 26: 2 threads at 4.45 GHz give the GUIDE's 570 GFLOP/s), 8 with AVX2 and FMA (and
-    on Zen 4, family 25, whose AVX-512 runs on 256-bit halves), 4 otherwise. Two FMA pipes per core
-    holds for Zen 2-5 and Intel's larger cores; ``--peak-gflops`` overrides it. None where the clock
+    family 26, e.g. 2 threads at 4.45 GHz give 570 GFLOP/s), 8 with AVX2 and FMA (and on AMD family
+    25, whose AVX-512 runs on 256-bit halves), 4 otherwise. Two FMA pipes per core holds for current
+    AMD and Intel's larger cores; ``--peak-gflops`` overrides it. None where the clock
     is unknown (e.g. Arm, or not Linux)."""
     info = _cpuinfo() if info is None else info
     try:

@@ -3,10 +3,8 @@ back to the OS and take them again (page faults) on every step.
 
 The fused backward and the values it keeps from forward are several [T, B, G*H] arrays per layer.
 With glibc's default malloc, freeing them at the end of a step can trim the heap (or unmap them),
-and the next step faults every page back in: measured, 12,800-13,700 faults (50-56 MB) a step for
-the layer-normalised LSTM at B, T, I, H = 64, 100, 128, 256, and 168-176 ms a step against 142-145
-ms with this pool (10 steps in a row, two runs each). A pooled buffer
-is an ndarray wrapped by ``torch.from_numpy``; the tensor (and every view of it, and autograd's
+and the next step faults every page back in (docs/performance.md has the measurements). A pooled
+buffer is an ndarray wrapped by ``torch.from_numpy``; the tensor (and every view of it, and autograd's
 saved copy) holds a reference to the array, so the pool sees a buffer as free again when only the
 pool holds it. Only the fused kernels' internal buffers come from here, never a tensor handed to
 the caller, and small ones (< ``MIN_BYTES``) come from torch as usual.
@@ -24,9 +22,8 @@ import torch
 from torch import Tensor
 
 # smaller buffers: torch.empty (glibc's malloc serves blocks below its default mmap threshold, 128 KiB,
-# from its heap, which it trims only when its top grows past the trim threshold); larger ones faulted
-# in again every step before: the layer-normalised LSTM at B, T, I, H = 1, 1000, 32, 64 with 1 MiB here
-# took 468-968 page faults and 10.7-15.4 ms a training step, 0 faults and 8.3-11.7 ms with 128 KiB.
+# from its heap, which it trims only when its top grows past the trim threshold); larger ones would be
+# mapped and faulted in afresh every step.
 # RNNKIT_BUFFER_POOL=0: no pooling
 MIN_BYTES = 128 << 10 if os.environ.get("RNNKIT_BUFFER_POOL", "1") != "0" else 1 << 62
 MAX_IDLE = 64  # a free buffer not taken in this many requests is dropped (memory goes back to malloc)
@@ -50,7 +47,7 @@ class BufferPool:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """A tensor <dtype>[*shape], C-contiguous, uninitialised: the start of the smallest free buffer
         of 1-2x the bytes needed (sequences of varying length reuse one another's), else a new one."""
-        nbytes = math.prod(shape) * dtype.itemsize  # (np.prod: ~5 µs a call)
+        nbytes = math.prod(shape) * dtype.itemsize  # (math.prod: cheaper than np.prod on a short tuple)
         if dtype not in _NP or nbytes < MIN_BYTES:
             return torch.empty(shape, dtype=dtype)
         need = nbytes + ALIGN

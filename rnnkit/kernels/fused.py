@@ -16,7 +16,8 @@ the state sequence (the output is zero-padded). Both directions write into one o
 is kept for backward and the backward's gradient buffers come from ``buffers.pool`` (reused from one
 call to the next, so that a training loop does not fault them in again every step).
 
-Dispatch (per call; constants below, measured on 2 AMD EPYC cores, Zen 4 or Zen 5 by the day):
+Dispatch (per call; the constants below were set by measurements on the host, listed in
+docs/performance.md):
 
 - ``supports()``: CPU float32/float64, all four modes (LSTM projection included), non-empty input,
   not tracing/scripting/ONNX export; anything else runs the reference kernel.
@@ -85,122 +86,69 @@ _DTYPES = (torch.float32, torch.float64)
 _PER_DIR = 7  # flattened per direction: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0
 
 STEP_LOOP_MIN_WEIGHT = 1024 * 1024
-"""Recurrent weight bytes (G·H·P elements) from which, when the loop is not split, the Python step
-loop (oneDNN's GEMM with the weight prepacked once, split between the threads) beats the compiled
-loop (each step's GEMM through MKL on one thread). Measured (Zen 4, training): step loop 33.9
-against 39.3 ms at RNN B=16 H=512 (1 MB, 1 thread) and 13.1 against 14.9 at B=4 (2 threads); the
-compiled loop 12.1 against 15.8 ms at GRU B=4 H=256 (768 KB, 2 threads), 33.2 against 37.1 at B=16
-(1 thread), 19.4 against 25.2 at GRU B=32 H=128 (1 thread)."""
+"""Recurrent weight bytes from which an unsplit loop runs as a Python step loop on oneDNN's prepacked
+GEMM (all threads) rather than compiled with one-thread BLAS: prepacking and per-step Python pay off
+only for large weights."""
 STEP_LOOP_MIN_BATCH = 4
 STEP_LOOP_MIN_STEPS = 8
 """Fewer steps do not repay prepacking the weight (~100-300 µs) for the oneDNN loop."""
 TRANSPOSE_MIN_STEPS = 16
-"""At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh: its
-mat-vec is ~35% faster at H=256 (the same at H=64); below, the copy would cost more than it saves."""
+"""At batch 1, from this many steps the compiled forward loop uses a transposed copy of W_hh (a faster
+mat-vec at large H); below, the copy costs more than it saves."""
 ONEDNN_MAX_SHAPES = 64
-"""Distinct (rows, out, in) products that ``_linear`` gives to oneDNN; later shapes go to MKL. A
-loop over sequences of a new length every call (T·B rows each) grew the process by 500 MiB over 200
-lengths before this limit (oneDNN caches a primitive per shape), and by 130 MiB with it."""
+"""Distinct (rows, out, in) products that ``_linear`` gives to oneDNN; later shapes go to MKL, since
+oneDNN caches a primitive per shape and a new sequence length every call would grow the process."""
 LINEAR_POOL_MIN_BYTES = 32 << 20
 """Input projections (``_linear(..., pooled=True)``) of at least this many bytes go into a pooled
-buffer, through MKL: glibc maps every block above 32 MiB (its largest mmap threshold) afresh, so a
-fresh result faulted all its pages in on every call. Measured (Zen 3, 2 threads, in-process
-alternation) at 12800 × 256 → 2048 rows (LSTM 256, 50, 256, 512): oneDNN into a fresh tensor 159 ms
-and 25,601 page faults, MKL into the pooled buffer 129 ms and none."""
+buffer through MKL: glibc maps every block above 32 MiB (its largest mmap threshold) afresh, so a
+fresh result would fault all its pages in on every call."""
 PAR_MIN_ROWS = 4
 """The compiled loops give each thread at least this many rows of the batch (see ``_chunks``)."""
 PAR_ROW_BYTES = 256 * 1024
 """The loop splits across threads when the recurrent weight's bytes per row of a thread's chunk are
-at most this: every thread reads the whole weight each step, which its rows must amortise.
-Measured (Zen 4, 2 threads, training unless noted), split against the step loop: faster at RNN B=8
-H=512 (256 KB per row: 16.1 against 17.7 ms) and GRU B=8 H=256 (192 KB: 10.8 against 13.1), a tie
-at GRU B=32 H=512 (192 KB), slower at GRU B=16 H=512 (384 KB, inference: 27.4 against 21.6) and
-RNN B=16 H=1024 (512 KB: 100.8 against 73.0)."""
+at most this: every thread reads the whole weight each step, which its rows must amortise."""
 PAR_ROW_BYTES_LSTM = 64 * 1024
 """The same where the other choice is oneDNN's LSTM layer (LSTM training, float32, no projection or
-lengths). Split against oneDNN: 31.4 against 44.3 ms at B=32 H=128 (16 KB per row), 47.3 against
-53.9 at B=32 H=256 (64 KB); slower at B=16 H=256 (128 KB: 26.2 against 21.9) and B=8 H=256 (19.8
-against 12.2)."""
+lengths), which is faster than the split loop with larger weights per row."""
 ONEDNN_LSTM_MIN_MACS = 65_536
-"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer, except
-where our loop splits across threads with a small weight (the next two constants). Measured (Zen 3,
-2 threads, T = 100, I = 64, in-process, shuffled, 15 and 21 rounds), our loop ÷ oneDNN's layer:
-0.74-0.93 below 32,768 (B·H = 1·32, 1·64, 2·32, 4·32), 0.97-1.16 at 32,768 (2·64, 8·32), 0.98-1.11
-at 65,536 (1·128, 4·64, 16·32), and from 131,072 0.98-1.00 at 8·64 but 1.18-1.41 at 1·256,
-1.43-1.57 at 2·128, 1.38-1.48 at 4·128, 1.23-1.24 at 8·128 and 2.05-2.58 at 2·256 and 4·256. It was
-1M before, from a one-thread Zen 4 measurement (oneDNN 25% faster at B=32 H=128; our loop 5-15%
-faster at B<=8, H<=128)."""
+"""Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's fused LSTM layer (except
+where our loop splits across threads with a small weight, the next two constants): below it our
+loop's lower fixed cost wins, above it oneDNN's blocked GEMMs."""
 LOOP_LSTM_INFERENCE_ROW_BYTES = 16 * 1024
 LOOP_LSTM_INFERENCE_MAX_WEIGHT = 256 * 1024
-"""LSTM inference stays in our compiled loop when it splits across threads with at most this many
-bytes of recurrent weight per row of a thread's chunk, for a weight of at most this size (H <= 128
-in float32). Measured (Zen 3, 2 threads, in-process alternation, 7-11 rounds), our split loop ÷
-oneDNN's layer: 0.80-0.92 at H = 64-128 with 2-16 KB per row (B, T, I, H = 32, 200, 64, 128: 0.84,
-0.90); 1.06-1.11 at 32-64 KB per row; at H = 256 a tie from 8 to 32 KB (0.89-1.04), at H = 512
-1.12-1.14 at 16-32 KB."""
+"""LSTM inference stays in our compiled loop when it splits across threads with at most
+LOOP_LSTM_INFERENCE_ROW_BYTES of recurrent weight per row of a thread's chunk, for a weight of at
+most LOOP_LSTM_INFERENCE_MAX_WEIGHT (H <= 128 in float32): there the split loop beats oneDNN's layer."""
 ONEDNN_LSTM_TRAIN_MIN_MACS = 1_000_000
-"""The same for LSTM training where our loop is not split across threads: oneDNN's layer with its own
-backward (torch.nn.LSTM's path) was 1.1-1.5x faster than our step loop at B=8-16, H=256-512, and
-1.4x faster than our compiled loop on one thread at B=16 H=128 (10.3 against 14.7 ms)."""
+"""The same for LSTM training where our loop is not split across threads: from here oneDNN's layer
+with its own backward (torch.nn.LSTM's path) beats our one-thread loops."""
 
 SMALL_TRAIN_MAX_MACS = 1_500_000
 """Multiply-adds of the GEMMs (T·B·G·H·(I + P), both directions counted) up to which a training call
-of a layer runs through ``_SmallLayer``: each direction's forward and backward one compiled call on
-this thread, the weight gradients in plain loops (unmasked; RNN, LSTM without projection, GRU with
-reset_after), instead of ~25 torch operators a direction around the loops. Measured (Zen 3, 2
-threads, training steps with an MSE loss, in-process, shuffled, 9 rounds), ÷ the other drivers:
-0.72 at RNN 1, 2, 4, 8 and 8, 10, 16, 32, 0.83 at 1, 100, 32, 64 (0.61 M), 0.95 at 2, 20, 64, 128
-(0.98 M), 1.00 at 4, 50, 32, 64 (1.23 M), 1.17-1.28 from 2.5 M; GRU 0.62-0.68 below 0.4 M,
-0.75-0.86 at 0.9-1.5 M, 0.85-0.97 at 1.8 M, 1.36-1.70 from 11.8 M; LSTM 0.70-0.79 below 0.5 M,
-0.86 at 1.23 M, 0.88-0.94 at 2.0 M, 0.90-0.98 at 2.5 M, 1.41-1.89 from 15.7 M."""
+runs through ``_SmallLayer`` (unmasked RNN, LSTM without projection, GRU with reset_after): one
+compiled call per direction saves ~25 torch operators, while its plain-loop weight gradients fall
+behind BLAS and the threads at larger sizes."""
 
 STREAM_SEQUENCE_MAX_MACS = 16_000_000
 """Multiply-adds (T·B·G·H·(I + P), every layer counted) up to which a no-grad call of a whole
 unidirectional stack runs through the streaming kernel, every step and layer in one compiled call
-with the input product taken per step, rather than layer by layer (the GEMM setup, ~45 torch
-operators and a compiled loop per layer). Measured (Zen 3, 2 threads, in-process, shuffled, 25
-rounds), streaming ÷ layer by layer: 0.26-0.30 at B, T, I, H = 1, 2, 4, 8; 0.37-0.40 at 8, 10,
-16, 32; 0.48-0.65 at 1, 100, 32, 64; 0.65-0.91 at 32, 20, 32, 64 (3.9-15.7 M); 0.80-0.97 at 19.7 M
-(LSTM 16, 50, 32, 64; RNN 1, 200, 128, 256, 8, 100, 64, 128 and 64, 50, 32, 64); 1.01 at 24.6 M
-(LSTM 1, 1000, 32, 64) and 0.99-1.36 from 39 M."""
+(no GEMM setup, ~45 torch operators, per layer); larger calls gain more from whole-sequence GEMMs."""
 
 STREAM_UNITS_MIN_WEIGHT = 3 << 19
 STREAM_UNITS_MIN_LAYER_WEIGHT = 1 << 20
 """Bytes of W_ih and W_hh, of the whole stack and per layer on average, from which a streaming call
-at batch 1 shares each layer's hidden units among the threads (``_stream_units``): a step then costs
-a parallel region per layer (~2 µs) and each thread reads its share of the weights. Measured (Zen 3,
-2 threads, input size = hidden size, in-process, alternating; ``benchmarks/stream_units.py`` and a
-throw-away script, 5-15 rounds), ``layer.streamer(1)`` split ÷ on one thread: from 3 MB below 1 in
-every run (LSTM 0.62-0.80 at 4.5 MB, 0.53-0.67 at 8 MB; GRU 0.63-0.77 at 3.4 MB, 0.57-0.72 at 6 MB;
-two layers of 2 MB: LSTM 0.67-0.73, RNN 0.69-0.87; two of 8 MB: LSTM 0.32-0.44). From 1.5 MB (3 MB
-before): one LSTM layer of 2 MB 0.79-0.88 in five runs (0.73-0.98 in eleven earlier ones, 1.14
-and 1.20 in two), of 1.8-2.5 MB 0.77-0.88 in seven; GRU of 1.5 MB 0.82-0.97 in eight (0.80-1.16
-earlier), of 1.9 MB 0.79-0.91 in four; LSTM of 1.5 MB 0.80-0.98 in six of eight, 1.12 and 1.14 in
-two; RNN of 1.5-2 MB 0.82-1.05, 0.93 on average over eight. Below: 0.87-1.05 at a GRU
-of 1.1 MB, 0.95-1.77 below 1 MB. A whole no-grad call at batch 1 with such weights streams so too,
-rather than layer by layer: 0.57 (GRU), 0.63 (RNN) and 0.74 (LSTM, against oneDNN's layer) of the
-layer path's time at 1, 100, 256, 512, 0.64 at GRU 1, 50, 650, 650; at 1.5-2 MB, lowering the rule
-from 3 MB took 0.85-0.89 of the time at LSTM and GRU 1, 20-100, 256, 256 and 0.82 at RNN 1, 100,
-512, 512 (15 rounds, two runs)."""
+at batch 1 shares each layer's hidden units among the threads (``_stream_units``): a step then pays
+a parallel region per layer (~2 µs), which only halving the weights each thread reads repays."""
 
 STREAM_PAR_MIN_MACS = 12_000_000
 STREAM_PAR_ROW_BYTES = 32 * 1024
 STREAM_PAR_CACHED_WEIGHT = 512 * 1024
 """A no-grad call of a unidirectional stack from STREAM_PAR_MIN_MACS multiply-adds (counted as for
 ``STREAM_SEQUENCE_MAX_MACS``) runs through the streaming kernel split across threads, each thread
-every step and layer for its own rows of the batch, where every thread can afford to read a layer's
-whole W_ih and W_hh each step: at most STREAM_PAR_ROW_BYTES of them per row of its chunk, or at most
-STREAM_PAR_CACHED_WEIGHT in all (they stay in the core's L2). Measured (Zen 3, 2 threads, in-process,
-shuffled, 7-9 rounds), split streaming ÷ the path it replaces: RNN and GRU 0.88-0.97 at 32, 200, 64,
-128 (6-18 KB per row) and 0.89-0.94 at 64, 100, 128, 256 (RNN), 128, 50, 128, 256 and 256, 50, 128,
-256, RNN 0.96-1.00 at 256, 50, 256, 512 (12 KB); LSTM against oneDNN's layer 0.65 at 64, 50, 32,
-64, 0.79 at 16, 100, 64, 128 (393 KB), 0.82 at 128, 50, 128, 256 (24 KB per row), 0.90-0.96 at 32,
-200, 64, 128 against our split loop; against
-streaming on one thread 0.72-0.82 from 14.7 M multiply-adds (LSTM 32, 20, 32, 64; GRU 8, 100, 32,
-64) but 1.05-1.26 below 12 M (thread start-up). Left to the other paths: 0.97-1.00 at LSTM 64, 100,
-128, 256 (48 KB per row, against oneDNN), 0.94-0.99 at GRU 64, 100, 128, 256 (36 KB), 1.03-1.09 at
-GRU and LSTM 256, 50, 256, 512 (36-48 KB), 1.11 at a two-layer LSTM 32, 35, 256, 256 (128 KB), 1.36
-at GRU 64, 50, 256, 512 (144 KB)."""
+every step and layer for its own rows, where every thread can afford to read a layer's whole W_ih and
+W_hh each step: at most STREAM_PAR_ROW_BYTES of them per row of its chunk, or at most
+STREAM_PAR_CACHED_WEIGHT in all (they stay in a core's L2). Below STREAM_PAR_MIN_MACS, starting the
+threads costs more than they save."""
 
 calls = {"forward": 0, "backward": 0, "onednn_lstm": 0, "small_train": 0, "step_loop": 0, "compiled_loop": 0,
          "layer_step": 0, "parallel_loop": 0, "serial_loop": 0, "stream_sequence": 0, "parallel_stream": 0,
@@ -345,7 +293,7 @@ def _linear(x: Tensor, w: Tensor, b: Tensor | None, pooled: bool = False) -> Ten
 
 def _grad_input_weight(dg: Tensor, x: Tensor) -> Tensor:
     """dW_ih = dG^T x for dg <f>[N, G] and x <f>[N, I]. With few input features MKL's sgemm is 4x
-    faster on (x^T dG)^T (measured: N=20000, G=512, I=2: 16 vs 72 ms); otherwise the direct form."""
+    faster on (x^T dG)^T; otherwise the direct form."""
     if x.shape[1] <= 32 and x.shape[1] * 8 <= dg.shape[1]:
         return x.t().mm(dg).t().contiguous()
     return dg.t().mm(x)
@@ -1033,11 +981,10 @@ class Streamer:
     """Stateful streaming for a unidirectional stack: ``y_t = streamer(x_t)`` advances the state kept
     inside. The lowest-overhead way to run one step at a time: a call checks x_t, allocates y_t and
     makes one compiled call (the weights passed as addresses, the state updated in place). Each y_t
-    is a tensor of its own (handing out views of one preallocated block saved ~0.6 µs a call,
-    but views share one version counter, so an in-place op on one output would break autograd's
-    check of another saved for backward), unless the caller passes its own: ``streamer(x_t, out=y)``
-    writes into y (no allocation, a check of y instead: 0.8-1.5 µs less a call at H = 64 in
-    ``rnnkit bench --configs none``). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
+    is a tensor of its own (views of one preallocated block would share one version counter, so an
+    in-place op on one output would break autograd's check of another saved for backward), unless
+    the caller passes its own: ``streamer(x_t, out=y)`` writes into y (no allocation, a check of y
+    instead). At batch 1 with large weights (``STREAM_UNITS_MIN_*``),
     the call shares each layer's hidden units among torch's threads (as many as when the
     streamer is made). The weights are read in place, so in-place updates to them
     (an optimizer step, ``load_state_dict``) are seen; after replacing a parameter tensor, make a new
@@ -1071,7 +1018,7 @@ class Streamer:
         self._kernel, self._flag = _stream_kernel(spec, units, units > 1)
         self._units = units > 1
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
-        self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it): 1.3 µs, empty(shape) 2.4
+        self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it) is cheaper than empty(shape)
 
     def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
         """y_t for x_t, the state advanced; out: a tensor <f>[B, P] to write y_t into and return
@@ -1182,16 +1129,14 @@ WARM_UP_GROUPS = (
 )
 """The cells ``warm_up`` compiles, in groups that share no compiled function (rnn_*, gru_*, grux_* |
 lstm_*, ln_lstm_*): numba keeps one index file per function, which two processes compiling it at
-once could each rewrite, losing the other's entry. The groups take about as long: compiling both
-dtypes in two processes at once took RNN 51 s, GRU 61 s, GRU reset_after=False 57 s | LSTM with and
-without projection 81 s, LSTM layer-normalised 76 s (2-core Zen 3)."""
+once could each rewrite, losing the other's entry. The two groups take about as long to compile."""
 
 
 def warm_up(dtypes=(torch.float32, torch.float64), processes: int = 2) -> None:
     """Compile every loop of this backend into numba's on-disk cache, e.g. once after installing, so
     that no first call pays for compilation (4-15 s per cell otherwise; ~0.5 s to load from the
     cache). The groups of ``WARM_UP_GROUPS`` compile in ``processes`` processes at once (numba
-    compiles on one thread): on a 2-core Zen 3, 5 min 13 s in one process, 2 min 52 s in two."""
+    compiles on one thread, so two processes take about half the time on two cores)."""
     if processes > 1:
         with ProcessPoolExecutor(min(processes, len(WARM_UP_GROUPS)), multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_warm_up_cells, WARM_UP_GROUPS, [dtypes] * len(WARM_UP_GROUPS)))

@@ -112,7 +112,7 @@ class RecurrentBase(nn.Module):
     def direction_weights(self, layer: int, direction: int) -> DirectionWeights:
         """The parameters of one direction (0 forward, 1 reverse) of one layer."""
         names, params = self._weight_names[layer][direction], self._parameters
-        # the registered parameter itself where there is one (5x faster than Module.__getattr__); else
+        # the registered parameter itself where there is one (cheaper than Module.__getattr__); else
         # the attribute, e.g. a weight computed by torch.nn.utils.parametrize
         return DirectionWeights(*(None if n is None else params[n] if n in params else getattr(self, n) for n in names))
 
@@ -242,7 +242,7 @@ class RecurrentBase(nn.Module):
             parts = [x.new_zeros(rows, batch, n) for n in self.spec.state_sizes]
         else:
             parts = self._check_hx(hx, batch, x)
-        parts = [p.unbind(0) for p in parts]  # views of every row in one op (a select per row: 1.3 µs each)
+        parts = [p.unbind(0) for p in parts]  # views of every row in one op, not a select per row
         return [[tuple(p[layer * self.num_directions + d] for p in parts)
                  for d in range(self.num_directions)] for layer in range(self.num_layers)]
 
@@ -368,7 +368,7 @@ class RecurrentBase(nn.Module):
                      last: Hidden | None = None) -> tuple[Tensor | None, Tensor | None]:
         """(h, c) of a state in forward's hx layout, checked (c None but for LSTM; both None for no
         state). ``last``: the state the cached streamer's previous step returned; passed back (the
-        usual streaming loop), it is the streamer's own and needs no check (~4 µs a step)."""
+        usual streaming loop), it is the streamer's own and needs no check."""
         if state is None:
             return None, None
         if state is last:
@@ -399,8 +399,8 @@ class RecurrentBase(nn.Module):
 
     def _step_streamer(self, x_t: Tensor) -> _CachedStreamer | None:
         """A backend's streamer for ``step()`` at x_t's batch size and dtype, cached per layer and
-        thread (a step through it: 21-33 µs at H = 64, against 29-43 µs through ``stream_step``, which
-        gathers and checks the weights each time), or None: no backend streams this layer, or a
+        thread (cheaper per step than ``stream_step``, which gathers and checks the weights each
+        time), or None: no backend streams this layer, or a
         weight is not a registered parameter (``torch.nn.utils.parametrize``)."""
         cache = getattr(_step_streamers, "by_layer", None)
         if cache is None:
@@ -450,7 +450,7 @@ class RecurrentBase(nn.Module):
             return True
         parts = () if state is None else state if isinstance(state, (tuple, list)) else (state,)
         # the layer's own parameters, unless submodules hold some (parametrizations): Module.parameters()
-        # costs ~5 µs here, a small call's whole budget of Python
+        # would cost a small call a large part of its Python time
         params = self.parameters() if self._modules else self._parameters.values()
         tensors = (x_t, *parts, *params)
         return not any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
