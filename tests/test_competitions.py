@@ -1,0 +1,60 @@
+"""Competition loaders: long format, hold-out numbering, frequency filter, errors; counts on the real files."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rnnkit.data.competitions import SEASON, load_competition
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _series(period: str, x: list, xx: list, kind: str = "MICRO") -> dict:
+    return {"sn": ["?"], "st": ["1"], "n": [len(x)], "h": [len(xx)], "period": [period], "type": [kind],
+            "description": [""], "x": x, "xx": xx}
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.delenv("RNNKIT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "m3").mkdir()
+    (tmp_path / "m3" / "m3_data.json").write_text(json.dumps({
+        "N1": _series("YEARLY", [1, 2, 3], [4, 5]),
+        "N2": _series("MONTHLY", [10.5, 11, 12, 13], [14, 15, 16], "FINANCE"),
+        "N3": _series("MONTHLY", [7, 8], [9, 9, 9], "MACRO")}))
+    return tmp_path
+
+
+def test_long_format_with_holdout_numbering(root):
+    train, test = load_competition("m3", "monthly", data_dir=root)
+    assert list(train.columns) == ["unique_id", "ds", "y", "category"]
+    assert train.groupby("unique_id").size().to_dict() == {"N2": 4, "N3": 2}
+    assert test.groupby("unique_id").size().to_dict() == {"N2": 3, "N3": 3}
+    n2 = test[test.unique_id == "N2"]
+    assert n2.ds.tolist() == [4, 5, 6] and n2.y.tolist() == [14.0, 15.0, 16.0]
+    assert set(test[test.unique_id == "N3"].category) == {"MACRO"}
+    assert train.y.dtype == "float64" and SEASON["monthly"] == 12
+
+
+def test_errors_name_the_argument(root):
+    with pytest.raises(ValueError, match=r"frequency: expected one of yearly, quarterly, monthly for tourism"):
+        load_competition("tourism", "other", data_dir=root)
+    with pytest.raises(ValueError, match=r"name: expected one of \['m3', 'tourism'\], got 'm4'"):
+        load_competition("m4", "monthly")
+    with pytest.raises(ValueError, match="no quarterly series"):
+        load_competition("m3", "quarterly", data_dir=root)
+    (root / "m3" / "m3_data.json").write_text(json.dumps({"N9": {"period": ["MONTHLY"]}}))
+    with pytest.raises(ValueError, match=r"series 'N9': expected fields period, type, x, xx"):
+        load_competition("m3", "monthly", data_dir=root)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not found")
+@pytest.mark.parametrize("name, frequency, series, h", [("tourism", "monthly", 366, 24),
+                                                       ("tourism", "quarterly", 427, 8),
+                                                       ("m3", "monthly", 1428, 18)])
+def test_competition_counts(name, frequency, series, h):
+    train, test = load_competition(name, frequency, data_dir=SHARED)
+    assert train.unique_id.nunique() == series
+    assert (test.groupby("unique_id").size() == h).all()
