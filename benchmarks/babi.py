@@ -1,4 +1,4 @@
-"""bAbI tasks 1-10 (1k training questions each): train one model per task and print test accuracy
+"""bAbI tasks 1-20 (1k training questions each): train one model per task and print test accuracy
 beside the LSTM baseline of Weston et al. (2015), Table 3 (weakly supervised, 1k).
 
     python benchmarks/babi.py --data-dir ../shared/data
@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(os.path.abspath(__file__)).parents[1]))
 
 from rnnkit import tasks  # noqa: E402
 from rnnkit.data.babi import task_file  # noqa: E402
+from rnnkit.data.datasets import dataset_file  # noqa: E402
 
 # Weston et al. 2015, "Towards AI-Complete Question Answering", Table 3, LSTM column (1k training).
-LSTM_BASELINE = {1: 50, 2: 20, 3: 20, 4: 61, 5: 70, 6: 48, 7: 49, 8: 45, 9: 64, 10: 44}
+LSTM_BASELINE = {1: 50, 2: 20, 3: 20, 4: 61, 5: 70, 6: 48, 7: 49, 8: 45, 9: 64, 10: 44,
+                 11: 72, 12: 74, 13: 94, 14: 27, 15: 21, 16: 23, 17: 51, 18: 52, 19: 8, 20: 91}
 
 
 def _tasks(text: str) -> list[int]:
@@ -37,7 +39,22 @@ def _tasks(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--tasks: expected comma-separated task numbers, got {text!r}") from None
     bad = [n for n in numbers if n not in LSTM_BASELINE]
     if bad or not numbers:
-        raise argparse.ArgumentTypeError(f"--tasks: expected numbers in 1..10, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--tasks: expected numbers in 1..20, got {text!r}")
+    return numbers
+
+
+def _found_tasks(data_dir: str) -> list[int]:
+    """The tasks whose train and test files are in the data roots (a local copy may hold a subset)."""
+    def found(number: int) -> bool:
+        try:
+            return all(dataset_file("babi", task_file(number, split), data_dir=data_dir or None)
+                       for split in ("train", "test"))
+        except FileNotFoundError:
+            return False
+    numbers = [n for n in LSTM_BASELINE if found(n)]
+    if not numbers:
+        raise SystemExit("--data-dir: no bAbI task files found; expected <root>/babi/tasks_1-20_v1-2/en/qa<N>_*.txt "
+                         "under --data-dir, $RNNKIT_DATA or the cache")
     return numbers
 
 
@@ -45,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="", help="root holding babi/tasks_1-20_v1-2/en/...")
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs" / "babi.toml"))
-    parser.add_argument("--tasks", type=_tasks, default=list(LSTM_BASELINE), help="e.g. 1,2,3 (default: 1-10)")
+    parser.add_argument("--tasks", type=_tasks, default=None,
+                        help="e.g. 1,2,3 (default: every task 1-20 whose files are found)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--out", default="runs/babi", help="directory for the per-task runs and results.json")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -53,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     rows = []
+    if args.tasks is None:
+        args.tasks = _found_tasks(args.data_dir)
     overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     for number in args.tasks:
         experiment = tasks.load_experiment(args.config, [*overrides, f"data.task_id={number}"])

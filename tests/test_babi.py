@@ -91,8 +91,9 @@ def test_parse_story_and_task_files():
     assert parse_story("  \n") == []
     assert task_file(1, "train") == "tasks_1-20_v1-2/en/qa1_single-supporting-fact_train.txt"
     assert task_file(10, "test").endswith("qa10_indefinite-knowledge_test.txt")
-    with pytest.raises(ValueError, match="task: expected a bAbI task number in 1..10, got 11"):
-        task_file(11, "test")
+    assert task_file(20, "test").endswith("qa20_agents-motivations_test.txt")
+    with pytest.raises(ValueError, match="task: expected a bAbI task number in 1..20, got 21"):
+        task_file(21, "test")
 
 
 def test_encoding_and_batches():
@@ -168,9 +169,11 @@ def test_checkpoint_round_trip_and_empty_inputs(trained):
     again = tasks.load(root / "run" / "best")
     story = ["Sandra went to the kitchen.", "Mary moved to the office."]
     assert again.answer(story, "Where is Sandra?") == qa.answer(story, "Where is Sandra?")
-    with pytest.warns(UserWarning, match="story: no sentence in it"):
-        result = again.answer("", "Where is Mary?")
-    assert result.answer in qa.answers.names
+    with pytest.raises(ValueError, match="story: expected at least one sentence, got none"):
+        again.answer("", "Where is Mary?")
+    with pytest.warns(UserWarning, match="the answer is a guess"):
+        result = again.answer("", "Where is Mary?", allow_guess=True)
+    assert result.answer in qa.answers.names and result.guess
     with pytest.warns(UserWarning, match=r"unknown to the model and read as <unk>"):
         again.answer("Zed flew to Mars.", "Where is Zed?")
 

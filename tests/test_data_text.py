@@ -25,11 +25,12 @@ def test_read_text_errors_name_the_problem(tmp_path):
         read_text(tmp_path / "missing.txt")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"abc\xffdef")
-    with pytest.raises(ValueError, match=r"bad\.txt.*byte offset 3.*errors=\"replace\""):
+    with pytest.raises(ValueError, match=r"bad\.txt.*byte offset 3, line 1.*data\.encoding_errors = \"replace\""):
         read_text(bad)
-    assert read_text(bad, errors="replace") == "abc\ufffddef"
+    with pytest.warns(UserWarning, match="replaced 1 undecodable byte"):
+        assert read_text(bad, errors="replace") == "abc\ufffddef"
     (tmp_path / "bad.txt.gz").write_bytes(gzip.compress(b"ok\n\xc3("))
-    with pytest.raises(ValueError, match="byte offset 3 of the decompressed data"):
+    with pytest.raises(ValueError, match=r"\(decompressed\) is not valid utf-8: byte 0xc3 at byte offset 3, line 2"):
         read_text(tmp_path / "bad.txt.gz")
     (tmp_path / "fake.gz").write_bytes(b"not gzip")
     with pytest.raises(ValueError, match="fake.gz is not a valid gzip file"):

@@ -71,7 +71,18 @@ def test_registry_matches_sha256sums():
         sums = {file: sha for sha, file in (line.split(maxsplit=1) for line in lines)}
         assert {f: info.files[f].sha256 for f in sums} == sums
         extra = set(info.files) - set(sums)
-        assert extra == ({"ptb.train.txt"} if name == "ptb" else set())  # the public, uncompressed train split
+        if name == "ptb":
+            assert extra == {"ptb.train.txt"}  # the public, uncompressed train split
+        elif name == "babi":  # the shared copy holds tasks 1-10; the registry knows all twenty
+            assert extra == {f for f in info.files if _babi_task(f) > 10}
+        else:
+            assert extra == set()
+    assert sorted(_babi_task(f) for f in REGISTRY["babi"].files) == sorted(2 * list(range(1, 21)))
+
+
+def _babi_task(file: str) -> int:
+    """The task number of a bAbI file name, e.g. 15 for '.../qa15_basic-deduction_train.txt'."""
+    return int(file.rsplit("/qa", 1)[1].split("_")[0])
 
 
 def test_unknown_names_list_the_known_ones():

@@ -112,10 +112,11 @@ def parse_babi(text: str, source: str = "<text>") -> list[BabiExample]:
     return examples
 
 
-def read_babi(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> list[BabiExample]:
-    """The examples of a bAbI file; undecodable bytes raise with the byte offset (``errors="replace"``
-    replaces them), malformed lines with the file and line (see ``parse_babi``)."""
-    examples = parse_babi(read_text(path, encoding, errors), str(path))
+def read_babi(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict",
+              allow_control_chars: bool = False) -> list[BabiExample]:
+    """The examples of a bAbI file, decoded as ``read_text`` does (``encoding``, ``errors``,
+    ``allow_control_chars``); malformed lines raise with the file and line (see ``parse_babi``)."""
+    examples = parse_babi(read_text(path, encoding, errors, allow_control_chars), str(path))
     if not examples:
         raise ValueError(f"{path}: expected bAbI questions (lines 'N question<TAB>answer<TAB>facts'), found none")
     return examples
@@ -138,13 +139,14 @@ def parse_story(text: str) -> list[list[str]]:
 
 
 def task_file(task: int, split: str) -> str:
-    """The registered file name of bAbI task ``task`` (1-10), split "train" or "test"."""
+    """The registered file name of bAbI task ``task`` (1-20), split "train" or "test", e.g.
+    ``task_file(15, "train")`` → ``"tasks_1-20_v1-2/en/qa15_basic-deduction_train.txt"``."""
     from .datasets import dataset_info
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     files = [f for f in dataset_info("babi").files if re.search(rf"/qa{task}_[^/]*_{split}\.txt$", f)]
     if isinstance(task, bool) or not isinstance(task, int) or len(files) != 1:
-        raise ValueError(f"task: expected a bAbI task number in 1..10, got {task!r}")
+        raise ValueError(f"task: expected a bAbI task number in 1..20, got {task!r}")
     return files[0]
 
 

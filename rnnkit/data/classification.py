@@ -17,8 +17,9 @@ Sources:
 - a folder with one sub-folder per class, one example per file (the IMDB ``aclImdb`` layout).
 
 Every example remembers where it came from (``"train.tsv:17"``), so that a bad label or an empty
-text is reported with its file and line. Undecodable bytes raise with the file and byte offset
-(``rnnkit.data.text.read_text``), or are replaced with U+FFFD under ``errors="replace"``.
+text is reported with its file and line. Every file is decoded by ``rnnkit.data.text.decode_text``:
+``encoding`` (a codec name or ``"auto"``), ``errors`` (undecodable bytes raise with the file, line and
+byte offset, or are replaced and counted under ``"replace"``) and ``allow_control_chars``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .text import Tokenizer, Vocab, pad_sequences, read_text
+from .text import (Tokenizer, Vocab, check_encoding, decode_text, guess_code_page, normalise_newlines, pad_sequences,
+                   read_bytes, read_text, report_decoding, unicode_encoding)
 
 __all__ = ["TextDataset", "read_table", "read_folder", "read_labelled", "LabelSet", "class_weights",
            "encode_texts", "BucketBatches"]
@@ -74,7 +76,7 @@ class TextDataset:
 # ------------------------------------------------------------------------------------- reading
 def read_table(path: str | os.PathLike, text_column: str = "sentence", label_column: str | None = "label",
                delimiter: str | None = None, encoding: str = "utf-8", errors: str = "strict",
-               require_label: bool = True) -> TextDataset:
+               require_label: bool = True, allow_control_chars: bool = False) -> TextDataset:
     """Read a TSV/CSV file whose first row names the columns.
 
     delimiter: None infers it from the suffix (``.tsv``/``.tab`` tab, ``.csv`` comma; a ``.gz``
@@ -82,7 +84,7 @@ def read_table(path: str | os.PathLike, text_column: str = "sentence", label_col
     character, as in GLUE's files); other delimiters use CSV quoting.
     label_column: None, or a column absent while ``require_label`` is False, gives labels None.
     Raises ValueError naming the file (and line) for a missing column, a row with the wrong number
-    of fields, an empty label or undecodable bytes (with the byte offset).
+    of fields, an empty label, undecodable bytes or control characters (``read_text``).
     """
     path = Path(path)
     if delimiter is None:
@@ -93,7 +95,7 @@ def read_table(path: str | os.PathLike, text_column: str = "sentence", label_col
         delimiter = _DELIMITERS[suffix.lower()]
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise ValueError(f"delimiter: expected one character, got {delimiter!r}")
-    text = read_text(path, encoding, errors)
+    text = read_text(path, encoding, errors, allow_control_chars)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     described = "tab" if delimiter == "\t" else repr(delimiter)
@@ -134,10 +136,13 @@ def read_table(path: str | os.PathLike, text_column: str = "sentence", label_col
     return TextDataset(texts, labels if label_at is not None else None, origins)
 
 
-def read_folder(root: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> TextDataset:
+def read_folder(root: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict",
+                allow_control_chars: bool = False) -> TextDataset:
     """One sub-folder per class (its name is the label), one example per file inside it.
 
     Hidden files and folders (name starting with ".") are skipped; files are taken in sorted order.
+    Each file is decoded as ``read_text`` does; what ``encoding="auto"`` chose and the bytes replaced
+    are warned once for the folder.
     """
     root = Path(root)
     if not root.is_dir():
@@ -145,27 +150,34 @@ def read_folder(root: str | os.PathLike, encoding: str = "utf-8", errors: str = 
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ValueError(f"{root}: expected one sub-folder per class, found none")
-    texts, labels, origins = [], [], []
+    check_encoding(encoding)
+    files, labels = [], []
     for folder in classes:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        if not files:
+        inside = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not inside:
             raise ValueError(f"{folder}: expected at least one example file in class folder {folder.name!r}, "
                              "found none")
-        for file in files:
-            texts.append(read_text(file, encoding, errors))
-            labels.append(folder.name)
-            origins.append(str(file))
+        files += [read_bytes(file) for file in inside]
+        labels += [folder.name] * len(inside)
+    code_page = None
+    if encoding == "auto":  # files that are not Unicode share one guess: a short review says little alone
+        legacy = b"\n".join(data for data, _ in files if unicode_encoding(data) is None)
+        code_page = guess_code_page(legacy[:1 << 20], str(root)) if legacy else None
+    decoded = [decode_text(data, source, encoding, errors, allow_control_chars, code_page) for data, source in files]
+    report_decoding(root, decoded)
+    texts, origins = [normalise_newlines(d.text) for d in decoded], [source for _, source in files]
     return TextDataset(texts, labels, origins)
 
 
 def read_labelled(path: str | os.PathLike, text_column: str = "sentence", label_column: str | None = "label",
                   delimiter: str | None = None, encoding: str = "utf-8", errors: str = "strict",
-                  require_label: bool = True) -> TextDataset:
+                  require_label: bool = True, allow_control_chars: bool = False) -> TextDataset:
     """``read_folder`` for a folder, else ``read_table``."""
     path = Path(path)
     if path.is_dir():
-        return read_folder(path, encoding, errors)
-    return read_table(path, text_column, label_column, delimiter, encoding, errors, require_label)
+        return read_folder(path, encoding, errors, allow_control_chars)
+    return read_table(path, text_column, label_column, delimiter, encoding, errors, require_label,
+                      allow_control_chars)
 
 
 # -------------------------------------------------------------------------------------- labels

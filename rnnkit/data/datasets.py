@@ -12,8 +12,9 @@ the same way, ``{base_url}/{name}/{file}``, instead of the file's public URL.
 
 The public URLs pin the commit of the repository each file was copied from; two kinds of file have
 none: ``ptb/ptb.train.txt.gz`` (compressed for this registry; ``ptb/ptb.train.txt`` is its public,
-uncompressed form) and the bAbI files (published only inside an archive). Get those from a mirror
-or a data directory.
+uncompressed form) and the bAbI files (published only inside the archive ``tasks_1-20_v1-2``;
+extract it under ``<root>/babi/``, so that ``<root>/babi/tasks_1-20_v1-2/en/qa1_..._train.txt``
+exists; any subset of its 40 English files will do). Get those from a mirror or a data directory.
 """
 
 from __future__ import annotations
@@ -75,11 +76,31 @@ _BABI = {  # (task file stem, sha256 of _test.txt, sha256 of _train.txt)
                             "0c3b89921af0caea1c4059ee3f7b7f2a88869f924195a428da37820446b8c49f"),
     "qa10_indefinite-knowledge": ("fde8f20ed0b3ba979058ed391a566af34653f23baab5b2793ee37f87ef4e88b7",
                                   "0b7691689447bab05476c5b48c44999b41e747c3978df69c18fdd87b60d6e8b3"),
+    "qa11_basic-coreference": ("46f3290d0158ce1285a40cd2d793f5a65f86ae5000226e165cbc85a3dfeb2f6f",
+                               "9468de9a1f256f43dfda693a5d07182d21149a82b65f7c2451c64e9cff5eb138"),
+    "qa12_conjunction": ("6437718f8f9801ce345869e910b896836cdc6fd2d01dc7b4d2df49730703b4b1",
+                         "45c2764bb2d3c8f699d35e9d9aa7958fcd96379c6e907116cdf74526c108bb25"),
+    "qa13_compound-coreference": ("76a25b684f23c9cc473d8cd1465506168b9a1ec8891cfc59d0bbd87e6a064990",
+                                  "533a391edbda743e4c99504de88b40cdded5b1d5ef454d1390f0863f748a4cc9"),
+    "qa14_time-reasoning": ("e3f0b19858ffbec3ed1e49076cc4d1295a89ce146c50318b862f13f202b3caf2",
+                            "b7561cbc624205c9c2fdbb8c843cfa8ad90edd65e78bb223fc6dea8113662df8"),
+    "qa15_basic-deduction": ("32b77e117fe9acf5f94906684e3b5206de0108e646c76e1da3e022896ec7ee94",
+                             "e856ebfdcce4dd7d617c1d10f985e96a0850c0ca18e9a19a017cb710d135ed3d"),
+    "qa16_basic-induction": ("4a11e55366f2a5a859b5a81f683ee23801bdbe71ef984e51adb976bd053e8dcf",
+                             "20121005137e3d4b061a086eb177a456303d5742b764eb8da2d0e480b6af4d28"),
+    "qa17_positional-reasoning": ("9e1e0250ed4ec1831757fab26c04138f81ea557ebf6976a220db879cbed04bac",
+                                  "20083bf56ff74f0e7cf5e3e2f8c3905cdb8ef09293c3e8cf7a96ed8b45ae2277"),
+    "qa18_size-reasoning": ("d34f70eb7228a276fcb3a7854174fe562c5634f4fb454a39fc3d1ad9934be3ef",
+                            "18b7dcf52c9a0e87e4e7dd3d65b7e5a630de039645f52a1294197af7481d739d"),
+    "qa19_path-finding": ("023e391f0d7f79c9e6ae1c46c093e2d0dbd50ab8fbd8965e037a75e3614c20e5",
+                          "dcb788352a56effb7bea1449128f31cc9c342c8c327b6df2caeee0e379e6ad3a"),
+    "qa20_agents-motivations": ("bd3bde3788ac14ba0ae095078f7b820fbd2bfa6a34dba9d1d46a34afde9c2729",
+                                "29580ad55fb7b4b29ba014696056cc68f8f347dac3be88470fd692ad60150398"),
 }
 
 REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (
     DatasetInfo(
-        "babi", "bAbI QA tasks 1-10 (v1.2, English, 1k questions per split): stories, questions, answers",
+        "babi", "bAbI QA tasks 1-20 (v1.2, English, 1k questions per split): stories, questions, answers",
         "Weston et al. (2015), Towards AI-Complete Question Answering: A Set of Prerequisite Toy Tasks, "
         "arXiv:1502.05698",
         "CC BY 3.0, (c) Facebook, Inc.",

@@ -14,6 +14,7 @@ future covariates (known ahead, e.g. calendar features), L lookback, H horizon, 
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
+from .text import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +127,17 @@ def _names(value: str | Sequence[str], arg: str) -> list[str]:
     return names
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """A CSV file as a DataFrame; a missing or malformed file gets an error naming it."""
+def read_csv(path: str | Path, encoding: str = "utf-8", errors: str = "strict",
+             allow_control_chars: bool = False) -> pd.DataFrame:
+    """A CSV file (plain or ``.gz``) as a DataFrame; a missing or malformed file gets an error naming
+    it. The bytes are decoded by ``rnnkit.data.text.read_text`` (``encoding`` may be ``"auto"``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input: {path}: no such file")
+    text = read_text(path, encoding, errors, allow_control_chars)
     try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        return pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ValueError(f"input: {path} is not a readable CSV file: {error}") from None
 
 

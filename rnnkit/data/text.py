@@ -18,40 +18,240 @@ Tokenizers share one interface: ``tokenize(text) -> list[str]``, ``detokenize(to
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import json
 import os
 import re
 import tempfile
+import threading
+import warnings
 import zlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
 
 import torch
+from pydantic import AfterValidator, Field
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 from torch import Tensor
+
+from ..config import Config
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
 
 
 # ------------------------------------------------------------------------------------- reading
-def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """The text of a file; ``.gz`` files are decompressed. Line endings are normalised to ``"\\n"``
-    (as Python's text mode does). ``errors="replace"`` replaces undecodable bytes with U+FFFD."""
-    path = Path(path)
+# What a user changes to read a file that failed: the config key and the command-line flag alike,
+# since the same readers serve `rnnkit train CONFIG` and the commands that take a file.
+_FIX_ENCODING = ('name the file\'s encoding (data.encoding in the config, --encoding on the command line; '
+                 '"auto" detects it)')
+_FIX_ERRORS = 'or replace undecodable bytes (data.encoding_errors = "replace", --encoding-errors replace)'
+_FIX_CONTROL = "or keep them (data.allow_control_chars = true, --allow-control-chars)"
+# C0 controls but tab, line feed, carriage return and form feed; DEL; the C1 controls
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {0: "NUL", 0x1b: "ESC", 0x7f: "DEL"}
+_CHAOS_MARGIN = 0.1  # charset-normalizer "chaos" (0 clean .. 1 mess) within which code pages count as equals
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def check_encoding(name: str, argument: str = "encoding") -> str:
+    """``name`` if it is ``"auto"`` or a codec Python knows; else a ValueError naming ``argument``
+    and the value."""
+    if name != "auto":
+        try:
+            codecs.lookup(name)
+        except (LookupError, TypeError):
+            raise ValueError(f"{argument + ': ' if argument else ''}expected a codec name such as 'utf-8', "
+                             f"'cp1252' or 'utf-16', or 'auto', got {name!r}") from None
+    return name
+
+
+TextEncoding = Annotated[str, AfterValidator(functools.partial(check_encoding, argument=""))]
+
+
+class TextFileConfig(Config):
+    """How a task's data config reads its text files (a base of each task's ``data`` section)."""
+
+    encoding: TextEncoding = Field("utf-8", description="encoding of the data files: a codec name ('utf-8', "
+                                   "'cp1252', 'utf-16', ...) or 'auto' (a byte-order mark, UTF-16/32 without "
+                                   "one, else charset-normalizer's guess; the choice is reported)")
+    encoding_errors: Literal["strict", "replace"] = Field("strict", description="undecodable bytes: fail with "
+                                                          "the file, line and byte offset, or replace them "
+                                                          "(the count is reported)")
+    allow_control_chars: bool = Field(False, description="accept NUL and other control characters in the "
+                                                         "text (else they are an error naming file and line)")
+
+    def reading(self) -> dict[str, Any]:
+        """The keyword arguments of the readers (``read_text``, ``read_table``, ...) these fields give."""
+        return {"encoding": self.encoding, "errors": self.encoding_errors,
+                "allow_control_chars": self.allow_control_chars}
+
+
+class Decoded(NamedTuple):
+    """What ``decode_text`` returns: the text and how it was read."""
+
+    text: str
+    encoding: str  # the codec used: the one asked for, or the one "auto" chose
+    detected: str  # under "auto": what decided it ("byte-order mark", ...); else ""
+    replaced: int  # bytes replaced with U+FFFD under errors="replace"
+
+
+class _Counter(threading.local):
+    replaced = 0
+
+
+_counter = _Counter()
+
+
+def _count_and_replace(error: UnicodeDecodeError) -> tuple[str, int]:
+    _counter.replaced += error.end - error.start
+    return "\ufffd", error.end
+
+
+codecs.register_error("rnnkit.replace", _count_and_replace)
+
+
+def _wide_unicode(data: bytes) -> str | None:
+    """UTF-32 or UTF-16 (little or big endian) recognised by where text without a byte-order mark
+    has its zero bytes (the high bytes of Latin characters), if the whole decodes cleanly."""
+    sample = data[:1 << 16]
+    if len(sample) < 4 or 0 not in sample:
+        return None
+
+    def zeros(step: int, phase: int) -> float:
+        part = sample[phase::step]
+        return part.count(0) / max(1, len(part))
+
+    guesses = []
+    if len(data) % 4 == 0:
+        z = [zeros(4, i) for i in range(4)]
+        guesses += [("utf-32-le", z[2] > 0.95 and z[3] > 0.95 and z[0] < 0.05),
+                    ("utf-32-be", z[0] > 0.95 and z[1] > 0.95 and z[3] < 0.05)]
+    if len(data) % 2 == 0:
+        even, odd = zeros(2, 0), zeros(2, 1)
+        guesses += [("utf-16-le", odd > 0.3 and even < 0.05), ("utf-16-be", even > 0.3 and odd < 0.05)]
+    for name, fits in guesses:
+        if fits:
+            try:
+                data.decode(name)
+            except UnicodeDecodeError:
+                continue
+            return name
+    return None
+
+
+def unicode_encoding(data: bytes) -> tuple[str, str] | None:
+    """``(codec, what decided it)`` when the bytes are Unicode: a byte-order mark, UTF-32/UTF-16
+    without one, or valid UTF-8; else None."""
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            return name, "byte-order mark"
+    wide = _wide_unicode(data)
+    if wide:
+        return wide, "zero-byte pattern, no byte-order mark"
     try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise ValueError(f"encoding: expected a codec name such as 'utf-8', got {encoding!r}") from None
+        data.decode("utf-8")
+        return "utf-8", "valid UTF-8"
+    except UnicodeDecodeError:
+        return None
+
+
+def guess_code_page(data: bytes, source: str) -> tuple[str, str]:
+    """``(codec, what decided it)`` for bytes in a legacy 8-bit encoding: charset-normalizer's guess.
+
+    Western text often reads equally cleanly in several code pages (cp1250, cp1252, cp1257 share most
+    letters) and charset-normalizer's pick among them is arbitrary; Windows-1252, the most common
+    legacy encoding, wins when it reads about as cleanly as the best. Short texts say little: a
+    folder of files is guessed from all of its files at once (``read_folder``).
+    """
+    from charset_normalizer import from_bytes
+    matches = from_bytes(data)
+    best = matches.best()
+    if best is None:
+        raise ValueError(f"{source}: encoding 'auto' could not tell the encoding; name it "
+                         "(data.encoding in the config, --encoding on the command line)")
+    near = {codecs.lookup(m.encoding).name for m in matches if m.chaos <= best.chaos + _CHAOS_MARGIN}
+    if "cp1252" in near:
+        return "cp1252", "charset-normalizer, Windows-1252 among its equals"
+    return codecs.lookup(best.encoding).name, "charset-normalizer"
+
+
+def _line(text_before: str) -> int:
+    """The 1-based line number of the position after ``text_before`` (any line ending)."""
+    return text_before.count("\n") + text_before.count("\r") - text_before.count("\r\n") + 1
+
+
+def _byte_offset(data: bytes, encoding: str, errors: str, position: int) -> int:
+    """Where the character at ``position`` of ``data.decode(encoding, errors)`` starts in ``data``."""
+    lo, hi = 0, len(data)
+    while lo < hi:  # the shortest prefix that decodes to at least `position` characters
+        mid = (lo + hi) // 2
+        if len(codecs.getincrementaldecoder(encoding)(errors).decode(data[:mid])) >= position:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def decode_text(data: bytes, source: str, encoding: str = "utf-8", errors: str = "strict",
+                allow_control_chars: bool = False, code_page: tuple[str, str] | None = None) -> Decoded:
+    """Decode the bytes of a text file (the one decoding step of every rnnkit reader).
+
+    encoding: a codec name, or ``"auto"``: a byte-order mark; else UTF-32/UTF-16 recognised by their
+    zero bytes; else UTF-8 if the bytes are valid UTF-8; else ``code_page`` when given (a
+    ``guess_code_page`` result for a larger sample), else ``guess_code_page(data)``.
+    ``"utf-8"`` drops a leading byte-order mark (as ``"utf-8-sig"``).
+    errors: ``"strict"`` raises ValueError naming ``source``, the line, the byte offset and value,
+    and the config key or flag that fixes it; ``"replace"`` puts U+FFFD for undecodable bytes and
+    counts them (``Decoded.replaced``); other codec error handlers are passed to the codec.
+    allow_control_chars: False makes NUL and other control characters (all but tab, line feed,
+    carriage return and form feed) a ValueError naming the file, line and byte offset.
+    Line endings are kept as they are (``read_text`` normalises them).
+    """
+    check_encoding(encoding)
     try:
         codecs.lookup_error(errors)
     except LookupError:
         raise ValueError(f"errors: expected a codec error handler such as 'strict' or 'replace', "
                          f"got {errors!r}") from None
+    detected, codec = "", encoding
+    if encoding == "auto":
+        codec, detected = unicode_encoding(data) or code_page or guess_code_page(data, source)
+        encoding = codec
+    elif codecs.lookup(encoding).name == "utf-8":
+        codec = "utf-8-sig"  # the same, but a leading byte-order mark is dropped
+    handler = "rnnkit.replace" if errors == "replace" else errors
+    _counter.replaced = 0
+    try:
+        text = data.decode(codec, handler)
+    except UnicodeDecodeError as exc:
+        line = _line(data[:exc.start].decode(codec, "replace"))
+        raise ValueError(f"{source} is not valid {encoding}: byte {data[exc.start]:#04x} at byte offset "
+                         f"{exc.start}, line {line} ({exc.reason}); {_FIX_ENCODING}, {_FIX_ERRORS}") from None
+    replaced = _counter.replaced if errors == "replace" else 0
+    if not allow_control_chars:
+        found = _CONTROL.search(text)
+        if found:
+            char = ord(found.group())
+            name = _CONTROL_NAMES.get(char, "a control character")
+            offset = _byte_offset(data, codec, handler, found.start())
+            wide = _wide_unicode(data) if char == 0 and not detected else None
+            hint = f"the file looks like {wide} (data.encoding = 'auto' reads it); " if wide else ""
+            raise ValueError(f"{source}: line {_line(text[:found.start()])}, byte offset {offset}: "
+                             f"U+{char:04X} ({name}) in the text, which text files do not hold; {hint}"
+                             f"{_FIX_ENCODING}, {_FIX_CONTROL}")
+    return Decoded(text, encoding, detected, replaced)
+
+
+def read_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
+    """A file's bytes (``.gz`` files decompressed) and its name for messages."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no such file: {path}")
     compressed = path.suffix == ".gz"
@@ -59,19 +259,50 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "s
         data = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise ValueError(f"path: {path} is not a valid gzip file ({exc})") from None
-    try:
-        text = data.decode(encoding, errors)
-    except UnicodeDecodeError as exc:
-        where = "of the decompressed data " if compressed else ""
-        raise ValueError(f"path: {path} is not valid {encoding}: byte {data[exc.start]:#04x} at byte offset "
-                         f"{exc.start} {where}({exc.reason}); pass errors=\"replace\" to replace "
-                         "undecodable bytes") from None
+    return data, f"{path} (decompressed)" if compressed else str(path)
+
+
+def read_decoded(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict",
+                 allow_control_chars: bool = False) -> Decoded:
+    """``decode_text`` of a file's bytes (``read_bytes``), without reporting what it did."""
+    check_encoding(encoding)
+    return decode_text(*read_bytes(path), encoding, errors, allow_control_chars)
+
+
+def report_decoding(path: str | os.PathLike, decoded: Decoded | Sequence[Decoded]) -> None:
+    """Warn what ``encoding="auto"`` chose and how many bytes were replaced, for one file or for the
+    files of a folder (one warning each, the first few files named)."""
+    many = [decoded] if isinstance(decoded, Decoded) else list(decoded)
+    chosen = Counter((d.encoding, d.detected) for d in many if d.detected)
+    if chosen:
+        parts = ", ".join(f"{enc} ({how})" + (f" for {n} files" if len(many) > 1 else "")
+                          for (enc, how), n in chosen.most_common())
+        warnings.warn(f"{path}: encoding 'auto' read {parts}", stacklevel=3)
+    replaced = sum(d.replaced for d in many)
+    if replaced:
+        warnings.warn(f"{path}: replaced {replaced} undecodable byte(s) with U+FFFD (encoding_errors = "
+                      "'replace')", stacklevel=3)
+
+
+def normalise_newlines(text: str) -> str:
+    """``"\\r\\n"`` and ``"\\r"`` to ``"\\n"``, as Python's text mode reads them."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_corpus(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict") -> str:
+def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict",
+              allow_control_chars: bool = False) -> str:
+    """The text of a file; ``.gz`` files are decompressed. Line endings are normalised to ``"\\n"``
+    (as Python's text mode does). ``encoding``, ``errors`` and ``allow_control_chars`` as in
+    ``decode_text``; what ``"auto"`` chose and how many bytes ``"replace"`` replaced are warned."""
+    decoded = read_decoded(path, encoding, errors, allow_control_chars)
+    report_decoding(path, decoded)
+    return normalise_newlines(decoded.text)
+
+
+def read_corpus(path: str | os.PathLike, encoding: str = "utf-8", errors: str = "strict",
+                allow_control_chars: bool = False) -> str:
     """``read_text``, refusing a corpus that is empty or only whitespace."""
-    text = read_text(path, encoding, errors)
+    text = read_text(path, encoding, errors, allow_control_chars)
     if not text.strip():
         raise ValueError(f"corpus: {path} is empty")
     return text

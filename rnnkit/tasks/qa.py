@@ -170,7 +170,7 @@ class QADataConfig(Config):
     dataset: str = Field("babi", description="a registered data set whose files train/valid/test may name; "
                                              "'' when they are paths")
     data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
-    task_id: int = Field(0, ge=0, le=10, description="bAbI task 1-10: its train and test files (unless "
+    task_id: int = Field(0, ge=0, le=20, description="bAbI task 1-20: its train and test files (unless "
                                                      "train/test are set); 0: use train/test")
     train: str = Field("", description="training questions in bAbI format (a path, or a file of `dataset`)")
     valid: str = Field("", description="validation questions; '' holds out valid_fraction of the training ones")
@@ -250,11 +250,13 @@ def attention_loss(attention: Tensor, supporting: Tensor) -> Tensor:
 
 
 class Answer(NamedTuple):
-    """An answer, its probability, and the last hop's attention over the story's sentences."""
+    """An answer, its probability, the last hop's attention over the story's sentences, and whether
+    it is a guess (asked with ``allow_guess=True`` where the story or question gave nothing to read)."""
 
     answer: str
     probability: float
     attention: list[float]
+    guess: bool = False
 
 
 # --------------------------------------------------------------------------------------- task
@@ -383,21 +385,36 @@ class QuestionAnswering(Task):
         accuracy, loss = self._score(self._encode(examples))
         return {"accuracy": accuracy, "loss": loss, "n": len(examples), "unknown_answers": unknown}
 
-    def answer(self, story: str | Sequence[str], question: str) -> Answer:
+    def answer(self, story: str | Sequence[str], question: str, allow_guess: bool = False) -> Answer:
         """Answer ``question`` about ``story`` (text, one or more sentences per line, numbered or not;
-        or a list of sentences). Unknown words read as <unk>; an empty story or question is answered
-        from the empty sequence, with a warning."""
+        or a list of sentences). Unknown words read as <unk>, with a warning.
+
+        Raises ValueError when there is nothing to answer from: a story without sentences, or a
+        story or question without a word the model knows. ``allow_guess=True`` answers anyway, with
+        a warning, and the Answer's ``guess`` is True.
+        """
         if isinstance(story, str):
             sentences = parse_story(story)
         else:
             sentences = [tokenize(s) for s in story if tokenize(s)]
         words = tokenize(question)
+        story_words = [w for s in sentences for w in s]
+        problems = []
         if not sentences:
-            warnings.warn("story: no sentence in it; answering from the empty story", stacklevel=2)
+            problems.append("story: expected at least one sentence, got none")
+        elif self.vocab.count_unknown(story_words) == len(story_words):
+            problems.append(f"story: none of its {len(story_words)} words is known to the model")
         if not words:
-            warnings.warn("question: no words in it; answering from the empty question", stacklevel=2)
+            problems.append(f"question: expected words, got {question!r}")
+        elif self.vocab.count_unknown(words) == len(words):
+            problems.append(f"question: none of its words ({' '.join(words)}) is known to the model")
+        if problems and not allow_guess:
+            raise ValueError("; ".join(problems) + "; nothing to answer from (allow_guess=True, or --allow-guess, "
+                             "answers anyway, marked as a guess)")
+        if problems:
+            warnings.warn("; ".join(problems) + "; the answer is a guess", stacklevel=2)
         unknown = sum(self.vocab.count_unknown(s) for s in sentences) + self.vocab.count_unknown(words)
-        if unknown:
+        if unknown and not problems:
             warnings.warn(f"{unknown} word(s) of the story and question are unknown to the model and read as <unk>",
                           stacklevel=2)
         memory = self.model.config.memory_size
@@ -407,4 +424,4 @@ class QuestionAnswering(Task):
         probs, _, attention = self._run(self._encode([example]))
         k = int(probs[0].argmax())
         weights = [] if attention[0] is None else attention[0][-1].tolist()
-        return Answer(self.answers.names[k], float(probs[0, k]), weights)
+        return Answer(self.answers.names[k], float(probs[0, k]), weights, bool(problems))
