@@ -185,3 +185,47 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match=r"trainer_state\['fn'\]"):
         save_checkpoint(tmp_path / "c", state, {}, trainer_state={"fn": print})
     assert not (tmp_path / "c").exists()
+
+
+def edit_manifest(path, **changes) -> None:
+    manifest = json.loads((path / "checkpoint.json").read_text())
+    manifest.update(changes)
+    (path / "checkpoint.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("key, name", [("extras", "../../outside"), ("files", "../../outside.json"),
+                                       ("extras", "/etc/passwd"), ("files", "/etc/hostname")])
+def test_file_references_that_leave_the_directory_are_refused(tmp_path, key, name):
+    path = save_example(tmp_path / "runs" / "c", TiedLM())
+    (tmp_path / "outside.json").write_text('{"secret": 1}')
+    manifest = json.loads((path / "checkpoint.json").read_text())
+    edit_manifest(path, **{key: manifest[key] + [name]})
+    with pytest.raises(ValueError, match=f"checkpoint.json: refers to '{name}', outside the checkpoint directory"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "config.json", "model.safetensors", "checkpoint.json"])
+def test_symbolic_links_out_of_the_directory_are_refused(tmp_path, name):
+    path = save_example(tmp_path / "c", TiedLM())
+    outside = tmp_path / "outside"
+    os.replace(path / name, outside)
+    (path / name).symlink_to(outside)
+    with pytest.raises(ValueError, match=f"refers to '{name}' \\(a symbolic link to {outside}\\), outside"):
+        load_checkpoint(path)
+
+
+def test_symbolic_links_inside_the_directory_are_read(tmp_path):
+    path = save_example(tmp_path / "c", TiedLM())
+    os.replace(path / "vocab.json", path / "vocab.data")
+    (path / "vocab.json").symlink_to("vocab.data")
+    assert load_checkpoint(path).extras["vocab"] == {"tokens": ["a", "b"]}
+
+
+def test_manifest_lists_must_be_lists_of_names(tmp_path):
+    path = save_example(tmp_path / "c", TiedLM())
+    edit_manifest(path, extras="vocab")
+    with pytest.raises(ValueError, match="expected 'extras' to be a list of names, got 'vocab'"):
+        load_checkpoint(path)
+    edit_manifest(path, extras=["vocab", 3])
+    with pytest.raises(ValueError, match="checkpoint.json: expected file names, got 3"):
+        load_checkpoint(path)

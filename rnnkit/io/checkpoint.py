@@ -194,6 +194,21 @@ def _swap_into_place(tmp: Path, final: Path, old: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- reading
+def _member(directory: Path, name: Any) -> Path:
+    """``directory / name`` for a file the manifest names; a ValueError for a name that is not a plain
+    file name or that leads out of the directory (``..``, an absolute path, a symbolic link)."""
+    if not isinstance(name, str):
+        raise ValueError(f"{directory / MANIFEST}: expected file names, got {name!r}")
+    plain = name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    path = directory / name if plain else None
+    if path is None or not path.resolve().is_relative_to(directory.resolve()):
+        link = f" (a symbolic link to {path.resolve()})" if path is not None else ""
+        raise ValueError(f"{directory / MANIFEST}: refers to {name!r}{link}, outside the checkpoint directory "
+                         f"{directory}; a checkpoint reads only the files inside its directory (is it damaged "
+                         "or crafted?)")
+    return path
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -237,7 +252,7 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], source: Path) -> Any:
 def _is_complete(directory: Path) -> bool:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-        return all((directory / name).is_file() for name in manifest["files"])
+        return all(_member(directory, name).is_file() for name in manifest["files"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -261,27 +276,39 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     Returns ``Checkpoint(config, state_dict, extras, trainer_state)`` (trainer_state None if not
     saved). With ``model``, the state dict is also checked against it (``check_state_dict``) and
     loaded into it. Raises FileNotFoundError for a missing directory or file, ValueError for
-    malformed JSON, a truncated/corrupt safetensors file or an unknown format version.
+    malformed JSON, a truncated/corrupt safetensors file, an unknown format version, or a file
+    reference that leads out of the directory (``..``, an absolute path, a symbolic link).
     """
     directory = _resolve(Path(path))
-    manifest = _read_json(directory / MANIFEST)
+    manifest = _read_json(_member(directory, MANIFEST))
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise ValueError(f"{directory / MANIFEST}: expected format_version {FORMAT_VERSION}, "
                          f"got {version!r}")
-    config = _read_json(directory / CONFIG)
-    state = _read_safetensors(directory / MODEL)
+    for key in ("files", "extras"):
+        if not isinstance(manifest.get(key, []), list):
+            raise ValueError(f"{directory / MANIFEST}: expected {key!r} to be a list of names, "
+                             f"got {manifest[key]!r:.80}")
+    for name in manifest.get("files", []):
+        _member(directory, name)
+    config = _read_json(_member(directory, CONFIG))
+    state = _read_safetensors(_member(directory, MODEL))
     for alias, target in manifest.get("aliases", {}).items():
         if target not in state:
             raise ValueError(f"{directory / MANIFEST}: alias {alias!r} points to {target!r}, "
                              f"which {MODEL} does not contain")
         state[alias] = state[target]
     state = {key: state[key] for key in manifest.get("keys", []) if key in state} | state  # saved order
-    extras = {name: _read_json(directory / f"{name}.json") for name in manifest.get("extras", [])}
+    extras = {}
+    for name in manifest.get("extras", []):
+        if not isinstance(name, str) or not _EXTRA_NAME.match(name):
+            _member(directory, name)  # names the problem when it is a path
+            raise ValueError(f"{directory / MANIFEST}: expected extra names like 'vocab', got {name!r}")
+        extras[name] = _read_json(_member(directory, f"{name}.json"))
     trainer_state = None
     if manifest.get("has_trainer_state"):
-        tensors = _read_safetensors(directory / TRAINER_TENSORS)
-        trainer_state = _decode(_read_json(directory / TRAINER_JSON), tensors, directory)
+        tensors = _read_safetensors(_member(directory, TRAINER_TENSORS))
+        trainer_state = _decode(_read_json(_member(directory, TRAINER_JSON)), tensors, directory)
     if model is not None:
         check_state_dict(model, state, source=directory / MODEL)
         model.load_state_dict(state)
