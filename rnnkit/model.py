@@ -267,3 +267,8 @@ class SequenceModel(nn.Module):
         finally:
             self.train(was_training)
         return self.output.activate(logits)
+
+
+# torch.load(..., weights_only=True) of a whole saved SequenceModel: its class and the config it holds
+# (the layers register theirs in rnnkit.layers).
+torch.serialization.add_safe_globals([SequenceModel, ModelConfig])

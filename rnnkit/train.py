@@ -55,6 +55,7 @@ from . import distributed
 from .config import Config
 from .io.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from .kernels.buffers import pool
+from .summary import build_summary, format_summary
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteError", "LRSchedule", "build_optimizer",
            "seed_everything", "repackage_hidden"]
@@ -99,6 +100,8 @@ class TrainConfig(Config):
     max_minutes: float = Field(0.0, ge=0, description="time budget per fit(); stop after the step that "
                                                       "exceeds it, saving last; 0 = no limit")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    threads: int = Field(0, ge=0, description="CPU threads for the run (torch.set_num_threads, restored "
+                                              "after fit); 0 keeps torch's setting")
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
@@ -244,6 +247,9 @@ class Trainer:
     call ``trainer.request_stop()``: training stops after that step, saving ``last``.
     checkpoint_extras: ``{name: JSON data}`` saved beside the weights (e.g. ``{"vocab": ...}``).
     model_config: dict or Config saved as the checkpoint's ``config.json`` (to rebuild the model).
+    summary: the task's facts about its data for the run's summary (``rnnkit.summary``: task, unit,
+    splits, vocab_size, classes, batch_size, batches_per_epoch, ...); ``fit`` adds the model's and
+    the machine's, prints it before the first step and writes it first to metrics.jsonl.
 
     After ``fit``: ``history`` (per-epoch metric dicts), ``grad_norm_history`` (with
     record_grad_norms), ``skipped_batches``, ``best`` / ``best_epoch``, ``stop_reason`` (None,
@@ -254,7 +260,7 @@ class Trainer:
                  loss_fn: Callable[[nn.Module, Any, Any], tuple[Tensor, Any, int]],
                  evaluate_fn: Callable[[nn.Module], dict[str, float]] | None = None,
                  callbacks: Sequence[object] = (), checkpoint_extras: dict[str, Any] | None = None,
-                 model_config: dict | Config | None = None) -> None:
+                 model_config: dict | Config | None = None, summary: dict[str, Any] | None = None) -> None:
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
@@ -274,6 +280,7 @@ class Trainer:
         self.schedule = LRSchedule(config)
         self.loss_fn, self.evaluate_fn = loss_fn, evaluate_fn
         self.callbacks = list(callbacks)
+        self.summary = dict(summary or {})  # the task's data facts; fit() completes it (rnnkit.summary)
         self.checkpoint_extras = dict(checkpoint_extras or {})
         self.model_config = (model_config.to_dict() if isinstance(model_config, Config)
                              else dict(model_config or {}))
@@ -324,11 +331,15 @@ class Trainer:
         if self.step == 0 and not self._resumed:
             seed_everything(self.config.seed)
         self.stop_reason, self._stop_requested = None, False
+        threads = torch.get_num_threads()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
         self._fit_start = time.monotonic()
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._metrics_file = open(self.out_dir / "metrics.jsonl", "a" if self.step else "w")
         try:
+            self._announce(train_batches)
             while self.epoch < self.config.epochs and self.stop_reason is None:
                 self._train_epoch(self.epoch + 1, train_batches)
             if self.stop_reason is not None:
@@ -341,7 +352,22 @@ class Trainer:
             if self._tensorboard is not None:
                 self._tensorboard.flush()
             pool.clear()  # the fused kernels' buffers kept from step to step: not needed after training
+            torch.set_num_threads(threads)
         return self.history
+
+    def _announce(self, train_batches: Callable[[int], Iterable[Any]]) -> None:
+        """Print what will run (``rnnkit.summary``) and, on a fresh start, write it as metrics.jsonl's
+        first record; ``self.summary`` becomes the full record."""
+        if not self.is_main:
+            return
+        facts = dict(self.summary)
+        if facts.get("batches_per_epoch") is None:
+            batches = train_batches(self.epoch + 1)
+            facts["batches_per_epoch"] = len(batches) if hasattr(batches, "__len__") else None
+        self.summary = build_summary(self.module, facts, device=self.device)
+        self._print(format_summary(self.summary))
+        if self.step == 0:
+            self._write_metrics({"type": "summary", **self.summary})
 
     def resume(self, path: str | Path) -> Trainer:
         """Restore weights, optimizer, schedule, counters, RNG states and the position inside an
