@@ -16,7 +16,7 @@ layers itself. Either way the recurrent state is in torch.nn's hx layout, <float
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from pydantic import Field, model_validator
@@ -28,10 +28,27 @@ from .layers.embedding import Embedding
 from .layers.output import OutputLayer, sequence_mask
 from .layers.recurrent import GRU, LSTM, RNN, Hidden, LayerNormLSTM
 
-_LAYERS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+CellName = Literal["lstm", "lstm_ln", "gru", "rnn", "rnn_relu"]
+"""The cell names a config's ``cell`` field takes (SequenceModel, QAModel)."""
+
+CELLS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "lstm": (LSTM, {}), "lstm_ln": (LayerNormLSTM, {}), "gru": (GRU, {}),
     "rnn": (RNN, {"nonlinearity": "tanh"}), "rnn_relu": (RNN, {"nonlinearity": "relu"}),
 }
+"""The one registry of cell names: name → (rnnkit layer class, the options that name implies)."""
+assert set(CELLS) == set(get_args(CellName)), "CELLS and CellName must name the same cells"
+
+
+def recurrent_layer(cell: str, input_size: int, hidden_size: int, **options: Any) -> nn.Module:
+    """A recurrent layer of the named cell, e.g. ``recurrent_layer("rnn_relu", 16, 32, batch_first=True)``.
+
+    cell: a key of ``CELLS``; options: the layer's own keyword arguments (``num_layers``,
+    ``bidirectional``, ``batch_first``, ...), added to those the name implies.
+    """
+    if cell not in CELLS:
+        raise ValueError(f"cell: expected one of {sorted(CELLS)}, got {cell!r}")
+    layer_cls, implied = CELLS[cell]
+    return layer_cls(input_size, hidden_size, **implied, **options)
 
 
 class ModelConfig(Config):
@@ -40,7 +57,7 @@ class ModelConfig(Config):
     vocab_size: int = Field(0, ge=0, description="number of token ids; 0 = continuous inputs, no embedding")
     input_size: int = Field(1, ge=1, description="features per step of continuous inputs (vocab_size = 0)")
     embedding_dim: int = Field(128, ge=1, description="size of the token vectors (vocab_size > 0)")
-    cell: Literal["lstm", "lstm_ln", "gru", "rnn", "rnn_relu"] = Field(
+    cell: CellName = Field(
         "lstm", description="recurrent cell: LSTM, layer-normalised LSTM, GRU, or simple RNN with tanh / relu")
     hidden_size: int = Field(128, ge=1, description="hidden units per layer and direction")
     num_layers: int = Field(1, ge=1, description="stacked recurrent layers")
@@ -138,20 +155,20 @@ class SequenceModel(nn.Module):
         cfg, directions = config, config.directions
         self.embedding = Embedding(cfg.vocab_size, cfg.embedding_dim, cfg.padding_idx) if cfg.vocab_size else None
         self.embedding_dropout = EmbeddingDropout(cfg.embedding_dropout)
-        layer_cls, options = _LAYERS[cfg.cell]
-        options = {**options, "hidden_size": cfg.hidden_size, "bidirectional": cfg.bidirectional,
-                   "batch_first": True, "init": "keras" if cfg.init in ("keras", "chrono") else "torch"}
+        options = {"bidirectional": cfg.bidirectional, "batch_first": True,
+                   "init": "keras" if cfg.init in ("keras", "chrono") else "torch"}
         if cfg.cell == "gru":
             options["reset_after"] = cfg.reset_after
         features = cfg.embedding_dim if cfg.vocab_size else cfg.input_size
         if cfg.variational_dropout:
             width = cfg.hidden_size * directions
-            self.stack = nn.ModuleList(layer_cls(features if i == 0 else width, num_layers=1, **options)
-                                       for i in range(cfg.num_layers))
+            self.stack = nn.ModuleList(recurrent_layer(cfg.cell, features if i == 0 else width, cfg.hidden_size,
+                                                       num_layers=1, **options) for i in range(cfg.num_layers))
             self.drop: nn.Module = LockedDropout(cfg.variational_dropout)
         else:
             between = cfg.dropout if cfg.num_layers > 1 else 0.0  # the model's own dropout does the rest
-            self.stack = nn.ModuleList([layer_cls(features, num_layers=cfg.num_layers, dropout=between, **options)])
+            self.stack = nn.ModuleList([recurrent_layer(cfg.cell, features, cfg.hidden_size, num_layers=cfg.num_layers,
+                                                        dropout=between, **options)])
             self.drop = nn.Dropout(cfg.dropout)
         self.output = OutputLayer(cfg.hidden_size * directions, cfg.output_size, cfg.output_activation,
                                   cfg.output_per, cfg.pooling, directions)

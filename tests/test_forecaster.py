@@ -259,7 +259,7 @@ def test_missing_date_column_and_unknown_column(tmp_path):
     with pytest.raises(ValueError, match=r"future_covariates: 'price' is not a column"):
         Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", future_covariates="price", lookback=6,
                        horizon=3)
-    with pytest.raises(TypeError, match=r"fit: unknown data option 'lookbak'"):
+    with pytest.raises(TypeError, match=r"Forecaster.fit: unknown keyword 'lookbak'; did you mean 'lookback'"):
         Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", lookbak=6)
     with pytest.raises(ValueError, match="data.target_columns: expected at least one column"):
         Forecaster.fit(monthly(40), experiment=tiny())

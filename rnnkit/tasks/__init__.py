@@ -1,5 +1,8 @@
 """Tasks: what rnnkit is used for, each composing data, a SequenceModel and the Trainer.
 
+Each task fits from in-memory data or files with keyword overrides of its config, e.g.
+``Classifier.fit(texts, labels, cell="gru", epochs=5)`` or ``LanguageModel.fit("corpus.txt")``;
+``fit(experiment, out_dir)`` trains any task from its experiment config, as ``rnnkit train`` does.
 ``load(path)`` reads any task's checkpoint; ``load_experiment(path)`` reads any task's TOML config.
 """
 
@@ -36,9 +39,14 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return apply_overrides(experiment, overrides)
 
 
-def fit(experiment: Config, out_dir: str | Path, resume: bool = False) -> Task:
-    """Train the experiment's task; the trained task (best checkpoint) is returned."""
-    return _task_class(experiment.task, "experiment").fit(experiment, out_dir, resume=resume)
+def fit(experiment: Config, out_dir: str | Path | None = None, resume: bool = False) -> Task:
+    """Train the experiment's task (its ``task`` key picks it), as ``rnnkit train`` does.
+
+    out_dir: where checkpoints (``best/``, ``last/``), ``metrics.jsonl`` and the task's files go;
+    None writes nothing. resume: continue from ``out_dir/last``. Returns the trained task with the
+    best epoch's weights; each task's own ``fit`` also takes in-memory data and keyword overrides.
+    """
+    return _task_class(experiment.task, "experiment").fit(experiment, out_dir=out_dir, resume=resume)
 
 
 def load(path: str | Path) -> Task:

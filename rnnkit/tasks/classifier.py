@@ -7,6 +7,8 @@ recurrent state. The network is a SequenceModel read per sequence::
     ids <int64>[B, T] ─► Embedding (optionally pretrained) ─► (bi)LSTM/GRU/RNN ─► pooling over the
     valid steps (last / mean / max) ─► Linear ─► sigmoid (2 classes) or softmax (more)
 
+    clf = Classifier.fit(texts, labels, valid=(valid_texts, valid_labels), cell="gru", epochs=5)
+    clf = Classifier.fit("train.tsv", valid="dev.tsv", out_dir="runs/mine")   # or a folder per class
     clf = Classifier.fit(load_experiment("configs/sst2.toml"), "runs/sst2")
     clf.predict(["a gorgeous , witty film"])        # ["1"]
     clf.predict_proba(["a gorgeous , witty film"])  # <float64>[1, 2]: P(class) in LabelSet order
@@ -14,9 +16,9 @@ recurrent state. The network is a SequenceModel read per sequence::
 
 Early stopping and the best checkpoint follow the validation accuracy (``train.monitor``). The
 validation set is ``data.valid``, or, when that is "", ``data.valid_fraction`` of the training
-file held out; ``data.test`` is scored once with the best model. After training, ``out_dir`` holds
-``best/``, ``last/``, ``metrics.jsonl``, ``results.json``, ``confusion_matrix.png`` and
-``training_curve.png``.
+file held out; ``data.test`` is scored once with the best model. With an ``out_dir``, training
+writes ``best/``, ``last/``, ``metrics.jsonl``, ``results.json``, ``confusion_matrix.png`` and
+``training_curve.png`` there.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import csv
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,15 +41,15 @@ from ..config import Config
 from ..data.classification import (BucketBatches, LabelSet, TextDataset, class_weights, encode_texts,
                                    read_labelled)
 from ..data.datasets import dataset_info, resolve_data_path
-from ..data.text import Tokenizer, Vocab, WordTokenizer, read_text, tokenizer_from_dict
+from ..data.text import TextFileConfig, Tokenizer, Vocab, WordTokenizer, read_text, tokenizer_from_dict
 from ..layers.embedding import Embedding
 from ..metrics import accuracy, confusion_matrix, precision_recall_f1
 from ..model import ModelConfig, SequenceModel
 from ..train import TrainConfig, Trainer
-from .base import Task
+from .base import Task, Training
 
 
-class ClassifierDataConfig(Config):
+class ClassifierDataConfig(TextFileConfig):
     """Where the labelled texts come from and how they become batches."""
 
     dataset: str = Field("", description="a registered data set (e.g. 'sst-2') whose files train/valid/test "
@@ -76,8 +79,6 @@ class ClassifierDataConfig(Config):
     pretrained_vectors: str = Field("", description="word2vec/GloVe text file for the embedding (sets "
                                                     "model.embedding_dim); '' trains it from scratch")
     freeze_embeddings: bool = Field(False, description="keep pretrained vectors fixed")
-    encoding_errors: Literal["strict", "replace"] = Field("strict", description="undecodable bytes: fail "
-                                                          "with the file and byte offset, or replace")
 
 
 def _default_model() -> ModelConfig:
@@ -108,23 +109,45 @@ def _resolve(cfg: ClassifierDataConfig, value: str) -> Path:
 
 def _read(cfg: ClassifierDataConfig, path: Path, require_label: bool = True) -> TextDataset:
     return read_labelled(path, cfg.text_column, cfg.label_column, cfg.delimiter or None,
-                         errors=cfg.encoding_errors, require_label=require_label)
+                         require_label=require_label, **cfg.reading())
 
 
-def load_splits(cfg: ClassifierDataConfig, seed: int = 0) -> dict[str, TextDataset]:
-    """train, valid and (when configured) test data sets."""
+def load_splits(cfg: ClassifierDataConfig, seed: int = 0,
+                given: dict[str, TextDataset] | None = None) -> dict[str, TextDataset]:
+    """train, valid and (when configured) test data sets: ``given`` ones by split, else read from
+    the configured files."""
+    given = given or {}
     if cfg.dataset:
         dataset_info(cfg.dataset)  # a clear error for an unknown name
-    if not cfg.train:
+    if not cfg.train and "train" not in given:
         raise ValueError("data.train: expected a training file or folder, got none")
-    splits = {"train": _read(cfg, _resolve(cfg, cfg.train))}
-    if cfg.valid:
-        splits["valid"] = _read(cfg, _resolve(cfg, cfg.valid))
+
+    def read(split: str) -> TextDataset:
+        return given[split] if split in given else _read(cfg, _resolve(cfg, getattr(cfg, split)))
+
+    splits = {"train": read("train")}
+    if cfg.valid or "valid" in given:
+        splits["valid"] = read("valid")
     else:
         splits["train"], splits["valid"] = splits["train"].split(cfg.valid_fraction, seed)
-    if cfg.test:
-        splits["test"] = _read(cfg, _resolve(cfg, cfg.test))
+    if cfg.test or "test" in given:
+        splits["test"] = read("test")
     return splits
+
+
+def texts_dataset(texts: Any, labels: Any, arg: str) -> TextDataset:
+    """In-memory texts and their labels (any values, kept as strings) as a TextDataset whose
+    origins read ``<arg>[i]``."""
+    for name, value in ((arg, texts), (f"{arg} labels", labels)):
+        if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+            raise TypeError(f"{name}: expected a list, got {type(value).__name__}")
+    texts, labels = list(texts), list(labels)
+    if len(texts) != len(labels):
+        raise ValueError(f"{arg}: expected one label per text, got {len(texts)} texts and {len(labels)} labels")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"{arg}: expected a list of strings, got {type(texts[bad]).__name__} at index {bad}")
+    return TextDataset(texts, [str(label) for label in labels], [f"{arg}[{i}]" for i in range(len(texts))])
 
 
 # ----------------------------------------------------------------------------------- metrics
@@ -161,10 +184,82 @@ class Classifier(Task):
 
     # ---------------------------------------------------------------------------------- fit
     @classmethod
-    def fit(cls, experiment: ClassifierExperiment, out_dir: str | Path, resume: bool = False) -> Classifier:
-        """Train; checkpoints, metrics, results and plots go to ``out_dir`` (module docstring)."""
-        data, out_dir = experiment.data, Path(out_dir)
-        splits = load_splits(data, experiment.train.seed)
+    def fit(cls, data: ClassifierExperiment | str | Path | Iterable[str] | None = None, labels: Any = None, *,
+            valid: Any = None, test: Any = None, out_dir: str | Path | None = None, resume: bool = False,
+            experiment: ClassifierExperiment | None = None, **overrides: Any) -> Classifier:
+        """Train a text classifier; returns it with the best epoch's weights (in memory, on the CPU).
+
+        Args:
+            data: the training texts (a list of strings, with ``labels``); or a .tsv/.csv file with a
+                header row (columns ``text_column="sentence"``, ``label_column="label"``) or a folder
+                with one sub-folder per class, one file per text; or a ``ClassifierExperiment`` (the
+                form ``rnnkit train`` uses: ``Classifier.fit(experiment, out_dir)``).
+            labels: one label per text (strings or numbers; kept and predicted as strings). Two
+                classes train one sigmoid output, more a softmax.
+            valid: validation data for early stopping and the best epoch: ``(texts, labels)`` or a
+                file/folder; None holds out ``valid_fraction`` (0.1) of the training data.
+            test: data scored once with the best model (``results["test_accuracy"]``, ...), as valid.
+            out_dir: where ``best/``, ``last/``, ``metrics.jsonl``, ``results.json`` and the plots
+                go; None (default) writes nothing.
+            resume: continue from ``out_dir/last``.
+            experiment: the config the keywords start from (default ``ClassifierExperiment()``: a
+                bidirectional LSTM of 128 units with max pooling, batch 64, up to 10 epochs of Adam
+                with early stopping on validation accuracy).
+            **overrides: config fields by name: ``cell="gru"``, ``hidden_size=64``, ``epochs=5``,
+                ``lr=3e-3``, ``batch_size=32``, ``lowercase=False``, ...; dotted
+                (``**{"train.lr": 1e-3}``) or a section as a dict (``model={"bidirectional": False}``).
+
+        Returns:
+            The trained Classifier; on rank 0 ``results`` holds ``val_accuracy``, ``val_f1_macro``,
+            ``val_loss`` (and ``test_*``) of the best model.
+
+        Raises:
+            TypeError: an unknown keyword (with the close valid ones); texts without labels.
+            ValueError: a wrong config value, naming its key; texts and labels of different lengths.
+
+        Example::
+
+            clf = Classifier.fit(["a great film", "dull and slow", ...], ["pos", "neg", ...],
+                                 valid=(dev_texts, dev_labels), cell="gru", epochs=5)
+            clf.predict(["great film"])        # ["pos"]
+            clf.predict_proba(["great film"])  # <float64>[1, 2], columns in clf.labels.names order
+        """
+        if isinstance(data, ClassifierExperiment):
+            if experiment is not None:
+                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
+            if labels is not None:  # Classifier.fit(experiment, out_dir): the config form
+                if out_dir is not None or not isinstance(labels, (str, Path)):
+                    raise TypeError("labels: with an experiment as data, the second argument is out_dir; "
+                                    f"got {type(labels).__name__}")
+                out_dir, labels = labels, None
+            experiment, data = data, None
+        given: dict[str, TextDataset] = {}
+        for split, value in (("train", data), ("valid", valid), ("test", test)):
+            arg = "data" if split == "train" else split
+            if value is None:
+                continue
+            if isinstance(value, (str, Path)):
+                if split == "train" and labels is not None:
+                    raise TypeError("labels: a file or folder holds its own labels; got labels= as well")
+                overrides[f"data.{split}"] = str(value)
+            elif split == "train":
+                if labels is None:
+                    raise TypeError("labels: expected one label per text of data, got none")
+                given[split] = texts_dataset(value, labels, "texts")
+            elif isinstance(value, tuple) and len(value) == 2:
+                given[split] = texts_dataset(*value, arg)
+            else:
+                raise TypeError(f"{arg}: expected (texts, labels) or a file or folder path, "
+                                f"got {type(value).__name__}")
+        if data is None and labels is not None:
+            raise TypeError("labels: given without texts (data)")
+        experiment = cls._experiment(experiment, overrides)
+        return cls._fit_experiment(experiment, given, out_dir, resume)
+
+    @classmethod
+    def _read_data(cls, experiment: ClassifierExperiment, given: dict) -> tuple[ClassifierExperiment, dict]:
+        data = experiment.data
+        splits = load_splits(data, experiment.train.seed, given)
         tokenizer = WordTokenizer(lowercase=data.lowercase, pattern=data.pattern or None)
         train = splits["train"]
         vocab = Vocab.build((tokenizer.tokenize(t) for t in train.texts), min_freq=data.min_freq,
@@ -179,49 +274,49 @@ class Classifier(Task):
             pretrained = Embedding.from_text_vectors(data.pretrained_vectors, vocab.tokens,
                                                      freeze=data.freeze_embeddings, padding_idx=model_cfg.padding_idx)
             model_cfg = model_cfg.model_copy(update={"embedding_dim": pretrained.embedding_dim})
-        experiment = experiment.model_copy(update={
-            "model": ModelConfig.from_dict(model_cfg.to_dict(), "model"),
-            "train": experiment.train.model_copy(update={"out_dir": str(out_dir)})})
-
+        experiment = experiment.model_copy(update={"model": ModelConfig.from_dict(model_cfg.to_dict(), "model")})
         encoded = {}
         for split, ds in splits.items():
             seqs = encode_texts(ds.texts, tokenizer, vocab, max_length=data.max_length, origins=ds.origins)
             encoded[split] = (seqs, labels.encode(ds.labels, ds.origins))
-        world, rank = distributed.world_size(), distributed.rank()
-        distributed.per_rank(data.batch_size, "data.batch_size", world)
-        train_batches = BucketBatches(*encoded["train"], data.batch_size, pool=data.bucket_pool,
-                                      seed=experiment.train.seed, rank=rank, world_size=world)
-        weights = class_weights(encoded["train"][1], len(labels)) if data.class_weights == "balanced" else None
+        return experiment, {"tokenizer": tokenizer, "vocab": vocab, "labels": labels, "encoded": encoded,
+                            "pretrained": pretrained}
 
-        torch.manual_seed(experiment.train.seed)
+    @classmethod
+    def _build(cls, experiment: ClassifierExperiment, prepared: dict) -> Classifier:
         model = SequenceModel(experiment.model)
-        if pretrained is not None:
+        if prepared["pretrained"] is not None:
             with torch.no_grad():
-                model.embedding.weight.copy_(pretrained.weight)
-            model.embedding.weight.requires_grad_(not data.freeze_embeddings)
-        clf = cls(model, tokenizer, vocab, labels, experiment)
+                model.embedding.weight.copy_(prepared["pretrained"].weight)
+            model.embedding.weight.requires_grad_(not experiment.data.freeze_embeddings)
+        return cls(model, prepared["tokenizer"], prepared["vocab"], prepared["labels"], experiment)
+
+    def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
+        data, encoded, k = self.experiment.data, prepared["encoded"], len(self.labels)
+        distributed.per_rank(data.batch_size, "data.batch_size", world_size)
+        train_batches = BucketBatches(*encoded["train"], data.batch_size, pool=data.bucket_pool,
+                                      seed=self.experiment.train.seed, rank=rank, world_size=world_size)
+        prepared["padding"] = train_batches.padding_fraction()
+        weights = class_weights(encoded["train"][1], k) if data.class_weights == "balanced" else None
 
         def loss_fn(net, batch, state):
             ids, lengths, targets = batch
             logits, _ = net(ids, lengths=lengths)
-            return clf._loss(logits, targets, weights), None, targets.numel()
+            return self._loss(logits, targets, weights), None, targets.numel()
 
         valid_seqs, valid_y = encoded["valid"]
 
         def evaluate_fn(net):
-            probs, loss = clf._probabilities(valid_seqs, valid_y, net)
+            probs, loss = self._probabilities(valid_seqs, valid_y, net)
             pred = probs.argmax(axis=1)
             y = valid_y.numpy()
             return {"val_loss": loss, "val_accuracy": accuracy(y, pred),
-                    "val_f1_macro": precision_recall_f1(y, pred, num_classes=len(labels), average="macro")[2]}
+                    "val_f1_macro": precision_recall_f1(y, pred, num_classes=k, average="macro")[2]}
 
-        trainer = Trainer(model, experiment.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
-                          checkpoint_extras=clf.extras(), model_config=experiment.to_dict())
-        trainer.fit(train_batches.batches, resume=resume)
-        best = cls.load(out_dir / "best") if (out_dir / "best").exists() else clf
-        if distributed.is_main():
-            best._report(encoded, out_dir, trainer, train_batches.padding_fraction())
-        return best
+        summary = {"unit": "texts", "splits": {split: len(seqs) for split, (seqs, _) in encoded.items()},
+                   "vocab_size": len(self.vocab), "classes": list(self.labels.names), "batch_size": data.batch_size,
+                   "batches_per_epoch": len(train_batches)}
+        return Training(loss_fn, train_batches.batches, evaluate_fn, summary)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Mean (class-weighted) cross entropy: BCE on the single logit for binary, else softmax CE."""
@@ -234,11 +329,12 @@ class Classifier(Task):
         w = weights.to(logits.device)[targets]
         return (per * w).sum() / w.sum()
 
-    def _report(self, encoded: dict, out_dir: Path, trainer: Trainer, padding: float) -> None:
-        """The best model's figures on valid (and test), plots and results.json in out_dir."""
+    def _finish(self, prepared: dict, trainer: Trainer, out_dir: Path | None) -> None:
+        """The best model's figures on valid (and test); with an out_dir, plots and results.json there."""
         from ..plots import plot_confusion_matrix, plot_training_curve
+        encoded = prepared["encoded"]
         results = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch,
-                   "stop_reason": trainer.stop_reason, "train_padding_fraction": padding}
+                   "stop_reason": trainer.stop_reason, "train_padding_fraction": prepared["padding"]}
         for split in ("valid", "test"):
             if split in encoded:
                 seqs, y = encoded[split]
@@ -248,6 +344,8 @@ class Classifier(Task):
                 prefix = "val" if split == "valid" else "test"
                 self.results.update({f"{prefix}_accuracy": report["accuracy"], f"{prefix}_f1_macro": report["f1_macro"],
                                      f"{prefix}_loss": loss})
+        if out_dir is None:
+            return
         shown = "test" if "test" in results else "valid"
         plot_confusion_matrix(results[shown]["confusion_matrix"], out_dir / "confusion_matrix.png",
                               labels=self.labels.names,
@@ -323,23 +421,32 @@ class Classifier(Task):
         """The most likely class name of each text."""
         return [self.labels.names[i] for i in self.predict_proba(texts).argmax(axis=1)]
 
-    def _read(self, path: str | Path, require_label: bool, errors: str, text_column: str | None,
+    def _read(self, path: str | Path, require_label: bool, reading: dict, text_column: str | None,
               label_column: str | None) -> TextDataset:
         d = self.experiment.data
         path = Path(path)
         if path.suffix == ".txt" and not require_label and not d.delimiter:  # one text per line
-            lines = read_text(path, errors=errors).split("\n")
+            lines = read_text(path, **reading).split("\n")
             if lines and lines[-1] == "":
                 lines.pop()
             return TextDataset(lines, None, [f"{path}:{i}" for i in range(1, len(lines) + 1)])
+        suffix = (Path(path.stem).suffix if path.suffix == ".gz" else path.suffix).lower()
+        if require_label and not d.delimiter and path.is_file() and suffix not in (".tsv", ".tab", ".csv"):
+            raise ValueError(f"{path}: expected labelled data: a .tsv or .csv table with a header row naming the "
+                             f"columns {text_column or d.text_column!r} and {label_column or d.label_column!r}, or a "
+                             "folder with one sub-folder per class (one file per example); rename a table to its "
+                             "format's suffix (texts without labels, one per line, go to rnnkit predict --input)")
         return read_labelled(path, text_column or d.text_column, label_column or d.label_column,
-                             d.delimiter or None, errors=errors, require_label=require_label)
+                             d.delimiter or None, require_label=require_label, **reading)
 
     def evaluate(self, path: str | Path, errors: str = "strict", text_column: str | None = None,
-                 label_column: str | None = None) -> dict:
+                 label_column: str | None = None, encoding: str = "utf-8", allow_control_chars: bool = False
+                 ) -> dict:
         """Accuracy, macro and per-class precision/recall/F1, confusion matrix and loss on a labelled
-        file or folder. A label the model does not know raises ValueError naming file and line."""
-        ds = self._read(path, True, errors, text_column, label_column)
+        file or folder. A label the model does not know raises ValueError naming file and line.
+        ``encoding``, ``errors`` and ``allow_control_chars``: how the files are decoded (``read_text``)."""
+        reading = {"encoding": encoding, "errors": errors, "allow_control_chars": allow_control_chars}
+        ds = self._read(path, True, reading, text_column, label_column)
         if not len(ds):
             raise ValueError(f"{path}: expected at least one example, got none")
         y = self.labels.encode(ds.labels, ds.origins)
@@ -347,22 +454,31 @@ class Classifier(Task):
         return {"loss": loss, **classification_report(y.numpy(), probs, self.labels.names)}
 
     def predict_file(self, path: str | Path, output: str | Path, errors: str = "strict",
-                     text_column: str | None = None) -> int:
+                     text_column: str | None = None, encoding: str = "utf-8", allow_control_chars: bool = False,
+                     top_k: int = 1) -> int:
         """Predict every text of a table, a class folder or a ``.txt`` file (one text per line) and write a TSV with the columns
-        ``text, label, probability`` (the predicted class's), then one ``p_<class>`` column per
-        class, and ``true_label`` when the input has labels. Returns the number of rows."""
-        ds = self._read(path, False, errors, text_column, None)
+        ``text, label, probability`` (the predicted class's), ``label_2, probability_2, ...`` up to
+        the ``top_k``-th most likely class, one ``p_<class>`` column per class, and ``true_label``
+        when the input has labels. Fields are quoted as the csv module and pandas write and read
+        them (``pd.read_csv(output, sep="\t")`` gives the texts back). Returns the number of rows."""
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k: expected an integer >= 1, got {top_k!r}")
+        reading = {"encoding": encoding, "errors": errors, "allow_control_chars": allow_control_chars}
+        ds = self._read(path, False, reading, text_column, None)
         if not len(ds):
             raise ValueError(f"{path}: expected at least one text, got none")
         probs = self._probabilities(self._encode(ds.texts, ds.origins))[0]
         output = Path(output)
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            ranks = range(2, min(top_k, len(self.labels)) + 1)
             extra = ["true_label"] if ds.labels is not None else []
-            writer.writerow(["text", "label", "probability", *(f"p_{n}" for n in self.labels.names), *extra])
+            ranked = [f"{column}_{r}" for r in ranks for column in ("label", "probability")]
+            writer.writerow(["text", "label", "probability", *ranked, *(f"p_{n}" for n in self.labels.names), *extra])
             for i, (text, p) in enumerate(zip(ds.texts, probs)):
-                k = int(p.argmax())
-                row = [" ".join(text.split()), self.labels.names[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p)]
+                order = p.argsort(kind="stable")[::-1]
+                best = [v for k in order[:len(ranks) + 1] for v in (self.labels.names[k], f"{p[k]:.6f}")]
+                row = [text, *best, *(f"{v:.6f}" for v in p)]
                 writer.writerow(row + ([ds.labels[i]] if ds.labels is not None else []))
         return len(ds)

@@ -1,7 +1,7 @@
 """Time-series forecasting: a recurrent encoder and a linear output layer, with covariates, scaling,
 probabilistic outputs, rolling-origin backtests and statistical baselines (Darts / neuralforecast style).
 
-    fc = Forecaster.fit(df, date_column="Month", target_columns=["Passengers"], test=48, horizon=12)
+    fc = Forecaster.fit(df, date_column="Month", target="Passengers", test=48, horizon=12, epochs=50)
     fc.predict()                  # DataFrame of the next 12 months (+ _lower/_upper when probabilistic)
     fc.backtest(horizon=12)       # rolling origins over the test span, beside naive, seasonal naive, HW
     fc.save("runs/airline/best"); Forecaster.load("runs/airline/best").predict(df=new_history)
@@ -59,12 +59,13 @@ from .. import distributed
 from ..baselines import ARIMA, Backtest, HoltWinters, Naive, SeasonalNaive, backtest as baseline_backtest
 from ..config import Config
 from ..data.datasets import dataset_file
+from ..data.text import TextFileConfig
 from ..data.series import (MinMaxScaler, RobustScaler, Scaler, SeriesData, StandardScaler,
                            calendar_features, chronological_split, make_windows, read_csv, read_series)
 from ..metrics import coverage, mae, mape, mase, rmse, smape
 from ..model import ModelConfig, SequenceModel
 from ..train import TrainConfig, Trainer
-from .base import Task
+from .base import Task, Training
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ __all__ = ["ForecastDataConfig", "ForecastConfig", "EvaluationConfig", "Forecast
 
 
 # ------------------------------------------------------------------------------------ configs
-class ForecastDataConfig(Config):
+class ForecastDataConfig(TextFileConfig):
     """The series: where it comes from, which columns play which role, the split and the windows."""
 
     path: str = Field("", description="CSV file with a date column and value columns; '' uses dataset/file "
@@ -207,11 +208,12 @@ def _scale(scaler: Scaler | None, x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- reading
-def _load_frame(source: Any, date_column: str) -> pd.DataFrame:
+def _load_frame(source: Any, date_column: str, reading: dict | None = None) -> pd.DataFrame:
     """A CSV path or DataFrame as a DataFrame with the dates in ``date_column`` (a DatetimeIndex is
-    taken as the date column when the frame has no such column)."""
+    taken as the date column when the frame has no such column). ``reading``: ``read_csv``'s
+    decoding keywords (``TextFileConfig.reading()``)."""
     if isinstance(source, (str, Path)):
-        return read_csv(source)
+        return read_csv(source, **(reading or {}))
     if not isinstance(source, pd.DataFrame):
         raise TypeError(f"df: expected a pandas DataFrame or a CSV path, got {type(source).__name__}")
     df = source.copy()
@@ -542,23 +544,65 @@ class Forecaster(Task):
         self.backtests: dict[int, ForecastBacktest] = {}
 
     # ------------------------------------------------------------------------------ fit
-    @classmethod
-    def fit(cls, data: ForecastExperiment | pd.DataFrame | str | Path, out_dir: str | Path | None = None,
-            resume: bool = False, *, experiment: ForecastExperiment | None = None, evaluate: bool = True,
-            **options: Any) -> Forecaster:
-        """Train on a series; returns the forecaster with the best epoch's weights.
+    keywords = {"target": "data.target_columns"}
 
-        data: a ForecastExperiment (the series from its data section), or a DataFrame / CSV path
-            with ``options`` naming the data fields (``date_column=``, ``target_columns=``, ``lookback=``,
-            ...; see ForecastDataConfig) over ``experiment`` (default: ForecastExperiment()).
-        out_dir: checkpoints ``last``/``best`` and ``metrics.jsonl``; None keeps everything in memory.
-        evaluate: run the backtests of ``experiment.evaluate`` on the test part into ``results``.
+    @classmethod
+    def fit(cls, data: ForecastExperiment | pd.DataFrame | str | Path | None = None, out_dir: str | Path | None = None,
+            resume: bool = False, *, experiment: ForecastExperiment | None = None, evaluate: bool = True,
+            **overrides: Any) -> Forecaster:
+        """Train on a series; returns the forecaster with the best epoch's weights (in memory, on the CPU).
+
+        Args:
+            data: the series: a DataFrame (a date column, or a DatetimeIndex, and value columns) or a
+                CSV path; or a ``ForecastExperiment`` whose data section names the file (the form
+                ``rnnkit train`` uses). None: the file of ``experiment`` / the keywords.
+            out_dir: where ``best/``, ``last/``, ``metrics.jsonl`` and ``backtest.json``/``.txt`` go;
+                None (default) writes nothing.
+            resume: continue from ``out_dir/last``.
+            experiment: the config the keywords start from (default ``ForecastExperiment()``: an
+                LSTM of 32 units, lookback 24, horizon 12, the last 20% as test, 100 epochs).
+            evaluate: backtest the best model on the test part beside the baselines, into
+                ``results`` and ``backtests`` (rank 0).
+            **overrides: config fields by name: ``target="y"`` (or ``target_columns=[...]``),
+                ``date_column="Month"``, ``horizon=12``, ``lookback=24``, ``test=48``, ``cell="gru"``,
+                ``epochs=50``, ``output="gaussian"``, ``season=12``, ...; dotted
+                (``**{"forecast.strategy": "recursive"}``) or a section as a dict
+                (``model={"hidden_size": 64}``). A string for a list field is one column.
+
+        Returns:
+            The trained Forecaster; ``predict()`` forecasts after the series' end.
+
+        Raises:
+            TypeError: an unknown keyword (with the close valid ones), a wrong type of data.
+            ValueError: a wrong config value naming its key; a series too short for lookback + horizon.
+
+        Example::
+
+            fc = Forecaster.fit(df, target="y", horizon=12, lookback=24, epochs=50)
+            fc.predict()   # DataFrame of the next 12 steps
         """
-        experiment, frame = cls._experiment(data, experiment, options)
+        if isinstance(data, ForecastExperiment):
+            if experiment is not None:
+                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
+            experiment, data = data, None
+        frame = None
+        if isinstance(data, (str, Path)):
+            overrides["data.path"] = str(data)
+        elif isinstance(data, pd.DataFrame):
+            frame = data
+        elif data is not None:
+            raise TypeError(f"data: expected a ForecastExperiment, a DataFrame or a CSV path, "
+                            f"got {type(data).__name__}")
+        experiment = cls._experiment(experiment, overrides)
+        return cls._fit_experiment(experiment, {"frame": frame, "evaluate": evaluate}, out_dir, resume)
+
+    @classmethod
+    def _read_data(cls, experiment: ForecastExperiment, given: dict | None) -> tuple[ForecastExperiment, dict]:
+        given = given or {"frame": None, "evaluate": True}
         cfg = experiment.data
         if not cfg.target_columns:
-            raise ValueError("data.target_columns: expected at least one column to forecast, got none")
-        series = cls._read_training(cfg, frame)
+            raise ValueError("data.target_columns: expected at least one column to forecast (target=), got none")
+        series = cls._read_training(cfg, given["frame"])
         lookback, horizon = cfg.lookback, cfg.horizon
         if len(series) < lookback + horizon:
             raise ValueError(f"data: series of {len(series)} steps is shorter than lookback + horizon = "
@@ -570,7 +614,8 @@ class Forecaster(Task):
                              f"test={cfg.test}) is shorter than lookback + horizon = {lookback + horizon}")
 
         y = _transform(series.target, cfg.transform, series.target_columns, series.index)
-        scalers = {"target": _make_scaler(cfg.scaler), "past": _make_scaler(cfg.scaler) if series.past_columns else None,
+        scalers = {"target": _make_scaler(cfg.scaler),
+                   "past": _make_scaler(cfg.scaler) if series.past_columns else None,
                    "future": _make_scaler(cfg.scaler) if series.future_columns else None}
         for role, values in (("target", y), ("past", series.past), ("future", series.future)):
             if scalers[role] is not None:
@@ -584,93 +629,67 @@ class Forecaster(Task):
         model_fields = _Network(experiment, sizes).model_fields()
         experiment = experiment.model_copy(update={"model": ModelConfig.from_dict(
             {**experiment.model.to_dict(), **model_fields}, "model")})
+        return experiment, {"series": series, "split": split, "scalers": scalers, "columns": columns,
+                            "evaluate": given["evaluate"]}
 
-        torch.manual_seed(experiment.train.seed)
-        fc = cls(SequenceModel(experiment.model), experiment, scalers, columns)
-        prepared = fc._arrays(series, None)
-        fc.data, fc.test_start = series, split.test.start
-        train_set = fc._windows(prepared, split.train, "train")
-        val_set = fc._windows(prepared, split.val, "val") if split.val.stop > split.val.start else None
+    @classmethod
+    def _build(cls, experiment: ForecastExperiment, prepared: dict) -> Forecaster:
+        fc = cls(SequenceModel(experiment.model), experiment, prepared["scalers"], prepared["columns"])
+        fc.data, fc.test_start = prepared["series"], prepared["split"].test.start
+        return fc
+
+    def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
+        split, cfg, horizon = prepared["split"], self.experiment.data, self.experiment.data.horizon
+        arrays = self._arrays(prepared["series"], None)
+        train_set = self._windows(arrays, split.train, "train")
+        val_set = self._windows(arrays, split.val, "val") if split.val.stop > split.val.start else None
         if val_set is None and split.val.stop > split.val.start:
             logger.warning("data.val: the validation part holds no window; selecting the epoch by training loss")
 
         def loss_fn(net, batch, state):
             x, target = batch
             logits, _ = net(x)
-            return fc.net.loss(fc.net.split_outputs(logits, horizon), target), None, x.shape[0]
+            return self.net.loss(self.net.split_outputs(logits, horizon), target), None, x.shape[0]
 
         def evaluate_fn(net):
             x, target = val_set
             logits, _ = net(x.to(next(net.parameters()).device))
-            return {"val_loss": fc.net.loss(fc.net.split_outputs(logits, horizon), target.to(logits.device)).item()}
+            return {"val_loss": self.net.loss(self.net.split_outputs(logits, horizon), target.to(logits.device)).item()}
 
-        seed, batch_size, (x_all, t_all) = experiment.train.seed, cfg.batch_size, train_set
-        world, rank = distributed.world_size(), distributed.rank()
+        seed, batch_size, (x_all, t_all) = self.experiment.train.seed, cfg.batch_size, train_set
 
         def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
             """Shuffled from the epoch's own seed; with several processes each takes its share of a batch."""
             order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            return [(x_all[i[rank::world]], t_all[i[rank::world]]) for i in order.split(batch_size)
-                    if len(i) >= world]
+            return [(x_all[i[rank::world_size]], t_all[i[rank::world_size]]) for i in order.split(batch_size)
+                    if len(i) >= world_size]
 
-        train_cfg = experiment.train.model_copy(update={"out_dir": str(out_dir) if out_dir is not None else None})
-        experiment = experiment.model_copy(update={"train": train_cfg})
-        fc.experiment = experiment
-        keep = _KeepBest()
-        trainer = Trainer(fc.model, train_cfg, loss_fn=loss_fn, evaluate_fn=evaluate_fn if val_set else None,
-                          callbacks=[keep], checkpoint_extras=fc.extras(), model_config=experiment.to_dict())
-        trainer.fit(batches, resume=resume)
-        if keep.state is not None:  # a new best in this run is the best overall
-            fc.model.load_state_dict(keep.state)
-        elif out_dir is not None and (Path(out_dir) / "best").exists():  # resumed after the best epoch
-            fc.model.load_state_dict(cls.load(Path(out_dir) / "best").model.state_dict())
-        fc.model.cpu().eval()
-        fc.results = {"best_epoch": float(trainer.best_epoch or 0), "epochs": float(trainer.epoch)}
-        if evaluate and split.test.stop > split.test.start and distributed.is_main():
-            for h in experiment.evaluate.horizons or sorted({1, horizon}):
-                if h > split.test.stop - split.test.start:
-                    warnings.warn(f"evaluate.horizons: no backtest at horizon {h}: the test part has only "
-                                  f"{split.test.stop - split.test.start} steps", stacklevel=2)
-                    continue
-                bt = fc.backtest(horizon=h)
-                fc.backtests[h] = bt
-                for method, row in bt.metrics.iterrows():
-                    fc.results.update({f"h{h}_{method}_{k}": float(v) for k, v in row.items() if not math.isnan(v)})
-            if fc.backtests:
-                logger.info("test backtests:\n%s", format_tables(list(fc.backtests.values())))
-                if out_dir is not None:
-                    Path(out_dir, "backtest.json").write_text(
-                        json.dumps({str(h): bt.to_dict() for h, bt in fc.backtests.items()}, indent=2))
-                    Path(out_dir, "backtest.txt").write_text(format_tables(list(fc.backtests.values())) + "\n")
-        return fc
+        splits = {"train": len(x_all), **({"valid": len(val_set[0])} if val_set else {})}
+        summary = {"unit": "windows", "splits": splits, "series": len(self.columns["target"]),
+                   "batch_size": batch_size, "batches_per_epoch": len(batches(1))}
+        return Training(loss_fn, batches, evaluate_fn if val_set else None, summary)
 
-    @classmethod
-    def _experiment(cls, data: Any, experiment: ForecastExperiment | None,
-                    options: dict[str, Any]) -> tuple[ForecastExperiment, pd.DataFrame | None]:
-        if isinstance(data, ForecastExperiment):
-            if experiment is not None or options:
-                raise TypeError("fit: with an experiment as data, give no experiment= or data options; got "
-                                f"{sorted(options) or 'experiment='}")
-            return data, None
-        if experiment is not None and not isinstance(experiment, ForecastExperiment):
-            raise TypeError(f"experiment: expected a ForecastExperiment, got {type(experiment).__name__}")
-        experiment = experiment or ForecastExperiment()
-        unknown = [k for k in options if k not in ForecastDataConfig.model_fields]
-        if unknown:
-            raise TypeError(f"fit: unknown data option {unknown[0]!r}; expected fields of ForecastDataConfig: "
-                            f"{', '.join(ForecastDataConfig.model_fields)}")
-        for key in ("target_columns", "past_covariates", "future_covariates", "calendar"):
-            if isinstance(options.get(key), str):
-                options[key] = [options[key]]
-        frame = None
-        if isinstance(data, (str, Path)):
-            options["path"] = str(data)
-        elif isinstance(data, pd.DataFrame):
-            frame = data
-        else:
-            raise TypeError(f"data: expected a ForecastExperiment, a DataFrame or a CSV path, got {type(data).__name__}")
-        section = ForecastDataConfig.from_dict({**experiment.data.to_dict(), **options}, "fit")
-        return experiment.model_copy(update={"data": section}), frame
+    def _finish(self, prepared: dict, trainer: Trainer, out_dir: Path | None) -> None:
+        """Backtests of the best model on the test part; with an out_dir, backtest.json/.txt there."""
+        split, horizon = prepared["split"], self.experiment.data.horizon
+        self.results = {"best_epoch": float(trainer.best_epoch or 0), "epochs": float(trainer.epoch)}
+        if not prepared["evaluate"] or split.test.stop <= split.test.start:
+            return
+        for h in self.experiment.evaluate.horizons or sorted({1, horizon}):
+            if h > split.test.stop - split.test.start:
+                warnings.warn(f"evaluate.horizons: no backtest at horizon {h}: the test part has only "
+                              f"{split.test.stop - split.test.start} steps", stacklevel=2)
+                continue
+            bt = self.backtest(horizon=h)
+            self.backtests[h] = bt
+            for method, row in bt.metrics.iterrows():
+                self.results.update({f"h{h}_{method}_{k}": float(v) for k, v in row.items() if not math.isnan(v)})
+        if self.backtests:
+            logger.info("test backtests:\n%s", format_tables(list(self.backtests.values())))
+            if out_dir is not None:
+                (out_dir / "backtest.json").write_text(
+                    json.dumps({str(h): bt.to_dict() for h, bt in self.backtests.items()}, indent=2))
+                (out_dir / "backtest.txt").write_text(format_tables(list(self.backtests.values())) + "\n")
 
     @staticmethod
     def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None) -> SeriesData:
@@ -682,7 +701,7 @@ class Forecaster(Task):
             else:
                 raise ValueError("data.path: expected a CSV file (or data.dataset and data.file, or a DataFrame "
                                  "given to Forecaster.fit), got none")
-            frame = _load_frame(source, cfg.date_column)
+            frame = _load_frame(source, cfg.date_column, cfg.reading())
         else:
             frame = _load_frame(frame, cfg.date_column)
         frame, future_rows = _trailing_future_rows(frame, cfg.date_column, cfg.target_columns)
@@ -988,17 +1007,6 @@ class Forecaster(Task):
         elif ev.statistical == "arima":
             models["arima"] = ARIMA(order=tuple(ev.arima_order), seasonal_order=tuple(ev.arima_seasonal_order))
         return models
-
-
-class _KeepBest:
-    """Trainer callback: a copy of the weights of the best epoch so far (fit without out_dir)."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, Tensor] | None = None
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.best_epoch == metrics["epoch"]:
-            self.state = {k: v.detach().cpu().clone() for k, v in trainer.module.state_dict().items()}
 
 
 def _now() -> float:

@@ -5,6 +5,7 @@ through a vocabulary to one id stream, cut into ``batch_size`` parallel rows and
 truncated BPTT (the state carried across ``bptt``-step chunks and detached). The model is
 Embedding → recurrent stack → softmax over the vocabulary, one prediction per step.
 
+    lm = LanguageModel.fit("corpus.txt", tokenizer="char", epochs=2)   # or a list of strings
     lm = LanguageModel.fit(load_experiment("configs/ptb_small.toml"), "runs/ptb")
     lm.evaluate("ptb.test.txt")          # {"loss": ..., "ppl": ..., "bpc": ...}
     lm.predict_next("the cats are", k=5)  # [("very", 0.04), ...]
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -26,10 +28,10 @@ from .. import distributed
 from ..config import Config
 from ..data.datasets import dataset_file
 from ..data.text import (LMStream, Tokenizer, Vocab, WordTokenizer, CharTokenizer, SubwordTokenizer,
-                         corpus_tokens, encode_corpus, read_corpus, tokenizer_from_dict)
+                         TextFileConfig, corpus_tokens, encode_corpus, read_corpus, tokenizer_from_dict)
 from ..model import ModelConfig, SequenceModel
 from ..train import TrainConfig, Trainer
-from .base import Task
+from .base import Task, Training
 
 KNOWN_CORPORA = {  # dataset name → (train, valid, test) files, and the split/tokenizer they imply
     "ptb": ("ptb.train.txt.gz", "ptb.valid.txt", "ptb.test.txt"),
@@ -37,7 +39,7 @@ KNOWN_CORPORA = {  # dataset name → (train, valid, test) files, and the split/
 }
 
 
-class LMDataConfig(Config):
+class LMDataConfig(TextFileConfig):
     """Where the text comes from and how it is cut into tokens and batches."""
 
     dataset: str = Field("", description="a registered corpus ('ptb', 'tinyshakespeare'); or '' to use the files below")
@@ -55,7 +57,6 @@ class LMDataConfig(Config):
     batch_size: int = Field(20, ge=1, description="parallel streams per training batch (global, across processes)")
     eval_batch_size: int = Field(10, ge=1, description="parallel streams when evaluating")
     bptt: int = Field(20, ge=1, description="truncated-BPTT length: steps unrolled per chunk")
-    encoding_errors: Literal["strict", "replace"] = Field("strict", description="undecodable bytes: fail with the file and offset, or replace")
 
 
 class LMExperiment(Config):
@@ -76,8 +77,10 @@ def make_tokenizer(cfg: LMDataConfig, train_text: str) -> Tokenizer:
     return WordTokenizer(lowercase=cfg.lowercase, pattern=cfg.pattern or None)
 
 
-def load_corpora(cfg: LMDataConfig) -> dict[str, str]:
-    """Training, validation and (if any) test text, by the dataset name or the file paths."""
+def load_corpora(cfg: LMDataConfig, given: dict[str, str] | None = None) -> dict[str, str]:
+    """Training, validation and (if any) test text: ``given`` texts by split, else by the dataset
+    name or the file paths."""
+    given = given or {}
     files = dict(zip(("train", "valid", "test"), KNOWN_CORPORA.get(cfg.dataset, ("", "", ""))))
     if cfg.dataset and cfg.dataset not in KNOWN_CORPORA:
         raise ValueError(f"data.dataset: expected one of {sorted(KNOWN_CORPORA)} or '', got {cfg.dataset!r}")
@@ -88,13 +91,30 @@ def load_corpora(cfg: LMDataConfig) -> dict[str, str]:
             paths[split] = Path(own)
         elif files[split]:
             paths[split] = dataset_file(cfg.dataset, files[split], data_dir=cfg.data_dir or None)
-    if "train" not in paths:
+    for split in given:
+        paths.pop(split, None)
+    if "train" not in paths and "train" not in given:
         raise ValueError("data.train: expected a training text file (or data.dataset), got none")
-    texts = {split: read_corpus(path, errors=cfg.encoding_errors) for split, path in paths.items()}
+    texts = {split: read_corpus(path, **cfg.reading()) for split, path in paths.items()}
+    texts.update(given)
     if "valid" not in texts:  # hold out the tail, as nanoGPT does for Tiny Shakespeare
         cut = int(len(texts["train"]) * (1 - cfg.valid_fraction))
         texts["train"], texts["valid"] = texts["train"][:cut], texts["train"][cut:]
     return texts
+
+
+def _joined_texts(value: Any, arg: str) -> str:
+    """A list of strings as one corpus, one string after another, each ending a line."""
+    if isinstance(value, (bytes, dict)) or not isinstance(value, Iterable):
+        raise TypeError(f"{arg}: expected a text file path or a list of strings, got {type(value).__name__}")
+    items = list(value)
+    bad = next((i for i, item in enumerate(items) if not isinstance(item, str)), None)
+    if bad is not None:
+        raise TypeError(f"{arg}: expected a list of strings, got {type(items[bad]).__name__} at index {bad}")
+    text = "\n".join(item.rstrip("\n") for item in items)
+    if not text.strip():
+        raise ValueError(f"{arg}: expected some text, got {len(items)} empty or blank string(s)")
+    return text + "\n"
 
 
 @torch.no_grad()
@@ -126,25 +146,82 @@ class LanguageModel(Task):
 
     # ----------------------------------------------------------------------------------- fit
     @classmethod
-    def fit(cls, experiment: LMExperiment, out_dir: str | Path, resume: bool = False) -> LanguageModel:
-        """Train on the configured corpus; checkpoints go to ``out_dir/last`` and ``out_dir/best``."""
+    def fit(cls, data: LMExperiment | str | Path | Iterable[str] | None = None, out_dir: str | Path | None = None,
+            resume: bool = False, *, valid: str | Path | Iterable[str] | None = None,
+            test: str | Path | Iterable[str] | None = None, experiment: LMExperiment | None = None,
+            **overrides: Any) -> LanguageModel:
+        """Train a language model; returns it with the best epoch's weights (in memory, on the CPU).
+
+        Args:
+            data: the training text: a text file (plain or .gz), a list of strings (each one or more
+                lines), or an ``LMExperiment`` whose data section names the files (the form
+                ``rnnkit train`` uses). None: the files of ``experiment`` / the keywords (e.g.
+                ``dataset="tinyshakespeare"``).
+            out_dir: where ``best/``, ``last/`` and ``metrics.jsonl`` go; None (default) writes nothing.
+            resume: continue from ``out_dir/last``.
+            valid: validation text (file or list of strings) for early stopping and the best epoch;
+                None holds out the last ``valid_fraction`` (0.1) of the training text.
+            test: text scored once with the best model (``results["test_ppl"]``, ...); None for none.
+            experiment: the config the keywords start from (default ``LMExperiment()``: word tokens,
+                a 2-layer LSTM of 200 units, batch 20, bptt 20, 10 epochs of Adam).
+            **overrides: config fields by name: ``tokenizer="char"``, ``cell="gru"``,
+                ``hidden_size=256``, ``epochs=2``, ``lr=3e-3``, ``batch_size=32``, ``bptt=35``, ...;
+                dotted (``**{"train.lr": 1e-3}``) or a section as a dict (``model={"num_layers": 1}``).
+
+        Returns:
+            The trained LanguageModel; on rank 0 ``results`` holds ``val_loss``/``val_ppl``/``val_bpc``
+            (and ``test_*``) of the best model, in nats, perplexity and bits per token.
+
+        Raises:
+            TypeError: an unknown keyword (with the close valid ones) or a wrong type of data.
+            ValueError: a wrong config value, naming its key; an empty text.
+
+        Example::
+
+            lm = LanguageModel.fit(["the cat sat on the mat", "the dog sat on the log"] * 50,
+                                   tokenizer="char", hidden_size=64, epochs=2)
+            lm.generate("the ", length=20)
+        """
+        if isinstance(data, LMExperiment):
+            if experiment is not None:
+                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
+            experiment, data = data, None
+        texts: dict[str, str] = {}
+        for split, value in (("train", data), ("valid", valid), ("test", test)):
+            if value is None:
+                continue
+            if isinstance(value, (str, Path)):
+                if not Path(value).exists():
+                    raise FileNotFoundError(
+                        f"{'data' if split == 'train' else split}: no such file: {str(value)!r}; a string is read "
+                        "as a path to a text file; to train on the text itself, pass a list of strings")
+                overrides[f"data.{split}"] = str(value)
+            else:
+                texts[split] = _joined_texts(value, "data" if split == "train" else split)
+        experiment = cls._experiment(experiment, overrides)
+        return cls._fit_experiment(experiment, texts, out_dir, resume)
+
+    @classmethod
+    def _read_data(cls, experiment: LMExperiment, texts: dict[str, str]) -> tuple[LMExperiment, dict]:
         data = experiment.data
-        texts = load_corpora(data)
+        texts = load_corpora(data, texts)
         tokenizer = make_tokenizer(data, texts["train"])
         vocab = Vocab.build(corpus_tokens(texts["train"], tokenizer), min_freq=data.min_freq,
                             max_size=data.max_vocab or None)
         ids = {split: encode_corpus(text, tokenizer, vocab) for split, text in texts.items()}
         experiment = experiment.model_copy(update={
             "model": experiment.model.model_copy(update={"vocab_size": len(vocab), "output_size": len(vocab),
-                                                         "output_activation": "softmax", "output_per": "step"}),
-            "train": experiment.train.model_copy(update={"out_dir": str(out_dir)})})
-        world, rank = distributed.world_size(), distributed.rank()
-        distributed.per_rank(data.batch_size, "data.batch_size", world)
-        train_stream = LMStream(ids["train"], data.batch_size, data.bptt, rank=rank, world_size=world)
+                                                         "output_activation": "softmax", "output_per": "step"})})
+        return experiment, {"tokenizer": tokenizer, "vocab": vocab, "ids": ids}
 
-        torch.manual_seed(experiment.train.seed)
-        model = SequenceModel(experiment.model)
-        lm = cls(model, tokenizer, vocab, experiment)
+    @classmethod
+    def _build(cls, experiment: LMExperiment, prepared: dict) -> LanguageModel:
+        return cls(SequenceModel(experiment.model), prepared["tokenizer"], prepared["vocab"], experiment)
+
+    def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
+        data, ids = self.experiment.data, prepared["ids"]
+        distributed.per_rank(data.batch_size, "data.batch_size", world_size)
+        train_stream = LMStream(ids["train"], data.batch_size, data.bptt, rank=rank, world_size=world_size)
 
         def loss_fn(net, batch, state):
             inputs, targets = batch
@@ -156,17 +233,18 @@ class LanguageModel(Task):
             loss = stream_loss(net, ids["valid"], data.eval_batch_size, data.bptt)
             return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpc": loss / math.log(2)}
 
-        trainer = Trainer(model, experiment.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
-                          checkpoint_extras=lm.extras(), model_config=experiment.to_dict())
-        trainer.fit(lambda epoch: train_stream, resume=resume)
-        best = lm.load(Path(out_dir) / "best") if (Path(out_dir) / "best").exists() else lm
-        if distributed.is_main():  # the best model's figures; test with one stream, as Zaremba et al.
-            for split, batch in (("val", data.eval_batch_size), ("test", 1)):
-                if split == "val" or "test" in ids:
-                    loss = stream_loss(best.model, ids["valid" if split == "val" else "test"], batch, data.bptt)
-                    best.results.update({f"{split}_loss": loss, f"{split}_ppl": math.exp(min(loss, 50)),
-                                         f"{split}_bpc": loss / math.log(2)})
-        return best
+        summary = {"unit": "tokens", "splits": {split: int(v.numel()) for split, v in ids.items()},
+                   "vocab_size": len(self.vocab), "batch_size": data.batch_size, "batches_per_epoch": len(train_stream)}
+        return Training(loss_fn, lambda epoch: train_stream, evaluate_fn, summary)
+
+    def _finish(self, prepared: dict, trainer: Trainer, out_dir: Path | None) -> None:
+        """The best model's figures; the test text read as one stream, as Zaremba et al."""
+        data, ids = self.experiment.data, prepared["ids"]
+        for split, batch in (("val", data.eval_batch_size), ("test", 1)):
+            if split == "val" or "test" in ids:
+                loss = stream_loss(self.model, ids["valid" if split == "val" else "test"], batch, data.bptt)
+                self.results.update({f"{split}_loss": loss, f"{split}_ppl": math.exp(min(loss, 50)),
+                                     f"{split}_bpc": loss / math.log(2)})
 
     # ---------------------------------------------------------------------------- checkpoint
     def extras(self) -> dict:
@@ -246,8 +324,9 @@ class LanguageModel(Task):
             return self.tokenizer.detokenize(words)
         return " ".join(words).replace(" \n ", "\n").replace(" \n", "\n")
 
-    def evaluate(self, path: str | Path, batch_size: int = 1, errors: str = "strict") -> dict[str, float]:
+    def evaluate(self, path: str | Path, batch_size: int = 1, errors: str = "strict", encoding: str = "utf-8",
+                 allow_control_chars: bool = False) -> dict[str, float]:
         """Loss (nats per token), perplexity and bits per token on a text file."""
-        ids = encode_corpus(read_corpus(path, errors=errors), self.tokenizer, self.vocab)
+        ids = encode_corpus(read_corpus(path, encoding, errors, allow_control_chars), self.tokenizer, self.vocab)
         loss = stream_loss(self.model, ids, batch_size, self.experiment.data.bptt)
         return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bpc": loss / math.log(2), "tokens": ids.numel()}

@@ -18,6 +18,7 @@ Training is weakly supervised (answers only; the supporting facts are read but n
 validation set, for early stopping, is ``data.valid`` or ``data.valid_fraction`` of the training
 stories (whole stories, so that no validation question is about a story seen in training).
 
+    qa = QuestionAnswering.fit("qa1_single-supporting-fact_train.txt", epochs=20)   # or parsed stories
     qa = QuestionAnswering.fit(load_experiment("configs/babi.toml"), "runs/babi/qa1")
     qa.answer("Mary moved to the bathroom. John went to the hallway.", "Where is Mary?")
     # Answer(answer='bathroom', probability=0.99, attention=[0.98, 0.02])
@@ -28,9 +29,9 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -43,14 +44,11 @@ from ..data.babi import (BabiExample, QABatch, QABatches, encode_examples, parse
                          tokenize, warn_unknown_answers)
 from ..data.classification import LabelSet
 from ..data.datasets import resolve_data_path
-from ..data.text import Vocab
-from ..io.checkpoint import check_state_dict, load_checkpoint
+from ..data.text import TextFileConfig, Vocab
 from ..layers.embedding import Embedding
-from ..layers.recurrent import GRU, LSTM, RNN
+from ..model import CellName, recurrent_layer
 from ..train import TrainConfig, Trainer
-from .base import Task
-
-_LAYERS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+from .base import Task, Training
 
 
 class QAModelConfig(Config):
@@ -58,7 +56,7 @@ class QAModelConfig(Config):
 
     vocab_size: int = Field(0, ge=0, description="number of word ids (set from the training data)")
     answer_size: int = Field(0, ge=0, description="number of distinct answers (set from the training data)")
-    cell: Literal["lstm", "gru", "rnn"] = Field("gru", description="recurrent cell of every encoder")
+    cell: CellName = Field("gru", description="recurrent cell of every encoder (as SequenceModel's)")
     embedding_dim: int = Field(64, ge=1, description="size of the word vectors")
     hidden_size: int = Field(64, ge=1, description="hidden units per direction of the word encoder")
     bidirectional: bool = Field(True, description="read sentences and questions in both directions")
@@ -94,7 +92,11 @@ class QAModel(nn.Module):
             if getattr(config, name) < 2:
                 raise ValueError(f"{name}: expected at least 2 (set from the training data), got {getattr(config, name)}")
         self.config = c = config
-        d, layer = c.width, _LAYERS[c.cell]
+        d = c.width
+
+        def layer(input_size: int, hidden_size: int, **options: Any) -> nn.Module:
+            return recurrent_layer(c.cell, input_size, hidden_size, **options)
+
         self.embedding = Embedding(c.vocab_size, c.embedding_dim, padding_idx=Vocab.pad_id)
         self.drop = nn.Dropout(c.dropout)
         self.sentence_rnn = layer(c.embedding_dim, c.hidden_size, bidirectional=c.bidirectional, batch_first=True)
@@ -164,7 +166,7 @@ class QAModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ configs
-class QADataConfig(Config):
+class QADataConfig(TextFileConfig):
     """Where the stories come from and how they are batched."""
 
     dataset: str = Field("babi", description="a registered data set whose files train/valid/test may name; "
@@ -183,8 +185,6 @@ class QADataConfig(Config):
         "supervision, as MemNN); 0 trains from the answers alone (weak supervision)"))
     batch_size: int = Field(32, ge=1, description="questions per training batch (global, across processes)")
     eval_batch_size: int = Field(256, ge=1, description="questions per batch when evaluating")
-    encoding_errors: Literal["strict", "replace"] = Field("strict", description="undecodable bytes: fail "
-                                                          "with the file and byte offset, or replace")
 
 
 def _default_train() -> TrainConfig:
@@ -207,19 +207,22 @@ def _resolve(cfg: QADataConfig, value: str) -> Path:
     return resolve_data_path(cfg.dataset, value, cfg.data_dir)
 
 
-def load_splits(cfg: QADataConfig, seed: int = 0) -> dict[str, list[BabiExample]]:
-    """train, valid and (when configured) test examples."""
+def load_splits(cfg: QADataConfig, seed: int = 0,
+                given: dict[str, list[BabiExample]] | None = None) -> dict[str, list[BabiExample]]:
+    """train, valid and (when configured) test examples: ``given`` ones by split, else read from
+    the configured files."""
+    given = given or {}
     train, test = cfg.train, cfg.test
     if cfg.task_id:
         if cfg.dataset != "babi":
             raise ValueError(f"data.task_id: needs dataset = 'babi', got dataset={cfg.dataset!r}")
         train, test = train or task_file(cfg.task_id, "train"), test or task_file(cfg.task_id, "test")
-    if not train:
+    if not train and "train" not in given:
         raise ValueError("data.train: expected a training file (or data.task_id), got none")
-    read = lambda name: read_babi(_resolve(cfg, name), errors=cfg.encoding_errors)  # noqa: E731
-    splits = {"train": read(train)}
-    if cfg.valid:
-        splits["valid"] = read(cfg.valid)
+    read = lambda name: read_babi(_resolve(cfg, name), **cfg.reading())  # noqa: E731
+    splits = {"train": given["train"] if "train" in given else read(train)}
+    if "valid" in given or cfg.valid:
+        splits["valid"] = given["valid"] if "valid" in given else read(cfg.valid)
     else:
         # hold out whole stories: questions on a story seen in training would leak its answers
         stories = sorted({ex.story_id for ex in splits["train"]})
@@ -231,9 +234,35 @@ def load_splits(cfg: QADataConfig, seed: int = 0) -> dict[str, list[BabiExample]
         valid = {stories[i] for i in order[:held]}
         splits["valid"] = [ex for ex in splits["train"] if ex.story_id in valid]
         splits["train"] = [ex for ex in splits["train"] if ex.story_id not in valid]
-    if test:
-        splits["test"] = read(test)
+    if "test" in given or test:
+        splits["test"] = given["test"] if "test" in given else read(test)
     return splits
+
+
+def as_examples(value: Any, arg: str) -> list[BabiExample]:
+    """Parsed stories as BabiExamples: BabiExample objects (``read_babi``, ``parse_babi``) or
+    ``(story, question, answer)`` triples, the story a text (``parse_story``) or a list of sentences.
+    Triples with the same story text share a story id (held out together; negative, apart from
+    the ids of the files' stories)."""
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        raise TypeError(f"{arg}: expected a bAbI file path or a list of examples, got {type(value).__name__}")
+    examples, story_ids = [], {}
+    for i, item in enumerate(value):
+        if isinstance(item, BabiExample):
+            examples.append(item)
+            continue
+        if not (isinstance(item, (tuple, list)) and len(item) == 3 and isinstance(item[1], str)
+                and isinstance(item[2], str)):
+            raise TypeError(f"{arg}[{i}]: expected a BabiExample or a (story, question, answer) triple of "
+                            f"strings, got {item!r:.80}")
+        story, question, answer = item
+        sentences = parse_story(story) if isinstance(story, str) else [tokenize(s) for s in story if tokenize(s)]
+        key = story if isinstance(story, str) else "\n".join(story)
+        story_id = story_ids.setdefault(key, -len(story_ids) - 1)
+        examples.append(BabiExample(sentences, tokenize(question), answer.strip(), [], f"{arg}[{i}]", story_id))
+    if not examples:
+        raise ValueError(f"{arg}: expected at least one example, got none")
+    return examples
 
 
 def attention_loss(attention: Tensor, supporting: Tensor) -> Tensor:
@@ -273,25 +302,78 @@ class QuestionAnswering(Task):
 
     # ---------------------------------------------------------------------------------- fit
     @classmethod
-    def fit(cls, experiment: QAExperiment, out_dir: str | Path, resume: bool = False) -> QuestionAnswering:
-        """Train; ``out_dir`` gets best/, last/, metrics.jsonl and results.json."""
-        data, out_dir = experiment.data, Path(out_dir)
-        splits = load_splits(data, experiment.train.seed)
+    def fit(cls, data: QAExperiment | str | Path | Iterable[Any] | None = None, out_dir: str | Path | None = None,
+            resume: bool = False, *, valid: Any = None, test: Any = None, experiment: QAExperiment | None = None,
+            **overrides: Any) -> QuestionAnswering:
+        """Train a question answerer; returns it with the best epoch's weights (in memory, on the CPU).
+
+        Args:
+            data: the training questions: a file in the bAbI format (numbered story lines, question
+                lines ``question<TAB>answer<TAB>supporting fact numbers``); or parsed stories, a list
+                of ``BabiExample`` (``rnnkit.data.babi.read_babi``) or of ``(story, question, answer)``
+                triples (the story a text with one or more sentences per line, or a list of sentences);
+                or a ``QAExperiment`` (the form ``rnnkit train`` uses). None: the files of
+                ``experiment`` / the keywords (e.g. ``task_id=1``, bAbI task 1 from the registry).
+            out_dir: where ``best/``, ``last/``, ``metrics.jsonl`` and ``results.json`` go; None
+                (default) writes nothing.
+            resume: continue from ``out_dir/last``.
+            valid: validation questions (file or parsed stories) for early stopping and the best
+                epoch; None holds out ``valid_fraction`` (0.1) of the training stories.
+            test: questions scored once with the best model (``results["test_accuracy"]``), as valid.
+            experiment: the config the keywords start from (default ``QAExperiment()``: GRU encoders
+                of 64 units, 3 attention hops, batch 32, up to 100 epochs with early stopping).
+            **overrides: config fields by name: ``cell="lstm"``, ``hops=1``, ``hidden_size=32``,
+                ``epochs=20``, ``lr=1e-2``, ``batch_size=16``, ...; dotted (``**{"train.lr": 1e-3}``)
+                or a section as a dict (``model={"attention": False}``).
+
+        Returns:
+            The trained QuestionAnswering; on rank 0 ``results`` holds ``val_accuracy``,
+            ``val_loss`` (and ``test_*``) of the best model.
+
+        Example::
+
+            stories = [("Mary went to the kitchen. John went to the garden.", "Where is Mary?", "kitchen"),
+                       ...]
+            qa = QuestionAnswering.fit(stories, epochs=20, hops=1)
+            qa.answer("Sandra went to the office.", "Where is Sandra?").answer   # "office"
+        """
+        if isinstance(data, QAExperiment):
+            if experiment is not None:
+                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
+            experiment, data = data, None
+        given: dict[str, list[BabiExample]] = {}
+        for split, value in (("train", data), ("valid", valid), ("test", test)):
+            if value is None:
+                continue
+            if isinstance(value, (str, Path)):
+                overrides[f"data.{split}"] = str(value)
+            else:
+                given[split] = as_examples(value, "data" if split == "train" else split)
+        experiment = cls._experiment(experiment, overrides)
+        return cls._fit_experiment(experiment, given, out_dir, resume)
+
+    @classmethod
+    def _read_data(cls, experiment: QAExperiment, given: dict) -> tuple[QAExperiment, dict]:
+        splits = load_splits(experiment.data, experiment.train.seed, given)
         train = splits["train"]
         vocab = Vocab.build([w for s in ex.story for w in s] + ex.question for ex in train)
         answers = LabelSet(sorted({ex.answer for ex in train}))
-        experiment = experiment.model_copy(update={
-            "model": QAModelConfig.from_dict({**experiment.model.to_dict(), "vocab_size": len(vocab),
-                                              "answer_size": len(answers)}, "model"),
-            "train": experiment.train.model_copy(update={"out_dir": str(out_dir)})})
-        torch.manual_seed(experiment.train.seed)
-        qa = cls(QAModel(experiment.model), vocab, answers, experiment)
-        encoded = {split: qa._encode(exs) for split, exs in splits.items()}
-        warn_unknown_answers(splits["valid"], qa._answer_index, "validation data")
-        world, rank = distributed.world_size(), distributed.rank()
-        distributed.per_rank(data.batch_size, "data.batch_size", world)
-        train_batches = QABatches(encoded["train"], data.batch_size, seed=experiment.train.seed,
-                                  rank=rank, world_size=world)
+        experiment = experiment.model_copy(update={"model": QAModelConfig.from_dict(
+            {**experiment.model.to_dict(), "vocab_size": len(vocab), "answer_size": len(answers)}, "model")})
+        return experiment, {"splits": splits, "vocab": vocab, "answers": answers}
+
+    @classmethod
+    def _build(cls, experiment: QAExperiment, prepared: dict) -> QuestionAnswering:
+        qa = cls(QAModel(experiment.model), prepared["vocab"], prepared["answers"], experiment)
+        prepared["encoded"] = {split: qa._encode(exs) for split, exs in prepared["splits"].items()}
+        warn_unknown_answers(prepared["splits"]["valid"], qa._answer_index, "validation data")
+        return qa
+
+    def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
+        data, encoded = self.experiment.data, prepared["encoded"]
+        distributed.per_rank(data.batch_size, "data.batch_size", world_size)
+        train_batches = QABatches(encoded["train"], data.batch_size, seed=self.experiment.train.seed,
+                                  rank=rank, world_size=world_size)
 
         def loss_fn(net, batch, state):
             logits, attention = net(batch)
@@ -301,45 +383,42 @@ class QuestionAnswering(Task):
             return loss, None, batch.answer.numel()
 
         def evaluate_fn(net):
-            correct, loss = qa._score(encoded["valid"], net)
+            correct, loss = self._score(encoded["valid"], net)
             return {"val_loss": loss, "val_accuracy": correct}
 
-        trainer = Trainer(qa.model, experiment.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
-                          checkpoint_extras=qa.extras(), model_config=experiment.to_dict())
-        trainer.fit(train_batches.batches, resume=resume)
-        best = cls.load(out_dir / "best") if (out_dir / "best").exists() else qa
-        if distributed.is_main():
-            results = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason}
-            for split, prefix in (("valid", "val"), ("test", "test")):
-                if split in encoded:
-                    acc, loss = best._score(encoded[split])
-                    best.results.update({f"{prefix}_accuracy": acc, f"{prefix}_loss": loss})
-            results.update(best.results)
+        summary = {"unit": "questions", "splits": {split: len(exs) for split, exs in encoded.items()},
+                   "vocab_size": len(self.vocab), "answers": len(self.answers), "batch_size": data.batch_size,
+                   "batches_per_epoch": len(train_batches)}
+        return Training(loss_fn, train_batches.batches, evaluate_fn, summary)
+
+    def _finish(self, prepared: dict, trainer: Trainer, out_dir: Path | None) -> None:
+        """The best model's accuracy on valid (and test); with an out_dir, results.json there."""
+        results = {"best_epoch": trainer.best_epoch, "epochs_run": trainer.epoch, "stop_reason": trainer.stop_reason}
+        for split, prefix in (("valid", "val"), ("test", "test")):
+            if split in prepared["encoded"]:
+                acc, loss = self._score(prepared["encoded"][split])
+                self.results.update({f"{prefix}_accuracy": acc, f"{prefix}_loss": loss})
+        results.update(self.results)
+        if out_dir is not None:
             (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        return best
 
     # --------------------------------------------------------------------------- checkpoint
     def extras(self) -> dict:
         return {"vocab": self.vocab.to_dict(), "answers": self.answers.to_dict()}
 
     @classmethod
-    def load(cls, path: str | Path) -> QuestionAnswering:
-        """Read a checkpoint written by ``save`` or by training."""
-        config, state, extras, _ = load_checkpoint(path)
-        if config.get("task") != cls.name:
-            raise ValueError(f"{path}: expected a {cls.name} checkpoint, got task {config.get('task')!r}")
-        experiment = QAExperiment.from_dict(config, f"{path}/config.json")
+    def _model(cls, experiment: QAExperiment) -> QAModel:
+        return QAModel(experiment.model)
+
+    @classmethod
+    def from_parts(cls, model: QAModel, experiment: QAExperiment, extras: dict) -> QuestionAnswering:
         for name in ("vocab", "answers"):
             if name not in extras:
-                raise ValueError(f"{path}: expected {name}.json beside the model, found none")
+                raise ValueError(f"checkpoint: expected {name}.json beside the model, found none")
         vocab, answers = Vocab.from_dict(extras["vocab"]), LabelSet.from_dict(extras["answers"])
         if (len(vocab), len(answers)) != (experiment.model.vocab_size, experiment.model.answer_size):
-            raise ValueError(f"{path}: vocab.json/answers.json have {len(vocab)} words/{len(answers)} answers but "
-                             f"the model expects {experiment.model.vocab_size}/{experiment.model.answer_size}")
-        model = QAModel(experiment.model)
-        check_state_dict(model, state, Path(path) / "model.safetensors")
-        model.load_state_dict(state)
-        model.eval()
+            raise ValueError(f"checkpoint: vocab.json/answers.json have {len(vocab)} words/{len(answers)} answers "
+                             f"but the model expects {experiment.model.vocab_size}/{experiment.model.answer_size}")
         return cls(model, vocab, answers, experiment)
 
     # ---------------------------------------------------------------------------------- use
@@ -378,9 +457,10 @@ class QuestionAnswering(Task):
         loss = float(F.nll_loss(probs[known].clamp(min=1e-12).log(), targets[known])) if known.any() else float("nan")
         return accuracy, loss
 
-    def evaluate(self, path: str | Path, errors: str = "strict") -> dict:
+    def evaluate(self, path: str | Path, errors: str = "strict", encoding: str = "utf-8",
+                 allow_control_chars: bool = False) -> dict:
         """Accuracy on a bAbI file (answers never seen in training count as wrong, with a warning)."""
-        examples = read_babi(path, errors=errors)
+        examples = read_babi(path, encoding, errors, allow_control_chars)
         unknown = warn_unknown_answers(examples, self._answer_index, str(path))
         accuracy, loss = self._score(self._encode(examples))
         return {"accuracy": accuracy, "loss": loss, "n": len(examples), "unknown_answers": unknown}
