@@ -166,7 +166,27 @@ def read_folder(root: str | os.PathLike, encoding: str = "utf-8", errors: str = 
     decoded = [decode_text(data, source, encoding, errors, allow_control_chars, code_page) for data, source in files]
     report_decoding(root, decoded)
     texts, origins = [normalise_newlines(d.text) for d in decoded], [source for _, source in files]
+    _check_one_file_per_example(root, len(classes), texts, labels, origins)
     return TextDataset(texts, labels, origins)
+
+
+def _check_one_file_per_example(root: Path, n_classes: int, texts: list[str], labels: list[str],
+                                origins: list[str]) -> None:
+    """A class folder holding one file of several lines is most likely a file of examples, one per
+    line: an error when every class folder is like that, a warning when some are."""
+    counts = Counter(labels)
+    suspects = [(origin, sum(1 for line in text.split("\n") if line.strip()))
+                for text, label, origin in zip(texts, labels, origins) if counts[label] == 1]
+    suspects = [(origin, n) for origin, n in suspects if n > 1]
+    if not suspects:
+        return
+    found = ", ".join(f"{origin} ({n} lines)" for origin, n in suspects[:3]) + (", ..." if len(suspects) > 3 else "")
+    message = (f"{root}: class folders holding a single file of several lines: {found}; the folder layout reads "
+               "one example per file (<root>/<class>/<example>.txt, as aclImdb), so each such file is one example. "
+               "For one example per line, use a .tsv table with a header row (columns sentence and label)")
+    if len(suspects) == n_classes:
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)
 
 
 def read_labelled(path: str | os.PathLike, text_column: str = "sentence", label_column: str | None = "label",
