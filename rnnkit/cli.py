@@ -38,6 +38,24 @@ def _show_warnings() -> None:
     warnings.showwarning = lambda message, *a, **k: typer.echo(f"warning: {message}", err=True)
 
 
+# How the commands that read text files decode them (the data configs' encoding keys, as flags)
+Encoding = Annotated[str, typer.Option(help="encoding of the input text: a codec name (utf-8, cp1252, utf-16, "
+                                            "...) or auto (detected, and the choice reported)")]
+EncodingErrors = Annotated[str, typer.Option(help="undecodable bytes: strict (fail with the file, line and byte "
+                                                  "offset) or replace (with U+FFFD; the count is reported)")]
+AllowControlChars = Annotated[bool, typer.Option(help="accept NUL and other control characters in the text "
+                                                      "(else an error naming the file and line)")]
+
+
+def reading(encoding: str, encoding_errors: str, allow_control_chars: bool) -> dict:
+    """The readers' decoding keywords from --encoding, --encoding-errors and --allow-control-chars."""
+    from .data.text import check_encoding
+    check_encoding(encoding, "--encoding")
+    if encoding_errors not in ("strict", "replace"):
+        raise ValueError(f"--encoding-errors: expected 'strict' or 'replace', got {encoding_errors!r}")
+    return {"encoding": encoding, "errors": encoding_errors, "allow_control_chars": allow_control_chars}
+
+
 def _train_one(config: Path, overrides: list[str], out: Path, resume: bool) -> dict:
     from . import tasks
     task = tasks.fit(tasks.load_experiment(config, overrides), out, resume=resume)
@@ -70,33 +88,47 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
 @user_errors
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directory, e.g. runs/ptb/best")],
              data: Annotated[Path, typer.Option(help="text file (language models) or labelled file (classifier, bAbI)")],
-             batch_size: Annotated[int, typer.Option(help="parallel streams (language models)")] = 1) -> None:
+             batch_size: Annotated[int, typer.Option(help="parallel streams (language models)")] = 1,
+             encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
+             allow_control_chars: AllowControlChars = False) -> None:
     """Score a checkpoint on a file: perplexity or bits per character for language models; accuracy,
     per-class precision/recall/F1 and the confusion matrix for classifiers; accuracy for bAbI."""
     from . import tasks
+    _show_warnings()
+    options = reading(encoding, encoding_errors, allow_control_chars)
     task = tasks.load(checkpoint)
     if isinstance(task, tasks.LanguageModel):
-        result = task.evaluate(data, batch_size=batch_size)
+        result = task.evaluate(data, batch_size=batch_size, **options)
         unit = "bpc" if task.char_level else "ppl"
         typer.echo(f"{unit} {result[unit]:.4f}  (loss {result['loss']:.4f} nats/token over {result['tokens']} tokens)")
     elif isinstance(task, tasks.Forecaster):
         raise ValueError(f"{checkpoint}: a forecaster is scored with `rnnkit backtest`, not evaluate")
     else:
-        typer.echo(json.dumps(task.evaluate(data), indent=2, default=str))
+        typer.echo(json.dumps(task.evaluate(data, **options), indent=2, default=str))
 
 
 @app.command()
 @user_errors
 def generate(checkpoint: Annotated[Path, typer.Argument(help="language-model checkpoint directory")],
              prompt: Annotated[str, typer.Option(help="text to continue")] = "",
+             prompt_file: Annotated[Optional[Path], typer.Option(help=(
+                 "read the text to continue from this file (one trailing newline dropped), instead of --prompt"))] = None,
              top_k: Annotated[int, typer.Option(help="without --length: list the k most likely next tokens; "
                                                 "with it: sample among the top k (0 = all)")] = 0,
              length: Annotated[int, typer.Option(help="sample this many tokens (0: list the next-token top-k)")] = 0,
              temperature: Annotated[float, typer.Option(help="sampling temperature")] = 1.0,
-             seed: Annotated[Optional[int], typer.Option(help="sampling seed")] = None) -> None:
+             seed: Annotated[Optional[int], typer.Option(help="sampling seed")] = None,
+             encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
+             allow_control_chars: AllowControlChars = False) -> None:
     """Next-token predictions with probabilities, or a sampled continuation."""
     from . import tasks
+    from .data.text import read_text
     _show_warnings()
+    options = reading(encoding, encoding_errors, allow_control_chars)
+    if prompt_file is not None:
+        if prompt:
+            raise ValueError("--prompt-file: expected either --prompt or --prompt-file, got both")
+        prompt = read_text(prompt_file, **options).removesuffix("\n")
     lm = tasks.load(checkpoint)
     if length:
         continuation = lm.generate(prompt, length, temperature, top_k, seed)
@@ -197,8 +229,8 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
                 "per class, or a .txt file with one text per line"))] = None,
             output: Annotated[Optional[Path], typer.Option("--output", help="TSV file for the predictions of --input")] = None,
             text_column: Annotated[Optional[str], typer.Option(help="the text column of --input (default: as in training)")] = None,
-            encoding_errors: Annotated[str, typer.Option(help="undecodable bytes in --input: strict (fail with the "
-                                                         "byte offset) or replace")] = "strict") -> None:
+            encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
+            allow_control_chars: AllowControlChars = False) -> None:
     """Classify a text (prints the label and its probability), or every text of a file (--input, --output)."""
     from . import tasks
     from .tasks.classifier import Classifier
@@ -208,8 +240,7 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
                          + ("both" if text is not None else "neither"))
     if input is not None and output is None:
         raise ValueError("--output: expected a file for the predictions of --input, got none")
-    if encoding_errors not in ("strict", "replace"):
-        raise ValueError(f"--encoding-errors: expected 'strict' or 'replace', got {encoding_errors!r}")
+    options = reading(encoding, encoding_errors, allow_control_chars)
     clf = tasks.load(checkpoint)
     if not isinstance(clf, Classifier):
         raise ValueError(f"{checkpoint}: expected a classifier checkpoint, got task {clf.name!r}")
@@ -218,7 +249,7 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
         k = int(probs.argmax())
         typer.echo(f"{clf.labels.names[k]}\t{probs[k]:.4f}")
         return
-    n = clf.predict_file(input, output, errors=encoding_errors, text_column=text_column)
+    n = clf.predict_file(input, output, text_column=text_column, **options)
     typer.echo(f"wrote {n} predictions to {output}")
 
 
@@ -228,8 +259,8 @@ def answer(checkpoint: Annotated[Path, typer.Argument(help="question-answering c
            story: Annotated[Path, typer.Option(help="story file: sentences, one or more per line, numbered as in "
                                                "bAbI or not")],
            question: Annotated[str, typer.Option(help="the question, e.g. 'Where is Mary?'")],
-           encoding_errors: Annotated[str, typer.Option(help="undecodable bytes in the story: strict (fail with the "
-                                                        "byte offset) or replace")] = "strict") -> None:
+           encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
+           allow_control_chars: AllowControlChars = False) -> None:
     """Answer a question about a story: prints the answer and its probability, then the sentences the
     model attended to most."""
     from . import tasks
@@ -237,12 +268,11 @@ def answer(checkpoint: Annotated[Path, typer.Argument(help="question-answering c
     from .data.text import read_text
     from .tasks.qa import QuestionAnswering
     _show_warnings()
-    if encoding_errors not in ("strict", "replace"):
-        raise ValueError(f"--encoding-errors: expected 'strict' or 'replace', got {encoding_errors!r}")
+    options = reading(encoding, encoding_errors, allow_control_chars)
     qa = tasks.load(checkpoint)
     if not isinstance(qa, QuestionAnswering):
         raise ValueError(f"{checkpoint}: expected a question-answering checkpoint, got task {qa.name!r}")
-    text = read_text(story, errors=encoding_errors)
+    text = read_text(story, **options)
     result = qa.answer(text, question)
     typer.echo(f"{result.answer}\t{result.probability:.4f}")
     sentences = parse_story(text)[-qa.model.config.memory_size:]
