@@ -134,13 +134,39 @@ def detach_state(state: Hidden | None) -> Hidden | None:
 
 
 class SequenceModel(nn.Module):
-    """The configured network (module docstring); batch_first throughout.
+    """Input → [embedding] → recurrent stack → output layer, configured by a ``ModelConfig``;
+    batch first throughout. The network every task trains (module docstring for the dropout).
 
-    forward(x, lengths=None, state=None) -> (logits, state)
-      x: <int64>[B, T] token ids (vocab_size > 0) or <float>[B, T, input_size]
-      lengths: <int>[B] valid steps per padded sequence, or None
-      state: <float>[L*D, B, H] for RNN/GRU, (h, c) for LSTM, or None for zeros
-      logits: <float>[B, T, output_size] (output_per="step") or <float>[B, output_size]
+    Args:
+        config: the architecture; ``SequenceModel.from_config`` also takes a plain dict of its fields.
+
+    Inputs:
+        - **x**: ``<int64>[B, T]`` token ids (``vocab_size > 0``) or ``<float>[B, T, input_size]``.
+        - **lengths** (keyword): ``<int>[B]`` valid steps of each padded sequence, or None.
+        - **state** (keyword): ``<float>[L·D, B, H]`` for RNN and GRU, ``(h, c)`` for the LSTMs, or None
+          for zeros.
+
+    Outputs:
+        - **logits**: ``<float>[B, T, output_size]`` (``output_per="step"``) or ``<float>[B, output_size]``
+          (``"sequence"``), before the output activation (``predict`` applies it).
+        - **state**: the final state in the same layout, each sequence's at its own last valid step.
+
+    Raises:
+        TypeError: a config that is not a ModelConfig (use ``from_config`` for a dict).
+        ValueError: inconsistent settings (e.g. ``tie_weights`` with mismatched sizes), naming them;
+            an input of the wrong shape or dtype.
+
+    Examples:
+        >>> import torch, rnnkit
+        >>> lm = rnnkit.SequenceModel.from_config({"cell": "lstm", "vocab_size": 100, "embedding_dim": 16,
+        ...                                        "hidden_size": 32, "num_layers": 2, "output_size": 100,
+        ...                                        "output_activation": "softmax"})
+        >>> ids = torch.randint(0, 100, (4, 12))
+        >>> logits, state = lm(ids)
+        >>> logits.shape, state[0].shape
+        (torch.Size([4, 12, 100]), torch.Size([2, 4, 32]))
+        >>> loss = lm.loss(logits[:, :-1], ids[:, 1:])       # next-token cross entropy
+        >>> logits, state = lm(ids, state=lm.detach_state(state))   # truncated BPTT: carry, detach
     """
 
     detach_state = staticmethod(detach_state)

@@ -1,5 +1,5 @@
-"""The documentation: the site builds in strict mode, every Python example in README.md and docs/ runs,
-and every `rnnkit` command line shown there names a command and options that exist.
+"""The documentation: the site builds in strict mode, every Python example in README.md, docs/ and the
+docstrings runs, and every `rnnkit` command line shown there names a command and options that exist.
 
 Examples are collected with sybil: each ```python fence of a page runs, in order, in one namespace per
 page (an example may use what an earlier one on the page defined), in a fresh working directory. An
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PYTHON_FENCE = re.compile(r"^```python\s*$", re.MULTILINE)
 
-sybil = pytest.importorskip("sybil")
-from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser  # noqa: E402
+import sybil
+from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 
 
 def _mkdocs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -104,6 +104,22 @@ def test_a_failing_example_fails(tmp_path):
         examples[2].evaluate()
     with pytest.raises(AssertionError, match="ran"):
         examples[3].evaluate()
+
+
+# ------------------------------------------------------------------------ docstring examples
+def _modules_with_doctests() -> list[str]:
+    """Every rnnkit module whose docstrings hold ``>>>`` examples (the API reference shows them)."""
+    return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "rnnkit").rglob("*.py")
+                  if ">>>" in p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("module", _modules_with_doctests())
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0, f"{module}: {result.failed} of {result.attempted} docstring examples failed"
 
 
 # ----------------------------------------------------------------------------- command lines

@@ -17,14 +17,34 @@ log = logging.getLogger(__name__)
 
 
 class Embedding(nn.Embedding):
-    """Lookup table: ids <int>[*] → vectors <float>[*, embedding_dim].
+    """Lookup table of token vectors: ids ``<int>[*]`` → vectors ``<float>[*, embedding_dim]``.
 
-    Same constructor, parameters and state dict as ``torch.nn.Embedding``; forward() additionally
-    checks that ids are integers in ``[0, num_embeddings)`` and says which id is out of range (in
-    eager mode: while torch records the model for export or compilation there are no values).
-    ``padding_idx``'s row is zero and receives no gradient, as in torch.nn.
+    Same constructor, parameters and state dict as ``torch.nn.Embedding``; forward() also checks
+    that ids are integers in ``[0, num_embeddings)`` and says which id is out of range (in eager
+    mode: while torch records the model for export or compilation there are no values).
+    ``from_text_vectors`` builds one from word2vec/GloVe vectors.
 
-    coverage: the fraction of the vocabulary found in the file by ``from_text_vectors``, else None.
+    Args:
+        num_embeddings: size of the vocabulary (ids 0 .. num_embeddings - 1).
+        embedding_dim: size of each vector.
+        padding_idx: the id of padding: its row is zero and receives no gradient, as in torch.nn.
+            Default: None.
+        **kwargs: torch.nn.Embedding's other arguments (``max_norm``, ``sparse``, ``_weight``,
+            ``device``, ``dtype``, ...).
+
+    Attributes:
+        coverage: the fraction of the vocabulary found in the file by ``from_text_vectors``, else None.
+
+    Raises:
+        TypeError: ids that are not an integer tensor.
+        ValueError: an id below 0 or not below ``num_embeddings``, naming the id.
+
+    Examples:
+        >>> import torch
+        >>> from rnnkit.layers import Embedding
+        >>> emb = Embedding(10, 4, padding_idx=0)
+        >>> emb(torch.tensor([[1, 2, 0]])).shape
+        torch.Size([1, 3, 4])
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,

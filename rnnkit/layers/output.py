@@ -82,13 +82,41 @@ def pool(h: Tensor, lengths: Tensor | Sequence[int] | None = None, how: str = "l
 
 
 class OutputLayer(nn.Module):
-    """Linear head over a recurrent stack's output.
+    """Linear head over a recurrent stack's output, with the activation and loss that match it.
 
-    h <float>[B, T, in_features] → logits <float>[B, T, out_features] (per="step") or
-    <float>[B, out_features] (per="sequence", after ``pool(h, lengths, pooling, directions)``).
+    Args:
+        in_features: features of the recurrent output h (hidden size × directions).
+        out_features: outputs per step or per sequence (classes for softmax).
+        activation: ``"linear"`` (MSE loss), ``"sigmoid"`` (binary cross entropy) or ``"softmax"``
+            (cross entropy); forward() returns logits, ``activate`` applies it. Default: ``"linear"``.
+        per: ``"step"``: one output per time step; ``"sequence"``: one per sequence after pooling.
+            Default: ``"step"``.
+        pooling: per sequence, ``"last"`` (each direction's final state), ``"mean"`` or ``"max"``
+            over the valid steps (see ``pool``). Default: ``"last"``.
+        directions: 2 when h comes from a bidirectional stack, so that ``"last"`` takes the forward
+            direction's last valid step and the backward direction's first. Default: 1.
+        bias: whether the linear layer has a bias. Default: True.
 
-    directions: 2 when h comes from a bidirectional stack, so that pooling="last" takes each
-    direction's final state (see ``pool``). ``weight`` can be tied to an embedding (``tie_to``).
+    Inputs:
+        - **h**: ``<float>[B, T, in_features]``.
+        - **lengths**: ``<int>[B]`` valid steps per sequence, for per-sequence pooling; or None.
+
+    Outputs:
+        - **logits**: ``<float>[B, T, out_features]`` (``per="step"``) or ``<float>[B, out_features]``.
+
+    Raises:
+        ValueError: an unknown activation, per or pooling; directions not 1 or 2 (or 2 with an odd
+            in_features); an h of the wrong shape.
+
+    ``weight`` can be tied to an embedding's (``tie_to``).
+
+    Examples:
+        >>> import torch
+        >>> from rnnkit.layers import OutputLayer
+        >>> head = OutputLayer(16, 3, activation="softmax", per="sequence", pooling="max")
+        >>> logits = head(torch.randn(2, 5, 16), lengths=[5, 3])
+        >>> logits.shape, head.loss(logits, torch.tensor([0, 2])).shape
+        (torch.Size([2, 3]), torch.Size([]))
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str = "linear",

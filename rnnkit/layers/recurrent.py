@@ -291,9 +291,25 @@ class RecurrentBase(nn.Module):
     # ----------------------------------------------------------------------------------- forward
     def forward(self, input: Tensor | PackedSequence, hx: Hidden | None = None,
                 lengths: Tensor | Sequence[int] | None = None) -> tuple[Tensor | PackedSequence, Hidden]:
-        """Run the layer over whole sequences (shapes in the module docstring).
+        """Run the layer over whole sequences.
 
-        lengths: <int>[B] valid steps per sequence (padded input only; a PackedSequence carries its own).
+        Args:
+            input: ``<float>[T, B, I]`` (``[B, T, I]`` with ``batch_first=True``), ``<float>[T, I]`` for
+                one unbatched sequence, or a ``PackedSequence``.
+            hx: the initial state, as torch.nn: h_0 ``<float>[L·D, B, P]`` for RNN and GRU,
+                ``(h_0, c_0)`` for the LSTMs (c_0 ``<float>[L·D, B, H]``); None for zeros.
+            lengths: ``<int>[B]`` valid steps of each sequence of a padded input (a ``PackedSequence``
+                carries its own). Outputs past a sequence's end are zero and its final state is the
+                one at its own last step; the reverse direction starts there.
+
+        Returns:
+            ``(output, h_n)`` for RNN and GRU, ``(output, (h_n, c_n))`` for the LSTMs: output
+            ``<float>[T, B, D·P]`` (batch first, unbatched or packed as the input), h_n and c_n in
+            hx's layout.
+
+        Raises:
+            ValueError: an input, state or ``lengths`` of the wrong shape, or lengths out of range.
+            TypeError: an input that is not a floating-point tensor of the parameters' dtype.
         """
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
@@ -376,10 +392,30 @@ class RecurrentBase(nn.Module):
         return tuple(self._check_hx(state, batch, x) + [None])[:2]
 
     def step(self, x_t: Tensor, state: Hidden | None = None) -> tuple[Tensor, Hidden]:
-        """One time step for streaming: x_t <float>[B, I] → y_t <float>[B, P] and the new state.
+        """One time step for streaming; a sequence fed step by step gives forward()'s outputs and state.
 
-        state uses forward's hx layout (<float>[L, B, P], plus c for LSTM); None starts from zeros.
-        Feeding a sequence one step at a time gives the same outputs and final state as forward().
+        Without autograd (e.g. under ``torch.no_grad()``) one compiled call runs the whole stack.
+
+        Args:
+            x_t: ``<float>[B, I]``, the input at one step.
+            state: the state in forward's hx layout (h ``<float>[L, B, P]``, and c ``<float>[L, B, H]``
+                for the LSTMs); None starts from zeros.
+
+        Returns:
+            ``(y_t, state)``: the last layer's output ``<float>[B, P]`` and the new state.
+
+        Raises:
+            ValueError: a bidirectional layer (it needs the whole sequence), or an x_t or state of
+                the wrong shape.
+
+        Examples:
+            >>> import torch, rnnkit
+            >>> gru = rnnkit.GRU(4, 8)
+            >>> state = None
+            >>> for x_t in torch.randn(6, 2, 4):
+            ...     y_t, state = gru.step(x_t, state)
+            >>> y_t.shape, state.shape
+            (torch.Size([2, 8]), torch.Size([1, 2, 8]))
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional layer needs the whole sequence; use forward()")
@@ -422,15 +458,36 @@ class RecurrentBase(nn.Module):
 
     def streamer(self, batch_size: int = 1, state: Hidden | None = None):
         """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
-        state kept inside, ``s.state`` is it in forward's hx layout. No autograd, no dropout. The
-        fastest way to run one step at a time (on CPU float32/64 one compiled call per step); it
-        falls back to ``step()`` where no backend offers one. It reads the parameters in place, so
-        in-place updates are seen; after replacing a parameter (``.to()``, ``double()``, a new
-        ``Parameter``) or updating a parametrized weight's original, make a new streamer.
+        state kept inside, and ``s.state`` is it in forward's hx layout. No autograd, no dropout.
 
-        x_t <float>[batch_size, I] → y_t <float>[batch_size, P]; state as forward's hx, or None (zeros).
-        ``s(x_t, out=y)`` writes y_t into y (contiguous, the parameters' dtype and device) and returns
-        it: no tensor allocated per call."""
+        The fastest way to run one step at a time (on CPU float32/64 one compiled call per step for
+        the whole stack); it falls back to ``step()`` where no backend offers one. It reads the
+        parameters in place, so in-place updates are seen; after replacing a parameter (``.to()``,
+        ``double()``, a new ``Parameter``) or updating a parametrized weight's original, make a new
+        streamer. ``s(x_t, out=y)`` writes y_t into y (contiguous, the parameters' dtype and device)
+        and returns it: no tensor allocated per call.
+
+        Args:
+            batch_size: sequences streamed at once. Default: 1.
+            state: the initial state in forward's hx layout, or None for zeros.
+
+        Returns:
+            A callable ``s(x_t, out=None)``: x_t ``<float>[batch_size, I]`` → y_t
+            ``<float>[batch_size, P]``; ``s.state`` the current state.
+
+        Raises:
+            ValueError: a bidirectional layer, a batch_size below 1, or a state of the wrong shape.
+
+        Examples:
+            >>> import torch, rnnkit
+            >>> lstm = rnnkit.LSTM(4, 8, num_layers=2)
+            >>> s = lstm.streamer(batch_size=1)
+            >>> y = torch.empty(1, 8)
+            >>> for x_t in torch.randn(5, 1, 4):
+            ...     _ = s(x_t, out=y)
+            >>> [t.shape for t in s.state]
+            [torch.Size([2, 1, 8]), torch.Size([2, 1, 8])]
+        """
         if self.bidirectional:
             raise ValueError("streamer: a bidirectional layer needs the whole sequence; use forward()")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -529,9 +586,71 @@ class _StepStreamer:
 
 
 class RNN(RecurrentBase):
-    """Simple (Elman) RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, act tanh or relu.
+    """Elman RNN with tanh or ReLU, a drop-in for ``torch.nn.RNN``.
 
-    Drop-in for ``torch.nn.RNN``; see the module docstring for shapes and the extras.
+    Every layer computes, for each step t (equations in ``rnnkit.cells.rnn_step``)::
+
+        h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)        act = tanh or relu
+
+    where x_t is the input (the previous layer's output for layers after the first).
+
+    Args:
+        input_size: features of the input x.
+        hidden_size: features of the hidden state h.
+        num_layers: stacked layers, each reading the output of the one before. Default: 1.
+        nonlinearity: ``"tanh"`` or ``"relu"``. Default: ``"tanh"``.
+        bias: whether the layers have the biases b_ih and b_hh. Default: True.
+        batch_first: if True, the input and output are ``(batch, time, features)`` instead of
+            ``(time, batch, features)``; the states keep their layout. Default: False.
+        dropout: probability of dropout on the output of every layer but the last (as torch.nn: it
+            has no effect, and warns, with one layer). Default: 0.
+        bidirectional: run every layer forward and backward and concatenate the two outputs.
+            Default: False.
+        device: device of the parameters. Default: None (torch's default device).
+        dtype: dtype of the parameters. Default: None (torch's default dtype).
+        init: ``"torch"``: every weight and bias uniform(±1/√hidden_size), as torch.nn;
+            ``"keras"``: glorot-uniform input weights, orthogonal recurrent weights, zero biases.
+            Default: ``"torch"``.
+        backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
+            float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
+            ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+
+    Inputs:
+        - **input**: ``<float>[T, B, I]``, ``<float>[B, T, I]`` with ``batch_first=True``,
+          ``<float>[T, I]`` for one unbatched sequence, or a ``PackedSequence``.
+        - **hx**: the initial state h_0 ``<float>[L·D, B, H]`` (``[L·D, H]`` unbatched), or None for zeros.
+        - **lengths**: ``<int>[B]`` valid steps of each sequence of a padded batch, or None. Outputs
+          past a sequence's end are zero, the final state is the one at its own last step, and the
+          reverse direction starts there.
+
+    Outputs:
+        - **output**: ``<float>[T, B, D·H]`` (batch first with ``batch_first=True``): the last
+          layer's output at every step, both directions concatenated.
+        - **h_n**: ``<float>[L·D, B, H]``, the final hidden state of every layer and direction.
+
+    Weights:
+        Named as in torch.nn, so that ``load_state_dict`` works both ways. For layer k (``_reverse``
+        for the backward direction): ``weight_ih_l{k}`` ``<float>[G·H, I]`` (the first layer) or
+        ``[G·H, D·H]``, ``weight_hh_l{k}`` ``[G·H, H]``, ``bias_ih_l{k}`` and ``bias_hh_l{k}`` ``[G·H]``,
+        with G = 1.
+
+    Raises:
+        ValueError: a size, ``dropout``, ``nonlinearity``, ``init`` or ``backend`` out of range when
+            constructed; at call time an input, state or ``lengths`` of the wrong shape, naming the
+            argument, the shape expected and the shape given.
+        TypeError: an input that is not a floating-point tensor of the parameters' dtype, or a
+            state of the wrong type.
+
+    T is the number of steps, B the batch, I ``input_size``, H ``hidden_size``, L ``num_layers`` and
+    D = 2 if ``bidirectional`` else 1. Beyond torch.nn: ``lengths=``, ``step()``, ``streamer()``,
+    ``init="keras"``, ``backend=`` (module docstring).
+
+    Examples:
+        >>> import torch, rnnkit
+        >>> rnn = rnnkit.RNN(10, 20, num_layers=2)
+        >>> output, h_n = rnn(torch.randn(5, 3, 10), torch.zeros(2, 3, 20))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
     """
 
     mode = "RNN"
@@ -545,9 +664,82 @@ class RNN(RecurrentBase):
 
 
 class LSTM(RecurrentBase):
-    """LSTM with input, forget and output gates and a cell state; optional ``proj_size``.
+    """Long short-term memory layer, a drop-in for ``torch.nn.LSTM``.
 
-    Drop-in for ``torch.nn.LSTM``: returns ``output, (h_n, c_n)``. Equations in ``rnnkit.cells.lstm_step``.
+    Every layer computes, for each step t (equations in ``rnnkit.cells.lstm_step``)::
+
+        i_t = σ(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)          input gate
+        f_t = σ(W_if x_t + b_if + W_hf h_{t-1} + b_hf)          forget gate
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)       candidate cell
+        o_t = σ(W_io x_t + b_io + W_ho h_{t-1} + b_ho)          output gate
+        c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t
+        h_t = o_t ⊙ tanh(c_t)                                    (W_hr o_t ⊙ tanh(c_t) with proj_size)
+
+    Args:
+        input_size: features of the input x.
+        hidden_size: features of the cell state c (and of h without projection).
+        num_layers: stacked layers, each reading the output of the one before. Default: 1.
+        bias: whether the layers have the biases b_ih and b_hh. Default: True.
+        batch_first: if True, the input and output are ``(batch, time, features)`` instead of
+            ``(time, batch, features)``; the states keep their layout. Default: False.
+        dropout: probability of dropout on the output of every layer but the last (as torch.nn: it
+            has no effect, and warns, with one layer). Default: 0.
+        bidirectional: run every layer forward and backward and concatenate the two outputs.
+            Default: False.
+        proj_size: if > 0, h_t is projected to this size by ``weight_hr_l{k}`` (Sak et al. 2014);
+            must be below ``hidden_size``. Default: 0.
+        device: device of the parameters. Default: None (torch's default device).
+        dtype: dtype of the parameters. Default: None (torch's default dtype).
+        init: ``"torch"``: every weight and bias uniform(±1/√hidden_size), as torch.nn;
+            ``"keras"``: glorot-uniform input weights, orthogonal recurrent weights, zero biases and a
+            forget-gate bias of 1 (Keras's ``unit_forget_bias``).
+            Default: ``"torch"``.
+        backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
+            float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
+            ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+
+    Inputs:
+        - **input**: ``<float>[T, B, I]``, ``<float>[B, T, I]`` with ``batch_first=True``,
+          ``<float>[T, I]`` for one unbatched sequence, or a ``PackedSequence``.
+        - **hx**: the initial state ``(h_0, c_0)``: h_0 ``<float>[L·D, B, P]``, c_0
+          ``<float>[L·D, B, H]`` (without the batch dim for an unbatched input), or None for zeros.
+        - **lengths**: ``<int>[B]`` valid steps of each sequence of a padded batch, or None. Outputs
+          past a sequence's end are zero, the final state is the one at its own last step, and the
+          reverse direction starts there.
+
+    Outputs:
+        - **output**: ``<float>[T, B, D·P]`` (batch first with ``batch_first=True``): the last
+          layer's output at every step, both directions concatenated.
+        - **h_n**: ``<float>[L·D, B, P]``, the final hidden state of every layer and direction.
+        - **c_n**: ``<float>[L·D, B, H]``, the final cell state.
+
+    Weights:
+        Named as in torch.nn, so that ``load_state_dict`` works both ways. For layer k (``_reverse``
+        for the backward direction): ``weight_ih_l{k}`` ``<float>[G·H, I]`` (the first layer) or
+        ``[G·H, D·H]``, ``weight_hh_l{k}`` ``[G·H, H]``, ``bias_ih_l{k}`` and ``bias_hh_l{k}`` ``[G·H]``,
+        with G = 4 gates in torch.nn's order (i, f, g, o); with ``proj_size``,
+        ``weight_hr_l{k}`` ``[P, H]`` and ``weight_hh_l{k}`` ``[4H, P]``.
+
+    Raises:
+        ValueError: a size, ``dropout``, ``nonlinearity``, ``init`` or ``backend`` out of range when
+            constructed; at call time an input, state or ``lengths`` of the wrong shape, naming the
+            argument, the shape expected and the shape given.
+        TypeError: an input that is not a floating-point tensor of the parameters' dtype, or a
+            state of the wrong type.
+
+    P is ``proj_size`` or H; the other letters as in ``rnnkit.RNN``. The equations are run by a
+    backend: on CPU the fused kernels, which also stream one step at a time (``step()``,
+    ``streamer()``).
+
+    Examples:
+        >>> import torch, rnnkit
+        >>> lstm = rnnkit.LSTM(10, 20, num_layers=2, batch_first=True)
+        >>> x = torch.randn(3, 5, 10)
+        >>> output, (h_n, c_n) = lstm(x, lengths=[5, 4, 2])
+        >>> output.shape, h_n.shape, c_n.shape
+        (torch.Size([3, 5, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
+        >>> bool((output[2, 2:] == 0).all())     # past the third sequence's end
+        True
     """
 
     mode = "LSTM"
@@ -561,12 +753,48 @@ class LSTM(RecurrentBase):
 
 
 class LayerNormLSTM(RecurrentBase):
-    """LSTM with layer normalisation on the input and recurrent terms and on the cell (Ba et al. 2016);
-    equations in ``rnnkit.cells.ln_lstm_step``. Same options and return values as ``LSTM`` (no
-    projection); each layer and direction adds one parameter ``layer_norm_l{k}`` <float>[10H]:
-    [γ_ih (4H) | γ_hh (4H) | γ_c (H) | β_c (H)], initialised to gains 1 and shift 0.
-    The fused CPU backend runs it forward and backward like the plain cells, and streams it
-    (``step()`` without autograd, ``streamer()``) with the same compiled one-step call.
+    """LSTM with layer normalisation (Ba et al. 2016) on the input and recurrent terms and on the cell.
+
+    Every layer computes, for each step t (equations in ``rnnkit.cells.ln_lstm_step``)::
+
+        i, f, g, o = split(LN(W_ih x_t)·γ_ih + b_ih + LN(W_hh h_{t-1})·γ_hh + b_hh)
+        c_t = σ(f) ⊙ c_{t-1} + σ(i) ⊙ tanh(g)
+        h_t = σ(o) ⊙ tanh(LN(c_t)·γ_c + β_c)
+
+    where LN normalises a vector to zero mean and unit variance. Same arguments, inputs, outputs and
+    weights as ``rnnkit.LSTM`` (no ``proj_size``), plus one parameter per layer and direction,
+    ``layer_norm_l{k}`` ``<float>[10H]``: ``[γ_ih (4H) | γ_hh (4H) | γ_c (H) | β_c (H)]``, initialised
+    to gains 1 and shift 0. The fused CPU backend runs it forward and backward like the plain cells,
+    and streams it (``step()`` without autograd, ``streamer()``) with the same compiled one-step call.
+    In a model config it is ``cell = "lstm_ln"``.
+
+    Args:
+        input_size: features of the input x.
+        hidden_size: features of the hidden and cell states.
+        num_layers: stacked layers. Default: 1.
+        bias: whether the layers have the biases b_ih and b_hh. Default: True.
+        batch_first: if True, the input and output are ``(batch, time, features)`` instead of
+            ``(time, batch, features)``; the states keep their layout. Default: False.
+        dropout: probability of dropout on the output of every layer but the last (as torch.nn: it
+            has no effect, and warns, with one layer). Default: 0.
+        bidirectional: run every layer forward and backward and concatenate the two outputs.
+            Default: False.
+        device: device of the parameters. Default: None (torch's default device).
+        dtype: dtype of the parameters. Default: None (torch's default dtype).
+        init: ``"torch"``: every weight and bias uniform(±1/√hidden_size), as torch.nn;
+            ``"keras"``: glorot-uniform input weights, orthogonal recurrent weights, zero biases and a
+            forget-gate bias of 1.
+            Default: ``"torch"``.
+        backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
+            float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
+            ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+
+    Examples:
+        >>> import torch, rnnkit
+        >>> lstm = rnnkit.LayerNormLSTM(10, 20)
+        >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
+        >>> output.shape
+        torch.Size([5, 3, 20])
     """
 
     mode = "LSTM"
@@ -579,10 +807,74 @@ class LayerNormLSTM(RecurrentBase):
 
 
 class GRU(RecurrentBase):
-    """GRU with reset and update gates. ``reset_after=True`` (default) is torch.nn.GRU's variant;
-    ``reset_after=False`` is Cho et al. 2014's (Keras ``reset_after=False``).
+    """Gated recurrent unit layer, a drop-in for ``torch.nn.GRU``, in both of its variants.
 
-    Drop-in for ``torch.nn.GRU``. Equations in ``rnnkit.cells.gru_step``.
+    Every layer computes, for each step t (equations in ``rnnkit.cells.gru_step``)::
+
+        r_t = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)              reset gate
+        z_t = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)              update gate
+        n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn h_{t-1} + b_hn))    reset_after=True
+        n_t = tanh(W_in x_t + b_in + W_hn (r_t ⊙ h_{t-1}) + b_hn)    reset_after=False
+        h_t = (1 - z_t) ⊙ n_t + z_t ⊙ h_{t-1}
+
+    ``reset_after=True`` is torch.nn's and cuDNN's GRU (Keras's default); ``reset_after=False`` is
+    Cho et al. 2014's (Keras ``reset_after=False``), which torch.nn does not have.
+
+    Args:
+        input_size: features of the input x.
+        hidden_size: features of the hidden state h.
+        num_layers: stacked layers, each reading the output of the one before. Default: 1.
+        bias: whether the layers have the biases b_ih and b_hh. Default: True.
+        batch_first: if True, the input and output are ``(batch, time, features)`` instead of
+            ``(time, batch, features)``; the states keep their layout. Default: False.
+        dropout: probability of dropout on the output of every layer but the last (as torch.nn: it
+            has no effect, and warns, with one layer). Default: 0.
+        bidirectional: run every layer forward and backward and concatenate the two outputs.
+            Default: False.
+        device: device of the parameters. Default: None (torch's default device).
+        dtype: dtype of the parameters. Default: None (torch's default dtype).
+        reset_after: where the reset gate applies (above). Default: True.
+        init: ``"torch"``: every weight and bias uniform(±1/√hidden_size), as torch.nn;
+            ``"keras"``: glorot-uniform input weights, orthogonal recurrent weights, zero biases.
+            Default: ``"torch"``.
+        backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
+            float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
+            ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+
+    Inputs:
+        - **input**: ``<float>[T, B, I]``, ``<float>[B, T, I]`` with ``batch_first=True``,
+          ``<float>[T, I]`` for one unbatched sequence, or a ``PackedSequence``.
+        - **hx**: the initial state h_0 ``<float>[L·D, B, H]`` (``[L·D, H]`` unbatched), or None for zeros.
+        - **lengths**: ``<int>[B]`` valid steps of each sequence of a padded batch, or None. Outputs
+          past a sequence's end are zero, the final state is the one at its own last step, and the
+          reverse direction starts there.
+
+    Outputs:
+        - **output**: ``<float>[T, B, D·H]`` (batch first with ``batch_first=True``): the last
+          layer's output at every step, both directions concatenated.
+        - **h_n**: ``<float>[L·D, B, H]``, the final hidden state of every layer and direction.
+
+    Weights:
+        Named as in torch.nn, so that ``load_state_dict`` works both ways. For layer k (``_reverse``
+        for the backward direction): ``weight_ih_l{k}`` ``<float>[G·H, I]`` (the first layer) or
+        ``[G·H, D·H]``, ``weight_hh_l{k}`` ``[G·H, H]``, ``bias_ih_l{k}`` and ``bias_hh_l{k}`` ``[G·H]``,
+        with G = 3 gates in torch.nn's order (r, z, n).
+
+    Raises:
+        ValueError: a size, ``dropout``, ``nonlinearity``, ``init`` or ``backend`` out of range when
+            constructed; at call time an input, state or ``lengths`` of the wrong shape, naming the
+            argument, the shape expected and the shape given.
+        TypeError: an input that is not a floating-point tensor of the parameters' dtype, or a
+            state of the wrong type.
+
+    The letters as in ``rnnkit.RNN``.
+
+    Examples:
+        >>> import torch, rnnkit
+        >>> gru = rnnkit.GRU(10, 20, bidirectional=True)
+        >>> output, h_n = gru(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 40]), torch.Size([2, 3, 20]))
     """
 
     mode = "GRU"
