@@ -20,7 +20,7 @@ with ``--threads`` above 1, a streamer on that many threads (it shares large wei
 
 Cells: rnn (tanh), rnn_relu, lstm, gru, against torch.nn; gru_v1 is GRU(reset_after=False), which
 torch.nn lacks (compare it with the reference); lstm_ln is rnnkit's LayerNormLSTM, whose peer is
-rnnkit's own plain LSTM (the issue's target: a variant cell within 1.5x of the standard one). When
+rnnkit's own plain LSTM (how much a variant cell costs over the standard one). When
 JAX is installed (it is not one of rnnkit's dependencies), the LSTM rows also time the same LSTM as
 a jitted ``lax.scan`` (``jax_lstm``; ``--no-jax`` skips it). FLOPs count the multiply-adds of the
 GEMMs only (2 per MAC): forward 2·T·B·G·H·(I + H), a training step three times that.
@@ -46,8 +46,8 @@ import rnnkit
 from .kernels import fused as _fused
 
 # --malloc tuned: glibc's malloc keeps freed memory (no heap trimming, no mmap for large blocks), so a
-# training step does not fault its buffers in again. torch.nn's training rows gain most (the GUIDE:
-# 68.5 -> 38.5 ms); rnnkit reuses its own large buffers (kernels/buffers.py) and depends less on it.
+# training step does not fault its buffers in again. torch.nn's training rows gain most; rnnkit reuses
+# its own large buffers (kernels/buffers.py) and depends less on it.
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 DEFAULT_CONFIGS = "64x100x128x256,32x200x64x128,1x1000x32x64,256x50x256x512"
 CELLS = {  # name: (rnnkit class, peer class or None, kwargs, gates)
@@ -278,7 +278,7 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000, thread
         tcell = torch_cell(hidden, hidden, **kw)
         cell_state = (h[0], c[0]) if c is not None else h[0]
         fns["torch"] = lambda: tcell(x, cell_state)
-    on = {name: 1 for name in fns}  # batch 1: one thread beats two for torch.nn (GUIDE §4)
+    on = {name: 1 for name in fns}  # batch 1: one thread beats two for torch.nn
     if threads > 1:
         with _threads_set(threads):
             shared = m.streamer(1)

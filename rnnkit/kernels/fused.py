@@ -191,7 +191,7 @@ class _OneBlasThread:
     Its per-step GEMMs are small (larger shapes take the oneDNN loop), a thread barrier per step
     stalls whenever another process holds a core, and OpenBLAS's idle workers spin for a while after
     each call, stealing a core from torch's OpenMP threads. Set once, process-wide (toggling it per
-    call wakes the workers each time: measured 10-50x slower calls); numpy's own BLAS is a different
+    call would wake the workers each time, making every call many times slower); numpy's own BLAS is a different
     library and is not affected."""
 
     done = False
