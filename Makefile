@@ -29,7 +29,7 @@ bench: $(STAMP)
 # the documentation site (MkDocs, Material theme, API pages from the docstrings) into site/; strict:
 # a broken link or reference fails the build
 docs: $(STAMP)
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build *.egg-info

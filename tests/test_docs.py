@@ -30,7 +30,7 @@ from sybil.parsers.markdown import PythonCodeBlockParser, SkipParser
 
 def _mkdocs(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
 
 
 # ----------------------------------------------------------------------------------- the site
