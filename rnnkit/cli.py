@@ -38,6 +38,55 @@ def _show_warnings() -> None:
     warnings.showwarning = lambda message, *a, **k: typer.echo(f"warning: {message}", err=True)
 
 
+COMMANDS = {"language_model": ("evaluate", "generate", "diagnose"), "classifier": ("evaluate", "predict", "diagnose"),
+            "qa": ("evaluate", "answer"), "forecaster": ("forecast", "backtest", "diagnose")}
+"""The commands that read each task's checkpoint (the task names are the configs' ``task`` values)."""
+
+
+def load_for(checkpoint: Path, command: str):
+    """The task saved in ``checkpoint``, when ``rnnkit <command>`` reads that kind of checkpoint;
+    else a one-line ValueError naming the checkpoint's task and the commands that fit it."""
+    from . import tasks
+    task = tasks.load(checkpoint)
+    if command not in COMMANDS.get(task.name, ()):
+        wanted = " or ".join(name for name, commands in COMMANDS.items() if command in commands)
+        fits = ", ".join(f"rnnkit {c}" for c in COMMANDS.get(task.name, ()))
+        raise ValueError(f"{checkpoint}: a {task.name} checkpoint; rnnkit {command} needs a {wanted} checkpoint "
+                         f"(a {task.name} is read by {fits})")
+    return task
+
+
+def data_path(task, value: Path, data_dir: Optional[Path]) -> Path:
+    """``value`` itself when it exists; else, when it names a file of the registered data set the
+    task was trained on (e.g. ``ptb.test.txt``), that file, found under ``data_dir`` (default: the
+    training config's), ``$RNNKIT_DATA`` or the cache."""
+    from .data.datasets import resolve_data_path
+    data = getattr(task.experiment, "data", None)
+    if value.exists() or not getattr(data, "dataset", ""):
+        return value
+    return resolve_data_path(data.dataset, str(value), str(data_dir or "") or getattr(data, "data_dir", "") or None)
+
+
+def trained_checkpoint(out: Path, results: dict) -> dict:
+    """The checkpoint a finished run names: ``<out>/best`` once it has validated; else ``<out>/last``,
+    with a note that says why there is no best."""
+    if (out / "best").is_dir():
+        return {"checkpoint": str(out / "best")}
+    reason = results.get("stop_reason")
+    if reason is None and (out / "metrics.jsonl").is_file():
+        records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        stops = [r for r in records if r.get("type") == "stop"]
+        reason = stops[-1]["reason"] if stops else None
+    stopped = f"stopped ({reason}) before its first validation" if reason else "ended before its first validation"
+    if not (out / "last").is_dir():
+        return {"checkpoint": None, "note": f"the run {stopped} and saved no checkpoint in {out}"}
+    return {"checkpoint": str(out / "last"),
+            "note": f"the run {stopped}, so it never validated and there is no best/; last/ holds the weights "
+                    "it reached (rnnkit train --resume continues it)"}
+
+
+DATA_DIR_HELP = "root of the registered data sets (<root>/<dataset>/<file>), searched before $RNNKIT_DATA and the cache"
+
 # How the commands that read text files decode them (the data configs' encoding keys, as flags)
 Encoding = Annotated[str, typer.Option(help="encoding of the input text: a codec name (utf-8, cp1252, utf-16, "
                                             "...) or auto (detected, and the choice reported)")]
@@ -67,19 +116,20 @@ def _train_one(config: Path, overrides: list[str], out: Path, resume: bool) -> d
 def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. configs/ptb_small.toml")],
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, key=value (repeatable)")] = None,
           out: Annotated[Path, typer.Option(help="directory for checkpoints and metrics")] = Path("runs/latest"),
+          data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP + " (sets data.data_dir)")] = None,
           nproc: Annotated[int, typer.Option(help="processes (torch.distributed DDP; gloo on CPU, NCCL on GPU)")] = 1,
           resume: Annotated[bool, typer.Option(help="continue from <out>/last")] = False) -> None:
     """Train the experiment a config describes; prints the final test figures."""
     from . import distributed, tasks
     _show_warnings()
-    overrides = list(set_ or [])
+    overrides = ([f"data.data_dir={data_dir}"] if data_dir is not None else []) + list(set_ or [])
     experiment = tasks.load_experiment(config, overrides)  # fail fast, in this process, on a bad config
     if nproc > 1:
         distributed.per_rank(getattr(getattr(experiment, "data", None), "batch_size", nproc), "data.batch_size", nproc)
         results = distributed.launch(_train_one, nproc, config, overrides, out, resume)[0]
     else:
         results = _train_one(config, overrides, out, resume)
-    typer.echo(json.dumps({"checkpoint": str(out / "best"), **results}, indent=2))
+    typer.echo(json.dumps({**trained_checkpoint(out, results), **results}, indent=2))
     if (out / "backtest.txt").exists():  # forecasters: rnnkit's backtest beside the baselines
         typer.echo((out / "backtest.txt").read_text())
 
@@ -87,8 +137,11 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
 @app.command()
 @user_errors
 def evaluate(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directory, e.g. runs/ptb/best")],
-             data: Annotated[Path, typer.Option(help="text file (language models) or labelled file (classifier, bAbI)")],
+             data: Annotated[Path, typer.Option(help=(
+                 "text file (language models) or labelled file (classifier, bAbI); or a file of the data set "
+                 "the checkpoint was trained on, e.g. ptb.test.txt"))],
              batch_size: Annotated[int, typer.Option(help="parallel streams (language models)")] = 1,
+             data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None,
              encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
              allow_control_chars: AllowControlChars = False) -> None:
     """Score a checkpoint on a file: perplexity or bits per character for language models; accuracy,
@@ -96,13 +149,12 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directo
     from . import tasks
     _show_warnings()
     options = reading(encoding, encoding_errors, allow_control_chars)
-    task = tasks.load(checkpoint)
+    task = load_for(checkpoint, "evaluate")
+    data = data_path(task, data, data_dir)
     if isinstance(task, tasks.LanguageModel):
         result = task.evaluate(data, batch_size=batch_size, **options)
         unit = "bpc" if task.char_level else "ppl"
         typer.echo(f"{unit} {result[unit]:.4f}  (loss {result['loss']:.4f} nats/token over {result['tokens']} tokens)")
-    elif isinstance(task, tasks.Forecaster):
-        raise ValueError(f"{checkpoint}: a forecaster is scored with `rnnkit backtest`, not evaluate")
     else:
         typer.echo(json.dumps(task.evaluate(data, **options), indent=2, default=str))
 
@@ -121,7 +173,6 @@ def generate(checkpoint: Annotated[Path, typer.Argument(help="language-model che
              encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
              allow_control_chars: AllowControlChars = False) -> None:
     """Next-token predictions with probabilities, or a sampled continuation."""
-    from . import tasks
     from .data.text import read_text
     _show_warnings()
     options = reading(encoding, encoding_errors, allow_control_chars)
@@ -129,7 +180,7 @@ def generate(checkpoint: Annotated[Path, typer.Argument(help="language-model che
         if prompt:
             raise ValueError("--prompt-file: expected either --prompt or --prompt-file, got both")
         prompt = read_text(prompt_file, **options).removesuffix("\n")
-    lm = tasks.load(checkpoint)
+    lm = load_for(checkpoint, "generate")
     if length:
         continuation = lm.generate(prompt, length, temperature, top_k, seed)
         typer.echo(prompt + ("" if lm.char_level else " ") + continuation)
@@ -171,21 +222,26 @@ def diagnose(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directo
              out: Annotated[Optional[Path], typer.Option(help="write a PNG of ‖∂L/∂h_t‖ here")] = None) -> None:
     """Gradient health of a trained model: ‖∂L/∂h_t‖ per step and layer, spectral radius of each W_hh."""
     from .long_range import diagnose_checkpoint
+    load_for(checkpoint, "diagnose")
     typer.echo(diagnose_checkpoint(checkpoint, length=length, plot=out))
 
 
 @app.command()
 @user_errors
 def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpoint directory")],
-             input: Annotated[Path, typer.Option(help="CSV with the history (and known-future covariates)")],
+             input: Annotated[Path, typer.Option(help="CSV with the history (and known-future covariates); or a "
+                                                 "file of the data set the checkpoint was trained on")],
              horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
              out: Annotated[Path, typer.Option(help="output prefix: <out>.csv and <out>.png")] = Path("forecast"),
              future: Annotated[Optional[Path], typer.Option(help="CSV of known-future covariates")] = None,
              level: Annotated[Optional[float], typer.Option(help="prediction-interval level, e.g. 0.8")] = None,
-             ignore_extra_columns: Annotated[bool, typer.Option(help="ignore columns the model was not trained with")] = False) -> None:
+             ignore_extra_columns: Annotated[bool, typer.Option(
+                 help="ignore columns the model was not trained with")] = False,
+             data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None) -> None:
     """Forecast after the input's end: print it, write a CSV and a PNG (history, forecast, intervals)."""
     from .tasks.forecaster import forecast_to_files
     _show_warnings()
+    input = data_path(load_for(checkpoint, "forecast"), input, data_dir)
     result = forecast_to_files(checkpoint, input, horizon, out, future=future, level=level,
                                extra_columns="ignore" if ignore_extra_columns else "error")
     typer.echo(result["forecast"].to_string())
@@ -195,16 +251,20 @@ def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
 @app.command()
 @user_errors
 def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpoint directory")],
-             input: Annotated[Path, typer.Option(help="CSV with the whole series")],
+             input: Annotated[Path, typer.Option(help="CSV with the whole series; or a file of the data set the "
+                                                 "checkpoint was trained on")],
              horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
              test: Annotated[Optional[str], typer.Option(help="test span: a count (48) or a fraction (0.2)")] = None,
              start: Annotated[Optional[int], typer.Option(help="first origin (row index), instead of --test")] = None,
              stride: Annotated[Optional[int], typer.Option(help="steps between origins")] = None,
              level: Annotated[Optional[float], typer.Option(help="prediction-interval level")] = None,
              out: Annotated[Optional[Path], typer.Option(help="output prefix for <out>.json and <out>.csv")] = None,
-             ignore_extra_columns: Annotated[bool, typer.Option(help="ignore columns the model was not trained with")] = False) -> None:
+             ignore_extra_columns: Annotated[bool, typer.Option(
+                 help="ignore columns the model was not trained with")] = False,
+             data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None) -> None:
     """Rolling-origin backtest of a forecaster beside naive, seasonal naive and a statistical model."""
     from .tasks.forecaster import backtest_to_files
+    input = data_path(load_for(checkpoint, "backtest"), input, data_dir)
     span = None if test is None else (float(test) if "." in test else int(test))
     result = backtest_to_files(checkpoint, input, horizon, start=start, test=span, stride=stride, level=level,
                                out_prefix=out, extra_columns="ignore" if ignore_extra_columns else "error")
@@ -227,13 +287,16 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
             input: Annotated[Optional[Path], typer.Option("--input", help=(
                 "classify every text of a .tsv/.csv table (with a header row), a folder with one sub-folder "
                 "per class, or a .txt file with one text per line"))] = None,
-            output: Annotated[Optional[Path], typer.Option("--output", help="TSV file for the predictions of --input")] = None,
+            output: Annotated[Optional[Path], typer.Option("--output", help=(
+                "TSV file for the predictions of --input (tab-separated, with a header row; fields quoted as "
+                "the csv module and pandas read them)"))] = None,
+            top_k: Annotated[int, typer.Option(help="the k most likely classes: one line each for TEXT; columns "
+                                                    "label_2, probability_2, ... for --input")] = 1,
             text_column: Annotated[Optional[str], typer.Option(help="the text column of --input (default: as in training)")] = None,
+            data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None,
             encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
             allow_control_chars: AllowControlChars = False) -> None:
     """Classify a text (prints the label and its probability), or every text of a file (--input, --output)."""
-    from . import tasks
-    from .tasks.classifier import Classifier
     _show_warnings()
     if (text is None) == (input is None):
         raise ValueError("predict: expected either a TEXT argument or --input FILE, got "
@@ -241,15 +304,16 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
     if input is not None and output is None:
         raise ValueError("--output: expected a file for the predictions of --input, got none")
     options = reading(encoding, encoding_errors, allow_control_chars)
-    clf = tasks.load(checkpoint)
-    if not isinstance(clf, Classifier):
-        raise ValueError(f"{checkpoint}: expected a classifier checkpoint, got task {clf.name!r}")
+    if top_k < 1:
+        raise ValueError(f"--top-k: expected an integer >= 1, got {top_k}")
+    clf = load_for(checkpoint, "predict")
     if text is not None:
         probs = clf.predict_proba([text])[0]
-        k = int(probs.argmax())
-        typer.echo(f"{clf.labels.names[k]}\t{probs[k]:.4f}")
+        for k in probs.argsort(kind="stable")[::-1][:top_k]:
+            typer.echo(f"{clf.labels.names[k]}\t{probs[k]:.4f}")
         return
-    n = clf.predict_file(input, output, text_column=text_column, **options)
+    n = clf.predict_file(data_path(clf, input, data_dir), output, text_column=text_column,
+                         top_k=top_k, **options)
     typer.echo(f"wrote {n} predictions to {output}")
 
 
@@ -259,22 +323,21 @@ def answer(checkpoint: Annotated[Path, typer.Argument(help="question-answering c
            story: Annotated[Path, typer.Option(help="story file: sentences, one or more per line, numbered as in "
                                                "bAbI or not")],
            question: Annotated[str, typer.Option(help="the question, e.g. 'Where is Mary?'")],
+           allow_guess: Annotated[bool, typer.Option(help=(
+               "answer even when the story is empty or the story or question has no word the model knows; "
+               "the answer line then ends with 'guess'"))] = False,
            encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
            allow_control_chars: AllowControlChars = False) -> None:
     """Answer a question about a story: prints the answer and its probability, then the sentences the
     model attended to most."""
-    from . import tasks
     from .data.babi import parse_story
     from .data.text import read_text
-    from .tasks.qa import QuestionAnswering
     _show_warnings()
     options = reading(encoding, encoding_errors, allow_control_chars)
-    qa = tasks.load(checkpoint)
-    if not isinstance(qa, QuestionAnswering):
-        raise ValueError(f"{checkpoint}: expected a question-answering checkpoint, got task {qa.name!r}")
+    qa = load_for(checkpoint, "answer")
     text = read_text(story, **options)
-    result = qa.answer(text, question)
-    typer.echo(f"{result.answer}\t{result.probability:.4f}")
+    result = qa.answer(text, question, allow_guess=allow_guess)
+    typer.echo(f"{result.answer}\t{result.probability:.4f}" + ("\tguess" if result.guess else ""))
     sentences = parse_story(text)[-qa.model.config.memory_size:]
     top = sorted(range(min(len(result.attention), len(sentences))), key=lambda i: -result.attention[i])[:3]
     for i in top:

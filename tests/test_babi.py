@@ -194,7 +194,7 @@ def test_cli_answer(trained, tmp_path):
     assert result.exit_code == 2 and "story.txt is not valid utf-8: byte 0xe9 at byte offset 34" in result.output
     assert runner.invoke(app, args + ["--encoding-errors", "replace"]).exit_code == 0
     result = runner.invoke(app, ["predict", str(root / "run" / "best"), "text"])
-    assert result.exit_code == 2 and "expected a classifier checkpoint, got task 'qa'" in result.output
+    assert result.exit_code == 2 and "a qa checkpoint; rnnkit predict needs a classifier checkpoint" in result.output
 
 
 def test_training_file_errors(tmp_path):
