@@ -412,13 +412,26 @@ class Classifier(Task):
             return encode_texts(texts, self.tokenizer, self.vocab, max_length=data.max_length, origins=origins)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """P(class | text) <float64>[N, K], columns in ``self.labels.names`` order. An empty text
-        predicts from the empty sequence, with a warning."""
+        """Class probabilities of each text.
+
+        Args:
+            texts: a list of N strings (tokenized as in training; unknown words read as <unk>; an
+                empty text predicts from the empty sequence, with a warning).
+
+        Returns:
+            P(class | text) <float64>[N, K], each row summing to 1, columns in ``self.labels.names``
+            order (two classes included for a binary classifier).
+
+        Example::
+
+            clf.predict_proba(["great film", "dull film"])   # array([[0.03, 0.97], [0.95, 0.05]])
+        """
         probs, _ = self._probabilities(self._encode(texts))
         return probs
 
     def predict(self, texts: list[str]) -> list[str]:
-        """The most likely class name of each text."""
+        """The most likely class of each text: a list of N label names (strings, as in
+        ``self.labels.names``), e.g. ``clf.predict(["great film"])`` → ``["pos"]``."""
         return [self.labels.names[i] for i in self.predict_proba(texts).argmax(axis=1)]
 
     def _read(self, path: str | Path, require_label: bool, reading: dict, text_column: str | None,

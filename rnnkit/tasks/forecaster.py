@@ -55,7 +55,6 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
-from .. import distributed
 from ..baselines import ARIMA, Backtest, HoltWinters, Naive, SeasonalNaive, backtest as baseline_backtest
 from ..config import Config
 from ..data.datasets import dataset_file

@@ -291,7 +291,20 @@ class LanguageModel(Task):
         return logits, state
 
     def predict_next(self, prompt: str, k: int = 5) -> list[tuple[str, float]]:
-        """The ``k`` most likely next tokens after ``prompt``, with their probabilities."""
+        """The ``k`` most likely next tokens after ``prompt``, with their probabilities.
+
+        Args:
+            prompt: text, tokenized as the training text was (unknown words read as <unk>, with a
+                warning; an empty prompt reads as <eos>, a line start, in word models, else <unk>).
+            k: how many tokens (default 5; at most the vocabulary, <pad> excluded).
+
+        Returns:
+            ``[(token, probability), ...]``, most likely first.
+
+        Example::
+
+            lm.predict_next("the cats are", k=3)   # [("very", 0.04), ("not", 0.03), ("a", 0.02)]
+        """
         if k < 1:
             raise ValueError(f"k: expected an integer >= 1, got {k}")
         self.model.eval()
@@ -301,8 +314,23 @@ class LanguageModel(Task):
 
     def generate(self, prompt: str, length: int = 50, temperature: float = 1.0, top_k: int = 0,
                  seed: int | None = None) -> str:
-        """Sample ``length`` tokens after ``prompt`` (temperature-scaled, optionally top-k) and
-        return the continuation as text (for word models, <eos> becomes a line break)."""
+        """Sample ``length`` tokens after ``prompt`` and return the continuation as text.
+
+        Args:
+            prompt: text the model reads first (not repeated in the output).
+            length: tokens to sample (default 50): words, or characters for ``tokenizer="char"``.
+            temperature: > 0; below 1 sharpens the distribution, above 1 flattens it (default 1).
+            top_k: sample only from the ``top_k`` most likely tokens; 0 (default) from all.
+            seed: seeds the sampling, for a repeatable result; None draws from torch's global RNG.
+
+        Returns:
+            The sampled continuation; for word models the tokens are joined by spaces and <eos>
+            becomes a line break.
+
+        Example::
+
+            lm.generate("the ", length=20, temperature=0.8, seed=0)
+        """
         if length < 0:
             raise ValueError(f"length: expected an integer >= 0, got {length}")
         if temperature <= 0:
