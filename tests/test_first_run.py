@@ -92,8 +92,15 @@ def classifier_experiment(root: Path, **train) -> ClassifierExperiment:
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
+    """Trained on a local copy of the registered data set 'sst-2' (its file names, made-up rows)."""
     root = tmp_path_factory.mktemp("clf")
-    tasks.fit(classifier_experiment(root), root / "run")
+    (root / "sst-2").mkdir()
+    write_tsv(root / "sst-2" / "train.tsv", sentiment_rows(150, 0))
+    write_tsv(root / "sst-2" / "dev.tsv", sentiment_rows(30, 1))
+    exp = classifier_experiment(root)
+    exp = exp.model_copy(update={"data": exp.data.model_copy(update={
+        "dataset": "sst-2", "data_dir": str(root), "train": "train.tsv", "valid": "dev.tsv"})})
+    tasks.fit(exp, root / "run")
     return root
 
 
@@ -102,6 +109,13 @@ def qa(tmp_path_factory):
     root = write_babi_copy(tmp_path_factory.mktemp("qa"), 15, "basic-deduction")
     tasks.fit(qa_experiment(root), root / "run")
     return root
+
+
+@pytest.fixture(autouse=True)
+def no_user_data_roots(tmp_path, monkeypatch):
+    """Only the data roots a test names are searched (not the user's $RNNKIT_DATA or cache)."""
+    monkeypatch.delenv("RNNKIT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 def one_line_error(result) -> str:
@@ -146,6 +160,38 @@ def test_babi_task_15_by_number_from_a_local_copy(qa):
                                   "--data", task_file(16, "test")])
     assert missing.exit_code == 2 and "qa16_basic-induction_test.txt: not found; searched" in missing.output
     assert str(qa / "nowhere" / "babi" / task_file(16, "test")) in missing.output
+
+
+def test_train_cli_with_data_dir_and_task_number(tmp_path):
+    root = write_babi_copy(tmp_path, 15, "basic-deduction")
+    config = Path(__file__).parents[1] / "configs" / "babi.toml"
+    small = ["model.embedding_dim=8", "model.hidden_size=8", "model.hops=1", "model.memory_size=10",
+             "train.epochs=1", "data.batch_size=16"]
+    result = runner.invoke(app, ["train", str(config), "--data-dir", str(root), "--set", "data.task_id=15",
+                                 *[arg for kv in small for arg in ("--set", kv)], "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
+    assert report["checkpoint"] == str(tmp_path / "run" / "best") and 0 <= report["test_accuracy"] <= 1
+    assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["data"]["data_dir"] == str(root)
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import babi as bench
+    finally:
+        sys.path.pop(0)
+    assert bench._found_tasks(str(root)) == [15]  # the benchmark's default: the tasks a copy holds
+
+
+def test_data_dir_finds_the_registered_files_of_the_checkpoints_data_set(classifier, tmp_path):
+    best = str(classifier / "run" / "best")
+    for extra in (["--data-dir", str(classifier)], []):  # without it: the training config's data_dir
+        result = runner.invoke(app, ["evaluate", best, "--data", "dev.tsv", *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["n"] == 30
+    result = runner.invoke(app, ["predict", best, "--input", "dev.tsv", "--output", str(tmp_path / "p.tsv"),
+                                 "--data-dir", str(classifier)])
+    assert result.exit_code == 0 and len(pd.read_csv(tmp_path / "p.tsv", sep="\t")) == 30
+    missing = runner.invoke(app, ["evaluate", best, "--data", "test.tsv", "--data-dir", str(tmp_path)])
+    assert missing.exit_code == 2 and f"{tmp_path / 'sst-2' / 'test.tsv'}" in missing.output
 
 
 # ------------------------------------------------------------------------------ training summary
