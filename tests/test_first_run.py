@@ -286,6 +286,10 @@ def test_evaluate_on_a_txt_file_names_the_formats(classifier, tmp_path):
                                               "--data", str(tmp_path / "texts.txt")]))
     assert "delimiter=" not in line and ".tsv or .csv table with a header row" in line
     assert "rnnkit predict --input" in line
+    (tmp_path / "texts.dat").write_text("sentence\na good film\n")
+    line = one_line_error(runner.invoke(app, ["predict", str(classifier / "run" / "best"), "--input",
+                                              str(tmp_path / "texts.dat"), "--output", str(tmp_path / "out.tsv")]))
+    assert "delimiter=" not in line and "a .txt file with one text per line" in line
 
 
 # -------------------------------------------------------------------------- predict --top-k, TSV

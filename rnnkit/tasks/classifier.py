@@ -444,11 +444,16 @@ class Classifier(Task):
                 lines.pop()
             return TextDataset(lines, None, [f"{path}:{i}" for i in range(1, len(lines) + 1)])
         suffix = (Path(path.stem).suffix if path.suffix == ".gz" else path.suffix).lower()
-        if require_label and not d.delimiter and path.is_file() and suffix not in (".tsv", ".tab", ".csv"):
-            raise ValueError(f"{path}: expected labelled data: a .tsv or .csv table with a header row naming the "
-                             f"columns {text_column or d.text_column!r} and {label_column or d.label_column!r}, or a "
-                             "folder with one sub-folder per class (one file per example); rename a table to its "
-                             "format's suffix (texts without labels, one per line, go to rnnkit predict --input)")
+        if not d.delimiter and path.is_file() and suffix not in (".tsv", ".tab", ".csv"):
+            if require_label:
+                raise ValueError(f"{path}: expected labelled data: a .tsv or .csv table with a header row naming the "
+                                 f"columns {text_column or d.text_column!r} and {label_column or d.label_column!r}, "
+                                 "or a folder with one sub-folder per class (one file per example); rename a table "
+                                 "to its format's suffix (texts without labels, one per line, go to rnnkit predict "
+                                 "--input)")
+            raise ValueError(f"{path}: expected a .tsv or .csv table with a header row (texts in column "
+                             f"{text_column or d.text_column!r}), a .txt file with one text per line, or a folder "
+                             "with one sub-folder per class; rename the file to its format's suffix")
         return read_labelled(path, text_column or d.text_column, label_column or d.label_column,
                              d.delimiter or None, require_label=require_label, **reading)
 
