@@ -165,7 +165,11 @@ def test_experiment_config_form_with_out_dir_and_overrides(tmp_path):
     clf = Classifier.fit(experiment, tmp_path / "run", epochs=1)  # positional out_dir, as the CLI's form
     assert clf.experiment.train.epochs == 1 and clf.experiment.train.out_dir == str(tmp_path / "run")
     assert (tmp_path / "run" / "results.json").is_file() and (tmp_path / "run" / "best").is_dir()
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
     assert experiment.train.epochs == 2  # the caller's config is not changed
+    refit = Classifier.fit(texts, labels, experiment=clf.experiment, epochs=1)  # its train.out_dir is run/
+    assert refit.experiment.train.out_dir is None
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == written  # nothing written
     path_fit = Classifier.fit(tmp_path / "train.tsv", epochs=1, batch_size=16, **TINY_TEXT)
     assert path_fit.labels.names == ["0", "1"]
 
@@ -183,6 +187,8 @@ def test_unknown_keyword_is_a_type_error_with_close_names():
         Forecaster.fit(monthly(), target="y", lookbak=6)
     with pytest.raises(ValueError, match=r"Classifier\.fit: model\.cell: expected 'lstm', 'lstm_ln', 'gru'"):
         Classifier.fit(texts, labels, cell="tree")
+    with pytest.raises(TypeError, match="'train.out_dir': give the directory as out_dir="):
+        Classifier.fit(texts, labels, **{"train.out_dir": "runs/x"})
 
 
 def test_bad_data_arguments():

@@ -86,10 +86,9 @@ class Task:
     def _fit_experiment(cls, experiment: Config, data: Any = None, out_dir: str | Path | None = None,
                         resume: bool = False) -> Task:
         """Train as the module docstring says; ``data`` is the task's in-memory data (or None).
-        out_dir: where checkpoints and files go (default ``experiment.train.out_dir``; None writes nothing)."""
+        out_dir: where checkpoints and files go; None writes nothing (whatever ``train.out_dir`` says:
+        an experiment read from a checkpoint carries the out_dir of its own run)."""
         distributed.init()  # first: the data is sharded by rank, so the group must be known before it is read
-        if out_dir is None:
-            out_dir = experiment.train.out_dir
         experiment = experiment.model_copy(update={"train": experiment.train.model_copy(
             update={"out_dir": None if out_dir is None else str(out_dir)})})
         experiment, prepared = cls._read_data(experiment, data)
@@ -150,6 +149,9 @@ class Task:
         tree = experiment.model_dump()
         for key, value in overrides.items():
             for path, item in cls._keyword_paths(key, value):
+                if path == ["train", "out_dir"]:
+                    raise TypeError(f"{cls.__name__}.fit: {key!r}: give the directory as out_dir=, which fit "
+                                    "takes itself")
                 node, section = tree, cls.experiment_cls
                 for part in path[:-1]:
                     section = _section_type(section, part)
