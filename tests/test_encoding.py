@@ -254,6 +254,18 @@ def test_language_model_config_encoding(tmp_path):
     lm = tasks.fit(experiment, tmp_path / "run")
     assert {"café", "très", "thé", "déjà"} <= set(lm.vocab.tokens)
     assert lm.evaluate(corpus, encoding="cp1252")["tokens"] > 0
+    runner, best = CliRunner(), str(tmp_path / "run" / "best")
+    result = runner.invoke(app, ["evaluate", best, "--data", str(corpus), "--encoding", "cp1252"])
+    assert result.exit_code == 0 and result.output.startswith("ppl ")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes("le café était\n".encode("cp1252"))
+    result = runner.invoke(app, ["generate", best, "--prompt-file", str(prompt), "--encoding", "cp1252"])
+    assert result.exit_code == 0 and "unknown" not in result.output and len(result.output.splitlines()) == 5
+    assert result.output.splitlines()[0].split()[1] == "très"  # "le café était" is followed by "très"
+    result = runner.invoke(app, ["generate", best, "--prompt-file", str(prompt)])
+    assert result.exit_code == 2 and "prompt.txt is not valid utf-8" in result.output
+    result = runner.invoke(app, ["generate", best, "--prompt-file", str(prompt), "--prompt", "le"])
+    assert result.exit_code == 2 and "either --prompt or --prompt-file" in result.output
 
 
 def test_cli_encoding_options(cp1252_classifier, tmp_path):
@@ -281,3 +293,13 @@ def test_cli_encoding_options(cp1252_classifier, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "line 1, byte offset 7: U+0000 (NUL)" in result.output
     assert runner.invoke(app, args + ["--allow-control-chars"]).exit_code == 0
+
+
+def test_cli_answer_takes_the_encoding_flags(tmp_path):
+    story = tmp_path / "story.txt"
+    story.write_bytes("Zoë went to the café.\n".encode("cp1252"))
+    args = ["answer", str(tmp_path / "no-checkpoint"), "--story", str(story), "--question", "Where is Zoë?"]
+    result = CliRunner().invoke(app, args + ["--encoding", "klingon"])
+    assert result.exit_code == 2 and "--encoding: expected a codec name" in result.output
+    result = CliRunner().invoke(app, args + ["--encoding", "cp1252", "--encoding-errors", "ignore"])
+    assert result.exit_code == 2 and "--encoding-errors: expected 'strict' or 'replace'" in result.output
