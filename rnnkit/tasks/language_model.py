@@ -319,7 +319,7 @@ class LanguageModel(Task):
         Args:
             prompt: text the model reads first (not repeated in the output).
             length: tokens to sample (default 50): words, or characters for ``tokenizer="char"``.
-            temperature: > 0; below 1 sharpens the distribution, above 1 flattens it (default 1).
+            temperature: above 0; below 1 sharpens the distribution, above 1 flattens it (default 1).
             top_k: sample only from the ``top_k`` most likely tokens; 0 (default) from all.
             seed: seeds the sampling, for a repeatable result; None draws from torch's global RNG.
 
