@@ -272,12 +272,14 @@ def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
 
 
 @app.command()
-def datasets() -> None:
-    """The data sets rnnkit knows, where they come from, and where it looks for them."""
+def datasets(data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None) -> None:
+    """The data sets rnnkit knows, how many of their files are on disk, and where it looks for them."""
     from .data.datasets import data_roots, list_datasets
+    roots = data_roots(data_dir)
     for info in list_datasets():
-        typer.echo(f"{info.name:16s} {info.description}  ({len(info.files)} files; {info.licence})")
-    typer.echo("searched, in order: " + ", ".join(str(p) for p in data_roots()))
+        found = sum(any((root / info.name / f).is_file() for root in roots) for f in info.files)
+        typer.echo(f"{info.name:16s} {info.description}  ({found} of {len(info.files)} files found; {info.licence})")
+    typer.echo("searched, in order: " + ", ".join(str(p) for p in roots))
 
 
 @app.command()

@@ -194,6 +194,15 @@ def test_data_dir_finds_the_registered_files_of_the_checkpoints_data_set(classif
     assert missing.exit_code == 2 and f"{tmp_path / 'sst-2' / 'test.tsv'}" in missing.output
 
 
+def test_datasets_counts_the_files_found_under_data_dir(tmp_path):
+    write_babi_copy(tmp_path, 15, "basic-deduction")
+    result = runner.invoke(app, ["datasets", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    babi = [line for line in result.output.splitlines() if line.startswith("babi ")][0]
+    assert "bAbI QA tasks 1-20" in babi and "(2 of 40 files found;" in babi
+    assert f"searched, in order: {tmp_path}, " in result.output
+
+
 # ------------------------------------------------------------------------------ training summary
 def test_summary_is_printed_and_first_in_metrics(tmp_path, capsys):
     before = torch.get_num_threads()
