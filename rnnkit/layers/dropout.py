@@ -22,7 +22,25 @@ class LockedDropout(nn.Module):
     Each sequence draws one mask over features and uses it at every time step, unlike
     ``nn.Dropout``, which draws a new mask per step.
 
-    x: <float>[batch, time, features] → <float>[batch, time, features]
+    Args:
+        p: probability of zeroing a feature, in [0, 1). Default: 0.5.
+
+    Inputs:
+        - **x**: ``<float>[batch, time, features]``.
+
+    Outputs:
+        - ``<float>[batch, time, features]``: x with one mask per sequence, scaled by 1 / (1 - p);
+          x itself in eval mode.
+
+    Raises:
+        ValueError: p outside [0, 1); an x without 3 dims (in training).
+
+    Examples:
+        >>> import torch
+        >>> from rnnkit.layers import LockedDropout
+        >>> y = LockedDropout(0.5)(torch.ones(2, 4, 3))
+        >>> bool((y == y[:, :1]).all())      # the same mask at every step
+        True
     """
 
     def __init__(self, p: float = 0.5) -> None:
@@ -48,8 +66,19 @@ class EmbeddingDropout(nn.Module):
     dropped id gets a zero vector. Same distribution as masking rows of the embedding matrix, but
     costs a mask over the batch's distinct ids rather than the whole vocabulary.
 
-    ids: <int>[batch, time];  vectors: <float>[batch, time, embedding_dim] (their embeddings)
-    returns <float>[batch, time, embedding_dim]
+    Args:
+        p: probability of dropping a word (every occurrence of a token id), in [0, 1). Default: 0.1.
+
+    Inputs:
+        - **ids**: ``<int>[batch, time]`` token ids.
+        - **vectors**: ``<float>[batch, time, embedding_dim]``, their embeddings.
+
+    Outputs:
+        - ``<float>[batch, time, embedding_dim]``: the vectors, those of dropped words zero and the
+          others scaled by 1 / (1 - p); the vectors themselves in eval mode.
+
+    Raises:
+        ValueError: p outside [0, 1); vectors whose shape does not match the ids'.
     """
 
     def __init__(self, p: float = 0.1) -> None:

@@ -53,6 +53,7 @@ class Embedding(nn.Embedding):
         self.coverage: float | None = None
 
     def forward(self, ids: Tensor) -> Tensor:
+        """Vectors ``<float>[*, embedding_dim]`` of token ids ``<int>[*]``, the ids checked (class docstring)."""
         if not isinstance(ids, Tensor):
             raise TypeError(f"ids: expected a torch.Tensor of token ids, got {type(ids).__name__}")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
