@@ -187,6 +187,8 @@ def test_unknown_keyword_is_a_type_error_with_close_names():
         Forecaster.fit(monthly(), target="y", lookbak=6)
     with pytest.raises(ValueError, match=r"Classifier\.fit: model\.cell: expected 'lstm', 'lstm_ln', 'gru'"):
         Classifier.fit(texts, labels, cell="tree")
+    with pytest.raises(TypeError, match=r"Classifier\.fit: model: a config section; expected a dict of its fields"):
+        Classifier.fit(texts, labels, model="gru")
     with pytest.raises(TypeError, match="'train.out_dir': give the directory as out_dir="):
         Classifier.fit(texts, labels, **{"train.out_dir": "runs/x"})
 

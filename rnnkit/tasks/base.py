@@ -184,6 +184,10 @@ class Task:
             return [(parts, value)]
         if key in sections and isinstance(value, dict):
             return [p for k, v in value.items() for p in cls._keyword_paths(f"{key}.{k}", v)]
+        data_fields = _section_type(root, "data").model_fields if "data" in sections else {}
+        if key in sections and key not in data_fields:  # data.train is a file, the train section a dict
+            raise TypeError(f"{cls.__name__}.fit: {key}: a config section; expected a dict of its fields "
+                            f"(e.g. {key}={{...}}), got {type(value).__name__}")
         order = [s for s in _FIRST_SECTIONS if s in sections] + [s for s in root.model_fields
                                                                  if s in sections and s not in _FIRST_SECTIONS]
         for name in order:
