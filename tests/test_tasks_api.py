@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -249,16 +250,21 @@ def test_scaffold_joins_the_process_group_before_reading_data(task, tmp_path, mo
 
 
 def test_only_rank_0_reports_and_writes_the_task_files(tmp_path, monkeypatch):
-    """The scaffold seen as rank 1 (the Trainer, whose checkpoints are its own business, as rank 0)."""
+    """The scaffold seen as rank 1 (the Trainer, whose checkpoints are its own business, as rank 0):
+    no results, no task files, no warnings about the data (rank 0 gives them)."""
     texts, labels = sentiment(40, 7)
     as_rank_1 = SimpleNamespace(**{name: getattr(distributed, name) for name in distributed.__all__})
     as_rank_1.is_main = lambda: False
     monkeypatch.setattr(base_module, "distributed", as_rank_1)
-    clf = Classifier.fit(texts, labels, out_dir=tmp_path / "run", epochs=1, batch_size=8, **TINY_TEXT)
-    assert clf.results == {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf = Classifier.fit(texts + [" "], labels + [1], out_dir=tmp_path / "run", epochs=1, batch_size=8,
+                             **TINY_TEXT)
+    assert clf.results == {} and not [w for w in caught if "empty text" in str(w.message)]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best", "last", "metrics.jsonl"]
     monkeypatch.undo()
-    Classifier.fit(texts, labels, out_dir=tmp_path / "run0", epochs=1, batch_size=8, **TINY_TEXT)
+    with pytest.warns(UserWarning, match=r"1 empty text\(s\) \(texts\[40\]\)"):
+        Classifier.fit(texts + [" "], labels + [1], out_dir=tmp_path / "run0", epochs=1, batch_size=8, **TINY_TEXT)
     assert {"results.json", "confusion_matrix.png"} <= {p.name for p in (tmp_path / "run0").iterdir()}
 
 

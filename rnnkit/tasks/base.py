@@ -9,7 +9,7 @@ overrides) into an experiment and the in-memory data, then runs the same steps
    before any data is read, so that ``distributed.rank()`` and ``world_size()`` are right when
    the data is sharded;
 2. *task* ``_read_data``: read the data, build vocabularies and fill in the sizes the model takes
-   from the data;
+   from the data (warnings about the data on rank 0 only);
 3. seed torch from ``train.seed`` and *task* ``_build`` the untrained task;
 4. *task* ``_training``: the loss, this rank's share of each batch and the validation function;
    then the Trainer, which writes ``last/``, ``best/`` and ``metrics.jsonl`` to ``out_dir`` (rank
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import typing
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -91,9 +92,12 @@ class Task:
         distributed.init()  # first: the data is sharded by rank, so the group must be known before it is read
         experiment = experiment.model_copy(update={"train": experiment.train.model_copy(
             update={"out_dir": None if out_dir is None else str(out_dir)})})
-        experiment, prepared = cls._read_data(experiment, data)
-        torch.manual_seed(experiment.train.seed)
-        task = cls._build(experiment, prepared)
+        with warnings.catch_warnings():
+            if not distributed.is_main():  # every rank reads the same data: rank 0 alone says what it found
+                warnings.simplefilter("ignore")
+            experiment, prepared = cls._read_data(experiment, data)
+            torch.manual_seed(experiment.train.seed)
+            task = cls._build(experiment, prepared)
         training = task._training(prepared, distributed.rank(), distributed.world_size())
         keep = KeepBest()
         trainer = Trainer(task.model, experiment.train, loss_fn=training.loss_fn, evaluate_fn=training.evaluate_fn,
