@@ -12,8 +12,8 @@ record of ``metrics.jsonl`` (``"type": "summary"``)::
 The fields of a summary: ``task``, ``unit`` (what the split sizes count: texts, tokens, questions,
 windows), ``splits`` ({split: size}), ``vocab_size`` and ``classes`` when the task has them,
 ``batch_size``, any other data facts the task gives (``answers``, ``series`` ...), then
-``parameters`` and ``trainable_parameters``, ``cells`` (one per recurrent layer, e.g. ``"LSTM x2
-bidirectional"``), ``backends`` (the kernel each recurrent layer's training call runs on, as
+``parameters`` and ``trainable_parameters``, ``cells`` (one per recurrent layer: cell, hidden
+size, layers, direction, e.g. ``"LSTM 128 x2 bidirectional"``), ``backends`` (the kernel each recurrent layer's training call runs on, as
 ``rnnkit.kernels.select_backend`` picks it for this device and dtype), ``threads``
 (``torch.get_num_threads()``), ``device`` and ``batches_per_epoch``.
 """
