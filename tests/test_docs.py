@@ -44,6 +44,7 @@ def test_site_builds_in_strict_mode(tmp_path):
         assert (tmp_path / "site" / page).is_file(), page
     api = (tmp_path / "site" / "api" / "layers" / "index.html").read_text(encoding="utf-8")
     assert "rnnkit.layers.recurrent.LSTM" in api  # the reference was generated from the docstrings
+    assert "&lt;float&gt;[T, B, I]" in api and "<float>" not in api  # shapes shown, not hidden as tags
 
 
 @pytest.mark.parametrize("page, error", [
