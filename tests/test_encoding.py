@@ -47,6 +47,14 @@ def test_utf16_and_utf32_without_bom_are_detected(tmp_path, codec):
     assert auto_warnings(record) == [f"{path}: encoding 'auto' read {codec} (zero-byte pattern, no byte-order mark)"]
 
 
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_bom_in_other_scripts(codec):
+    russian = "Съешь же ещё этих мягких французских булок, да выпей чаю.\nМосква — столица России.\n"
+    chinese = "你好，世界。这是一个测试文件。\n第二行。\n"  # hardly a zero byte: charset-normalizer's part
+    for text, how in ((russian, "zero-byte pattern, no byte-order mark"), (chinese, "charset-normalizer")):
+        assert decode_text(text.encode(codec), "x.txt", "auto") == (text, codec, how, 0)
+
+
 @pytest.mark.parametrize("codec, chosen", [("utf-16", "utf-16"), ("utf-32", "utf-32"), ("utf-8-sig", "utf-8-sig")])
 def test_byte_order_marks_are_detected_and_dropped(tmp_path, codec, chosen):
     path = tmp_path / "bom.txt"

@@ -56,6 +56,7 @@ _FIX_CONTROL = "or keep them (data.allow_control_chars = true, --allow-control-c
 _CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 _CONTROL_NAMES = {0: "NUL", 0x1b: "ESC", 0x7f: "DEL"}
 _CHAOS_MARGIN = 0.1  # charset-normalizer "chaos" (0 clean .. 1 mess) within which code pages count as equals
+# UTF-32-LE's mark begins with UTF-16-LE's, so it is tried first
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
@@ -103,6 +104,9 @@ class Decoded(NamedTuple):
 
 
 class _Counter(threading.local):
+    """Bytes replaced by the "rnnkit.replace" error handler in this thread's current decode (codec
+    error handlers are registered process-wide, by name)."""
+
     replaced = 0
 
 
@@ -128,6 +132,10 @@ def _wide_unicode(data: bytes) -> str | None:
         part = sample[phase::step]
         return part.count(0) / max(1, len(part))
 
+    # UTF-32 text of the Basic Multilingual Plane has zeros in both high bytes of every character;
+    # UTF-16 text has zeros in the high byte of every ASCII character (letters of Latin text, the
+    # spaces and digits of Cyrillic or Greek) and almost never in the low byte. Text with hardly any
+    # ASCII (Chinese) is left to charset-normalizer.
     guesses = []
     if len(data) % 4 == 0:
         z = [zeros(4, i) for i in range(4)]
@@ -135,7 +143,7 @@ def _wide_unicode(data: bytes) -> str | None:
                     ("utf-32-be", z[0] > 0.95 and z[1] > 0.95 and z[3] < 0.05)]
     if len(data) % 2 == 0:
         even, odd = zeros(2, 0), zeros(2, 1)
-        guesses += [("utf-16-le", odd > 0.3 and even < 0.05), ("utf-16-be", even > 0.3 and odd < 0.05)]
+        guesses += [("utf-16-le", odd > 0.1 and even < 0.01), ("utf-16-be", even > 0.1 and odd < 0.01)]
     for name, fits in guesses:
         if fits:
             try:
