@@ -23,6 +23,7 @@ from rnnkit.tasks import forecaster as forecaster_module
 from rnnkit.tasks import language_model as lm_module
 from rnnkit.tasks import qa as qa_module
 from rnnkit.tasks.qa import QAModelConfig
+from rnnkit.train import Trainer
 
 POSITIVE, NEGATIVE = ["good", "great", "lovely", "fine"], ["bad", "awful", "dull", "poor"]
 FILLER = ["the", "film", "was", "a", "plot", "very"]
@@ -173,6 +174,22 @@ def test_experiment_config_form_with_out_dir_and_overrides(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == written  # nothing written
     path_fit = Classifier.fit(tmp_path / "train.tsv", epochs=1, batch_size=16, **TINY_TEXT)
     assert path_fit.labels.names == ["0", "1"]
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    texts, labels = sentiment(64, 8)
+    options = {"valid": sentiment(16, 9), "batch_size": 16, "early_stop_patience": 0, **TINY_TEXT}
+    whole = Classifier.fit(texts, labels, out_dir=tmp_path / "whole", epochs=3, **options)
+    Classifier.fit(texts, labels, out_dir=tmp_path / "parts", epochs=2, **options)
+    trained: list[int] = []
+    train_epoch = Trainer._train_epoch
+    monkeypatch.setattr(Trainer, "_train_epoch", lambda self, epoch, batches: trained.append(epoch) or
+                        train_epoch(self, epoch, batches))
+    resumed = Classifier.fit(texts, labels, out_dir=tmp_path / "parts", resume=True, epochs=3, **options)
+    assert trained == [3]  # the third epoch only, after the two of the first fit
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.results["val_accuracy"] == whole.results["val_accuracy"]
 
 
 # ---------------------------------------------------------------------------------------- errors
