@@ -9,7 +9,7 @@ in Zaremba et al. 2014) or variational (``variational_dropout``: one mask per se
 Ghahramani 2016, AWD-LSTM). Continuous inputs are raw data and are not dropped. With variational
 dropout the stack is a list of single-layer rnnkit layers with locked dropout between them;
 otherwise one multi-layer rnnkit layer (faster), which applies the plain dropout between its
-layers itself. Either way the recurrent state is in torch.nn's hx layout, <float>[L*D, B, H]
+layers itself. Either way the recurrent state is in torch.nn's hx layout, ``<float>[L*D, B, H]``
 (and the cell state c for LSTM), so truncated BPTT carries it across chunks with ``detach_state``.
 """
 

@@ -14,18 +14,15 @@ Same constructor, call signature, return values, parameter names and shapes as t
 - ``backend=``: which sequence kernel runs the layer (``"auto"`` picks; see ``rnnkit.kernels``).
 
 Shapes (``batch_first=False``; swap the first two for ``batch_first=True``):
-input <float>[T, B, I] or unbatched <float>[T, I];  output <float>[T, B, D*P];
-h_0/h_n <float>[L*D, B, P];  c_0/c_n (LSTM) <float>[L*D, B, H].
+input ``<float>[T, B, I]`` or unbatched ``<float>[T, I]``;  output ``<float>[T, B, D*P]``;
+h_0/h_n ``<float>[L*D, B, P]``;  c_0/c_n (LSTM) ``<float>[L*D, B, H]``.
 L layers, D = 2 if bidirectional else 1, H hidden size, P = proj_size or H.
 """
 
 from __future__ import annotations
 
 import math
-import operator
-import threading
 import warnings
-import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -433,28 +430,18 @@ class RecurrentBase(nn.Module):
             finals.append(new)
         return x_t, self._final_hidden(finals)
 
-    def _step_streamer(self, x_t: Tensor) -> _CachedStreamer | None:
-        """A backend's streamer for ``step()`` at x_t's batch size and dtype, cached per layer and
-        thread (cheaper per step than ``stream_step``, which gathers and checks the weights each
-        time), or None: no backend streams this layer, or a
-        weight is not a registered parameter (``torch.nn.utils.parametrize``)."""
-        cache = getattr(_step_streamers, "by_layer", None)
-        if cache is None:
-            cache = _step_streamers.by_layer = weakref.WeakKeyDictionary()
-        key = (x_t.shape[0], x_t.dtype, self.backend)
-        hit = cache.get(self)
-        if hit is not None and hit.key == key and hit.valid(self._parameters):
-            return hit
-        cache.pop(self, None)
-        names = [n for layer in range(self.num_layers) for n in self._weight_names[layer][0] if n is not None]
-        if not all(n in self._parameters for n in names):
-            return None
-        weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
-        streamer = kernels.streamer(self.spec, weights, x_t.shape[0], None, None, x_t, self.backend)
-        if streamer is None:
-            return None
-        cache[self] = _CachedStreamer(key, names, [self._parameters[n] for n in names], streamer)
-        return cache[self]
+    def _step_streamer(self, x_t: Tensor):
+        """A backend's streamer for ``step()`` at x_t's batch size and dtype, kept per layer and thread
+        by ``kernels.cached_streamer`` (cheaper per step than ``stream_step``, which gathers and checks
+        the weights each time), or None: no backend streams this layer, or a weight is not a
+        registered parameter (``torch.nn.utils.parametrize``)."""
+        def make():
+            names = [n for layer in range(self.num_layers) for n in self._weight_names[layer][0] if n is not None]
+            if not all(n in self._parameters for n in names):
+                return None
+            weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
+            return names, kernels.streamer(self.spec, weights, x_t.shape[0], None, None, x_t, self.backend)
+        return kernels.cached_streamer(self, (x_t.shape[0], x_t.dtype, self.backend), self._parameters, make)
 
     def streamer(self, batch_size: int = 1, state: Hidden | None = None):
         """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
@@ -524,32 +511,6 @@ class RecurrentBase(nn.Module):
         if self.spec.mode == "GRU" and not self.reset_after:
             s += ", reset_after=False"
         return s
-
-
-_step_streamers = threading.local()
-"""Per thread, ``by_layer``: each layer's cached streamer for ``step()`` (weak keys: it goes with the
-layer, and no copy or pickle of the layer carries it; per thread: a streamer holds state)."""
-
-
-class _CachedStreamer:
-    """A layer's streamer for ``step()`` on one thread, made for ``key`` (batch size, dtype, backend).
-    The streamer reads the parameters in place, so it stays valid while each is still the registered
-    parameter of its name, at the same address, shape and strides (checked every call: an assignment
-    to ``.data`` keeps the Parameter and moves its memory). ``last``: the state its latest step
-    returned."""
-
-    def __init__(self, key: tuple, names: list[str], params: list[Tensor], streamer) -> None:
-        self.key, self.names, self.params, self.streamer, self.last = key, names, params, streamer, None
-        self.layout = _layout(params)
-
-    def valid(self, registered: dict) -> bool:
-        """Whether every parameter read is still ``registered[name]``, laid out as when made."""
-        return all(map(operator.is_, map(registered.get, self.names), self.params)) and \
-            _layout(self.params) == self.layout
-
-
-def _layout(params: list[Tensor]) -> list[tuple]:
-    return [(p.data_ptr(), p.shape, p.stride()) for p in params]
 
 
 class _StepStreamer:
