@@ -311,3 +311,22 @@ def test_cli_answer_takes_the_encoding_flags(tmp_path):
     assert result.exit_code == 2 and "--encoding: expected a codec name" in result.output
     result = CliRunner().invoke(app, args + ["--encoding", "cp1252", "--encoding-errors", "ignore"])
     assert result.exit_code == 2 and "--encoding-errors: expected 'strict' or 'replace'" in result.output
+
+
+def test_forecaster_config_encoding_reads_its_csv(tmp_path):
+    from rnnkit.tasks.forecaster import Forecaster, ForecastExperiment
+    n = 60
+    dates = [f"{2010 + i // 12}-{1 + i % 12:02d}-01" for i in range(n)]
+    path = tmp_path / "ventes.csv"
+    path.write_bytes(("date,chiffre d'affaires (€)\n" + "".join(f"{d},{100 + i + (i % 12) * 2}\n"
+                                                                   for i, d in enumerate(dates))).encode("utf-16"))
+    experiment = ForecastExperiment.from_dict({
+        "data": {"path": str(path), "encoding": "auto", "target_columns": ["chiffre d'affaires (€)"],
+                 "lookback": 12, "horizon": 3, "test": 6},
+        "model": {"cell": "gru", "hidden_size": 4}, "train": {"epochs": 1, "log_every": 10_000},
+        "evaluate": {"season": 12, "statistical": "none"}})
+    with pytest.warns(UserWarning, match="ventes.csv: encoding 'auto' read utf-16 \\(byte-order mark\\)"):
+        fc = Forecaster.fit(experiment)
+    assert fc.experiment.data.target_columns == ["chiffre d'affaires (€)"]
+    with pytest.raises(ValueError, match="ventes.csv: line 1, byte offset 3: U\\+0000 \\(NUL\\).*looks like utf-16"):
+        Forecaster.fit(experiment.model_copy(update={"data": experiment.data.model_copy(update={"encoding": "latin-1"})}))
