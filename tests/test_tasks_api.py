@@ -91,9 +91,9 @@ def test_classifier_fits_texts_and_labels_with_keyword_overrides(no_files):
     assert (exp.model.cell, exp.train.epochs, exp.data.batch_size, exp.train.lr) == ("gru", 6, 16, 2e-2)
     assert exp.model.bidirectional is False and exp.model.hidden_size == 8
     assert exp.train.out_dir is None
-    assert clf.labels.names == ["0", "1"]  # labels are kept as strings
+    assert clf.labels.names == ["0", "1"]
     assert clf.results["val_accuracy"] > 0.85
-    assert clf.predict(["a great film", "a dull film"]) == ["1", "0"]
+    assert clf.predict(["a great film", "a dull film"]) == [1, 0]  # integer labels in, integers out
     assert clf.predict_proba(["a great film"]).shape == (1, 2)
     assert not clf.model.training and next(clf.model.parameters()).device.type == "cpu"
     assert no_files() == []  # out_dir=None writes nothing, anywhere
@@ -173,7 +173,10 @@ def test_experiment_config_form_with_out_dir_and_overrides(tmp_path):
     assert refit.experiment.train.out_dir is None
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == written  # nothing written
     path_fit = Classifier.fit(tmp_path / "train.tsv", epochs=1, batch_size=16, **TINY_TEXT)
-    assert path_fit.labels.names == ["0", "1"]
+    assert path_fit.labels.names == ["0", "1"] and isinstance(path_fit.predict(["a film"])[0], str)
+    from_python = Classifier.fit(texts, labels, out_dir=tmp_path / "ints", epochs=1, batch_size=16, **TINY_TEXT)
+    assert tasks.load(tmp_path / "ints" / "best").predict(["a film"]) == from_python.predict(["a film"])
+    assert isinstance(from_python.predict(["a film"])[0], int)
 
 
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):

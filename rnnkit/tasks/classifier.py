@@ -173,9 +173,10 @@ class Classifier(Task):
     experiment_cls = ClassifierExperiment
 
     def __init__(self, model: SequenceModel, tokenizer: Tokenizer, vocab: Vocab, labels: LabelSet,
-                 experiment: ClassifierExperiment) -> None:
+                 experiment: ClassifierExperiment, integer_labels: bool = False) -> None:
         super().__init__(model, experiment)
         self.tokenizer, self.vocab, self.labels = tokenizer, vocab, labels
+        self.integer_labels = integer_labels  # trained on int labels given in Python: predict gives ints back
 
     @property
     def binary(self) -> bool:
@@ -194,8 +195,9 @@ class Classifier(Task):
                 header row (columns ``text_column="sentence"``, ``label_column="label"``) or a folder
                 with one sub-folder per class, one file per text; or a ``ClassifierExperiment`` (the
                 form ``rnnkit train`` uses: ``Classifier.fit(experiment, out_dir)``).
-            labels: one label per text (strings or numbers; kept and predicted as strings). Two
-                classes train one sigmoid output, more a softmax.
+            labels: one label per text: strings, or integers (``predict`` then returns integers);
+                other values are kept and predicted as strings. Two classes train one sigmoid
+                output, more a softmax.
             valid: validation data for early stopping and the best epoch: ``(texts, labels)`` or a
                 file/folder; None holds out ``valid_fraction`` (0.1) of the training data.
             test: data scored once with the best model (``results["test_accuracy"]``, ...), as valid.
@@ -254,12 +256,14 @@ class Classifier(Task):
         if data is None and labels is not None:
             raise TypeError("labels: given without texts (data)")
         experiment = cls._experiment(experiment, overrides)
-        return cls._fit_experiment(experiment, given, out_dir, resume)
+        integer = labels is not None and all(isinstance(y, (int, np.integer)) and not isinstance(y, bool)
+                                             for y in labels)
+        return cls._fit_experiment(experiment, {"splits": given, "integer_labels": integer}, out_dir, resume)
 
     @classmethod
-    def _read_data(cls, experiment: ClassifierExperiment, given: dict) -> tuple[ClassifierExperiment, dict]:
-        data = experiment.data
-        splits = load_splits(data, experiment.train.seed, given)
+    def _read_data(cls, experiment: ClassifierExperiment, given: dict | None) -> tuple[ClassifierExperiment, dict]:
+        data, given = experiment.data, given or {}
+        splits = load_splits(data, experiment.train.seed, given.get("splits"))
         tokenizer = WordTokenizer(lowercase=data.lowercase, pattern=data.pattern or None)
         train = splits["train"]
         vocab = Vocab.build((tokenizer.tokenize(t) for t in train.texts), min_freq=data.min_freq,
@@ -280,7 +284,7 @@ class Classifier(Task):
             seqs = encode_texts(ds.texts, tokenizer, vocab, max_length=data.max_length, origins=ds.origins)
             encoded[split] = (seqs, labels.encode(ds.labels, ds.origins))
         return experiment, {"tokenizer": tokenizer, "vocab": vocab, "labels": labels, "encoded": encoded,
-                            "pretrained": pretrained}
+                            "pretrained": pretrained, "integer_labels": given.get("integer_labels", False)}
 
     @classmethod
     def _build(cls, experiment: ClassifierExperiment, prepared: dict) -> Classifier:
@@ -289,7 +293,8 @@ class Classifier(Task):
             with torch.no_grad():
                 model.embedding.weight.copy_(prepared["pretrained"].weight)
             model.embedding.weight.requires_grad_(not experiment.data.freeze_embeddings)
-        return cls(model, prepared["tokenizer"], prepared["vocab"], prepared["labels"], experiment)
+        return cls(model, prepared["tokenizer"], prepared["vocab"], prepared["labels"], experiment,
+                   prepared["integer_labels"])
 
     def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
         data, encoded, k = self.experiment.data, prepared["encoded"], len(self.labels)
@@ -357,7 +362,10 @@ class Classifier(Task):
 
     # --------------------------------------------------------------------------- checkpoint
     def extras(self) -> dict:
-        return {"vocab": self.vocab.to_dict(), "tokenizer": self.tokenizer.to_dict(), "labels": self.labels.to_dict()}
+        extras = {"vocab": self.vocab.to_dict(), "tokenizer": self.tokenizer.to_dict(), "labels": self.labels.to_dict()}
+        if self.integer_labels:
+            extras["label_values"] = {"type": "int"}
+        return extras
 
     @classmethod
     def from_parts(cls, model: SequenceModel, experiment: ClassifierExperiment, extras: dict) -> Classifier:
@@ -372,7 +380,8 @@ class Classifier(Task):
         if outputs != experiment.model.output_size:
             raise ValueError(f"checkpoint: labels.json has {len(labels)} classes but the model has "
                              f"{experiment.model.output_size} outputs")
-        return cls(model, tokenizer_from_dict(extras["tokenizer"]), vocab, labels, experiment)
+        integer = extras.get("label_values") == {"type": "int"}
+        return cls(model, tokenizer_from_dict(extras["tokenizer"]), vocab, labels, experiment, integer)
 
     # ---------------------------------------------------------------------------------- use
     @torch.no_grad()
@@ -429,10 +438,12 @@ class Classifier(Task):
         probs, _ = self._probabilities(self._encode(texts))
         return probs
 
-    def predict(self, texts: list[str]) -> list[str]:
-        """The most likely class of each text: a list of N label names (strings, as in
-        ``self.labels.names``), e.g. ``clf.predict(["great film"])`` → ``["pos"]``."""
-        return [self.labels.names[i] for i in self.predict_proba(texts).argmax(axis=1)]
+    def predict(self, texts: list[str]) -> list[str] | list[int]:
+        """The most likely class of each text: a list of N label names (as in ``self.labels.names``),
+        e.g. ``clf.predict(["great film"])`` → ``["pos"]``; integers when the classifier was fit in
+        Python on integer labels (``Classifier.fit(texts, [0, 1, ...])`` → ``[1]``)."""
+        names = [self.labels.names[i] for i in self.predict_proba(texts).argmax(axis=1)]
+        return [int(name) for name in names] if self.integer_labels else names
 
     def _read(self, path: str | Path, require_label: bool, reading: dict, text_column: str | None,
               label_column: str | None) -> TextDataset:
