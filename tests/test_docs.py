@@ -181,6 +181,30 @@ def test_command_lines_name_real_commands_and_options():
     assert not wrong, "\n".join(wrong)
 
 
+_SCRIPT = re.compile(r"python (benchmarks/\w+\.py)((?: +--?[\w-]+(?:[ =][^ `\-][^ `]*)?)*)")
+
+
+def test_benchmark_script_lines_name_real_options():
+    """`python benchmarks/X.py --option ...` lines name scripts that exist and options their --help lists."""
+    uses: dict[str, set[str]] = {}
+    for page in PAGES:
+        for script, args in _SCRIPT.findall(page.read_text(encoding="utf-8")):
+            uses.setdefault(script, set()).update(re.findall(r"--[\w-]+", args))
+    assert uses, "the docs show benchmark scripts"
+    wrong = []
+    for script, options in sorted(uses.items()):
+        if not (ROOT / script).is_file():
+            wrong.append(f"{script}: no such script")
+            continue
+        if not options:
+            continue
+        result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+        known = set(re.findall(r"--[\w-]+", result.stdout))
+        wrong += [f"{script}: no option {o}" for o in sorted(options - known)]
+    assert not wrong, "\n".join(wrong)
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_has_a_docs_target():
     result = subprocess.run(["make", "-n", "docs"], cwd=ROOT, capture_output=True, text=True,
