@@ -29,7 +29,20 @@ def _task_class(name: object, source: str) -> type[Task]:
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a TOML experiment config (its ``task`` key picks the schema) and apply ``key=value`` overrides."""
+    """Read a TOML experiment config (its ``task`` key picks the schema) and apply ``key=value`` overrides.
+
+    Args:
+        path: the TOML file, e.g. ``configs/sst2.toml``.
+        overrides: ``"section.key=value"`` strings, as ``rnnkit train --set`` takes them.
+
+    Returns:
+        The task's experiment config (``LMExperiment``, ``ClassifierExperiment``, ``QAExperiment`` or
+        ``ForecastExperiment``), validated.
+
+    Raises:
+        ValueError: an unknown task, key or value, naming the file and the key.
+        FileNotFoundError: no such file.
+    """
     path = Path(path)
     try:
         task = tomllib.loads(path.read_text(encoding="utf-8")).get("task", "language_model")
@@ -42,15 +55,32 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 def fit(experiment: Config, out_dir: str | Path | None = None, resume: bool = False) -> Task:
     """Train the experiment's task (its ``task`` key picks it), as ``rnnkit train`` does.
 
-    out_dir: where checkpoints (``best/``, ``last/``), ``metrics.jsonl`` and the task's files go;
-    None writes nothing. resume: continue from ``out_dir/last``. Returns the trained task with the
-    best epoch's weights; each task's own ``fit`` also takes in-memory data and keyword overrides.
+    Each task's own ``fit`` also takes in-memory data and keyword overrides.
+
+    Args:
+        experiment: an experiment config, e.g. from ``load_experiment``.
+        out_dir: where checkpoints (``best/``, ``last/``), ``metrics.jsonl`` and the task's files go;
+            None writes nothing.
+        resume: continue from ``out_dir/last``.
+
+    Returns:
+        The trained task with the best epoch's weights.
     """
     return _task_class(experiment.task, "experiment").fit(experiment, out_dir=out_dir, resume=resume)
 
 
 def load(path: str | Path) -> Task:
-    """Load a trained task from its checkpoint directory (e.g. ``runs/ptb/best``)."""
+    """Load a trained task from its checkpoint directory (e.g. ``runs/ptb/best``).
+
+    Returns:
+        The task the checkpoint's ``config.json`` names (``LanguageModel``, ``Classifier``,
+        ``QuestionAnswering`` or ``Forecaster``), in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: a checkpoint that is incomplete, of an unknown task, or whose weights do not fit
+            its config.
+    """
     config = load_checkpoint(path).config
     return _task_class(config.get("task"), f"{path}/config.json").load(path)
 
