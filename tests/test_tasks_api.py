@@ -195,6 +195,20 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypa
     assert resumed.results["val_accuracy"] == whole.results["val_accuracy"]
 
 
+def test_fit_is_reproducible_whatever_the_global_rng_drew(tmp_path):
+    """Words missing from a pretrained-vector file get random vectors while the data is read: from
+    train.seed, not from whatever state torch's global RNG was left in."""
+    (tmp_path / "vec.txt").write_text("good 0.1 0.2 0.3 0.4\nbad -0.1 -0.2 -0.3 -0.4\n")
+    texts, labels = sentiment(32, 10)
+    weights = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        clf = Classifier.fit(texts, labels, pretrained_vectors=str(tmp_path / "vec.txt"), freeze_embeddings=True,
+                             epochs=1, batch_size=8, hidden_size=4)
+        weights.append(clf.model.embedding.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
 # ---------------------------------------------------------------------------------------- errors
 def test_unknown_keyword_is_a_type_error_with_close_names():
     texts, labels = sentiment(20, 5)

@@ -10,7 +10,7 @@ overrides) into an experiment and the in-memory data, then runs the same steps
    the data is sharded;
 2. *task* ``_read_data``: read the data, build vocabularies and fill in the sizes the model takes
    from the data (warnings about the data on rank 0 only);
-3. seed torch from ``train.seed`` and *task* ``_build`` the untrained task;
+3. seed torch from ``train.seed`` (before step 2 as well) and *task* ``_build`` the untrained task;
 4. *task* ``_training``: the loss, this rank's share of each batch and the validation function;
    then the Trainer, which writes ``last/``, ``best/`` and ``metrics.jsonl`` to ``out_dir`` (rank
    0 only, and nothing at all without an ``out_dir``);
@@ -95,8 +95,9 @@ class Task:
         with warnings.catch_warnings():
             if not distributed.is_main():  # every rank reads the same data: rank 0 alone says what it found
                 warnings.simplefilter("ignore")
+            torch.manual_seed(experiment.train.seed)  # e.g. random vectors for words a pretrained file lacks
             experiment, prepared = cls._read_data(experiment, data)
-            torch.manual_seed(experiment.train.seed)
+            torch.manual_seed(experiment.train.seed)  # the model's initial weights, whatever reading drew
             task = cls._build(experiment, prepared)
         training = task._training(prepared, distributed.rank(), distributed.world_size())
         keep = KeepBest()
