@@ -6,7 +6,8 @@ Every cell is split in two so that a whole sequence can project its inputs at on
     new = step(gi, state, W_hh, b_hh)    # the recurrence proper
 
 ``cell(x_t, state, ...)`` is ``step(linear(x_t), state, ...)``. Gate order in every weight matrix
-is torch.nn's: RNN ``[h]``, LSTM ``[i, f, g, o]``, GRU ``[r, z, n]``. These functions are the
+is torch.nn's: RNN ``[h]``, LSTM ``[i, f, g, o]``, GRU ``[r, z, n]``; the minimal cells of Feng et
+al. 2024 have no W_hh and stack minGRU ``[z, h̃]``, minLSTM ``[f, i, h̃]``. These functions are the
 reference the fast kernels are tested against; they use only differentiable torch ops.
 
 Shapes: ``B`` batch, ``I`` input features, ``H`` hidden size, ``P`` LSTM projection size
@@ -123,11 +124,82 @@ def ln_lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, ln
     return (torch.sigmoid(o) * torch.tanh(cn), c)
 
 
+def min_g(x: Tensor) -> Tensor:
+    """The minimal cells' candidate activation (Feng et al. 2024, appendix B.3): ``x + 0.5`` for
+    x >= 0, ``σ(x)`` below; continuous, increasing and always positive, so that the state of a
+    sequence started from zero stays positive and the scan can run in log space."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def min_log_g(x: Tensor) -> Tensor:
+    """``log(min_g(x))`` computed without forming min_g: ``log(x + 0.5)`` or ``-softplus(-x)``."""
+    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+
+
+def mingru_coefficients(gi: Tensor) -> tuple[Tensor, Tensor]:
+    """minGRU (Feng et al. 2024, "Were RNNs All We Needed?", log-space form) as the first-order
+    linear recurrence ``h_t = a_t ⊙ h_{t-1} + b_t``; the gates see only the input::
+
+        z_t = σ(W_iz x_t + b_iz)                 update gate
+        h̃_t = g(W_ih̃ x_t + b_ih̃)                candidate (``min_g``: positive)
+        h_t = (1 - z_t) ⊙ h_{t-1} + z_t ⊙ h̃_t     so a_t = 1 - z_t = σ(-k),  b_t = z_t ⊙ h̃_t
+
+    gi: <float>[..., 2H], the input projection ``[k | u]`` (gate order ``[z, h̃]``)
+    returns (a, b), each <float>[..., H]
+    """
+    k, u = gi.chunk(2, dim=-1)
+    return torch.sigmoid(-k), torch.sigmoid(k) * min_g(u)
+
+
+def minlstm_coefficients(gi: Tensor) -> tuple[Tensor, Tensor]:
+    """minLSTM (Feng et al. 2024) as ``h_t = a_t ⊙ h_{t-1} + b_t``, with its forget and input gates
+    normalised to sum to 1 (no cell state, no output gate)::
+
+        f_t = σ(W_if x_t + b_if),  i_t = σ(W_ii x_t + b_ii),  h̃_t = g(W_ih̃ x_t + b_ih̃)
+        f'_t = f_t / (f_t + i_t),  i'_t = i_t / (f_t + i_t)     (= σ(log f - log i), σ(log i - log f))
+        h_t = f'_t ⊙ h_{t-1} + i'_t ⊙ h̃_t                        so a_t = f'_t,  b_t = i'_t ⊙ h̃_t
+
+    gi: <float>[..., 3H], the input projection (gate order ``[f, i, h̃]``)
+    returns (a, b), each <float>[..., H]
+    """
+    kf, ki, u = gi.chunk(3, dim=-1)
+    d = F.softplus(-kf) - F.softplus(-ki)  # log i - log f
+    return torch.sigmoid(-d), torch.sigmoid(d) * min_g(u)
+
+
+def mingru_log_coefficients(gi: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log a, log b)`` of ``mingru_coefficients``, from log-sigmoids (no log of a rounded 0)."""
+    k, u = gi.chunk(2, dim=-1)
+    return -F.softplus(k), -F.softplus(-k) + min_log_g(u)
+
+
+def minlstm_log_coefficients(gi: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log a, log b)`` of ``minlstm_coefficients``."""
+    kf, ki, u = gi.chunk(3, dim=-1)
+    d = F.softplus(-kf) - F.softplus(-ki)
+    return -F.softplus(d), -F.softplus(-d) + min_log_g(u)
+
+
+MIN_COEFFICIENTS = {"MINGRU": (mingru_coefficients, mingru_log_coefficients),
+                    "MINLSTM": (minlstm_coefficients, minlstm_log_coefficients)}
+"""Minimal cell mode → (coefficients, log coefficients) functions of ``gi``."""
+
+
+def min_step(gi: Tensor, state: State, mode: str = "MINGRU") -> State:
+    """One step of a minimal cell (``"MINGRU"`` or ``"MINLSTM"``): ``h_t = a_t ⊙ h_{t-1} + b_t``.
+
+    gi: <float>[B, G*H] (G = 2 or 3);  state: (h <float>[B, H],);  returns (h_t,)
+    """
+    a, b = MIN_COEFFICIENTS[mode][0](gi)
+    return (torch.addcmul(b, a, state[0]),)
+
+
 @dataclass(frozen=True)
 class CellSpec:
     """What a recurrent layer computes per step; everything a kernel needs besides the weights.
 
-    mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU"
+    mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU" | "MINGRU" | "MINLSTM" (the minimal cells have
+        no recurrent weights: ``w_hh`` is None)
     hidden_size: H;  proj_size: P for LSTM (0: none);  reset_after: the GRU variant
     layer_norm: LSTM only, the layer-normalised cell of ``ln_lstm_step`` (weights carry ``ln``)
     """
@@ -141,7 +213,7 @@ class CellSpec:
     @property
     def gates(self) -> int:
         """Number of gate blocks stacked in W_ih / W_hh."""
-        return {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}[self.mode]
+        return {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "MINGRU": 2, "MINLSTM": 3}[self.mode]
 
     @property
     def output_size(self) -> int:
@@ -168,6 +240,8 @@ class CellSpec:
             return lambda gi, s, w: lstm_step(gi, s, w.w_hh, w.b_hh, w.w_hr)
         if self.mode == "GRU":
             return lambda gi, s, w: gru_step(gi, s, w.w_hh, w.b_hh, self.reset_after)
+        if self.mode in MIN_COEFFICIENTS:
+            return lambda gi, s, w: min_step(gi, s, self.mode)
         act = "tanh" if self.mode == "RNN_TANH" else "relu"
         return lambda gi, s, w: rnn_step(gi, s, w.w_hh, w.b_hh, act)
 

@@ -26,14 +26,16 @@ from .config import Config
 from .layers.dropout import EmbeddingDropout, LockedDropout
 from .layers.embedding import Embedding
 from .layers.output import OutputLayer, sequence_mask
+from .layers.minimal import MinGRU, MinLSTM
 from .layers.recurrent import GRU, LSTM, RNN, Hidden, LayerNormLSTM
 
-CellName = Literal["lstm", "lstm_ln", "gru", "rnn", "rnn_relu"]
+CellName = Literal["lstm", "lstm_ln", "gru", "rnn", "rnn_relu", "mingru", "minlstm"]
 """The cell names a config's ``cell`` field takes (SequenceModel, QAModel)."""
 
 CELLS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "lstm": (LSTM, {}), "lstm_ln": (LayerNormLSTM, {}), "gru": (GRU, {}),
     "rnn": (RNN, {"nonlinearity": "tanh"}), "rnn_relu": (RNN, {"nonlinearity": "relu"}),
+    "mingru": (MinGRU, {}), "minlstm": (MinLSTM, {}),
 }
 """The one registry of cell names: name → (rnnkit layer class, the options that name implies)."""
 assert set(CELLS) == set(get_args(CellName)), "CELLS and CellName must name the same cells"
@@ -58,7 +60,9 @@ class ModelConfig(Config):
     input_size: int = Field(1, ge=1, description="features per step of continuous inputs (vocab_size = 0)")
     embedding_dim: int = Field(128, ge=1, description="size of the token vectors (vocab_size > 0)")
     cell: CellName = Field(
-        "lstm", description="recurrent cell: LSTM, layer-normalised LSTM, GRU, or simple RNN with tanh / relu")
+        "lstm", description=("recurrent cell: LSTM, layer-normalised LSTM, GRU, simple RNN with tanh / relu, "
+                             "or the minimal cells of Feng et al. 2024 (mingru, minlstm: no recurrent weights, "
+                             "trained by a parallel scan)"))
     hidden_size: int = Field(128, ge=1, description="hidden units per layer and direction")
     num_layers: int = Field(1, ge=1, description="stacked recurrent layers")
     bidirectional: bool = Field(False, description="run each layer in both directions and concatenate")

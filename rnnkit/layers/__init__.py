@@ -7,6 +7,7 @@ from ..kernels.base import DirectionWeights
 from .dropout import EmbeddingDropout, LockedDropout
 from .embedding import Embedding
 from .output import OutputLayer, pool, sequence_mask
+from .minimal import MinGRU, MinLSTM
 from .recurrent import GRU, LSTM, RNN, LayerNormLSTM, RecurrentBase
 
 # A whole layer saved with torch.save loads with torch.load(..., weights_only=True), as a torch.nn
@@ -15,5 +16,5 @@ from .recurrent import GRU, LSTM, RNN, LayerNormLSTM, RecurrentBase
 torch.serialization.add_safe_globals([RNN, LSTM, GRU, LayerNormLSTM, Embedding, LockedDropout, EmbeddingDropout,
                                       OutputLayer, CellSpec, DirectionWeights])
 
-__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "RecurrentBase", "Embedding", "LockedDropout", "EmbeddingDropout",
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "MinGRU", "MinLSTM", "RecurrentBase", "Embedding", "LockedDropout", "EmbeddingDropout",
            "OutputLayer", "pool", "sequence_mask"]

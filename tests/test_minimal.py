@@ -1,0 +1,234 @@
+"""MinGRU and MinLSTM: the parallel scans against the sequential reference and against the paper's
+equations written out here, gradcheck, streaming, padding, export and a model that trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import rnnkit
+from rnnkit.layers.minimal import log_scan, loop_scan
+
+F64 = {"dtype": torch.float64}
+CLASSES = [rnnkit.MinGRU, rnnkit.MinLSTM]
+IDS = ["mingru", "minlstm"]
+
+
+def _g(v):
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+def paper_layer(layer, x, h0, lengths, direction=0, index=0):
+    """One direction of one layer from Feng et al. 2024's equations, step by step, each sequence of
+    the batch run alone over its own valid steps (reversed for direction 1). x <f>[T, B, I] →
+    (output <f>[T, B, H] with zeros past each end, h_n <f>[B, H])."""
+    suffix = "_reverse" if direction else ""
+    w, b = getattr(layer, f"weight_ih_l{index}{suffix}"), getattr(layer, f"bias_ih_l{index}{suffix}")
+    out, finals = torch.zeros(x.shape[0], x.shape[1], layer.hidden_size, **F64), []
+    for row in range(x.shape[1]):
+        h, steps = h0[row], range(int(lengths[row]))
+        for t in (reversed(steps) if direction else steps):
+            gates = F.linear(x[t, row], w, b)
+            if isinstance(layer, rnnkit.MinGRU):
+                k, u = gates.chunk(2)
+                z = torch.sigmoid(k)
+                h = (1 - z) * h + z * _g(u)
+            else:
+                kf, ki, u = gates.chunk(3)
+                f, i = torch.sigmoid(kf), torch.sigmoid(ki)
+                h = f / (f + i) * h + i / (f + i) * _g(u)
+            out[t, row] = h
+        finals.append(h)
+    return out, torch.stack(finals)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("scan", ["log", "loop", "reference"])
+def test_each_scan_equals_the_papers_equations(cls, scan):
+    """A bidirectional 2-layer stack with padding and a signed initial state, float64, against the
+    equations run sequence by sequence: outputs and final states agree to rounding."""
+    torch.manual_seed(0)
+    layer = cls(3, 4, num_layers=2, bidirectional=True, scan=scan, **F64)
+    x, lengths = torch.randn(6, 3, 3, **F64), torch.tensor([6, 2, 4])
+    h0 = torch.randn(4, 3, 4, **F64)  # negative entries too: the log scan adds h_0's term apart
+    out, h_n = layer(x, h0, lengths=lengths)
+    inputs, finals = x, []
+    for index in range(2):
+        outs = []
+        for d in range(2):
+            o, f = paper_layer(layer, inputs, h0[2 * index + d], lengths, d, index)
+            outs.append(o)
+            finals.append(f)
+        inputs = torch.cat(outs, dim=2)
+    torch.testing.assert_close(out, inputs, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(h_n, torch.stack(finals), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+@pytest.mark.parametrize("scan", ["log", "loop"])
+def test_parallel_scan_gradients_equal_the_reference(cls, scan):
+    """Gradients of the input, the initial state and every weight, through lengths, both directions
+    and a stack, equal the step-by-step reference's (float64)."""
+    torch.manual_seed(1)
+    layer = cls(3, 5, num_layers=2, bidirectional=True, batch_first=True, **F64)
+    x, lengths = torch.randn(4, 7, 3, **F64), torch.tensor([7, 1, 5, 3])
+    h0 = torch.randn(4, 4, 5, **F64)
+    grads = {}
+    for method in (scan, "reference"):
+        layer.scan = method
+        xs, hs = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        out, h_n = layer(xs, hs, lengths=lengths)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1], **F64)).sum() + h_n.pow(2).sum()
+        grads[method] = torch.autograd.grad(loss, [xs, hs, *layer.parameters()])
+    for got, want in zip(grads[scan], grads["reference"]):
+        torch.testing.assert_close(got, want, atol=1e-11, rtol=1e-9)
+
+
+@pytest.mark.parametrize("scan", ["log", "loop"])
+def test_scan_gradcheck(scan):
+    """torch.autograd.gradcheck of the scan itself, with padding (a, b, h_0 all differentiated)."""
+    torch.manual_seed(2)
+    a = torch.rand(5, 2, 3, **F64).clamp_min(0.05).requires_grad_()
+    b = torch.rand(5, 2, 3, **F64).add(0.1).requires_grad_()
+    h0 = torch.randn(2, 3, **F64, requires_grad=True)
+    mask = (torch.arange(5)[:, None] < torch.tensor([5, 3])[None, :]).unsqueeze(-1)
+    if scan == "loop":
+        assert torch.autograd.gradcheck(loop_scan, (a, b, h0))
+    else:
+        assert torch.autograd.gradcheck(lambda a, b, h0: log_scan(a.log(), b.log(), h0, mask, chunk=2), (a, b, h0))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 64])
+def test_chunked_log_scan_equals_the_loop(chunk):
+    """Chunks of any size (whole, partial, one step, longer than the sequence), with padding."""
+    torch.manual_seed(9)
+    a, b, h0 = torch.rand(10, 3, 2, **F64), torch.rand(10, 3, 2, **F64) + 0.1, torch.randn(3, 2, **F64)
+    mask = (torch.arange(10)[:, None] < torch.tensor([10, 1, 6])[None, :]).unsqueeze(-1)
+    want = loop_scan(a.masked_fill(~mask, 1.0), b.masked_fill(~mask, 0.0), h0)
+    torch.testing.assert_close(log_scan(a.log(), b.log(), h0, mask, chunk=chunk), want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_layer_gradcheck(cls):
+    torch.manual_seed(3)
+    layer = cls(2, 3, num_layers=2, bidirectional=True, batch_first=True, **F64)
+    x = torch.randn(2, 4, 2, **F64, requires_grad=True)
+    names = [name for name, _ in layer.named_parameters()]
+
+    def fn(x, *weights):
+        return torch.func.functional_call(layer, dict(zip(names, weights)), (x,), {"lengths": [4, 2]})
+
+    weights = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
+    assert torch.autograd.gradcheck(fn, (x, *weights), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_step_and_streamer_equal_the_sequence(cls):
+    torch.manual_seed(4)
+    layer = cls(3, 6, num_layers=2)
+    x, h0 = torch.randn(9, 2, 3), torch.randn(2, 2, 6)
+    out, h_n = layer(x, h0)
+    state, steps = h0, []
+    for x_t in x:
+        y_t, state = layer.step(x_t, state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps), out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(state, h_n, atol=1e-6, rtol=1e-5)
+    s, y = layer.streamer(batch_size=2, state=h0), torch.empty(2, 6)
+    for x_t in x:
+        s(x_t, out=y)
+    torch.testing.assert_close(y, out[-1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(s.state, h_n, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="bidirectional"):
+        cls(3, 6, bidirectional=True).step(x[0])
+
+
+def test_log_scan_is_stable_where_products_underflow():
+    """Gates near 1 over 3000 steps: the product of the a_t underflows float32 long before the end,
+    yet the log-space scan stays finite and equals the loop (which multiplies one step at a time)."""
+    torch.manual_seed(5)
+    layer = rnnkit.MinGRU(4, 8)
+    with torch.no_grad():
+        layer.bias_ih_l0[:8] = 6.0  # z ≈ 1: a_t = 1 - z_t ≈ 0.0025, so ∏ a_t < 1e-38 after 15 steps
+    x = torch.randn(3000, 2, 4)
+    layer.scan = "log"
+    fast, fast_h = layer(x)
+    layer.scan = "loop"
+    slow, slow_h = layer(x)
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast_h, slow_h, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_packed_and_unbatched_inputs(cls):
+    torch.manual_seed(6)
+    layer = cls(3, 4, bidirectional=True)
+    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
+    padded, h_pad = layer(x, lengths=lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths)
+    out, h_packed = layer(packed)
+    unpacked, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+    torch.testing.assert_close(unpacked, padded)
+    torch.testing.assert_close(h_packed, h_pad)
+    single, h_single = layer(x[:3, 1])  # one unbatched sequence: the second row's valid steps
+    torch.testing.assert_close(single, padded[:3, 1])
+    torch.testing.assert_close(h_single, h_pad[:, 1])
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="scan: expected one of"):
+        rnnkit.MinGRU(3, 4, scan="fast")
+    layer = rnnkit.MinLSTM(3, 4)
+    with pytest.raises(ValueError, match="input: expected 3 features"):
+        layer(torch.randn(5, 2, 2))
+    with pytest.raises(ValueError, match=r"h_0: expected shape \(1, 2, 4\)"):
+        layer(torch.randn(5, 2, 3), torch.zeros(2, 2, 4))
+    with pytest.raises(ValueError, match="lengths: expected every length <= 5"):
+        layer(torch.randn(5, 2, 3), lengths=[6, 2])
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_sequence_model_trains_with_the_cell(cell):
+    """cell = "mingru" / "minlstm" in a model config: a small stack learns to echo the previous token."""
+    torch.manual_seed(7)
+    model = rnnkit.SequenceModel.from_config({"cell": cell, "vocab_size": 8, "embedding_dim": 16, "hidden_size": 32,
+                                              "num_layers": 2, "output_size": 8, "output_activation": "softmax"})
+    assert isinstance(model.stack[0], {"mingru": rnnkit.MinGRU, "minlstm": rnnkit.MinLSTM}[cell])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = torch.randint(0, 8, (16, 12))
+    losses = []
+    for _ in range(60):
+        logits, _ = model(ids[:, 1:])
+        loss = model.loss(logits, ids[:, :-1])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_torch_export_and_trace_record_the_reference():
+    """torch.export (dynamic batch and time) and jit.trace record the step-by-step reference, which
+    gives the eager layer's outputs and final state, padding included."""
+    torch.manual_seed(8)
+
+    class WithLengths(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = rnnkit.MinGRU(3, 4, batch_first=True, bidirectional=True)
+
+        def forward(self, x, lengths):
+            return self.layer(x, lengths=lengths)
+
+    model = WithLengths()
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    program = torch.export.export(model, (torch.randn(2, 6, 3), torch.tensor([6, 2])),
+                                  dynamic_shapes=({0: batch, 1: time}, {0: batch}))
+    x, lengths = torch.randn(3, 9, 3), torch.tensor([9, 1, 5])
+    with torch.no_grad():
+        want = model(x, lengths)
+        torch.testing.assert_close(program.module()(x, lengths), want, atol=1e-6, rtol=1e-5)
+        traced = torch.jit.trace(model, (x, lengths))
+        torch.testing.assert_close(traced(x, lengths), want, atol=1e-6, rtol=1e-5)
