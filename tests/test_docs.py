@@ -200,6 +200,9 @@ def test_benchmark_script_lines_name_real_options():
             continue
         result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=120)
+        if result.returncode != 0:
+            wrong.append(f"{script} --help failed: {result.stderr[-1000:]}")
+            continue
         known = set(re.findall(r"--[\w-]+", result.stdout))
         wrong += [f"{script}: no option {o}" for o in sorted(options - known)]
     assert not wrong, "\n".join(wrong)
