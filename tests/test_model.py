@@ -96,7 +96,7 @@ def test_tied_weights_share_one_parameter():
 
 
 def test_config_errors_and_from_config():
-    with pytest.raises(ValueError, match="config: cell: expected 'lstm', 'lstm_ln', 'gru', 'rnn' or 'rnn_relu', got 'tree'"):
+    with pytest.raises(ValueError, match="config: cell: expected 'lstm', 'lstm_ln', 'gru', 'rnn', 'rnn_relu', 'mingru' or 'minlstm', got 'tree'"):
         SequenceModel.from_config({"cell": "tree"})
     with pytest.raises(ValueError, match="config: hidden: unknown key .*did you mean 'hidden_size'"):
         SequenceModel.from_config({"hidden": 3})
