@@ -305,7 +305,7 @@ def test_only_rank_0_reports_and_writes_the_task_files(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- cell names
 def test_one_registry_of_cell_names():
     names = set(CELLS)
-    assert names == {"lstm", "lstm_ln", "gru", "rnn", "rnn_relu"}
+    assert names == {"lstm", "lstm_ln", "gru", "rnn", "rnn_relu", "mingru", "minlstm"}
     for config_cls in (ModelConfig, QAModelConfig):
         for name in names:
             assert config_cls(cell=name).cell == name
