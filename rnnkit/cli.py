@@ -117,21 +117,33 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, key=value (repeatable)")] = None,
           out: Annotated[Path, typer.Option(help="directory for checkpoints and metrics")] = Path("runs/latest"),
           data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP + " (sets data.data_dir)")] = None,
-          nproc: Annotated[int, typer.Option(help="processes (torch.distributed DDP; gloo on CPU, NCCL on GPU)")] = 1,
+          nproc: Annotated[Optional[int], typer.Option(help=(
+              "start this many processes on this machine (DDP; gloo on CPU, NCCL on GPU); leave it out under "
+              "torchrun or srun, whose processes join their own group"))] = None,
           resume: Annotated[bool, typer.Option(help="continue from <out>/last")] = False) -> None:
-    """Train the experiment a config describes; prints the final test figures."""
+    """Train the experiment a config describes; prints the final test figures (rank 0 only)."""
     from . import distributed, tasks
     _show_warnings()
+    group = distributed.environment()
+    if nproc is not None and group is not None:
+        raise ValueError(f"--nproc {nproc}: this process was started by a launcher that already set up "
+                         f"{group.world_size} process(es) ({group.describe()}); drop --nproc to train in the "
+                         "launcher's group, or run rnnkit train --nproc outside the launcher")
     overrides = ([f"data.data_dir={data_dir}"] if data_dir is not None else []) + list(set_ or [])
     experiment = tasks.load_experiment(config, overrides)  # fail fast, in this process, on a bad config
-    if nproc > 1:
+    if nproc is not None and nproc > 1:
         distributed.per_rank(getattr(getattr(experiment, "data", None), "batch_size", nproc), "data.batch_size", nproc)
         results = distributed.launch(_train_one, nproc, config, overrides, out, resume)[0]
     else:
+        if nproc is not None and nproc < 1:
+            raise ValueError(f"--nproc: expected an integer >= 1, got {nproc}")
+        distributed.init()  # torchrun's or srun's group, joined before any data is read
         results = _train_one(config, overrides, out, resume)
-    typer.echo(json.dumps({**trained_checkpoint(out, results), **results}, indent=2))
-    if (out / "backtest.txt").exists():  # forecasters: rnnkit's backtest beside the baselines
-        typer.echo((out / "backtest.txt").read_text())
+    if distributed.is_main():
+        typer.echo(json.dumps({**trained_checkpoint(out, results), **results}, indent=2))
+        if (out / "backtest.txt").exists():  # forecasters: rnnkit's backtest beside the baselines
+            typer.echo((out / "backtest.txt").read_text())
+    distributed.shutdown()
 
 
 @app.command()

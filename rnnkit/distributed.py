@@ -1,15 +1,22 @@
-"""Data-parallel training over several processes with ``torch.distributed``.
+"""Data-parallel training over several processes, on one machine or several, with ``torch.distributed``.
 
-``launch(fn, nproc, *args)`` starts ``nproc`` processes as ``torchrun`` does (environment
-``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``), joins the process
-group (``gloo`` on CPU, ``nccl`` on CUDA) and calls ``fn(*args)`` in each; under ``torchrun``,
-``init()`` joins the group from the environment instead. The ``Trainer`` wraps its model in
+``init()`` joins the process group that the environment describes, as any of these launchers set it:
+
+- ``torchrun`` (one node or several, static or c10d rendezvous, elastic restarts): ``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``;
+- ``launch(fn, nproc, *args)``, which starts ``nproc`` processes on this machine with the same variables
+  (``rnnkit train --nproc N`` uses it);
+- SLURM's ``srun``, one task per process: ``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, with
+  ``MASTER_ADDR`` and ``MASTER_PORT`` exported by the batch script (torchrun's variables win when both
+  are set, e.g. torchrun started by srun).
+
+The backend is ``gloo`` on CPU, ``nccl`` on CUDA. The ``Trainer`` wraps its model in
 ``DistributedDataParallel`` whenever the world has more than one process.
 
 Data sharding is the data layer's job: every rank takes its own slice of each global batch
 (``shard``, ``per_rank``), so that the ranks together see exactly what one process would.
 
-The helpers (``rank``, ``world_size``, ``is_main``, ``all_reduce_mean``) also work, as the
+The helpers (``rank``, ``world_size``, ``is_main``, ``all_reduce_mean``, ...) also work, as the
 single-process identities, when no process group exists.
 """
 
@@ -17,6 +24,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+import uuid
+from datetime import timedelta
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -24,12 +34,66 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
-__all__ = ["launch", "init", "rank", "local_rank", "world_size", "is_main", "all_reduce_mean",
-           "all_reduce_sum", "broadcast_object", "per_rank", "shard", "unwrap", "default_backend"]
+__all__ = ["launch", "init", "shutdown", "environment", "GroupEnv", "restart_count", "rank", "local_rank",
+           "world_size", "is_main", "barrier", "all_reduce_max", "all_reduce_mean", "all_reduce_sum",
+           "broadcast_object", "all_gather_object", "per_rank", "shard", "unwrap", "default_backend"]
 
 
 def _initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+class GroupEnv(NamedTuple):
+    """The process group an environment describes, and the variables it was read from."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    variables: dict[str, str]  # name → value, for messages
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.variables.items())
+
+
+def _read_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer (set by torchrun or SLURM), got {value!r}") from None
+
+
+def environment() -> GroupEnv | None:
+    """The process group the environment describes (torchrun or ``launch``: ``RANK``/``WORLD_SIZE``;
+    SLURM's srun: ``SLURM_PROCID``/``SLURM_NTASKS``), or None when it describes none.
+
+    ValueError when the variables are incomplete or contradict each other.
+    """
+    env = os.environ
+    if "WORLD_SIZE" in env or "RANK" in env:
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+        for name, other in (("RANK", "WORLD_SIZE"), ("WORLD_SIZE", "RANK")):
+            if name not in env:
+                raise ValueError(f"{name}: unset while {other}={env[other]} is set; a launcher sets both "
+                                 f"(torchrun, rnnkit.distributed.launch); unset {other} to run alone")
+        rank_, size = _read_int("RANK"), _read_int("WORLD_SIZE")
+        local = _read_int("LOCAL_RANK") if "LOCAL_RANK" in env else rank_
+    elif "SLURM_PROCID" in env and ("SLURM_NTASKS" in env or "SLURM_NPROCS" in env):
+        size_name = "SLURM_NTASKS" if "SLURM_NTASKS" in env else "SLURM_NPROCS"
+        names = ("SLURM_PROCID", size_name, "SLURM_LOCALID")
+        rank_, size = _read_int("SLURM_PROCID"), _read_int(size_name)
+        local = _read_int("SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+    else:
+        return None
+    variables = {k: env[k] for k in (*names, "MASTER_ADDR", "MASTER_PORT") if k in env}
+    if size < 1 or not 0 <= rank_ < size:
+        raise ValueError(f"{names[0]}={rank_}, {names[1]}={size}: expected 0 <= rank < world size")
+    return GroupEnv(rank_, local, size, variables)
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this worker group (``TORCHELASTIC_RESTART_COUNT``); 0 otherwise."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0)
 
 
 def rank() -> int:
@@ -38,8 +102,10 @@ def rank() -> int:
 
 
 def local_rank() -> int:
-    """This process's rank on its machine (which GPU it uses), from ``LOCAL_RANK``; 0 by default."""
-    return int(os.environ.get("LOCAL_RANK", 0)) if _initialized() else 0
+    """This process's rank on its machine (which GPU it uses): ``LOCAL_RANK`` or ``SLURM_LOCALID``; 0
+    when not distributed."""
+    group = environment() if _initialized() else None
+    return group.local_rank if group is not None else 0
 
 
 def world_size() -> int:
@@ -58,25 +124,77 @@ def default_backend() -> str:
 
 
 def init(backend: str | None = None) -> bool:
-    """Join the process group described by the environment (as set by ``torchrun`` or ``launch``).
+    """Join the process group the environment describes (see ``environment``); call it before any data
+    is read, since the data is sharded by rank.
 
-    Does nothing when already initialized or when ``WORLD_SIZE`` is unset or 1. Returns whether
-    the process is now part of a group with more than one process.
+    Does nothing when already initialized or when the environment describes no group, or a group of
+    one. Returns whether the process is now part of a group with more than one process.
     """
     if _initialized():
         return world_size() > 1
-    size = int(os.environ.get("WORLD_SIZE", 1))
-    if size <= 1:
+    group = environment()
+    if group is None or group.world_size <= 1:
         return False
-    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK") if k not in os.environ]
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={size} but {', '.join(missing)} unset: start the processes with "
-                           "rnnkit.distributed.launch or torchrun")
+        raise ValueError(
+            f"{' and '.join(missing)}: unset, but the environment describes a group of {group.world_size} "
+            f"processes ({group.describe()}); torchrun sets them, under SLURM export them in the batch script "
+            "(MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1), MASTER_PORT=29500)")
     backend = backend or default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=size)
+        torch.cuda.set_device(group.local_rank)
+    store = _fresh_store(group) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
+    dist.init_process_group(backend, store=store, rank=group.rank, world_size=group.world_size)
     return True
+
+
+def _fresh_store(group: GroupEnv, timeout: float = 600.0) -> dist.Store:
+    """A new key-value store for this worker group, hosted by rank 0 and found through torchrun's agent store.
+
+    torchrun (c10d or static rendezvous) lets its workers share the store its agent keeps for the whole
+    job. After a restart, that store still holds the failed attempt's keys, so the new workers read the
+    old workers' addresses and fail to connect (pytorch#135712; torch 2.13 still does, unless
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). Here rank 0 hosts a store of its own on a free port and
+    publishes it, with a random tag, in the agent's store; the other ranks use the published store once
+    they reach it and it holds that tag (an address left by a previous attempt points at a process that
+    torchrun stopped, so it refuses the connection or answers with another tag).
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    wait = timedelta(seconds=timeout)
+    agent = dist.TCPStore(host, port, is_master=False, timeout=wait)
+    if group.rank == 0:
+        tag = uuid.uuid4().hex
+        own = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=wait)
+        own.set("rnnkit/tag", tag)
+        agent.set("rnnkit/store", f"{own.port} {tag}")
+        return own
+    deadline = time.monotonic() + timeout
+    while True:
+        own_port, tag = agent.get("rnnkit/store").decode().split()
+        try:
+            own = dist.TCPStore(host, int(own_port), is_master=False, timeout=timedelta(seconds=5))
+            if own.get("rnnkit/tag").decode() == tag:
+                own.set_timeout(wait)
+                return own
+        except (RuntimeError, dist.DistError):  # a previous attempt's store: gone
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {group.rank}: rank 0's store was not reachable through torchrun's store at "
+                               f"{host}:{port} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a run), if this process is in one."""
+    if _initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing when not distributed)."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
@@ -85,6 +203,15 @@ def all_reduce_sum(x: Tensor) -> Tensor:
         return x
     out = x.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_reduce_max(x: Tensor) -> Tensor:
+    """Elementwise maximum of ``x`` over all ranks (a new tensor; ``x`` itself when not distributed)."""
+    if world_size() == 1:
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
 
 
@@ -106,6 +233,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` when not distributed)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def per_rank(total: int, what: str = "batch_size", size: int | None = None) -> int:

@@ -30,13 +30,17 @@ that weights and metrics are identical to an uninterrupted run. Metrics go to
 With several processes (``rnnkit.distributed.launch`` or torchrun) the model is wrapped in
 DistributedDataParallel, each rank trains on its own shard of every global batch, logged losses
 are averaged over ranks (weighted by n_items), ``evaluate_fn`` runs on rank 0 only (it must not
-use collectives) and only rank 0 writes files.
+use collectives) and only rank 0 writes files; on resuming, rank 0 reads the checkpoint and sends it to
+the others. A worker group that ``torchrun --max-restarts`` restarted after a failure resumes from
+``<out_dir>/last`` by itself. Resuming cuts ``metrics.jsonl`` back to the resumed step, so that replayed
+steps are not recorded twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -234,6 +238,40 @@ def _open_tensorboard(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
+def _open_metrics(path: Path, step: int):
+    """``metrics.jsonl`` for appending after ``step``: a fresh file at step 0; otherwise the records of
+    later steps (written before an interruption, to be written again now) are cut off first, and so is
+    a line that a killed process left unfinished."""
+    if step == 0 or not path.exists():
+        return open(path, "w", encoding="utf-8")
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return open(path, "a", encoding="utf-8")
+
+
+def _load_on_main(path: str | Path):
+    """``load_checkpoint(path)`` read by rank 0 and sent to every rank; rank 0's error is raised on all."""
+    loaded: Any = None
+    if distributed.is_main():
+        try:
+            loaded = load_checkpoint(path)
+        except Exception as error:  # every rank raises it, rather than waiting for a checkpoint forever
+            loaded = error
+    loaded = distributed.broadcast_object(loaded)
+    if isinstance(loaded, Exception):
+        raise loaded
+    return loaded
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -317,16 +355,26 @@ class Trainer:
     def fit(self, train_batches: Callable[[int], Iterable[Any]], *, resume: bool = False) -> list[dict]:
         """Train up to ``config.epochs``; returns ``history``, one metrics dict per epoch.
 
-        resume: continue from ``<out_dir>/last`` when it exists (a fresh start otherwise).
+        resume: continue from ``<out_dir>/last`` when it exists (a fresh start otherwise). A worker
+            group that torchrun restarted (``TORCHELASTIC_RESTART_COUNT`` > 0) resumes so without being asked.
         """
         if not callable(train_batches):
             raise TypeError("train_batches: expected a callable epoch -> iterable of batches "
                             f"(e.g. lambda epoch: loader), got {type(train_batches).__name__}")
-        if resume:
-            if self.out_dir is None:
-                raise ValueError("resume: needs config.out_dir, where the 'last' checkpoint lives")
+        if resume and self.out_dir is None:
+            raise ValueError("resume: needs config.out_dir, where the 'last' checkpoint lives")
+        restarts = self._restarts()
+        restarted = restarts > 0 and self.out_dir is not None and not self._resumed
+        if resume or restarted:
             last = self.out_dir / "last"
-            if last.exists() or last.with_name("last.old").exists():
+            # rank 0 decides (its file system holds the checkpoints); resume() sends every rank its contents
+            found = distributed.broadcast_object(self.is_main and (last.exists() or
+                                                                   last.with_name("last.old").exists()))
+            if restarted:
+                self._print(f"restart {restarts} by torchrun: " +
+                            (f"resuming from {last}" if found else f"no checkpoint in {self.out_dir} yet, "
+                             "starting over"))
+            if found:
                 self.resume(last)
         if self.step == 0 and not self._resumed:
             seed_everything(self.config.seed)
@@ -337,7 +385,7 @@ class Trainer:
         self._fit_start = time.monotonic()
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics_file = open(self.out_dir / "metrics.jsonl", "a" if self.step else "w")
+            self._metrics_file = _open_metrics(self.out_dir / "metrics.jsonl", self.step)
         try:
             self._announce(train_batches)
             while self.epoch < self.config.epochs and self.stop_reason is None:
@@ -345,6 +393,7 @@ class Trainer:
             if self.stop_reason is not None:
                 self._write_metrics({"type": "stop", "reason": self.stop_reason, "epoch": self.epoch,
                                      "step": self.step})
+            distributed.barrier()  # no rank goes on (e.g. to read best) before rank 0 has written it
         finally:
             if self._metrics_file is not None:
                 self._metrics_file.close()
@@ -369,10 +418,22 @@ class Trainer:
         if self.step == 0:
             self._write_metrics({"type": "summary", **self.summary})
 
+    def _restarts(self) -> int:
+        """How often torchrun restarted the workers after a failure: the most any machine counted (each
+        machine's agent counts its own failures, so a healthy machine's workers may read 0)."""
+        count = distributed.restart_count()
+        if distributed.world_size() > 1:
+            total = torch.tensor([count], dtype=torch.float64, device=self.device)
+            count = int(distributed.all_reduce_max(total).item())
+        return count
+
     def resume(self, path: str | Path) -> Trainer:
         """Restore weights, optimizer, schedule, counters, RNG states and the position inside an
-        interrupted epoch from a checkpoint written by this Trainer; the next ``fit`` continues."""
-        checkpoint = load_checkpoint(path)
+        interrupted epoch from a checkpoint written by this Trainer; the next ``fit`` continues.
+
+        With several processes rank 0 reads the checkpoint and sends it to the others, so that their
+        machines need not see rank 0's files."""
+        checkpoint = _load_on_main(path)
         state = checkpoint.trainer_state
         if state is None:
             raise ValueError(f"{path}: checkpoint has no trainer state (saved for inference); cannot resume")
@@ -403,7 +464,7 @@ class Trainer:
         self._partial = None
         self.schedule.begin_epoch(self.optimizer, epoch)
         self.model.train()
-        state = _map_tensors(position["state"], lambda t: t.to(self.device))
+        state = _map_tensors(self._own_state(position), lambda t: t.to(self.device))
         loss_sum, items, skipped = position["loss_sum"], position["items"], position["skipped"]
         start, window_start, window_items = time.monotonic() - position["time_s"], time.monotonic(), 0
         batches = train_batches(epoch)
@@ -433,7 +494,7 @@ class Trainer:
             reason = self._stop_now()
             if reason is not None:
                 partial = {"batch": index + 1, "loss_sum": loss_sum, "items": items, "skipped": skipped,
-                           "state": repackage_hidden(state), "time_s": time.monotonic() - start}
+                           "time_s": time.monotonic() - start, **self._carried_states(state)}
                 self._save("last", partial)
                 self.stop_reason = reason
                 if bar is not None:
@@ -449,6 +510,32 @@ class Trainer:
                    "items_per_s": items / max(elapsed, 1e-9), "time_s": elapsed, "skipped_batches": skipped}
         metrics.update(self._evaluate())
         self._end_epoch(epoch, metrics)
+
+    @staticmethod
+    def _carried_states(state: Any) -> dict:
+        """The recurrent state carried into the next batch, for a mid-epoch checkpoint: ``{"state": ...}``
+        in one process; with several, each rank carries its own shard's, so ``{"rank_states": [...]}``
+        (gathered from every rank; None when no rank carries any)."""
+        state = _map_tensors(state, lambda t: t.detach().cpu())
+        if distributed.world_size() == 1:
+            return {"state": state}
+        states = distributed.all_gather_object(state)
+        return {"state": None, "rank_states": None if all(s is None for s in states) else states}
+
+    @staticmethod
+    def _own_state(position: dict) -> Any:
+        """This rank's carried state from a mid-epoch position (see ``_carried_states``)."""
+        states = position.get("rank_states")
+        if states is None:
+            if position["state"] is None or distributed.world_size() == 1:
+                return position["state"]
+            states = [position["state"]]  # one process's state cannot seed several
+        if len(states) != distributed.world_size():
+            raise ValueError(f"resume: the checkpoint was saved mid-epoch by {len(states)} processes, each "
+                             f"carrying its own recurrent state, but this run has {distributed.world_size()}; "
+                             f"resume with {len(states)} processes (nproc), or from a checkpoint saved at an "
+                             "epoch's end")
+        return states[distributed.rank()]
 
     def _end_epoch(self, epoch: int, metrics: dict) -> None:
         if self.monitor not in metrics:

@@ -1,17 +1,22 @@
 """Data-parallel training: 2 CPU processes (gloo), each on half of every global batch, match one
-process on the whole batch; and the single-process behaviour of the helpers."""
+process on the whole batch; resuming (mid-epoch with carried state, after a kill, metrics.jsonl);
+the group read from torchrun's and SLURM's variables; `rnnkit train --nproc` under a launcher; and the
+single-process behaviour of the helpers. Real launchers are in test_torchrun.py."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 import rnnkit
 from rnnkit import distributed
+from rnnkit.cli import app
 from rnnkit.train import TrainConfig, Trainer
 
 GLOBAL_BATCH, BATCHES, TIME = 8, 3, 5
@@ -97,3 +102,178 @@ def test_sharding_errors_name_the_quantity():
         distributed.per_rank(2, "validation windows", size=3)
     with pytest.raises(ValueError, match="nproc: expected an integer >= 1, got 0"):
         distributed.launch(print, 0)
+
+
+# ------------------------------------------------------------------------------ resuming
+class Stateful(nn.Module):
+    """A model whose recurrent state is carried from batch to batch (truncated BPTT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = rnnkit.GRU(2, 4, batch_first=True)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x, state=None):
+        out, state = self.rnn(x, state)
+        return self.head(out), state
+
+
+def carried_loss(model, batch, state):
+    x, y = batch
+    prediction, state = model(x, state)
+    return nn.functional.mse_loss(prediction, y), state, y.numel()
+
+
+class StopAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, info):
+        if info["step"] == self.step:
+            trainer.request_stop()
+
+
+def stop_and_resume(root: str, stop_at: int) -> dict:
+    """Runs in every process: train uninterrupted in root/whole; in root/split stop at step ``stop_at``
+    (mid-epoch), keep that checkpoint as root/stopped, and resume in a new Trainer."""
+    torch.set_num_threads(1)
+
+    def trainer(out_dir: str, *callbacks) -> Trainer:
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=2, optimizer="sgd", lr=0.1, device="cpu", log_every=1, out_dir=out_dir)
+        return Trainer(Stateful(), config, loss_fn=carried_loss, callbacks=callbacks)
+
+    def batches(epoch):
+        return [(distributed.shard(x), distributed.shard(y)) for x, y in global_batches(epoch)]
+
+    whole = trainer(f"{root}/whole")
+    whole.fit(batches)
+    first = trainer(f"{root}/split", StopAt(stop_at))
+    first.fit(batches)
+    assert first.stop_reason == "requested" and first.step == stop_at
+    if distributed.is_main():
+        shutil.copytree(f"{root}/split/last", f"{root}/stopped")
+    resumed = trainer(f"{root}/split")
+    resumed.fit(batches, resume=True)
+    return {name: {k: v.numpy().copy() for k, v in t.module.state_dict().items()}
+            for name, t in (("whole", whole), ("resumed", resumed))}
+
+
+def test_mid_epoch_resume_with_two_processes_carries_each_ranks_state(tmp_path):
+    ranks = distributed.launch(stop_and_resume, 2, str(tmp_path), 2, backend="gloo")
+    for r in ranks:
+        for key, value in r["whole"].items():
+            np.testing.assert_array_equal(r["resumed"][key], value, err_msg=key)
+    steps = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in steps if x["type"] == "step"] == list(range(1, 2 * BATCHES + 1))
+    # each process carried its own shard's state; one process cannot take over both
+    trainer = Trainer(Stateful(), TrainConfig(epochs=2, device="cpu", out_dir=str(tmp_path / "stopped_1")),
+                      loss_fn=carried_loss)
+    trainer.resume(tmp_path / "stopped")
+    with pytest.raises(ValueError, match=r"resume: the checkpoint was saved mid-epoch by 2 processes, each "
+                                         r"carrying its own recurrent state, but this run has 1; resume with 2"):
+        trainer.fit(lambda epoch: global_batches(epoch))
+
+
+class Killed(Exception):
+    """Stands in for a process killed mid-epoch."""
+
+
+class KillAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, info):
+        if info["step"] == self.step:
+            raise Killed
+
+
+def test_metrics_cut_back_to_the_resumed_step(tmp_path):
+    def trainer(out_dir, *callbacks) -> Trainer:
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=3, optimizer="sgd", lr=0.1, device="cpu", log_every=1, out_dir=str(out_dir))
+        return Trainer(Regressor(), config, loss_fn=mse_loss, callbacks=callbacks)
+
+    def records(out_dir):
+        return [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+    trainer(tmp_path / "whole").fit(global_batches)
+    killed_at = BATCHES + 2  # in epoch 2: 'last' holds epoch 1, steps 4 and 5 were logged already
+    with pytest.raises(Killed):
+        trainer(tmp_path / "run", KillAt(killed_at)).fit(global_batches)
+    logged = [x["step"] for x in records(tmp_path / "run") if x["type"] == "step"]
+    assert logged == list(range(1, killed_at + 1))
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"type": "step", "epoch": 2, "st')  # a line the killed process left unfinished
+    resumed = trainer(tmp_path / "run")
+    resumed.fit(global_batches, resume=True)
+    assert resumed.history[0]["epoch"] == 1 and len(resumed.history) == 3
+
+    def comparable(record):  # timing figures differ from run to run
+        return {k: v for k, v in record.items() if k not in ("items_per_s", "time_s")}
+
+    whole, run = records(tmp_path / "whole"), records(tmp_path / "run")
+    assert [x["step"] for x in run if x["type"] == "step"] == list(range(1, 3 * BATCHES + 1))  # each once
+    assert [x["epoch"] for x in run if x["type"] == "epoch"] == [1, 2, 3]
+    assert [comparable(x) for x in run if x["type"] != "summary"] == [comparable(x) for x in whole
+                                                                     if x["type"] != "summary"]
+
+
+# ------------------------------------------------------------------------------ launchers
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
+                      "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_LOCALID", "TORCHELASTIC_RESTART_COUNT")
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_group_from_torchrun_or_slurm_variables(no_launcher):
+    env = no_launcher
+    assert distributed.environment() is None and distributed.restart_count() == 0
+    env.setenv("SLURM_PROCID", "3")
+    env.setenv("SLURM_NTASKS", "4")
+    env.setenv("SLURM_LOCALID", "1")
+    group = distributed.environment()
+    assert (group.rank, group.local_rank, group.world_size) == (3, 1, 4)
+    assert group.describe() == "SLURM_PROCID=3, SLURM_NTASKS=4, SLURM_LOCALID=1"
+    with pytest.raises(ValueError, match=r"MASTER_ADDR and MASTER_PORT: unset, but the environment describes a "
+                                         r"group of 4 processes \(SLURM_PROCID=3.*export them in the batch "
+                                         r"script \(MASTER_ADDR=\$\(scontrol show hostnames"):
+        distributed.init()
+    env.setenv("RANK", "1")  # torchrun started by srun: torchrun's variables win
+    env.setenv("WORLD_SIZE", "2")
+    env.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    group = distributed.environment()
+    assert (group.rank, group.local_rank, group.world_size) == (1, 1, 2) and distributed.restart_count() == 2
+    env.setenv("RANK", "2")
+    with pytest.raises(ValueError, match=r"RANK=2, WORLD_SIZE=2: expected 0 <= rank < world size"):
+        distributed.environment()
+    env.setenv("RANK", "one")
+    with pytest.raises(ValueError, match=r"RANK: expected an integer \(set by torchrun or SLURM\), got 'one'"):
+        distributed.environment()
+    env.delenv("WORLD_SIZE")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE: unset while RANK=one is set"):
+        distributed.environment()
+
+
+@pytest.mark.parametrize("variables, named", [
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "29500"},
+     "2 process(es) (RANK=0, WORLD_SIZE=2, LOCAL_RANK=0, MASTER_ADDR=10.1.2.3, MASTER_PORT=29500)"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"},
+     "8 process(es) (SLURM_PROCID=0, SLURM_NTASKS=8, SLURM_LOCALID=0)"),
+])
+def test_train_nproc_refused_inside_a_launchers_environment(no_launcher, tmp_path, variables, named):
+    config = tmp_path / "c.toml"
+    config.write_text('task = "language_model"\n')
+    result = CliRunner().invoke(app, ["train", str(config), "--nproc", "2", "--out", str(tmp_path / "o")],
+                                env=variables)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: --nproc 2: this process was started by a launcher that already set up {named}; "
+                     "drop --nproc to train in the launcher's group, or run rnnkit train --nproc outside the "
+                     "launcher"]
+    assert not (tmp_path / "o").exists()
