@@ -2,13 +2,17 @@
 
 Every baseline is fitted once, then forecasts from any origin::
 
-    model = HoltWinters(trend="add", seasonal="mul", seasonal_periods=12).fit(series[:start])
+    model = AutoARIMA(season=12).fit(series[:start])
     bt = backtest(model.predict, series, start=start, horizon=12)
     bt.score(mase, train=series[:start], m=12)
 
 ``fit(train)`` takes the training series <float>[N] or [N, C]; ``predict(history, horizon)`` takes the
 series up to the forecast origin (from its start, as in a backtest) and returns <float>[horizon] or
-[horizon, C], matching the rank of ``history``. Models from statsmodels run one per column.
+[horizon, C], matching the rank of ``history``. The statistical models run one per column:
+AutoARIMA, AutoETS and AutoTheta from statsforecast (fast, automatic order and model selection:
+the baselines a practitioner runs first), Holt-Winters and ARIMA of a given order from statsmodels.
+``Naive`` and ``SeasonalNaive`` are computed here (they equal statsforecast's ``Naive`` and
+``SeasonalNaive``).
 """
 
 from __future__ import annotations
@@ -95,6 +99,11 @@ class _PerColumnModel(Baseline):
         """The fitted parameters of ``results`` run over y <float64>[N]; returns results."""
         raise NotImplementedError
 
+    def _forecast_column(self, fitted: Any, y: np.ndarray, horizon: int) -> np.ndarray:
+        """<float64>[horizon] from the history y <float64>[N] with the model fitted on train."""
+        run = self._fit_column(y) if self.refit else self._apply(fitted, y)
+        return np.asarray(run.forecast(horizon), dtype=np.float64)
+
     def fit(self, train: Any) -> _PerColumnModel:
         x, _ = self._series(train, "train")
         self.results_ = [self._fit_column(y) for y in x.T]
@@ -105,8 +114,91 @@ class _PerColumnModel(Baseline):
             raise RuntimeError(f"{type(self).__name__}: call fit() before predict()")
         if x.shape[1] != len(self.results_):
             raise ValueError(f"history: expected {len(self.results_)} columns (as train), got {x.shape[1]}")
-        runs = [self._fit_column(y) if self.refit else self._apply(r, y) for r, y in zip(self.results_, x.T)]
-        return np.column_stack([np.asarray(run.forecast(horizon)) for run in runs])
+        return np.column_stack([self._forecast_column(r, y, horizon) for r, y in zip(self.results_, x.T)])
+
+
+def _complete(a: np.ndarray, arg: str, name: str) -> None:
+    if np.isnan(a).any():
+        raise ValueError(f"{arg}: {name} needs complete data, got {int(np.isnan(a).sum())} NaN "
+                         "(fill them, e.g. read_series(missing='interpolate'))")
+
+
+class _StatsForecastModel(_PerColumnModel):
+    """A statsforecast model per column. Without ``refit`` the model selected and estimated on
+    ``train`` (its order or components and their parameters) is run over each ``history``
+    (statsforecast's ``forward``): the states are filtered anew, the parameters kept."""
+
+    def __init__(self, season: int, refit: bool) -> None:
+        super().__init__(refit)
+        self.season = _positive_int(season, "season")
+
+    def _series(self, x, arg):
+        a, one_d = super()._series(x, arg)
+        _complete(a, arg, type(self).__name__)
+        return a, one_d
+
+    def _model(self) -> Any:
+        """A new, unfitted statsforecast model."""
+        raise NotImplementedError
+
+    def _fit_column(self, y):
+        return self._model().fit(y)
+
+    def _forecast_column(self, fitted, y, horizon):
+        model = self._fit_column(y) if self.refit else fitted
+        out = model.predict(h=horizon) if self.refit else model.forward(y=y, h=horizon)
+        return np.asarray(out["mean"], dtype=np.float64)
+
+
+class AutoARIMA(_StatsForecastModel):
+    """statsforecast's AutoARIMA (Hyndman-Khandakar order search as R's ``auto.arima``), seasonal with
+    period ``season`` (1: non-seasonal)."""
+
+    def __init__(self, season: int = 1, refit: bool = False) -> None:
+        super().__init__(season, refit)
+
+    def min_length(self) -> int:
+        return 3
+
+    def _model(self):
+        from statsforecast.models import AutoARIMA as Model
+        return Model(season_length=self.season)
+
+
+class AutoETS(_StatsForecastModel):
+    """statsforecast's AutoETS: the exponential-smoothing state-space model (error, trend, season:
+    each additive, multiplicative or none, and a damped trend) with the lowest AICc, as R's ``ets``.
+    ``model``: a three-letter ETS spec, "Z" letting that component be chosen (default "ZZZ")."""
+
+    def __init__(self, season: int = 1, model: str = "ZZZ", damped: bool | None = None, refit: bool = False) -> None:
+        super().__init__(season, refit)
+        if not (isinstance(model, str) and len(model) == 3 and model[0] in "AMZ" and model[1] in "NAMZ"
+                and model[2] in "NAMZ"):
+            raise ValueError(f"model: expected three letters (error A/M/Z, trend N/A/M/Z, season N/A/M/Z) such as "
+                             f"'ZZZ' or 'AAN', got {model!r}")
+        self.model, self.damped = model, damped
+
+    def min_length(self) -> int:
+        return 3
+
+    def _model(self):
+        from statsforecast.models import AutoETS as Model
+        return Model(season_length=self.season, model=self.model, damped=self.damped)
+
+
+class AutoTheta(_StatsForecastModel):
+    """statsforecast's AutoTheta: the best of the standard, optimised and dynamic Theta models, with
+    a multiplicative seasonal decomposition of period ``season`` when a seasonality test finds one."""
+
+    def __init__(self, season: int = 1, refit: bool = False) -> None:
+        super().__init__(season, refit)
+
+    def min_length(self) -> int:
+        return 3
+
+    def _model(self):
+        from statsforecast.models import AutoTheta as Model
+        return Model(season_length=self.season)
 
 
 class HoltWinters(_PerColumnModel):
@@ -136,9 +228,7 @@ class HoltWinters(_PerColumnModel):
 
     def _series(self, x, arg):
         a, one_d = super()._series(x, arg)
-        if np.isnan(a).any():
-            raise ValueError(f"{arg}: HoltWinters needs complete data, got {int(np.isnan(a).sum())} NaN "
-                             "(fill them, e.g. read_series(missing='interpolate'))")
+        _complete(a, arg, "HoltWinters")
         if "mul" in (self.trend, self.seasonal) and a.min() <= 0:
             raise ValueError(f"{arg}: a multiplicative trend or season needs values > 0, got minimum {a.min()}")
         return a, one_d

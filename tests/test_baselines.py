@@ -1,4 +1,5 @@
-"""rnnkit.baselines: naive forecasts, Holt-Winters and ARIMA from statsmodels, rolling-origin backtests."""
+"""rnnkit.baselines: naive forecasts, AutoARIMA / AutoETS / AutoTheta from statsforecast, Holt-Winters and
+ARIMA from statsmodels, rolling-origin backtests."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 from statsmodels.tsa.arima.model import ARIMA as StatsmodelsARIMA
 from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
-from rnnkit.baselines import ARIMA, HoltWinters, Naive, SeasonalNaive, backtest
+from rnnkit.baselines import ARIMA, AutoARIMA, AutoETS, AutoTheta, HoltWinters, Naive, SeasonalNaive, backtest
 from rnnkit.data.series import read_series
 from rnnkit.metrics import mase, smape
 
@@ -30,6 +31,63 @@ def test_naive_and_seasonal_naive_by_hand():
         SeasonalNaive(6).predict(history, 1)
     with pytest.raises(ValueError, match=r"horizon: expected an integer >= 1, got 0"):
         Naive().predict(history, 0)
+
+
+def test_naive_and_seasonal_naive_equal_statsforecasts():
+    from statsforecast.models import Naive as SFNaive, SeasonalNaive as SFSeasonalNaive
+    y = seasonal_series(n=50)
+    np.testing.assert_array_equal(SeasonalNaive(12).predict(y, 17), SFSeasonalNaive(12).fit(y).predict(17)["mean"])
+    np.testing.assert_array_equal(Naive().predict(y, 5), SFNaive().fit(y).predict(5)["mean"])
+
+
+def test_auto_models_continue_a_pure_trend_and_a_pure_season():
+    t = np.arange(60.0)
+    trend = 5 + 2 * t
+    for model in (AutoARIMA(), AutoETS()):  # ETS(A,A,N) and ARIMA with drift extend a line exactly
+        model.fit(trend[:48])
+        np.testing.assert_allclose(model.predict(trend[:48], 4), trend[48:52], atol=1e-6)
+        np.testing.assert_allclose(model.predict(trend[:56], 4), trend[56:60], atol=1e-6)
+    # Theta extrapolates half the regression slope plus the exponentially smoothed level: close, not exact
+    np.testing.assert_allclose(AutoTheta().fit(trend[:48]).predict(trend[:48], 4), trend[48:52], atol=0.05)
+    assert AutoETS().fit(trend[:48]).results_[0].model_["method"] == "ETS(A,A,N)"
+    season = np.tile([10.0, 20.0, 30.0, 15.0], 15)
+    for model in (AutoARIMA(season=4), AutoETS(season=4), AutoTheta(season=4)):
+        model.fit(season[:48])
+        np.testing.assert_allclose(model.predict(season[:50], 6), season[50:56], atol=1e-6)
+    # without the season the same series is not continued
+    assert np.abs(AutoETS().fit(season[:48]).predict(season[:48], 4) - season[48:52]).max() > 1
+
+
+def test_auto_models_keep_the_training_fit_or_refit():
+    from statsforecast.models import AutoETS as SFAutoETS
+    y = seasonal_series(n=120, noise=1.0)
+    reference = SFAutoETS(season_length=12).fit(y[:96])
+    model = AutoETS(season=12).fit(y[:96])
+    np.testing.assert_allclose(model.predict(y[:96], 12), reference.predict(12)["mean"], rtol=1e-10)
+    # a later origin: the parameters estimated on y[:96], the states filtered over y[:108]
+    np.testing.assert_allclose(model.predict(y[:108], 12), reference.forward(y=y[:108], h=12)["mean"], rtol=1e-10)
+    refit = AutoETS(season=12, refit=True).fit(y[:96])
+    np.testing.assert_allclose(refit.predict(y[:108], 12), SFAutoETS(season_length=12).fit(y[:108]).predict(12)["mean"],
+                               rtol=1e-10)
+    two = AutoTheta(season=12).fit(np.stack([y[:96], 2 * y[:96]], axis=1))
+    assert two.predict(np.stack([y[:100], 2 * y[:100]], axis=1), 3).shape == (3, 2)
+    with pytest.raises(ValueError, match=r"train: AutoARIMA needs complete data, got 1 NaN"):
+        AutoARIMA().fit(np.append(y[:47], np.nan))
+    with pytest.raises(ValueError, match=r"season: expected an integer >= 1, got 0"):
+        AutoTheta(season=0)
+    with pytest.raises(ValueError, match=r"model: expected three letters .* got 'AA'"):
+        AutoETS(model="AA")
+    with pytest.raises(RuntimeError, match=r"AutoETS: call fit\(\) before predict\(\)"):
+        AutoETS().predict(y, 3)
+
+
+def test_auto_arima_beats_seasonal_naive_on_a_noisy_seasonal_series():
+    y = seasonal_series(n=144, noise=0.5, seed=3)
+    start = 120
+    scores = {name: backtest(model.fit(y[:start]).predict, y, start, 12, stride=3).score(mase, train=y[:start], m=12)
+              for name, model in (("seasonal", SeasonalNaive(12)), ("arima", AutoARIMA(season=12)),
+                                  ("ets", AutoETS(season=12)))}
+    assert scores["arima"] < scores["seasonal"] and scores["ets"] < scores["seasonal"]
 
 
 def test_holt_winters_runs_the_training_fit_forward_from_each_origin():

@@ -198,15 +198,18 @@ def test_checkpoint_refuses_covariates_it_was_not_trained_with(point_model, tmp_
 
 
 def test_fit_with_out_dir_writes_checkpoints_and_results(tmp_path):
-    experiment = tiny(evaluate={"statistical": "holt_winters", "hw_seasonal": "add", "horizons": [1, 6]})
+    experiment = tiny(evaluate={"statistical": ["auto_ets", "holt_winters"], "hw_seasonal": "add", "horizons": [1, 6]})
     fc = Forecaster.fit(monthly(), tmp_path / "run", experiment=experiment, target_columns="y", lookback=12,
                         horizon=6, test=24)
     assert (tmp_path / "run" / "best" / "scaler.json").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
     assert set(fc.backtests) == {1, 6}
-    for key in ("h1_model_RMSE", "h6_model_MASE", "h6_naive_MASE", "h6_seasonal_naive_12_MASE", "h6_holt_winters_MASE"):
+    for key in ("h1_model_RMSE", "h6_model_MASE", "h6_naive_MASE", "h6_seasonal_naive_12_MASE", "h6_holt_winters_MASE",
+                "h6_auto_ets_MASE"):
         assert np.isfinite(fc.results[key]), key
+    # the noise-free season + trend of monthly(): AutoETS continues it far better than seasonal naive
+    assert fc.results["h6_auto_ets_MASE"] < 0.5 * fc.results["h6_seasonal_naive_12_MASE"]
     table = format_tables(list(fc.backtests.values()))
-    assert "holt_winters" in table and "backtest horizon 6: 19 origins 2016-01-01 .. 2017-07-01" in table
+    assert "holt_winters" in table and "auto_ets" in table and "backtest horizon 6: 19 origins 2016-01-01 .. 2017-07-01" in table
     assert json.loads((tmp_path / "run" / "backtest.json").read_text())["6"]["origins"] == 19
     reloaded = Forecaster.load(tmp_path / "run" / "best")
     pd.testing.assert_frame_equal(reloaded.predict(df=monthly()), fc.predict())
@@ -307,6 +310,11 @@ def test_config_errors():
         tiny(forecast={"output": "quantile", "quantiles": [0.1, 0.9]})
     with pytest.raises(ValueError, match="data.lookbak: unknown key"):
         ForecastExperiment.from_dict({"data": {"lookbak": 3}})
+    with pytest.raises(ValueError, match=r"evaluate.statistical.*expected names from \['auto_ets'.*got \['ets'\]"):
+        tiny(evaluate={"statistical": ["auto_arima", "ets"]})
+    assert tiny(evaluate={"statistical": "none"}).evaluate.statistical == []
+    assert tiny(evaluate={"statistical": "auto_theta"}).evaluate.statistical == ["auto_theta"]
+    assert ForecastExperiment().evaluate.statistical == ["auto_ets", "auto_arima", "auto_theta"]
 
 
 @pytest.mark.parametrize("name", ["airline.toml", "sunspots.toml"])

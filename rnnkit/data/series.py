@@ -192,7 +192,7 @@ def _to_numeric(df: pd.DataFrame, roles: dict[str, list[str]], dates: pd.Series)
 
 def _merge_duplicates(df: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, tuple[pd.Timestamp, ...], int]:
     repeated = df.index.duplicated(keep="first")
-    stamps = tuple(pd.unique(df.index[repeated]))
+    stamps = tuple(df.index[repeated].unique())
     if not stamps:
         return df, stamps, 0
     if policy == "error":
@@ -203,6 +203,17 @@ def _merge_duplicates(df: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, tupl
     else:
         merged = df[~df.index.duplicated(keep=policy)]
     return merged, stamps, int(repeated.sum())
+
+
+def _infer_freq(index: pd.DatetimeIndex) -> str | None:
+    """``pd.infer_freq`` as a frequency string such as 'MS' (pandas 3.1 returns an offset when asked
+    to and warns otherwise; earlier versions return a string and lack the option)."""
+    try:
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            inferred = pd.infer_freq(index)
+    except pd.errors.OptionError:
+        inferred = pd.infer_freq(index)
+    return None if inferred is None else pd.tseries.frequencies.to_offset(inferred).freqstr
 
 
 def _regularize(df: pd.DataFrame, freq: str | None) -> tuple[pd.DataFrame, str | None, tuple, int]:
@@ -218,10 +229,9 @@ def _regularize(df: pd.DataFrame, freq: str | None) -> tuple[pd.DataFrame, str |
         return df.reindex(grid), freq, (), len(grid) - len(index)
     if len(index) < 3:
         return df, None, (), 0
-    with pd.option_context("future.infer_freq_returns_offset", True):
-        inferred = pd.infer_freq(index)
+    inferred = _infer_freq(index)
     if inferred is not None:
-        return df, inferred.freqstr, (), 0
+        return df, inferred, (), 0
     steps = np.diff(index.asi8)
     usual = np.median(steps)
     off = (steps < 0.5 * usual) | (steps > 1.5 * usual)

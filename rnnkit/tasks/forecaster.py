@@ -51,11 +51,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..baselines import ARIMA, Backtest, HoltWinters, Naive, SeasonalNaive, backtest as baseline_backtest
+from ..baselines import (ARIMA, AutoARIMA, AutoETS, AutoTheta, Backtest, HoltWinters, Naive, SeasonalNaive,
+                         backtest as baseline_backtest)
 from ..config import Config
 from ..data.datasets import dataset_file
 from ..data.text import TextFileConfig
@@ -138,14 +139,20 @@ class ForecastConfig(Config):
         return self
 
 
+STATISTICAL = ("auto_ets", "auto_arima", "auto_theta", "holt_winters", "arima")
+
+
 class EvaluationConfig(Config):
-    """Backtests after training: horizons, the seasonal period and the statistical baseline."""
+    """Backtests after training: horizons, the seasonal period and the statistical baselines."""
 
     season: int = Field(1, ge=1, description="seasonal period m (12 for monthly data): seasonal naive and MASE's scale")
     horizons: list[int] = Field(default_factory=list, description="backtest horizons; empty = [1, data.horizon]")
     stride: int = Field(1, ge=1, description="steps between backtest origins")
-    statistical: Literal["holt_winters", "arima", "none"] = Field(
-        "holt_winters", description="the statistical baseline beside naive and seasonal naive")
+    statistical: list[str] = Field(
+        default_factory=lambda: ["auto_ets", "auto_arima", "auto_theta"],
+        description="statistical baselines beside naive and seasonal naive, fitted on the part before the first "
+                    "origin: auto_ets, auto_arima, auto_theta (statsforecast, seasonal with period `season`), "
+                    "holt_winters, arima (statsmodels, with the hw_* and arima_* settings); a name alone or 'none'")
     hw_trend: Literal["add", "mul", "none"] = Field("add", description="Holt-Winters trend")
     hw_seasonal: Literal["add", "mul", "none"] = Field(
         "add", description="Holt-Winters season (of period `season`; 'none' when season = 1)")
@@ -153,6 +160,21 @@ class EvaluationConfig(Config):
     arima_order: list[int] = Field(default_factory=lambda: [2, 1, 2], description="ARIMA (p, d, q)")
     arima_seasonal_order: list[int] = Field(default_factory=lambda: [0, 0, 0, 0],
                                             description="ARIMA seasonal (P, D, Q, s)")
+
+    @field_validator("statistical", mode="before")
+    @classmethod
+    def _one_or_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [] if value == "none" else [value]
+        return value
+
+    @field_validator("statistical")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in STATISTICAL]
+        if unknown:
+            raise ValueError(f"expected names from {list(STATISTICAL)} (or 'none'), got {unknown}")
+        return value
 
 
 class ForecastExperiment(Config):
@@ -541,6 +563,7 @@ class Forecaster(Task):
         self.data: SeriesData | None = None       # the series given to fit
         self.test_start: int | None = None        # its first test step
         self.backtests: dict[int, ForecastBacktest] = {}
+        self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
 
     # ------------------------------------------------------------------------------ fit
     keywords = {"target": "data.target_columns"}
@@ -978,8 +1001,14 @@ class Forecaster(Task):
         if baselines:
             for name, model in self._baselines().items():
                 t0 = _now()
+                key = (name, int(start))  # a baseline fitted on the fit series is reused at other horizons
                 try:
-                    fitted = model.fit(truth[:start])
+                    if df is None and key in self._fitted_baselines:
+                        fitted = self._fitted_baselines[key]
+                    else:
+                        fitted = model.fit(truth[:start])
+                        if df is None:
+                            self._fitted_baselines[key] = fitted
                     runs[name] = baseline_backtest(fitted.predict, truth, start, horizon, stride)
                 except ValueError as error:  # e.g. Holt-Winters on too short or non-positive data
                     logger.warning("backtest: baseline %s skipped: %s", name, error)
@@ -998,13 +1027,21 @@ class Forecaster(Task):
         models: dict[str, Any] = {"naive": Naive()}
         if ev.season > 1:
             models[f"seasonal_naive_{ev.season}"] = SeasonalNaive(ev.season)
-        if ev.statistical == "holt_winters":
-            seasonal = None if ev.hw_seasonal == "none" or ev.season == 1 else ev.hw_seasonal
-            trend = None if ev.hw_trend == "none" else ev.hw_trend
-            models["holt_winters"] = HoltWinters(trend=trend, seasonal=seasonal, damped_trend=ev.hw_damped and trend is not None,
-                                                 seasonal_periods=ev.season if seasonal else None)
-        elif ev.statistical == "arima":
-            models["arima"] = ARIMA(order=tuple(ev.arima_order), seasonal_order=tuple(ev.arima_seasonal_order))
+        season = ev.season
+        for name in ev.statistical:
+            if name == "auto_ets":
+                models[name] = AutoETS(season)
+            elif name == "auto_arima":
+                models[name] = AutoARIMA(season)
+            elif name == "auto_theta":
+                models[name] = AutoTheta(season)
+            elif name == "holt_winters":
+                seasonal = None if ev.hw_seasonal == "none" or season == 1 else ev.hw_seasonal
+                trend = None if ev.hw_trend == "none" else ev.hw_trend
+                models[name] = HoltWinters(trend=trend, seasonal=seasonal, damped_trend=ev.hw_damped and trend is not None,
+                                           seasonal_periods=season if seasonal else None)
+            else:
+                models[name] = ARIMA(order=tuple(ev.arima_order), seasonal_order=tuple(ev.arima_seasonal_order))
         return models
 
 
