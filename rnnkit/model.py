@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .config import Config
 from .layers.dropout import EmbeddingDropout, LockedDropout
 from .layers.embedding import Embedding
-from .layers.output import OutputLayer, sequence_mask
+from .layers.output import AdaptiveOutput, OutputLayer, sequence_mask
 from .layers.minimal import MinGRU, MinLSTM
 from .layers.recurrent import GRU, LSTM, RNN, Hidden, LayerNormLSTM
 
@@ -79,11 +79,21 @@ class ModelConfig(Config):
         "linear", description="linear (MSE loss), sigmoid (binary cross entropy) or softmax (cross entropy)")
     output_per: Literal["step", "sequence"] = Field(
         "step", description="one output per time step, or one per sequence after pooling")
+    output: Literal["full", "adaptive"] = Field("full", description=(
+        "full: one linear layer onto every output; adaptive: adaptive softmax over a vocabulary sorted "
+        "most frequent first (Grave et al. 2017; softmax per step only), exact probabilities at a "
+        "fraction of the cost for large vocabularies"))
+    adaptive_cutoffs: list[int] = Field(default_factory=list, description=(
+        "output = 'adaptive': ids where the tail clusters start (the head scores the ids below the first); "
+        "[] lets the language-model task choose them from the training text (80% / 95% of its tokens)"))
+    adaptive_div_value: float = Field(4.0, gt=0.0, description=(
+        "output = 'adaptive': each tail cluster's projection is this much narrower than the one before"))
     pooling: Literal["last", "mean", "max"] = Field(
         "last", description=("per-sequence pooling over valid steps; 'last' takes each direction's "
                              "final state"))
     tie_weights: bool = Field(False, description=(
-        "share the embedding matrix with the output layer; needs output_size = vocab_size and "
+        "share the embedding matrix with the output layer (with output = 'adaptive', the head's rows "
+        "of the ids below the first cutoff); needs output_size = vocab_size and "
         "embedding_dim = hidden_size * directions"))
     init: Literal["torch", "keras", "uniform", "chrono"] = Field("torch", description=(
         "weight init: torch.nn defaults; Keras defaults (glorot/orthogonal, forget bias 1); "
@@ -127,6 +137,17 @@ class ModelConfig(Config):
         if self.tie_weights and self.output_size != self.vocab_size:
             raise ValueError(f"tie_weights: needs output_size == vocab_size = {self.vocab_size}, "
                              f"got output_size={self.output_size}")
+        if self.output == "adaptive":
+            if self.output_activation != "softmax" or self.output_per != "step":
+                raise ValueError(f"output: 'adaptive' needs output_activation='softmax' and output_per='step', "
+                                 f"got {self.output_activation!r} and {self.output_per!r}")
+            if not self.adaptive_cutoffs:
+                raise ValueError("adaptive_cutoffs: output = 'adaptive' needs cutoffs, e.g. [2000, 10000] "
+                                 "(the language-model task fills them in from token frequencies), got []")
+            cuts = self.adaptive_cutoffs
+            if cuts != sorted(set(cuts)) or cuts[0] < 1 or cuts[-1] > self.output_size - 1:
+                raise ValueError(f"adaptive_cutoffs: expected strictly increasing ids in [1, {self.output_size - 1}] "
+                                 f"(output_size - 1), got {cuts}")
 
 
 def detach_state(state: Hidden | None) -> Hidden | None:
@@ -200,8 +221,12 @@ class SequenceModel(nn.Module):
             self.stack = nn.ModuleList([recurrent_layer(cfg.cell, features, cfg.hidden_size, num_layers=cfg.num_layers,
                                                         dropout=between, **options)])
             self.drop = nn.Dropout(cfg.dropout)
-        self.output = OutputLayer(cfg.hidden_size * directions, cfg.output_size, cfg.output_activation,
-                                  cfg.output_per, cfg.pooling, directions)
+        if cfg.output == "adaptive":
+            self.output: OutputLayer | AdaptiveOutput = AdaptiveOutput(
+                cfg.hidden_size * directions, cfg.output_size, cfg.adaptive_cutoffs, cfg.adaptive_div_value)
+        else:
+            self.output = OutputLayer(cfg.hidden_size * directions, cfg.output_size, cfg.output_activation,
+                                      cfg.output_per, cfg.pooling, directions)
         if cfg.tie_weights:
             self.output.tie_to(self.embedding)
         self._init_weights()
@@ -223,9 +248,10 @@ class SequenceModel(nn.Module):
                 if cfg.init == "chrono":
                     for layer in self.stack:
                         layer.chrono_init_(cfg.chrono_max_steps)
-                nn.init.xavier_uniform_(self.output.weight)
-                if self.output.linear.bias is not None:
-                    self.output.linear.bias.zero_()
+                if isinstance(self.output, OutputLayer):  # an adaptive head keeps torch's init
+                    nn.init.xavier_uniform_(self.output.weight)
+                    if self.output.linear.bias is not None:
+                        self.output.linear.bias.zero_()
                 if self.embedding is not None:
                     self.embedding.weight.uniform_(-0.05, 0.05)
             if self.embedding is not None and self.embedding.padding_idx is not None:
@@ -235,7 +261,7 @@ class SequenceModel(nn.Module):
     def init_state(self, batch_size: int) -> Hidden:
         """Zero state for ``batch_size`` sequences, on the model's device and dtype."""
         rows = self.config.num_layers * self.config.directions
-        p = self.output.weight
+        p = next(self.output.parameters())
         sizes = self.stack[0].spec.state_sizes
         zeros = tuple(p.new_zeros(rows, batch_size, n) for n in sizes)
         return zeros if len(zeros) == 2 else zeros[0]
@@ -282,9 +308,11 @@ class SequenceModel(nn.Module):
         return self.drop(self.embedding_dropout(x, self.embedding(x)))
 
     def forward(self, x: Tensor, *, lengths: Tensor | Sequence[int] | None = None,
-                state: Hidden | None = None) -> tuple[Tensor, Hidden]:
+                state: Hidden | None = None, target: Tensor | None = None) -> tuple[Tensor, Hidden]:
         """Logits and the final state (shapes in the class docstring). With ``lengths``, the state
-        is each sequence's state at its own last valid step."""
+        is each sequence's state at its own last valid step. With ``target`` (<int64>[B, T] class
+        ids; a softmax per step), log p(target) <float>[B, T] instead of the logits: what training
+        and scoring need, and for ``output = "adaptive"`` far cheaper than every class's."""
         h = self._inputs(x)
         finals = []
         for i, (layer, layer_state) in enumerate(zip(self.stack, self._split_state(state, h.shape[0]))):
@@ -292,6 +320,8 @@ class SequenceModel(nn.Module):
                 h = self.drop(h)
             h, final = layer(h, layer_state, lengths=lengths)
             finals.append(final)
+        if target is not None:
+            return self.output.target_log_prob(self.drop(h), target), self._merge_states(finals)
         return self.output(self.drop(h), lengths), self._merge_states(finals)
 
     def loss(self, logits: Tensor, target: Tensor, lengths: Tensor | Sequence[int] | None = None) -> Tensor:

@@ -3,7 +3,10 @@
 The pytorch/examples ``word_language_model`` in rnnkit's terms: a text corpus is tokenized, mapped
 through a vocabulary to one id stream, cut into ``batch_size`` parallel rows and trained with
 truncated BPTT (the state carried across ``bptt``-step chunks and detached). The model is
-Embedding → recurrent stack → softmax over the vocabulary, one prediction per step.
+Embedding → recurrent stack → softmax over the vocabulary, one prediction per step; with
+``model.output = "adaptive"`` an adaptive softmax (cutoffs from the training text's token
+frequencies unless ``model.adaptive_cutoffs`` gives them) that trains on the targets' clusters only
+and still gives exact probabilities to ``predict_next``, ``generate`` and ``evaluate``.
 
     lm = LanguageModel.fit("corpus.txt", tokenizer="char", epochs=2)   # or a list of strings
     lm = LanguageModel.fit(load_experiment("configs/ptb_small.toml"), "runs/ptb")
@@ -22,13 +25,13 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from torch.nn import functional as F
 
 from .. import distributed
 from ..config import Config
 from ..data.datasets import dataset_file
 from ..data.text import (LMStream, Tokenizer, Vocab, WordTokenizer, CharTokenizer, SubwordTokenizer,
                          TextFileConfig, corpus_tokens, encode_corpus, read_corpus, tokenizer_from_dict)
+from ..layers.output import frequency_cutoffs
 from ..model import ModelConfig, SequenceModel
 from ..train import TrainConfig, Trainer
 from .base import Task, Training
@@ -119,7 +122,8 @@ def _joined_texts(value: Any, arg: str) -> str:
 
 @torch.no_grad()
 def stream_loss(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, bptt: int) -> float:
-    """Mean next-token cross-entropy (nats) over an id stream, carrying the state across chunks."""
+    """Mean next-token cross-entropy (nats) over an id stream, carrying the state across chunks
+    (the exact log-probability of each target, adaptive softmax too)."""
     was_training = model.training
     model.eval()
     stream = LMStream(ids, min(batch_size, max(1, ids.numel() // 2)), bptt)
@@ -127,8 +131,8 @@ def stream_loss(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, bptt
     total, count, state = 0.0, 0, None
     for inputs, targets in stream:
         inputs, targets = inputs.to(device), targets.to(device)
-        logits, state = model(inputs, state=state)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+        log_probs, state = model(inputs, state=state, target=targets)
+        total -= log_probs.sum().item()
         count += targets.numel()
     model.train(was_training)
     return total / count
@@ -209,9 +213,10 @@ class LanguageModel(Task):
         vocab = Vocab.build(corpus_tokens(texts["train"], tokenizer), min_freq=data.min_freq,
                             max_size=data.max_vocab or None)
         ids = {split: encode_corpus(text, tokenizer, vocab) for split, text in texts.items()}
-        experiment = experiment.model_copy(update={
-            "model": experiment.model.model_copy(update={"vocab_size": len(vocab), "output_size": len(vocab),
-                                                         "output_activation": "softmax", "output_per": "step"})})
+        sizes = {"vocab_size": len(vocab), "output_size": len(vocab), "output_activation": "softmax", "output_per": "step"}
+        if experiment.model.output == "adaptive" and not experiment.model.adaptive_cutoffs:
+            sizes["adaptive_cutoffs"] = frequency_cutoffs(torch.bincount(ids["train"].flatten(), minlength=len(vocab)))
+        experiment = experiment.model_copy(update={"model": experiment.model.model_copy(update=sizes)})
         return experiment, {"tokenizer": tokenizer, "vocab": vocab, "ids": ids}
 
     @classmethod
@@ -225,8 +230,8 @@ class LanguageModel(Task):
 
         def loss_fn(net, batch, state):
             inputs, targets = batch
-            logits, state = net(inputs, state=state)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            log_probs, state = net(inputs, state=state, target=targets)  # adaptive softmax: only the targets' clusters
+            loss = -log_probs.mean()
             return loss, state, targets.numel()
 
         def evaluate_fn(net):
