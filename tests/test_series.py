@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnnkit.data.series import (MinMaxScaler, RobustScaler, Scaler, StandardScaler, calendar_features,
-                                chronological_split, make_windows, read_series)
+                                chronological_split, make_windows, read_panel, read_series)
 
 CSV = """date,sales,price,promo
 2024-01-03,13.0,2.0,0
@@ -252,3 +252,33 @@ def test_split_by_fraction_and_count_and_its_errors():
         chronological_split(10, test=1.5)
     with pytest.raises(TypeError, match=r"val: expected a fraction in \[0, 1\) or a count of steps, got '2'"):
         chronological_split(10, val="2")
+
+
+# ------------------------------------------------------------------------------ many series
+def test_read_panel_integer_steps_gaps_duplicates_and_statics():
+    df = pd.DataFrame({"id": ["a", "a", "a", "a", "b", "b", "b"], "t": [0, 1, 3, 3, 5, 6, 7],
+                       "y": [1.0, 2.0, 4.0, 6.0, 10.0, 20.0, 30.0], "kind": ["x"] * 4 + ["y"] * 3})
+    p = read_panel(df, "id", "t", "y", static_covariates=["kind"])
+    assert p.integer_time and p.freq is None and [s.id for s in p.series] == ["a", "b"]
+    a, b = p.series
+    # step 2 was missing: interpolated for the inputs, marked unobserved; step 3's two rows averaged
+    assert a.index.tolist() == [0, 1, 2, 3] and a.target[:, 0].tolist() == [1.0, 2.0, 3.5, 5.0]
+    assert a.target_mask[:, 0].tolist() == [True, True, False, True]
+    assert b.index.tolist() == [5, 6, 7] and a.static == ("x",) and b.static == ("y",)
+    masked = read_panel(df, "id", "t", "y", missing="mask")
+    assert np.isnan(masked.series[0].target[2, 0])
+
+
+def test_read_panel_dates_and_errors():
+    dates = pd.date_range("2021-01-01", periods=4, freq="D")
+    df = pd.DataFrame({"id": ["a"] * 4 + ["b"] * 4, "date": list(dates) * 2, "y": np.arange(8.0)})
+    p = read_panel(df, "id", "date", "y", calendar=["day_of_week"])
+    assert p.freq == "D" and not p.integer_time and p.series[1].index.equals(dates)
+    assert p.future_columns == ("day_of_week_sin", "day_of_week_cos") and p.series[0].future.shape == (4, 2)
+    with pytest.raises(ValueError, match=r"static_covariates 'kind': expected one value per series, got \['u', 'v'\] "
+                                         r"in series 'a'"):
+        read_panel(df.assign(kind=["u", "v"] * 4), "id", "date", "y", static_covariates=["kind"])
+    with pytest.raises(ValueError, match=r"id_column: 'series' is not a column"):
+        read_panel(df, "series", "date", "y")
+    with pytest.raises(ValueError, match=r"'y': expected numbers, got 'n/a' in series 'a' at step 1"):
+        read_panel(pd.DataFrame({"id": ["a", "a"], "t": [0, 1], "y": [1.0, "n/a"]}), "id", "t", "y")

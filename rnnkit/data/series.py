@@ -312,6 +312,134 @@ def read_series(path_or_df: str | Path | pd.DataFrame, date_column: str,
                       tuple(future), report)
 
 
+# ------------------------------------------------------------------------------ many series
+@dataclass(frozen=True)
+class PanelSeries:
+    """One series of a ``Panel``: its steps and values, with the static covariates' values."""
+
+    id: str
+    index: pd.Index          # DatetimeIndex, or integer steps (contiguous) when the time column holds integers
+    target: np.ndarray       # <float64>[N, C] (NaN where missing under missing="mask")
+    past: np.ndarray         # <float64>[N, Pc]
+    future: np.ndarray       # <float64>[N, Fc] (calendar features included)
+    target_mask: np.ndarray  # <bool>[N, C]: True where the target was observed
+    static: tuple[str, ...]  # the value of each static covariate, as text
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Many series read from one long-format frame (one row per series and time step)."""
+
+    series: list[PanelSeries]
+    target_columns: tuple[str, ...]
+    past_columns: tuple[str, ...]
+    future_columns: tuple[str, ...]  # calendar features included
+    static_columns: tuple[str, ...]
+    freq: str | None                 # the dates' frequency; None for integer steps or irregular dates
+    integer_time: bool               # the time column holds step numbers, not dates
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+
+def _integer_series(group: pd.DataFrame, time_column: str, roles: dict[str, list[str]], missing: str,
+                    key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A series indexed by integer steps: duplicates averaged, the steps made contiguous (gaps become
+    missing values), then the missing-value policy. Returns (values, observed)."""
+    columns = [c for names in roles.values() for c in names]
+    values = group[columns].apply(pd.to_numeric, errors="coerce")
+    bad = (values.isna() & group[columns].notna()).to_numpy()
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"{columns[col]!r}: expected numbers, got {group[columns[col]].iloc[row]!r} in series "
+                         f"{key!r} at step {group[time_column].iloc[row]}")
+    values.index = group[time_column].to_numpy()
+    values = values.groupby(level=0).mean().sort_index()
+    values = values.reindex(pd.RangeIndex(int(values.index[0]), int(values.index[-1]) + 1))
+    observed = values.notna()
+    if missing == "interpolate":
+        values = values.interpolate(limit_direction="both")
+    elif missing == "ffill":
+        values = values.ffill().bfill()
+    return values, observed
+
+
+def read_panel(path_or_df: str | Path | pd.DataFrame, id_column: str, time_column: str,
+               target_columns: str | Sequence[str], past_covariates: Sequence[str] = (),
+               future_covariates: Sequence[str] = (), static_covariates: Sequence[str] = (), *,
+               missing: str = "interpolate", freq: str | None = None, date_format: str | None = None,
+               calendar: Sequence[str] = (), calendar_encoding: str = "sincos", min_length: int = 2) -> Panel:
+    """Read a long-format frame (columns: series id, time, targets, covariates) as many series.
+
+    time_column: dates (each series read as ``read_series`` reads one: sorted, duplicates averaged,
+        put on ``freq`` or its inferred grid, calendar features) or integer step numbers (each
+        series made contiguous from its first to its last step).
+    static_covariates: columns with one value per series (e.g. a category); read as text.
+    The other arguments are ``read_series``'s. Series come in the order of their first row.
+    """
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing: expected one of {MISSING_POLICIES}, got {missing!r}")
+    df = _load(path_or_df)
+    roles = {"target_columns": _names(target_columns, "target_columns"),
+             "past_covariates": _names(past_covariates, "past_covariates"),
+             "future_covariates": _names(future_covariates, "future_covariates")}
+    static = _names(static_covariates, "static_covariates")
+    if id_column not in df.columns:
+        raise ValueError(f"id_column: {id_column!r} is not a column; available: {[str(c) for c in df.columns]}")
+    _check_columns(df, time_column, {**roles, "static_covariates": static})
+    if id_column in (time_column, *static, *(c for names in roles.values() for c in names)):
+        raise ValueError(f"id_column: {id_column!r} is also given another role")
+    if df[id_column].isna().any():
+        row = int(np.flatnonzero(df[id_column].isna().to_numpy())[0])
+        raise ValueError(f"id_column {id_column!r}: expected a series id on every row, got none at row {row}")
+    integer_time = pd.api.types.is_integer_dtype(df[time_column])
+    if integer_time and (calendar or freq):
+        raise ValueError(f"calendar, freq: the time column {time_column!r} holds step numbers, not dates; "
+                         "calendar features and a frequency need dates")
+    ids = df[id_column].astype(str)
+    out: list[PanelSeries] = []
+    freqs: set[str | None] = set()
+    future_columns = tuple(roles["future_covariates"])
+    for key, group in df.groupby(ids, sort=False):
+        values = {}
+        for name in static:
+            seen = group[name].dropna().astype(str).unique()
+            if len(seen) != 1:
+                raise ValueError(f"static_covariates {name!r}: expected one value per series, got "
+                                 f"{sorted(seen)[:5]} in series {key!r}")
+            values[name] = seen[0]
+        if integer_time:
+            frame, observed = _integer_series(group, time_column, roles, missing, key)
+            if len(frame) < min_length:
+                raise ValueError(f"series {key!r}: expected at least min_length={min_length} steps, got {len(frame)}")
+            index = frame.index
+            target_names = roles["target_columns"]
+            future = frame[roles["future_covariates"]].to_numpy(np.float64)
+        else:
+            try:
+                data = read_series(group.drop(columns=[id_column, *static]), time_column, roles["target_columns"],
+                                   roles["past_covariates"], roles["future_covariates"], missing=missing, freq=freq,
+                                   date_format=date_format, calendar=calendar, calendar_encoding=calendar_encoding,
+                                   min_length=min_length)
+            except ValueError as error:
+                raise ValueError(f"series {key!r}: {error}") from None
+            frame, observed, index = data.frame, data.observed, data.index
+            target_names, future = roles["target_columns"], data.future
+            future_columns = data.future_columns
+            freqs.add(data.report.freq)
+        out.append(PanelSeries(str(key), index, frame[target_names].to_numpy(np.float64),
+                               frame[roles["past_covariates"]].to_numpy(np.float64), future,
+                               observed[target_names].to_numpy(bool), tuple(values[n] for n in static)))
+    if len(freqs) > 1:
+        raise ValueError(f"freq: the series' dates have different frequencies {sorted(map(str, freqs))}; "
+                         "pass freq= to put them all on one grid")
+    return Panel(out, tuple(roles["target_columns"]), tuple(roles["past_covariates"]), future_columns,
+                 tuple(static), next(iter(freqs)) if freqs else None, integer_time)
+
+
 # ------------------------------------------------------------------------- calendar features
 # name -> (DatetimeIndex attribute, first value, period)
 CALENDAR_FEATURES = {"month": ("month", 1, 12), "day_of_week": ("day_of_week", 0, 7), "day": ("day", 1, 31),

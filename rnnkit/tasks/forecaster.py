@@ -6,6 +6,20 @@ probabilistic outputs, rolling-origin backtests and statistical baselines (Darts
     fc.backtest(horizon=12)       # rolling origins over the test span, beside naive, seasonal naive, HW
     fc.save("runs/airline/best"); Forecaster.load("runs/airline/best").predict(df=new_history)
 
+Many series, one global model: a long-format frame (one row per series and step) with
+``id_column`` (e.g. ``unique_id``), the time column (dates or integer steps) and the targets::
+
+    fc = Forecaster.fit(df, id_column="unique_id", date_column="ds", target="y",
+                        static_covariates=["category"], test=24, horizon=24, season=12)
+    fc.backtests[24].metrics   # means over series; .series_metrics per series and method
+
+Each series is split on its own (its last ``data.test`` steps), transformed and scaled by
+scalers fitted on its own training part (kept per series id in the checkpoint); the windows of
+all series train one network. Static categorical covariates are one-hot at every input step (the
+input projection is then a learnt embedding of each category); the categories are kept with the
+checkpoint. Backtests score each series (MASE by its own in-sample seasonal-naive error) and
+average over series; ``predict`` returns a long frame (id, time, targets).
+
 The data path: ``read_series`` (clean, sorted, numeric; calendar features) → transform ("log",
 "log1p") → scalers fitted on the training part only → windows of ``lookback`` inputs and
 ``horizon`` targets → each window shifted by its reference level (``forecast.normalize``: the last
@@ -60,8 +74,8 @@ from ..baselines import (ARIMA, AutoARIMA, AutoETS, AutoTheta, Backtest, HoltWin
 from ..config import Config
 from ..data.datasets import dataset_file
 from ..data.text import TextFileConfig
-from ..data.series import (MinMaxScaler, RobustScaler, Scaler, SeriesData, StandardScaler,
-                           calendar_features, chronological_split, make_windows, read_csv, read_series)
+from ..data.series import (MinMaxScaler, Panel, PanelSeries, RobustScaler, Scaler, SeriesData, StandardScaler,
+                           calendar_features, chronological_split, make_windows, read_csv, read_panel, read_series)
 from ..metrics import coverage, mae, mape, mase, rmse, smape
 from ..model import ModelConfig, SequenceModel
 from ..train import TrainConfig, Trainer
@@ -70,8 +84,8 @@ from .base import Task, Training
 logger = logging.getLogger(__name__)
 
 __all__ = ["ForecastDataConfig", "ForecastConfig", "EvaluationConfig", "ForecastExperiment", "Forecaster",
-           "ForecastBacktest", "forecast_to_files", "backtest_to_files", "format_tables", "format_metrics",
-           "score_forecast"]
+           "ForecastBacktest", "PanelBacktest", "forecast_to_files", "backtest_to_files", "format_tables",
+           "format_metrics", "score_forecast"]
 
 
 # ------------------------------------------------------------------------------------ configs
@@ -83,7 +97,12 @@ class ForecastDataConfig(TextFileConfig):
     dataset: str = Field("", description="a registered data set holding the file, e.g. 'timeseries'")
     file: str = Field("", description="file of the data set, e.g. 'airline-passengers.csv'")
     data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
-    date_column: str = Field("date", description="column of timestamps")
+    date_column: str = Field("date", description="column of timestamps (with id_column: dates or integer step numbers)")
+    id_column: str = Field("", description="column naming the series of a long-format frame (one row per series and "
+                                           "step): one global model over all of them; '' = one series")
+    static_covariates: list[str] = Field(default_factory=list,
+                                         description="with id_column: columns with one value per series (e.g. a "
+                                                     "category), one-hot into the network's input at every step")
     target_columns: list[str] = Field(default_factory=list, description="the series to forecast (one or more)")
     past_covariates: list[str] = Field(default_factory=list,
                                        description="columns observed up to the forecast origin only")
@@ -107,6 +126,13 @@ class ForecastDataConfig(TextFileConfig):
         "standard", description="per-column scaling fitted on the training part (targets and covariates)")
     batch_size: int = Field(32, ge=1, description="windows per training batch")
     stride: int = Field(1, ge=1, description="steps between training windows")
+
+    @model_validator(mode="after")
+    def _check_panel(self) -> ForecastDataConfig:
+        if self.static_covariates and not self.id_column:
+            raise ValueError(f"static_covariates: {self.static_covariates} are per-series values of a long-format "
+                             "frame; set data.id_column too")
+        return self
 
 
 class ForecastConfig(Config):
@@ -210,7 +236,8 @@ def _transform(y: np.ndarray, kind: str, columns: Sequence[str], index: pd.Datet
     bad = np.argwhere(y <= low)
     if bad.size:
         row, col = (int(v) for v in bad[0])
-        when = f" (date {index[row].date()})" if index is not None else ""
+        when = (f" (date {index[row].date()})" if isinstance(index, pd.DatetimeIndex)
+                else f" (step {index[row]})" if index is not None else "")
         raise ValueError(f"data.transform={kind!r}: expected target values > {low:g}, got {y[row, col]:g} in column "
                          f"{columns[col]!r} at row {row}{when}; use transform='log1p' or 'none'")
     return op(y)
@@ -226,6 +253,18 @@ def _make_scaler(kind: str) -> Scaler | None:
 
 def _scale(scaler: Scaler | None, x: np.ndarray) -> np.ndarray:
     return x if scaler is None or x.shape[1] == 0 else scaler.transform(x)
+
+
+def _fit_scalers(kind: str, s: PanelSeries, transform: str, targets: Sequence[str], train: slice
+                 ) -> dict[str, Scaler | None]:
+    """Scalers of one series' targets (transformed) and covariates, fitted on its ``train`` steps."""
+    scalers: dict[str, Scaler | None] = {}
+    for role, values in (("target", _transform(s.target, transform, targets, s.index)), ("past", s.past),
+                         ("future", s.future)):
+        scalers[role] = _make_scaler(kind) if values.shape[1] else None
+        if scalers[role] is not None:
+            scalers[role].fit(values[train])
+    return scalers
 
 
 # ------------------------------------------------------------------------------- reading
@@ -300,6 +339,14 @@ def _reference(y_in: np.ndarray, how: str) -> np.ndarray:
         last = y_in.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)          # [W, C]
         ref = np.take_along_axis(y_in, last[:, None, :], axis=1)
     return np.nan_to_num(ref).astype(np.float32)
+
+
+def _sizes(columns: dict[str, Any]) -> dict[str, int]:
+    """The network's input widths from the column roles: targets, past and future covariates (the
+    one-hot static categories count as future covariates: known at every step)."""
+    static = sum(len(values) for values in columns.get("categories", {}).values())
+    return {"target": len(columns["target"]), "past": len(columns["past"]),
+            "future": len(columns["future_all"]) + static}
 
 
 class _Network:
@@ -519,6 +566,52 @@ class ForecastBacktest:
         return pd.DataFrame(rows)
 
 
+def _forecast_rows(series_id: str | None, origin_steps: pd.Index, horizon: int, targets: Sequence[str],
+                   bt: Backtest, lower: np.ndarray | None, upper: np.ndarray | None) -> pd.DataFrame:
+    """A backtest's forecasts as rows (series, origin, step, column, actual, forecast, lower, upper)."""
+    k, h, c = np.meshgrid(np.arange(len(bt.origins)), np.arange(horizon), np.arange(len(targets)), indexing="ij")
+    k, h, c = k.ravel(), h.ravel(), c.ravel()
+    rows = {"origin": np.asarray(origin_steps)[k], "step": h + 1, "column": np.asarray(targets, dtype=object)[c],
+            "actual": bt.actuals[k, h, c], "forecast": bt.forecasts[k, h, c]}
+    if lower is not None:
+        rows["lower"], rows["upper"] = lower[k, h, c], upper[k, h, c]
+    return pd.DataFrame(rows if series_id is None else {"series": series_id, **rows})
+
+
+@dataclass
+class PanelBacktest:
+    """Backtests of many series: ``series_metrics`` has one row per (series, method), ``metrics`` the
+    mean over series per method (MASE scaled per series by its own in-sample seasonal-naive error)."""
+
+    horizon: int
+    series: int
+    level: float | None
+    metrics: pd.DataFrame
+    series_metrics: pd.DataFrame
+    forecasts: pd.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+    target_columns: tuple[str, ...] = ()
+
+    def table(self) -> str:
+        """The mean metrics over series as a plain-text table with a header line."""
+        origins = self.forecasts.groupby("series")["origin"].nunique()
+        head = (f"backtest horizon {self.horizon}: {self.series} series, {int(origins.sum())} origins; "
+                "means over series")
+        if self.level is not None:
+            head += f"; interval level {self.level:g}"
+        return head + "\n" + format_metrics(self.metrics)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (mean metrics, series, seconds)."""
+        return {"horizon": self.horizon, "series": self.series, "level": self.level, "seconds": self.seconds,
+                "metrics": {name: {k: (None if math.isnan(v) else v) for k, v in row.items()}
+                            for name, row in self.metrics.to_dict(orient="index").items()}}
+
+    def frame(self) -> pd.DataFrame:
+        """The model's forecasts as rows (series, origin, step, column, actual, forecast, lower, upper)."""
+        return self.forecasts
+
+
 def format_metrics(frame: pd.DataFrame) -> str:
     """A metrics frame (rows: methods) as a plain-text table; all-NaN columns left out, NaN as n/a."""
     cols = [c for c in frame.columns if not frame[c].isna().all()]
@@ -541,11 +634,12 @@ class _Prepared:
     """A series in model space, ready for windows: the cleaned data, the arrays and, past its end,
     the future covariates of up to ``ahead`` steps."""
 
-    data: SeriesData
+    data: SeriesData | PanelSeries
     y: np.ndarray       # <float64>[N, C] transformed and scaled (NaN where missing)
     past: np.ndarray    # <float64>[N, Pc] scaled
-    fut: np.ndarray     # <float64>[N + ahead, Fc] scaled
+    fut: np.ndarray     # <float64>[N + ahead, Fc] scaled (+ the one-hot static categories)
     ahead: int
+    scalers: dict[str, Scaler | None] = field(default_factory=dict)  # those that scaled it
 
 
 class Forecaster(Task):
@@ -555,13 +649,15 @@ class Forecaster(Task):
     experiment_cls = ForecastExperiment
 
     def __init__(self, model: SequenceModel, experiment: ForecastExperiment, scalers: dict[str, Scaler | None],
-                 columns: dict[str, Any]) -> None:
+                 columns: dict[str, Any], series_scalers: dict[str, dict[str, Scaler | None]] | None = None) -> None:
         super().__init__(model, experiment)
         self.scalers, self.columns = scalers, columns
-        self.net = _Network(experiment, {"target": len(columns["target"]), "past": len(columns["past"]),
-                                         "future": len(columns["future_all"])})
+        self.series_scalers = series_scalers or {}  # many series: {id: {role: scaler}}, each fitted on its training part
+        self.net = _Network(experiment, _sizes(columns))
         self.data: SeriesData | None = None       # the series given to fit
         self.test_start: int | None = None        # its first test step
+        self.panel: Panel | None = None           # many series: those given to fit
+        self.test_starts: dict[str, int] = {}     # and the first test step of each
         self.backtests: dict[int, ForecastBacktest] = {}
         self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
 
@@ -583,10 +679,12 @@ class Forecaster(Task):
             resume: continue from ``out_dir/last``.
             experiment: the config the keywords start from (default ``ForecastExperiment()``: an
                 LSTM of 32 units, lookback 24, horizon 12, the last 20% as test, 100 epochs).
-            evaluate: backtest the best model on the test part beside the baselines, into
+            evaluate: backtest the best model on the test part beside the baselines (per series with
+                ``id_column``), into
                 ``results`` and ``backtests`` (rank 0).
             **overrides: config fields by name: ``target="y"`` (or ``target_columns=[...]``),
-                ``date_column="Month"``, ``horizon=12``, ``lookback=24``, ``test=48``, ``cell="gru"``,
+                ``date_column="Month"``, ``id_column="unique_id"`` (a long-format frame of many
+                series, one global model), ``static_covariates=["category"]``, ``horizon=12``, ``lookback=24``, ``test=48``, ``cell="gru"``,
                 ``epochs=50``, ``output="gaussian"``, ``season=12``, ...; dotted
                 (``**{"forecast.strategy": "recursive"}``) or a section as a dict
                 (``model={"hidden_size": 64}``). A string for a list field is one column.
@@ -624,6 +722,8 @@ class Forecaster(Task):
         cfg = experiment.data
         if not cfg.target_columns:
             raise ValueError("data.target_columns: expected at least one column to forecast (target=), got none")
+        if cfg.id_column:
+            return cls._read_panel_data(experiment, given)
         series = cls._read_training(cfg, given["frame"])
         lookback, horizon = cfg.lookback, cfg.horizon
         if len(series) < lookback + horizon:
@@ -647,26 +747,75 @@ class Forecaster(Task):
                    "future_all": list(series.future_columns), "calendar": list(cfg.calendar),
                    "calendar_encoding": cfg.calendar_encoding, "freq": series.report.freq,
                    "transform": cfg.transform, "train_end": str(series.index[n_train - 1])}
-        sizes = {"target": len(columns["target"]), "past": len(columns["past"]), "future": len(columns["future_all"])}
-        model_fields = _Network(experiment, sizes).model_fields()
+        model_fields = _Network(experiment, _sizes(columns)).model_fields()
         experiment = experiment.model_copy(update={"model": ModelConfig.from_dict(
             {**experiment.model.to_dict(), **model_fields}, "model")})
         return experiment, {"series": series, "split": split, "scalers": scalers, "columns": columns,
                             "evaluate": given["evaluate"]}
 
     @classmethod
+    def _read_panel_data(cls, experiment: ForecastExperiment, given: dict) -> tuple[ForecastExperiment, dict]:
+        """Many series from a long-format frame: a split and scalers per series, the static categories."""
+        cfg = experiment.data
+        panel = cls._read_training(cfg, given["frame"])
+        need = cfg.lookback + cfg.horizon
+        splits, series_scalers = {}, {}
+        for s in panel.series:
+            try:
+                split = chronological_split(len(s), val=cfg.val, test=cfg.test)
+            except ValueError as error:
+                raise ValueError(f"data: series {s.id!r} of {len(s)} steps: {error}") from None
+            if split.train.stop < need:
+                raise ValueError(f"data: the training part of series {s.id!r} ({split.train.stop} of {len(s)} steps, "
+                                 f"after val={cfg.val} and test={cfg.test}) is shorter than lookback + horizon = "
+                                 f"{cfg.lookback} + {cfg.horizon}; shorten data.lookback or leave the series out")
+            splits[s.id] = split
+            series_scalers[s.id] = _fit_scalers(cfg.scaler, s, cfg.transform, panel.target_columns, split.train)
+        categories = {name: sorted({s.static[i] for s in panel.series}) for i, name in enumerate(panel.static_columns)}
+        columns = {"date_column": cfg.date_column, "id_column": cfg.id_column, "target": list(panel.target_columns),
+                   "past": list(panel.past_columns), "future": list(cfg.future_covariates),
+                   "future_all": list(panel.future_columns), "calendar": list(cfg.calendar),
+                   "calendar_encoding": cfg.calendar_encoding, "freq": panel.freq, "integer_time": panel.integer_time,
+                   "transform": cfg.transform, "static": list(panel.static_columns), "categories": categories}
+        model_fields = _Network(experiment, _sizes(columns)).model_fields()
+        experiment = experiment.model_copy(update={"model": ModelConfig.from_dict(
+            {**experiment.model.to_dict(), **model_fields}, "model")})
+        return experiment, {"panel": panel, "splits": splits, "series_scalers": series_scalers, "scalers": {},
+                            "columns": columns, "evaluate": given["evaluate"]}
+
+    @classmethod
     def _build(cls, experiment: ForecastExperiment, prepared: dict) -> Forecaster:
-        fc = cls(SequenceModel(experiment.model), experiment, prepared["scalers"], prepared["columns"])
-        fc.data, fc.test_start = prepared["series"], prepared["split"].test.start
+        fc = cls(SequenceModel(experiment.model), experiment, prepared["scalers"], prepared["columns"],
+                 prepared.get("series_scalers"))
+        if "panel" in prepared:
+            fc.panel = prepared["panel"]
+            fc.test_starts = {key: split.test.start for key, split in prepared["splits"].items()}
+        else:
+            fc.data, fc.test_start = prepared["series"], prepared["split"].test.start
         return fc
 
     def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
-        split, cfg, horizon = prepared["split"], self.experiment.data, self.experiment.data.horizon
-        arrays = self._arrays(prepared["series"], None)
-        train_set = self._windows(arrays, split.train, "train")
-        val_set = self._windows(arrays, split.val, "val") if split.val.stop > split.val.start else None
-        if val_set is None and split.val.stop > split.val.start:
-            logger.warning("data.val: the validation part holds no window; selecting the epoch by training loss")
+        cfg, horizon = self.experiment.data, self.experiment.data.horizon
+        if "panel" in prepared:  # one global model: the windows of every series, each in its own scale
+            parts = {"train": [], "val": []}
+            for s in prepared["panel"].series:
+                split, arrays = prepared["splits"][s.id], self._panel_arrays(s)
+                for part, span in (("train", split.train), ("val", split.val)):
+                    if span.stop - span.start >= horizon:
+                        windows = self._windows(arrays, span, part, required=False)
+                        if windows is not None:
+                            parts[part].append(windows)
+            if not parts["train"]:
+                raise ValueError("data: no series has a training window with observed inputs and targets")
+            train_set = tuple(torch.cat(t) for t in zip(*parts["train"]))
+            val_set = tuple(torch.cat(t) for t in zip(*parts["val"])) if parts["val"] else None
+        else:
+            split = prepared["split"]
+            arrays = self._arrays(prepared["series"], None)
+            train_set = self._windows(arrays, split.train, "train")
+            val_set = self._windows(arrays, split.val, "val") if split.val.stop > split.val.start else None
+            if val_set is None and split.val.stop > split.val.start:
+                logger.warning("data.val: the validation part holds no window; selecting the epoch by training loss")
 
         def loss_fn(net, batch, state):
             x, target = batch
@@ -687,20 +836,23 @@ class Forecaster(Task):
                     if len(i) >= world_size]
 
         splits = {"train": len(x_all), **({"valid": len(val_set[0])} if val_set else {})}
-        summary = {"unit": "windows", "splits": splits, "series": len(self.columns["target"]),
+        count = len(prepared["panel"]) if "panel" in prepared else 1
+        summary = {"unit": "windows", "splits": splits, "series": count * len(self.columns["target"]),
                    "batch_size": batch_size, "batches_per_epoch": len(batches(1))}
         return Training(loss_fn, batches, evaluate_fn if val_set else None, summary)
 
     def _finish(self, prepared: dict, trainer: Trainer, out_dir: Path | None) -> None:
         """Backtests of the best model on the test part; with an out_dir, backtest.json/.txt there."""
-        split, horizon = prepared["split"], self.experiment.data.horizon
+        horizon = self.experiment.data.horizon
         self.results = {"best_epoch": float(trainer.best_epoch or 0), "epochs": float(trainer.epoch)}
-        if not prepared["evaluate"] or split.test.stop <= split.test.start:
+        splits = list(prepared["splits"].values()) if "panel" in prepared else [prepared["split"]]
+        test_steps = min(split.test.stop - split.test.start for split in splits)
+        if not prepared["evaluate"] or test_steps <= 0:
             return
         for h in self.experiment.evaluate.horizons or sorted({1, horizon}):
-            if h > split.test.stop - split.test.start:
+            if h > test_steps:
                 warnings.warn(f"evaluate.horizons: no backtest at horizon {h}: the test part has only "
-                              f"{split.test.stop - split.test.start} steps", stacklevel=2)
+                              f"{test_steps} steps", stacklevel=2)
                 continue
             bt = self.backtest(horizon=h)
             self.backtests[h] = bt
@@ -714,7 +866,7 @@ class Forecaster(Task):
                 (out_dir / "backtest.txt").write_text(format_tables(list(self.backtests.values())) + "\n")
 
     @staticmethod
-    def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None) -> SeriesData:
+    def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None) -> SeriesData | Panel:
         if frame is None:
             if cfg.path:
                 source: Any = cfg.path
@@ -726,6 +878,11 @@ class Forecaster(Task):
             frame = _load_frame(source, cfg.date_column, cfg.reading())
         else:
             frame = _load_frame(frame, cfg.date_column)
+        if cfg.id_column:
+            return read_panel(frame, cfg.id_column, cfg.date_column, cfg.target_columns, cfg.past_covariates,
+                              cfg.future_covariates, cfg.static_covariates, missing=cfg.missing, freq=cfg.freq or None,
+                              date_format=cfg.date_format or None, calendar=cfg.calendar,
+                              calendar_encoding=cfg.calendar_encoding)
         frame, future_rows = _trailing_future_rows(frame, cfg.date_column, cfg.target_columns)
         if len(future_rows):
             warnings.warn(f"data: ignored the last {len(future_rows)} rows, which have no target value", stacklevel=3)
@@ -733,8 +890,9 @@ class Forecaster(Task):
                            missing=cfg.missing, freq=cfg.freq or None, date_format=cfg.date_format or None,
                            calendar=cfg.calendar, calendar_encoding=cfg.calendar_encoding)
 
-    def _windows(self, p: _Prepared, span: slice, part: str) -> tuple[Tensor, Tensor] | None:
-        """Training or validation tensors (x, target) of the windows whose horizon lies in ``span``."""
+    def _windows(self, p: _Prepared, span: slice, part: str, required: bool = True) -> tuple[Tensor, Tensor] | None:
+        """Training or validation tensors (x, target) of the windows whose horizon lies in ``span``;
+        None where no window has observed values, unless ``required`` (then an error)."""
         cfg = self.experiment.data
         n_span = span.stop - span.start
         if part == "val" and n_span < cfg.horizon:
@@ -744,6 +902,8 @@ class Forecaster(Task):
         stride = cfg.stride if part == "train" else 1
         windows = make_windows(p.y, cfg.lookback, cfg.horizon, span=span, stride=stride, all_nan="drop")
         if len(windows) == 0:
+            if not required:
+                return None
             raise ValueError(f"data: every {part} window has an all-NaN input or target "
                              f"({windows.dropped} dropped); check the missing values of {list(self.columns['target'])}")
         b = _gather(p.y, p.past, p.fut, windows.starts + cfg.lookback, cfg.lookback, cfg.horizon, True)
@@ -752,29 +912,61 @@ class Forecaster(Task):
 
     # ------------------------------------------------------------------------ checkpoint
     def extras(self) -> dict[str, Any]:
-        return {"scaler": {role: (s.to_dict() if s is not None else None) for role, s in self.scalers.items()},
-                "columns": self.columns}
+        out = {"scaler": {role: (s.to_dict() if s is not None else None) for role, s in self.scalers.items()},
+               "columns": self.columns}
+        if self.series_scalers:
+            out["series_scalers"] = {key: {role: (s.to_dict() if s is not None else None) for role, s in roles.items()}
+                                     for key, roles in self.series_scalers.items()}
+        return out
 
     @classmethod
     def from_parts(cls, model: SequenceModel, experiment: ForecastExperiment, extras: dict) -> Forecaster:
         for name in ("scaler", "columns"):
             if name not in extras:
                 raise ValueError(f"checkpoint: expected {name}.json beside the model, found none")
-        scalers = {role: (Scaler.from_dict(state) if state is not None else None)
-                   for role, state in extras["scaler"].items()}
-        return cls(model, experiment, scalers, extras["columns"])
+        def read(states: dict) -> dict[str, Scaler | None]:
+            return {role: (Scaler.from_dict(state) if state is not None else None) for role, state in states.items()}
+
+        series_scalers = {key: read(states) for key, states in extras.get("series_scalers", {}).items()}
+        return cls(model, experiment, read(extras["scaler"]), extras["columns"], series_scalers)
 
     # ----------------------------------------------------------------------- preparation
-    def _arrays(self, series: SeriesData, future_cov: np.ndarray | None) -> _Prepared:
-        """A cleaned series (and the raw future covariates past its end, <float>[ahead, Fc]) in model space."""
-        y = _transform(series.target, self.columns["transform"], series.target_columns, series.index)
-        y = _scale(self.scalers["target"], y)
-        past = _scale(self.scalers["past"], series.past)
+    def _arrays(self, series: SeriesData | PanelSeries, future_cov: np.ndarray | None,
+                scalers: dict[str, Scaler | None] | None = None, static: np.ndarray | None = None) -> _Prepared:
+        """A cleaned series (and the raw future covariates past its end, <float>[ahead, Fc]) in model space;
+        ``scalers`` default to the forecaster's; ``static``: the one-hot categories, appended at every step."""
+        scalers = self.scalers if scalers is None else scalers
+        y = _transform(series.target, self.columns["transform"], self.columns["target"], series.index)
+        y = _scale(scalers["target"], y)
+        past = _scale(scalers["past"], series.past)
         fut = series.future
         ahead = 0
         if future_cov is not None:
             fut, ahead = np.concatenate([fut, future_cov], axis=0), len(future_cov)
-        return _Prepared(series, y, past, _scale(self.scalers["future"], fut), ahead)
+        fut = _scale(scalers["future"], fut)
+        if static is not None and static.size:
+            fut = np.concatenate([fut, np.tile(static, (len(fut), 1))], axis=1)
+        return _Prepared(series, y, past, fut, ahead, scalers)
+
+    def _panel_arrays(self, s: PanelSeries, future_cov: np.ndarray | None = None) -> _Prepared:
+        """One of many series in model space, with its own scalers (fitted on its whole history when
+        the series was not among those trained on) and its one-hot static categories."""
+        scalers = self.series_scalers.get(s.id)
+        if scalers is None:
+            cfg = self.experiment.data
+            scalers = _fit_scalers(cfg.scaler, s, cfg.transform, self.columns["target"], slice(0, len(s)))
+        return self._arrays(s, future_cov, scalers, self._one_hot(s))
+
+    def _one_hot(self, s: PanelSeries) -> np.ndarray:
+        """<float64>[sum of category counts]: the series' static categories, one-hot per column."""
+        parts = []
+        for name, value in zip(self.columns.get("static", []), s.static):
+            known = self.columns["categories"][name]
+            if value not in known:
+                raise ValueError(f"df: series {s.id!r} has {name} = {value!r}, a category the model was not trained "
+                                 f"with; known: {known}")
+            parts.append(np.eye(len(known))[known.index(value)])
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def _read_history(self, df: Any, extra_columns: str) -> tuple[SeriesData, pd.DataFrame]:
         """A new history (DataFrame or CSV path) checked against the trained columns: (series, future rows)."""
@@ -913,7 +1105,7 @@ class Forecaster(Task):
                                  "cannot forecast from them")
             parts.append(self.net.forecast(self.model, b, horizon, level if level is not None else 0.8))
         out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
-        scaler, kind = self.scalers["target"], self.columns["transform"]
+        scaler, kind = p.scalers["target"], self.columns["transform"]
 
         def back(v: np.ndarray) -> np.ndarray:
             v = v.astype(np.float64)
@@ -939,9 +1131,12 @@ class Forecaster(Task):
 
         Returns a DataFrame indexed by the forecast dates: one column per target, and
         ``<target>_lower`` / ``<target>_upper`` (and ``<target>_q<level>`` for quantile output) when
-        the forecaster is probabilistic.
+        the forecaster is probabilistic. With many series (``data.id_column``): a long frame with
+        the id and time columns, one block of rows per series (``df``: a long frame like fit's).
         """
         horizon, level = self._horizon(horizon), self._level(level)
+        if self.columns.get("id_column"):
+            return self._predict_panel(horizon, df, future, level)
         p = self._prepare(df, future, horizon, extra_columns)
         series = p.data
         out = self._run(p, np.array([len(series)]), horizon, level)
@@ -974,6 +1169,11 @@ class Forecaster(Task):
         stride = ev.stride if stride is None else stride
         if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
             raise ValueError(f"stride: expected an integer >= 1, got {stride!r}")
+        if self.columns.get("id_column"):
+            if start is not None:
+                raise ValueError("start: with many series each backtest starts at its own series' test part "
+                                 "(data.test); pass df with the series instead")
+            return self._backtest_panel(horizon, df, stride, level, baselines)
         if df is None and self.data is None:
             raise ValueError("df: this Forecaster was loaded from a checkpoint and holds no series; pass the "
                              "series to backtest on")
@@ -1022,6 +1222,100 @@ class Forecaster(Task):
         return ForecastBacktest(horizon, int(start), series.index[origins], tuple(self.columns["target"]), runs,
                                 out.get("lower"), out.get("upper"), level, metrics, seconds)
 
+    # ------------------------------------------------------------------------- many series
+    def _history_panel(self, df: Any) -> Panel:
+        """Many series to forecast from: those given to fit, or ``df`` read with the trained columns."""
+        if df is None:
+            if self.panel is None:
+                raise ValueError("df: this Forecaster was loaded from a checkpoint and holds no series; pass the "
+                                 "long-format frame to forecast from")
+            return self.panel
+        cols, cfg = self.columns, self.experiment.data
+        frame = _load_frame(df, cols["date_column"])
+        return read_panel(frame, cols["id_column"], cols["date_column"], cols["target"], cols["past"], cols["future"],
+                          cols["static"], missing=cfg.missing, freq=cols["freq"] or None,
+                          date_format=cfg.date_format or None, calendar=cols["calendar"],
+                          calendar_encoding=cols["calendar_encoding"])
+
+    def _future_steps(self, s: PanelSeries, steps: int) -> pd.Index:
+        if self.columns["integer_time"]:
+            return pd.RangeIndex(int(s.index[-1]) + 1, int(s.index[-1]) + 1 + steps)
+        return _future_index(s.index[-1], steps, self.columns["freq"])
+
+    def _predict_panel(self, horizon: int, df: Any, future: Any, level: float | None) -> pd.DataFrame:
+        """The next ``horizon`` steps of every series, as a long frame: id, time, targets (+ intervals)."""
+        cols = self.columns
+        if cols["future"] or future is not None:
+            raise ValueError(f"future: forecasting many series with future covariates {cols['future']} is not "
+                             "supported; backtest() scores them over the data")
+        rows = []
+        for s in self._history_panel(df).series:
+            steps = self._future_steps(s, horizon)
+            ahead = (calendar_features(steps, cols["calendar"], cols["calendar_encoding"]).to_numpy()
+                     if cols["calendar"] else np.zeros((horizon, 0)))  # the static categories go on past the end
+            out = self._run(self._panel_arrays(s, ahead), np.array([len(s)]), horizon, level)
+            frame = {cols["id_column"]: s.id, cols["date_column"]: steps}
+            for c, name in enumerate(cols["target"]):
+                frame[name] = out["point"][0, :, c]
+                if "lower" in out:
+                    frame[f"{name}_lower"], frame[f"{name}_upper"] = out["lower"][0, :, c], out["upper"][0, :, c]
+            rows.append(pd.DataFrame(frame))
+        return pd.concat(rows, ignore_index=True)
+
+    def _backtest_panel(self, horizon: int, df: Any, stride: int, level: float | None,
+                        baselines: bool) -> PanelBacktest:
+        """Per series: rolling origins over its test part, the model and the baselines (fitted on that
+        series before its first origin) scored; the table averages the scores over series."""
+        ev, cfg = self.experiment.evaluate, self.experiment.data
+        panel = self._history_panel(df)
+        seconds: dict[str, float] = {}
+        per_series: dict[tuple[str, str], dict[str, float]] = {}
+        frames = []
+        for s in panel.series:
+            start = self.test_starts[s.id] if df is None else chronological_split(len(s), test=cfg.test).test.start
+            if not cfg.lookback <= start <= len(s) - horizon:
+                raise ValueError(f"df: series {s.id!r} of {len(s)} steps has its first origin at {start}, outside "
+                                 f"[lookback, len - horizon] = [{cfg.lookback}, {len(s) - horizon}]")
+            origins = np.arange(start, len(s) - horizon + 1, stride, dtype=np.int64)
+            truth = s.target
+            actuals = np.stack([truth[o:o + horizon] for o in origins])
+            t0 = _now()
+            out = self._run(self._panel_arrays(s), origins, horizon, level)
+            seconds["model"] = seconds.get("model", 0.0) + _now() - t0
+            runs = {"model": Backtest(origins, out["point"], actuals)}
+            for name, model in (self._baselines() if baselines else {}).items():  # new models per series
+                t0 = _now()
+                key = (name, s.id, int(start))
+                try:
+                    if df is None and key in self._fitted_baselines:
+                        fitted = self._fitted_baselines[key]
+                    else:
+                        fitted = model.fit(truth[:start])
+                        if df is None:
+                            self._fitted_baselines[key] = fitted
+                    runs[name] = baseline_backtest(fitted.predict, truth, start, horizon, stride)
+                except ValueError as error:
+                    logger.warning("backtest: baseline %s skipped on series %s: %s", name, s.id, error)
+                seconds[name] = seconds.get(name, 0.0) + _now() - t0
+            for name, bt in runs.items():
+                model_run = name == "model"
+                per_series[(s.id, name)] = score_forecast(bt.actuals, bt.forecasts, truth[:start], ev.season,
+                                                          out.get("lower") if model_run else None,
+                                                          out.get("upper") if model_run else None)
+            frames.append(_forecast_rows(s.id, s.index[origins], horizon, self.columns["target"], runs["model"],
+                                         out.get("lower"), out.get("upper")))
+        table = pd.DataFrame.from_dict(per_series, orient="index", columns=list(METRICS))
+        table.index = pd.MultiIndex.from_tuples(table.index, names=["series", "method"])
+        methods = list(dict.fromkeys(name for _, name in per_series))
+        counts = table.groupby(level="method").size().reindex(methods)
+        missing = {name: len(panel) - int(n) for name, n in counts.items() if n < len(panel)}
+        if missing:
+            warnings.warn(f"backtest: baselines skipped on some series {missing}; their means cover the rest",
+                          stacklevel=3)
+        metrics = table.groupby(level="method", sort=False).mean().reindex(methods)
+        return PanelBacktest(horizon, len(panel), level, metrics, table, pd.concat(frames, ignore_index=True),
+                             seconds, tuple(self.columns["target"]))
+
     def _baselines(self) -> dict[str, Any]:
         ev = self.experiment.evaluate
         models: dict[str, Any] = {"naive": Naive()}
@@ -1065,10 +1359,13 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
     from ..plots import plot_forecast
     fc = _load(checkpoint)
     forecast = fc.predict(horizon, df=input, future=future, level=level, extra_columns=extra_columns)
-    series, _ = fc._read_history(input, extra_columns)
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     csv = prefix.with_name(prefix.name + ".csv")
+    if fc.columns.get("id_column"):  # many series: the long frame, no plot
+        forecast.to_csv(csv, index=False)
+        return {"forecast": forecast, "csv": csv, "png": []}
+    series, _ = fc._read_history(input, extra_columns)
     forecast.to_csv(csv)
     pngs = []
     targets = fc.columns["target"]
@@ -1095,6 +1392,9 @@ def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
 
     test: the test part (count or fraction) whose start is the first origin, when ``start`` is not given."""
     fc = _load(checkpoint)
+    if test is not None and fc.columns.get("id_column"):
+        raise ValueError(f"test: a model of many series backtests each over its last data.test = "
+                         f"{fc.experiment.data.test} steps; got test={test}")
     if start is None and test is not None:
         series, _ = fc._read_history(input, extra_columns)
         start = chronological_split(len(series), test=test).test.start
