@@ -1,0 +1,127 @@
+"""Forecasting competitions: one global rnnkit model per collection and frequency against statsforecast
+models fitted per series, on the competitions' own hold-outs; prints mean MASE, mean sMAPE and fit times.
+
+    OMP_NUM_THREADS=1 python benchmarks/competitions.py --data-dir ../shared/data --competition tourism \\
+        --frequency monthly --series 60 --minutes 3
+
+For each collection (tourism monthly, h = 24; tourism quarterly, h = 8; M3 monthly, h = 18; any other
+``load_competition`` pair by ``--competition`` / ``--frequency``), the training parts and hold-outs are
+joined and each series' last h steps held out (``data.test = h``), so the single forecast origin of each
+series is the competition's. One global model (GRU, log targets, each series standardised on its own
+training part, each window taken relative to its last value, the category one-hot when a collection
+has more than one) trains on the windows of every series for ``--epochs`` or ``--minutes``, whichever
+ends first. Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m of
+the frequency) fitted on the training part. MASE is scaled by each series' in-sample seasonal-naive
+error (m), sMAPE in percent; both averaged over series. ``--series N`` takes the first N series of the
+file (a subset: its means are not the competition's). Writes ``competitions.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rnnkit.data.competitions import FREQUENCIES, SEASON, load_competition  # noqa: E402
+from rnnkit.tasks.forecaster import Forecaster, ForecastExperiment  # noqa: E402
+
+DEFAULT = ("tourism/monthly", "tourism/quarterly", "m3/monthly")
+BASELINES = ["auto_ets", "auto_arima", "auto_theta"]
+
+
+def collections(competition: str, frequency: str) -> list[tuple[str, str]]:
+    """The (competition, frequency) pairs to run: the defaults, filtered by the options."""
+    if competition == "all" and frequency == "all":
+        return [tuple(pair.split("/")) for pair in DEFAULT]
+    names = [competition] if competition != "all" else ["tourism", "m3"]
+    return [(name, freq) for name in names for freq in FREQUENCIES[name]
+            if (frequency == "all" and f"{name}/{freq}" in DEFAULT) or freq == frequency]
+
+
+def experiment(train: pd.DataFrame, horizon: int, season: int, args: argparse.Namespace) -> ForecastExperiment:
+    shortest = int(train.groupby("unique_id").size().min())
+    lookback = max(1, min(3 * season, shortest - horizon, args.max_lookback))
+    statics = ["category"] if train["category"].nunique() > 1 else []
+    return ForecastExperiment.from_dict({
+        "data": {"id_column": "unique_id", "date_column": "ds", "target_columns": ["y"], "static_covariates": statics,
+                 "test": horizon, "val": 0, "lookback": lookback, "horizon": horizon, "transform": "log",
+                 "scaler": "standard", "batch_size": args.batch_size},
+        "forecast": {"strategy": "direct", "output": "point", "normalize": "last"},
+        "model": {"cell": "gru", "hidden_size": args.hidden, "num_layers": 1, "dropout": 0.1},
+        "train": {"epochs": args.epochs, "lr": 2e-3, "max_minutes": args.minutes, "log_every": 10**9,
+                  "seed": args.seed, "device": "cpu"},
+        "evaluate": {"season": season, "horizons": [horizon], "statistical": BASELINES}})
+
+
+def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
+    train, test = load_competition(name, frequency, data_dir=args.data_dir)
+    if args.series:
+        keep = train["unique_id"].drop_duplicates().iloc[:args.series]
+        train, test = (part[part["unique_id"].isin(keep)] for part in (train, test))
+    horizon = int(test.groupby("unique_id").size().iloc[0])
+    season = SEASON[frequency]
+    df = pd.concat([train, test]).sort_values(["unique_id", "ds"], kind="stable")
+    exp = experiment(train, horizon, season, args)
+    n = df["unique_id"].nunique()
+    print(f"== {name} {frequency}: {n} series, h = {horizon}, m = {season}, lookback {exp.data.lookback}, "
+          f"static {exp.data.static_covariates or 'none'}", flush=True)
+    t0 = time.perf_counter()
+    with open(os.devnull, "w") as devnull:  # the Trainer's epoch lines
+        stderr, sys.stderr = sys.stderr, devnull
+        try:
+            fc = Forecaster.fit(df, experiment=exp, evaluate=False)
+        finally:
+            sys.stderr = stderr
+    fit_seconds = time.perf_counter() - t0
+    bt = fc.backtest(horizon)
+    seconds = {"model": fit_seconds + bt.seconds["model"], **{k: v for k, v in bt.seconds.items() if k != "model"}}
+    rows = []
+    print(f"{'method':<20} {'MASE':>7} {'sMAPE':>7} {'seconds':>9}")
+    for method, row in bt.metrics.iterrows():
+        label = f"rnnkit global ({fc.results.get('epochs', 0):.0f} ep)" if method == "model" else method
+        rows.append({"method": method, "MASE": row["MASE"], "sMAPE": row["sMAPE"], "seconds": seconds[method]})
+        print(f"{label:<20} {row['MASE']:7.3f} {row['sMAPE']:7.2f} {seconds[method]:9.1f}", flush=True)
+    return {"series": n, "horizon": horizon, "season": season, "subset": bool(args.series),
+            "epochs": fc.results.get("epochs"), "config": exp.to_dict(), "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
+                        help="root holding m3/ and tourism/")
+    parser.add_argument("--competition", default="all", choices=["all", "tourism", "m3"])
+    parser.add_argument("--frequency", default="all", choices=["all", "monthly", "quarterly", "yearly", "other"])
+    parser.add_argument("--series", type=int, default=0, help="the first N series of each collection (0: all)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time budget per collection")
+    parser.add_argument("--epochs", type=int, default=100, help="most epochs per collection")
+    parser.add_argument("--hidden", type=int, default=64, help="GRU units")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-lookback", type=int, default=36)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_competitions")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    pairs = collections(args.competition, args.frequency)
+    if not pairs:
+        parser.error(f"--competition {args.competition} has no --frequency {args.frequency}")
+    report = {"torch": torch.__version__, "threads": 1, "series_option": args.series}
+    for name, frequency in pairs:
+        report[f"{name}/{frequency}"] = run(name, frequency, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "competitions.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out / 'competitions.json'}")
+
+
+if __name__ == "__main__":
+    main()
