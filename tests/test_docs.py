@@ -65,6 +65,15 @@ def test_strict_mode_fails_on_a_broken_reference(tmp_path, page, error):
     assert error in result.stderr
 
 
+def test_readme_is_a_front_page():
+    """Under 300 lines; its prose (code aside) holds no dates, run histories or references to issues."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) < 300
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    for pattern in (r"\b20\d\d-\d\d-\d\d\b", r"\bissue \d+", r"\bGUIDE\b", r"\bsession\b"):
+        assert not re.search(pattern, prose, flags=re.IGNORECASE), pattern
+
+
 # ------------------------------------------------------------------------------ Python examples
 def _examples(page: Path):
     collector = sybil.Sybil(parsers=[PythonCodeBlockParser(), SkipParser()])
