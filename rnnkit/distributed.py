@@ -142,8 +142,8 @@ def init(backend: str | None = None) -> bool:
             f"processes ({group.describe()}); torchrun sets them, under SLURM export them in the batch script "
             "(MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1), MASTER_PORT=29500)")
     backend = backend or default_backend()
-    if backend == "nccl":
-        torch.cuda.set_device(group.local_rank)
+    if backend == "nccl":  # modulo: a scheduler may show each process only its own GPU(s)
+        torch.cuda.set_device(group.local_rank % torch.cuda.device_count())
     store = _fresh_store(group) if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" else None
     dist.init_process_group(backend, store=store, rank=group.rank, world_size=group.world_size)
     return True
@@ -221,7 +221,7 @@ def all_reduce_mean(x: Tensor | float) -> Tensor | float:
         return x
     if isinstance(x, Tensor):
         return all_reduce_sum(x) / world_size()
-    device = torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     total = all_reduce_sum(torch.tensor(float(x), dtype=torch.float64, device=device))
     return total.item() / world_size()
 

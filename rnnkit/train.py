@@ -226,7 +226,7 @@ def _resolve_device(name: str) -> torch.device:
                          "use 'cpu' or 'auto'")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda", distributed.local_rank())
+    return torch.device("cuda", torch.cuda.current_device())  # the process's own GPU, set by distributed.init
 
 
 def _open_tensorboard(log_dir: Path):
@@ -364,7 +364,7 @@ class Trainer:
         if resume and self.out_dir is None:
             raise ValueError("resume: needs config.out_dir, where the 'last' checkpoint lives")
         restarts = self._restarts()
-        restarted = restarts > 0 and self.out_dir is not None and not self._resumed
+        restarted = restarts > 0 and self.out_dir is not None and self.step == 0 and not self._resumed
         if resume or restarted:
             last = self.out_dir / "last"
             # rank 0 decides (its file system holds the checkpoints); resume() sends every rank its contents
@@ -595,13 +595,18 @@ class Trainer:
             raise TypeError(f"loss_fn: expected (loss: scalar tensor, new_state, n_items), got "
                             f"{type(out).__name__} {got}")
         loss, state, n = out
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         n = float(n)
         totals = torch.stack([loss.detach().double() * n,
                               torch.tensor(n, dtype=torch.float64, device=loss.device)])
         totals = distributed.all_reduce_sum(totals)
         mean_loss, items = (totals[0] / totals[1]).item(), int(totals[1].item())
+        self.optimizer.zero_grad(set_to_none=True)
+        world = distributed.world_size()
+        if world > 1 and n * world != items:
+            # DDP averages the ranks' gradients with equal weights; a rank with more of the batch's items
+            # weighs more in the batch's mean loss, so its loss is scaled to make the average that gradient
+            loss = loss * (n * world / items)
+        loss.backward()
         named = [(name, p.grad) for name, p in self.module.named_parameters() if p.grad is not None]
         grads = [g for _, g in named]
         total_norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)

@@ -51,8 +51,9 @@ class LossLog:
         self.losses.append(info["loss"])
 
 
-def train(out_dir: str) -> dict:
-    """Runs in every process: each rank trains on its shard of the same global batches."""
+def train(out_dir: str, uneven: bool = False) -> dict:
+    """Runs in every process: each rank trains on its shard of the same global batches (uneven: batches
+    of 7, rank 0 taking 4 rows and rank 1 taking 3)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     log = LossLog()
@@ -60,8 +61,13 @@ def train(out_dir: str) -> dict:
                          log_every=2, out_dir=out_dir)
     trainer = Trainer(Regressor(), config, loss_fn=mse_loss, callbacks=[log],
                       evaluate_fn=lambda model: {"val_loss": mse_loss(model, global_batches(0)[0], None)[0]})
-    history = trainer.fit(lambda epoch: [(distributed.shard(x), distributed.shard(y))
-                                         for x, y in global_batches(epoch)])
+    if uneven:
+        rank, world = distributed.rank(), distributed.world_size()
+        history = trainer.fit(lambda epoch: [(x[:7][rank::world], y[:7][rank::world])
+                                             for x, y in global_batches(epoch)])
+    else:
+        history = trainer.fit(lambda epoch: [(distributed.shard(x), distributed.shard(y))
+                                             for x, y in global_batches(epoch)])
     return {"world_size": distributed.world_size(), "rank": distributed.rank(), "losses": log.losses,
             "history": [(h["train_loss"], h["val_loss"]) for h in history],
             "weights": {k: v.numpy().copy() for k, v in trainer.module.state_dict().items()}}
@@ -81,6 +87,16 @@ def test_two_processes_match_one(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines if x["type"] == "epoch"] == [1, 2]  # written once, by rank 0
     assert (tmp_path / "ddp" / "last" / "model.safetensors").is_file()
+
+
+def test_uneven_shards_weigh_each_rank_by_its_items(tmp_path):
+    """A batch of 7 split 4 + 3: the ranks' losses are weighted so that the step is one process's."""
+    single = distributed.launch(train, 1, str(tmp_path / "single"), True)[0]
+    ranks = distributed.launch(train, 2, str(tmp_path / "ddp"), True, backend="gloo")
+    for r in ranks:
+        np.testing.assert_allclose(r["losses"], single["losses"], rtol=1e-5, atol=1e-6)
+        for key, value in single["weights"].items():
+            np.testing.assert_allclose(r["weights"][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_helpers_without_a_process_group():
