@@ -7,8 +7,8 @@ models fitted per series, on the competitions' own hold-outs; prints mean MASE, 
 For each collection (tourism monthly, h = 24; tourism quarterly, h = 8; M3 monthly, h = 18; any other
 ``load_competition`` pair by ``--competition`` / ``--frequency``), the training parts and hold-outs are
 joined and each series' last h steps held out (``data.test = h``), so the single forecast origin of each
-series is the competition's. One global model (GRU, log targets, each series standardised on its own
-training part, each window taken relative to its last value, the category one-hot when a collection
+series is the competition's. One global model (GRU, log targets (log1p where a series has zeros), each
+series standardised on its own training part, each window taken relative to its last value, the category one-hot when a collection
 has more than one) trains on the windows of every series for ``--epochs`` or ``--minutes``, whichever
 ends first. Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m of
 the frequency) fitted on the training part. MASE is scaled by each series' in-sample seasonal-naive
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rnnkit.data.competitions import FREQUENCIES, SEASON, load_competition  # noqa: E402
-from rnnkit.tasks.forecaster import Forecaster, ForecastExperiment  # noqa: E402
+from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment  # noqa: E402
 
 DEFAULT = ("tourism/monthly", "tourism/quarterly", "m3/monthly")
 BASELINES = ["auto_ets", "auto_arima", "auto_theta"]
@@ -49,13 +49,15 @@ def collections(competition: str, frequency: str) -> list[tuple[str, str]]:
             if (frequency == "all" and f"{name}/{freq}" in DEFAULT) or freq == frequency]
 
 
-def experiment(train: pd.DataFrame, horizon: int, season: int, args: argparse.Namespace) -> ForecastExperiment:
+def experiment(df: pd.DataFrame, train: pd.DataFrame, horizon: int, season: int,
+               args: argparse.Namespace) -> ForecastExperiment:
+    transform = "log" if (df["y"] > 0).all() else "log1p"  # tourism has zeros
     shortest = int(train.groupby("unique_id").size().min())
     lookback = max(1, min(3 * season, shortest - horizon, args.max_lookback))
     statics = ["category"] if train["category"].nunique() > 1 else []
     return ForecastExperiment.from_dict({
         "data": {"id_column": "unique_id", "date_column": "ds", "target_columns": ["y"], "static_covariates": statics,
-                 "test": horizon, "val": 0, "lookback": lookback, "horizon": horizon, "transform": "log",
+                 "test": horizon, "val": 0, "lookback": lookback, "horizon": horizon, "transform": transform,
                  "scaler": "standard", "batch_size": args.batch_size},
         "forecast": {"strategy": "direct", "output": "point", "normalize": "last"},
         "model": {"cell": "gru", "hidden_size": args.hidden, "num_layers": 1, "dropout": 0.1},
@@ -72,7 +74,7 @@ def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
     horizon = int(test.groupby("unique_id").size().iloc[0])
     season = SEASON[frequency]
     df = pd.concat([train, test]).sort_values(["unique_id", "ds"], kind="stable")
-    exp = experiment(train, horizon, season, args)
+    exp = experiment(df, train, horizon, season, args)
     n = df["unique_id"].nunique()
     print(f"== {name} {frequency}: {n} series, h = {horizon}, m = {season}, lookback {exp.data.lookback}, "
           f"static {exp.data.static_covariates or 'none'}", flush=True)

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from rnnkit.data.synthetic import covariate_series  # noqa: E402
 from rnnkit.config import apply_overrides, load_toml  # noqa: E402
 from rnnkit.plots import plot_forecast  # noqa: E402
-from rnnkit.tasks.forecaster import (Forecaster, ForecastExperiment, forecast_to_files,  # noqa: E402
+from rnnkit.tasks.forecasting import (Forecaster, ForecastExperiment, forecast_to_files,  # noqa: E402
                                      format_metrics, score_forecast)
 
 KERAS_TUTORIAL_RMSE = 47.5

@@ -314,7 +314,7 @@ def test_cli_answer_takes_the_encoding_flags(tmp_path):
 
 
 def test_forecaster_config_encoding_reads_its_csv(tmp_path):
-    from rnnkit.tasks.forecaster import Forecaster, ForecastExperiment
+    from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment
     n = 60
     dates = [f"{2010 + i // 12}-{1 + i % 12:02d}-01" for i in range(n)]
     path = tmp_path / "ventes.csv"

@@ -1,4 +1,4 @@
-"""rnnkit.tasks.forecaster: fit / predict / backtest, covariates, probabilistic outputs, checkpoints,
+"""rnnkit.tasks.forecasting: fit / predict / backtest, covariates, probabilistic outputs, checkpoints,
 the CLI entry points and the errors for bad input. Synthetic series, tiny models, a few epochs."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from rnnkit.config import load_toml
 from rnnkit.data.synthetic import covariate_series
-from rnnkit.tasks.forecaster import (Forecaster, ForecastExperiment, backtest_to_files, forecast_to_files,
+from rnnkit.tasks.forecasting import (Forecaster, ForecastExperiment, backtest_to_files, forecast_to_files,
                                      format_tables)
 
 torch.set_num_threads(1)

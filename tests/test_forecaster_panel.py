@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rnnkit.tasks.forecaster import (Forecaster, ForecastExperiment, PanelBacktest, backtest_to_files,
+from rnnkit.tasks.forecasting import (Forecaster, ForecastExperiment, PanelBacktest, backtest_to_files,
                                      forecast_to_files)
 
 torch.set_num_threads(1)

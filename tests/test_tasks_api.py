@@ -19,7 +19,7 @@ from rnnkit.tasks import (Classifier, ClassifierExperiment, Forecaster, Language
                           QuestionAnswering)
 from rnnkit.tasks import base as base_module
 from rnnkit.tasks import classifier as classifier_module
-from rnnkit.tasks import forecaster as forecaster_module
+from rnnkit.tasks.forecasting import data as forecaster_module  # the reader of the forecaster's files
 from rnnkit.tasks import language_model as lm_module
 from rnnkit.tasks import qa as qa_module
 from rnnkit.tasks.qa import QAModelConfig

@@ -15,7 +15,7 @@ from ..config import Config, apply_overrides, load_toml
 from ..io.checkpoint import load_checkpoint
 from .base import Task
 from .classifier import Classifier, ClassifierExperiment
-from .forecaster import ForecastExperiment, Forecaster
+from .forecasting import ForecastExperiment, Forecaster
 from .language_model import LanguageModel, LMExperiment
 from .qa import QAExperiment, QuestionAnswering
 

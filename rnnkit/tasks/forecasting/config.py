@@ -1,0 +1,152 @@
+"""The forecaster's configuration: the data and its roles, the network's strategy and output, the
+backtests and baselines, and the experiment that holds them (``rnnkit train`` with task = "forecaster")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ...config import Config
+from ...data.text import TextFileConfig
+from ...model import ModelConfig
+from ...train import TrainConfig
+
+
+# ------------------------------------------------------------------------------------ configs
+class ForecastDataConfig(TextFileConfig):
+    """The series: where it comes from, which columns play which role, the split and the windows."""
+
+    path: str = Field("", description="CSV file with a date column and value columns; '' uses dataset/file "
+                                      "(or the DataFrame given to Forecaster.fit)")
+    dataset: str = Field("", description="a registered data set holding the file, e.g. 'timeseries'")
+    file: str = Field("", description="file of the data set, e.g. 'airline-passengers.csv'")
+    data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
+    date_column: str = Field("date", description="column of timestamps (with id_column: dates or integer step numbers)")
+    id_column: str = Field("", description="column naming the series of a long-format frame (one row per series and "
+                                           "step): one global model over all of them; '' = one series")
+    static_covariates: list[str] = Field(default_factory=list,
+                                         description="with id_column: columns with one value per series (e.g. a "
+                                                     "category), one-hot into the network's input at every step")
+    target_columns: list[str] = Field(default_factory=list, description="the series to forecast (one or more)")
+    past_covariates: list[str] = Field(default_factory=list,
+                                       description="columns observed up to the forecast origin only")
+    future_covariates: list[str] = Field(default_factory=list,
+                                         description="columns known ahead (given for the horizon at forecast time)")
+    calendar: list[str] = Field(default_factory=list, description="calendar features added as future covariates: "
+                                                                  "month, day_of_week, day, day_of_year, hour")
+    calendar_encoding: Literal["sincos", "onehot"] = Field("sincos", description="encoding of calendar features")
+    freq: str = Field("", description="pandas frequency ('MS', 'D', 'h'); '' infers it from the dates")
+    date_format: str = Field("", description="strftime format of the dates; '' lets pandas parse them")
+    missing: Literal["interpolate", "ffill", "mask"] = Field(
+        "interpolate", description="missing values: interpolate in time, carry forward, or mask (left out of "
+                                   "the loss and the scores, read as the window's reference level)")
+    val: int | float = Field(0, ge=0, description="validation part before the test: a count of steps or a "
+                                                  "fraction; 0 = none (the best epoch is then by training loss)")
+    test: int | float = Field(0.2, ge=0, description="test part at the end: a count of steps or a fraction")
+    lookback: int = Field(24, ge=1, description="input steps per window")
+    horizon: int = Field(12, ge=1, description="steps forecast at once (direct) or trained on (recursive)")
+    transform: Literal["none", "log", "log1p"] = Field("none", description="applied to the targets before scaling")
+    scaler: Literal["standard", "minmax", "robust", "none"] = Field(
+        "standard", description="per-column scaling fitted on the training part (targets and covariates)")
+    batch_size: int = Field(32, ge=1, description="windows per training batch")
+    stride: int = Field(1, ge=1, description="steps between training windows")
+
+    @model_validator(mode="after")
+    def _check_panel(self) -> ForecastDataConfig:
+        if self.static_covariates and not self.id_column:
+            raise ValueError(f"static_covariates: {self.static_covariates} are per-series values of a long-format "
+                             "frame; set data.id_column too")
+        return self
+
+
+class ForecastConfig(Config):
+    """How the network forecasts: strategy, output distribution, level normalisation."""
+
+    strategy: Literal["direct", "recursive"] = Field(
+        "direct", description="direct: all horizon steps at once; recursive: one step, fed back")
+    output: Literal["point", "gaussian", "quantile"] = Field(
+        "point", description="point (MSE), gaussian (mean and spread, NLL) or quantile (pinball loss)")
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
+                                   description="quantile output: increasing levels in (0, 1), with 0.5 (the point)")
+    level: float = Field(0.8, gt=0, lt=1, description="gaussian output: probability of the prediction interval")
+    samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
+    normalize: Literal["none", "last", "mean"] = Field(
+        "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets")
+    seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ForecastConfig:
+        q = self.quantiles
+        if self.output == "quantile":
+            if (len(q) < 3 or any(not 0 < v < 1 for v in q) or any(b <= a for a, b in zip(q, q[1:]))
+                    or 0.5 not in q):
+                raise ValueError(f"quantiles: expected at least 3 increasing levels in (0, 1) including 0.5 "
+                                 f"(the point forecast), got {q}")
+            if self.strategy == "recursive":
+                raise ValueError("output: 'quantile' needs strategy='direct' (a recursive model feeds one value "
+                                 "back, so one-step quantiles would not compound); use output='gaussian', "
+                                 "which samples paths")
+        return self
+
+
+STATISTICAL = ("auto_ets", "auto_arima", "auto_theta", "holt_winters", "arima")
+
+
+class EvaluationConfig(Config):
+    """Backtests after training: horizons, the seasonal period and the statistical baselines."""
+
+    season: int = Field(1, ge=1, description="seasonal period m (12 for monthly data): seasonal naive and MASE's scale")
+    horizons: list[int] = Field(default_factory=list, description="backtest horizons; empty = [1, data.horizon]")
+    stride: int = Field(1, ge=1, description="steps between backtest origins")
+    statistical: list[str] = Field(
+        default_factory=lambda: ["auto_ets", "auto_arima", "auto_theta"],
+        description="statistical baselines beside naive and seasonal naive, fitted on the part before the first "
+                    "origin: auto_ets, auto_arima, auto_theta (statsforecast, seasonal with period `season`), "
+                    "holt_winters, arima (statsmodels, with the hw_* and arima_* settings); a name alone or 'none'")
+    hw_trend: Literal["add", "mul", "none"] = Field("add", description="Holt-Winters trend")
+    hw_seasonal: Literal["add", "mul", "none"] = Field(
+        "add", description="Holt-Winters season (of period `season`; 'none' when season = 1)")
+    hw_damped: bool = Field(False, description="Holt-Winters damped trend")
+    arima_order: list[int] = Field(default_factory=lambda: [2, 1, 2], description="ARIMA (p, d, q)")
+    arima_seasonal_order: list[int] = Field(default_factory=lambda: [0, 0, 0, 0],
+                                            description="ARIMA seasonal (P, D, Q, s)")
+
+    @field_validator("statistical", mode="before")
+    @classmethod
+    def _one_or_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [] if value == "none" else [value]
+        return value
+
+    @field_validator("statistical")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in STATISTICAL]
+        if unknown:
+            raise ValueError(f"expected names from {list(STATISTICAL)} (or 'none'), got {unknown}")
+        return value
+
+
+class ForecastExperiment(Config):
+    """A forecasting run: `rnnkit train CONFIG` with task = "forecaster"."""
+
+    task: Literal["forecaster"] = Field("forecaster", description="the task this config trains")
+    data: ForecastDataConfig = Field(default_factory=ForecastDataConfig, description="series, columns, split, windows")
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig, description="strategy and output distribution")
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(cell="lstm", hidden_size=32, output_per="sequence"),
+        description="the network; input and output sizes are set from the data")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=100, lr=3e-3),
+                               description="optimiser, schedule, checkpoints")
+    evaluate: EvaluationConfig = Field(default_factory=EvaluationConfig, description="backtests and baselines")
+
+    @model_validator(mode="after")
+    def _check(self) -> ForecastExperiment:
+        if self.model.vocab_size:
+            raise ValueError(f"model.vocab_size: a forecaster reads continuous values, expected 0, "
+                             f"got {self.model.vocab_size}")
+        if self.forecast.strategy == "recursive" and self.model.bidirectional:
+            raise ValueError("model.bidirectional: a recursive forecaster predicts each next step from the past "
+                             "only; a backward direction would read the future. Set bidirectional = false")
+        return self

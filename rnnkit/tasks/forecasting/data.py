@@ -1,0 +1,127 @@
+"""The forecaster's data path: target transforms, per-series scalers, reading frames and the rows
+after the last target, future dates, and windows gathered from arrays in model space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ...data.series import MinMaxScaler, PanelSeries, RobustScaler, Scaler, SeriesData, StandardScaler, read_csv
+
+
+# ----------------------------------------------------------------------------- transforms
+def _transform(y: np.ndarray, kind: str, columns: Sequence[str], index: pd.DatetimeIndex | None = None) -> np.ndarray:
+    """The targets through ``data.transform`` (NaN passes), checking its domain."""
+    if kind == "none":
+        return y
+    low, op = (0.0, np.log) if kind == "log" else (-1.0, np.log1p)
+    bad = np.argwhere(y <= low)
+    if bad.size:
+        row, col = (int(v) for v in bad[0])
+        when = (f" (date {index[row].date()})" if isinstance(index, pd.DatetimeIndex)
+                else f" (step {index[row]})" if index is not None else "")
+        raise ValueError(f"data.transform={kind!r}: expected target values > {low:g}, got {y[row, col]:g} in column "
+                         f"{columns[col]!r} at row {row}{when}; use transform='log1p' or 'none'")
+    return op(y)
+
+
+def _untransform(y: np.ndarray, kind: str) -> np.ndarray:
+    return np.exp(y) if kind == "log" else np.expm1(y) if kind == "log1p" else y
+
+
+def _make_scaler(kind: str) -> Scaler | None:
+    return {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}[kind]() if kind != "none" else None
+
+
+def _scale(scaler: Scaler | None, x: np.ndarray) -> np.ndarray:
+    return x if scaler is None or x.shape[1] == 0 else scaler.transform(x)
+
+
+def _fit_scalers(kind: str, s: PanelSeries, transform: str, targets: Sequence[str], train: slice
+                 ) -> dict[str, Scaler | None]:
+    """Scalers of one series' targets (transformed) and covariates, fitted on its ``train`` steps."""
+    scalers: dict[str, Scaler | None] = {}
+    for role, values in (("target", _transform(s.target, transform, targets, s.index)), ("past", s.past),
+                         ("future", s.future)):
+        scalers[role] = _make_scaler(kind) if values.shape[1] else None
+        if scalers[role] is not None:
+            scalers[role].fit(values[train])
+    return scalers
+
+
+# ------------------------------------------------------------------------------- reading
+def _load_frame(source: Any, date_column: str, reading: dict | None = None) -> pd.DataFrame:
+    """A CSV path or DataFrame as a DataFrame with the dates in ``date_column`` (a DatetimeIndex is
+    taken as the date column when the frame has no such column). ``reading``: ``read_csv``'s
+    decoding keywords (``TextFileConfig.reading()``)."""
+    if isinstance(source, (str, Path)):
+        return read_csv(source, **(reading or {}))
+    if not isinstance(source, pd.DataFrame):
+        raise TypeError(f"df: expected a pandas DataFrame or a CSV path, got {type(source).__name__}")
+    df = source.copy()
+    if date_column not in df.columns and isinstance(df.index, pd.DatetimeIndex):
+        df.index.name = date_column
+        df = df.reset_index()
+    return df
+
+
+def _trailing_future_rows(df: pd.DataFrame, date_column: str, targets: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off the rows after the last target value (in date order): (history, future rows)."""
+    if date_column not in df.columns or any(t not in df.columns for t in targets):
+        return df, df.iloc[:0]  # read_series names what is missing
+    order = np.argsort(pd.to_datetime(df[date_column], errors="coerce").to_numpy(), kind="stable")
+    df = df.iloc[order].reset_index(drop=True)
+    has_target = df[list(targets)].notna().any(axis=1).to_numpy()
+    last = int(np.flatnonzero(has_target)[-1]) + 1 if has_target.any() else 0
+    return df.iloc[:last], df.iloc[last:]
+
+
+def _future_index(end: pd.Timestamp, steps: int, freq: str | None) -> pd.DatetimeIndex:
+    if not freq:
+        raise ValueError("data.freq: the dates are irregular, so the dates of the forecast cannot be built; "
+                         "pass freq= (e.g. 'MS', 'D') to put the series on a regular grid")
+    return pd.date_range(end, periods=steps + 1, freq=freq)[1:]
+
+
+
+# ------------------------------------------------------------------------------- windows
+@dataclass
+class _Batch:
+    """Windows in model space: targets (transformed, scaled) and covariates (scaled).
+
+    y_in <float32>[W, L, C] (NaN where missing); past <float32>[W, L, Pc]; fut_in <float32>[W, L, Fc];
+    fut_out <float32>[W, h, Fc]; y_out <float32>[W, h, C] or None (forecasting past the data)."""
+
+    y_in: np.ndarray
+    past: np.ndarray
+    fut_in: np.ndarray
+    fut_out: np.ndarray
+    y_out: np.ndarray | None = None
+
+
+def _gather(y: np.ndarray, past: np.ndarray, fut: np.ndarray, origins: np.ndarray, lookback: int, horizon: int,
+            with_targets: bool) -> _Batch:
+    """Windows ending at each origin (the first forecast step) from full arrays over time."""
+    steps_in = origins[:, None] - lookback + np.arange(lookback)
+    steps_out = origins[:, None] + np.arange(horizon)
+    f32 = np.float32
+    return _Batch(y[steps_in].astype(f32), past[steps_in].astype(f32), fut[steps_in].astype(f32),
+                  fut[steps_out].astype(f32), y[steps_out].astype(f32) if with_targets else None)
+
+
+@dataclass
+class _Prepared:
+    """A series in model space, ready for windows: the cleaned data, the arrays and, past its end,
+    the future covariates of up to ``ahead`` steps."""
+
+    data: SeriesData | PanelSeries
+    y: np.ndarray       # <float64>[N, C] transformed and scaled (NaN where missing)
+    past: np.ndarray    # <float64>[N, Pc] scaled
+    fut: np.ndarray     # <float64>[N + ahead, Fc] scaled (+ the one-hot static categories)
+    ahead: int
+    scalers: dict[str, Scaler | None] = field(default_factory=dict)  # those that scaled it

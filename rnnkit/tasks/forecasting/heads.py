@@ -1,0 +1,190 @@
+"""The network's side of forecasting: the three input layouts, each window's reference level, the
+output heads (point, Gaussian, quantile) with their losses, and forecasting (recursive included)."""
+
+from __future__ import annotations
+
+import warnings
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ...model import SequenceModel
+from .config import ForecastExperiment
+from .data import _Batch
+
+
+def _reference(y_in: np.ndarray, how: str) -> np.ndarray:
+    """<float32>[W, 1, C]: each window's level that inputs and targets are taken relative to."""
+    if how == "none":
+        return np.zeros((y_in.shape[0], 1, y_in.shape[2]), np.float32)
+    if how == "mean":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.nanmean(y_in, axis=1, keepdims=True)
+    else:  # the last observed value of each column
+        seen = ~np.isnan(y_in)
+        last = y_in.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)          # [W, C]
+        ref = np.take_along_axis(y_in, last[:, None, :], axis=1)
+    return np.nan_to_num(ref).astype(np.float32)
+
+
+def _sizes(columns: dict[str, Any]) -> dict[str, int]:
+    """The network's input widths from the column roles: targets, past and future covariates (the
+    one-hot static categories count as future covariates: known at every step)."""
+    static = sum(len(values) for values in columns.get("categories", {}).values())
+    return {"target": len(columns["target"]), "past": len(columns["past"]),
+            "future": len(columns["future_all"]) + static}
+
+
+class _Network:
+    """Builds the inputs of a layout, reads its outputs and computes the loss (module docstring)."""
+
+    def __init__(self, experiment: ForecastExperiment, sizes: dict[str, int]) -> None:
+        self.fc, self.data = experiment.forecast, experiment.data
+        self.c, self.pc, self.fcov = sizes["target"], sizes["past"], sizes["future"]
+        self.k = {"point": 1, "gaussian": 2, "quantile": len(self.fc.quantiles)}[self.fc.output]
+        if self.fc.strategy == "recursive":
+            self.layout = "recursive"
+        else:
+            self.layout = "steps" if self.fcov else "last"
+
+    def model_fields(self) -> dict[str, Any]:
+        """The ModelConfig fields that the data decides."""
+        h, c, k = self.data.horizon, self.c, self.k
+        if self.layout == "last":
+            return {"input_size": c + self.pc, "output_size": h * c * k, "output_per": "sequence",
+                    "pooling": "last", "vocab_size": 0, "output_activation": "linear"}
+        return {"input_size": c + self.pc + self.fcov + 1, "output_size": c * k, "output_per": "step",
+                "vocab_size": 0, "output_activation": "linear"}
+
+    # ---------------------------------------------------------------------------- inputs
+    def inputs(self, b: _Batch, horizon: int) -> tuple[Tensor, np.ndarray]:
+        """(x, reference) for ``horizon`` steps; for "recursive" x holds the lookback steps only
+        unless ``b.y_out`` is given (teacher forcing)."""
+        ref = _reference(b.y_in, self.fc.normalize)
+        y_in = np.nan_to_num(b.y_in - ref)
+        w, lookback = y_in.shape[:2]
+        if self.layout == "last":
+            return torch.from_numpy(np.concatenate([y_in, b.past], axis=2)), ref
+        if self.layout == "steps":
+            hist = np.concatenate([y_in, b.past, b.fut_in, np.ones((w, lookback, 1), np.float32)], axis=2)
+            ahead = np.concatenate([np.zeros((w, horizon, self.c + self.pc), np.float32), b.fut_out[:, :horizon],
+                                    np.zeros((w, horizon, 1), np.float32)], axis=2)
+            return torch.from_numpy(np.concatenate([hist, ahead], axis=1)), ref
+        # recursive: step t reads y_t, past_t (while observed), future covariates of step t+1, flag
+        fut_next = np.concatenate([b.fut_in[:, 1:], b.fut_out[:, :1]], axis=1)
+        hist = np.concatenate([y_in, b.past, fut_next, np.ones((w, lookback, 1), np.float32)], axis=2)
+        if b.y_out is None:
+            return torch.from_numpy(hist), ref
+        y_ahead = np.nan_to_num(b.y_out[:, :horizon - 1] - ref)
+        ahead = self.step_inputs(y_ahead, b.fut_out[:, 1:horizon])
+        return torch.from_numpy(np.concatenate([hist, ahead], axis=1)), ref
+
+    def step_inputs(self, y: np.ndarray, fut_next: np.ndarray) -> np.ndarray:
+        """Recursive inputs past the origin: value fed back, no past covariates, flag 0."""
+        w, t = y.shape[:2]
+        return np.concatenate([y, np.zeros((w, t, self.pc), np.float32), fut_next,
+                               np.zeros((w, t, 1), np.float32)], axis=2).astype(np.float32)
+
+    def targets(self, b: _Batch, ref: np.ndarray) -> Tensor:
+        """Training targets, relative to the reference: [W, H, C], or [W, L+H−1, C] for recursive."""
+        if self.layout == "recursive":
+            seq = np.concatenate([b.y_in[:, 1:], b.y_out], axis=1)
+            return torch.from_numpy(seq - ref)
+        return torch.from_numpy(b.y_out - ref)
+
+    def split_outputs(self, logits: Tensor, horizon: int) -> Tensor:
+        """Network output → <float>[W, steps, C, K] (steps: horizon, or every step for recursive)."""
+        w = logits.shape[0]
+        if self.layout == "last":
+            return logits.view(w, self.data.horizon, self.c, self.k)[:, :horizon]
+        out = logits.view(w, logits.shape[1], self.c, self.k)
+        return out if self.layout == "recursive" else out[:, -horizon:]
+
+    # ------------------------------------------------------------------------------ loss
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        """Mean loss over the observed targets: MSE, Gaussian NLL or pinball."""
+        mask = ~torch.isnan(target)
+        t = torch.nan_to_num(target)
+        if self.fc.output == "point":
+            elem = (out[..., 0] - t) ** 2
+        elif self.fc.output == "gaussian":
+            mu, sigma = out[..., 0], self.spread(out[..., 1])
+            elem = torch.log(sigma) + 0.5 * ((t - mu) / sigma) ** 2
+        else:
+            q = torch.tensor(self.fc.quantiles, dtype=out.dtype, device=out.device)
+            err = t.unsqueeze(-1) - out
+            elem = torch.maximum(q * err, (q - 1) * err).mean(-1)
+        return (elem * mask).sum() / mask.sum().clamp(min=1)
+
+    @staticmethod
+    def spread(raw: Tensor) -> Tensor:
+        return F.softplus(raw) + 1e-3
+
+    # ------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def forecast(self, model: SequenceModel, b: _Batch, horizon: int, level: float) -> dict[str, np.ndarray]:
+        """Forecasts in model space plus the reference: {"point", "lower", "upper", "quantiles"}, each
+        <float32>[W, horizon, C] ("quantiles": [W, horizon, C, Q]); intervals only when probabilistic."""
+        model.eval()
+        device = next(model.parameters()).device
+        x, ref = self.inputs(b, horizon)
+        if self.layout != "recursive":
+            logits, _ = model(x.to(device))
+            params = self.split_outputs(logits, horizon).cpu()
+            out = self._read(params, level)
+        else:
+            out = self._recursive(model, x.to(device), b, horizon, level, device)
+        return {name: (v + (ref[..., None] if v.ndim == 4 else ref)).astype(np.float32) for name, v in out.items()}
+
+    def _read(self, params: Tensor, level: float) -> dict[str, np.ndarray]:
+        if self.fc.output == "point":
+            return {"point": params[..., 0].numpy()}
+        if self.fc.output == "gaussian":
+            mu, sigma = params[..., 0], self.spread(params[..., 1])
+            z = NormalDist().inv_cdf(0.5 + level / 2)
+            return {"point": mu.numpy(), "lower": (mu - z * sigma).numpy(), "upper": (mu + z * sigma).numpy()}
+        qs = params.sort(dim=-1).values.numpy()
+        return {"point": qs[..., self.fc.quantiles.index(0.5)], "lower": qs[..., 0], "upper": qs[..., -1],
+                "quantiles": qs}
+
+    def _recursive(self, model: SequenceModel, x: Tensor, b: _Batch, horizon: int, level: float,
+                   device: torch.device) -> dict[str, np.ndarray]:
+        """Feed the mean back for the point forecast; sample paths for the Gaussian interval."""
+        fut_next = torch.from_numpy(np.ascontiguousarray(b.fut_out[:, 1:horizon])).to(device)
+
+        def run(inputs: Tensor, sample: torch.Generator | None, reps: int) -> Tensor:
+            logits, state = model(inputs.repeat(reps, 1, 1) if reps > 1 else inputs)
+            steps = []
+            for k in range(horizon):
+                params = logits[:, -1].view(logits.shape[0], self.c, self.k)
+                value = params[..., 0]
+                if sample is not None:  # the same draws for every origin: a backtest agrees with predict
+                    noise = torch.randn((reps, 1, self.c), generator=sample, dtype=value.dtype)
+                    noise = noise.expand(reps, value.shape[0] // reps, self.c).reshape(value.shape).to(device)
+                    value = value + self.spread(params[..., 1]) * noise
+                steps.append(value)
+                if k == horizon - 1:
+                    break
+                f = fut_next[:, k:k + 1].repeat(reps, 1, 1) if reps > 1 else fut_next[:, k:k + 1]
+                step = torch.cat([value[:, None], value.new_zeros(value.shape[0], 1, self.pc), f,
+                                  value.new_zeros(value.shape[0], 1, 1)], dim=2)
+                logits, state = model(step, state=state)
+            return torch.stack(steps, dim=1).cpu()  # [reps*W, horizon, C]
+
+        out = {"point": run(x, None, 1).numpy()}
+        if self.fc.output == "gaussian":
+            first, _ = model(x)
+            w, reps = x.shape[0], self.fc.samples
+            paths = run(x, torch.Generator().manual_seed(self.fc.seed), reps).view(reps, w, horizon, self.c)
+            lo, hi = torch.quantile(paths, torch.tensor([0.5 - level / 2, 0.5 + level / 2]), dim=0)
+            params = first[:, -1].view(w, self.c, self.k).cpu()   # step 1: the exact Gaussian
+            z = NormalDist().inv_cdf(0.5 + level / 2)
+            lo[:, 0] = params[..., 0] - z * self.spread(params[..., 1])
+            hi[:, 0] = params[..., 0] + z * self.spread(params[..., 1])
+            out["lower"], out["upper"] = lo.numpy(), hi.numpy()
+        return out
