@@ -14,6 +14,7 @@ import pandas as pd
 
 from ...baselines import Backtest
 from ...metrics import coverage, mae, mape, mase, rmse, smape
+from .conformal import coverage_by_step
 
 
 # ------------------------------------------------------------------------------- backtests
@@ -59,11 +60,19 @@ class ForecastBacktest:
                 f"{self.origin_dates[0].date()} .. {self.origin_dates[-1].date()}")
         if self.level is not None:
             head += f"; interval level {self.level:g}"
-        return head + "\n" + format_metrics(self.metrics)
+        return head + "\n" + format_metrics(self.metrics) + _coverage_line(self.coverage_by_step())
+
+    def coverage_by_step(self) -> np.ndarray | None:
+        """<float64>[horizon]: the model's interval coverage of the actuals at each step; None without intervals."""
+        if self.lower is None:
+            return None
+        return coverage_by_step(self.backtests["model"].actuals, self.lower, self.upper)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (metrics, origins, seconds)."""
+        """JSON-ready summary (metrics, origins, seconds, coverage by step)."""
+        steps = self.coverage_by_step()
         return {"horizon": self.horizon, "origins": len(self.origin_dates),
+                "coverage_by_step": None if steps is None else [None if math.isnan(v) else v for v in steps],
                 "first_origin": str(self.origin_dates[0].date()), "last_origin": str(self.origin_dates[-1].date()),
                 "level": self.level, "seconds": self.seconds,
                 "metrics": {name: {k: (None if math.isnan(v) else v) for k, v in row.items()}
@@ -116,17 +125,35 @@ class PanelBacktest:
                 "means over series")
         if self.level is not None:
             head += f"; interval level {self.level:g}"
-        return head + "\n" + format_metrics(self.metrics)
+        return head + "\n" + format_metrics(self.metrics) + _coverage_line(self.coverage_by_step())
+
+    def coverage_by_step(self) -> np.ndarray | None:
+        """<float64>[horizon]: the model's interval coverage of the actuals at each step, over every series
+        and origin; None without intervals."""
+        if "lower" not in self.forecasts:
+            return None
+        f = self.forecasts
+        inside = (f["actual"] >= f["lower"]) & (f["actual"] <= f["upper"])
+        seen = f["actual"].notna()
+        return (inside & seen).groupby(f["step"]).sum().to_numpy() / seen.groupby(f["step"]).sum().to_numpy()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (mean metrics, series, seconds)."""
+        """JSON-ready summary (mean metrics, series, seconds, coverage by step)."""
+        steps = self.coverage_by_step()
         return {"horizon": self.horizon, "series": self.series, "level": self.level, "seconds": self.seconds,
+                "coverage_by_step": None if steps is None else [None if math.isnan(v) else v for v in steps],
                 "metrics": {name: {k: (None if math.isnan(v) else v) for k, v in row.items()}
                             for name, row in self.metrics.to_dict(orient="index").items()}}
 
     def frame(self) -> pd.DataFrame:
         """The model's forecasts as rows (series, origin, step, column, actual, forecast, lower, upper)."""
         return self.forecasts
+
+
+def _coverage_line(steps: np.ndarray | None) -> str:
+    if steps is None:
+        return ""
+    return "\ninterval coverage by step: " + " ".join(f"{v:.2f}" for v in steps)
 
 
 def format_metrics(frame: pd.DataFrame) -> str:

@@ -69,7 +69,12 @@ class ForecastConfig(Config):
         "point", description="point (MSE), gaussian (mean and spread, NLL) or quantile (pinball loss)")
     quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
                                    description="quantile output: increasing levels in (0, 1), with 0.5 (the point)")
-    level: float = Field(0.8, gt=0, lt=1, description="gaussian output: probability of the prediction interval")
+    level: float = Field(0.8, gt=0, lt=1, description="probability of the prediction interval (gaussian output or "
+                                                      "conformal intervals)")
+    intervals: Literal["model", "conformal"] = Field(
+        "model", description="model: the gaussian or quantile head's intervals; conformal: split-conformal intervals "
+                             "from the validation span's absolute errors per horizon step, for any output (needs "
+                             "data.val of at least data.horizon steps)")
     samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
     normalize: Literal["none", "last", "mean"] = Field(
         "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets")
@@ -146,6 +151,9 @@ class ForecastExperiment(Config):
         if self.model.vocab_size:
             raise ValueError(f"model.vocab_size: a forecaster reads continuous values, expected 0, "
                              f"got {self.model.vocab_size}")
+        if self.forecast.intervals == "conformal" and not self.data.val:
+            raise ValueError("forecast.intervals: conformal intervals are calibrated on the validation span; set "
+                             "data.val (a count of at least data.horizon steps, or a fraction)")
         if self.forecast.strategy == "recursive" and self.model.bidirectional:
             raise ValueError("model.bidirectional: a recursive forecaster predicts each next step from the past "
                              "only; a backward direction would read the future. Set bidirectional = false")

@@ -20,6 +20,7 @@ from ...baselines import (ARIMA, AutoARIMA, AutoETS, AutoTheta, Backtest, HoltWi
 from ...data.datasets import dataset_file
 from ...data.series import (Panel, PanelSeries, Scaler, SeriesData, calendar_features, chronological_split,
                             make_windows, read_panel, read_series)
+from ...io.checkpoint import load_checkpoint, save_checkpoint
 from ...model import ModelConfig, SequenceModel
 from ...train import Trainer
 from ..base import Task, Training
@@ -28,6 +29,7 @@ from .data import (_transform, _untransform, _make_scaler, _scale, _load_frame, 
                    _future_index, _gather, _Prepared)
 from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
+from .conformal import calibrate, halfwidth
 from .panel import ManySeries
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Forecaster(ManySeries, Task):
         self.panel: Panel | None = None           # many series: those given to fit
         self.test_starts: dict[str, int] = {}     # and the first test step of each
         self.backtests: dict[int, ForecastBacktest] = {}
+        self.conformal: dict[str, Any] | None = None  # calibration scores of conformal intervals
         self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
 
     # ------------------------------------------------------------------------------ fit
@@ -209,6 +212,13 @@ class Forecaster(ManySeries, Task):
         """Backtests of the best model on the test part; with an out_dir, backtest.json/.txt there."""
         horizon = self.experiment.data.horizon
         self.results = {"best_epoch": float(trainer.best_epoch or 0), "epochs": float(trainer.epoch)}
+        if self.experiment.forecast.intervals == "conformal":
+            self.conformal = calibrate(self._validation_errors(prepared))
+            best = None if out_dir is None else out_dir / "best"
+            if best is not None and best.exists():  # the checkpoint was written before the calibration
+                ck = load_checkpoint(best)
+                save_checkpoint(best, ck.state_dict, ck.config, {**ck.extras, "conformal": self.conformal},
+                                ck.trainer_state)
         splits = list(prepared["splits"].values()) if "panel" in prepared else [prepared["split"]]
         test_steps = min(split.test.stop - split.test.start for split in splits)
         if not prepared["evaluate"] or test_steps <= 0:
@@ -228,6 +238,24 @@ class Forecaster(ManySeries, Task):
                 (out_dir / "backtest.json").write_text(
                     json.dumps({str(h): bt.to_dict() for h, bt in self.backtests.items()}, indent=2))
                 (out_dir / "backtest.txt").write_text(format_tables(list(self.backtests.values())) + "\n")
+
+    def _validation_errors(self, prepared: dict) -> np.ndarray:
+        """<float>[W, H, C]: forecast − actual in model space over the validation span (every series)."""
+        horizon = self.experiment.data.horizon
+        if "panel" in prepared:
+            series = [(self._panel_arrays(s), prepared["splits"][s.id].val) for s in prepared["panel"].series]
+        else:
+            series = [(self._arrays(prepared["series"], None), prepared["split"].val)]
+        errors = []
+        for p, val in series:
+            origins = np.arange(val.start, val.stop - horizon + 1, dtype=np.int64)
+            if len(origins):
+                point = self._run(p, origins, horizon, None, model_space=True)["point"]
+                errors.append(point - np.stack([p.y[o:o + horizon] for o in origins]))
+        if not errors:
+            raise ValueError(f"data.val: the validation span is shorter than the horizon {horizon}; conformal "
+                             "intervals need a forecast whose every step lies in it")
+        return np.concatenate(errors)
 
     @staticmethod
     def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None) -> SeriesData | Panel:
@@ -278,6 +306,8 @@ class Forecaster(ManySeries, Task):
     def extras(self) -> dict[str, Any]:
         out = {"scaler": {role: (s.to_dict() if s is not None else None) for role, s in self.scalers.items()},
                "columns": self.columns}
+        if self.conformal is not None:
+            out["conformal"] = self.conformal
         if self.series_scalers:
             out["series_scalers"] = {key: {role: (s.to_dict() if s is not None else None) for role, s in roles.items()}
                                      for key, roles in self.series_scalers.items()}
@@ -292,7 +322,9 @@ class Forecaster(ManySeries, Task):
             return {role: (Scaler.from_dict(state) if state is not None else None) for role, state in states.items()}
 
         series_scalers = {key: read(states) for key, states in extras.get("series_scalers", {}).items()}
-        return cls(model, experiment, read(extras["scaler"]), extras["columns"], series_scalers)
+        fc = cls(model, experiment, read(extras["scaler"]), extras["columns"], series_scalers)
+        fc.conformal = extras.get("conformal")
+        return fc
 
     # ----------------------------------------------------------------------- preparation
     def _arrays(self, series: SeriesData | PanelSeries, future_cov: np.ndarray | None,
@@ -415,6 +447,11 @@ class Forecaster(ManySeries, Task):
 
     def _level(self, level: float | None) -> float | None:
         fc = self.experiment.forecast
+        if fc.intervals == "conformal":  # any level: the scores give every quantile
+            level = fc.level if level is None else level
+            if not 0 < level < 1:
+                raise ValueError(f"level: expected a probability in (0, 1), got {level}")
+            return float(level)
         if fc.output == "point":
             if level is not None:
                 raise ValueError(f"level: a point forecaster has no intervals (forecast.output='point'), got {level}")
@@ -432,8 +469,9 @@ class Forecaster(ManySeries, Task):
 
     # -------------------------------------------------------------------------- forecast
     def _run(self, p: _Prepared, origins: np.ndarray, horizon: int, level: float | None,
-             batch: int = 1024) -> dict[str, np.ndarray]:
-        """Forecasts from each origin in the data's units: {"point", "lower", "upper", "quantiles"}."""
+             batch: int = 1024, model_space: bool = False) -> dict[str, np.ndarray]:
+        """Forecasts from each origin in the data's units (``model_space``: transformed and scaled, as the
+        network sees them): {"point", "lower", "upper", "quantiles"}; conformal intervals when calibrated."""
         lookback = self.experiment.data.lookback
         if origins.size and origins.min() < lookback:
             raise ValueError(f"df: series of {origins.min()} steps before the first forecast origin is shorter "
@@ -449,6 +487,11 @@ class Forecaster(ManySeries, Task):
                                  "cannot forecast from them")
             parts.append(self.net.forecast(self.model, b, horizon, level if level is not None else 0.8))
         out = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+        if model_space:
+            return out
+        if self.conformal is not None and level is not None:
+            width = halfwidth(self.conformal, level, horizon)[None].astype(np.float32)
+            out["lower"], out["upper"] = out["point"] - width, out["point"] + width
         scaler, kind = p.scalers["target"], self.columns["transform"]
 
         def back(v: np.ndarray) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""Conformal prediction intervals of the forecaster: calibration on the validation span, the
+split-conformal quantile per horizon step, coverage by step, the checkpoint round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment
+from rnnkit.tasks.forecasting.conformal import calibrate, coverage_by_step, halfwidth
+
+torch.set_num_threads(1)
+
+
+def test_split_conformal_quantile_by_hand():
+    errors = np.arange(1.0, 10.0)[:, None, None] * np.array([1.0, 2.0])[None, :, None]  # [9, 2 steps, 1]
+    cal = calibrate(-errors)                                    # signs do not matter: absolute errors
+    # n = 9 at level 0.8: the ceil(10 * 0.8) = 8th smallest
+    np.testing.assert_array_equal(halfwidth(cal, 0.8, 2)[:, 0], [8.0, 16.0])
+    # past the calibrated horizon the last step's width; too few scores for 0.95 (rank 10 of 9): unbounded
+    np.testing.assert_array_equal(halfwidth(cal, 0.8, 4)[:, 0], [8.0, 16.0, 16.0, 16.0])
+    assert np.isinf(halfwidth(cal, 0.95, 1)).all()
+    # a NaN (unobserved actual) is left out of its step's count
+    with_gap = errors.copy()
+    with_gap[0, 0, 0] = np.nan
+    assert calibrate(with_gap)["count"] == [[8], [9]]
+    # many scores are summarised by quantiles; the width stays the order statistic's
+    many = np.random.default_rng(0).uniform(0, 1, (20_000, 1, 1))
+    assert abs(halfwidth(calibrate(many), 0.8, 1)[0, 0] - 0.8) < 0.01
+    actuals = np.array([[[1.0], [5.0]], [[2.0], [np.nan]]])  # [2 origins, 2 steps, 1]
+    cover = coverage_by_step(actuals, np.zeros((2, 2, 1)), np.full((2, 2, 1), 3.0))
+    np.testing.assert_array_equal(cover, [1.0, 0.0])
+
+
+def random_walk(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    y = 50 + np.cumsum(np.random.default_rng(seed).normal(0, 1, n))
+    return pd.DataFrame({"date": pd.date_range("2000-01-01", periods=n, freq="D"), "y": y})
+
+
+def experiment(**data) -> ForecastExperiment:
+    return ForecastExperiment.from_dict({
+        "data": {"date_column": "date", "target_columns": ["y"], "lookback": 10, "horizon": 6, "val": 120,
+                 "test": 120, "scaler": "none", **data},
+        "forecast": {"intervals": "conformal", "level": 0.8},
+        "model": {"cell": "gru", "hidden_size": 8},
+        "train": {"epochs": 5, "lr": 1e-2, "log_every": 10_000},
+        "evaluate": {"statistical": "none", "horizons": [6]}})
+
+
+def test_conformal_intervals_widen_with_the_step_and_cover_the_test(tmp_path):
+    fc = Forecaster.fit(random_walk(), tmp_path / "run", experiment=experiment())
+    width = halfwidth(fc.conformal, 0.8, 6)[:, 0]
+    # a random walk's h-step error grows like sqrt(h): the calibrated widths grow with the step
+    assert width[-1] > 1.5 * width[0]
+    bt = fc.backtests[6]
+    steps = bt.coverage_by_step()
+    assert steps.shape == (6,) and 0.6 <= bt.metrics.loc["model", "coverage"] <= 0.97
+    assert "interval coverage by step:" in bt.table() and len(bt.to_dict()["coverage_by_step"]) == 6
+    out = fc.predict()
+    assert (out["y_lower"] < out["y"]).all() and (out["y"] < out["y_upper"]).all()
+    wide, narrow = fc.predict(level=0.95), fc.predict(level=0.5)
+    assert ((wide.y_upper - wide.y_lower) > (narrow.y_upper - narrow.y_lower)).all()
+    # the calibration travels with the checkpoint written before it was made
+    loaded = Forecaster.load(tmp_path / "run" / "best")
+    pd.testing.assert_frame_equal(loaded.predict(df=random_walk()), out)
+
+
+def test_conformal_needs_a_validation_span():
+    with pytest.raises(ValueError, match=r"forecast.intervals: conformal intervals are calibrated on the validation "
+                                         r"span; set data.val"):
+        experiment(val=0)
+    with pytest.raises(ValueError, match=r"data.val: the validation span is shorter than the horizon 6"):
+        Forecaster.fit(random_walk(), experiment=experiment(val=4))
