@@ -162,7 +162,8 @@ def test_decoding_error_names_file_line_byte_and_the_fix(tmp_path):
 def test_gzip_errors_say_decompressed(tmp_path):
     path = tmp_path / "bad.txt.gz"
     path.write_bytes(gzip.compress(b"abc\xffdef"))
-    with pytest.raises(ValueError, match=r"bad\.txt\.gz \(decompressed\) is not valid utf-8: byte 0xff at byte offset 3"):
+    with pytest.raises(ValueError, match=r"bad\.txt\.gz \(decompressed\) is not valid utf-8: byte 0xff at "
+                                         r"byte offset 3"):
         read_text(path)
     path.write_bytes(gzip.compress(SHORT.encode("cp1252")))
     assert read_text(path, "cp1252") == SHORT
@@ -248,7 +249,8 @@ def test_classifier_config_encoding_trains_on_cp1252(cp1252_classifier):
     experiment, clf, root = cp1252_classifier
     assert {"naïve", "café", "cliché", "—", "“fun”"} <= set(clf.vocab.tokens)
     assert clf.results["val_accuracy"] > 0.8
-    with pytest.raises(ValueError, match="train.tsv is not valid utf-8: byte 0x93 at byte offset 19, line 2 .*data.encoding"):
+    with pytest.raises(ValueError, match="train.tsv is not valid utf-8: byte 0x93 at byte offset 19, line 2 "
+                                         ".*data.encoding"):
         tasks.fit(experiment.model_copy(update={"data": experiment.data.model_copy(update={"encoding": "utf-8"})}),
                   root / "utf8")
 
@@ -329,4 +331,5 @@ def test_forecaster_config_encoding_reads_its_csv(tmp_path):
         fc = Forecaster.fit(experiment)
     assert fc.experiment.data.target_columns == ["chiffre d'affaires (€)"]
     with pytest.raises(ValueError, match="ventes.csv: line 1, byte offset 3: U\\+0000 \\(NUL\\).*looks like utf-16"):
-        Forecaster.fit(experiment.model_copy(update={"data": experiment.data.model_copy(update={"encoding": "latin-1"})}))
+        latin = experiment.data.model_copy(update={"encoding": "latin-1"})
+        Forecaster.fit(experiment.model_copy(update={"data": latin}))

@@ -71,7 +71,8 @@ def test_wheel_installs_beside_existing_packages_and_changes_none(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     lines = metadata.splitlines()
-    requires = [line.split(": ", 1)[1] for line in lines if line.startswith("Requires-Dist: ") and "extra ==" not in line]
+    requires = [line.split(": ", 1)[1] for line in lines
+                if line.startswith("Requires-Dist: ") and "extra ==" not in line]
     python_range = next(line for line in lines if line.startswith("Requires-Python: "))
     assert "<" not in python_range, python_range  # no upper bound on Python
     assert not [r for r in requires if "==" in r] and "torch>=2.6" in requires, requires  # ranges, not pins
