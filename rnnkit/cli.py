@@ -176,7 +176,8 @@ def evaluate(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directo
 def generate(checkpoint: Annotated[Path, typer.Argument(help="language-model checkpoint directory")],
              prompt: Annotated[str, typer.Option(help="text to continue")] = "",
              prompt_file: Annotated[Optional[Path], typer.Option(help=(
-                 "read the text to continue from this file (one trailing newline dropped), instead of --prompt"))] = None,
+                 "read the text to continue from this file (one trailing newline dropped), instead of "
+                 "--prompt"))] = None,
              top_k: Annotated[int, typer.Option(help="without --length: list the k most likely next tokens; "
                                                 "with it: sample among the top k (0 = all)")] = 0,
              length: Annotated[int, typer.Option(help="sample this many tokens (0: list the next-token top-k)")] = 0,
