@@ -124,8 +124,8 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
     """Train the experiment a config describes; prints the final test figures (rank 0 only)."""
     from . import distributed, tasks
     _show_warnings()
-    group = distributed.environment()
-    if nproc is not None and group is not None:
+    group = distributed.environment()  # a batch job of one SLURM task may start its own processes
+    if nproc is not None and group is not None and (group.world_size > 1 or group.launcher == "torchrun"):
         raise ValueError(f"--nproc {nproc}: this process was started by a launcher that already set up "
                          f"{group.world_size} process(es) ({group.describe()}); drop --nproc to train in the "
                          "launcher's group, or run rnnkit train --nproc outside the launcher")
@@ -226,6 +226,15 @@ def bench(ctx: typer.Context) -> None:
     """Speed against torch.nn, side by side: medians, ratios, % of peak (options: rnnkit bench --help)."""
     from .bench import main as bench_main
     raise typer.Exit(bench_main(ctx.args, prog="rnnkit bench"))
+
+
+@app.command()
+@user_errors
+def tune(rounds: Annotated[int, typer.Option(help="timed rounds per shape and candidate (medians)")] = 7,
+         save: Annotated[bool, typer.Option(help="store the decisions for this CPU model")] = True) -> None:
+    """Time the kernel paths that can tie on this CPU (seconds) and store the faster ones in the user's cache."""
+    from .kernels.fused import tune as tuning
+    tuning.run(rounds=rounds, path=None if save else False, echo=typer.echo)
 
 
 @app.command()

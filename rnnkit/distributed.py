@@ -49,6 +49,7 @@ class GroupEnv(NamedTuple):
     rank: int
     local_rank: int
     world_size: int
+    launcher: str  # "torchrun" (torchrun's or launch's variables) or "slurm"
     variables: dict[str, str]  # name → value, for messages
 
     def describe(self) -> str:
@@ -78,17 +79,19 @@ def environment() -> GroupEnv | None:
                                  f"(torchrun, rnnkit.distributed.launch); unset {other} to run alone")
         rank_, size = _read_int("RANK"), _read_int("WORLD_SIZE")
         local = _read_int("LOCAL_RANK") if "LOCAL_RANK" in env else rank_
+        launcher = "torchrun"
     elif "SLURM_PROCID" in env and ("SLURM_NTASKS" in env or "SLURM_NPROCS" in env):
         size_name = "SLURM_NTASKS" if "SLURM_NTASKS" in env else "SLURM_NPROCS"
         names = ("SLURM_PROCID", size_name, "SLURM_LOCALID")
         rank_, size = _read_int("SLURM_PROCID"), _read_int(size_name)
         local = _read_int("SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        launcher = "slurm"
     else:
         return None
     variables = {k: env[k] for k in (*names, "MASTER_ADDR", "MASTER_PORT") if k in env}
     if size < 1 or not 0 <= rank_ < size:
         raise ValueError(f"{names[0]}={rank_}, {names[1]}={size}: expected 0 <= rank < world size")
-    return GroupEnv(rank_, local, size, variables)
+    return GroupEnv(rank_, local, size, launcher, variables)
 
 
 def restart_count() -> int:

@@ -293,3 +293,9 @@ def test_train_nproc_refused_inside_a_launchers_environment(no_launcher, tmp_pat
                      "drop --nproc to train in the launcher's group, or run rnnkit train --nproc outside the "
                      "launcher"]
     assert not (tmp_path / "o").exists()
+
+
+def test_train_nproc_allowed_in_a_slurm_job_of_one_task(no_launcher, tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "missing.toml"), "--nproc", "2"],
+                                env={"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0"})
+    assert result.exit_code == 2 and "missing.toml: config file not found" in result.output  # not --nproc
