@@ -333,3 +333,30 @@ def test_forecaster_config_encoding_reads_its_csv(tmp_path):
     with pytest.raises(ValueError, match="ventes.csv: line 1, byte offset 3: U\\+0000 \\(NUL\\).*looks like utf-16"):
         latin = experiment.data.model_copy(update={"encoding": "latin-1"})
         Forecaster.fit(experiment.model_copy(update={"data": latin}))
+
+
+def test_qa_config_encoding_and_the_answer_and_evaluate_flags(tmp_path):
+    from rnnkit.tasks.qa import QADataConfig, QAExperiment, QAModelConfig
+    rng, lines = random.Random(0), []
+    people, places = ["Zoë", "José", "Chloé"], ["café", "théâtre", "garden"]
+    for _ in range(40):
+        person, place = rng.choice(people), rng.choice(places)
+        lines += [f"1 {person} went to the {place}.", f"2 Where is {person}? \t{place}\t1"]
+    for name in ("train.txt", "test.txt"):
+        (tmp_path / name).write_bytes(("\n".join(lines) + "\n").encode("cp1252"))
+    experiment = QAExperiment(
+        data=QADataConfig(dataset="", train=str(tmp_path / "train.txt"), encoding="cp1252", batch_size=8),
+        model=QAModelConfig(embedding_dim=8, hidden_size=8, hops=1, memory_size=4),
+        train=TrainConfig(epochs=2, lr=1e-2, log_every=1000))
+    qa = tasks.fit(experiment, tmp_path / "run")
+    assert {"zoë", "josé", "chloé", "café", "théâtre"} <= set(qa.vocab.tokens)
+    story = tmp_path / "story.txt"
+    story.write_bytes("Chloé went to the théâtre.\n".encode("cp1252"))
+    runner, best = CliRunner(), str(tmp_path / "run" / "best")
+    args = ["answer", best, "--story", str(story), "--question", "Where is Chloé?"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "story.txt is not valid utf-8: byte 0xe9 at byte offset 4, line 1" in result.output
+    result = runner.invoke(app, args + ["--encoding", "cp1252"])
+    assert result.exit_code == 0 and "unknown" not in result.output and "chloé went to the théâtre" in result.output
+    result = runner.invoke(app, ["evaluate", best, "--data", str(tmp_path / "test.txt"), "--encoding", "auto"])
+    assert result.exit_code == 0 and "encoding 'auto' read cp1252" in result.output and '"n": 40' in result.output

@@ -175,7 +175,8 @@ def guess_code_page(data: bytes, source: str) -> tuple[str, str]:
 
     Western text often reads equally cleanly in several code pages (cp1250, cp1252, cp1257 share most
     letters) and charset-normalizer's pick among them is arbitrary; Windows-1252, the most common
-    legacy encoding, wins when it reads about as cleanly as the best. Short texts say little: a
+    legacy encoding, wins when it reads about as cleanly as the best, or reads the bytes as the same
+    text as one that does. Short texts say little: a
     folder of files is guessed from all of its files at once (``read_folder``).
     """
     from charset_normalizer import from_bytes
@@ -185,7 +186,12 @@ def guess_code_page(data: bytes, source: str) -> tuple[str, str]:
         raise ValueError(f"{source}: encoding 'auto' could not tell the encoding; name it "
                          "(data.encoding in the config, --encoding on the command line)")
     near = {codecs.lookup(m.encoding).name for m in matches if m.chaos <= best.chaos + _CHAOS_MARGIN}
-    if "cp1252" in near:
+    try:
+        western = data.decode("cp1252")
+    except UnicodeDecodeError:  # bytes cp1252 leaves undefined (0x81, 0x8d, 0x8f, 0x90, 0x9d)
+        western = None
+    # charset-normalizer lists one of several code pages that read the bytes identically
+    if western is not None and ("cp1252" in near or any(data.decode(name) == western for name in near)):
         return "cp1252", "charset-normalizer, Windows-1252 among its equals"
     return codecs.lookup(best.encoding).name, "charset-normalizer"
 
