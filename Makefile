@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-test.lock
 	$(PY) -m pip install --quiet -r requirements.lock -r requirements-test.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, about four minutes on 2 cores, once)"
-	$(PY) -c "from rnnkit.kernels import fused; fused.warm_up()"
+	$(PY) -c "from rnnkit.kernels import fused; fused.warm_up()" && $(PY) -m rnnkit.cli tune
 	touch $(STAMP)
 
 demo: $(STAMP)

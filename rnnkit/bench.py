@@ -44,6 +44,7 @@ import torch
 import rnnkit
 
 from .kernels import fused as _fused
+from .kernels.fused.gemm import linear_pointwise
 
 # --malloc tuned: glibc's malloc keeps freed memory (no heap trimming, no mmap for large blocks), so a
 # training step does not fault its buffers in again. torch.nn's training rows gain most; rnnkit reuses
@@ -259,7 +260,7 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000, thread
     and out as tensors) and ``layer.streamer()`` (the state kept inside: a compiled
     ``fused.Streamer``), also writing into a preallocated output (``streamer(x, out=y)``). With
     threads > 1, also a streamer made and run on that many threads (``streamer_threads``: with large
-    weights it shares the hidden units among them, see ``fused.STREAM_UNITS_MIN_WEIGHT``)."""
+    weights it shares the hidden units among them, see the policy's ``stream_units_min_weight``)."""
     cls, _, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
@@ -353,8 +354,8 @@ def gemm_gflops(repeat: int = 5) -> float:
     thread count — the ceiling that every row's % of peak should be read against."""
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
-    _fused._lp(a, b, None, "none", [], "")
-    times = [timed(lambda: _fused._lp(a, b, None, "none", [], ""), 1) for _ in range(repeat)]
+    linear_pointwise(a, b, None, "none", [], "")
+    times = [timed(lambda: linear_pointwise(a, b, None, "none", [], ""), 1) for _ in range(repeat)]
     return 2.0 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
 
 

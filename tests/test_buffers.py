@@ -93,15 +93,19 @@ def test_graphs_alive_at_once_do_not_share_buffers(cls, pooled_projection, monke
     """Two forward passes whose graphs are both alive, then both backwards (in the other order): each
     gets the gradients of its own input, as the reference backend computes them (float64: the
     comparison is exact to rounding). pooled_projection: the input projection x W_ih^T, which the
-    layer keeps for backward, comes from the pool too (as it does from LINEAR_POOL_MIN_BYTES)."""
-    from rnnkit.kernels import fused as fused_module
+    layer keeps for backward, comes from the pool too (as it does from the policy's linear_pool_min_bytes)."""
+    import contextlib
+    import dataclasses
+
+    from rnnkit import kernels
     torch.manual_seed(0)
     T, B, I, H = 40, 64, 16, 128  # big enough that the kept arrays and gradient buffers are pooled
     fused, ref = cls(I, H, backend="fused").double(), cls(I, H, backend="reference").double()
     pool.clear()
     requests = []
+    policy = contextlib.nullcontext()
     if pooled_projection:
-        monkeypatch.setattr(fused_module, "LINEAR_POOL_MIN_BYTES", 0)
+        policy = kernels.policy(dataclasses.replace(kernels.fused.current(), linear_pool_min_bytes=0))
         empty = pool.empty
         monkeypatch.setattr(pool, "empty", lambda shape, dtype: requests.append(tuple(shape)) or empty(shape, dtype))
     ref.load_state_dict(fused.state_dict())
@@ -111,9 +115,10 @@ def test_graphs_alive_at_once_do_not_share_buffers(cls, pooled_projection, monke
     grads = {}
     for name, m in (("fused", fused), ("reference", ref)):
         m.zero_grad()
-        outs = [m(x, lengths=lengths)[0] for x in xs]
-        for o, w in reversed(list(zip(outs, weights))):
-            (o * w).sum().backward()
+        with policy if name == "fused" else contextlib.nullcontext():
+            outs = [m(x, lengths=lengths)[0] for x in xs]
+            for o, w in reversed(list(zip(outs, weights))):
+                (o * w).sum().backward()
         grads[name] = [p.grad.clone() for p in m.parameters()]
     for a, b in zip(grads["fused"], grads["reference"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

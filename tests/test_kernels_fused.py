@@ -12,6 +12,7 @@ the fused kernel is as far, in another direction.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import subprocess
@@ -25,6 +26,29 @@ import rnnkit
 from rnnkit import kernels
 from rnnkit.cells import CellSpec
 from rnnkit.kernels import fused
+from rnnkit.kernels.fused import Call, Policy, gemm, plan, record, runtime
+from rnnkit.kernels.fused.policies import REFERENCE_HOST
+
+NEVER = 1 << 62
+REFERENCE = Policy.for_host(REFERENCE_HOST)
+"""The policy of the host the rules were measured on: every test here runs under it (``reference_policy``),
+whatever this host's defaults or tuned decisions, unless it names another."""
+ENV = dict(os.environ, RNNKIT_TUNE="0")  # subprocesses: no tuned decisions
+
+
+@pytest.fixture(autouse=True)
+def reference_policy():
+    with kernels.policy(REFERENCE):
+        yield
+
+
+def using(**fields) -> Policy:
+    """The reference policy with these fields replaced."""
+    return dataclasses.replace(REFERENCE, **fields)
+
+
+def paths(plans) -> list[str]:
+    return [p.path for p in plans]
 
 CELLS = {
     "rnn_tanh": (rnnkit.RNN, {}),
@@ -86,36 +110,50 @@ def _close(a, b, dtype, what, cell=""):
         torch.testing.assert_close(u, v, atol=atol, rtol=rtol, msg=lambda m: f"{what}[{i}]: {m}")
 
 
-@pytest.fixture(params=["compiled", "compiled-wt", "compiled-split", "stepwise", "onednn", "streamed",
-                        "streamed-split", "small"])
-def loop(request, monkeypatch):
-    """Every time-loop driver: the compiled loop on one thread (with W_hh as stored, or a transposed
-    copy at batch 1: "-wt"), split across two threads by rows of the batch (uneven chunks at batch
-    3), the Python loop with oneDNN's GEMM (float32), oneDNN's LSTM layer (float32 LSTM without
-    projection or lengths; the others fall back to the step loop), and, for inference of a
-    unidirectional stack, the streaming kernel over the whole call, on one thread ("streamed") or
-    split across two ("streamed-split"; training takes the split compiled loop). Only these two let a
-    no-grad call stream; the others test their own loops. "small": training through ``_SmallLayer``
-    (each direction one compiled call; unmasked RNN, LSTM and GRU with reset_after; the others fall
-    back to the compiled loop); no other driver takes it."""
-    never = 1 << 62
-    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", never if request.param == "small" else -1)
-    split = request.param.endswith("-split")
-    monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", never if request.param == "streamed" else 0)
-    monkeypatch.setattr(fused, "STREAM_PAR_MIN_MACS", 0 if request.param == "streamed-split" else never)
-    monkeypatch.setattr(fused, "STREAM_PAR_CACHED_WEIGHT", never)
-    if split and fused._kernels().MAX_THREADS < 2:
+LOOPS = {
+    "compiled": {}, "compiled-wt": {"transpose_min_steps": 1},
+    "compiled-split": {"par_min_rows": 1, "threads": 2},
+    "stepwise": {"step_loop_min_weight": 0},
+    "onednn": {"step_loop_min_weight": 0, "onednn_lstm_min_macs": 0, "onednn_lstm_train_min_macs": 0},
+    "streamed": {"stream_sequence_max_macs": NEVER},
+    "streamed-split": {"stream_par_min_macs": 0, "par_min_rows": 1, "threads": 2},
+    "small": {"small_train_max_macs": NEVER},
+}
+"""Every time-loop driver, as the policy that plans it (on top of ``ONE_PATH``): the compiled loop on
+one thread (with W_hh as stored, or a transposed copy at batch 1: "-wt"), split across two threads by
+rows of the batch (uneven chunks at batch 3), the Python loop with oneDNN's GEMM (float32), oneDNN's
+LSTM layer (float32 LSTM without projection or lengths; the others fall back to the step loop), and,
+for inference of a unidirectional stack, the streaming kernel over the whole call, on one thread
+("streamed") or split across two ("streamed-split"; training takes the split compiled loop). Only
+these two let a no-grad call stream. "small": training through the small-training path (each
+direction one compiled call; unmasked RNN, LSTM and GRU with reset_after; the others fall back to the
+compiled loop); no other driver takes it."""
+ONE_PATH = using(small_train_max_macs=-1, stream_sequence_max_macs=0, stream_par_min_macs=NEVER,
+                 stream_par_cached_weight=NEVER, transpose_min_steps=1 << 30, step_loop_min_weight=NEVER,
+                 step_loop_min_batch=1, step_loop_min_steps=1, par_min_rows=NEVER, par_row_bytes=NEVER, threads=1,
+                 onednn_lstm_min_macs=NEVER, onednn_lstm_train_min_macs=NEVER)
+
+
+@pytest.fixture(params=list(LOOPS))
+def loop(request):
+    if request.param.endswith("-split") and runtime.loops().MAX_THREADS < 2:
         pytest.skip("numba has one thread here")
-    monkeypatch.setattr(fused, "TRANSPOSE_MIN_STEPS", 1 if request.param == "compiled-wt" else 1 << 30)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", 0 if request.param in ("stepwise", "onednn") else never)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)
-    monkeypatch.setattr(fused, "PAR_MIN_ROWS", 1 if split else never)
-    monkeypatch.setattr(fused, "PAR_ROW_BYTES", never)
-    monkeypatch.setattr(fused, "_threads", lambda: 2 if split else 1)
-    monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 0 if request.param == "onednn" else never)
-    monkeypatch.setattr(fused, "ONEDNN_LSTM_TRAIN_MIN_MACS", 0 if request.param == "onednn" else never)
     return request.param
+
+
+def _expected(loop: str, cell: str, options, grad: bool) -> tuple[str, dict]:
+    """The path (and its parameters) a layer call of the test grid takes under ``LOOPS[loop]``."""
+    masked = options[2] is not None
+    f32_step = cell not in ("lstm_proj", "gru_v1")  # the cells the step loop takes (float32)
+    if loop == "onednn" and cell == "lstm" and not masked:
+        return "onednn_lstm", {}
+    if loop == "small" and grad and not masked and cell not in ("gru_v1", "lstm_proj", "lstm_ln"):
+        return "small_train", {}
+    if loop in ("stepwise", "onednn") and f32_step:
+        return "step_loop", {}
+    if loop.endswith("-split"):
+        return "compiled_loop", {"chunks": 2}
+    return "compiled_loop", {"chunks": 1, "transposed": loop == "compiled-wt"}
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"L{o[0]}{'bi' if o[1] else ''}"
@@ -138,25 +176,28 @@ def test_matches_reference(cell, options, dtype, loop):
     if loop.startswith("streamed") and not streams:
         pytest.skip("a bidirectional call or one with lengths does not stream (test_small_no_grad_call_streams)")
     outs_ref, grads_ref = _run(cell, options, "reference", dtype)
-    before = dict(fused.calls)
-    outs, grads = _run(cell, options, "fused", dtype)
-    ran = {"compiled-split": "parallel_loop", "onednn": "onednn_lstm", "small": "small_train"}.get(loop)
-    small = options[2] is None and cell not in ("gru_v1", "lstm_proj", "lstm_ln")
-    assert ran is None or (fused.calls[ran] > before[ran]) == (loop != "small" or small), \
-        f"the {loop} driver did not run"
+    with kernels.policy(dataclasses.replace(ONE_PATH, **LOOPS[loop])), record() as plans:
+        outs, grads = _run(cell, options, "fused", dtype)
+    path, params = _expected(loop, cell, options, True)
+    layer_plans = [p for p in plans if p.call.scope == "layer"]
+    assert layer_plans and all(p.path == path for p in layer_plans), (path, paths(plans))
+    assert all(getattr(p, k) == v for p in layer_plans for k, v in params.items()), layer_plans[0]
     _close(outs, outs_ref, dtype, "outputs")
     _close(grads, grads_ref, dtype, "grads", cell)
     # inference (no grad) takes its own paths: no saving, oneDNN's LSTM layer, the streaming kernel
-    streamed, split = fused.calls["stream_sequence"], fused.calls["parallel_stream"]
-    outs_inf, _ = _run(cell, options, "fused", dtype, grad=False)
-    assert fused.calls["stream_sequence"] - streamed == loop.startswith("streamed")
-    assert fused.calls["parallel_stream"] - split == (loop == "streamed-split")
+    with kernels.policy(dataclasses.replace(ONE_PATH, **LOOPS[loop])), record() as plans:
+        outs_inf, _ = _run(cell, options, "fused", dtype, grad=False)
+    streamed = [p for p in plans if p.call.scope == "stack"]
+    assert len(streamed) == loop.startswith("streamed")
+    assert [p.chunks for p in streamed] == ([2] if loop == "streamed-split" else [1] if streamed else [])
+    if not streamed:
+        assert all(p.path == _expected(loop, cell, options, False)[0] for p in plans), paths(plans)
     _close(outs_inf, outs_ref, dtype, "outputs")
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_few_input_features(cell):
-    """With few input features W_ih's gradient takes the transposed GEMM (fused._grad_input_weight)."""
+    """With few input features W_ih's gradient takes the transposed GEMM (gemm.grad_input_weight)."""
     cls, kw = CELLS[cell]
     grads = []
     for backend in ("reference", "fused"):
@@ -194,7 +235,7 @@ def test_gradcheck(cell):
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
 
 
-def test_dispatch(monkeypatch):
+def test_dispatch():
     spec = CellSpec("LSTM", 4)
     x32 = torch.randn(3, 2, 5)
     assert kernels.select_backend(spec, x32, True, "auto").name == "fused"
@@ -209,66 +250,162 @@ def test_dispatch(monkeypatch):
         kernels.select_backend(CellSpec("GRU", 4, reset_after=False), torch.empty(3, 0, 5), False, "fused")
 
     # backend="fused" runs the kernel; "reference" does not. A training call this small runs through
-    # _SmallLayer (up to SMALL_TRAIN_MAX_MACS), a larger one through the layer's own loops
-    before = dict(fused.calls)
+    # the small-training path (up to small_train_max_macs), a larger one through the layer's own loops
     model = rnnkit.GRU(5, 4, backend="fused")
-    model(x32)[0].sum().backward()
-    assert fused.calls["small_train"] == before["small_train"] + 1 and fused.calls["forward"] == before["forward"]
-    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", 3 * 2 * 12 * (5 + 4) - 1)  # T·B·G·(I + P), one below
-    model(x32)[0].sum().backward()
-    assert fused.calls["forward"] == before["forward"] + 1 and fused.calls["backward"] == before["backward"] + 1
-    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", -1)  # the rest: the layer's own drivers
-    rnnkit.GRU(5, 4, backend="reference")(x32)
-    assert fused.calls["forward"] == before["forward"] + 1
+    with record() as plans:
+        model(x32)[0].sum().backward()
+    assert paths(plans) == ["small_train"]
+    below = 3 * 2 * 12 * (5 + 4) - 1  # T·B·G·(I + P), one below
+    with kernels.policy(using(small_train_max_macs=below)), record() as plans:
+        model(x32)[0].sum().backward()
+    assert paths(plans) == ["compiled_loop"]
+    with record() as plans:
+        rnnkit.GRU(5, 4, backend="reference")(x32)
+    assert plans == []
 
-    # LSTM goes to oneDNN's fused layer from ONEDNN_LSTM_MIN_MACS (inference) and
-    # ONEDNN_LSTM_TRAIN_MIN_MACS (training, unless the loop is split across threads); a call this
-    # small would stream without a gradient (test_small_no_grad_call_streams), so not here
-    monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", 0)
-    lstm = rnnkit.LSTM(5, 4, backend="fused")
-    n = fused.calls["onednn_lstm"]
+
+def _layer_plan(policy: Policy, cell: str, T: int, B: int, I: int, H: int, training: bool, threads: int = 1,
+                **kw) -> fused.Plan:
+    spec = CellSpec({"rnn": "RNN_TANH", "gru": "GRU", "lstm": "LSTM"}[cell], H, **kw)
+    return plan(Call(spec, "layer", T, B, I, torch.float32, training, threads=threads), policy)
+
+
+def test_lstm_goes_to_onednn_by_the_policy():
+    """LSTM goes to oneDNN's fused layer from onednn_lstm_min_macs (inference) and
+    onednn_lstm_train_min_macs (training, unless the loop is split across threads), and everywhere
+    when the policy says our loops are not measured faster on this CPU (lstm_loops_*)."""
+    def path(policy, training, threads=1, B=2, H=4):
+        return _layer_plan(policy, "lstm", 3, B, 5, H, training, threads).path
+    assert path(REFERENCE, False) == "compiled_loop" and path(REFERENCE, True) == "small_train"
+    loops = using(small_train_max_macs=-1)
+    assert path(loops, False) == "compiled_loop" and path(using(onednn_lstm_min_macs=0), False) == "onednn_lstm"
+    assert path(loops, True) == "compiled_loop"
+    assert path(using(onednn_lstm_train_min_macs=0), True) == "onednn_lstm"
+    split = using(onednn_lstm_train_min_macs=0, onednn_lstm_min_macs=0, par_min_rows=1, small_train_max_macs=-1)
+    assert path(split, True, threads=2) == "compiled_loop"  # split across threads: our loop
+    assert path(split, False, threads=2) == "compiled_loop"  # inference split with a small weight: our loop too
+    assert path(dataclasses.replace(split, loop_lstm_inference_max_weight=0), False, threads=2) == "onednn_lstm"
+    assert path(dataclasses.replace(split, loop_lstm_inference_row_bytes=0), False, threads=2) == "onednn_lstm"
+    assert path(dataclasses.replace(split, par_row_bytes_lstm=0), True, threads=2) == "onednn_lstm"
+    for training in (False, True):  # not measured faster here: oneDNN's layer, as torch.nn.LSTM
+        ties = using(lstm_loops_inference=False, lstm_loops_training=False)
+        assert path(ties, training) == "onednn_lstm" and "not measured faster" in \
+            _layer_plan(ties, "lstm", 3, 2, 5, 4, training).reason
+        assert path(ties, training, B=1, H=64) == "onednn_lstm"
+    assert _layer_plan(ties, "lstm", 1, 2, 5, 4, False).path == "single_step"  # one step: the streaming kernel
+    assert _layer_plan(ties, "lstm", 3, 2, 5, 4, False, proj_size=2).path != "onednn_lstm"
+    # through a layer, against the reference
+    torch.manual_seed(0)
+    fast, ref = rnnkit.LSTM(5, 4, num_layers=2), rnnkit.LSTM(5, 4, num_layers=2, backend="reference")
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(6, 3, 5)
+    with kernels.policy(ties), record() as plans:
+        out = fast(x)[0]
+        out.sum().backward()
+        with torch.no_grad():
+            inference = fast(x)[0]
+    assert paths(plans) == ["onednn_lstm"] * 4
+    torch.testing.assert_close(out, ref(x)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inference, out.detach())
+
+
+def test_step_loop_and_split_rules():
+    """The time-loop driver follows step_loop_min_weight / _batch / _steps; the batch splits by par_row_bytes."""
+    rule = using(small_train_max_macs=-1, step_loop_min_weight=0, step_loop_min_batch=1, step_loop_min_steps=1)
+    assert _layer_plan(rule, "rnn", 3, 2, 5, 4, False).path == "step_loop"
+    assert _layer_plan(rule, "rnn", 3, 2, 5, 4, True).path == "step_loop"
+    assert _layer_plan(using(small_train_max_macs=-1), "rnn", 3, 2, 5, 4, True).path == "compiled_loop"
+    assert _layer_plan(rule, "gru", 3, 2, 5, 4, False, reset_after=False).path == "compiled_loop"  # two mat-muls
+    split = using(small_train_max_macs=-1, par_min_rows=1)
+    assert _layer_plan(split, "gru", 3, 2, 5, 4, True, threads=2).chunks == 2
+    assert _layer_plan(dataclasses.replace(split, par_row_bytes=0), "gru", 3, 2, 5, 4, True, threads=2).chunks == 1
+    assert _layer_plan(REFERENCE, "gru", 100, 1, 32, 64, False).transposed  # batch 1, >= transpose_min_steps
+    with kernels.policy(rule), record() as plans:
+        rnnkit.RNN(5, 4, backend="fused")(torch.randn(3, 2, 5))
+    assert paths(plans) == ["step_loop"]
+
+
+def test_policy_follows_the_host():
+    """Byte thresholds follow the host's L2, multiply-add ones its SIMD width; the LSTM ties go to
+    oneDNN's layer where the rules were not measured (not AMD) until ``rnnkit tune`` says otherwise."""
+    assert REFERENCE == Policy()  # the reference host's values are the fields' defaults
+    intel = fused.Host("Intel(R) Xeon(R) Platinum 8481C", "GenuineIntel", 2, 2 << 20, 105 << 20, 64)
+    p = Policy.for_host(intel)
+    assert p.par_row_bytes == 1 << 20 and p.stream_par_cached_weight == 2 << 20 and p.step_loop_min_weight == 4 << 20
+    assert p.onednn_lstm_min_macs == 2 * REFERENCE.onednn_lstm_min_macs
+    assert not p.lstm_loops_inference and not p.lstm_loops_training
+    assert _layer_plan(p, "lstm", 200, 32, 64, 128, False, threads=2).path == "onednn_lstm"
+    assert plan(Call(CellSpec("LSTM", 128), "stack", 200, 32, 64, torch.float32, threads=2), p).path == \
+        "layer_by_layer"  # the streaming kernel does not take it either
+    assert intel.key == "intel-r-xeon-r-platinum-8481c-2c"
+    tuned = p.with_decisions({"lstm_loops_inference": True})
+    assert tuned.lstm_loops_inference and not tuned.lstm_loops_training
+    with pytest.raises(ValueError, match="decisions: 'nope' = 1 is not a Policy field"):
+        p.with_decisions({"nope": 1})
+    with pytest.raises(ValueError, match="'par_row_bytes' = 'big' is not a Policy field of type int"):
+        p.with_decisions({"par_row_bytes": "big"})
+    with pytest.raises(TypeError, match="policy: expected a rnnkit.kernels.Policy, got dict"):
+        with kernels.policy({}):
+            pass
+    here = fused.Host.detect()
+    assert here.cores >= 1 and here.l2_bytes > 0 and here.vector_bytes in (16, 32, 64)
+
+
+def test_tuned_decisions_are_read_once_unless_disabled(tmp_path):
+    """The default policy reads ``rnnkit tune``'s file for this CPU model from $XDG_CACHE_HOME (once per
+    process); RNNKIT_TUNE=0 ignores it; a file that is not JSON or names no field is ignored with a warning."""
+    code = textwrap.dedent("""
+        import warnings
+        from rnnkit.kernels.fused import policies
+        p = policies.default_policy()
+        print(p.lstm_loops_inference, p.par_row_bytes, policies.default_policy() is p)
+    """)
+    path = tmp_path / "rnnkit" / "tune" / f"{fused.Host.detect().key}.json"
+    path.parent.mkdir(parents=True)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), RNNKIT_TUNE="1")
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             check=True)
+        return out.stdout.split(), out.stderr
+    import json
+    path.write_text(json.dumps({"version": 1, "decisions": {"lstm_loops_inference": False, "par_row_bytes": 12345}}))
+    assert run()[0] == ["False", "12345", "True"]
+    assert run(RNNKIT_TUNE="0")[0][1] != "12345"
+    path.write_text("{not json")
+    words, err = run()
+    assert words[1] != "12345" and "run `rnnkit tune` again" in err
+    path.write_text(json.dumps({"version": 1, "decisions": {"no_such_rule": 1}}))
+    words, err = run()
+    assert "ignored" in err and "no_such_rule" in err
+
+
+def test_explain():
+    """explain() shows the plan a layer's call would run, with its reason, for the whole stack, each
+    layer, and a streaming step; the layer's actual call runs that plan."""
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(8, 16, num_layers=2, batch_first=True)
+    x = torch.randn(4, 10, 8)
+    trained = fused.explain(layer, x)
+    assert trained.path == "layer_by_layer" and [p.path for p in trained.layers] == ["small_train"] * 2
+    assert trained.layers[1].call.input_size == 16
     with torch.no_grad():
-        lstm(x32)
-        assert fused.calls["onednn_lstm"] == n
-        monkeypatch.setattr(fused, "ONEDNN_LSTM_MIN_MACS", 0)
-        lstm(x32)
-    assert fused.calls["onednn_lstm"] == n + 1
-    lstm(x32)[0].sum().backward()
-    assert fused.calls["onednn_lstm"] == n + 1
-    monkeypatch.setattr(fused, "ONEDNN_LSTM_TRAIN_MIN_MACS", 0)
-    lstm(x32)[0].sum().backward()
-    assert fused.calls["onednn_lstm"] == n + 2
-    monkeypatch.setattr(fused, "PAR_MIN_ROWS", 1)
-    monkeypatch.setattr(fused, "_threads", lambda: 2)
-    lstm(x32)[0].sum().backward()  # split across threads: our loop
-    assert fused.calls["onednn_lstm"] == n + 2 and fused._chunks(lstm.spec, x32) == 2
-    with torch.no_grad():  # inference split across threads with a small weight: our loop too
-        lstm(x32)
-        assert fused.calls["onednn_lstm"] == n + 2
-        max_weight = fused.LOOP_LSTM_INFERENCE_MAX_WEIGHT
-        monkeypatch.setattr(fused, "LOOP_LSTM_INFERENCE_MAX_WEIGHT", 0)  # a larger weight: oneDNN's layer
-        lstm(x32)
-        assert fused.calls["onednn_lstm"] == n + 3
-        monkeypatch.setattr(fused, "LOOP_LSTM_INFERENCE_MAX_WEIGHT", max_weight)
-        monkeypatch.setattr(fused, "LOOP_LSTM_INFERENCE_ROW_BYTES", 0)  # too many bytes per row: the same
-        lstm(x32)
-        assert fused.calls["onednn_lstm"] == n + 4
-    monkeypatch.setattr(fused, "PAR_ROW_BYTES_LSTM", 0)  # a weight too big to split: oneDNN's layer
-    assert fused._chunks(lstm.spec, x32) == 2 and fused._chunks(lstm.spec, x32, fused.PAR_ROW_BYTES_LSTM) == 1
-    lstm(x32)[0].sum().backward()
-    assert fused.calls["onednn_lstm"] == n + 5
-    monkeypatch.setattr(fused, "PAR_ROW_BYTES", 0)
-    assert fused._chunks(lstm.spec, x32) == 1
-    monkeypatch.undo()
-
-    # the time-loop driver follows STEP_LOOP_MIN_WEIGHT / _BATCH / _STEPS
-    monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", -1)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_WEIGHT", 0)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_BATCH", 1)
-    monkeypatch.setattr(fused, "STEP_LOOP_MIN_STEPS", 1)
-    n = fused.calls["step_loop"]
-    rnnkit.RNN(5, 4, backend="fused")(x32)
-    assert fused.calls["step_loop"] == n + 1
+        inference = fused.explain(layer, x)
+        with record() as plans:
+            layer(x)
+    assert inference.path == "stream" and plans == [inference]
+    assert "multiply-adds" in inference.reason and "stream" in str(inference)
+    assert fused.explain(layer, x, lengths=[10, 3, 2, 1]).path == "layer_by_layer"
+    step = kernels.explain(layer, x[:, 0], streaming=True)
+    assert step.path == "stream" and step.call.scope == "step" and step.call.layers == 2
+    assert kernels.explain(rnnkit.GRU(8, 16, backend="reference"), x).backend == "reference"
+    bidirectional = fused.explain(rnnkit.LSTM(8, 16, bidirectional=True), x[0], training=False)
+    assert bidirectional.path == "layer_by_layer" and "bidirectional" in bidirectional.reason
+    dropped = rnnkit.GRU(8, 16, num_layers=2, dropout=0.5)
+    with torch.no_grad():
+        assert "dropout" in fused.explain(dropped, x[0]).reason and fused.explain(dropped.eval(), x[0]).path == "stream"
+    with pytest.raises(ValueError, match=r"x: a streaming step takes <float>\[B, I\], got shape \(4, 10, 8\)"):
+        kernels.explain(layer, x, streaming=True)
 
 
 def test_layer_paths():
@@ -331,13 +468,12 @@ def test_layer_step_takes_stream_step_without_grad(cell):
     x = torch.randn(T, 3, I, dtype=torch.float64)
     ref, _ = model(x)
     for grad in (False, True):
-        before = fused.calls["layer_step"]
         state, ys = None, []
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), record() as plans:
             for t in range(T):
                 y, state = model.step(x[t], state)
                 ys.append(y)
-        assert fused.calls["layer_step"] - before == (0 if grad else T)
+        assert len([p for p in plans if p.call.scope == "step"]) == (0 if grad else T)
         assert ys[-1].requires_grad == grad
         torch.testing.assert_close(torch.stack(ys), ref.detach(), atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match=r"h_0: expected shape \(2, 3, "):
@@ -410,10 +546,9 @@ def test_small_no_grad_call_streams(cell):
     hx = (hx, torch.randn(2, 3, H, dtype=torch.float64)) if cls in WITH_C else hx
 
     def streams(model, *args, grad=False, **kwargs):
-        before = fused.calls["stream_sequence"]
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), record() as plans:
             out = model(*args, **kwargs)
-        return fused.calls["stream_sequence"] - before == 1, out
+        return [p.call.scope for p in plans] == ["stack"], out
 
     for args in ((x,), (x, hx), (x[0],), (x[0], tuple(h[:, 0] for h in hx) if cls in WITH_C else hx[:, 0])):
         took, (out, hn) = streams(fast, *args)
@@ -432,19 +567,15 @@ def test_small_no_grad_call_streams(cell):
     handle = fast.register_layer_hook(lambda layer, out: None)
     assert not streams(fast, x)[0]
     handle.remove()
-    limit = fused.STREAM_SEQUENCE_MAX_MACS
-    try:
-        fused.STREAM_SEQUENCE_MAX_MACS = 0
+    with kernels.policy(using(stream_sequence_max_macs=0)):
         assert not streams(fast, x)[0]
-    finally:
-        fused.STREAM_SEQUENCE_MAX_MACS = limit
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_no_grad_call_streams_split(cell, monkeypatch):
+def test_no_grad_call_streams_split(cell):
     """A larger no-grad call of a batch that threads can share streams the whole stack split across
     them, each thread its own rows (uneven chunks at batch 5): the reference's outputs and states."""
-    if fused._kernels().MAX_THREADS < 2:
+    if runtime.loops().MAX_THREADS < 2:
         pytest.skip("numba has one thread here")
     cls, kw = CELLS[cell]
     torch.manual_seed(0)
@@ -454,14 +585,11 @@ def test_no_grad_call_streams_split(cell, monkeypatch):
     x = torch.randn(T, 5, I, dtype=torch.float64)
     hx = torch.randn(2, 5, kw.get("proj_size") or H, dtype=torch.float64)
     hx = (hx, torch.randn(2, 5, H, dtype=torch.float64)) if cls in WITH_C else hx
-    for name, value in (("STREAM_PAR_MIN_MACS", 0), ("PAR_MIN_ROWS", 2), ("STREAM_PAR_CACHED_WEIGHT", 1 << 62)):
-        monkeypatch.setattr(fused, name, value)
-    monkeypatch.setattr(fused, "_threads", lambda: 2)
     for args in ((x,), (x, hx)):
-        before = fused.calls["parallel_stream"]
-        with torch.no_grad():
+        with torch.no_grad(), record() as plans, kernels.policy(using(stream_par_min_macs=0, par_min_rows=2,
+                                                                      stream_par_cached_weight=NEVER, threads=2)):
             out, hn = fast(*args)
-        assert fused.calls["parallel_stream"] == before + 1
+        assert [(p.path, p.chunks) for p in plans] == [("stream", 2)]
         out_ref, hn_ref = ref(*args)
         torch.testing.assert_close(out, out_ref.detach(), atol=1e-12, rtol=1e-10)
         for a, b in zip(hn if isinstance(hn, tuple) else (hn,), hn_ref if isinstance(hn_ref, tuple) else (hn_ref,)):
@@ -469,17 +597,16 @@ def test_no_grad_call_streams_split(cell, monkeypatch):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_batch_one_streams_units_split(cell, monkeypatch):
+def test_batch_one_streams_units_split(cell):
     """At batch 1 with large weights (forced here), the streamer, layer.step() and a small no-grad
     forward() share each layer's hidden units among the threads (uneven chunks: H = 7), for the RNN,
     the LSTM without projection and the GRU with reset_after; the other cells stay on one thread.
     Outputs and states: the reference's."""
-    if fused._kernels().MAX_THREADS < 2:
+    if runtime.loops().MAX_THREADS < 2:
         pytest.skip("numba has one thread here")
     cls, kw = CELLS[cell]
     hidden, f64 = 7, torch.float64
-    kernel = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru"}.get(cell)
-    split = kernel is not None
+    split = cell in ("rnn_tanh", "rnn_relu", "lstm", "gru")
     torch.manual_seed(0)
     ref = cls(I, hidden, num_layers=2, backend="reference", dtype=f64, **kw)
     fast = cls(I, hidden, num_layers=2, dtype=f64, **kw)
@@ -487,39 +614,36 @@ def test_batch_one_streams_units_split(cell, monkeypatch):
     x = torch.randn(T, 1, I, dtype=f64)
     hx = torch.randn(2, 1, kw.get("proj_size") or hidden, dtype=f64)
     hx = (hx, torch.randn(2, 1, hidden, dtype=f64)) if cls in WITH_C else hx
-    monkeypatch.setattr(fused, "STREAM_UNITS_MIN_WEIGHT", 0)
-    monkeypatch.setattr(fused, "STREAM_UNITS_MIN_LAYER_WEIGHT", 0)
-    monkeypatch.setattr(fused, "_threads", lambda: 2)
+    units = using(stream_units_min_weight=0, stream_units_min_layer_weight=0, threads=2)
     out_ref, hn_ref = ref(x, hx)
 
     def close(got, want):
         for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
             torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=1e-10)
-    with torch.no_grad():
+    with torch.no_grad(), kernels.policy(units):
         streamer = fast.streamer(1, hx)
-        assert getattr(streamer._kernel, "func", None) is (getattr(fused._kernels(), f"stream_{kernel}_units")
-                                                            if split else None)
+        assert streamer.splits_units == split and streamer.plan.units == (2 if split else 1)
         close(torch.stack([streamer(x[t]) for t in range(T)]), out_ref)
         close(streamer.state, hn_ref)
-        before = fused.calls["units_stream"]
-        out, hn = fast(x, hx)
-        y, _ = fast.step(x[0], hx)
-        assert fused.calls["units_stream"] - before == 2 * split
+        with record() as plans:
+            out, hn = fast(x, hx)
+            y, _ = fast.step(x[0], hx)
+        assert [p.units for p in plans] == [2 if split else 1] * 2
     close(out, out_ref)
     close(hn, hn_ref)
     close(y, out_ref[0])
 
 
-def test_units_streamer_in_a_forked_child(monkeypatch):
+def test_units_streamer_in_a_forked_child():
     """A streamer that splits units, made before a fork, runs on one thread in the child (GNU OpenMP's
     threads do not survive a fork) and gives the parent's result."""
-    if fused._kernels().MAX_THREADS < 2 or "fork" not in mp.get_all_start_methods():
+    if runtime.loops().MAX_THREADS < 2 or "fork" not in mp.get_all_start_methods():
         pytest.skip("needs two threads and fork")
-    monkeypatch.setattr(fused, "_threads", lambda: 2)
     torch.manual_seed(0)
     layer = rnnkit.GRU(512, 512)  # 6 MB of weights: the streamer splits the units
-    streamer, x = layer.streamer(1), torch.randn(1, 512)
-    assert streamer._units
+    with kernels.policy(using(threads=2)):
+        streamer, x = layer.streamer(1), torch.randn(1, 512)
+    assert streamer.splits_units
     with torch.no_grad():
         want = layer.streamer(1)(x)
     child = mp.get_context("fork").Process(target=_stream_and_check, args=(streamer, x, want))
@@ -530,18 +654,17 @@ def test_units_streamer_in_a_forked_child(monkeypatch):
 
 def _stream_and_check(streamer, x, want):
     with torch.no_grad():
-        ok = torch.allclose(streamer(x), want, atol=1e-5) and not streamer._units
+        ok = torch.allclose(streamer(x), want, atol=1e-5) and not streamer.splits_units
     os._exit(0 if ok else 1)
 
 
-def test_stream_units_dispatch(monkeypatch):
-    """Which streaming calls share each layer's units among the threads (``_stream_units``): batch 1,
-    from STREAM_UNITS_MIN_WEIGHT of W_ih and W_hh in all and STREAM_UNITS_MIN_LAYER_WEIGHT per layer,
+def test_stream_units_dispatch():
+    """Which streaming calls share each layer's units among the threads: batch 1, from
+    stream_units_min_weight of W_ih and W_hh in all and stream_units_min_layer_weight per layer,
     two threads or more, the cells it covers."""
-    monkeypatch.setattr(fused, "_threads", lambda: 2)
-
-    def units(cls, H, I=None, batch=1, layers=1, **kw):
-        return fused._stream_units(cls(1, H, **kw).spec, batch, I or H, layers, 4)
+    def units(cls, H, I=None, batch=1, layers=1, threads=2, **kw):
+        call = Call(cls(1, H, **kw).spec, "step", 1, batch, I or H, torch.float32, layers=layers, threads=threads)
+        return plan(call, REFERENCE).units
     assert units(rnnkit.LSTM, 384) == 2  # 4.5 MB
     assert units(rnnkit.LSTM, 256) == 2 and units(rnnkit.GRU, 256) == 2  # 2 MB, 1.5 MB
     assert units(rnnkit.GRU, 224) == 1  # 1.1 MB: a gain in some runs, a loss in others
@@ -551,19 +674,17 @@ def test_stream_units_dispatch(monkeypatch):
     assert units(rnnkit.LSTM, 384, proj_size=128) == 1 and units(rnnkit.LayerNormLSTM, 384) == 1
     assert units(rnnkit.LSTM, 256, I=8, layers=2) == 2  # 3.2 MB in all, 1.6 MB a layer
     assert units(rnnkit.LSTM, 128, layers=8) == 1  # 4 MB in all, but 512 KB a layer
-    monkeypatch.setattr(fused, "_threads", lambda: 1)
-    assert units(rnnkit.LSTM, 512) == 1
+    assert units(rnnkit.LSTM, 512, threads=1) == 1
 
 
-def test_stream_sequence_dispatch(monkeypatch):
-    """Which no-grad calls of a unidirectional stack stream, split or not (``_stream_sequence_chunks``),
-    with two threads: a small call on one thread, a large one whose weights each thread can afford to
-    read every step split, a large batch with large weights (or a call of one sequence) layer by layer."""
-    monkeypatch.setattr(fused, "_threads", lambda: 2)
-
+def test_stream_sequence_dispatch():
+    """Which no-grad calls of a unidirectional stack stream, split or not, with two threads: a small call
+    on one thread, a large one whose weights each thread can afford to read every step split, a large
+    batch with large weights (or a call of one sequence) layer by layer (0)."""
     def chunks(cell, B, T, I, H, layers=1):
         spec = CellSpec({"rnn": "RNN_TANH", "gru": "GRU", "lstm": "LSTM"}[cell], H)
-        return fused._stream_sequence_chunks(spec, torch.empty(T, B, I), layers)
+        p = plan(Call(spec, "stack", T, B, I, torch.float32, layers=layers, threads=2), REFERENCE)
+        return p.chunks if p.path == "stream" else 0
     assert chunks("gru", 8, 10, 16, 32) == 1  # below STREAM_PAR_MIN_MACS: thread start-up would cost more
     assert chunks("gru", 32, 200, 64, 128) == 2  # 18 KB of weights per row of a chunk
     assert chunks("lstm", 16, 100, 64, 128) == 2  # 393 KB in all: they stay in L2
@@ -683,9 +804,10 @@ def test_stream_kernels_check_weight_shapes():
 
 def test_split_needs_a_thread_safe_layer():
     """With numba's workqueue layer (not thread-safe) the loops are never split across threads."""
-    code = ("from rnnkit.kernels import fused; import torch; torch.set_num_threads(2); "
-            "print(fused._kernels().MAX_THREADS, fused._chunks(fused.CellSpec('GRU', 8), torch.zeros(5, 64, 3)))")
-    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    code = ("from rnnkit.kernels import fused; import torch, rnnkit; torch.set_num_threads(2); "
+            "print(fused.runtime.loops().MAX_THREADS, fused.explain(rnnkit.GRU(3, 8), torch.zeros(5, 64, 3))"
+            ".layers[0].chunks)")
+    env = dict(ENV, NUMBA_THREADING_LAYER="workqueue")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1"]
 
@@ -700,30 +822,29 @@ def test_openblas_fallback_matches_reference():
         from rnnkit.kernels.base import DirectionWeights
         torch.manual_seed(0)
         spec = CellSpec("GRU", 16)
-        for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
-            x = torch.randn(6, 5, 3, dtype=dtype)
-            w = DirectionWeights(*(torch.randn(*shape, dtype=dtype) for shape in ((48, 3), (48, 16), (48,), (48,))),
-                                 None)
-            h0 = [(torch.zeros(5, 16, dtype=dtype),)]
-            y, _ = fused.run_layer(spec, x, [w], h0, None)
-            r, _ = reference.run_layer(spec, x, [w], h0, None)
-            assert (y - r).abs().max() < tol, (dtype, (y - r).abs().max())
-        print(fused._kernels().BLAS, fused.calls["serial_loop"])
+        with fused.record() as plans:
+            for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+                x = torch.randn(6, 5, 3, dtype=dtype)
+                w = DirectionWeights(*(torch.randn(*shape, dtype=dtype) for shape in ((48, 3), (48, 16), (48,), (48,))),
+                                     None)
+                h0 = [(torch.zeros(5, 16, dtype=dtype),)]
+                y, _ = fused.run_layer(spec, x, [w], h0, None)
+                r, _ = reference.run_layer(spec, x, [w], h0, None)
+                assert (y - r).abs().max() < tol, (dtype, (y - r).abs().max())
+        print(fused.runtime.loops().BLAS, sum(p.path == "compiled_loop" and p.chunks == 1 for p in plans))
     """)
-    env = dict(os.environ, RNNKIT_BLAS="openblas")
+    env = dict(ENV, RNNKIT_BLAS="openblas")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["openblas", "2"]
 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("small", [True, False], ids=["small", "loop"])
-def test_double_backward_matches_reference(cell, small, monkeypatch):
+def test_double_backward_matches_reference(cell, small):
     """create_graph=True (a gradient penalty on the input and the final state): the fused layer's
     first-order gradients can be differentiated again, and the second-order gradients of the input
     and every parameter equal the reference's. On the small-training driver, and on the layer's own
     loops with lengths."""
-    if not small:
-        monkeypatch.setattr(fused, "SMALL_TRAIN_MAX_MACS", -1)
     cls, kw = CELLS[cell]
     torch.manual_seed(0)
     fast = cls(I, H, num_layers=2, bidirectional=True, dtype=torch.float64, **kw)
@@ -737,11 +858,10 @@ def test_double_backward_matches_reference(cell, small, monkeypatch):
         h = state[0] if isinstance(state, tuple) else state
         gx, = torch.autograd.grad(y.square().sum() + h.sin().sum(), x, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), [x, *model.parameters()])
-    before = dict(fused.calls)
-    got = second_order(fast)
-    ran = "small_train" if small and cls is not rnnkit.LayerNormLSTM and "proj_size" not in kw and kw.get(
-        "reset_after", True) else "forward"
-    assert fused.calls[ran] > before[ran]
+    with kernels.policy(REFERENCE if small else using(small_train_max_macs=-1)), record() as plans:
+        got = second_order(fast)
+    takes_small = small and cls is not rnnkit.LayerNormLSTM and "proj_size" not in kw and kw.get("reset_after", True)
+    assert set(paths(plans)) == ({"small_train"} if takes_small else {"compiled_loop"})
     for g, want in zip(got, second_order(ref)):
         torch.testing.assert_close(g, want, atol=1e-9, rtol=1e-9)
 
@@ -848,18 +968,18 @@ def test_loading_the_kernels_keeps_torch_thread_count():
     assert out.stdout.strip() == "1"
 
 
-def test_linear_gives_onednn_a_bounded_number_of_shapes(monkeypatch):
+def test_linear_gives_onednn_a_bounded_number_of_shapes():
     """oneDNN caches a primitive (1-3 MB) per GEMM shape: sequences of a new length every call would
-    grow the process without bound, so after ONEDNN_MAX_SHAPES shapes the products go to MKL."""
-    monkeypatch.setattr(fused, "_onednn_shapes", set())
-    monkeypatch.setattr(fused, "ONEDNN_MAX_SHAPES", 3)
+    grow the process without bound, so after onednn_max_shapes shapes the products go to MKL."""
+    before = gemm.onednn_shapes()
+    bounded = using(onednn_max_shapes=len(before) + 3)
     torch.manual_seed(0)
     w, b = torch.randn(256, 64), torch.randn(256)
-    for rows in range(200, 206):  # large enough for oneDNN (rows·256·64 >= 2M multiply-adds)
+    for rows in range(1231, 1237):  # large enough for oneDNN (rows·256·64 >= 2M multiply-adds), new here
         x = torch.randn(rows, 64)
-        torch.testing.assert_close(fused._linear(x, w, b), torch.addmm(b, x, w.t()), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(fused._linear(x, w, None), x.mm(w.t()), rtol=1e-4, atol=1e-4)
-    assert fused._onednn_shapes == {(200, 256, 64), (201, 256, 64), (202, 256, 64)}
+        torch.testing.assert_close(gemm.linear(x, w, b, bounded), torch.addmm(b, x, w.t()), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(gemm.linear(x, w, None, bounded), x.mm(w.t()), rtol=1e-4, atol=1e-4)
+    assert gemm.onednn_shapes() - before == {(1231, 256, 64), (1232, 256, 64), (1233, 256, 64)}
 
 
 def _replay(model, x, state=None):
@@ -966,12 +1086,12 @@ def test_warm_up_compiles_the_small_training_driver():
     In a fresh process, where a kernel has a signature only once something has called it."""
     code = textwrap.dedent("""
         import torch
-        from rnnkit.kernels import fused
-        K = fused._kernels()
-        for group in fused.WARM_UP_GROUPS:
-            fused._warm_up_cells(group, (torch.float64,))
+        from rnnkit.kernels.fused import runtime, warmup
+        K = runtime.loops()
+        for group in warmup.WARM_UP_GROUPS:
+            warmup.warm_up_cells(group, (torch.float64,))
         print(sum(any(str(sig[0]).startswith("array(float64") for sig in getattr(K, f"{cell}_small_{part}").signatures)
                   for cell in ("rnn", "lstm", "gru") for part in ("forward", "backward")))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "6"

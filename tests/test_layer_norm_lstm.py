@@ -111,30 +111,28 @@ def test_errors():
 
 
 
-def test_fused_inference_keeps_nothing_for_backward(monkeypatch):
+def test_fused_inference_keeps_nothing_for_backward():
     """Without a gradient to compute (no_grad, or nothing that requires one) the fused recurrence runs
-    its inference path, outside autograd, and keeps nothing: the layer decides, as autograd's
+    its inference path, outside autograd, and keeps nothing: the layer's plan decides, as autograd's
     ``needs_input_grad`` is set under no_grad too."""
-    from rnnkit.kernels import fused, fused_ln
+    import dataclasses
 
-    seen = []
-    forward = fused_ln._forward
+    from rnnkit import kernels
+    from rnnkit.kernels import fused
 
-    def spy(*args):
-        out, h, c, saved = forward(*args)
-        seen.append(args[-1])
-        assert (saved is None) == (not args[-1])
-        return out, h, c, saved
-    monkeypatch.setattr(fused_ln, "_forward", spy)
-    monkeypatch.setattr(fused, "STREAM_SEQUENCE_MAX_MACS", 0)  # so small a call would stream the whole stack
+    # so small a call would stream the whole stack: not here
+    no_stream = dataclasses.replace(fused.current(), stream_sequence_max_macs=0)
     layer = rnnkit.LayerNormLSTM(3, 4, backend="fused")
     x = torch.randn(6, 2, 3)
-    with torch.no_grad():
-        inference, _ = layer(x)
-    training, _ = layer(x)
-    training.sum().backward()
-    layer.requires_grad_(False)
-    frozen, _ = layer(x)
-    assert seen == [False, True, False]
+    with kernels.policy(no_stream), fused.record() as plans:
+        with torch.no_grad():
+            inference, _ = layer(x)
+        training, _ = layer(x)
+        training.sum().backward()
+        layer.requires_grad_(False)
+        frozen, _ = layer(x)
+    assert [(p.path, p.call.training) for p in plans] == [("compiled_loop", False), ("compiled_loop", True),
+                                                          ("compiled_loop", False)]
+    assert training.grad_fn is not None and frozen.grad_fn is None and inference.grad_fn is None
     torch.testing.assert_close(inference, training.detach())
     torch.testing.assert_close(frozen, inference)

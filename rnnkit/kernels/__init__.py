@@ -33,7 +33,7 @@ from . import native, reference
 from .base import DirectionWeights, eager
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "check_backend", "select_backend",
-           "run_layer", "stream_step", "streamer", "eager"]
+           "run_layer", "stream_step", "streamer", "eager", "Policy", "explain", "policy", "cached_streamer"]
 
 
 class Backend(NamedTuple):
@@ -122,3 +122,5 @@ def _first(field: str, backend: str, *args):
 
 
 from . import fused  # noqa: E402,F401  registers the "fused" CPU backend, preferred by "auto"
+from .fused import Policy, explain, policy  # noqa: E402  how the fused backend plans a call
+from .fused.streaming import cached_streamer  # noqa: E402  a layer's streamer for step(), per thread

@@ -1,0 +1,287 @@
+"""The table of cells: for each, the compiled loops that run it and the Python drivers that call them
+for one direction of a layer (``layer.py`` runs the directions).
+
+Adding a cell: its loops (``fused_loops``), its forward and backward drivers below, and one entry in
+``_build``. A driver's arguments: ``Forward`` / ``Backward`` (one direction's arrays, the plan), the
+direction's weights and states; it runs the plan's loop (``compiled_loop``: serial or split by rows;
+``step_loop``: a Python loop on oneDNN's GEMM, ``gemm.step_forward``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ...cells import CellSpec
+from ..buffers import pool
+from . import runtime
+from .gemm import as_np, contiguous, dummy, grad_recurrent, step_backward, step_forward
+from .plan import Plan
+
+
+@dataclass(frozen=True)
+class Split:
+    """A compiled loop and its twin that splits the batch (or the units) into n chunks, one per thread."""
+
+    serial: Callable
+    parallel: Callable | None = None
+
+    def __call__(self, n: int, *args) -> None:
+        if n > 1:
+            runtime.loops().set_threads(n)
+            self.parallel(n, *args)
+        else:
+            self.serial(*args)
+
+
+@dataclass
+class Forward:
+    """One direction's forward: gates <f>[T, B, G·H] (the input projection, becoming the activated
+    gates), the layer output's numpy view and this direction's columns (off), what to keep for
+    backward (keep), the mask (mask_np, has_mask), the state sequence buffer (hs_np, with lengths in
+    training)."""
+
+    spec: CellSpec
+    plan: Plan
+    reverse: bool
+    off: int
+    train: bool
+    gates: Tensor
+    out_np: object
+    mask_np: object
+    has_mask: bool
+    hs_np: object
+    keep: dict
+
+    @property
+    def transposed(self) -> bool:
+        return self.plan.transposed
+
+    def w(self, w: Tensor):
+        """A recurrent weight as the compiled loop takes it: as stored, or transposed (batch 1)."""
+        return as_np(contiguous(w.t())) if self.plan.transposed else as_np(w)
+
+
+@dataclass
+class Backward:
+    """One direction's backward: dout (numpy), the state sequence (hseq_np, its columns from hoff;
+    hprev the tensor view), the carried gradient dh, what forward kept, which gradients are needed."""
+
+    spec: CellSpec
+    plan: Plan
+    reverse: bool
+    off: int
+    dout_np: object
+    mask_np: object
+    has_mask: bool
+    keep: dict
+    h0: Tensor
+    hseq_np: object
+    hoff: int
+    hprev: Tensor
+    dh: Tensor
+    need: tuple
+
+    def buffer(self, width: int) -> Tensor:
+        """A pooled <f>[T, B, width] buffer of this direction's dtype (a gradient over the sequence)."""
+        return pool.empty((*self.hprev.shape[:2], width), self.dh.dtype)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell's entry: its drivers (forward(f, w_hh, w_hr, b_hh, h, c0) → finals; backward(b, w_hh,
+    w_hr, dc0) → (dg_in, g_w_hh, g_b_hh or "same", g_w_hr, dc)), its small-training kernels (or None),
+    its streaming kernels and the flag they take."""
+
+    forward: Callable
+    backward: Callable
+    small: tuple | None
+    stream: Split
+    stream_units: Callable | None
+    flag: Callable[[CellSpec], bool]
+
+
+def _rnn_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
+    K = runtime.loops()
+    T, B = f.gates.shape[:2]
+    relu, keep_h, gates_np, h_np = f.spec.mode == "RNN_RELU", f.train and f.has_mask, as_np(f.gates), as_np(h)
+    if f.plan.stepwise:
+        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.rnn_forward_step(
+            t, gates_np, gh, h_np, relu, f.mask_np, f.has_mask, keep_h, f.out_np, f.off, f.hs_np))
+    else:
+        Split(K.rnn_forward, K.rnn_forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, h_np, relu,
+                                                f.mask_np, f.has_mask, f.reverse, keep_h, f.out_np, f.off, f.hs_np)
+    f.keep.pop("gates", None)  # the RNN backward needs only the states
+    return [h]
+
+
+def _rnn_backward(b: Backward, w_hh, w_hr, dc0):
+    K = runtime.loops()
+    T, B = b.hprev.shape[:2]
+    relu = b.spec.mode == "RNN_RELU"
+    dg = b.buffer(b.spec.hidden_size)
+    dg_np, dh_np = as_np(dg), as_np(b.dh)
+    if b.plan.stepwise:
+        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.rnn_backward_step(
+            t, tprev, tmp, b.hseq_np, b.hoff, dh_np, relu, b.mask_np, b.has_mask, b.dout_np, b.off, dg_np))
+    else:
+        Split(K.rnn_backward, K.rnn_backward_par)(b.plan.chunks, b.hseq_np, b.hoff, as_np(w_hh), dh_np, relu,
+                                                  b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np)
+    g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
+    return dg, g_w_hh, "same", None, None
+
+
+def _lstm_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
+    K = runtime.loops()
+    T, B = f.gates.shape[:2]
+    c0 = contiguous(c0)
+    c = c0.clone()
+    cs = pool.empty((T, B, f.spec.hidden_size), f.gates.dtype) if f.train else None
+    cs_np = as_np(cs) if f.train else dummy(f.gates.dtype, 3)
+    gates_np, h_np, c_np = as_np(f.gates), as_np(h), as_np(c)
+    if f.plan.stepwise:
+        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.lstm_forward_step(
+            t, gates_np, gh, h_np, c_np, f.mask_np, f.has_mask, f.train, f.out_np, f.off, f.hs_np, cs_np))
+    else:
+        w_hr_np = as_np(contiguous(w_hr)) if w_hr is not None else dummy(f.gates.dtype, 2)
+        Split(K.lstm_forward, K.lstm_forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, w_hr_np, h_np,
+                                                  c_np, f.mask_np, f.has_mask, f.reverse, f.train, f.out_np, f.off,
+                                                  f.hs_np, cs_np)
+    if f.train:
+        f.keep.update(cs=cs, c0=c0)
+    return [h, c]
+
+
+def _lstm_backward(b: Backward, w_hh, w_hr, dc0):
+    K = runtime.loops()
+    T, B = b.hprev.shape[:2]
+    H, P, G = b.spec.hidden_size, b.spec.output_size, 4 * b.spec.hidden_size
+    dtype = b.dh.dtype
+    dg = pool.empty((T, B, G), dtype)
+    keep = b.keep
+    gates_np, cs_np, c0_np, dc_np, dg_np, dh_np = (as_np(keep["gates"]), as_np(keep["cs"]), as_np(keep["c0"]),
+                                                   as_np(dc0), as_np(dg), as_np(b.dh))
+    g_w_hr = None
+    if b.plan.stepwise:
+        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.lstm_backward_step(
+            t, tprev, tmp, b.reverse, gates_np, cs_np, c0_np, dh_np, dc_np, b.mask_np, b.has_mask, b.dout_np, b.off,
+            dg_np))
+    else:
+        proj = w_hr is not None
+        dhs = pool.empty((T, B, P), dtype) if proj else None
+        hcs = pool.empty((T, B, H), dtype) if proj else None
+        none3 = dummy(dtype, 3)
+        Split(K.lstm_backward, K.lstm_backward_par)(
+            b.plan.chunks, gates_np, cs_np, c0_np, as_np(w_hh), as_np(contiguous(w_hr)) if proj else dummy(dtype, 2),
+            dh_np, dc_np, b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np,
+            as_np(dhs) if proj else none3, as_np(hcs) if proj else none3)
+        if proj and b.need[4]:
+            g_w_hr = dhs.view(T * B, P).t().mm(hcs.view(T * B, H))
+    g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
+    return dg, g_w_hh, "same", g_w_hr, dc0
+
+
+def _gru_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
+    K = runtime.loops()
+    T, B = f.gates.shape[:2]
+    H = f.spec.hidden_size
+    b_hn = contiguous(b_hh[2 * H:]) if b_hh is not None else f.gates.new_zeros(H)
+    ghn = pool.empty((T, B, H), f.gates.dtype) if f.train else None
+    ghn_np = as_np(ghn) if f.train else dummy(f.gates.dtype, 3)
+    gates_np, h_np, b_hn_np = as_np(f.gates), as_np(h), as_np(b_hn)
+    if f.plan.stepwise:
+        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.gru_forward_step(
+            t, gates_np, gh, b_hn_np, h_np, f.mask_np, f.has_mask, f.train, f.out_np, f.off, f.hs_np, ghn_np))
+    else:
+        Split(K.gru_forward, K.gru_forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, b_hn_np, h_np,
+                                                f.mask_np, f.has_mask, f.reverse, f.train, f.out_np, f.off, f.hs_np,
+                                                ghn_np)
+    if f.train:
+        f.keep["ghn"] = ghn
+    return [h]
+
+
+def _gru_backward(b: Backward, w_hh, w_hr, dc0):
+    K = runtime.loops()
+    T, B = b.hprev.shape[:2]
+    H = b.spec.hidden_size
+    dg_in, dghn = b.buffer(3 * H), b.buffer(H)
+    saved = (as_np(b.keep["gates"]), as_np(b.keep["ghn"]), as_np(b.h0), b.hseq_np, b.hoff)
+    dh_np, dg_np, dghn_np = as_np(b.dh), as_np(dg_in), as_np(dghn)
+    if b.plan.stepwise:
+        dgh = torch.empty(B, 3 * H, dtype=b.dh.dtype)
+        dgh_np = as_np(dgh)
+        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dgh, lambda t, tprev, tmp: K.gru_backward_step(
+            t, tprev, tmp, b.reverse, *saved, dh_np, b.mask_np, b.has_mask, b.dout_np, b.off, dg_np, dghn_np,
+            dgh_np))
+    else:
+        Split(K.gru_backward, K.gru_backward_par)(b.plan.chunks, *saved, as_np(w_hh), dh_np, b.mask_np, b.has_mask,
+                                                  b.reverse, b.dout_np, b.off, dg_np, dghn_np)
+    g_w_hh = g_b_hh = None
+    if b.need[1]:
+        g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], b.hprev, b.h0, b.reverse),
+                            grad_recurrent(dghn, b.hprev, b.h0, b.reverse)])
+    if b.need[3]:
+        g_b_hh = torch.cat([dg_in[:, :, : 2 * H].sum((0, 1)), dghn.sum((0, 1))])
+    return dg_in, g_w_hh, g_b_hh, None, None
+
+
+def _grux_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
+    K = runtime.loops()
+    H = f.spec.hidden_size
+    Split(K.grux_forward, K.grux_forward_par)(f.plan.chunks, as_np(f.gates), f.w(w_hh[: 2 * H]), f.w(w_hh[2 * H:]),
+                                              f.transposed, as_np(h), f.mask_np, f.has_mask, f.reverse, f.train,
+                                              f.out_np, f.off, f.hs_np)
+    return [h]
+
+
+def _grux_backward(b: Backward, w_hh, w_hr, dc0):
+    K = runtime.loops()
+    T, B = b.hprev.shape[:2]
+    H = b.spec.hidden_size
+    dg_in, rhs = b.buffer(3 * H), b.buffer(H)
+    Split(K.grux_backward, K.grux_backward_par)(
+        b.plan.chunks, as_np(b.keep["gates"]), as_np(b.h0), b.hseq_np, b.hoff, as_np(contiguous(w_hh[: 2 * H])),
+        as_np(contiguous(w_hh[2 * H:])), as_np(b.dh), b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off,
+        as_np(dg_in), as_np(rhs))
+    g_w_hh = None
+    if b.need[1]:
+        g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], b.hprev, b.h0, b.reverse),
+                            dg_in[:, :, 2 * H:].reshape(T * B, H).t().mm(rhs.view(T * B, H))])
+    return dg_in, g_w_hh, "same", None, None
+
+
+def key(spec: CellSpec) -> str:
+    """The table's key for a cell: "rnn", "lstm", "ln_lstm", "gru" (reset_after) or "grux"."""
+    if spec.mode == "LSTM":
+        return "ln_lstm" if spec.layer_norm else "lstm"
+    if spec.mode == "GRU":
+        return "gru" if spec.reset_after else "grux"
+    return "rnn"
+
+
+@functools.cache
+def _build() -> dict[str, Cell]:
+    K = runtime.loops()
+    never = None
+    return {
+        "rnn": Cell(_rnn_forward, _rnn_backward, (K.rnn_small_forward, K.rnn_small_backward),
+                    Split(K.stream_rnn, K.stream_rnn_par), K.stream_rnn_units, lambda s: s.mode == "RNN_RELU"),
+        "lstm": Cell(_lstm_forward, _lstm_backward, (K.lstm_small_forward, K.lstm_small_backward),
+                     Split(K.stream_lstm, K.stream_lstm_par), K.stream_lstm_units, lambda s: False),
+        "gru": Cell(_gru_forward, _gru_backward, (K.gru_small_forward, K.gru_small_backward),
+                    Split(K.stream_gru, K.stream_gru_par), K.stream_gru_units, lambda s: True),
+        "grux": Cell(_grux_forward, _grux_backward, never, Split(K.stream_gru, K.stream_gru_par), never,
+                     lambda s: False),
+        # the layer-normalised LSTM's layer drivers are ln.py's (an autograd Function per direction)
+        "ln_lstm": Cell(never, never, never, Split(K.stream_ln_lstm, K.stream_ln_lstm_par), never, lambda s: False),
+    }
+
+
+def cell(spec: CellSpec) -> Cell:
+    """The table's entry for this cell."""
+    return _build()[key(spec)]

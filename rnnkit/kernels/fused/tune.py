@@ -1,0 +1,139 @@
+"""``rnnkit tune``: where two paths can tie on a CPU, time both on this host and keep the faster one.
+
+Each ``Decision`` is a ``Policy`` field with two candidate values (the host's default and its
+alternative), timed through rnnkit's own layers on a few representative shapes, interleaved round by
+round in a new order each round (medians). A candidate our rules prefer is kept only where it is faster
+on every shape; otherwise the other one (for the LSTM: oneDNN's layer, torch.nn.LSTM's own path). The
+decisions go to ``$XDG_CACHE_HOME/rnnkit/tune/<cpu>.json`` (``policies.tune_path``), which the default
+policy reads once per process. A run takes seconds (at most ``budget_s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .explain import explain
+from .policies import TUNE_VERSION, Host, Policy, policy, tune_path
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A Policy field, its alternative value, the cell and the shapes (B, T, I, H) and mode it is timed on."""
+
+    field: str
+    question: str
+    cell: str
+    shapes: tuple
+    training: bool
+    alternative: object = None  # the value timed against the default (None: the opposite bool)
+
+
+DECISIONS = (
+    Decision("lstm_loops_inference", "float32 LSTM inference: our loops, or oneDNN's LSTM layer", "lstm",
+             ((32, 200, 64, 128), (8, 100, 32, 64), (1, 1000, 32, 64)), False),
+    Decision("lstm_loops_training", "float32 LSTM training: our loops, or oneDNN's LSTM layer", "lstm",
+             ((32, 100, 64, 128), (1, 500, 32, 64)), True),
+    Decision("par_row_bytes", "the batch split across threads at up to 4x smaller rows, or not", "gru",
+             ((8, 100, 64, 256), (16, 50, 64, 384)), True, alternative="quarter"),
+)
+
+
+def _layer(cell: str, I: int, H: int):
+    import rnnkit
+    torch.manual_seed(0)
+    return {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}[cell](I, H, batch_first=True)
+
+
+def _timed(layer, x, training: bool) -> float:
+    start = time.perf_counter()
+    if training:
+        layer(x)[0].sum().backward()
+    else:
+        with torch.no_grad():
+            layer(x)
+    return time.perf_counter() - start
+
+
+def _candidates(d: Decision, base: Policy) -> tuple[Policy, Policy]:
+    """(the default, its alternative) for decision d."""
+    default = getattr(base, d.field)
+    if d.alternative == "quarter":
+        other = default // 4
+    elif isinstance(default, bool):
+        other = not default
+    else:
+        other = d.alternative
+    if isinstance(default, bool):  # the LSTM ties: "ours" (True) first
+        return dataclasses.replace(base, **{d.field: True}), dataclasses.replace(base, **{d.field: False})
+    return base, dataclasses.replace(base, **{d.field: other})
+
+
+def run(rounds: int = 7, path: Path | None = None, budget_s: float = 60.0, decisions=DECISIONS,
+        echo=print) -> dict:
+    """Time every decision on this host and store the result at path (default: ``tune_path()``; None
+    in the returned dict's "path" when not saved: path=False). Returns what it stores."""
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds: expected an integer >= 1, got {rounds!r}")
+    started = time.perf_counter()
+    host = Host.detect()
+    base = Policy.for_host(host)
+    echo(f"rnnkit tune: {host.model} ({host.vendor}), {host.cores} cores, L2 {host.l2_bytes >> 10} KB a core, "
+         f"{host.vector_bytes * 8}-bit SIMD; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    chosen: dict = {}
+    measurements = []
+    for d in decisions:
+        first, second = _candidates(d, base)
+        ratios = []
+        for B, T, I, H in d.shapes:
+            layer = _layer(d.cell, I, H)
+            x = torch.randn(B, T, I)
+            plans = []
+            for candidate in (first, second):
+                with policy(candidate):
+                    _timed(layer, x, d.training)  # warm: compiled code loaded, buffers taken
+                    p = explain(layer, x, training=d.training)
+                    plans.append(p.layers[0].path if p.layers else p.path)
+            times: list[list[float]] = [[], []]
+            for _ in range(rounds):
+                order = [0, 1]
+                random.shuffle(order)
+                for k in order:
+                    with policy((first, second)[k]):
+                        times[k].append(_timed(layer, x, d.training))
+                if time.perf_counter() - started > budget_s * 0.8:
+                    break
+            a, b = (statistics.median(t) * 1e3 for t in times)
+            ratios.append(a / b)
+            measurements.append({"field": d.field, "cell": d.cell, "shape": [B, T, I, H],
+                                 "mode": "train" if d.training else "inference",
+                                 "candidates": [{"value": getattr(c, d.field), "path": path_, "median_ms": round(m, 3)}
+                                                for c, path_, m in zip((first, second), plans, (a, b))]})
+            echo(f"  {d.field:22s} {d.cell} {B},{T},{I},{H} {'train' if d.training else 'inference':9s} "
+                 f"{getattr(first, d.field)!s:>8} ({plans[0]}) {a:8.2f} ms   {getattr(second, d.field)!s:>8} "
+                 f"({plans[1]}) {b:8.2f} ms   ratio {a / b:.2f}")
+        keep_first = max(ratios) <= 1.0  # the default (or our loops) only where it is never slower
+        chosen[d.field] = getattr(first if keep_first else second, d.field)
+        echo(f"{d.question}: {d.field} = {chosen[d.field]!r} (worst ratio {max(ratios):.2f})")
+    seconds = time.perf_counter() - started
+    result = {"version": TUNE_VERSION, "cpu": host.key, "host": dataclasses.asdict(host), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "rounds": rounds, "seconds": round(seconds, 1),
+              "decisions": chosen, "measurements": measurements}
+    if path is not False:
+        target = Path(path) if path is not None else tune_path(host)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(target)
+        result["path"] = str(target)
+        echo(f"decisions saved to {target} ({seconds:.1f} s); RNNKIT_TUNE=0 ignores them")
+    else:
+        echo(f"not saved ({seconds:.1f} s)")
+    return result
