@@ -281,6 +281,7 @@ def _free_port() -> int:
 def _worker(index: int, fn: Callable, nproc: int, port: int, backend: str, results, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(index),
                       LOCAL_RANK=str(index), WORLD_SIZE=str(nproc))
+    os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)  # this group's store is its own, not a torchrun agent's
     init(backend)
     try:
         results.put((index, fn(*args)))
