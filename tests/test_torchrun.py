@@ -24,6 +24,8 @@ from safetensors.torch import load_file
 
 from rnnkit import tasks
 
+pytestmark = pytest.mark.slow  # about 20 processes, each importing torch and rnnkit: minutes on 2 cores
+
 TASKS = ("language_model", "classifier", "qa", "forecaster")
 TIMEOUT = 240  # seconds a launcher may take before the test fails (a hung rendezvous, not a slow host)
 WORDS = ["the", "cat", "dog", "bird", "is", "are", "small", "loud", "big", "cute", "a", "and"]
