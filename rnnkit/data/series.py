@@ -184,8 +184,10 @@ def _to_numeric(df: pd.DataFrame, roles: dict[str, list[str]], dates: pd.Series)
             bad = np.flatnonzero((values.isna() & raw.notna()).to_numpy())
             if bad.size:
                 row = int(bad[0])
+                hint = ("; a covariate of categories (text) is one-hot when named in the forecaster's "
+                        "data.categorical" if arg != "target_columns" else "")
                 raise ValueError(f"{arg} {name!r}: expected numbers, got {raw.iloc[row]!r} at row {row} "
-                                 f"(date {_when(dates.iloc[row])}; {bad.size} non-numeric in all)")
+                                 f"(date {_when(dates.iloc[row])}; {bad.size} non-numeric in all){hint}")
             out[name] = values.to_numpy(np.float64)
     return pd.DataFrame(out, index=pd.DatetimeIndex(dates))
 

@@ -33,6 +33,10 @@ class ForecastDataConfig(TextFileConfig):
                                        description="columns observed up to the forecast origin only")
     future_covariates: list[str] = Field(default_factory=list,
                                          description="columns known ahead (given for the horizon at forecast time)")
+    categorical: list[str] = Field(default_factory=list,
+                                   description="covariates (past or future) holding categories, e.g. a wind direction "
+                                               "'NW': one-hot, the categories of the training data kept with the "
+                                               "checkpoint; a value not seen in training is no category")
     calendar: list[str] = Field(default_factory=list, description="calendar features added as future covariates: "
                                                                   "month, day_of_week, day, day_of_year, hour")
     calendar_encoding: Literal["sincos", "onehot"] = Field("sincos", description="encoding of calendar features")
@@ -54,6 +58,9 @@ class ForecastDataConfig(TextFileConfig):
 
     @model_validator(mode="after")
     def _check_panel(self) -> ForecastDataConfig:
+        unknown = [c for c in self.categorical if c not in (*self.past_covariates, *self.future_covariates)]
+        if unknown:
+            raise ValueError(f"categorical: {unknown} must also be named in past_covariates or future_covariates")
         if self.static_covariates and not self.id_column:
             raise ValueError(f"static_covariates: {self.static_covariates} are per-series values of a long-format "
                              "frame; set data.id_column too")
@@ -121,8 +128,8 @@ class EvaluationConfig(Config):
     @classmethod
     def _one_or_none(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [] if value == "none" else [value]
-        return value
+            value = [value]
+        return [] if value == ["none"] else value  # "none", alone or as a list of one (a keyword's string)
 
     @field_validator("statistical")
     @classmethod

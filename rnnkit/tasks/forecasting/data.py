@@ -3,6 +3,7 @@ after the last target, future dates, and windows gathered from arrays in model s
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,3 +126,45 @@ class _Prepared:
     fut: np.ndarray     # <float64>[N + ahead, Fc] scaled (+ the one-hot static categories)
     ahead: int
     scalers: dict[str, Scaler | None] = field(default_factory=dict)  # those that scaled it
+
+
+# ------------------------------------------------------------------------- categorical covariates
+def categories_of(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, list[str]]:
+    """The categories (sorted text values) of each categorical covariate column of ``frame``."""
+    out = {}
+    for name in names:
+        if name not in frame.columns:
+            raise ValueError(f"data.categorical: {name!r} is not a column; available: "
+                             f"{[str(c) for c in frame.columns]}")
+        values = sorted(frame[name].dropna().astype(str).unique())
+        if not values:
+            raise ValueError(f"data.categorical: column {name!r} has no values")
+        out[name] = values
+    return out
+
+
+def expand(names: Sequence[str], categories: dict[str, list[str]]) -> list[str]:
+    """Covariate names with each categorical column replaced by its one-hot columns ('wind=NW', ...)."""
+    return [f"{n}={v}" for n in names for v in categories[n]] if categories else list(names)
+
+
+def encode_categories(frame: pd.DataFrame, categories: dict[str, list[str]], arg: str) -> pd.DataFrame:
+    """``frame`` with each categorical column replaced by one 0/1 column per category of training; a
+    missing value stays missing (NaN in every column); a value not seen in training is all zeros
+    (a warning names it)."""
+    if not categories:
+        return frame
+    frame = frame.copy()
+    for name, known in categories.items():
+        if name not in frame.columns:
+            continue  # the reader names a missing column
+        text = frame[name].astype(str).where(frame[name].notna())
+        unseen = sorted(set(text.dropna()) - set(known))
+        if unseen:
+            warnings.warn(f"{arg}: column {name!r} has values {unseen[:5]} not seen in training; they are encoded as "
+                          f"no category (known: {known})", stacklevel=4)
+        position = frame.columns.get_loc(name)
+        onehot = pd.DataFrame({f"{name}={v}": (text == v).astype(np.float64) for v in known}, index=frame.index)
+        onehot[text.isna().to_numpy()] = np.nan
+        frame = pd.concat([frame.iloc[:, :position], onehot, frame.iloc[:, position + 1:]], axis=1)
+    return frame

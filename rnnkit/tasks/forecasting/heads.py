@@ -36,7 +36,8 @@ def _sizes(columns: dict[str, Any]) -> dict[str, int]:
     """The network's input widths from the column roles: targets, past and future covariates (the
     one-hot static categories count as future covariates: known at every step)."""
     static = sum(len(values) for values in columns.get("categories", {}).values())
-    return {"target": len(columns["target"]), "past": len(columns["past"]),
+    past = sum(len(columns.get("categorical", {}).get(name, [name])) for name in columns["past"])
+    return {"target": len(columns["target"]), "past": past,
             "future": len(columns["future_all"]) + static}
 
 

@@ -15,7 +15,7 @@ from ...baselines import Backtest, backtest as baseline_backtest
 from ...data.series import Panel, PanelSeries, calendar_features, chronological_split, read_panel
 from ...model import ModelConfig
 from .config import ForecastExperiment
-from .data import _fit_scalers, _load_frame, _future_index, _Prepared
+from .data import encode_categories, expand, _fit_scalers, _load_frame, _future_index, _Prepared
 from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, _forecast_rows, PanelBacktest, _now
 
@@ -30,7 +30,7 @@ class ManySeries:
     def _read_panel_data(cls, experiment: ForecastExperiment, given: dict) -> tuple[ForecastExperiment, dict]:
         """Many series from a long-format frame: a split and scalers per series, the static categories."""
         cfg = experiment.data
-        panel = cls._read_training(cfg, given["frame"])
+        panel, categorical = cls._read_training(cfg, given["frame"])
         need = cfg.lookback + cfg.horizon
         splits, series_scalers = {}, {}
         for s in panel.series:
@@ -49,7 +49,8 @@ class ManySeries:
                 raise ValueError(f"series {s.id!r}: {error}") from None
         categories = {name: sorted({s.static[i] for s in panel.series}) for i, name in enumerate(panel.static_columns)}
         columns = {"date_column": cfg.date_column, "id_column": cfg.id_column, "target": list(panel.target_columns),
-                   "past": list(panel.past_columns), "future": list(cfg.future_covariates),
+                   "past": list(cfg.past_covariates), "future": list(cfg.future_covariates),
+                   "categorical": categorical,
                    "future_all": list(panel.future_columns), "calendar": list(cfg.calendar),
                    "calendar_encoding": cfg.calendar_encoding, "freq": panel.freq, "integer_time": panel.integer_time,
                    "transform": cfg.transform, "static": list(panel.static_columns), "categories": categories}
@@ -88,9 +89,10 @@ class ManySeries:
                                  "long-format frame to forecast from")
             return self.panel
         cols, cfg = self.columns, self.experiment.data
-        frame = _load_frame(df, cols["date_column"])
-        return read_panel(frame, cols["id_column"], cols["date_column"], cols["target"], cols["past"], cols["future"],
-                          cols["static"], missing=cfg.missing, freq=cols["freq"] or None,
+        categorical = cols.get("categorical", {})
+        frame = encode_categories(_load_frame(df, cols["date_column"]), categorical, "df")
+        return read_panel(frame, cols["id_column"], cols["date_column"], cols["target"],
+                          expand(cols["past"], categorical), expand(cols["future"], categorical), cols["static"], missing=cfg.missing, freq=cols["freq"] or None,
                           date_format=cfg.date_format or None, calendar=cols["calendar"],
                           calendar_encoding=cols["calendar_encoding"])
 

@@ -25,8 +25,8 @@ from ...model import ModelConfig, SequenceModel
 from ...train import Trainer
 from ..base import Task, Training
 from .config import ForecastExperiment, ForecastDataConfig
-from .data import (_transform, _untransform, _make_scaler, _scale, _load_frame, _trailing_future_rows,
-                   _future_index, _gather, _Prepared)
+from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared, _scale, _trailing_future_rows,
+                   _transform, _untransform, categories_of, encode_categories, expand)
 from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, halfwidth
@@ -121,7 +121,7 @@ class Forecaster(ManySeries, Task):
             raise ValueError("data.target_columns: expected at least one column to forecast (target=), got none")
         if cfg.id_column:
             return cls._read_panel_data(experiment, given)
-        series = cls._read_training(cfg, given["frame"])
+        series, categorical = cls._read_training(cfg, given["frame"])
         lookback, horizon = cfg.lookback, cfg.horizon
         if len(series) < lookback + horizon:
             raise ValueError(f"data: series of {len(series)} steps is shorter than lookback + horizon = "
@@ -140,8 +140,9 @@ class Forecaster(ManySeries, Task):
             if scalers[role] is not None:
                 scalers[role].fit(values[split.train])
         columns = {"date_column": cfg.date_column, "target": list(series.target_columns),
-                   "past": list(series.past_columns), "future": list(cfg.future_covariates),
-                   "future_all": list(series.future_columns), "calendar": list(cfg.calendar),
+                   "past": list(cfg.past_covariates), "future": list(cfg.future_covariates),
+                   "categorical": categorical, "future_all": list(series.future_columns),
+                   "calendar": list(cfg.calendar),
                    "calendar_encoding": cfg.calendar_encoding, "freq": series.report.freq,
                    "transform": cfg.transform, "train_end": str(series.index[n_train - 1])}
         model_fields = _Network(experiment, _sizes(columns)).model_fields()
@@ -258,7 +259,9 @@ class Forecaster(ManySeries, Task):
         return np.concatenate(errors)
 
     @staticmethod
-    def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None) -> SeriesData | Panel:
+    def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None
+                       ) -> tuple[SeriesData | Panel, dict[str, list[str]]]:
+        """The training data, with the categories of its categorical covariates (one-hot in the data)."""
         if frame is None:
             if cfg.path:
                 source: Any = cfg.path
@@ -270,17 +273,20 @@ class Forecaster(ManySeries, Task):
             frame = _load_frame(source, cfg.date_column, cfg.reading())
         else:
             frame = _load_frame(frame, cfg.date_column)
+        categorical = categories_of(frame, cfg.categorical)
+        frame = encode_categories(frame, categorical, "data")
+        past, future = expand(cfg.past_covariates, categorical), expand(cfg.future_covariates, categorical)
         if cfg.id_column:
-            return read_panel(frame, cfg.id_column, cfg.date_column, cfg.target_columns, cfg.past_covariates,
-                              cfg.future_covariates, cfg.static_covariates, missing=cfg.missing, freq=cfg.freq or None,
+            return read_panel(frame, cfg.id_column, cfg.date_column, cfg.target_columns, past, future,
+                              cfg.static_covariates, missing=cfg.missing, freq=cfg.freq or None,
                               date_format=cfg.date_format or None, calendar=cfg.calendar,
-                              calendar_encoding=cfg.calendar_encoding)
+                              calendar_encoding=cfg.calendar_encoding), categorical
         frame, future_rows = _trailing_future_rows(frame, cfg.date_column, cfg.target_columns)
         if len(future_rows):
             warnings.warn(f"data: ignored the last {len(future_rows)} rows, which have no target value", stacklevel=3)
-        return read_series(frame, cfg.date_column, cfg.target_columns, cfg.past_covariates, cfg.future_covariates,
+        return read_series(frame, cfg.date_column, cfg.target_columns, past, future,
                            missing=cfg.missing, freq=cfg.freq or None, date_format=cfg.date_format or None,
-                           calendar=cfg.calendar, calendar_encoding=cfg.calendar_encoding)
+                           calendar=cfg.calendar, calendar_encoding=cfg.calendar_encoding), categorical
 
     def _windows(self, p: _Prepared, span: slice, part: str, required: bool = True) -> tuple[Tensor, Tensor] | None:
         """Training or validation tensors (x, target) of the windows whose horizon lies in ``span``;
@@ -356,8 +362,10 @@ class Forecaster(ManySeries, Task):
             warnings.warn(f"df: ignored the last {len(future_rows)} rows, which have no target value (the model "
                           "has no future covariates to read from them)", stacklevel=4)
             future_rows = future_rows.iloc[:0]
-        series = read_series(frame, cols["date_column"], cols["target"], cols["past"], cols["future"],
-                             missing=self.experiment.data.missing, freq=cols["freq"] or None,
+        categorical = cols.get("categorical", {})
+        frame = encode_categories(frame, categorical, "df")
+        series = read_series(frame, cols["date_column"], cols["target"], expand(cols["past"], categorical),
+                             expand(cols["future"], categorical), missing=self.experiment.data.missing, freq=cols["freq"] or None,
                              date_format=self.experiment.data.date_format or None, calendar=cols["calendar"],
                              calendar_encoding=cols["calendar_encoding"])
         return series, future_rows
@@ -406,10 +414,12 @@ class Forecaster(ManySeries, Task):
                 self._check_columns(rows, "future", extra_columns, with_targets=False)
             else:
                 rows = future_rows
+            names = expand(cols["future"], cols.get("categorical", {}))
+            rows = encode_categories(rows, cols.get("categorical", {}), "future")
             if not len(rows):
-                rows = pd.DataFrame({cols["date_column"]: pd.to_datetime([]), **{c: [] for c in cols["future"]}})
-            have = pd.DataFrame(rows[cols["future"]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64),
-                                index=pd.to_datetime(rows[cols["date_column"]], errors="coerce"), columns=cols["future"])
+                rows = pd.DataFrame({cols["date_column"]: pd.to_datetime([]), **{c: [] for c in names}})
+            have = pd.DataFrame(rows[names].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64),
+                                index=pd.to_datetime(rows[cols["date_column"]], errors="coerce"), columns=names)
             got = have.reindex(index)
             lacking = got.isna().any(axis=1).to_numpy()
             if lacking.any():
