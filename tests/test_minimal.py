@@ -44,7 +44,7 @@ def paper_layer(layer, x, h0, lengths, direction=0, index=0):
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
-@pytest.mark.parametrize("scan", ["log", "loop", "reference"])
+@pytest.mark.parametrize("scan", ["fused", "log", "loop", "reference"])
 def test_each_scan_equals_the_papers_equations(cls, scan):
     """A bidirectional 2-layer stack with padding and a signed initial state, float64, against the
     equations run sequence by sequence: outputs and final states agree to rounding."""
@@ -66,7 +66,7 @@ def test_each_scan_equals_the_papers_equations(cls, scan):
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
-@pytest.mark.parametrize("scan", ["log", "loop"])
+@pytest.mark.parametrize("scan", ["fused", "log", "loop"])
 def test_parallel_scan_gradients_equal_the_reference(cls, scan):
     """Gradients of the input, the initial state and every weight, through lengths, both directions
     and a stack, equal the step-by-step reference's (float64)."""
@@ -232,3 +232,21 @@ def test_torch_export_and_trace_record_the_reference():
         torch.testing.assert_close(program.module()(x, lengths), want, atol=1e-6, rtol=1e-5)
         traced = torch.jit.trace(model, (x, lengths))
         torch.testing.assert_close(traced(x, lengths), want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_fused_scan_over_several_lanes_equals_the_loop(cls):
+    """130 hidden units (the fused pass's lanes of 64: two whole, one partial), padding, both
+    directions: output, final state and every gradient equal the loop scan's (float64)."""
+    torch.manual_seed(10)
+    layer = cls(5, 130, bidirectional=True, **F64)
+    x, lengths, h0 = torch.randn(6, 3, 5, **F64), torch.tensor([6, 2, 5]), torch.randn(2, 3, 130, **F64)
+    results = {}
+    for scan in ("fused", "loop"):
+        layer.scan = scan
+        xs = x.clone().requires_grad_()
+        out, h_n = layer(xs, h0, lengths=lengths)
+        loss = (out * out.detach().sin()).sum() + h_n.sum()
+        results[scan] = (out, h_n, *torch.autograd.grad(loss, [xs, *layer.parameters()]))
+    for got, want in zip(results["fused"], results["loop"]):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)

@@ -4,7 +4,11 @@ Feng et al. 2024 ("Were RNNs All We Needed?") take the previous state out of the
 step is the first-order linear recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` with a_t, b_t functions of
 x_t alone (equations in ``rnnkit.cells.mingru_coefficients`` / ``minlstm_coefficients``). A whole
 sequence is then one GEMM for the input projection and a linear scan over time, which this module
-runs in one of three ways:
+runs in one of four ways:
+
+    "fused"  on CPU (float32/64): one compiled pass that computes the coefficients and scans, and one
+             for the backward (``rnnkit.layers.minimal_fused``); MinGRU's default on CPU (minLSTM's
+             pass computes its logs and exps one at a time, slower than "loop", which it defaults to)
 
     "log"    the parallel scan in log space (Heinsen 2023; the paper's appendix B), chunked:
              h_t = exp(A_t) ⊙ h_0 + exp(A_t + logcumsumexp_{k<=t}(log b_k - A_k)),  A_t = Σ_{k<=t} log a_k,
@@ -41,7 +45,7 @@ from ..cells import MIN_COEFFICIENTS, CellSpec, State
 from ..kernels import DirectionWeights, reference
 from .recurrent import RecurrentBase, _StepStreamer
 
-SCANS = ("auto", "log", "loop", "reference")
+SCANS = ("auto", "fused", "log", "loop", "reference")
 
 
 class _LoopScan(torch.autograd.Function):
@@ -190,6 +194,8 @@ class MinimalRecurrent(nn.Module):
             return "reference"
         if self.scan != "auto":
             return self.scan
+        if self.mode == "MINGRU" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+            return "fused"  # minLSTM's fused pass computes its logs and exps one at a time: slower than "loop"
         return "log" if x.is_cuda else "loop"
 
     def _layer_by_layer(self, x: Tensor, hx: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -217,6 +223,12 @@ class MinimalRecurrent(nn.Module):
     def _scan_direction(self, x: Tensor, w: DirectionWeights, h0: Tensor, mask: Tensor | None,
                         reverse: bool, method: str) -> tuple[Tensor, Tensor]:
         """One direction by a parallel scan: output <f>[T, B, H] and the final state <f>[B, H]."""
+        if method == "fused":  # numba: imported on first use, as the fused backend's loops
+            from .minimal_fused import fused_scan
+            # batch first (free for a batch_first input): each sequence's steps are consecutive rows
+            gi = F.linear(x.transpose(0, 1), w.w_ih, w.b_ih)
+            h, final = fused_scan(gi, h0, None if mask is None else mask[..., 0].t(), self.mode, reverse)
+            return h.transpose(0, 1), final
         gi = F.linear(x, w.w_ih, w.b_ih)  # every step's gates and candidate: one GEMM
         if reverse:
             gi = gi.flip(0)
@@ -304,8 +316,8 @@ _ARGS = """
         init: ``"torch"``: every weight and bias uniform(±1/√hidden_size); ``"keras"``:
             glorot-uniform weights and zero biases. Default: ``"torch"``.
         scan: how forward() runs the recurrence over a whole sequence (module docstring):
-            ``"auto"`` (``"log"`` on CUDA, ``"loop"`` elsewhere), ``"log"``, ``"loop"`` or
-            ``"reference"`` (step by step with autograd). While torch records the model
+            ``"auto"`` (MinGRU: ``"fused"`` on CPU float32/64; ``"log"`` on CUDA; else ``"loop"``),
+            ``"fused"``, ``"log"``, ``"loop"`` or ``"reference"`` (step by step with autograd). While torch records the model
             (``torch.export``, ``jit.trace``, ONNX) the reference runs. Default: ``"auto"``.
 
     Inputs:
