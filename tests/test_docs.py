@@ -56,7 +56,8 @@ def test_strict_mode_fails_on_a_broken_reference(tmp_path, page, error):
     API reference to a module that does not exist."""
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "index.md").write_text(f"# Page\n\n{page}\n", encoding="utf-8")
-    shutil.copy(ROOT / "docs" / "hooks.py", tmp_path / "docs" / "hooks.py")
+    for helper in (ROOT / "docs").glob("*.py"):  # the hook and the griffe extension mkdocs.yml names
+        shutil.copy(helper, tmp_path / "docs" / helper.name)
     config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     config = config.split("\nnav:")[0].replace("paths: [.]", f"paths: [{ROOT}]")
     (tmp_path / "mkdocs.yml").write_text(config, encoding="utf-8")
