@@ -186,8 +186,8 @@ def torchrun(*args: object) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *map(str, args)]
 
 
-def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=clean_env(**env))
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=clean_env())
     assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout}\n{done.stderr[-4000:]}"
     return done
 
@@ -342,6 +342,7 @@ def test_elastic_restart_resumes_bit_identical(configs, tmp_path_factory, tmp_pa
                         "train", configs["language_model"], "--out", out))
     assert mark.read_text() == str(kill_at)  # the worker did die, mid-epoch 2
     assert "restart 1 by torchrun: resuming from" in done.stderr
+    assert done.stderr.count("epoch 1 done") == 1 and done.stderr.count("epoch 2 done") == 1  # not started over
     restarted = read_run(out, done.stdout, done.stderr)
     assert_same_training(restarted, uninterrupted, exact=True)  # each step once, bit for bit
     assert len(results_printed(done.stdout)) == 1
