@@ -21,9 +21,12 @@ def explain(layer, x: Tensor, lengths=None, *, streaming: bool = False, training
     Examples:
         >>> import torch, rnnkit
         >>> from rnnkit.kernels import explain
-        >>> lstm = rnnkit.LSTM(32, 64, batch_first=True)
-        >>> explain(lstm, torch.randn(1, 1000, 32)).path in ("stream", "compiled_loop", "onednn_lstm")
-        True
+        >>> gru = rnnkit.GRU(32, 64, batch_first=True)
+        >>> plan = explain(gru, torch.randn(8, 20, 32), training=False)
+        >>> plan.path, plan.chunks
+        ('stream', 1)
+        >>> print(plan.reason)
+        multiply-adds 2,949,120 <= stream_sequence_max_macs ...
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")

@@ -38,11 +38,11 @@ class Decision:
 
 DECISIONS = (
     Decision("lstm_loops_inference", "float32 LSTM inference: our loops, or oneDNN's LSTM layer", "lstm",
-             ((32, 200, 64, 128), (8, 100, 32, 64), (1, 1000, 32, 64)), False),
+             ((32, 100, 64, 128), (8, 100, 32, 64), (1, 500, 32, 64)), False),
     Decision("lstm_loops_training", "float32 LSTM training: our loops, or oneDNN's LSTM layer", "lstm",
-             ((32, 100, 64, 128), (1, 500, 32, 64)), True),
+             ((32, 50, 64, 128), (1, 300, 32, 64)), True),
     Decision("par_row_bytes", "the batch split across threads at up to 4x smaller rows, or not", "gru",
-             ((8, 100, 64, 256), (16, 50, 64, 384)), True, alternative="quarter"),
+             ((8, 50, 64, 256), (16, 25, 64, 384)), True, alternative="quarter"),
 )
 
 
@@ -76,7 +76,7 @@ def _candidates(d: Decision, base: Policy) -> tuple[Policy, Policy]:
     return base, dataclasses.replace(base, **{d.field: other})
 
 
-def run(rounds: int = 7, path: Path | None = None, budget_s: float = 60.0, decisions=DECISIONS,
+def run(rounds: int = 5, path: Path | None = None, budget_s: float = 60.0, decisions=DECISIONS,
         echo=print) -> dict:
     """Time every decision on this host and store the result at path (default: ``tune_path()``; None
     in the returned dict's "path" when not saved: path=False). Returns what it stores."""
