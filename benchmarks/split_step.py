@@ -6,8 +6,8 @@ forward and backward of one layer, interleaved round by round, medians.
     python benchmarks/split_step.py                 (2 threads)
     python benchmarks/split_step.py --shape 32x200x64x128 --rounds 9
 
-"Not split" sets ``fused.PAR_MIN_ROWS`` out of reach, so the layer takes the dispatch it would have on
-one thread's worth of rows (for the LSTM that is oneDNN's own layer, as in torch.nn).
+"Not split" runs under a policy whose ``par_min_rows`` is out of reach, so the layer takes the plan it
+would have on one thread's worth of rows (for the LSTM that is oneDNN's own layer, as in torch.nn).
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import argparse
 import statistics
 import time
 
+import contextlib
+import dataclasses
+
 import torch
 
 import rnnkit
+from rnnkit import kernels
 from rnnkit.kernels import fused
 
 
@@ -31,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     B, T, I, H = (int(v) for v in args.shape.lower().split("x"))
     x = torch.randn(B, T, I)
-    split_rows = fused.PAR_MIN_ROWS
+    not_split = dataclasses.replace(fused.current(), par_min_rows=1 << 62)
     print(f"B, T, I, H = {B}, {T}, {I}, {H}; {args.threads} threads; medians of {args.rounds} (ms per step)")
     for ours_cls, torch_cls in ((rnnkit.LSTM, torch.nn.LSTM), (rnnkit.GRU, torch.nn.GRU), (rnnkit.RNN, torch.nn.RNN)):
         ours = ours_cls(I, H, batch_first=True, backend="fused")
@@ -45,14 +49,13 @@ def main() -> None:
         times = {"torch.nn": [], "split": [], "not split": []}
         for _ in range(args.rounds):
             for name in times:
-                fused.PAR_MIN_ROWS = 1 << 62 if name == "not split" else split_rows
                 model = peer if name == "torch.nn" else ours
-                step(model)
-                t = time.perf_counter()
-                step(model)
-                step(model)
+                with kernels.policy(not_split) if name == "not split" else contextlib.nullcontext():
+                    step(model)
+                    t = time.perf_counter()
+                    step(model)
+                    step(model)
                 times[name].append((time.perf_counter() - t) / 2 * 1e3)
-        fused.PAR_MIN_ROWS = split_rows
         med = {name: statistics.median(v) for name, v in times.items()}
         print(f"{ours_cls.__name__:5} torch.nn {med['torch.nn']:7.1f}  split {med['split']:7.1f}  "
               f"not split {med['not split']:7.1f}  | torch.nn / split {med['torch.nn'] / med['split']:.2f}")

@@ -1,7 +1,7 @@
 """Streaming at batch 1 with and without the units split, against torch.nn's cell.
 
 ``layer.streamer(1)`` with each layer's hidden units shared among the threads (what rnnkit does from
-``fused.STREAM_UNITS_MIN_*`` bytes of weights) and on one thread, and torch.nn's *Cell (one
+the policy's ``stream_units_min_*`` bytes of weights) and on one thread, and torch.nn's *Cell (one
 layer), all on the same threads, alternating round by round; then a generation loop per token
 (embedding, streamer, a linear head over the vocabulary, argmax), split and not. Medians.
 
@@ -13,12 +13,14 @@ layer), all on the same threads, alternating round by round; then a generation l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 import rnnkit
+from rnnkit import kernels
 from rnnkit.kernels import fused
 
 CELLS = {"lstm": (rnnkit.LSTM, torch.nn.LSTMCell), "gru": (rnnkit.GRU, torch.nn.GRUCell),
@@ -72,7 +74,8 @@ def known_cells(ap: argparse.ArgumentParser, text: str) -> list[str]:
 def streamers(layer, split: bool):
     """layer.streamer(1) with the units split on (from any size) or off."""
     limit = 0 if split else 1 << 62
-    with fused._settings(STREAM_UNITS_MIN_WEIGHT=limit, STREAM_UNITS_MIN_LAYER_WEIGHT=limit):
+    with kernels.policy(dataclasses.replace(fused.current(), stream_units_min_weight=limit,
+                                            stream_units_min_layer_weight=limit)):
         return layer.streamer(1)
 
 
@@ -107,8 +110,9 @@ def main() -> None:
                     med = medians(fns, args.rounds, number)
                     peer_text = (f"  torch.nn cell {med['torch.nn cell']:8.1f} (split / cell "
                                  f"{med['split'] / med['torch.nn cell']:.2f})" if layers == 1 else "")
-                    weight = fused._stack_weights(layer.spec, hidden, layers) * 4  # W_ih and W_hh, float32
-                    default = fused._stream_units(layer.spec, 1, hidden, layers, 4) > 1
+                    plan = kernels.explain(layer, x, streaming=True)
+                    weight = plan.call.stack_weights() * 4  # W_ih and W_hh, float32
+                    default = plan.units > 1
                     print(f"{cell:4} L={layers} H={hidden:<4} ({weight / 2 ** 20 / layers:4.1f} MB a layer; split by "
                           f"default: {'yes' if default else 'no '})  "
                           f"split {med['split']:8.1f}  one thread {med['one thread']:8.1f}  "
