@@ -11,7 +11,10 @@
   are set, e.g. torchrun started by srun).
 
 The backend is ``gloo`` on CPU, ``nccl`` on CUDA. The ``Trainer`` wraps its model in
-``DistributedDataParallel`` whenever the world has more than one process.
+``DistributedDataParallel`` whenever the world has more than one process, and a worker group that
+``torchrun --max-restarts`` restarted (``restart_count()``) resumes from its last checkpoint. Under
+torchrun, rank 0 hosts a fresh key-value store for each attempt (see ``_fresh_store``), so that
+restarted workers meet.
 
 Data sharding is the data layer's job: every rank takes its own slice of each global batch
 (``shard``, ``per_rank``), so that the ranks together see exactly what one process would.
