@@ -2,7 +2,7 @@
 streaming step at batch 1, in one process, interleaved, medians.
 
     python benchmarks/mingru.py                       # B, T, I, H = 32, 512, 128, 256, 2 threads
-    python benchmarks/mingru.py --repeats 5 --scans loop,log --device cuda
+    python benchmarks/mingru.py --repeats 5 --scans log,loop --device cuda
 
 Prints one row per layer (median ms of a training step, of a streaming step) and each layer's
 speed-up over the GRU (GRU time / its time). The cells' multiply-adds are 4.5x fewer than a GRU's
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--shape", default="32,512,128,256", help="B,T,I,H (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds; every layer once a round")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
-    ap.add_argument("--scans", default="loop,log", help="MinGRU scans to time (default: %(default)s)")
+    ap.add_argument("--scans", default="fused,loop", help="MinGRU scans to time: fused, loop, log (default: %(default)s)")
     ap.add_argument("--minlstm", action="store_true", help="time MinLSTM (its default scan) too")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()

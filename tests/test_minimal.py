@@ -142,6 +142,25 @@ def test_step_and_streamer_equal_the_sequence(cls):
     torch.testing.assert_close(s.state, h_n, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="bidirectional"):
         cls(3, 6, bidirectional=True).step(x[0])
+    with pytest.raises(ValueError, match="x_t: expected a batch of 2"):
+        s(x[0, :1])
+    with pytest.raises(ValueError, match="out: expected a contiguous tensor of shape"):
+        s(x[0], out=torch.empty(2, 5))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=IDS)
+def test_streamer_in_float64_and_reading_parameters_in_place(cls):
+    """The compiled streamer in float64, and after an in-place update of a weight."""
+    torch.manual_seed(11)
+    layer = cls(4, 5, num_layers=2, **F64)
+    s, x = layer.streamer(batch_size=3), torch.randn(7, 3, 4, **F64)
+    with torch.no_grad():
+        layer.weight_ih_l1.mul_(2.0)
+    for x_t in x:
+        y_t = s(x_t)
+    out, h_n = layer(x)
+    torch.testing.assert_close(y_t, out[-1], atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(s.state, h_n, atol=1e-12, rtol=1e-10)
 
 
 def test_log_scan_is_stable_where_products_underflow():

@@ -274,10 +274,11 @@ class MinimalRecurrent(nn.Module):
             finals.append(x_t)
         return x_t, torch.stack(finals)
 
-    def streamer(self, batch_size: int = 1, state: Tensor | None = None) -> _StepStreamer:
+    def streamer(self, batch_size: int = 1, state: Tensor | None = None):
         """A state object for streaming inference: ``s = layer.streamer(); y_t = s(x_t)`` advances the
         state kept inside (``s.state``, forward's hx layout); no autograd, no dropout;
-        ``s(x_t, out=y)`` writes y_t into y.
+        ``s(x_t, out=y)`` writes y_t into y. On CPU (float32/64) one compiled call per layer and step,
+        reading the parameters in place (make a new streamer after replacing a parameter).
 
         Raises:
             ValueError: a bidirectional layer, a batch_size below 1, or a state of the wrong shape.
@@ -286,8 +287,12 @@ class MinimalRecurrent(nn.Module):
             raise ValueError("streamer: a bidirectional layer needs the whole sequence; use forward()")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        like = self.weight_ih_l0.detach()
         if state is not None:
-            self._check_hx(state, batch_size, self.weight_ih_l0.detach())
+            self._check_hx(state, batch_size, like)
+        if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64):
+            from .minimal_fused import FusedStreamer  # one compiled call per layer and step
+            return FusedStreamer(self, batch_size, state)
         return _StepStreamer(self, batch_size, state)
 
     def extra_repr(self) -> str:

@@ -24,6 +24,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from ..kernels.base import check_out
+
 from ..kernels.fused_loops import one_, sigmoid_  # float32: a branch-free sigmoid, so the loops vectorise
 
 _JIT = dict(cache=True, nogil=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"},
@@ -153,6 +155,59 @@ def backward_loop(cell, gi, h0, valid, reverse, hs, dout, dfinal, dgi, dh0):
             dh0[b, j] = g[j - j0]
 
 
+@njit(**_JIT)
+def stream_layer(cell, x, w, bias, h, gi):
+    """One step of one layer in place, for streaming: h <f>[B, H] ← a ⊙ h + b from x <f>[B, I],
+    w <f>[G*H, I], bias <f>[G*H]; gi <f>[G*H] scratch. Not parallel: a step is microseconds."""
+    batch, hidden = h.shape
+    for b in range(batch):
+        for r in range(gi.shape[0]):
+            acc = bias[r]
+            for i in range(x.shape[1]):
+                acc += w[r, i] * x[b, i]
+            gi[r] = acc
+        for j in range(hidden):
+            a, bb = _coefficients(cell, gi, j, hidden)
+            h[b, j] = a * h[b, j] + bb
+
+
+class FusedStreamer:
+    """A minimal layer's stack streamed one compiled call per layer and step (``MinGRU.streamer``):
+    ``y_t = s(x_t)`` or ``s(x_t, out=y)``, ``s.state`` <f>[L, B, H]. Reads the parameters in place."""
+
+    def __init__(self, layer, batch_size: int, state: Tensor | None) -> None:
+        like = layer.weight_ih_l0.detach()
+        self.layer, self.batch_size, self.cell = layer, batch_size, CELLS[layer.mode]
+        h = like.new_zeros(layer.num_layers, batch_size, layer.hidden_size) if state is None else state.detach()
+        self._h = h.clone().contiguous()
+        self._weights = []
+        for index in range(layer.num_layers):
+            w = layer.direction_weights(index, 0)
+            bias = w.b_ih.detach() if w.b_ih is not None else like.new_zeros(w.w_ih.shape[0])
+            self._weights.append((w.w_ih.detach().numpy(), bias.numpy()))
+        self._gi = like.new_empty(layer.spec.gates * layer.hidden_size).numpy()
+
+    def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
+        layer = self.layer
+        layer._check_input(x_t, "x_t")
+        if x_t.shape[0] != self.batch_size:
+            raise ValueError(f"x_t: expected a batch of {self.batch_size} (the streamer's batch_size), "
+                             f"got shape {tuple(x_t.shape)}")
+        if out is not None:
+            check_out(out, (self.batch_size, layer.hidden_size), self._h.dtype, self._h.device)
+        x = x_t.detach().contiguous().numpy()
+        for (w, bias), h in zip(self._weights, self._h.numpy()):
+            stream_layer(self.cell, x, w, bias, h, self._gi)
+            x = h
+        y = self._h[-1]
+        return y.clone() if out is None else out.copy_(y)
+
+    @property
+    def state(self) -> Tensor:
+        """The current state <f>[L, B, H] (forward's hx layout), as a new tensor."""
+        return self._h.clone()
+
+
 def _threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
@@ -193,4 +248,4 @@ def fused_scan(gi: Tensor, h0: Tensor, valid: Tensor | None, mode: str, reverse:
     return FusedMinScan.apply(gi, h0, valid, mode, reverse)
 
 
-__all__ = ["fused_scan", "forward_loop", "backward_loop"]
+__all__ = ["fused_scan", "forward_loop", "backward_loop", "stream_layer", "FusedStreamer"]
