@@ -269,3 +269,19 @@ def test_fused_scan_over_several_lanes_equals_the_loop(cls):
         results[scan] = (out, h_n, *torch.autograd.grad(loss, [xs, *layer.parameters()]))
     for got, want in zip(results["fused"], results["loop"]):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+def test_layer_hook_and_weights_only_round_trip(tmp_path):
+    """register_layer_hook sees each layer's output; a whole layer saved with torch.save loads with
+    weights_only=True and computes the same."""
+    torch.manual_seed(12)
+    layer = rnnkit.MinGRU(3, 4, num_layers=2)
+    seen = []
+    handle = layer.register_layer_hook(lambda index, out: seen.append((index, tuple(out.shape))))
+    x = torch.randn(5, 2, 3)
+    out, _ = layer(x)
+    assert seen == [(0, (5, 2, 4)), (1, (5, 2, 4))]
+    handle.remove()
+    torch.save(layer, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=True)
+    torch.testing.assert_close(loaded(x)[0], out)

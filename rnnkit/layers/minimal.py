@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -135,7 +136,7 @@ class MinimalRecurrent(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.init, self.scan = bidirectional, init, scan
-        self._layer_hooks: dict = {}  # none: RecurrentBase's checks read it
+        self._layer_hooks: OrderedDict[int, object] = OrderedDict()  # weak-referenceable, as torch hooks need
         gh = self.spec.gates * hidden_size
         self._weight_names: list[list[DirectionWeights]] = []
         for layer in range(num_layers):
@@ -322,7 +323,9 @@ _ARGS = """
             glorot-uniform weights and zero biases. Default: ``"torch"``.
         scan: how forward() runs the recurrence over a whole sequence (module docstring):
             ``"auto"`` (MinGRU: ``"fused"`` on CPU float32/64; ``"log"`` on CUDA; else ``"loop"``),
-            ``"fused"``, ``"log"``, ``"loop"`` or ``"reference"`` (step by step with autograd). While torch records the model
+            ``"fused"``, ``"log"``, ``"loop"`` or ``"reference"`` (step by step with autograd).
+            ``"fused"`` and ``"loop"`` give first-order gradients only (``"log"`` and ``"reference"``
+            any order, e.g. for a gradient penalty). While torch records the model
             (``torch.export``, ``jit.trace``, ONNX) the reference runs. Default: ``"auto"``.
 
     Inputs:
