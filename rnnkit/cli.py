@@ -86,6 +86,8 @@ def trained_checkpoint(out: Path, results: dict) -> dict:
 
 
 DATA_DIR_HELP = "root of the registered data sets (<root>/<dataset>/<file>), searched before $RNNKIT_DATA and the cache"
+FREQ_HELP = ("frequency of the dates ('D', 'MS', 'h') where the training dates were too irregular to infer one: "
+             "the input is put on that grid and the forecast dated by it")
 
 # How the commands that read text files decode them (the data configs' encoding keys, as flags)
 Encoding = Annotated[str, typer.Option(help="encoding of the input text: a codec name (utf-8, cp1252, utf-16, "
@@ -259,13 +261,14 @@ def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
              level: Annotated[Optional[float], typer.Option(help="prediction-interval level, e.g. 0.8")] = None,
              ignore_extra_columns: Annotated[bool, typer.Option(
                  help="ignore columns the model was not trained with")] = False,
+             freq: Annotated[Optional[str], typer.Option(help=FREQ_HELP)] = None,
              data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None) -> None:
     """Forecast after the input's end: print it, write a CSV and a PNG (history, forecast, intervals)."""
-    from .tasks.forecaster import forecast_to_files
+    from .tasks.forecasting import forecast_to_files
     _show_warnings()
     input = data_path(load_for(checkpoint, "forecast"), input, data_dir)
     result = forecast_to_files(checkpoint, input, horizon, out, future=future, level=level,
-                               extra_columns="ignore" if ignore_extra_columns else "error")
+                               extra_columns="ignore" if ignore_extra_columns else "error", freq=freq)
     typer.echo(result["forecast"].to_string())
     typer.echo(f"wrote {result['csv']}, " + ", ".join(map(str, result["png"])))
 
@@ -283,13 +286,14 @@ def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
              out: Annotated[Optional[Path], typer.Option(help="output prefix for <out>.json and <out>.csv")] = None,
              ignore_extra_columns: Annotated[bool, typer.Option(
                  help="ignore columns the model was not trained with")] = False,
+             freq: Annotated[Optional[str], typer.Option(help=FREQ_HELP)] = None,
              data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None) -> None:
     """Rolling-origin backtest of a forecaster beside naive, seasonal naive and a statistical model."""
-    from .tasks.forecaster import backtest_to_files
+    from .tasks.forecasting import backtest_to_files
     input = data_path(load_for(checkpoint, "backtest"), input, data_dir)
     span = None if test is None else (float(test) if "." in test else int(test))
     result = backtest_to_files(checkpoint, input, horizon, start=start, test=span, stride=stride, level=level,
-                               out_prefix=out, extra_columns="ignore" if ignore_extra_columns else "error")
+                               out_prefix=out, extra_columns="ignore" if ignore_extra_columns else "error", freq=freq)
     typer.echo(result.table())
 
 

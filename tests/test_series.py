@@ -67,8 +67,15 @@ def test_duplicates_error_names_the_timestamp(csv_path):
 def test_irregular_spacing_is_reported_and_freq_fills_the_grid():
     dates = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-06", "2024-01-07"]
     df = pd.DataFrame({"d": dates, "y": [1.0, 2.0, 3.0, 6.0, 7.0]})
-    loose = read_series(df, "d", "y")
-    assert loose.report.freq is None and loose.report.irregular_steps == (pd.Timestamp("2024-01-06"),)
+    off_grid = df.assign(d=["2024-01-01 00:00", "2024-01-02 00:00", "2024-01-03 00:00", "2024-01-04 16:00",
+                            "2024-01-05 00:00"])
+    loose = read_series(off_grid, "d", "y")
+    assert loose.report.freq is None and loose.report.irregular_steps == (pd.Timestamp("2024-01-04 16:00"),
+                                                                         pd.Timestamp("2024-01-05"))
+    # missing days of a daily series: the grid is inferred from the usual step and the days added
+    inferred = read_series(df, "d", "y")
+    assert inferred.report.freq == "D" and inferred.report.gaps_filled == 2 and len(inferred) == 7
+    assert inferred.target_mask[:, 0].tolist() == [True, True, True, False, False, True, True]
     gridded = read_series(df, "d", "y", freq="D")
     assert gridded.report.gaps_filled == 2 and gridded.report.missing == {"y": 2}
     np.testing.assert_allclose(gridded.target[:, 0], [1, 2, 3, 4, 5, 6, 7])
@@ -282,3 +289,16 @@ def test_read_panel_dates_and_errors():
         read_panel(df, "series", "date", "y")
     with pytest.raises(ValueError, match=r"'y': expected numbers, got 'n/a' in series 'a' at step 1"):
         read_panel(pd.DataFrame({"id": ["a", "a"], "t": [0, 1], "y": [1.0, "n/a"]}), "id", "t", "y")
+
+
+def test_calendar_frequencies_with_missing_timestamps_are_inferred():
+    months = pd.date_range("2020-01-01", periods=24, freq="MS").delete([5, 6, 17])
+    data = read_series(pd.DataFrame({"m": months, "y": np.arange(21.0)}), "m", "y")
+    assert data.report.freq == "MS" and data.report.gaps_filled == 3 and data.index[5] == pd.Timestamp("2020-06-01")
+    month_ends = pd.date_range("2020-01-31", periods=24, freq="ME").delete([3])
+    assert read_series(pd.DataFrame({"m": month_ends, "y": np.arange(23.0)}), "m", "y").report.freq == "ME"
+    hours = pd.date_range("2024-03-01", periods=48, freq="h").delete([10, 11, 30])
+    assert read_series(pd.DataFrame({"t": hours, "y": np.arange(45.0)}), "t", "y").report.freq == "h"
+    # more than half of a grid missing: left irregular and reported
+    sparse = pd.DatetimeIndex(["2024-01-01", "2024-01-02", "2024-01-09", "2024-01-20", "2024-01-30"])
+    assert read_series(pd.DataFrame({"t": sparse, "y": np.arange(5.0)}), "t", "y").report.freq is None

@@ -218,9 +218,30 @@ def _infer_freq(index: pd.DatetimeIndex) -> str | None:
     return None if inferred is None else pd.tseries.frequencies.to_offset(inferred).freqstr
 
 
+# spans of the usual step that calendar frequencies have, and those frequencies (start- and end-anchored)
+_CALENDAR_STEPS = (((28, 31), ("MS", "ME")), ((89, 92), ("QS", "QE")), ((365, 366), ("YS", "YE")))
+MAX_GAP_SHARE = 0.5  # a grid is taken when at most this share of its timestamps is missing
+
+
+def _grid_with_gaps(index: pd.DatetimeIndex) -> tuple[str, pd.DatetimeIndex] | None:
+    """The frequency of a series with missing timestamps: the most common step (or the calendar
+    frequency of its length: months, quarters, years) whose grid holds every timestamp, with at
+    most ``MAX_GAP_SHARE`` of the grid missing. Returns (freq, grid) or None (irregular)."""
+    steps, counts = np.unique(np.diff(index.asi8), return_counts=True)
+    usual = pd.Timedelta(int(steps[np.argmax(counts)]))
+    candidates = [freqs for (low, high), freqs in _CALENDAR_STEPS if low <= usual.days <= high and
+                  usual == pd.Timedelta(days=usual.days)]
+    for freq in (candidates[0] if candidates else (pd.tseries.frequencies.to_offset(usual).freqstr,)):
+        grid = pd.date_range(index[0], index[-1], freq=freq)
+        if len(grid) and index.isin(grid).all() and len(grid) - len(index) <= MAX_GAP_SHARE * len(grid):
+            return freq, grid
+    return None
+
+
 def _regularize(df: pd.DataFrame, freq: str | None) -> tuple[pd.DataFrame, str | None, tuple, int]:
-    """Put ``df`` on the ``freq`` grid (adding missing timestamps), or infer the spacing and report
-    the steps that are off it. Returns (frame, freq, irregular step ends, timestamps added)."""
+    """Put ``df`` on the ``freq`` grid (adding missing timestamps), or infer the spacing (a regular
+    grid with some timestamps missing included, which are then added) and report the steps that are
+    off it. Returns (frame, freq, irregular step ends, timestamps added)."""
     index = df.index
     if freq is not None:
         grid = pd.date_range(index[0], index[-1], freq=freq)
@@ -234,6 +255,10 @@ def _regularize(df: pd.DataFrame, freq: str | None) -> tuple[pd.DataFrame, str |
     inferred = _infer_freq(index)
     if inferred is not None:
         return df, inferred, (), 0
+    gridded = _grid_with_gaps(index)
+    if gridded is not None:  # a regular series with missing timestamps: put on its grid
+        freq, grid = gridded
+        return df.reindex(grid), freq, (), len(grid) - len(index)
     steps = np.diff(index.asi8)
     usual = np.median(steps)
     off = (steps < 0.5 * usual) | (steps > 1.5 * usual)

@@ -84,8 +84,8 @@ def _trailing_future_rows(df: pd.DataFrame, date_column: str, targets: Sequence[
 
 def _future_index(end: pd.Timestamp, steps: int, freq: str | None) -> pd.DatetimeIndex:
     if not freq:
-        raise ValueError("data.freq: the dates are irregular, so the dates of the forecast cannot be built; "
-                         "pass freq= (e.g. 'MS', 'D') to put the series on a regular grid")
+        raise ValueError("freq: the dates are irregular, so the dates of the forecast cannot be built; pass freq= "
+                         "(rnnkit forecast/backtest --freq; e.g. 'MS', 'D', 'h') to put the series on a regular grid")
     return pd.date_range(end, periods=steps + 1, freq=freq)[1:]
 
 

@@ -21,22 +21,24 @@ def _load(checkpoint: str | Path) -> Forecaster:
 
 def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, horizon: int | None = None,
                       out_prefix: str | Path = "forecast", future: str | Path | None = None, level: float | None = None,
-                      extra_columns: str = "error", history_steps: int = 240) -> dict[str, Any]:
+                      extra_columns: str = "error", history_steps: int = 240, freq: str | None = None
+                      ) -> dict[str, Any]:
     """`rnnkit forecast CHECKPOINT --input series.csv --horizon 12 --out forecast`: forecast after the
     input's end, write ``<out_prefix>.csv`` (date, forecast and intervals) and ``<out_prefix>.png``
     (``<out_prefix>_<target>.png`` for several targets: history, forecast, interval band).
 
+    freq: the dates' frequency where the training dates had none (``Forecaster.predict``).
     Returns {"forecast": DataFrame, "csv": Path, "png": [Path, ...]}."""
     from ...plots import plot_forecast
     fc = _load(checkpoint)
-    forecast = fc.predict(horizon, df=input, future=future, level=level, extra_columns=extra_columns)
+    forecast = fc.predict(horizon, df=input, future=future, level=level, extra_columns=extra_columns, freq=freq)
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     csv = prefix.with_name(prefix.name + ".csv")
     if fc.columns.get("id_column"):  # many series: the long frame, no plot
         forecast.to_csv(csv, index=False)
         return {"forecast": forecast, "csv": csv, "png": []}
-    series, _ = fc._read_history(input, extra_columns)
+    series, _ = fc._read_history(input, extra_columns, fc._freq(freq))
     forecast.to_csv(csv)
     pngs = []
     targets = fc.columns["target"]
@@ -56,7 +58,7 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
 def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, horizon: int | None = None,
                       start: int | None = None, test: int | float | None = None, stride: int | None = None,
                       level: float | None = None, out_prefix: str | Path | None = None,
-                      extra_columns: str = "error") -> ForecastBacktest:
+                      extra_columns: str = "error", freq: str | None = None) -> ForecastBacktest:
     """`rnnkit backtest CHECKPOINT --input series.csv --horizon 12 [--test 48] [--out bt]`: rolling-origin
     backtest beside the baselines; with ``out_prefix`` writes ``<out_prefix>.json`` (metrics) and
     ``<out_prefix>.csv`` (the model's forecasts per origin and step). Print ``result.table()``.
@@ -67,9 +69,10 @@ def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
         raise ValueError(f"test: a model of many series backtests each over its last data.test = "
                          f"{fc.experiment.data.test} steps; got test={test}")
     if start is None and test is not None:
-        series, _ = fc._read_history(input, extra_columns)
+        series, _ = fc._read_history(input, extra_columns, fc._freq(freq))
         start = chronological_split(len(series), test=test).test.start
-    result = fc.backtest(horizon, df=input, start=start, stride=stride, level=level, extra_columns=extra_columns)
+    result = fc.backtest(horizon, df=input, start=start, stride=stride, level=level, extra_columns=extra_columns,
+                         freq=freq)
     if out_prefix is not None:
         prefix = Path(out_prefix)
         prefix.parent.mkdir(parents=True, exist_ok=True)

@@ -136,8 +136,9 @@ class ManySeries:
                 raise ValueError(f"df: series {s.id!r} of {len(s)} steps has its first origin at {start}, outside "
                                  f"[lookback, len - horizon] = [{cfg.lookback}, {len(s) - horizon}]")
             origins = np.arange(start, len(s) - horizon + 1, stride, dtype=np.int64)
-            truth = s.target
-            actuals = np.stack([truth[o:o + horizon] for o in origins])
+            # baselines run on the filled series; only observed values are scored
+            truth, observed = s.target, np.where(s.target_mask, s.target, np.nan)
+            actuals = np.stack([observed[o:o + horizon] for o in origins])
             t0 = _now()
             out = self._run(self._panel_arrays(s), origins, horizon, level)
             seconds["model"] = seconds.get("model", 0.0) + _now() - t0
@@ -152,13 +153,14 @@ class ManySeries:
                         fitted = model.fit(truth[:start])
                         if df is None:
                             self._fitted_baselines[key] = fitted
-                    runs[name] = baseline_backtest(fitted.predict, truth, start, horizon, stride)
+                    run = baseline_backtest(fitted.predict, truth, start, horizon, stride)
+                    runs[name] = Backtest(run.origins, run.forecasts, actuals)
                 except ValueError as error:
                     logger.warning("backtest: baseline %s skipped on series %s: %s", name, s.id, error)
                 seconds[name] = seconds.get(name, 0.0) + _now() - t0
             for name, bt in runs.items():
                 model_run = name == "model"
-                per_series[(s.id, name)] = score_forecast(bt.actuals, bt.forecasts, truth[:start], ev.season,
+                per_series[(s.id, name)] = score_forecast(bt.actuals, bt.forecasts, observed[:start], ev.season,
                                                           out.get("lower") if model_run else None,
                                                           out.get("upper") if model_run else None)
             frames.append(_forecast_rows(s.id, s.index[origins], horizon, self.columns["target"], runs["model"],

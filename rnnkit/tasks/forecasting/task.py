@@ -350,8 +350,22 @@ class Forecaster(ManySeries, Task):
             fut = np.concatenate([fut, np.tile(static, (len(fut), 1))], axis=1)
         return _Prepared(series, y, past, fut, ahead, scalers)
 
-    def _read_history(self, df: Any, extra_columns: str) -> tuple[SeriesData, pd.DataFrame]:
-        """A new history (DataFrame or CSV path) checked against the trained columns: (series, future rows)."""
+    def _freq(self, freq: str | None) -> str | None:
+        """The frequency of new data: the trained one, or ``freq`` where training had none (irregular dates)."""
+        trained = self.columns.get("freq")
+        if freq is None:
+            return trained
+        try:
+            offset = pd.tseries.frequencies.to_offset(freq)
+        except ValueError:
+            raise ValueError(f"freq: expected a pandas frequency such as 'D', 'MS' or 'h', got {freq!r}") from None
+        if trained and pd.tseries.frequencies.to_offset(trained) != offset:
+            raise ValueError(f"freq: this model was trained on {trained!r} steps, got {freq!r}")
+        return offset.freqstr
+
+    def _read_history(self, df: Any, extra_columns: str, freq: str | None = None) -> tuple[SeriesData, pd.DataFrame]:
+        """A new history (DataFrame or CSV path) checked against the trained columns: (series, future rows);
+        ``freq``: the grid to put it on (default: the trained frequency)."""
         if extra_columns not in ("error", "ignore"):
             raise ValueError(f"extra_columns: expected 'error' or 'ignore', got {extra_columns!r}")
         cols = self.columns
@@ -365,7 +379,7 @@ class Forecaster(ManySeries, Task):
         categorical = cols.get("categorical", {})
         frame = encode_categories(frame, categorical, "df")
         series = read_series(frame, cols["date_column"], cols["target"], expand(cols["past"], categorical),
-                             expand(cols["future"], categorical), missing=self.experiment.data.missing, freq=cols["freq"] or None,
+                             expand(cols["future"], categorical), missing=self.experiment.data.missing, freq=freq or cols["freq"] or None,
                              date_format=self.experiment.data.date_format or None, calendar=cols["calendar"],
                              calendar_encoding=cols["calendar_encoding"])
         return series, future_rows
@@ -392,7 +406,7 @@ class Forecaster(ManySeries, Task):
                 "if they are not covariates)")
 
     def _future_covariates(self, series: SeriesData, future_rows: pd.DataFrame, future: Any, steps: int,
-                           extra_columns: str) -> np.ndarray:
+                           extra_columns: str, freq: str | None = None) -> np.ndarray:
         """<float64>[steps, Fc] of the steps after the history: the data's future covariates from
         ``future`` (or the history's trailing rows) and the calendar features of the future dates."""
         cols = self.columns
@@ -403,7 +417,7 @@ class Forecaster(ManySeries, Task):
                 raise ValueError(f"future: this model was trained without future covariates and will not forecast "
                                  f"with covariates it was not trained with; got {extra}")
             return np.zeros((steps, 0))
-        index = _future_index(series.index[-1], steps, cols["freq"])
+        index = _future_index(series.index[-1], steps, freq or cols["freq"])
         parts = []
         if cols["future"]:
             if future is not None:
@@ -434,15 +448,15 @@ class Forecaster(ManySeries, Task):
             parts.append(calendar_features(index, cols["calendar"], cols["calendar_encoding"]).to_numpy())
         return np.concatenate(parts, axis=1)
 
-    def _prepare(self, df: Any, future: Any, horizon: int, extra_columns: str) -> _Prepared:
+    def _prepare(self, df: Any, future: Any, horizon: int, extra_columns: str, freq: str | None = None) -> _Prepared:
         if df is None:
             if self.data is None:
                 raise ValueError("df: this Forecaster was loaded from a checkpoint and holds no series; pass the "
                                  "history to forecast from (a DataFrame or a CSV path)")
             series, future_rows = self.data, pd.DataFrame()
         else:
-            series, future_rows = self._read_history(df, extra_columns)
-        return self._arrays(series, self._future_covariates(series, future_rows, future, horizon, extra_columns))
+            series, future_rows = self._read_history(df, extra_columns, freq)
+        return self._arrays(series, self._future_covariates(series, future_rows, future, horizon, extra_columns, freq))
 
     def _horizon(self, horizon: int | None) -> int:
         trained = self.experiment.data.horizon
@@ -516,7 +530,7 @@ class Forecaster(ManySeries, Task):
         return result
 
     def predict(self, horizon: int | None = None, df: Any = None, future: Any = None, level: float | None = None,
-                extra_columns: str = "error") -> pd.DataFrame:
+                extra_columns: str = "error", freq: str | None = None) -> pd.DataFrame:
         """Forecast ``horizon`` steps (default: the trained horizon) after the end of the series.
 
         df: the history to forecast from (a DataFrame or CSV path with the trained columns); default:
@@ -525,19 +539,21 @@ class Forecaster(ManySeries, Task):
         future: the future covariates of the horizon (DataFrame with the date column), instead.
         level: interval probability (gaussian output; default ``forecast.level``).
         extra_columns: "error" (default) refuses columns the model was not trained with; "ignore".
+        freq: the dates' frequency ('D', 'MS', 'h') where the training dates were too irregular to
+            infer one: ``df`` is put on that grid and the forecast dated by it.
 
         Returns a DataFrame indexed by the forecast dates: one column per target, and
         ``<target>_lower`` / ``<target>_upper`` (and ``<target>_q<level>`` for quantile output) when
         the forecaster is probabilistic. With many series (``data.id_column``): a long frame with
         the id and time columns, one block of rows per series (``df``: a long frame like fit's).
         """
-        horizon, level = self._horizon(horizon), self._level(level)
+        horizon, level, freq = self._horizon(horizon), self._level(level), self._freq(freq)
         if self.columns.get("id_column"):
             return self._predict_panel(horizon, df, future, level)
-        p = self._prepare(df, future, horizon, extra_columns)
+        p = self._prepare(df, future, horizon, extra_columns, freq)
         series = p.data
         out = self._run(p, np.array([len(series)]), horizon, level)
-        index = _future_index(series.index[-1], horizon, self.columns["freq"]) if self.columns["freq"] else \
+        index = _future_index(series.index[-1], horizon, freq) if freq else \
             pd.RangeIndex(len(series), len(series) + horizon)
         index.name = self.columns["date_column"]
         frame = {}
@@ -552,14 +568,16 @@ class Forecaster(ManySeries, Task):
 
     # -------------------------------------------------------------------------- backtest
     def backtest(self, horizon: int | None = None, df: Any = None, start: int | None = None, stride: int | None = None,
-                 level: float | None = None, baselines: bool = True, extra_columns: str = "error") -> ForecastBacktest:
+                 level: float | None = None, baselines: bool = True, extra_columns: str = "error",
+                 freq: str | None = None) -> ForecastBacktest:
         """Rolling-origin backtest: forecasts of ``horizon`` steps from origins ``start, start + stride, …``
         while the horizon lies in the series, scored beside naive, seasonal naive and the statistical
         baseline of ``experiment.evaluate``, which are fitted on the series before ``start``.
 
         df: the series (default: the one given to fit). start: the first origin (default: the start
         of the test part, ``data.test`` of the experiment). MASE is scaled by the season-m naive
-        error on the series before ``start`` (m = ``evaluate.season``).
+        error on the series before ``start`` (m = ``evaluate.season``). Only observed values are
+        scored: a gap filled for the inputs (``data.missing``) is no actual. freq: as ``predict``'s.
         """
         ev, cfg = self.experiment.evaluate, self.experiment.data
         horizon, level = self._horizon(horizon), self._level(level)
@@ -574,7 +592,7 @@ class Forecaster(ManySeries, Task):
         if df is None and self.data is None:
             raise ValueError("df: this Forecaster was loaded from a checkpoint and holds no series; pass the "
                              "series to backtest on")
-        series = self.data if df is None else self._read_history(df, extra_columns)[0]
+        series = self.data if df is None else self._read_history(df, extra_columns, self._freq(freq))[0]
         n = len(series)
         if start is None:
             start = self.test_start if df is None and self.test_start is not None else \
@@ -588,8 +606,9 @@ class Forecaster(ManySeries, Task):
         # so the arrays cover exactly the series
         p = self._arrays(series, None)
         origins = np.arange(start, n - horizon + 1, stride, dtype=np.int64)
-        truth = series.target
-        actuals = np.stack([truth[o:o + horizon] for o in origins])
+        # the baselines run on the filled series; only observed values are scored (a gap's filled value is no actual)
+        truth, observed = series.target, np.where(series.target_mask, series.target, np.nan)
+        actuals = np.stack([observed[o:o + horizon] for o in origins])
         seconds = {}
         t0 = _now()
         out = self._run(p, origins, horizon, level)
@@ -606,12 +625,13 @@ class Forecaster(ManySeries, Task):
                         fitted = model.fit(truth[:start])
                         if df is None:
                             self._fitted_baselines[key] = fitted
-                    runs[name] = baseline_backtest(fitted.predict, truth, start, horizon, stride)
+                    run = baseline_backtest(fitted.predict, truth, start, horizon, stride)
+                    runs[name] = Backtest(run.origins, run.forecasts, actuals)
                 except ValueError as error:  # e.g. Holt-Winters on too short or non-positive data
                     logger.warning("backtest: baseline %s skipped: %s", name, error)
                     warnings.warn(f"backtest: baseline {name} skipped: {error}", stacklevel=2)
                 seconds[name] = _now() - t0
-        train = truth[:start]
+        train = observed[:start]
         rows = {name: score_forecast(bt.actuals, bt.forecasts, train, ev.season,
                               out.get("lower") if name == "model" else None,
                               out.get("upper") if name == "model" else None) for name, bt in runs.items()}
