@@ -285,3 +285,15 @@ def test_layer_hook_and_weights_only_round_trip(tmp_path):
     torch.save(layer, tmp_path / "layer.pt")
     loaded = torch.load(tmp_path / "layer.pt", weights_only=True)
     torch.testing.assert_close(loaded(x)[0], out)
+
+
+def test_a_task_trains_with_the_cell():
+    """The cells reach every task through the registry: a bidirectional minLSTM text classifier
+    (padded batches, per-sequence pooling) trains and predicts."""
+    from rnnkit.tasks import Classifier
+    torch.manual_seed(13)
+    texts = ["good great fine film", "bad awful dull plot", "lovely good film", "poor bad plot"] * 10
+    clf = Classifier.fit(texts, [1, 0, 1, 0] * 10, epochs=1, batch_size=8, cell="minlstm", bidirectional=True,
+                         hidden_size=8, embedding_dim=8)
+    assert isinstance(clf.model.stack[0], rnnkit.MinLSTM) and clf.model.stack[0].bidirectional
+    assert all(label in (0, 1) for label in clf.predict(["good film", "bad plot"]))

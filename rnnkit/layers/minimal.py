@@ -9,7 +9,6 @@ runs in one of four ways:
     "fused"  on CPU (float32/64): one compiled pass that computes the coefficients and scans, and one
              for the backward (``rnnkit.layers.minimal_fused``); MinGRU's default on CPU (minLSTM's
              pass computes its logs and exps one at a time, slower than "loop", which it defaults to)
-
     "log"    the parallel scan in log space (Heinsen 2023; the paper's appendix B), chunked:
              h_t = exp(A_t) ⊙ h_0 + exp(A_t + logcumsumexp_{k<=t}(log b_k - A_k)),  A_t = Σ_{k<=t} log a_k,
              every product a sum of logs, so nothing underflows; parallel over the steps of a
