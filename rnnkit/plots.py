@@ -7,7 +7,11 @@ returns the path as a ``pathlib.Path``:
 - ``plot_gradient_norms``: ‖∂L/∂h_t‖ vs time step for several cells, log y;
 - ``plot_training_curve``: metrics from a ``metrics.jsonl`` file vs step;
 - ``plot_confusion_matrix``: a heatmap with counts (or row fractions) in the cells;
-- ``plot_forecast``: history, forecast, optional prediction-interval band and actual values.
+- ``plot_forecast``: history, forecast, optional prediction-interval band and actual values;
+- ``plot_backtest``: a series with the forecasts made from several origins, their intervals and the actuals.
+
+Time axes with dates get matplotlib's concise date labels, which choose the unit (years, months,
+days, hours) from the span shown and do not overlap.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import dates as mdates
 from matplotlib.figure import Figure
 
 ArrayLike = Sequence[float] | np.ndarray
@@ -174,15 +179,26 @@ def plot_confusion_matrix(matrix: ArrayLike, path: str | os.PathLike, *, labels:
     return _save(fig, path)
 
 
+def _time_axis(ax: object, xs: np.ndarray, xlabel: str | None) -> None:
+    """Concise date labels for a datetime axis; the x label ("date" / "step" unless given)."""
+    dated = np.issubdtype(np.asarray(xs).dtype, np.datetime64)
+    if dated:
+        locator = mdates.AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel(xlabel if xlabel is not None else ("date" if dated else "step"))
+
+
 def plot_forecast(history: ArrayLike, forecast: ArrayLike, path: str | os.PathLike, *,
                   lower: ArrayLike | None = None, upper: ArrayLike | None = None,
                   actual: ArrayLike | None = None, history_index: Sequence | None = None,
                   forecast_index: Sequence | None = None, interval_label: str = "interval",
-                  title: str = "") -> Path:
+                  title: str = "", xlabel: str | None = None, ylabel: str = "value") -> Path:
     """A forecast after its history, with an optional interval band and the actual values.
 
     history: <float>[n];  forecast, lower, upper, actual: <float>[h] over the forecast horizon.
     history_index / forecast_index: x positions (numbers or datetimes); default 0..n-1 and n..n+h-1.
+    xlabel: default "date" for datetimes, else "step"; ylabel: the series' name and units.
     """
     past = _array("history", history)
     future = _array("forecast", forecast)
@@ -209,7 +225,61 @@ def plot_forecast(history: ArrayLike, forecast: ArrayLike, path: str | os.PathLi
         ax.plot(x_future, extras["actual"], color="black", linestyle=":", linewidth=1.2, label="actual")
     ax.plot(x_future, future, color="tab:blue", linewidth=1.5, label="forecast")
     ax.axvline(x_future[0], color="grey", linewidth=0.8, linestyle="--")
-    ax.set(title=title)
+    ax.set(title=title, ylabel=ylabel)
+    _time_axis(ax, x_future, xlabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_backtest(series: ArrayLike, origins: Sequence[int], forecasts: ArrayLike, path: str | os.PathLike, *,
+                  lower: ArrayLike | None = None, upper: ArrayLike | None = None, index: Sequence | None = None,
+                  show: int = 6, context: int | None = None, interval_label: str = "interval", title: str = "",
+                  xlabel: str | None = None, ylabel: str = "value") -> Path:
+    """Rolling-origin forecasts over their series: the actual series, and the forecasts (with their
+    interval bands) from up to ``show`` origins spread evenly over the backtest.
+
+    series: <float>[n] (NaN where not observed); origins: the K forecast origins (steps of ``series``:
+    forecast k starts at ``series[origins[k]]``); forecasts, lower, upper: <float>[K, h].
+    index: x positions of the series (numbers or datetimes); context: steps drawn before the first
+    origin (default: as many as the backtest spans).
+    """
+    y = _array("series", series)
+    f = _array("forecasts", forecasts, dims=(2,))
+    starts = np.asarray(origins, dtype=np.int64)
+    if starts.ndim != 1 or len(starts) != len(f):
+        raise ValueError(f"origins: expected {len(f)} origins (one per forecast row), got shape {starts.shape}")
+    horizon = f.shape[1]
+    if starts.min() < 0 or starts.max() + horizon > y.size:
+        raise ValueError(f"origins: expected steps in [0, {y.size - horizon}] (each forecast of {horizon} steps "
+                         f"inside the series of {y.size}), got {starts.min()} .. {starts.max()}")
+    if (lower is None) != (upper is None):
+        raise ValueError("lower, upper: expected both bounds of the interval or neither, got one")
+    bands = {name: _array(name, values, dims=(2,)) for name, values in (("lower", lower), ("upper", upper))
+             if values is not None}
+    for name, values in bands.items():
+        if values.shape != f.shape:
+            raise ValueError(f"{name}: expected shape {f.shape} (as forecasts), got {values.shape}")
+    xs = np.arange(y.size) if index is None else np.asarray(index)
+    if len(xs) != y.size:
+        raise ValueError(f"index: expected {y.size} positions, got {len(xs)}")
+    span = starts.max() + horizon - starts.min()
+    first = max(0, starts.min() - (span if context is None else context))
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(xs[first:], y[first:], color="black", linewidth=1.1, label="actual")
+    picks = np.unique(np.linspace(0, len(starts) - 1, min(show, len(starts))).round().astype(int))
+    colors = [f"C{i % 10}" for i in range(len(picks))]
+    for color, k in zip(colors, picks):
+        steps = xs[starts[k]:starts[k] + horizon]
+        if bands:
+            ax.fill_between(steps, bands["lower"][k], bands["upper"][k], color=color, alpha=0.15,
+                            label=interval_label if k == picks[0] else None)
+        ax.plot(steps, f[k], color=color, linewidth=1.5, label="forecasts" if k == picks[0] else None)
+        ax.plot(steps[:1], f[k][:1], color=color, marker="o", markersize=3)
+    ax.axvline(xs[starts.min()], color="grey", linewidth=0.8, linestyle="--")
+    ax.set(title=title, ylabel=ylabel)
+    _time_axis(ax, xs, xlabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path)

@@ -234,6 +234,7 @@ def test_backtest_to_files_writes_metrics_and_rows(point_model, tmp_path):
     assert set(summary["metrics"]) == {"model", "naive", "seasonal_naive_12"}
     rows = pd.read_csv(tmp_path / "bt.csv")
     assert len(rows) == 10 * 3 and {"origin", "step", "actual", "forecast"} <= set(rows.columns)
+    assert (tmp_path / "bt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the forecasts over the series
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -29,6 +29,7 @@ class ForecastDataConfig(TextFileConfig):
                                          description="with id_column: columns with one value per series (e.g. a "
                                                      "category), one-hot into the network's input at every step")
     target_columns: list[str] = Field(default_factory=list, description="the series to forecast (one or more)")
+    units: str = Field("", description="units of the targets for the plots' axis labels, e.g. 'thousand passengers'")
     past_covariates: list[str] = Field(default_factory=list,
                                        description="columns observed up to the forecast origin only")
     future_covariates: list[str] = Field(default_factory=list,

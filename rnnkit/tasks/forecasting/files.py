@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ...data.series import chronological_split
@@ -15,6 +16,7 @@ from .task import Forecaster
 
 
 # ------------------------------------------------------------------------- CLI entry points
+SHOWN = 6  # origins whose forecasts a backtest plot draws
 def _load(checkpoint: str | Path) -> Forecaster:
     return Forecaster.load(checkpoint)
 
@@ -50,9 +52,39 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
                    "interval_label": f"{level_used:.0%} interval"} if f"{name}_lower" in forecast else {})
         pngs.append(plot_forecast(tail[name].to_numpy(), forecast[name].to_numpy(), path,
                                   history_index=tail.index, forecast_index=forecast.index,
-                                  title=f"{name}: {len(forecast)}-step forecast from {series.index[-1].date()}",
-                                  **bounds))
+                                  title=f"{name}: {len(forecast)}-step forecast from {_when(series.index[-1])}",
+                                  ylabel=_label(fc, name), **bounds))
     return {"forecast": forecast, "csv": csv, "png": pngs}
+
+
+def _when(stamp: Any) -> str:
+    """A time for titles: the date alone at midnight."""
+    return str(stamp.date()) if stamp == stamp.normalize() else str(stamp)
+
+
+def _label(fc: Forecaster, name: str) -> str:
+    """A target's axis label: its name and the units of ``data.units``."""
+    units = fc.experiment.data.units
+    return f"{name} ({units})" if units else name
+
+
+def _plot_backtest(fc: Forecaster, series: Any, result: ForecastBacktest, prefix: Path) -> list[Path]:
+    """``<prefix>.png`` (``<prefix>_<target>.png`` for several targets): the series, the forecasts from
+    ``SHOWN`` origins spread over the backtest, their intervals."""
+    from ...plots import plot_backtest
+    targets, bt = result.target_columns, result.backtests["model"]
+    observed = np.where(series.target_mask, series.target, np.nan)
+    label = f"{result.level:.0%} interval" if result.level is not None else "interval"
+    pngs = []
+    for c, name in enumerate(targets):
+        bands = {"lower": result.lower[:, :, c], "upper": result.upper[:, :, c]} if result.lower is not None else {}
+        path = prefix.with_name(prefix.name + (f"_{name}" if len(targets) > 1 else "") + ".png")
+        shown = f" ({SHOWN} shown)" if len(bt.origins) > SHOWN else ""
+        pngs.append(plot_backtest(observed[:, c], bt.origins, bt.forecasts[:, :, c], path, index=series.index,
+                                  show=SHOWN, interval_label=label, ylabel=_label(fc, name),
+                                  title=f"{name}: {result.horizon}-step forecasts from {len(bt.origins)} "
+                                        f"origins{shown}", **bands))
+    return pngs
 
 
 def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, horizon: int | None = None,
@@ -60,8 +92,9 @@ def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
                       level: float | None = None, out_prefix: str | Path | None = None,
                       extra_columns: str = "error", freq: str | None = None) -> ForecastBacktest:
     """`rnnkit backtest CHECKPOINT --input series.csv --horizon 12 [--test 48] [--out bt]`: rolling-origin
-    backtest beside the baselines; with ``out_prefix`` writes ``<out_prefix>.json`` (metrics) and
-    ``<out_prefix>.csv`` (the model's forecasts per origin and step). Print ``result.table()``.
+    backtest beside the baselines; with ``out_prefix`` writes ``<out_prefix>.json`` (metrics),
+    ``<out_prefix>.csv`` (the model's forecasts per origin and step) and, for one series,
+    ``<out_prefix>.png`` (the forecasts from several origins over the series). Print ``result.table()``.
 
     test: the test part (count or fraction) whose start is the first origin, when ``start`` is not given."""
     fc = _load(checkpoint)
@@ -78,4 +111,6 @@ def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
         prefix.parent.mkdir(parents=True, exist_ok=True)
         prefix.with_name(prefix.name + ".json").write_text(json.dumps(result.to_dict(), indent=2))
         result.frame().to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
+        if not fc.columns.get("id_column"):
+            _plot_backtest(fc, fc._read_history(input, extra_columns, fc._freq(freq))[0], result, prefix)
     return result
