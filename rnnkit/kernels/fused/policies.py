@@ -4,8 +4,8 @@ between paths (``Policy``), derived from the host and, where two candidates can 
 
 The figures behind each default are in docs/performance.md ("How a call is planned"). Cache sizes are
 read from the OS, so a rule that reads "a weight that stays in L2" follows the host's L2: the
-reference values in the comments are those of the AMD Zen 3 host most rules were measured on (512 KB
-of L2 a core, AVX2).
+reference values in the comments are those of the reference host most rules were measured on (a 2-core
+AMD CPU of family 25 with 512 KB of L2 a core and AVX2; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KB = 1024
-REFERENCE_L2 = 512 * KB  # the Zen 3 host's L2 a core, which most thresholds were measured against
+REFERENCE_L2 = 512 * KB  # the reference host's L2 a core, which most thresholds were measured against
 REFERENCE_VECTOR = 32  # its SIMD width in bytes (AVX2)
 
 
@@ -82,7 +82,7 @@ def _cache_bytes(level: int) -> int:
 
 
 REFERENCE_HOST = Host("AMD EPYC", "AuthenticAMD", 2, REFERENCE_L2, 32 << 20, REFERENCE_VECTOR)
-"""The Zen 3 host most rules were measured on: ``Policy.for_host(REFERENCE_HOST)`` gives its values."""
+"""The reference host most rules were measured on: ``Policy.for_host(REFERENCE_HOST)`` gives its values."""
 
 
 @dataclass(frozen=True)
