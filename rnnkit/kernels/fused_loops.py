@@ -157,8 +157,8 @@ def _acc(dst, src):
 # The per-step GEMMs call a Fortran ?gemm_ by the names below, bound when this module is imported
 # (``_bind_blas``), so the cached machine code holds names, not addresses: MKL's, from the
 # libtorch_cpu that torch has loaded, where it exports them (x86-64 wheels), else scipy's OpenBLAS,
-# which numba's np.dot would use. MKL is 1.2-1.9x faster at the loops' shapes (measured, one thread,
-# Zen 4: M=16-32 rows, K and N 128-1024: 80-95 against 46-72 GFLOP/s; a tie from M=128). Each call
+# which numba's np.dot would use. MKL is the faster of the two at the loops' shapes (tens of rows, K and
+# N in the hundreds; one thread) and ties from about 128 rows. Each call
 # runs on the calling thread (``rnnkit_blas_threads(1)``: MKL's thread-local setting, restored after).
 _vp = types.voidptr
 _sgemm = types.ExternalFunction("rnnkit_sgemm", types.void(*(_vp,) * 13))
