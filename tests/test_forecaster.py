@@ -333,3 +333,22 @@ def test_reads_a_registered_data_set():
         "model": experiment.model.model_copy(update={"hidden_size": 4})})
     fc = Forecaster.fit(experiment, evaluate=False)
     assert len(fc.data) == 144 and fc.predict().index[0] == pd.Timestamp("1961-01-01")
+
+
+def test_seasonal_normalisation_takes_targets_relative_to_the_seasonal_naive_forecast():
+    from rnnkit.tasks.forecasting.heads import _seasonal_reference
+    y_in = np.arange(12.0, dtype=np.float32).reshape(2, 6, 1)       # 2 windows, lookback 6
+    y_in[1, 3, 0] = np.nan
+    last = y_in[:, -1:, :]
+    ref = _seasonal_reference(y_in, horizon=6, season=4, last=last)
+    # step h reads the lookback at L - m + (h mod m): positions 2, 3, 4, 5, 2, 3
+    np.testing.assert_array_equal(ref[0, :, 0], [2, 3, 4, 5, 2, 3])
+    np.testing.assert_array_equal(ref[1, :, 0], [8, 11, 10, 11, 8, 11])  # the missing value: the last one
+    # a model trained this way forecasts a seasonal series; the reference is added back
+    fc = Forecaster.fit(monthly(), experiment=tiny(forecast={"normalize": "seasonal"}), target_columns="y",
+                        lookback=12, horizon=6, test=24, evaluate=False)
+    out = fc.backtest(6, baselines=False)
+    assert out.metrics.loc["model", "MASE"] < 1.0
+    with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal' needs strategy='direct', "
+                                         r"evaluate.season >= 2 and data.lookback >= evaluate.season"):
+        tiny(forecast={"normalize": "seasonal"}, data={"lookback": 6})

@@ -84,8 +84,10 @@ class ForecastConfig(Config):
                              "from the validation span's absolute errors per horizon step, for any output (needs "
                              "data.val of at least data.horizon steps)")
     samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
-    normalize: Literal["none", "last", "mean"] = Field(
-        "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets")
+    normalize: Literal["none", "last", "mean", "seasonal"] = Field(
+        "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets; "
+                            "seasonal: inputs relative to the last value, targets to the seasonal-naive forecast "
+                            "(period evaluate.season), so that the network learns the correction to it")
     seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
 
     @model_validator(mode="after")
@@ -159,6 +161,12 @@ class ForecastExperiment(Config):
         if self.model.vocab_size:
             raise ValueError(f"model.vocab_size: a forecaster reads continuous values, expected 0, "
                              f"got {self.model.vocab_size}")
+        if self.forecast.normalize == "seasonal":
+            season = self.evaluate.season
+            if self.forecast.strategy != "direct" or season < 2 or self.data.lookback < season:
+                raise ValueError(f"forecast.normalize: 'seasonal' needs strategy='direct', evaluate.season >= 2 and "
+                                 f"data.lookback >= evaluate.season; got {self.forecast.strategy!r}, season "
+                                 f"{season}, lookback {self.data.lookback}")
         if self.forecast.intervals == "conformal" and not self.data.val:
             raise ValueError("forecast.intervals: conformal intervals are calibrated on the validation span; set "
                              "data.val (a count of at least data.horizon steps, or a fraction)")

@@ -32,6 +32,14 @@ def _reference(y_in: np.ndarray, how: str) -> np.ndarray:
     return np.nan_to_num(ref).astype(np.float32)
 
 
+def _seasonal_reference(y_in: np.ndarray, horizon: int, season: int, last: np.ndarray) -> np.ndarray:
+    """<float32>[W, horizon, C]: the seasonal-naive forecast of each window, y at the same point of
+    the last season (``last`` where that value is missing)."""
+    lookback = y_in.shape[1]
+    ref = y_in[:, lookback - season + np.arange(horizon) % season]
+    return np.where(np.isnan(ref), last, ref).astype(np.float32)
+
+
 def _sizes(columns: dict[str, Any]) -> dict[str, int]:
     """The network's input widths from the column roles: targets, past and future covariates (the
     one-hot static categories count as future covariates: known at every step)."""
@@ -45,7 +53,7 @@ class _Network:
     """Builds the inputs of a layout, reads its outputs and computes the loss (module docstring)."""
 
     def __init__(self, experiment: ForecastExperiment, sizes: dict[str, int]) -> None:
-        self.fc, self.data = experiment.forecast, experiment.data
+        self.fc, self.data, self.season = experiment.forecast, experiment.data, experiment.evaluate.season
         self.c, self.pc, self.fcov = sizes["target"], sizes["past"], sizes["future"]
         self.k = {"point": 1, "gaussian": 2, "quantile": len(self.fc.quantiles)}[self.fc.output]
         if self.fc.strategy == "recursive":
@@ -65,9 +73,13 @@ class _Network:
     # ---------------------------------------------------------------------------- inputs
     def inputs(self, b: _Batch, horizon: int) -> tuple[Tensor, np.ndarray]:
         """(x, reference) for ``horizon`` steps; for "recursive" x holds the lookback steps only
-        unless ``b.y_out`` is given (teacher forcing)."""
-        ref = _reference(b.y_in, self.fc.normalize)
+        unless ``b.y_out`` is given (teacher forcing). The reference is <float32>[W, 1, C], or
+        [W, horizon, C] for ``normalize = "seasonal"`` (inputs relative to the last value, targets
+        to the seasonal-naive forecast)."""
+        ref = _reference(b.y_in, "last" if self.fc.normalize == "seasonal" else self.fc.normalize)
         y_in = np.nan_to_num(b.y_in - ref)
+        if self.fc.normalize == "seasonal":
+            ref = _seasonal_reference(b.y_in, horizon, self.season, ref)
         w, lookback = y_in.shape[:2]
         if self.layout == "last":
             return torch.from_numpy(np.concatenate([y_in, b.past], axis=2)), ref
