@@ -533,6 +533,7 @@ class Scaler:
         return {}
 
     def fit(self, x: Any) -> Scaler:
+        """Fit the per-column statistics on ``x`` (``<float>[..., C]`` or 1-D); returns self."""
         center, scale = self._statistics(_fit_matrix(x))
         self.center, self.scale = center, np.where(scale > 0, scale, 1.0)
         return self
@@ -552,14 +553,22 @@ class Scaler:
         return x, self.center.astype(x.dtype), self.scale.astype(x.dtype)
 
     def transform(self, x: Any) -> Any:
+        """``(x - center) / scale`` per column, the same kind (numpy or torch) and shape as ``x``.
+
+        Raises:
+            RuntimeError: the scaler is not fitted.
+            ValueError: x's last dim is not the fitted number of columns.
+        """
         x, center, scale = self._affine(x)
         return (x - center) / scale
 
     def inverse_transform(self, x: Any) -> Any:
+        """``x * scale + center`` per column: ``transform`` undone."""
         x, center, scale = self._affine(x)
         return x * scale + center
 
     def fit_transform(self, x: Any) -> Any:
+        """``fit(x)``, then ``transform(x)``."""
         return self.fit(x).transform(x)
 
     def to_dict(self) -> dict[str, Any]:
