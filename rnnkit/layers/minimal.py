@@ -7,8 +7,7 @@ sequence is then one GEMM for the input projection and a linear scan over time, 
 runs in one of four ways:
 
     "fused"  on CPU (float32/64): one compiled pass that computes the coefficients and scans, and one
-             for the backward (``rnnkit.layers.minimal_fused``); MinGRU's default on CPU (minLSTM's
-             pass computes its logs and exps one at a time, slower than "loop", which it defaults to)
+             for the backward (``rnnkit.layers.minimal_fused``); the default on CPU
     "log"    the parallel scan in log space (Heinsen 2023; the paper's appendix B), chunked:
              h_t = exp(A_t) ⊙ h_0 + exp(A_t + logcumsumexp_{k<=t}(log b_k - A_k)),  A_t = Σ_{k<=t} log a_k,
              every product a sum of logs, so nothing underflows; parallel over the steps of a
@@ -194,8 +193,8 @@ class MinimalRecurrent(nn.Module):
             return "reference"
         if self.scan != "auto":
             return self.scan
-        if self.mode == "MINGRU" and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-            return "fused"  # minLSTM's fused pass computes its logs and exps one at a time: slower than "loop"
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+            return "fused"
         return "log" if x.is_cuda else "loop"
 
     def _layer_by_layer(self, x: Tensor, hx: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -321,7 +320,7 @@ _ARGS = """
         init: ``"torch"``: every weight and bias uniform(±1/√hidden_size); ``"keras"``:
             glorot-uniform weights and zero biases. Default: ``"torch"``.
         scan: how forward() runs the recurrence over a whole sequence (module docstring):
-            ``"auto"`` (MinGRU: ``"fused"`` on CPU float32/64; ``"log"`` on CUDA; else ``"loop"``),
+            ``"auto"`` (``"fused"`` on CPU float32/64, ``"log"`` on CUDA, else ``"loop"``),
             ``"fused"``, ``"log"``, ``"loop"`` or ``"reference"`` (step by step with autograd).
             ``"fused"`` and ``"loop"`` give first-order gradients only (``"log"`` and ``"reference"``
             any order, e.g. for a gradient penalty). While torch records the model

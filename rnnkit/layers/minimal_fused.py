@@ -8,7 +8,9 @@ pass reads and writes every element once, where torch's elementwise ops make ~25
 fresh allocation each. Lanes (one sequence, 64 hidden units) run in parallel; time is sequential.
 
 Padding (``valid`` False) keeps the state and gives no gradient, as ``rnnkit.layers.minimal``'s
-other scans. Float32 and float64, contiguous tensors.
+other scans. Float32 and float64; in float32 the sigmoid is the fused loops' branch-free rational
+form (absolute error ~1e-7), so that the loops vectorise; float64 is exact. minLSTM's two softplus
+terms come from torch (vectorised there; numba has no vector exp or log without SVML).
 
 This is a driver in all but name: it belongs in the fused backend's per-cell driver table
 (``rnnkit.kernels.fused``) once that takes cells without recurrent weights.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
+from torch.nn import functional as F
 
 from ..kernels.base import check_out
 
@@ -52,28 +55,23 @@ def _softplus(x):
 
 
 @njit(inline="always", **_JIT)
-def _coefficients(cell, row, j, hidden):
+def _coefficients(cell, row, aux, j, hidden):
     """(a, b) at one step and unit. minGRU: a = 1 - σ(k), b = σ(k) g(u). minLSTM: a = f/(f+i) = σ(-d),
-    b = i/(f+i) g(u) with d = log i - log f from softplus (stable where both gates underflow)."""
+    b = i/(f+i) g(u), d = log i - log f = aux[j] - aux[hidden + j] with aux = softplus(-[kf | ki])
+    (from torch, whose softplus is vectorised; numba's exp and log are not without SVML)."""
     one = one_(row)
     if cell == 0:
         k, u = row[j], row[hidden + j]
         z = sigmoid_(k)
         return one - z, z * _g(u, sigmoid_(u), one)
-    u = row[2 * hidden + j]
-    d = _softplus(-row[j]) - _softplus(-row[hidden + j])
-    return one * _sigmoid64(-d), one * _sigmoid64(d) * _g(u, sigmoid_(u), one)
+    u, d = row[2 * hidden + j], aux[j] - aux[hidden + j]
+    return sigmoid_(-d), sigmoid_(d) * _g(u, sigmoid_(u), one)
 
 
 @njit(inline="always", **_JIT)
-def _sigmoid64(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-@njit(inline="always", **_JIT)
-def _mingru_backward_step(row, drow, dh, prev, g, gbuf, j0, j1, hidden):
+def _mingru_backward_step(row, aux, drow, dh, prev, g, gbuf, j0, j1, hidden):
     """One step of minGRU's reverse scan over units j0..j1: ∂loss/∂(k, u) into drow, and g (∂loss/∂h
-    through later steps) carried back one step. Four loops, each writing one array, so that LLVM's
+    through later steps) carried back one step. Loops that each write one array, so that LLVM's
     alias checks stay few and every loop vectorises (one loop writing three did not)."""
     one = one_(row)
     for j in range(j1 - j0):
@@ -90,25 +88,31 @@ def _mingru_backward_step(row, drow, dh, prev, g, gbuf, j0, j1, hidden):
 
 
 @njit(inline="always", **_JIT)
-def _minlstm_backward_step(row, drow, dh, prev, g, gbuf, j0, j1, hidden):
-    """The same for minLSTM (scalar float64 logs and exps: numba has no vector exp without SVML)."""
+def _minlstm_backward_step(row, aux, drow, dh, prev, g, gbuf, j0, j1, hidden):
+    """The same for minLSTM: with a = σ(-d), i' = σ(d), da/dd = -a i' and db/dd = a i' g(u), and
+    ∂d/∂kf = -(1 - f) = -σ(-kf), ∂d/∂ki = σ(-ki)."""
     one = one_(row)
-    for j in range(j0, j1):
-        grad = g[j - j0] + dh[j]
-        kf, ki, u = row[j], row[hidden + j], row[2 * hidden + j]
-        d = _softplus(-kf) - _softplus(-ki)
-        a, i_n, s = _sigmoid64(-d), _sigmoid64(d), sigmoid_(u)  # the normalised gates f', i'
-        common = grad * (_g(u, s, one) - prev[j]) * a * i_n  # da/dd = -a i', db/dd = a i' g
-        drow[j] = -common * _sigmoid64(-kf)  # ∂d/∂kf = -(1 - f)
-        drow[hidden + j] = common * _sigmoid64(-ki)  # ∂d/∂ki = 1 - i
-        drow[2 * hidden + j] = grad * i_n * _dg(u, s, one)
-        g[j - j0] = a * grad
+    for j in range(j1 - j0):
+        gbuf[j] = g[j] + dh[j0 + j]
+    for gate in range(2):  # ∂/∂kf (sign -), ∂/∂ki (sign +)
+        sign = (one + one) * gate - one
+        for j in range(j1 - j0):
+            d, u = aux[j0 + j] - aux[hidden + j0 + j], row[2 * hidden + j0 + j]
+            a = sigmoid_(-d)
+            common = gbuf[j] * (_g(u, sigmoid_(u), one) - prev[j0 + j]) * a * (one - a)
+            drow[gate * hidden + j0 + j] = sign * common * sigmoid_(-row[gate * hidden + j0 + j])
+    for j in range(j1 - j0):  # ∂/∂u: db/du = i' g'(u)
+        d, u = aux[j0 + j] - aux[hidden + j0 + j], row[2 * hidden + j0 + j]
+        drow[2 * hidden + j0 + j] = gbuf[j] * sigmoid_(d) * _dg(u, sigmoid_(u), one)
+    for j in range(j1 - j0):
+        g[j] = sigmoid_(aux[hidden + j0 + j] - aux[j0 + j]) * gbuf[j]
 
 
 @njit(parallel=True, **_JIT)
-def forward_loop(cell, gi, h0, valid, reverse, hs):
+def forward_loop(cell, gi, aux, h0, valid, reverse, hs):
     """hs[:, t] = a_t ⊙ hs[:, t-1] + b_t (hs[:, -1] = h0), batch first, the steps in reverse with
-    ``reverse``; where valid[b, t] is False the state is kept."""
+    ``reverse``; where valid[b, t] is False the state is kept. aux: minLSTM's softplus(-[kf | ki])
+    <f>[B, T, 2H] (unread for minGRU)."""
     batch, time, hidden = hs.shape
     blocks = (hidden + _LANE - 1) // _LANE
     for job in prange(batch * blocks):
@@ -118,16 +122,16 @@ def forward_loop(cell, gi, h0, valid, reverse, hs):
         for s in range(time):
             t = time - 1 - s if reverse else s
             if valid[b, t]:
-                row = gi[b, t]
+                row, arow = gi[b, t], aux[b, t]
                 for j in range(j0, j1):
-                    a, bb = _coefficients(cell, row, j, hidden)
+                    a, bb = _coefficients(cell, row, arow, j, hidden)
                     h[j - j0] = a * h[j - j0] + bb
             for j in range(j0, j1):
                 hs[b, t, j] = h[j - j0]
 
 
 @njit(parallel=True, **_JIT)
-def backward_loop(cell, gi, h0, valid, reverse, hs, dout, dfinal, dgi, dh0):
+def backward_loop(cell, gi, aux, h0, valid, reverse, hs, dout, dfinal, dgi, dh0):
     """The reverse scan of ``forward_loop``: dgi from dout (∂loss/∂hs) and dfinal (∂loss/∂h_n), and dh0."""
     batch, time, hidden = hs.shape
     gates = 2 + cell
@@ -144,9 +148,9 @@ def backward_loop(cell, gi, h0, valid, reverse, hs, dout, dfinal, dgi, dh0):
             if valid[b, t]:
                 prev = hs[b, p] if 0 <= p < time else h0[b]
                 if cell == 0:
-                    _mingru_backward_step(gi[b, t], dgi[b, t], dout[b, t], prev, g, gbuf, j0, j1, hidden)
+                    _mingru_backward_step(gi[b, t], aux[b, t], dgi[b, t], dout[b, t], prev, g, gbuf, j0, j1, hidden)
                 else:
-                    _minlstm_backward_step(gi[b, t], dgi[b, t], dout[b, t], prev, g, gbuf, j0, j1, hidden)
+                    _minlstm_backward_step(gi[b, t], aux[b, t], dgi[b, t], dout[b, t], prev, g, gbuf, j0, j1, hidden)
             else:
                 for gate in range(gates):
                     for j in range(j0, j1):
@@ -156,9 +160,10 @@ def backward_loop(cell, gi, h0, valid, reverse, hs, dout, dfinal, dgi, dh0):
 
 
 @njit(**_JIT)
-def stream_layer(cell, x, w, bias, h, gi):
+def stream_layer(cell, x, w, bias, h, gi, aux):
     """One step of one layer in place, for streaming: h <f>[B, H] ← a ⊙ h + b from x <f>[B, I],
-    w <f>[G*H, I], bias <f>[G*H]; gi <f>[G*H] scratch. Not parallel: a step is microseconds."""
+    w <f>[G*H, I], bias <f>[G*H]; gi <f>[G*H] and aux <f>[2H] scratch. Not parallel: a step is
+    microseconds."""
     batch, hidden = h.shape
     for b in range(batch):
         for r in range(gi.shape[0]):
@@ -166,8 +171,11 @@ def stream_layer(cell, x, w, bias, h, gi):
             for i in range(x.shape[1]):
                 acc += w[r, i] * x[b, i]
             gi[r] = acc
+        if cell == 1:
+            for r in range(2 * hidden):
+                aux[r] = _softplus(-gi[r])
         for j in range(hidden):
-            a, bb = _coefficients(cell, gi, j, hidden)
+            a, bb = _coefficients(cell, gi, aux, j, hidden)
             h[b, j] = a * h[b, j] + bb
 
 
@@ -186,6 +194,7 @@ class FusedStreamer:
             bias = w.b_ih.detach() if w.b_ih is not None else like.new_zeros(w.w_ih.shape[0])
             self._weights.append((w.w_ih.detach().numpy(), bias.numpy()))
         self._gi = like.new_empty(layer.spec.gates * layer.hidden_size).numpy()
+        self._aux = like.new_empty(2 * layer.hidden_size).numpy()
 
     def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
         layer = self.layer
@@ -197,7 +206,7 @@ class FusedStreamer:
             check_out(out, (self.batch_size, layer.hidden_size), self._h.dtype, self._h.device)
         x = x_t.detach().contiguous().numpy()
         for (w, bias), h in zip(self._weights, self._h.numpy()):
-            stream_layer(self.cell, x, w, bias, h, self._gi)
+            stream_layer(self.cell, x, w, bias, h, self._gi, self._aux)
             x = h
         y = self._h[-1]
         return y.clone() if out is None else out.copy_(y)
@@ -222,9 +231,10 @@ class FusedMinScan(torch.autograd.Function):
         gi, h0 = gi.detach().contiguous(), h0.detach().contiguous()
         batch, time = gi.shape[:2]
         ok = (torch.ones(batch, time, dtype=torch.bool) if valid is None else valid.contiguous())
+        aux = _aux(gi, mode)
         hs = gi.new_empty(batch, time, h0.shape[1])
         _threads()
-        forward_loop(CELLS[mode], gi.numpy(), h0.numpy(), ok.numpy(), reverse, hs.numpy())
+        forward_loop(CELLS[mode], gi.numpy(), aux.numpy(), h0.numpy(), ok.numpy(), reverse, hs.numpy())
         ctx.save_for_backward(gi, h0, ok, hs)
         ctx.mode, ctx.reverse = mode, reverse
         final = hs[:, 0 if reverse else -1].clone()
@@ -238,9 +248,17 @@ class FusedMinScan(torch.autograd.Function):
         dfinal = torch.zeros_like(h0) if dfinal is None else dfinal.contiguous()
         dgi, dh0 = torch.empty_like(gi), torch.empty_like(h0)
         _threads()
-        backward_loop(CELLS[ctx.mode], gi.numpy(), h0.numpy(), ok.numpy(), ctx.reverse, hs.numpy(), dout.numpy(),
-                      dfinal.numpy(), dgi.numpy(), dh0.numpy())
+        backward_loop(CELLS[ctx.mode], gi.numpy(), _aux(gi, ctx.mode).numpy(), h0.numpy(), ok.numpy(), ctx.reverse,
+                      hs.numpy(), dout.numpy(), dfinal.numpy(), dgi.numpy(), dh0.numpy())
         return dgi, dh0, None, None, None
+
+
+def _aux(gi: Tensor, mode: str) -> Tensor:
+    """minLSTM's softplus(-[kf | ki]) <f>[B, T, 2H] (torch's vectorised softplus; recomputed for the
+    backward rather than kept); for minGRU gi itself, which the loops do not read as aux."""
+    if mode != "MINLSTM":
+        return gi
+    return F.softplus(-gi[..., : 2 * (gi.shape[-1] // 3)]).contiguous()
 
 
 def fused_scan(gi: Tensor, h0: Tensor, valid: Tensor | None, mode: str, reverse: bool) -> tuple[Tensor, Tensor]:
