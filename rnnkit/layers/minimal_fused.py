@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from ..kernels.base import check_out
 
-from ..kernels.fused_loops import one_, sigmoid_  # float32: a branch-free sigmoid, so the loops vectorise
+from ..kernels.fused_loops import MAX_THREADS, one_, sigmoid_  # float32: a branch-free sigmoid, so loops vectorise
 
 _JIT = dict(cache=True, nogil=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"},
             error_model="numpy", boundscheck=False)
@@ -218,7 +218,9 @@ class FusedStreamer:
 
 
 def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """torch's thread count for the parallel loops, within what the fused loops allow (one thread
+    where numba's threading layer is not safe to launch from two Python threads)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), MAX_THREADS)))
 
 
 class FusedMinScan(torch.autograd.Function):
