@@ -7,11 +7,12 @@ models fitted per series, on the competitions' own hold-outs; prints mean MASE, 
 For each collection (tourism monthly, h = 24; tourism quarterly, h = 8; M3 monthly, h = 18; any other
 ``load_competition`` pair by ``--competition`` / ``--frequency``), the training parts and hold-outs are
 joined and each series' last h steps held out (``data.test = h``), so the single forecast origin of each
-series is the competition's. One global model (GRU, log targets (log1p where a series has zeros), each
-series standardised on its own training part, each window taken relative to its last value, the category one-hot when a collection
-has more than one) trains on the windows of every series for ``--epochs`` or ``--minutes``, whichever
-ends first. Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m of
-the frequency) fitted on the training part. MASE is scaled by each series' in-sample seasonal-naive
+series is the competition's. One global model trains on the windows of every series for ``--epochs``
+or ``--minutes``, whichever ends first: a GRU over log targets (log1p where a series has zeros), each
+series standardised on its own training part, inputs taken relative to each window's last value and
+targets to its seasonal-naive forecast (``--normalize``), the category one-hot when a collection has
+more than one. Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m
+of the frequency) fitted on the training part. MASE is scaled by each series' in-sample seasonal-naive
 error (m), sMAPE in percent; both averaged over series. ``--series N`` takes the first N series of the
 file (a subset: its means are not the competition's). Writes ``competitions.json`` into ``--out``.
 """
@@ -37,7 +38,6 @@ from rnnkit.data.competitions import FREQUENCIES, SEASON, load_competition  # no
 from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment  # noqa: E402
 
 DEFAULT = ("tourism/monthly", "tourism/quarterly", "m3/monthly")
-BASELINES = ["auto_ets", "auto_arima", "auto_theta"]
 
 
 def collections(competition: str, frequency: str) -> list[tuple[str, str]]:
@@ -53,17 +53,18 @@ def experiment(df: pd.DataFrame, train: pd.DataFrame, horizon: int, season: int,
                args: argparse.Namespace) -> ForecastExperiment:
     transform = "log" if (df["y"] > 0).all() else "log1p"  # tourism has zeros
     shortest = int(train.groupby("unique_id").size().min())
-    lookback = max(1, min(3 * season, shortest - horizon, args.max_lookback))
+    lookback = max(season, min(3 * season, shortest - horizon, args.max_lookback))
     statics = ["category"] if train["category"].nunique() > 1 else []
     return ForecastExperiment.from_dict({
         "data": {"id_column": "unique_id", "date_column": "ds", "target_columns": ["y"], "static_covariates": statics,
                  "test": horizon, "val": 0, "lookback": lookback, "horizon": horizon, "transform": transform,
                  "scaler": "standard", "batch_size": args.batch_size},
-        "forecast": {"strategy": "direct", "output": "point", "normalize": "last"},
+        "forecast": {"strategy": "direct", "output": "point",
+                     "normalize": args.normalize if season > 1 or args.normalize != "seasonal" else "last"},
         "model": {"cell": "gru", "hidden_size": args.hidden, "num_layers": 1, "dropout": 0.1},
         "train": {"epochs": args.epochs, "lr": 2e-3, "max_minutes": args.minutes, "log_every": 10**9,
                   "seed": args.seed, "device": "cpu"},
-        "evaluate": {"season": season, "horizons": [horizon], "statistical": BASELINES}})
+        "evaluate": {"season": season, "horizons": [horizon], "statistical": args.baselines.split(",")}})
 
 
 def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
@@ -111,6 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-lookback", type=int, default=36)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baselines", default="auto_ets,auto_arima,auto_theta",
+                        help="statistical baselines per series, comma-separated, or 'none' (naive and seasonal naive "
+                             "always run)")
+    parser.add_argument("--normalize", default="seasonal", choices=["last", "mean", "seasonal"],
+                        help="window reference: the last value, or (seasonal) targets relative to the seasonal-naive "
+                             "forecast (the last value where m = 1)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_competitions")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -36,7 +36,9 @@ def _untransform(y: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _make_scaler(kind: str) -> Scaler | None:
-    return {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}[kind]() if kind != "none" else None
+    if kind == "none":
+        return None
+    return {"standard": StandardScaler, "minmax": MinMaxScaler, "robust": RobustScaler}[kind]()
 
 
 def _scale(scaler: Scaler | None, x: np.ndarray) -> np.ndarray:
@@ -71,7 +73,8 @@ def _load_frame(source: Any, date_column: str, reading: dict | None = None) -> p
     return df
 
 
-def _trailing_future_rows(df: pd.DataFrame, date_column: str, targets: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _trailing_future_rows(df: pd.DataFrame, date_column: str, targets: Sequence[str]
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split off the rows after the last target value (in date order): (history, future rows)."""
     if date_column not in df.columns or any(t not in df.columns for t in targets):
         return df, df.iloc[:0]  # read_series names what is missing

@@ -92,7 +92,8 @@ class ManySeries:
         categorical = cols.get("categorical", {})
         frame = encode_categories(_load_frame(df, cols["date_column"]), categorical, "df")
         return read_panel(frame, cols["id_column"], cols["date_column"], cols["target"],
-                          expand(cols["past"], categorical), expand(cols["future"], categorical), cols["static"], missing=cfg.missing, freq=cols["freq"] or None,
+                          expand(cols["past"], categorical), expand(cols["future"], categorical), cols["static"],
+                          missing=cfg.missing, freq=cols["freq"] or None,
                           date_format=cfg.date_format or None, calendar=cols["calendar"],
                           calendar_encoding=cols["calendar_encoding"])
 

@@ -379,7 +379,8 @@ class Forecaster(ManySeries, Task):
         categorical = cols.get("categorical", {})
         frame = encode_categories(frame, categorical, "df")
         series = read_series(frame, cols["date_column"], cols["target"], expand(cols["past"], categorical),
-                             expand(cols["future"], categorical), missing=self.experiment.data.missing, freq=freq or cols["freq"] or None,
+                             expand(cols["future"], categorical), missing=self.experiment.data.missing,
+                             freq=freq or cols["freq"] or None,
                              date_format=self.experiment.data.date_format or None, calendar=cols["calendar"],
                              calendar_encoding=cols["calendar_encoding"])
         return series, future_rows
@@ -389,8 +390,8 @@ class Forecaster(ManySeries, Task):
         date = cols["date_column"]
         if date not in frame.columns:
             raise ValueError(f"{arg}: date column {date!r} is missing; got columns {[str(c) for c in frame.columns]}")
-        roles = {"target": cols["target"] if with_targets else [], "past covariate": cols["past"] if with_targets else [],
-                 "future covariate": cols["future"]}
+        roles = {"target": cols["target"] if with_targets else [],
+                 "past covariate": cols["past"] if with_targets else [], "future covariate": cols["future"]}
         for role, names in roles.items():
             missing = [n for n in names if n not in frame.columns]
             if missing:
