@@ -8,7 +8,8 @@ For each collection (tourism monthly, h = 24; tourism quarterly, h = 8; M3 month
 ``load_competition`` pair by ``--competition`` / ``--frequency``), the training parts and hold-outs are
 joined and each series' last h steps held out (``data.test = h``), so the single forecast origin of each
 series is the competition's. One global model trains on the windows of every series for ``--epochs``
-or ``--minutes``, whichever ends first: a GRU over log targets (log1p where a series has zeros), each
+or ``--minutes``, whichever ends first, or until the validation loss (the last h training steps of
+each series long enough to spare them) stops improving: a GRU over log targets (log1p where a series has zeros), each
 series standardised on its own training part, inputs taken relative to each window's last value and
 targets to its seasonal-naive forecast (``--normalize``), the category one-hot when a collection has
 more than one. Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m
@@ -57,13 +58,13 @@ def experiment(df: pd.DataFrame, train: pd.DataFrame, horizon: int, season: int,
     statics = ["category"] if train["category"].nunique() > 1 else []
     return ForecastExperiment.from_dict({
         "data": {"id_column": "unique_id", "date_column": "ds", "target_columns": ["y"], "static_covariates": statics,
-                 "test": horizon, "val": 0, "lookback": lookback, "horizon": horizon, "transform": transform,
-                 "scaler": "standard", "batch_size": args.batch_size},
+                 "test": horizon, "val": horizon if args.validate else 0, "lookback": lookback, "horizon": horizon,
+                 "transform": transform, "scaler": "standard", "batch_size": args.batch_size},
         "forecast": {"strategy": "direct", "output": "point",
                      "normalize": args.normalize if season > 1 or args.normalize != "seasonal" else "last"},
-        "model": {"cell": "gru", "hidden_size": args.hidden, "num_layers": 1, "dropout": 0.1},
-        "train": {"epochs": args.epochs, "lr": 2e-3, "max_minutes": args.minutes, "log_every": 10**9,
-                  "seed": args.seed, "device": "cpu"},
+        "model": {"cell": "gru", "hidden_size": args.hidden, "num_layers": 1, "dropout": args.dropout},
+        "train": {"epochs": args.epochs, "lr": args.lr, "max_minutes": args.minutes, "log_every": 10**9,
+                  "seed": args.seed, "device": "cpu", "early_stop_patience": args.patience if args.validate else 0},
         "evaluate": {"season": season, "horizons": [horizon], "statistical": args.baselines.split(",")}})
 
 
@@ -108,7 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--series", type=int, default=0, help="the first N series of each collection (0: all)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget per collection")
     parser.add_argument("--epochs", type=int, default=100, help="most epochs per collection")
-    parser.add_argument("--hidden", type=int, default=64, help="GRU units")
+    parser.add_argument("--hidden", type=int, default=16, help="GRU units")
+    parser.add_argument("--dropout", type=float, default=0.3, help="dropout before the output layer")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
+                        help="hold out the last h training steps of each series long enough as validation: the best "
+                             "epoch by validation loss, early stop after --patience epochs without improvement")
+    parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-lookback", type=int, default=36)
     parser.add_argument("--seed", type=int, default=0)

@@ -134,3 +134,14 @@ def test_panel_errors():
     fc = Forecaster.fit(panel(n_series=1), experiment=tiny(epochs=1), evaluate=False)
     with pytest.raises(ValueError, match=r"start: with many series each backtest starts at its own"):
         fc.backtest(start=30)
+
+
+def test_series_too_short_for_a_validation_part_train_without_one():
+    df = pd.concat([panel(n_series=2), panel(n_series=1, n=26).assign(unique_id="short")])
+    with pytest.warns(UserWarning, match=r"data.val: 1 of 3 series \(first 'short'\) are too short to keep a "
+                                         r"validation part of 4"):
+        fc = Forecaster.fit(df, experiment=tiny(epochs=2, data={"val": 4}), evaluate=False)
+    # the short series trains on its 18 steps before the test; the others keep 4 steps for validation
+    assert fc.test_starts == {"s0": 40, "s1": 40, "short": 18}
+    bt = fc.backtest(4, baselines=False)
+    assert set(bt.series_metrics.index.get_level_values("series")) == {"s0", "s1", "short"}

@@ -32,10 +32,13 @@ class ManySeries:
         cfg = experiment.data
         panel, categorical = cls._read_training(cfg, given["frame"])
         need = cfg.lookback + cfg.horizon
-        splits, series_scalers = {}, {}
+        splits, series_scalers, unvalidated = {}, {}, []
         for s in panel.series:
             try:
                 split = chronological_split(len(s), val=cfg.val, test=cfg.test)
+                if cfg.val and split.train.stop < need:  # too short to spare a validation part: train on it all
+                    split = chronological_split(len(s), val=0, test=cfg.test)
+                    unvalidated.append(s.id)
             except ValueError as error:
                 raise ValueError(f"data: series {s.id!r} of {len(s)} steps: {error}") from None
             if split.train.stop < need:
@@ -47,6 +50,11 @@ class ManySeries:
                 series_scalers[s.id] = _fit_scalers(cfg.scaler, s, cfg.transform, panel.target_columns, split.train)
             except ValueError as error:  # e.g. a value out of the transform's domain
                 raise ValueError(f"series {s.id!r}: {error}") from None
+        if unvalidated:
+            warnings.warn(f"data.val: {len(unvalidated)} of {len(panel)} series (first {unvalidated[0]!r}) are too short "
+                          f"to keep a validation part of {cfg.val} besides lookback + horizon = {need} training "
+                          "steps; they train on all their steps before the test and are left out of validation",
+                          stacklevel=4)
         categories = {name: sorted({s.static[i] for s in panel.series}) for i, name in enumerate(panel.static_columns)}
         columns = {"date_column": cfg.date_column, "id_column": cfg.id_column, "target": list(panel.target_columns),
                    "past": list(cfg.past_covariates), "future": list(cfg.future_covariates),
