@@ -119,6 +119,11 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
           set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, key=value (repeatable)")] = None,
           out: Annotated[Path, typer.Option(help="directory for checkpoints and metrics")] = Path("runs/latest"),
           data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP + " (sets data.data_dir)")] = None,
+          encoding: Annotated[Optional[str], typer.Option(help=(
+              "encoding of the training text files: a codec name (utf-8, cp1252, utf-16, ...) or auto "
+              "(sets data.encoding)"))] = None,
+          encoding_errors: Annotated[Optional[str], typer.Option(help=(
+              "undecodable bytes: strict or replace (sets data.encoding_errors)"))] = None,
           nproc: Annotated[Optional[int], typer.Option(help=(
               "start this many processes on this machine (DDP; gloo on CPU, NCCL on GPU); leave it out under "
               "torchrun or srun, whose processes join their own group"))] = None,
@@ -131,7 +136,8 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
         raise ValueError(f"--nproc {nproc}: this process was started by a launcher that already set up "
                          f"{group.world_size} process(es) ({group.describe()}); drop --nproc to train in the "
                          "launcher's group, or run rnnkit train --nproc outside the launcher")
-    overrides = ([f"data.data_dir={data_dir}"] if data_dir is not None else []) + list(set_ or [])
+    flags = {"data.data_dir": data_dir, "data.encoding": encoding, "data.encoding_errors": encoding_errors}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(set_ or [])
     experiment = tasks.load_experiment(config, overrides)  # fail fast, in this process, on a bad config
     if nproc is not None and nproc > 1:
         distributed.per_rank(getattr(getattr(experiment, "data", None), "batch_size", nproc), "data.batch_size", nproc)

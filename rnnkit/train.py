@@ -272,6 +272,13 @@ def _load_on_main(path: str | Path):
     return loaded
 
 
+_STOP_REASONS = {  # what the console says when training ends before train.epochs
+    "time_budget": "the time budget train.max_minutes = {config.max_minutes} ran out",
+    "early_stop": "no improvement of the monitored metric for train.early_stop_patience = {config.early_stop_patience} epochs",
+    "requested": "a stop was requested",
+}
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -393,6 +400,8 @@ class Trainer:
             if self.stop_reason is not None:
                 self._write_metrics({"type": "stop", "reason": self.stop_reason, "epoch": self.epoch,
                                      "step": self.step})
+                self._print(f"stopped after epoch {self.epoch} of {self.config.epochs} (step {self.step}): "
+                            + _STOP_REASONS.get(self.stop_reason, self.stop_reason).format(config=self.config))
             distributed.barrier()  # no rank goes on (e.g. to read best) before rank 0 has written it
         finally:
             if self._metrics_file is not None:

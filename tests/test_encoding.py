@@ -360,3 +360,21 @@ def test_qa_config_encoding_and_the_answer_and_evaluate_flags(tmp_path):
     assert result.exit_code == 0 and "unknown" not in result.output and "chloé went to the théâtre" in result.output
     result = runner.invoke(app, ["evaluate", best, "--data", str(tmp_path / "test.txt"), "--encoding", "auto"])
     assert result.exit_code == 0 and "encoding 'auto' read cp1252" in result.output and '"n": 40' in result.output
+
+
+def test_cli_train_takes_the_encoding_flags(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(("le café était très bon\nle thé était déjà froid\n" * 40).encode("cp1252"))
+    config = tmp_path / "lm.toml"
+    config.write_text(f'task = "language_model"\n[data]\ntrain = "{corpus}"\nbatch_size = 4\nbptt = 5\n'
+                      '[model]\ncell = "gru"\nembedding_dim = 8\nhidden_size = 8\nnum_layers = 1\n'
+                      '[train]\nepochs = 1\nlog_every = 1000\n')
+    runner, args = CliRunner(), ["train", str(config), "--out", str(tmp_path / "run")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "corpus.txt is not valid utf-8" in result.output
+    assert "--encoding" in result.output
+    result = runner.invoke(app, args + ["--encoding", "cp1252"])
+    assert result.exit_code == 0, result.output
+    assert "café" in tasks.load(tmp_path / "run" / "best").vocab.tokens
+    result = runner.invoke(app, args + ["--encoding", "utf-8", "--encoding-errors", "replace"])
+    assert result.exit_code == 0 and "replaced" in result.output

@@ -223,6 +223,16 @@ def resumable_trainer(out_dir, seed=0, **overrides):
                    callbacks=[StopAt(6)] if seed == 0 else [])
 
 
+def test_an_early_end_says_why_on_the_console(tmp_path, capsys):
+    resumable_trainer(tmp_path / "budget", max_minutes=1e-9).fit(stream())
+    assert ("stopped after epoch 0 of 3 (step 1): the time budget train.max_minutes = 1e-09 ran out"
+            in capsys.readouterr().err)
+    trainer = resumable_trainer(tmp_path / "done")
+    trainer.callbacks = []
+    trainer.fit(stream())
+    assert "stopped" not in capsys.readouterr().err
+
+
 def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path):
     reference = resumable_trainer(tmp_path / "ref", seed=0)
     reference.callbacks = []
