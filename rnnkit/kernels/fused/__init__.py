@@ -12,117 +12,24 @@ this CPU model): ``explain(layer, x)`` shows it. The modules:
   ``ln``: the layer-normalised LSTM.
 - ``gemm``: the whole-sequence products, weight gradients and oneDNN's per-step GEMM.
 - ``streaming``: whole stacks, one step (or a small call) in one compiled call; ``Streamer``.
-- ``warmup``: compiling every loop into numba's cache. ``tune``: ``rnnkit tune``.
+- ``backend``: the entry points ``rnnkit.kernels`` calls. ``warmup``: compiling every loop into numba's
+  cache. ``tune``: ``rnnkit tune``.
 - ``runtime``: the compiled loops (``rnnkit.kernels.fused_loops``), loaded on first use, and threads.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from ...cells import CellSpec, State
 from .. import Backend, register_backend
-from ..base import DirectionWeights, whole_sequence_input
-from . import ln, runtime
+from . import runtime
+from .backend import run_layer, stream_step_if_planned, streamer_if_supported, supports
 from .explain import explain
-from .layer import FusedLayer, flatten, forward, onednn_lstm
-from .plan import Call, Plan, plan, ran, record
+from .plan import Call, Plan, plan, record
 from .policies import Host, Policy, current, default_policy, policy
-from .small import SmallLayer
-from .streaming import MODES, DTYPES, Streamer, all_contiguous, single_step, stream_step, step_call, supports as \
-    stream_supports
+from .streaming import Streamer, stream_step
+from .streaming import supports as stream_supports
 from .warmup import WARM_UP_GROUPS, warm_up
 
 __all__ = ["Call", "Host", "Plan", "Policy", "Streamer", "WARM_UP_GROUPS", "current", "default_policy", "explain",
-           "plan", "policy", "record", "run_layer", "stream_step", "stream_supports", "supports", "warm_up"]
+           "plan", "policy", "record", "run_layer", "runtime", "stream_step", "stream_supports", "supports", "warm_up"]
 
-
-def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
-    """CPU, float32/float64, a known cell, a non-empty 3-D input, not being traced or exported."""
-    return x.device.type == "cpu" and x.dtype in DTYPES and spec.mode in MODES and whole_sequence_input(x)
-
-
-def layer_call(spec: CellSpec, x: Tensor, directions: int, training: bool, masked: bool, p: Policy) -> Call:
-    """The plan's description of a layer call on x <f>[T, B, I], with this process's threads."""
-    T, B, I = x.shape
-    return Call(spec, "layer", T, B, I, x.dtype, training, masked, 1, directions, runtime.threads(p))
-
-
-def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
-              mask: Tensor | None) -> tuple[Tensor, list[State]]:
-    """The backend entry point (see ``rnnkit.kernels``): output <f>[T, B, D*P], final states; the
-    plan's path runs it."""
-    p = current()
-    flat = flatten(weights, states)
-    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
-    chosen = ran(plan(layer_call(spec, x, len(weights), need_grad, mask is not None, p), p))
-    return _PATHS[chosen.path](chosen, p, x, weights, states, mask, flat)
-
-
-def _onednn(chosen: Plan, p: Policy, x, weights, states, mask, flat):
-    with torch.set_grad_enabled(chosen.call.training):
-        return onednn_lstm(x, weights, states, chosen.call.training)
-
-
-def _per_direction(spec: CellSpec, out: Tensor, finals: list, directions: int):
-    n = 2 if spec.mode == "LSTM" else 1
-    return out, [tuple(finals[d * n:(d + 1) * n]) for d in range(directions)]
-
-
-def _small(chosen: Plan, p: Policy, x, weights, states, mask, flat):
-    spec = chosen.call.spec
-    out, *finals = SmallLayer.apply(spec, x, *flat)
-    return _per_direction(spec, out, finals, len(weights))
-
-
-def _single(chosen: Plan, p: Policy, x, weights, states, mask, flat):
-    with torch.no_grad():
-        out, finals = single_step(chosen, x, weights, states)
-    return _per_direction(chosen.call.spec, out, finals, len(weights))
-
-
-def _loop(chosen: Plan, p: Policy, x, weights, states, mask, flat):
-    spec = chosen.call.spec
-    if spec.layer_norm:
-        return ln.run_layer(chosen, p, x, weights, states, mask)
-    if chosen.call.training:
-        out, *finals = FusedLayer.apply(chosen, p, x, mask, *flat)
-    else:
-        with torch.no_grad():
-            out, finals, _, _ = forward(chosen, p, x, mask, flat, train=False)
-    return _per_direction(spec, out, finals, len(weights))
-
-
-_PATHS = {"onednn_lstm": _onednn, "small_train": _small, "single_step": _single, "compiled_loop": _loop,
-          "step_loop": _loop}
-"""What runs each path of a layer plan."""
-
-
-def _backend_stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor,
-                         c: Tensor | None):
-    """The backend's streaming step (``kernels.stream_step``): one step, or a whole no-grad stack call
-    where the plan streams it; None where it does not."""
-    if not stream_supports(spec, x_t):
-        return None
-    p = current()
-    if x_t.dim() == 3:
-        if not whole_sequence_input(x_t):
-            return None
-        T, B, I = x_t.shape
-        chosen = plan(Call(spec, "stack", T, B, I, x_t.dtype, layers=len(layers), threads=runtime.threads(p)), p)
-        if chosen.path != "stream":
-            return None
-    else:
-        chosen = plan(step_call(spec, x_t.shape[0], x_t.shape[1], len(layers), x_t.dtype), p)
-    return stream_step(spec, x_t, layers, h, c, chosen)
-
-
-def _backend_streamer(spec: CellSpec, layers: list[DirectionWeights], batch: int, h: Tensor | None,
-                      c: Tensor | None, like: Tensor):
-    if not (all_contiguous(layers) and stream_supports(spec, like[:1, :1])):
-        return None  # the layer falls back to its step()-based streamer
-    return Streamer(spec, layers, batch, h, c)
-
-
-register_backend(Backend("fused", run_layer, supports, _backend_stream_step, _backend_streamer))
+register_backend(Backend("fused", run_layer, supports, stream_step_if_planned, streamer_if_supported))

@@ -69,7 +69,8 @@ class Forward:
 @dataclass
 class Backward:
     """One direction's backward: dout (numpy), the state sequence (hseq_np, its columns from hoff;
-    hprev the tensor view), the carried gradient dh, what forward kept, which gradients are needed."""
+    hprev the tensor view), the carried gradient dh, what forward kept, which gradients are needed, and
+    dg <f>[T, B, G·H], the buffer the driver fills with the gradient of the input pre-activations."""
 
     spec: CellSpec
     plan: Plan
@@ -85,6 +86,7 @@ class Backward:
     hprev: Tensor
     dh: Tensor
     need: tuple
+    dg: Tensor
 
     def buffer(self, width: int) -> Tensor:
         """A pooled <f>[T, B, width] buffer of this direction's dtype (a gradient over the sequence)."""
@@ -94,7 +96,7 @@ class Backward:
 @dataclass(frozen=True)
 class Cell:
     """One cell's entry: its drivers (forward(f, w_hh, w_hr, b_hh, h, c0) → finals; backward(b, w_hh,
-    w_hr, dc0) → (dg_in, g_w_hh, g_b_hh or "same", g_w_hr, dc)), its small-training kernels (or None),
+    w_hr, dc0) → (g_w_hh, g_b_hh or "same", g_w_hr, dc), b.dg filled), its small-training kernels (or None),
     its streaming kernels and the flag they take."""
 
     forward: Callable
@@ -122,8 +124,7 @@ def _rnn_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
 def _rnn_backward(b: Backward, w_hh, w_hr, dc0):
     K = runtime.loops()
     T, B = b.hprev.shape[:2]
-    relu = b.spec.mode == "RNN_RELU"
-    dg = b.buffer(b.spec.hidden_size)
+    relu, dg = b.spec.mode == "RNN_RELU", b.dg
     dg_np, dh_np = as_np(dg), as_np(b.dh)
     if b.plan.stepwise:
         step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.rnn_backward_step(
@@ -132,7 +133,7 @@ def _rnn_backward(b: Backward, w_hh, w_hr, dc0):
         Split(K.rnn_backward, K.rnn_backward_par)(b.plan.chunks, b.hseq_np, b.hoff, as_np(w_hh), dh_np, relu,
                                                   b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np)
     g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
-    return dg, g_w_hh, "same", None, None
+    return g_w_hh, "same", None, None
 
 
 def _lstm_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
@@ -159,9 +160,8 @@ def _lstm_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
 def _lstm_backward(b: Backward, w_hh, w_hr, dc0):
     K = runtime.loops()
     T, B = b.hprev.shape[:2]
-    H, P, G = b.spec.hidden_size, b.spec.output_size, 4 * b.spec.hidden_size
+    H, P, dg = b.spec.hidden_size, b.spec.output_size, b.dg
     dtype = b.dh.dtype
-    dg = pool.empty((T, B, G), dtype)
     keep = b.keep
     gates_np, cs_np, c0_np, dc_np, dg_np, dh_np = (as_np(keep["gates"]), as_np(keep["cs"]), as_np(keep["c0"]),
                                                    as_np(dc0), as_np(dg), as_np(b.dh))
@@ -182,7 +182,7 @@ def _lstm_backward(b: Backward, w_hh, w_hr, dc0):
         if proj and b.need[4]:
             g_w_hr = dhs.view(T * B, P).t().mm(hcs.view(T * B, H))
     g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
-    return dg, g_w_hh, "same", g_w_hr, dc0
+    return g_w_hh, "same", g_w_hr, dc0
 
 
 def _gru_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
@@ -208,8 +208,7 @@ def _gru_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
 def _gru_backward(b: Backward, w_hh, w_hr, dc0):
     K = runtime.loops()
     T, B = b.hprev.shape[:2]
-    H = b.spec.hidden_size
-    dg_in, dghn = b.buffer(3 * H), b.buffer(H)
+    H, dg_in, dghn = b.spec.hidden_size, b.dg, b.buffer(b.spec.hidden_size)
     saved = (as_np(b.keep["gates"]), as_np(b.keep["ghn"]), as_np(b.h0), b.hseq_np, b.hoff)
     dh_np, dg_np, dghn_np = as_np(b.dh), as_np(dg_in), as_np(dghn)
     if b.plan.stepwise:
@@ -227,7 +226,7 @@ def _gru_backward(b: Backward, w_hh, w_hr, dc0):
                             grad_recurrent(dghn, b.hprev, b.h0, b.reverse)])
     if b.need[3]:
         g_b_hh = torch.cat([dg_in[:, :, : 2 * H].sum((0, 1)), dghn.sum((0, 1))])
-    return dg_in, g_w_hh, g_b_hh, None, None
+    return g_w_hh, g_b_hh, None, None
 
 
 def _grux_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
@@ -242,8 +241,7 @@ def _grux_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
 def _grux_backward(b: Backward, w_hh, w_hr, dc0):
     K = runtime.loops()
     T, B = b.hprev.shape[:2]
-    H = b.spec.hidden_size
-    dg_in, rhs = b.buffer(3 * H), b.buffer(H)
+    H, dg_in, rhs = b.spec.hidden_size, b.dg, b.buffer(b.spec.hidden_size)
     Split(K.grux_backward, K.grux_backward_par)(
         b.plan.chunks, as_np(b.keep["gates"]), as_np(b.h0), b.hseq_np, b.hoff, as_np(contiguous(w_hh[: 2 * H])),
         as_np(contiguous(w_hh[2 * H:])), as_np(b.dh), b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off,
@@ -252,7 +250,7 @@ def _grux_backward(b: Backward, w_hh, w_hr, dc0):
     if b.need[1]:
         g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], b.hprev, b.h0, b.reverse),
                             dg_in[:, :, 2 * H:].reshape(T * B, H).t().mm(rhs.view(T * B, H))])
-    return dg_in, g_w_hh, "same", None, None
+    return g_w_hh, "same", None, None
 
 
 def key(spec: CellSpec) -> str:

@@ -107,9 +107,10 @@ def backward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: l
             dfin = dfinals[d * nstate:(d + 1) * nstate]
             dh = state_grad(dfin[0], h0)
             dc0 = state_grad(dfin[1], keep["c0"]) if nstate == 2 else None
+            dg_in = pool.empty((T, B, G), x.dtype)
             b = drivers.Backward(spec, plan, d == 1, off, as_np(dout), mask_np, has_mask, keep, h0, as_np(hseq), hoff,
-                                 hseq[:, :, hoff:hoff + P], dh, need)
-            dg_in, g_w_hh, g_b_hh, g_w_hr, dc = cell.backward(b, contiguous(w_hh), w_hr, dc0)
+                                 hseq[:, :, hoff:hoff + P], dh, need, dg_in)
+            g_w_hh, g_b_hh, g_w_hr, dc = cell.backward(b, contiguous(w_hh), w_hr, dc0)
             dg2 = dg_in.view(T * B, G)
             g_w_ih = grad_input_weight(dg2, x.view(T * B, I)) if need[0] else None
             same = isinstance(g_b_hh, str)  # b_hh's gradient is b_ih's: one sum, a copy for the second

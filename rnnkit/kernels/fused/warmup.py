@@ -12,6 +12,7 @@ import torch
 from ...cells import CellSpec
 from ..base import DirectionWeights
 from . import runtime, streaming
+from .backend import run_layer
 from .plan import Plan
 from .policies import Policy, policy
 
@@ -40,7 +41,6 @@ def warm_up(dtypes=(torch.float32, torch.float64), processes: int = 2) -> None:
 
 def warm_up_cells(specs, dtypes) -> None:
     """Run every path of these cells once, forward and backward, with and without a mask."""
-    from . import run_layer  # the backend's entry point (this module is imported by it)
     threads = runtime.threads(Policy())
     loops = Policy(lstm_loops_inference=True, lstm_loops_training=True, onednn_lstm_min_macs=NEVER,
                    onednn_lstm_train_min_macs=NEVER, step_loop_min_steps=1, small_train_max_macs=-1,
