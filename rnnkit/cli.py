@@ -304,9 +304,16 @@ def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
 
 
 @app.command()
-def datasets(data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None) -> None:
-    """The data sets rnnkit knows, how many of their files are on disk, and where it looks for them."""
-    from .data.datasets import data_roots, list_datasets
+def datasets(data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None,
+             download: Annotated[Optional[list[str]], typer.Option(help=(
+                 "fetch the missing files of this data set (repeatable) into the first root (--data-dir, else "
+                 "$RNNKIT_DATA, else the cache), each checked against its sha256"))] = None) -> None:
+    """The data sets rnnkit knows, how many of their files are on disk, and where it looks for them;
+    with --download NAME, fetch a data set's missing files first."""
+    from .data.datasets import data_roots, download_dataset, list_datasets
+    for name in download or []:
+        for path, how in download_dataset(name, data_dir=data_dir):
+            typer.echo(f"{how:10s} {path}")
     roots = data_roots(data_dir)
     for info in list_datasets():
         found = sum(any((root / info.name / f).is_file() for root in roots) for f in info.files)

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  rnnkit generate {best} --prompt 'the default value is' --top-k 5")
     print(f"  rnnkit generate {best} --prompt 'the function' --length 50 --temperature 0.8")
     print(f"  rnnkit train {args.out / 'demo.toml'} --set data.train=my_text.txt --out runs/mine   # your own text")
-    print("  rnnkit train configs/ptb_small.toml --set data.data_dir=../shared/data --out runs/ptb")
+    print("  rnnkit datasets --download tinyshakespeare --data-dir ~/data   # a public corpus, checked by sha256")
+    print("  rnnkit train configs/shakespeare_char.toml --data-dir ~/data --out runs/shakespeare")
 
 
 if __name__ == "__main__":

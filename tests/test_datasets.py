@@ -179,3 +179,29 @@ def test_verify(tmp_path):
         verify(tmp_path / "nope", good)
     with pytest.raises(ValueError, match="sha256: expected 64 hex digits, got 'abc'"):
         verify(path, "abc")
+
+
+@needs_shared
+def test_cli_datasets_download_fetches_missing_files(tmp_path, serve, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    monkeypatch.setenv("RNNKIT_DATA_URL", serve(SHARED))
+    _put(tmp_path / "d", "timeseries", "airline-passengers.csv",
+         (SHARED / "timeseries" / "airline-passengers.csv").read_bytes())
+    result = CliRunner().invoke(app, ["datasets", "--data-dir", str(tmp_path / "d"), "--download", "timeseries"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("found") and line.endswith("airline-passengers.csv") for line in lines)
+    assert sum(line.startswith("downloaded") for line in lines) == 3
+    assert "timeseries" in result.output and "(4 of 4 files found" in result.output
+    for file, spec in REGISTRY["timeseries"].files.items():
+        verify(tmp_path / "d" / "timeseries" / file, spec.sha256)
+
+
+def test_download_dataset_without_urls_or_mirror_says_what_to_do(tmp_path):
+    from rnnkit.data.datasets import download_dataset
+    with pytest.raises(ValueError, match="babi's files have no public URL; set RNNKIT_DATA_URL"):
+        download_dataset("babi", data_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"rnnkit datasets --download ptb"):
+        dataset_file("ptb", "ptb.valid.txt", data_dir=tmp_path)

@@ -224,7 +224,8 @@ def dataset_file(name: str, file: str, data_dir: str | os.PathLike | None = None
     if not download:
         searched = "\n".join(f"  {root / name / file}" for root in roots)
         raise FileNotFoundError(f"{name}/{file}: not found; searched\n{searched}\nPass the data directory "
-                                "(--data-dir / data_dir=), set RNNKIT_DATA, or download it (download=True).")
+                                "(--data-dir / data_dir=), set RNNKIT_DATA, or download it (rnnkit datasets "
+                                f"--download {name}, or download=True in Python).")
     base_url = base_url or os.environ.get("RNNKIT_DATA_URL")
     spec = info.files[file]
     if base_url:
@@ -237,6 +238,33 @@ def dataset_file(name: str, file: str, data_dir: str | os.PathLike | None = None
     dest = roots[0] / name / file
     _download(url, dest, spec.sha256)
     return dest
+
+
+def download_dataset(name: str, data_dir: str | os.PathLike | None = None,
+                     base_url: str | None = None) -> list[tuple[Path, str]]:
+    """Fetch every file of data set ``name`` that no root holds yet, as ``dataset_file(...,
+    download=True)`` does one file at a time.
+
+    Returns ``(path, status)`` per file: ``"found"`` (already in a root), ``"downloaded"``, or
+    ``"no URL"`` for a file published without a public URL (the bAbI archive's files, the compressed
+    PTB training split; path: where it would go) when no mirror is given (``base_url`` or
+    ``$RNNKIT_DATA_URL``). Raises ValueError when no file of the data set could be had that way.
+    """
+    info, results = dataset_info(name), []
+    mirror = base_url or os.environ.get("RNNKIT_DATA_URL")
+    for file, spec in sorted(info.files.items()):
+        try:
+            results.append((dataset_file(name, file, data_dir=data_dir), "found"))
+        except FileNotFoundError:
+            if spec.url is None and not mirror:
+                results.append((data_roots(data_dir)[0] / name / file, "no URL"))
+            else:
+                results.append((dataset_file(name, file, data_dir=data_dir, download=True, base_url=base_url),
+                                "downloaded"))
+    if all(status == "no URL" for _, status in results):
+        raise ValueError(f"download: {name}'s files have no public URL; set RNNKIT_DATA_URL to a mirror laid out "
+                         f"as <name>/<file>, or put the files under <root>/{name}/ (--data-dir)")
+    return results
 
 
 def _download(url: str, dest: Path, sha256: str) -> None:
