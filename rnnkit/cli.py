@@ -330,20 +330,19 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
                 "per class, or a .txt file with one text per line"))] = None,
             output: Annotated[Optional[Path], typer.Option("--output", help=(
                 "TSV file for the predictions of --input (tab-separated, with a header row; fields quoted as "
-                "the csv module and pandas read them)"))] = None,
+                "the csv module and pandas read them); without it the TSV goes to standard output"))] = None,
             top_k: Annotated[int, typer.Option(help="the k most likely classes: one line each for TEXT; columns "
                                                     "label_2, probability_2, ... for --input")] = 1,
             text_column: Annotated[Optional[str], typer.Option(help="the text column of --input (default: as in training)")] = None,
             data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None,
             encoding: Encoding = "utf-8", encoding_errors: EncodingErrors = "strict",
             allow_control_chars: AllowControlChars = False) -> None:
-    """Classify a text (prints the label and its probability), or every text of a file (--input, --output)."""
+    """Classify a text (prints the label and its probability), or every text of a file (--input; a TSV to
+    --output or standard output)."""
     _show_warnings()
     if (text is None) == (input is None):
         raise ValueError("predict: expected either a TEXT argument or --input FILE, got "
                          + ("both" if text is not None else "neither"))
-    if input is not None and output is None:
-        raise ValueError("--output: expected a file for the predictions of --input, got none")
     options = reading(encoding, encoding_errors, allow_control_chars)
     if top_k < 1:
         raise ValueError(f"--top-k: expected an integer >= 1, got {top_k}")
@@ -353,9 +352,10 @@ def predict(checkpoint: Annotated[Path, typer.Argument(help="classifier checkpoi
         for k in probs.argsort(kind="stable")[::-1][:top_k]:
             typer.echo(f"{clf.labels.names[k]}\t{probs[k]:.4f}")
         return
-    n = clf.predict_file(data_path(clf, input, data_dir), output, text_column=text_column,
-                         top_k=top_k, **options)
-    typer.echo(f"wrote {n} predictions to {output}")
+    n = clf.predict_file(data_path(clf, input, data_dir), sys.stdout if output is None else output,
+                         text_column=text_column, top_k=top_k, **options)
+    if output is not None:
+        typer.echo(f"wrote {n} predictions to {output}")
 
 
 @app.command()

@@ -331,6 +331,9 @@ def test_predict_output_round_trips_quotes_tabs_and_newlines(classifier, tmp_pat
     assert frame["true_label"].tolist() == ["pos"] * 5
     with open(out, newline="", encoding="utf-8") as f:
         assert [row[0] for row in csv.reader(f, delimiter="\t")][1:] == texts
+    to_stdout = runner.invoke(app, ["predict", str(classifier / "run" / "best"), "--input", str(source),
+                                    "--top-k", "2"])  # without --output: the same TSV on standard output
+    assert to_stdout.exit_code == 0 and to_stdout.output == out.read_text(encoding="utf-8")
 
 
 # ------------------------------------------------------------------- torch.load(weights_only=True)

@@ -23,13 +23,14 @@ writes ``best/``, ``last/``, ``metrics.jsonl``, ``results.json``, ``confusion_ma
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import numpy as np
 import torch
@@ -482,14 +483,15 @@ class Classifier(Task):
         probs, loss = self._probabilities(self._encode(ds.texts, ds.origins), y)
         return {"loss": loss, **classification_report(y.numpy(), probs, self.labels.names)}
 
-    def predict_file(self, path: str | Path, output: str | Path, errors: str = "strict",
+    def predict_file(self, path: str | Path, output: str | Path | TextIO, errors: str = "strict",
                      text_column: str | None = None, encoding: str = "utf-8", allow_control_chars: bool = False,
                      top_k: int = 1) -> int:
         """Predict every text of a table, a class folder or a ``.txt`` file (one text per line) and write a TSV with the columns
         ``text, label, probability`` (the predicted class's), ``label_2, probability_2, ...`` up to
         the ``top_k``-th most likely class, one ``p_<class>`` column per class, and ``true_label``
         when the input has labels. Fields are quoted as the csv module and pandas write and read
-        them (``pd.read_csv(output, sep="\t")`` gives the texts back). Returns the number of rows."""
+        them (``pd.read_csv(output, sep="\t")`` gives the texts back). ``output``: a file path, or an
+        open text stream (e.g. ``sys.stdout``). Returns the number of rows."""
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k: expected an integer >= 1, got {top_k!r}")
         reading = {"encoding": encoding, "errors": errors, "allow_control_chars": allow_control_chars}
@@ -497,9 +499,10 @@ class Classifier(Task):
         if not len(ds):
             raise ValueError(f"{path}: expected at least one text, got none")
         probs = self._probabilities(self._encode(ds.texts, ds.origins))[0]
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8", newline="") as f:
+        if isinstance(output, (str, Path)):
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with (open(output, "w", encoding="utf-8", newline="") if isinstance(output, (str, Path))
+              else contextlib.nullcontext(output)) as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
             ranks = range(2, min(top_k, len(self.labels)) + 1)
             extra = ["true_label"] if ds.labels is not None else []
