@@ -8,24 +8,18 @@ from torch import Tensor
 
 from ...cells import CellSpec, State
 from ..base import DirectionWeights, whole_sequence_input
-from . import ln, runtime
+from . import ln
 from .layer import FusedLayer, flatten, forward, onednn_lstm
-from .plan import Call, Plan, plan, ran
+from .plan import Plan, planned, ran
 from .policies import Policy, current
 from .small import SmallLayer
-from .streaming import DTYPES, MODES, Streamer, all_contiguous, single_step, step_call, stream_step
+from .streaming import DTYPES, MODES, Streamer, all_contiguous, single_step, stream_step
 from .streaming import supports as stream_supports
 
 
 def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
     """CPU, float32/float64, a known cell, a non-empty 3-D input, not being traced or exported."""
     return x.device.type == "cpu" and x.dtype in DTYPES and spec.mode in MODES and whole_sequence_input(x)
-
-
-def layer_call(spec: CellSpec, x: Tensor, directions: int, training: bool, masked: bool, p: Policy) -> Call:
-    """The plan's description of a layer call on x <f>[T, B, I], with this process's threads."""
-    T, B, I = x.shape
-    return Call(spec, "layer", T, B, I, x.dtype, training, masked, 1, directions, runtime.threads(p))
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
@@ -35,7 +29,8 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
     p = current()
     flat = flatten(weights, states)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
-    chosen = ran(plan(layer_call(spec, x, len(weights), need_grad, mask is not None, p), p))
+    T, B, I = x.shape
+    chosen = ran(planned(p, spec, "layer", T, B, I, x.dtype, need_grad, mask is not None, 1, len(weights)))
     return _PATHS[chosen.path](chosen, p, x, weights, states, mask, flat)
 
 
@@ -89,11 +84,11 @@ def stream_step_if_planned(spec: CellSpec, x_t: Tensor, layers: list[DirectionWe
         if not whole_sequence_input(x_t):
             return None
         T, B, I = x_t.shape
-        chosen = plan(Call(spec, "stack", T, B, I, x_t.dtype, layers=len(layers), threads=runtime.threads(p)), p)
+        chosen = planned(p, spec, "stack", T, B, I, x_t.dtype, layers=len(layers))
         if chosen.path != "stream":
             return None
     else:
-        chosen = plan(step_call(spec, x_t.shape[0], x_t.shape[1], len(layers), x_t.dtype), p)
+        chosen = planned(p, spec, "step", 1, x_t.shape[0], x_t.shape[1], x_t.dtype, layers=len(layers))
     return stream_step(spec, x_t, layers, h, c, chosen)
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...cells import CellSpec
+from . import runtime
 from .policies import KB, Policy
 
 SCOPES = ("layer", "stack", "step")
@@ -283,6 +284,28 @@ def layer_by_layer(stack: Call, policy: Policy, reason: str) -> Plan:
         size = stack.input_size if k == 0 else stack.spec.output_size * stack.directions
         layers.append(_plan_layer(dataclasses.replace(stack, scope="layer", input_size=size, layers=1), policy))
     return Plan("layer_by_layer", f"{reason}: each layer on its own", stack, layers=tuple(layers))
+
+
+_plans: dict = {}
+"""Plans made so far, by (policy's id, the call's fields): a plan is a pure function of them."""
+
+
+def planned(policy: Policy, spec: CellSpec, scope: str, steps: int, batch: int, input_size: int, dtype: torch.dtype,
+            training: bool = False, masked: bool = False, layers: int = 1, directions: int = 1) -> Plan:
+    """``plan(Call(...), policy)`` for a call of this process (its threads: ``runtime.threads``), made
+    once per distinct call and policy: a layer call pays a dictionary lookup, not the plan's ~10-25 µs."""
+    threads = runtime.threads(policy)
+    # by identity (the cache holds both objects, so their ids stay theirs): hashing them costs more
+    key = (id(policy), id(spec), scope, steps, batch, input_size, dtype, training, masked, layers, directions, threads)
+    hit = _plans.get(key)
+    if hit is not None and hit[0] is policy and hit[1] is spec:
+        return hit[2]
+    made = plan(Call(spec, scope, steps, batch, input_size, dtype, training, masked, layers, directions, threads),
+                policy)
+    if len(_plans) >= 4096:  # many distinct shapes (say, a new length every call): start afresh
+        _plans.clear()
+    _plans[key] = (policy, spec, made)
+    return made
 
 
 _recording: contextvars.ContextVar[list | None] = contextvars.ContextVar("rnnkit_fused_plans", default=None)

@@ -24,7 +24,7 @@ from ...cells import CellSpec
 from ..base import DirectionWeights, check_out, eager
 from . import drivers, runtime
 from .gemm import NP_DTYPE, dummy
-from .plan import Call, Plan, plan, ran
+from .plan import Plan, planned, ran
 from .policies import current
 
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
@@ -49,11 +49,6 @@ def supports(spec: CellSpec, x_t: Tensor) -> bool:
 
 def all_contiguous(layers: list[DirectionWeights]) -> bool:
     return all(t.is_contiguous() for w in layers for t in w if t is not None)
-
-
-def step_call(spec: CellSpec, batch: int, input_size: int, layers: int, dtype: torch.dtype) -> Call:
-    """The plan's description of one streaming step of a stack, with this process's threads."""
-    return Call(spec, "step", 1, batch, input_size, dtype, layers=layers, threads=runtime.threads(current()))
 
 
 _stacks: dict = {}
@@ -131,7 +126,7 @@ def stream_step(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: 
     x_t = x_t.contiguous()
     ptrs, _alive = stack_pointers(spec, layers)  # _alive: what ptrs point into, held through the call
     if p is None:
-        p = plan(step_call(spec, B, I, L, x_t.dtype), current())
+        p = planned(current(), spec, "step", 1, B, I, x_t.dtype, layers=L)
     run, flag = kernel(spec, ran(p))
     y_t = torch.empty((*x_t.shape[:-1], P), dtype=x_t.dtype)  # its own tensor, not a view of the new h
     h_t, c_t = _advance(run, flag, ptrs, x_t, y_t, h, c, (L, B, P), (L, B, H) if spec.mode == "LSTM" else None)
@@ -193,7 +188,7 @@ class Streamer:
                                      f"got {tuple(init.shape)} {init.dtype}")
                 getattr(self, name)[...] = init.detach().numpy()
         self._ptrs, self._alive = stack_pointers(spec, layers)  # _alive: what ptrs point into
-        self.plan = plan(step_call(spec, batch, w0.shape[1], L, w0.dtype), current())
+        self.plan = planned(current(), spec, "step", 1, batch, w0.shape[1], w0.dtype, layers=L)
         self._kernel, self._flag = kernel(spec, self.plan)  # recorded as it runs: by step(), not per call
         self._units = self.plan.units > 1
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
