@@ -338,8 +338,8 @@ def fma_peak(threads: int, info: dict[str, str] | None = None) -> tuple[float | 
     except (KeyError, ValueError):
         return None, "unknown: /proc/cpuinfo gives no clock (pass --peak-gflops)"
     flags = set(info.get("flags", "").split())
-    amd_before_zen5 = info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", "0") or 0) < 26
-    if "avx512f" in flags and not amd_before_zen5:
+    half_width_avx512 = info.get("vendor_id") == "AuthenticAMD" and int(info.get("cpu family", "0") or 0) < 26
+    if "avx512f" in flags and not half_width_avx512:
         lanes, isa = 16, "AVX-512"
     elif "fma" in flags and "avx2" in flags:
         lanes, isa = 8, "AVX2"
