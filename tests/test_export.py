@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.kernels import fused
+from rnnkit.kernels.fused import record
 from rnnkit.model import SequenceModel
 
 pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),  # shapes taken as constants
@@ -36,8 +36,11 @@ def _layer(cell: str, num_layers: int = 2) -> torch.nn.Module:
     return cls(I, H, num_layers=num_layers, bidirectional=True, batch_first=True, **kw).eval()
 
 
-def _fused_calls() -> int:
-    return sum(fused.calls.values())
+def _runs_fused(layer: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether an eager call of ``layer`` runs on the fused kernels (so that recording's path differs)."""
+    with torch.no_grad(), record() as plans:
+        layer(x)
+    return bool(plans)
 
 
 # every cell but the plain LSTM and GRU, which the strict case, the lengths case and the ONNX models cover
@@ -49,10 +52,11 @@ def test_torch_export_matches_eager(cell, strict):
     (One bidirectional layer: exporting the scans takes ~4 s a direction here.)"""
     layer = _layer(cell, num_layers=1)
     x = torch.randn(B, T, I)
-    before = _fused_calls()
+    assert _runs_fused(layer, x)
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("time")}
-    program = torch.export.export(layer, (x,), dynamic_shapes=(dims,), strict=strict)
-    assert _fused_calls() == before  # nothing ran on the fused kernels while recording
+    with record() as plans:
+        program = torch.export.export(layer, (x,), dynamic_shapes=(dims,), strict=strict)
+    assert plans == []  # nothing ran on the fused kernels while recording
     for xb in (x, torch.randn(B + 3, T + 5, I), torch.randn(1, 1, I)):
         with torch.no_grad():
             want = layer(xb)
@@ -83,9 +87,10 @@ def test_torch_export_with_lengths(cell):
 def test_jit_trace_matches_eager(cell):
     layer = _layer(cell)
     x = torch.randn(B, T, I)
-    before = _fused_calls()
-    traced = torch.jit.trace(layer, (x,), check_trace=False)
-    assert _fused_calls() == before
+    assert _runs_fused(layer, x)
+    with record() as plans:
+        traced = torch.jit.trace(layer, (x,), check_trace=False)
+    assert plans == []
     with torch.no_grad():
         torch.testing.assert_close(traced(x), layer(x), atol=1e-6, rtol=1e-5)
 
