@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import kernels
-from ..cells import MIN_COEFFICIENTS, CellSpec, State
+from ..cells import MIN_COEFFICIENTS, CellSpec
 from ..kernels import DirectionWeights, reference
 from .recurrent import RecurrentBase, _StepStreamer
 

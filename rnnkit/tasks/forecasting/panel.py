@@ -4,14 +4,13 @@ per-series backtests averaged over series."""
 
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ...baselines import Backtest, backtest as baseline_backtest
+from ...baselines import Backtest
 from ...data.series import Panel, PanelSeries, calendar_features, chronological_split, read_panel
 from ...model import ModelConfig
 from .config import ForecastExperiment
@@ -19,7 +18,6 @@ from .data import encode_categories, expand, _fit_scalers, _load_frame, _future_
 from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, _forecast_rows, PanelBacktest, _now
 
-logger = logging.getLogger(__name__)
 
 
 class ManySeries:
@@ -152,21 +150,12 @@ class ManySeries:
             out = self._run(self._panel_arrays(s), origins, horizon, level)
             seconds["model"] = seconds.get("model", 0.0) + _now() - t0
             runs = {"model": Backtest(origins, out["point"], actuals)}
-            for name, model in (self._baselines() if baselines else {}).items():  # new models per series
-                t0 = _now()
-                key = (name, s.id, int(start))
-                try:
-                    if df is None and key in self._fitted_baselines:
-                        fitted = self._fitted_baselines[key]
-                    else:
-                        fitted = model.fit(truth[:start])
-                        if df is None:
-                            self._fitted_baselines[key] = fitted
-                    run = baseline_backtest(fitted.predict, truth, start, horizon, stride)
-                    runs[name] = Backtest(run.origins, run.forecasts, actuals)
-                except ValueError as error:
-                    logger.warning("backtest: baseline %s skipped on series %s: %s", name, s.id, error)
-                seconds[name] = seconds.get(name, 0.0) + _now() - t0
+            if baselines:
+                baseline_runs, baseline_seconds = self._baseline_runs(truth, int(start), horizon, stride, actuals,
+                                                                      df is None, series_id=s.id)
+                runs.update(baseline_runs)
+                for name, spent in baseline_seconds.items():
+                    seconds[name] = seconds.get(name, 0.0) + spent
             for name, bt in runs.items():
                 model_run = name == "model"
                 per_series[(s.id, name)] = score_forecast(bt.actuals, bt.forecasts, observed[:start], ev.season,

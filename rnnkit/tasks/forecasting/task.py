@@ -616,22 +616,9 @@ class Forecaster(ManySeries, Task):
         seconds["model"] = _now() - t0
         runs = {"model": Backtest(origins, out["point"], actuals)}
         if baselines:
-            for name, model in self._baselines().items():
-                t0 = _now()
-                key = (name, int(start))  # a baseline fitted on the fit series is reused at other horizons
-                try:
-                    if df is None and key in self._fitted_baselines:
-                        fitted = self._fitted_baselines[key]
-                    else:
-                        fitted = model.fit(truth[:start])
-                        if df is None:
-                            self._fitted_baselines[key] = fitted
-                    run = baseline_backtest(fitted.predict, truth, start, horizon, stride)
-                    runs[name] = Backtest(run.origins, run.forecasts, actuals)
-                except ValueError as error:  # e.g. Holt-Winters on too short or non-positive data
-                    logger.warning("backtest: baseline %s skipped: %s", name, error)
-                    warnings.warn(f"backtest: baseline {name} skipped: {error}", stacklevel=2)
-                seconds[name] = _now() - t0
+            baseline_runs, baseline_seconds = self._baseline_runs(truth, int(start), horizon, stride, actuals, df is None)
+            runs.update(baseline_runs)
+            seconds.update(baseline_seconds)
         train = observed[:start]
         rows = {name: score_forecast(bt.actuals, bt.forecasts, train, ev.season,
                               out.get("lower") if name == "model" else None,
@@ -639,6 +626,33 @@ class Forecaster(ManySeries, Task):
         metrics = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRICS))
         return ForecastBacktest(horizon, int(start), series.index[origins], tuple(self.columns["target"]), runs,
                                 out.get("lower"), out.get("upper"), level, metrics, seconds)
+
+    def _baseline_runs(self, truth: np.ndarray, start: int, horizon: int, stride: int, actuals: np.ndarray,
+                       reuse: bool, series_id: Any = None) -> tuple[dict[str, Backtest], dict[str, float]]:
+        """Each baseline fitted on ``truth[:start]`` (the filled series) and run from every origin,
+        scored on ``actuals``; with ``reuse`` a fit is kept for the next backtest from the same start
+        (of the same series) at another horizon. A baseline that cannot fit the series (e.g.
+        Holt-Winters on too short or non-positive data) is skipped with a warning. Returns the runs
+        and each baseline's seconds."""
+        runs, seconds = {}, {}
+        where = "" if series_id is None else f" on series {series_id}"
+        for name, model in self._baselines().items():
+            t0 = _now()
+            key = (name, start) if series_id is None else (name, series_id, start)
+            try:
+                fitted = self._fitted_baselines.get(key) if reuse else None
+                if fitted is None:
+                    fitted = model.fit(truth[:start])
+                    if reuse:
+                        self._fitted_baselines[key] = fitted
+                run = baseline_backtest(fitted.predict, truth, start, horizon, stride)
+                runs[name] = Backtest(run.origins, run.forecasts, actuals)
+            except ValueError as error:
+                logger.warning("backtest: baseline %s skipped%s: %s", name, where, error)
+                if series_id is None:
+                    warnings.warn(f"backtest: baseline {name} skipped: {error}", stacklevel=3)
+            seconds[name] = _now() - t0
+        return runs, seconds
 
     def _baselines(self) -> dict[str, Any]:
         ev = self.experiment.evaluate
