@@ -19,7 +19,6 @@ from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, _forecast_rows, PanelBacktest, _now
 
 
-
 class ManySeries:
     """The Forecaster's methods for many series in one long-format frame (``data.id_column``): reading
     and splitting them, per-series arrays, the long-frame forecast and the per-series backtest."""
