@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-test.lock
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet -r requirements.lock -r requirements-test.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, about four minutes on 2 cores, once)"
+	@echo "compiling rnnkit's fused CPU kernels into numba's cache (two processes, a few minutes on 2 cores, once), then tuning them to this CPU"
 	$(PY) -c "from rnnkit.kernels import fused; fused.warm_up()" && $(PY) -m rnnkit.cli tune
 	touch $(STAMP)
 
