@@ -135,6 +135,31 @@ class Task:
 
     # ----------------------------------------------------------------------- keyword overrides
     @classmethod
+    def _split_experiment(cls, data: Any, experiment: Config | None) -> tuple[Config | None, Any]:
+        """fit's ``(experiment, data)``, where fit's first argument may be the experiment itself."""
+        if isinstance(data, cls.experiment_cls):
+            if experiment is not None:
+                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
+            return data, None
+        return experiment, data
+
+    @staticmethod
+    def _split_inputs(splits: dict[str, Any], overrides: dict[str, Any],
+                      in_memory: Callable[[str, Any, str], Any]) -> dict[str, Any]:
+        """fit's train/valid/test inputs: a path (str or Path) becomes the override ``data.<split>``;
+        anything else is converted by ``in_memory(split, value, arg)`` (arg: the fit argument's name,
+        ``data`` for train, for messages). Returns the in-memory splits; None inputs are skipped."""
+        given = {}
+        for split, value in splits.items():
+            if value is None:
+                continue
+            if isinstance(value, (str, Path)):
+                overrides[f"data.{split}"] = str(value)
+            else:
+                given[split] = in_memory(split, value, "data" if split == "train" else split)
+        return given
+
+    @classmethod
     def _experiment(cls, experiment: Config | None, overrides: dict[str, Any]) -> Config:
         """``experiment`` (default: the experiment class's defaults) with fit's keyword overrides.
 

@@ -227,33 +227,26 @@ class Classifier(Task):
             clf.predict(["great film"])        # ["pos"]
             clf.predict_proba(["great film"])  # <float64>[1, 2], columns in clf.labels.names order
         """
-        if isinstance(data, ClassifierExperiment):
-            if experiment is not None:
-                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
-            if labels is not None:  # Classifier.fit(experiment, out_dir): the config form
-                if out_dir is not None or not isinstance(labels, (str, Path)):
-                    raise TypeError("labels: with an experiment as data, the second argument is out_dir; "
-                                    f"got {type(labels).__name__}")
-                out_dir, labels = labels, None
-            experiment, data = data, None
-        given: dict[str, TextDataset] = {}
-        for split, value in (("train", data), ("valid", valid), ("test", test)):
-            arg = "data" if split == "train" else split
-            if value is None:
-                continue
-            if isinstance(value, (str, Path)):
-                if split == "train" and labels is not None:
-                    raise TypeError("labels: a file or folder holds its own labels; got labels= as well")
-                overrides[f"data.{split}"] = str(value)
-            elif split == "train":
+        config_form = isinstance(data, ClassifierExperiment)
+        experiment, data = cls._split_experiment(data, experiment)
+        if config_form and labels is not None:  # Classifier.fit(experiment, out_dir): the config form
+            if out_dir is not None or not isinstance(labels, (str, Path)):
+                raise TypeError("labels: with an experiment as data, the second argument is out_dir; "
+                                f"got {type(labels).__name__}")
+            out_dir, labels = labels, None
+        if isinstance(data, (str, Path)) and labels is not None:
+            raise TypeError("labels: a file or folder holds its own labels; got labels= as well")
+
+        def in_memory(split: str, value: Any, arg: str) -> TextDataset:
+            if split == "train":
                 if labels is None:
                     raise TypeError("labels: expected one label per text of data, got none")
-                given[split] = texts_dataset(value, labels, "texts")
-            elif isinstance(value, tuple) and len(value) == 2:
-                given[split] = texts_dataset(*value, arg)
-            else:
-                raise TypeError(f"{arg}: expected (texts, labels) or a file or folder path, "
-                                f"got {type(value).__name__}")
+                return texts_dataset(value, labels, "texts")
+            if isinstance(value, tuple) and len(value) == 2:
+                return texts_dataset(*value, arg)
+            raise TypeError(f"{arg}: expected (texts, labels) or a file or folder path, got {type(value).__name__}")
+
+        given = cls._split_inputs({"train": data, "valid": valid, "test": test}, overrides, in_memory)
         if data is None and labels is not None:
             raise TypeError("labels: given without texts (data)")
         experiment = cls._experiment(experiment, overrides)

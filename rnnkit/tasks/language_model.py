@@ -186,22 +186,14 @@ class LanguageModel(Task):
                                    tokenizer="char", hidden_size=64, epochs=2)
             lm.generate("the ", length=20)
         """
-        if isinstance(data, LMExperiment):
-            if experiment is not None:
-                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
-            experiment, data = data, None
-        texts: dict[str, str] = {}
-        for split, value in (("train", data), ("valid", valid), ("test", test)):
-            if value is None:
-                continue
-            if isinstance(value, (str, Path)):
-                if not Path(value).exists():
-                    raise FileNotFoundError(
-                        f"{'data' if split == 'train' else split}: no such file: {str(value)!r}; a string is read "
-                        "as a path to a text file; to train on the text itself, pass a list of strings")
-                overrides[f"data.{split}"] = str(value)
-            else:
-                texts[split] = _joined_texts(value, "data" if split == "train" else split)
+        experiment, data = cls._split_experiment(data, experiment)
+        splits = {"train": data, "valid": valid, "test": test}
+        for split, value in splits.items():
+            if isinstance(value, (str, Path)) and not Path(value).exists():
+                raise FileNotFoundError(
+                    f"{'data' if split == 'train' else split}: no such file: {str(value)!r}; a string is read "
+                    "as a path to a text file; to train on the text itself, pass a list of strings")
+        texts = cls._split_inputs(splits, overrides, lambda split, value, arg: _joined_texts(value, arg))
         experiment = cls._experiment(experiment, overrides)
         return cls._fit_experiment(experiment, texts, out_dir, resume)
 

@@ -337,18 +337,9 @@ class QuestionAnswering(Task):
             qa = QuestionAnswering.fit(stories, epochs=20, hops=1)
             qa.answer("Sandra went to the office.", "Where is Sandra?").answer   # "office"
         """
-        if isinstance(data, QAExperiment):
-            if experiment is not None:
-                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
-            experiment, data = data, None
-        given: dict[str, list[BabiExample]] = {}
-        for split, value in (("train", data), ("valid", valid), ("test", test)):
-            if value is None:
-                continue
-            if isinstance(value, (str, Path)):
-                overrides[f"data.{split}"] = str(value)
-            else:
-                given[split] = as_examples(value, "data" if split == "train" else split)
+        experiment, data = cls._split_experiment(data, experiment)
+        given = cls._split_inputs({"train": data, "valid": valid, "test": test}, overrides,
+                                  lambda split, value, arg: as_examples(value, arg))
         experiment = cls._experiment(experiment, overrides)
         return cls._fit_experiment(experiment, given, out_dir, resume)
 

@@ -98,10 +98,7 @@ class Forecaster(ManySeries, Task):
             fc = Forecaster.fit(df, target="y", horizon=12, lookback=24, epochs=50)
             fc.predict()   # DataFrame of the next 12 steps
         """
-        if isinstance(data, ForecastExperiment):
-            if experiment is not None:
-                raise TypeError("experiment: give the experiment once, as data or as experiment=, not both")
-            experiment, data = data, None
+        experiment, data = cls._split_experiment(data, experiment)
         frame = None
         if isinstance(data, (str, Path)):
             overrides["data.path"] = str(data)
