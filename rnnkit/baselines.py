@@ -128,9 +128,12 @@ class _StatsForecastModel(_PerColumnModel):
     ``train`` (its order or components and their parameters) is run over each ``history``
     (statsforecast's ``forward``): the states are filtered anew, the parameters kept."""
 
-    def __init__(self, season: int, refit: bool) -> None:
+    def __init__(self, season: int = 1, refit: bool = False) -> None:
         super().__init__(refit)
         self.season = _positive_int(season, "season")
+
+    def min_length(self) -> int:
+        return 3
 
     def _series(self, x, arg):
         a, one_d = super()._series(x, arg)
@@ -154,12 +157,6 @@ class AutoARIMA(_StatsForecastModel):
     """statsforecast's AutoARIMA (Hyndman-Khandakar order search as R's ``auto.arima``), seasonal with
     period ``season`` (1: non-seasonal)."""
 
-    def __init__(self, season: int = 1, refit: bool = False) -> None:
-        super().__init__(season, refit)
-
-    def min_length(self) -> int:
-        return 3
-
     def _model(self):
         from statsforecast.models import AutoARIMA as Model
         return Model(season_length=self.season)
@@ -178,9 +175,6 @@ class AutoETS(_StatsForecastModel):
                              f"'ZZZ' or 'AAN', got {model!r}")
         self.model, self.damped = model, damped
 
-    def min_length(self) -> int:
-        return 3
-
     def _model(self):
         from statsforecast.models import AutoETS as Model
         return Model(season_length=self.season, model=self.model, damped=self.damped)
@@ -189,12 +183,6 @@ class AutoETS(_StatsForecastModel):
 class AutoTheta(_StatsForecastModel):
     """statsforecast's AutoTheta: the best of the standard, optimised and dynamic Theta models, with
     a multiplicative seasonal decomposition of period ``season`` when a seasonality test finds one."""
-
-    def __init__(self, season: int = 1, refit: bool = False) -> None:
-        super().__init__(season, refit)
-
-    def min_length(self) -> int:
-        return 3
 
     def _model(self):
         from statsforecast.models import AutoTheta as Model
