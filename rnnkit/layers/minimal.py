@@ -159,11 +159,7 @@ class MinimalRecurrent(nn.Module):
     num_directions = RecurrentBase.num_directions
     flatten_parameters = RecurrentBase.flatten_parameters
     register_layer_hook = RecurrentBase.register_layer_hook
-
-    def direction_weights(self, layer: int, direction: int) -> DirectionWeights:
-        """The parameters of one direction (0 forward, 1 reverse) of one layer (w_hh None)."""
-        names = self._weight_names[layer][direction]
-        return DirectionWeights(*(None if n is None else getattr(self, n) for n in names))
+    direction_weights = RecurrentBase.direction_weights  # w_hh is None: the minimal cells have no W_hh
 
     def reset_parameters(self) -> None:
         """torch.nn's uniform(±1/√H) for every weight and bias, or with ``init="keras"`` glorot-uniform

@@ -28,11 +28,13 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..kernels.base import check_out
+from ..kernels.fused import runtime
+from ..kernels.fused.policies import current
 
-from ..kernels.fused_loops import MAX_THREADS, one_, sigmoid_  # float32: a branch-free sigmoid, so loops vectorise
-
-_JIT = dict(cache=True, nogil=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"},
-            error_model="numpy", boundscheck=False)
+# the fused backend's compiled helpers (float32: a branch-free sigmoid, so loops vectorise) and its
+# compile options; loaded through runtime.loops(), which keeps torch's thread count as numba starts
+_LOOPS = runtime.loops()
+one_, sigmoid_, _JIT = _LOOPS.one_, _LOOPS.sigmoid_, _LOOPS._JIT
 _LANE = 256  # hidden units per parallel job: 1 KB runs of each row (64-unit runs cost a TLB miss a row a step)
 CELLS = {"MINGRU": 0, "MINLSTM": 1}  # the kernels' ``cell`` argument; G = 2 + cell gate blocks
 
@@ -218,9 +220,9 @@ class FusedStreamer:
 
 
 def _threads() -> None:
-    """torch's thread count for the parallel loops, within what the fused loops allow (one thread
-    where numba's threading layer is not safe to launch from two Python threads)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), MAX_THREADS)))
+    """The fused backend's thread count for the parallel loops (the policy's, within numba's pool;
+    one thread in a forked child, where GNU OpenMP is not safe)."""
+    numba.set_num_threads(runtime.threads(current()))
 
 
 class FusedMinScan(torch.autograd.Function):
