@@ -67,16 +67,20 @@ def data_path(task, value: Path, data_dir: Optional[Path]) -> Path:
     return resolve_data_path(data.dataset, str(value), str(data_dir or "") or getattr(data, "data_dir", "") or None)
 
 
-def trained_checkpoint(out: Path, results: dict) -> dict:
+def trained_checkpoint(out: Path) -> dict:
     """The checkpoint a finished run names: ``<out>/best`` once it has validated; else ``<out>/last``,
-    with a note that says why there is no best."""
+    with a note that says why there is no best (the last stop record of ``metrics.jsonl``)."""
     if (out / "best").is_dir():
         return {"checkpoint": str(out / "best")}
-    reason = results.get("stop_reason")
-    if reason is None and (out / "metrics.jsonl").is_file():
-        records = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-        stops = [r for r in records if r.get("type") == "stop"]
-        reason = stops[-1]["reason"] if stops else None
+    reason = None
+    if (out / "metrics.jsonl").is_file():
+        for line in (out / "metrics.jsonl").read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line a killed run left half-written
+                continue
+            if record.get("type") == "stop":
+                reason = record.get("reason")
     stopped = f"stopped ({reason}) before its first validation" if reason else "ended before its first validation"
     if not (out / "last").is_dir():
         return {"checkpoint": None, "note": f"the run {stopped} and saved no checkpoint in {out}"}
@@ -145,10 +149,9 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
     else:
         if nproc is not None and nproc < 1:
             raise ValueError(f"--nproc: expected an integer >= 1, got {nproc}")
-        distributed.init()  # torchrun's or srun's group, joined before any data is read
         results = _train_one(config, overrides, out, resume)
     if distributed.is_main():
-        typer.echo(json.dumps({**trained_checkpoint(out, results), **results}, indent=2))
+        typer.echo(json.dumps({**trained_checkpoint(out), **results}, indent=2))
         if (out / "backtest.txt").exists():  # forecasters: rnnkit's backtest beside the baselines
             typer.echo((out / "backtest.txt").read_text())
     distributed.shutdown()

@@ -258,7 +258,7 @@ def _open_metrics(path: Path, step: int):
     return open(path, "a", encoding="utf-8")
 
 
-def _load_on_main(path: str | Path):
+def load_checkpoint_on_main(path: str | Path):
     """``load_checkpoint(path)`` read by rank 0 and sent to every rank; rank 0's error is raised on all."""
     loaded: Any = None
     if distributed.is_main():
@@ -442,7 +442,7 @@ class Trainer:
 
         With several processes rank 0 reads the checkpoint and sends it to the others, so that their
         machines need not see rank 0's files."""
-        checkpoint = _load_on_main(path)
+        checkpoint = load_checkpoint_on_main(path)
         state = checkpoint.trainer_state
         if state is None:
             raise ValueError(f"{path}: checkpoint has no trainer state (saved for inference); cannot resume")

@@ -36,7 +36,7 @@ from .. import distributed
 from ..config import Config, _section_type
 from ..io.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
 from ..model import SequenceModel
-from ..train import Trainer
+from ..train import Trainer, load_checkpoint_on_main
 
 _FIRST_SECTIONS = ("data", "model", "train")  # where a bare keyword is looked up first, in this order
 
@@ -108,8 +108,9 @@ class Task:
         out = None if out_dir is None else Path(out_dir)
         if keep.state is not None:  # a best epoch in this run is the best overall
             task.model.load_state_dict(keep.state)
-        elif out is not None and (out / "best").exists():  # resumed after the best epoch
-            task.model.load_state_dict(load_checkpoint(out / "best").state_dict)
+        elif out is not None and distributed.broadcast_object(distributed.is_main() and (out / "best").exists()):
+            # resumed after the best epoch: rank 0 wrote best/ and sends it (other machines may not see it)
+            task.model.load_state_dict(load_checkpoint_on_main(out / "best").state_dict)
         task.model.cpu().eval()
         if distributed.is_main():
             task._finish(prepared, trainer, out)
