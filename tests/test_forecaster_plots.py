@@ -36,7 +36,11 @@ def test_date_labels_suit_the_frequency_and_do_not_overlap(freq, periods, unit):
         assert all(t.isdigit() and len(t) == 4 for t in texts), texts  # years over 12 years
 
 
-def test_plot_backtest_draws_and_checks(tmp_path):
+def test_plot_backtest_draws_and_checks(tmp_path, monkeypatch):
+    import rnnkit.plots
+    saved = []
+    save = rnnkit.plots._save
+    monkeypatch.setattr(rnnkit.plots, "_save", lambda fig, path: saved.append(fig) or save(fig, path))
     y = np.sin(np.arange(100) / 5)
     origins = np.arange(60, 89)
     forecasts = np.stack([y[o:o + 12] + 0.1 for o in origins])
@@ -44,6 +48,7 @@ def test_plot_backtest_draws_and_checks(tmp_path):
     path = plot_backtest(y, origins, forecasts, tmp_path / "bt.png", lower=forecasts - 0.3, upper=forecasts + 0.3,
                          index=index, ylabel="load (MW)")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (saved[-1].axes[0].get_xlabel(), saved[-1].axes[0].get_ylabel()) == ("date", "load (MW)")
     with pytest.raises(ValueError, match=r"origins: expected steps in \[0, 88\] .* got 60 .. 89"):
         plot_backtest(y, np.arange(60, 90), np.zeros((30, 12)), tmp_path / "bad.png")
     with pytest.raises(ValueError, match=r"origins: expected 29 origins \(one per forecast row\)"):
@@ -53,4 +58,5 @@ def test_plot_backtest_draws_and_checks(tmp_path):
     # a forecast plot labels its axes: the date, the series with its units
     out = plot_forecast(y[:60], y[60:72], tmp_path / "fc.png", history_index=index[:60], forecast_index=index[60:72],
                         ylabel="load (MW)")
-    assert out.is_file()
+    assert out.is_file() and len(saved) == 2
+    assert (saved[-1].axes[0].get_xlabel(), saved[-1].axes[0].get_ylabel()) == ("date", "load (MW)")
