@@ -682,7 +682,7 @@ class LSTM(RecurrentBase):
         ``weight_hr_l{k}`` ``[P, H]`` and ``weight_hh_l{k}`` ``[4H, P]``.
 
     Raises:
-        ValueError: a size, ``dropout``, ``nonlinearity``, ``init`` or ``backend`` out of range when
+        ValueError: a size, ``dropout``, ``init`` or ``backend`` out of range when
             constructed; at call time an input, state or ``lengths`` of the wrong shape, naming the
             argument, the shape expected and the shape given.
         TypeError: an input that is not a floating-point tensor of the parameters' dtype, or a
@@ -822,7 +822,7 @@ class GRU(RecurrentBase):
         with G = 3 gates in torch.nn's order (r, z, n).
 
     Raises:
-        ValueError: a size, ``dropout``, ``nonlinearity``, ``init`` or ``backend`` out of range when
+        ValueError: a size, ``dropout``, ``init`` or ``backend`` out of range when
             constructed; at call time an input, state or ``lengths`` of the wrong shape, naming the
             argument, the shape expected and the shape given.
         TypeError: an input that is not a floating-point tensor of the parameters' dtype, or a
