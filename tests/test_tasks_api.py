@@ -122,11 +122,15 @@ def test_language_model_fits_a_list_of_strings(no_files):
 def test_language_model_fits_a_text_file_and_saves_when_asked(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("a b c d e f\n" * 40)
-    lm = LanguageModel.fit(str(corpus), tmp_path / "run", epochs=1, batch_size=4, bptt=5, num_layers=1, **TINY_TEXT)
+    valid = tmp_path / "valid.txt"  # the reversed order: every epoch of training makes it less likely
+    valid.write_text("f e d c b a\n" * 8)
+    lm = LanguageModel.fit(str(corpus), tmp_path / "run", valid=str(valid), epochs=3, batch_size=4, bptt=5,
+                           num_layers=1, **{**TINY_TEXT, "lr": 1e-2})
     assert (tmp_path / "run" / "best" / "vocab.json").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
     assert lm.experiment.data.train == str(corpus)
-    reloaded = tasks.load(tmp_path / "run" / "best")
-    assert torch.equal(reloaded.model.output.weight, lm.model.output.weight)  # the best weights in memory
+    best, last = tasks.load(tmp_path / "run" / "best"), tasks.load(tmp_path / "run" / "last")
+    assert not torch.equal(best.model.output.weight, last.model.output.weight)  # epoch 1 was best, 3 was last
+    assert torch.equal(best.model.output.weight, lm.model.output.weight)  # the best weights in memory
     with pytest.raises(FileNotFoundError, match="a string is read as a path.*pass a list of strings"):
         LanguageModel.fit("a b c as text")
 
