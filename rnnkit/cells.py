@@ -17,7 +17,7 @@ Shapes: ``B`` batch, ``I`` input features, ``H`` hidden size, ``P`` LSTM project
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,19 +27,43 @@ State = tuple[Tensor, ...]
 """A cell's state: ``(h,)`` for RNN and GRU, ``(h, c)`` for LSTM."""
 
 
-def rnn_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, nonlinearity: str = "tanh") -> State:
+class Noise(NamedTuple):
+    """The recurrent regularisers' masks of one direction of one layer (None where one is off).
+
+    recurrent: <float>[B, P], variational recurrent dropout (Gal & Ghahramani 2016): a multiplier
+        (0 or 1/(1-p)) on h_{t-1} where it enters the recurrent product, ``(m ⊙ h_{t-1}) W_hh^T``,
+        the same at every step of the sequence.
+    zone_h: <float>[T, B, P], zoneout (Krueger et al. 2017) of h: the weight z of the old state,
+        ``h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃_t`` (0 or 1 in training, the rate p at evaluation).
+    zone_c: <float>[T, B, H], the same for an LSTM's cell state c.
+    """
+
+    recurrent: Tensor | None = None
+    zone_h: Tensor | None = None
+    zone_c: Tensor | None = None
+
+
+def zoneout(z: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """``z ⊙ old + (1 - z) ⊙ new``: zoneout's update of one state, z the old state's weight."""
+    return torch.lerp(new, old, z)
+
+
+def rnn_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, nonlinearity: str = "tanh",
+             drop: Tensor | None = None) -> State:
     """Simple (Elman) RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, act ∈ {tanh, relu}.
 
     gi: <float>[B, H]   input projection ``W_ih x_t + b_ih``
     state: (h,) with h <float>[B, H]
     w_hh: <float>[H, H];  b_hh: <float>[H] or None
+    drop: <float>[B, H] or None, recurrent dropout's multiplier on h where it enters W_hh (``Noise``)
     returns (h_t,)
     """
-    pre = gi + F.linear(state[0], w_hh, b_hh)
+    pre = gi + F.linear(_dropped(state[0], drop), w_hh, b_hh)
     return (torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre),)
 
 
-def lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None = None) -> State:
+def lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None = None,
+              drop: Tensor | None = None) -> State:
     """LSTM (Hochreiter & Schmidhuber 1997, with forget gate), optional projection (Sak et al. 2014)::
 
         i = σ(gi_i + W_hi h + b_hi)     input gate
@@ -51,10 +75,11 @@ def lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr:
 
     gi: <float>[B, 4H];  state: (h <float>[B, P], c <float>[B, H])
     w_hh: <float>[4H, P];  b_hh: <float>[4H] or None;  w_hr: <float>[P, H] or None
+    drop: <float>[B, P] or None, recurrent dropout's multiplier on h where it enters W_hh (``Noise``)
     returns (h_t, c_t)
     """
     h, c = state
-    i, f, g, o = (gi + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+    i, f, g, o = (gi + F.linear(_dropped(h, drop), w_hh, b_hh)).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
     if w_hr is not None:
@@ -62,7 +87,8 @@ def lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr:
     return (h, c)
 
 
-def gru_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool = True) -> State:
+def gru_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool = True,
+             drop: Tensor | None = None) -> State:
     """GRU (Cho et al. 2014) in both of its variants::
 
         r = σ(gi_r + W_hr h + b_hr)                      reset gate
@@ -73,21 +99,29 @@ def gru_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, reset_
 
     gi: <float>[B, 3H];  state: (h <float>[B, H],)
     w_hh: <float>[3H, H];  b_hh: <float>[3H] or None
+    drop: <float>[B, H] or None, recurrent dropout's multiplier on h where it enters W_hh (``Noise``);
+        the old state in ``z * h`` is not dropped
     returns (h_t,)
     """
     (h,) = state
     gi_r, gi_z, gi_n = gi.chunk(3, dim=1)
     hidden = h.shape[1]
+    hd = _dropped(h, drop)
     if reset_after:
-        gh_r, gh_z, gh_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+        gh_r, gh_z, gh_n = F.linear(hd, w_hh, b_hh).chunk(3, dim=1)
         r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
         n = torch.tanh(gi_n + r * gh_n)
     else:
         b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * hidden], b_hh[2 * hidden :])
-        gh_r, gh_z = F.linear(h, w_hh[: 2 * hidden], b_rz).chunk(2, dim=1)
+        gh_r, gh_z = F.linear(hd, w_hh[: 2 * hidden], b_rz).chunk(2, dim=1)
         r, z = torch.sigmoid(gi_r + gh_r), torch.sigmoid(gi_z + gh_z)
-        n = torch.tanh(gi_n + F.linear(r * h, w_hh[2 * hidden :], b_n))
+        n = torch.tanh(gi_n + F.linear(r * hd, w_hh[2 * hidden :], b_n))
     return ((1 - z) * n + z * h,)
+
+
+def _dropped(h: Tensor, drop: Tensor | None) -> Tensor:
+    """h as it enters the recurrent product: times recurrent dropout's multiplier, if any."""
+    return h if drop is None else h * drop
 
 
 LN_EPS = 1e-5
@@ -100,7 +134,8 @@ def ln_lstm_project(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, ln: Tensor) ->
     return F.layer_norm(F.linear(x, w_ih), (g,), ln[:g], b_ih, LN_EPS)  # b_ih as the norm's shift: one pass
 
 
-def ln_lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, ln: Tensor) -> State:
+def ln_lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, ln: Tensor,
+                 drop: Tensor | None = None) -> State:
     """LSTM with layer normalisation (Ba et al. 2016, eqs. 20-22), each term normalised over its
     whole vector, with learned gains γ and the LSTM biases in the place of the LN shifts::
 
@@ -111,11 +146,12 @@ def ln_lstm_step(gi: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, ln
     gi: <float>[B, 4H] (``ln_lstm_project``);  state: (h <float>[B, H], c <float>[B, H])
     w_hh: <float>[4H, H];  b_hh: <float>[4H] or None
     ln: <float>[10H], the packed normalisation parameters [γ_ih (4H) | γ_hh (4H) | γ_c (H) | β_c (H)]
+    drop: <float>[B, H] or None, recurrent dropout's multiplier on h where it enters W_hh (``Noise``)
     returns (h_t, c_t)
     """
     h, c = state
     g4, hidden = w_hh.shape[0], h.shape[1]
-    pre = gi + F.layer_norm(F.linear(h, w_hh), (g4,), ln[g4:2 * g4], None, LN_EPS)
+    pre = gi + F.layer_norm(F.linear(_dropped(h, drop), w_hh), (g4,), ln[g4:2 * g4], None, LN_EPS)
     if b_hh is not None:
         pre = pre + b_hh
     i, f, g, o = pre.chunk(4, dim=1)
@@ -233,17 +269,19 @@ class CellSpec:
         return F.linear(x, w.w_ih, w.b_ih)
 
     def step_fn(self) -> Callable[..., State]:
-        """``step(gi, state, w)`` for this cell, gi from ``project`` and w the direction's weights."""
+        """``step(gi, state, w, drop=None)`` for this cell, gi from ``project``, w the direction's
+        weights and drop recurrent dropout's multiplier on h (``Noise.recurrent``; not for the minimal
+        cells, which have no recurrent product)."""
         if self.layer_norm:
-            return lambda gi, s, w: ln_lstm_step(gi, s, w.w_hh, w.b_hh, w.ln)
+            return lambda gi, s, w, drop=None: ln_lstm_step(gi, s, w.w_hh, w.b_hh, w.ln, drop)
         if self.mode == "LSTM":
-            return lambda gi, s, w: lstm_step(gi, s, w.w_hh, w.b_hh, w.w_hr)
+            return lambda gi, s, w, drop=None: lstm_step(gi, s, w.w_hh, w.b_hh, w.w_hr, drop)
         if self.mode == "GRU":
-            return lambda gi, s, w: gru_step(gi, s, w.w_hh, w.b_hh, self.reset_after)
+            return lambda gi, s, w, drop=None: gru_step(gi, s, w.w_hh, w.b_hh, self.reset_after, drop)
         if self.mode in MIN_COEFFICIENTS:
-            return lambda gi, s, w: min_step(gi, s, self.mode)
+            return lambda gi, s, w, drop=None: min_step(gi, s, self.mode)
         act = "tanh" if self.mode == "RNN_TANH" else "relu"
-        return lambda gi, s, w: rnn_step(gi, s, w.w_hh, w.b_hh, act)
+        return lambda gi, s, w, drop=None: rnn_step(gi, s, w.w_hh, w.b_hh, act, drop)
 
     def cell(self, x: Tensor, state: State, w) -> State:
         """One step from the raw input: x <float>[B, I] → new state; w the direction's weights."""

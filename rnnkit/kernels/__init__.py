@@ -44,6 +44,8 @@ class Backend(NamedTuple):
     supports: Callable[[CellSpec, Tensor, bool], bool]
     stream_step: Callable[..., tuple | None] | None = None
     streamer: Callable[..., object | None] | None = None
+    noise: bool = False
+    """Whether ``run_layer`` takes ``noise=`` (the recurrent regularisers' masks, ``rnnkit.cells.Noise``)."""
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -56,7 +58,7 @@ def register_backend(backend: Backend) -> None:
     BACKENDS[backend.name] = backend
 
 
-register_backend(Backend("reference", reference.run_layer, lambda spec, x, training: True))
+register_backend(Backend("reference", reference.run_layer, lambda spec, x, training: True, noise=True))
 register_backend(Backend("torch", native.run_layer, native.supports))  # cuDNN on CUDA
 
 
@@ -74,25 +76,34 @@ def _describe_call(spec: CellSpec, x: Tensor, training: bool) -> str:
             f"{', with autograd' if training else ''}")
 
 
-def select_backend(spec: CellSpec, x: Tensor, training: bool, backend: str = "auto") -> Backend:
-    """The backend that will run this call: the named one, or the preferred one that supports it."""
+def select_backend(spec: CellSpec, x: Tensor, training: bool, backend: str = "auto",
+                   noisy: bool = False) -> Backend:
+    """The backend that will run this call: the named one, or the preferred one that supports it
+    (with noisy, the recurrent regularisers' masks: one whose ``noise`` flag is set)."""
     check_backend(backend)
     if backend != "auto":
         chosen = BACKENDS[backend]
+        if noisy and not chosen.noise:
+            raise ValueError(f"backend: {backend!r} does not run recurrent_dropout or zoneout; use backend='auto' "
+                             f"or one of {sorted(n for n, b in BACKENDS.items() if b.noise)}")
         if not chosen.supports(spec, x, training):
             raise ValueError(f"backend: {backend!r} does not run this call: {_describe_call(spec, x, training)}; "
                              "use backend='auto' or 'reference'")
         return chosen
     for candidate in reversed(BACKENDS.values()):
-        if candidate.supports(spec, x, training):
+        if (candidate.noise or not noisy) and candidate.supports(spec, x, training):
             return candidate
     raise RuntimeError("no backend supports this call")  # unreachable: reference supports all
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
-              mask: Tensor | None, training: bool, backend: str = "auto") -> tuple[Tensor, list[State]]:
-    """Run one recurrent layer through the selected backend (see module docstring for shapes)."""
-    return select_backend(spec, x, training, backend).run_layer(spec, x, weights, states, mask)
+              mask: Tensor | None, training: bool, backend: str = "auto",
+              noise: list | None = None) -> tuple[Tensor, list[State]]:
+    """Run one recurrent layer through the selected backend (see module docstring for shapes);
+    noise: the recurrent regularisers' masks per direction (``rnnkit.cells.Noise``), or None."""
+    if noise is None:
+        return select_backend(spec, x, training, backend).run_layer(spec, x, weights, states, mask)
+    return select_backend(spec, x, training, backend, True).run_layer(spec, x, weights, states, mask, noise=noise)
 
 
 def stream_step(spec: CellSpec, x_t: Tensor, weights: list[DirectionWeights], h: Tensor, c: Tensor | None,

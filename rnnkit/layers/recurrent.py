@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import kernels
-from ..cells import CellSpec, State
+from ..cells import CellSpec, Noise, State, zoneout
 from ..kernels import DirectionWeights
 from ..kernels.base import check_out
 
@@ -40,6 +40,25 @@ Hidden = Tensor | tuple[Tensor, Tensor]
 
 def _shape(t: Tensor | Sequence[int]) -> tuple[int, ...]:
     return tuple(t.shape) if isinstance(t, Tensor) else tuple(t)
+
+
+def _rate(name: str, value) -> float:
+    """A regulariser's rate, checked: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1) (the probability of dropping, or of keeping the "
+                         f"old state for zoneout), got {value!r}")
+    return float(value)
+
+
+def _zone_rates(zoneout, lstm: bool) -> tuple[float, float]:
+    """zoneout=p (h and, for the LSTMs, c) or (p_h, p_c) (the LSTMs only) → (p_h, p_c), checked."""
+    if isinstance(zoneout, (tuple, list)):
+        if not lstm or len(zoneout) != 2:
+            expected = "a pair (h rate, c rate)" if lstm else "one number (the cell has no c state)"
+            raise ValueError(f"zoneout: expected a number in [0, 1) or {expected}, got {zoneout!r}")
+        return _rate("zoneout", zoneout[0]), _rate("zoneout", zoneout[1])
+    p = _rate("zoneout", zoneout)
+    return p, (p if lstm else 0.0)
 
 
 class RecurrentBase(nn.Module):
@@ -51,7 +70,8 @@ class RecurrentBase(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, nonlinearity: str = "tanh", reset_after: bool = True,
                  device=None, dtype=None, *, init: str = "torch", backend: str = "auto",
-                 layer_norm: bool = False) -> None:
+                 layer_norm: bool = False, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: float | tuple[float, float] = 0.0) -> None:
         super().__init__()
         for name, value, low in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
                                  ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
@@ -71,6 +91,10 @@ class RecurrentBase(nn.Module):
         if init not in ("torch", "keras"):
             raise ValueError(f"init: expected 'torch' or 'keras', got {init!r}")
         kernels.check_backend(backend)
+        self.weight_drop = _rate("weight_drop", weight_drop)
+        self.recurrent_dropout = _rate("recurrent_dropout", recurrent_dropout)
+        self.zoneout = zoneout
+        self._zone = _zone_rates(zoneout, self.mode == "LSTM")
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[nonlinearity] if self.mode == "RNN" else self.mode
         if layer_norm and (self.mode != "LSTM" or proj_size):
             raise ValueError("layer_norm: only an LSTM without projection has a layer-normalised cell")
@@ -352,12 +376,51 @@ class RecurrentBase(nn.Module):
             if layer > 0 and self.dropout > 0 and self.training:
                 x = nn.functional.dropout(x, self.dropout, training=True)
             weights = [self.direction_weights(layer, d) for d in range(self.num_directions)]
+            noise = None
+            if self._regularised():
+                weights, noise = self._draw(weights, x)
             x, layer_finals = kernels.run_layer(self.spec, x, weights, states[layer], mask,
-                                                torch.is_grad_enabled(), self.backend)
+                                                torch.is_grad_enabled(), self.backend, noise)
             finals.extend(layer_finals)
             for hook in self._layer_hooks.values():
                 hook(layer, x)
         return x, self._final_hidden(finals)
+
+    def _regularised(self) -> bool:
+        """Whether a regulariser acts in this call: weight_drop or recurrent_dropout in training mode,
+        zoneout always (its evaluation rule is the expectation, not the identity)."""
+        return bool(self._zone[0] or self._zone[1] or
+                    (self.training and (self.weight_drop or self.recurrent_dropout)))
+
+    def _draw(self, weights: list[DirectionWeights], x: Tensor) -> tuple[list[DirectionWeights], list[Noise] | None]:
+        """One layer's regularised weights and masks, per direction, drawn from torch's generator in a
+        fixed order (weight_drop, recurrent_dropout, zoneout of h, of c), so that ``torch.manual_seed``
+        reproduces a call. x: the layer's time-major input <f>[T, B, I]. Returns the weights (W_hh
+        times weight_drop's mask, through autograd) and the masks (``rnnkit.cells.Noise``), or None
+        when only weight_drop acts."""
+        T, B = x.shape[0], x.shape[1]
+        zh, zc = self._zone
+        out_weights, noise = [], []
+        for w in weights:
+            if self.training and self.weight_drop:  # a mask as F.dropout's, drawn here so its draw is ours
+                keep = 1.0 - self.weight_drop
+                w = w._replace(w_hh=w.w_hh * torch.empty_like(w.w_hh).bernoulli_(keep).div_(keep))
+            out_weights.append(w)
+            rec = z_h = z_c = None
+            if self.training and self.recurrent_dropout:
+                keep = 1.0 - self.recurrent_dropout
+                rec = x.new_empty(B, self.spec.output_size).bernoulli_(keep).div_(keep)
+            for rate, size, name in ((zh, self.spec.output_size, "h"), (zc, self.hidden_size, "c")):
+                if not rate:
+                    continue
+                # training: 1 where the unit keeps its old value (probability rate); evaluation: the rate
+                z = (x.new_empty(T, B, size).bernoulli_(rate) if self.training
+                     else x.new_full((T, 1, 1), rate))
+                z_h, z_c = (z, z_c) if name == "h" else (z_h, z)
+            noise.append(Noise(rec, z_h, z_c))
+        if all(t is None for n in noise for t in n):
+            return out_weights, None
+        return out_weights, noise
 
     def _stream(self, x: Tensor, state: Hidden | None) -> tuple[Tensor, Hidden] | None:
         """A backend's compiled step for the whole stack, one step x <f>[B, I] or steps <f>[T, B, I]:
@@ -425,7 +488,10 @@ class RecurrentBase(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
                 x_t = nn.functional.dropout(x_t, self.dropout, training=True)
-            new = self.spec.cell(x_t, states[layer][0], self.direction_weights(layer, 0))
+            old = states[layer][0]
+            new = self.spec.cell(x_t, old, self.direction_weights(layer, 0))
+            if self._zone[0] or self._zone[1]:  # zoneout's evaluation rule: one step has no sequence mask
+                new = tuple(n if not p else zoneout(n.new_tensor(p), o, n) for n, o, p in zip(new, old, self._zone))
             x_t = new[0]
             finals.append(new)
         return x_t, self._final_hidden(finals)
@@ -479,6 +545,8 @@ class RecurrentBase(nn.Module):
             raise ValueError("streamer: a bidirectional layer needs the whole sequence; use forward()")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+        if self._zone[0] or self._zone[1]:  # the compiled streamers have no zoneout
+            return _StepStreamer(self, batch_size, state)
         like = self.weight_ih_l0.detach()
         parts = self._check_hx(state, batch_size, like) if state is not None else [None, None]
         weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
@@ -488,8 +556,8 @@ class RecurrentBase(nn.Module):
     def _streams(self, x_t: Tensor, state: Hidden | None) -> bool:
         """Whether step() may take a backend's compiled streaming step: nothing needs a gradient
         (input, state or parameters), no dropout applies between layers and no layer hook is registered."""
-        if self._layer_hooks or (self.training and self.dropout > 0 and self.num_layers > 1):
-            return False
+        if self._layer_hooks or (self.training and self.dropout > 0 and self.num_layers > 1) or self._regularised():
+            return False  # the streaming kernels run no regulariser
         if not torch.is_grad_enabled():
             return True
         parts = () if state is None else state if isinstance(state, (tuple, list)) else (state,)
@@ -502,7 +570,8 @@ class RecurrentBase(nn.Module):
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0, "init": "torch", "backend": "auto"}
+                    "bidirectional": False, "proj_size": 0, "init": "torch", "backend": "auto",
+                    "weight_drop": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0}
         for key, default in defaults.items():
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
@@ -575,6 +644,15 @@ class RNN(RecurrentBase):
         backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
             float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
             ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+        weight_drop: DropConnect on the recurrent weights W_hh (Wan et al. 2013; AWD-LSTM's WeightDrop):
+            the probability of zeroing each element, one mask per forward call, in training only.
+            Default: 0.
+        recurrent_dropout: variational dropout of h_{t-1} where it enters the recurrent product (Gal
+            & Ghahramani 2016; Keras's ``recurrent_dropout``): one mask per sequence, the same at every
+            step, in training only. Default: 0.
+        zoneout: the probability that a unit keeps its previous value at a step (Krueger et al. 2017):
+            ``h_t = m ⊙ h_{t-1} + (1 - m) ⊙ h̃_t``; in evaluation the expectation
+            ``h_t = p h_{t-1} + (1 - p) h̃_t``. Default: 0.
 
     Inputs:
         - **input**: ``<float>[T, B, I]``, ``<float>[B, T, I]`` with ``batch_first=True``,
@@ -619,9 +697,11 @@ class RNN(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, *, init: str = "torch",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         nonlinearity=nonlinearity, device=device, dtype=dtype, init=init, backend=backend)
+                         nonlinearity=nonlinearity, device=device, dtype=dtype, init=init, backend=backend,
+                         weight_drop=weight_drop, recurrent_dropout=recurrent_dropout, zoneout=zoneout)
 
 
 class LSTM(RecurrentBase):
@@ -658,6 +738,16 @@ class LSTM(RecurrentBase):
         backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
             float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
             ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+        weight_drop: DropConnect on the recurrent weights W_hh (Wan et al. 2013; AWD-LSTM's WeightDrop):
+            the probability of zeroing each element, one mask per forward call, in training only.
+            Default: 0.
+        recurrent_dropout: variational dropout of h_{t-1} where it enters the recurrent product (Gal
+            & Ghahramani 2016; Keras's ``recurrent_dropout``): one mask per sequence, the same at every
+            step, in training only. Default: 0.
+        zoneout: the probability that a unit keeps its previous value at a step (Krueger et al. 2017):
+            ``h_t = m ⊙ h_{t-1} + (1 - m) ⊙ h̃_t`` and the same for c, with one rate or a pair
+            ``(p_h, p_c)``; in evaluation the expectation ``h_t = p h_{t-1} + (1 - p) h̃_t``.
+            Default: 0.
 
     Inputs:
         - **input**: ``<float>[T, B, I]``, ``<float>[B, T, I]`` with ``batch_first=True``,
@@ -708,9 +798,11 @@ class LSTM(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, init: str = "torch",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: float | tuple[float, float] = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size=proj_size, device=device, dtype=dtype, init=init, backend=backend)
+                         proj_size=proj_size, device=device, dtype=dtype, init=init, backend=backend,
+                         weight_drop=weight_drop, recurrent_dropout=recurrent_dropout, zoneout=zoneout)
 
 
 class LayerNormLSTM(RecurrentBase):
@@ -749,6 +841,16 @@ class LayerNormLSTM(RecurrentBase):
         backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
             float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
             ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+        weight_drop: DropConnect on the recurrent weights W_hh (Wan et al. 2013; AWD-LSTM's WeightDrop):
+            the probability of zeroing each element, one mask per forward call, in training only.
+            Default: 0.
+        recurrent_dropout: variational dropout of h_{t-1} where it enters the recurrent product (Gal
+            & Ghahramani 2016; Keras's ``recurrent_dropout``): one mask per sequence, the same at every
+            step, in training only. Default: 0.
+        zoneout: the probability that a unit keeps its previous value at a step (Krueger et al. 2017):
+            ``h_t = m ⊙ h_{t-1} + (1 - m) ⊙ h̃_t`` and the same for c, with one rate or a pair
+            ``(p_h, p_c)``; in evaluation the expectation ``h_t = p h_{t-1} + (1 - p) h̃_t``.
+            Default: 0.
 
     Examples:
         >>> import torch, rnnkit
@@ -762,9 +864,12 @@ class LayerNormLSTM(RecurrentBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, init: str = "torch", backend: str = "auto") -> None:
+                 device=None, dtype=None, *, init: str = "torch", backend: str = "auto",
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: float | tuple[float, float] = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, init=init, backend=backend, layer_norm=True)
+                         device=device, dtype=dtype, init=init, backend=backend, layer_norm=True,
+                         weight_drop=weight_drop, recurrent_dropout=recurrent_dropout, zoneout=zoneout)
 
 
 class GRU(RecurrentBase):
@@ -801,6 +906,15 @@ class GRU(RecurrentBase):
         backend: the sequence kernel that runs the layer: ``"auto"`` (``"fused"`` on CPU
             float32/float64, ``"torch"`` on CUDA where torch.nn has the cell, else ``"reference"``),
             ``"fused"``, ``"torch"`` or ``"reference"`` (see ``rnnkit.kernels``). Default: ``"auto"``.
+        weight_drop: DropConnect on the recurrent weights W_hh (Wan et al. 2013; AWD-LSTM's WeightDrop):
+            the probability of zeroing each element, one mask per forward call, in training only.
+            Default: 0.
+        recurrent_dropout: variational dropout of h_{t-1} where it enters the recurrent product (Gal
+            & Ghahramani 2016; Keras's ``recurrent_dropout``): one mask per sequence, the same at every
+            step, in training only. Default: 0.
+        zoneout: the probability that a unit keeps its previous value at a step (Krueger et al. 2017):
+            ``h_t = m ⊙ h_{t-1} + (1 - m) ⊙ h̃_t``; in evaluation the expectation
+            ``h_t = p h_{t-1} + (1 - p) h̃_t``. Default: 0.
 
     Inputs:
         - **input**: ``<float>[T, B, I]``, ``<float>[B, T, I]`` with ``batch_first=True``,
@@ -843,6 +957,8 @@ class GRU(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, reset_after: bool = True, init: str = "torch",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         reset_after=reset_after, device=device, dtype=dtype, init=init, backend=backend)
+                         reset_after=reset_after, device=device, dtype=dtype, init=init, backend=backend,
+                         weight_drop=weight_drop, recurrent_dropout=recurrent_dropout, zoneout=zoneout)

@@ -1,0 +1,224 @@
+"""The recurrent regularisers (weight_drop, recurrent_dropout, zoneout) of RNN, LSTM, GRU and
+LayerNormLSTM against a direct implementation written here: a Python loop over the cell equations
+with the same masks, drawn from torch's generator in the layer's documented order (per layer and
+direction: weight_drop's mask of W_hh, recurrent dropout's of h, zoneout's of h, of c)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import rnnkit
+from rnnkit.kernels.fused import record
+
+CLASSES = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "ln_lstm": rnnkit.LayerNormLSTM}
+
+
+def _cell(kind, layer, x_t, h, c, w_ih, w_hh, b_ih, b_hh, ln, drop):
+    """One step of the cell, written out: (h̃, c̃); drop multiplies h where it enters W_hh."""
+    hin = h if drop is None else h * drop
+    if kind == "rnn":
+        return torch.tanh(x_t @ w_ih.T + b_ih + hin @ w_hh.T + b_hh), None
+    if kind == "gru":
+        H = h.shape[1]
+        gi, gh = x_t @ w_ih.T + b_ih, hin @ w_hh.T + b_hh
+        r = torch.sigmoid(gi[:, :H] + gh[:, :H])
+        z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+        n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        return (1 - z) * n + z * h, None
+    H = c.shape[1]
+    if kind == "ln_lstm":
+        G = 4 * H
+        pre = (F.layer_norm(x_t @ w_ih.T, (G,), ln[:G], None, 1e-5) + b_ih
+               + F.layer_norm(hin @ w_hh.T, (G,), ln[G:2 * G], None, 1e-5) + b_hh)
+    else:
+        pre = x_t @ w_ih.T + b_ih + hin @ w_hh.T + b_hh
+    i, f, g, o = (pre[:, k * H:(k + 1) * H] for k in range(4))
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    cc = F.layer_norm(c_new, (H,), ln[8 * H:9 * H], ln[9 * H:], 1e-5) if kind == "ln_lstm" else c_new
+    return torch.sigmoid(o) * torch.tanh(cc), c_new
+
+
+def _draw(layer, T, B, dtype, rates):
+    """The masks the layer draws, in its order, from torch's generator as it stands."""
+    wd, rd, (zh, zc) = rates
+    masks = {}
+    for k in range(layer.num_layers):
+        for d in range(layer.num_directions):
+            w_hh = layer.direction_weights(k, d).w_hh
+            P, H = layer.spec.output_size, layer.hidden_size
+            wm = torch.empty_like(w_hh).bernoulli_(1 - wd).div_(1 - wd) if wd else None
+            rm = torch.empty(B, P, dtype=dtype).bernoulli_(1 - rd).div_(1 - rd) if rd else None
+            mh = torch.empty(T, B, P, dtype=dtype).bernoulli_(zh) if zh else None
+            mc = torch.empty(T, B, H, dtype=dtype).bernoulli_(zc) if zc else None
+            masks[k, d] = (wm, rm, mh, mc)
+    return masks
+
+
+def _direct(kind, layer, x, masks, lengths):
+    """The layer's forward on time-major x <f>[T, B, I], written out, with these masks
+    (masks[layer, direction] = (W_hh mask, h mask, zoneout of h <f>[T, B, P], of c))."""
+    T, B = x.shape[:2]
+    lengths = torch.as_tensor(lengths if lengths is not None else [T] * B)
+    finals = []
+    for k in range(layer.num_layers):
+        outs = []
+        for d in range(layer.num_directions):
+            w = layer.direction_weights(k, d)
+            wm, rm, mh, mc = masks[k, d]
+            w_hh = w.w_hh if wm is None else w.w_hh * wm
+            h = x.new_zeros(B, layer.spec.output_size)
+            c = x.new_zeros(B, layer.hidden_size) if kind in ("lstm", "ln_lstm") else None
+            out = [None] * T
+            for t in (reversed(range(T)) if d else range(T)):
+                hn, cn = _cell(kind, layer, x[t], h, c, w.w_ih, w_hh, w.b_ih, w.b_hh, w.ln, rm)
+                if mh is not None:
+                    hn = mh[t] * h + (1 - mh[t]) * hn
+                if mc is not None:
+                    cn = mc[t] * c + (1 - mc[t]) * cn
+                valid = (t < lengths)[:, None]
+                out[t] = torch.where(valid, hn, 0.0)
+                h = torch.where(valid, hn, h)
+                c = torch.where(valid, cn, c) if c is not None else None
+            outs.append(torch.stack(out))
+            finals.append(h)
+        x = torch.cat(outs, dim=2)
+    return x, torch.stack(finals)
+
+
+def _layer(kind, backend, **kw):
+    torch.manual_seed(1)
+    return CLASSES[kind](3, 4, backend=backend, dtype=torch.float64, **kw)
+
+
+def _compare(kind, backend, rates, lengths=None, num_layers=1, bidirectional=False, train=True):
+    wd, rd, zone = rates
+    layer = _layer(kind, backend, num_layers=num_layers, bidirectional=bidirectional, weight_drop=wd,
+                   recurrent_dropout=rd, zoneout=zone).train(train)
+    T, B = 5, 3
+    x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
+    zh, zc = (zone, zone) if not isinstance(zone, tuple) else zone
+    zc = zc if kind in ("lstm", "ln_lstm") else 0.0
+    torch.manual_seed(7)
+    out, hidden = layer(x, lengths=lengths)
+    h_n = hidden[0] if isinstance(hidden, tuple) else hidden
+    torch.manual_seed(7)
+    if train:
+        masks = _draw(layer, T, B, x.dtype, (wd, rd, (zh, zc)))
+    else:  # evaluation: no dropout; zoneout's expectation
+        masks = {(k, d): (None, None, x.new_full((T, B, layer.spec.output_size), zh) if zh else None,
+                          x.new_full((T, B, 4), zc) if zc else None)
+                 for k in range(num_layers) for d in range(layer.num_directions)}
+    want, want_h = _direct(kind, layer, x, masks, lengths)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(h_n, want_h)
+    weight = torch.randn_like(out)
+    params = [x, *layer.parameters()]
+    got = torch.autograd.grad((out * weight).sum() + h_n.sum(), params)
+    expected = torch.autograd.grad((want * weight).sum() + want_h.sum(), params)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    return out
+
+
+CASES = [(0.5, 0.0, 0.0), (0.0, 0.4, 0.0), (0.0, 0.0, 0.3), (0.3, 0.3, 0.3)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+@pytest.mark.parametrize("rates", CASES, ids=["weight_drop", "recurrent_dropout", "zoneout", "all"])
+def test_matches_direct_implementation(kind, backend, rates):
+    _compare(kind, backend, rates)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_lengths_bidirectional_stack(kind, backend):
+    _compare(kind, backend, (0.3, 0.3, 0.3), lengths=[5, 2, 4], num_layers=2, bidirectional=True)
+
+
+def test_lstm_zoneout_rates_of_its_own():
+    _compare("lstm", "auto", (0.0, 0.0, (0.5, 0.0)))
+    _compare("lstm", "auto", (0.0, 0.0, (0.0, 0.5)), lengths=[3, 5, 1])
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_evaluation(kind):
+    """eval(): weight_drop and recurrent dropout off (the plain layer's output), zoneout's expectation."""
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    plain = _layer(kind, "auto").eval()
+    dropped = _layer(kind, "auto", weight_drop=0.5, recurrent_dropout=0.5).eval()
+    torch.testing.assert_close(dropped(x)[0], plain(x)[0])
+    _compare(kind, "auto", (0.5, 0.5, 0.3), train=False, lengths=[5, 3, 4])
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_step_and_streamer_follow_zoneout_evaluation_rule(kind):
+    layer = _layer(kind, "auto", zoneout=0.4, num_layers=2).eval()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = layer(x)
+        state, steps = None, []
+        for x_t in x:
+            y, state = layer.step(x_t, state)
+            steps.append(y)
+        s = layer.streamer(batch_size=2)
+        streamed = torch.stack([s(x_t) for x_t in x])
+    torch.testing.assert_close(torch.stack(steps), out)
+    torch.testing.assert_close(streamed, out)
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_seeded_and_reproducible(kind):
+    layer = _layer(kind, "auto", weight_drop=0.3, recurrent_dropout=0.3, zoneout=0.3)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        runs.append(layer(x)[0])
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+    assert not torch.allclose(runs[0], runs[2])
+
+
+def test_training_no_grad_still_regularises():
+    """A training-mode call without autograd takes no streaming shortcut that would skip the masks."""
+    layer = _layer("gru", "auto", recurrent_dropout=0.5)
+    x = torch.randn(1, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        outs = {tuple(layer(x)[0].flatten().tolist()) for _ in range(6)}
+        layer.eval()
+        assert len({tuple(layer(x)[0].flatten().tolist()) for _ in range(3)}) == 1
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    layer.train()
+    with torch.no_grad():
+        outs = {tuple(layer(x)[0].flatten().tolist()) for _ in range(6)}
+    assert len(outs) > 1
+
+
+@pytest.mark.parametrize("name", ["weight_drop", "recurrent_dropout", "zoneout"])
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, "0.2", True])
+def test_invalid_rates(name, value):
+    with pytest.raises(ValueError, match=rf"{name}: expected a number in \[0, 1\).*got {value!r}"):
+        rnnkit.LSTM(3, 4, **{name: value})
+
+
+def test_zoneout_pair_only_for_lstms():
+    rnnkit.LayerNormLSTM(3, 4, zoneout=(0.1, 0.2))
+    with pytest.raises(ValueError, match=r"zoneout: expected .* one number \(the cell has no c state\), got \(0.1, 0.2\)"):
+        rnnkit.GRU(3, 4, zoneout=(0.1, 0.2))
+    with pytest.raises(ValueError, match=r"zoneout: expected .* a pair"):
+        rnnkit.LSTM(3, 4, zoneout=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match=r"zoneout: expected a number in \[0, 1\).*got 2"):
+        rnnkit.LSTM(3, 4, zoneout=(0.1, 2))
+
+
+def test_torch_backend_refuses_noise():
+    layer = rnnkit.LSTM(3, 4, backend="torch", recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="backend: 'torch' does not run recurrent_dropout or zoneout"):
+        layer(torch.randn(5, 2, 3))
+
+
+def test_repr_names_the_rates():
+    assert "weight_drop=0.5, recurrent_dropout=0.25, zoneout=(0.1, 0.2)" in repr(
+        rnnkit.LSTM(3, 4, weight_drop=0.5, recurrent_dropout=0.25, zoneout=(0.1, 0.2)))
