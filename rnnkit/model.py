@@ -103,6 +103,16 @@ class ModelConfig(Config):
     init_range: float = Field(0.1, gt=0.0, description="half-width of the uniform init (init = 'uniform')")
     reset_after: bool = Field(True, description="GRU variant: reset gate after the recurrent matmul (torch, Keras default)")
     padding_idx: int | None = Field(None, ge=0, description="token id of padding: zero vector, no gradient")
+    weight_drop: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "DropConnect on every layer's recurrent weights W_hh, one mask per forward call, in training "
+        "(AWD-LSTM's weight drop; not the minimal cells, which have no W_hh)"))
+    recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "variational dropout of h_{t-1} where it enters the recurrent product, one mask per sequence "
+        "(Gal & Ghahramani 2016; Keras's recurrent_dropout), in training; not the minimal cells"))
+    zoneout: float | tuple[float, float] = Field(0.0, description=(
+        "probability that a unit keeps its previous state at a step (Krueger et al. 2017), in [0, 1); "
+        "for the LSTMs one rate for h and c or a pair [h, c]; evaluation uses the expectation; "
+        "not the minimal cells"))
 
     @property
     def directions(self) -> int:
@@ -116,11 +126,27 @@ class ModelConfig(Config):
         if self.init == "chrono" and (self.cell not in ("lstm", "lstm_ln", "gru") or self.chrono_max_steps < 3):
             raise ValueError(f"init: 'chrono' needs a gated cell (lstm, lstm_ln, gru) and chrono_max_steps >= 3, "
                              f"got cell={self.cell!r}, chrono_max_steps={self.chrono_max_steps}")
+        rates = self.zoneout if isinstance(self.zoneout, tuple) else (self.zoneout,)
+        if not all(0.0 <= r < 1.0 for r in rates):
+            raise ValueError(f"zoneout: expected a number in [0, 1) or a pair of them, got {self.zoneout!r}")
+        if isinstance(self.zoneout, tuple) and self.cell not in ("lstm", "lstm_ln"):
+            raise ValueError(f"zoneout: a pair [h, c] needs an LSTM cell (lstm, lstm_ln), got cell={self.cell!r}")
+        used = [n for n in ("weight_drop", "recurrent_dropout", "zoneout") if self.regularisers().get(n)]
+        if used and self.cell in ("mingru", "minlstm"):
+            raise ValueError(f"{used[0]}: the minimal cells have no recurrent weights or product; got "
+                             f"{used[0]}={getattr(self, used[0])!r} with cell={self.cell!r}")
         width = self.hidden_size * self.directions
         if self.tie_weights and self.embedding_dim != width:
             raise ValueError(f"tie_weights: needs embedding_dim == hidden_size * directions = {width}, "
                              f"got embedding_dim={self.embedding_dim}")
         return self
+
+    def regularisers(self) -> dict[str, Any]:
+        """The recurrent layers' regulariser arguments that are on (``weight_drop``, ``recurrent_dropout``,
+        ``zoneout``), as keyword arguments of ``rnnkit.LSTM`` and the others."""
+        rates = {"weight_drop": self.weight_drop, "recurrent_dropout": self.recurrent_dropout,
+                 "zoneout": self.zoneout}
+        return {k: v for k, v in rates.items() if v != 0.0 and v != (0.0, 0.0)}
 
     def check_vocabulary(self) -> None:
         """The checks that involve vocab_size, which a task may fill in (from its corpus) after
@@ -210,6 +236,7 @@ class SequenceModel(nn.Module):
                    "init": "keras" if cfg.init in ("keras", "chrono") else "torch"}
         if cfg.cell == "gru":
             options["reset_after"] = cfg.reset_after
+        options.update(cfg.regularisers())
         features = cfg.embedding_dim if cfg.vocab_size else cfg.input_size
         if cfg.variational_dropout:
             width = cfg.hidden_size * directions

@@ -222,3 +222,49 @@ def test_torch_backend_refuses_noise():
 def test_repr_names_the_rates():
     assert "weight_drop=0.5, recurrent_dropout=0.25, zoneout=(0.1, 0.2)" in repr(
         rnnkit.LSTM(3, 4, weight_drop=0.5, recurrent_dropout=0.25, zoneout=(0.1, 0.2)))
+
+
+def test_model_config_keys_build_regularised_layers():
+    from rnnkit.model import ModelConfig, SequenceModel
+    cfg = ModelConfig.from_dict({"cell": "lstm", "vocab_size": 20, "embedding_dim": 8, "hidden_size": 8,
+                                 "num_layers": 2, "output_size": 20, "output_activation": "softmax",
+                                 "variational_dropout": 0.2, "weight_drop": 0.5, "recurrent_dropout": 0.25,
+                                 "zoneout": [0.1, 0.2]})
+    layers = list(SequenceModel(cfg).stack)
+    assert [(m.weight_drop, m.recurrent_dropout, m._zone) for m in layers] == [(0.5, 0.25, (0.1, 0.2))] * 2
+    for bad, message in (({"cell": "gru", "zoneout": [0.1, 0.2]}, "zoneout: a pair"),
+                         ({"cell": "mingru", "recurrent_dropout": 0.1}, "recurrent_dropout: the minimal cells"),
+                         ({"zoneout": 1.0}, r"zoneout: expected a number in \[0, 1\)"),
+                         ({"weight_drop": 1.0}, "weight_drop")):
+        with pytest.raises(ValueError, match=message):
+            ModelConfig.from_dict(bad, "x.toml")
+
+
+def test_ar_tar_penalty():
+    """train.ar / train.tar: the penalty on the last layer's output, before and after its dropout."""
+    from rnnkit.model import ModelConfig, SequenceModel
+    from rnnkit.tasks.language_model import _OutputActivations
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(cell="gru", vocab_size=11, embedding_dim=6, hidden_size=5, output_size=11,
+                                      output_activation="softmax", variational_dropout=0.5))
+    seen = _OutputActivations(model)
+    ids = torch.randint(0, 11, (3, 7))
+    torch.manual_seed(1)
+    model(ids, target=ids)
+    penalty = seen.penalty(2.0, 1.0)
+    torch.manual_seed(1)  # the same masks: embedding output, then the stack output
+    h = model.stack[0](model._inputs(ids))[0]
+    dropped = model.drop(h)
+    want = 2.0 * dropped.pow(2).mean() + (h[:, 1:] - h[:, :-1]).pow(2).mean()
+    torch.testing.assert_close(penalty, want)
+    assert not torch.allclose(dropped, h)
+
+
+def test_language_model_trains_with_regularisers():
+    from rnnkit.tasks.language_model import LanguageModel
+    text = ["the cat sat on the mat", "a dog sat on a log", "the dog and the cat"] * 10
+    lm = LanguageModel.fit(text, tokenizer="word", hidden_size=8, embedding_dim=8, num_layers=2, epochs=1,
+                           batch_size=2, bptt=5, weight_drop=0.3, recurrent_dropout=0.2, zoneout=0.1,
+                           variational_dropout=0.2, ar=2.0, tar=1.0)
+    assert lm.experiment.train.ar == 2.0 and lm.experiment.model.zoneout == 0.1
+    assert lm.model.stack[0].recurrent_dropout == 0.2

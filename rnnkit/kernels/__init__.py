@@ -44,8 +44,9 @@ class Backend(NamedTuple):
     supports: Callable[[CellSpec, Tensor, bool], bool]
     stream_step: Callable[..., tuple | None] | None = None
     streamer: Callable[..., object | None] | None = None
-    noise: bool = False
-    """Whether ``run_layer`` takes ``noise=`` (the recurrent regularisers' masks, ``rnnkit.cells.Noise``)."""
+    noise: Callable[[CellSpec], bool] | None = None
+    """Whether ``run_layer`` takes ``noise=`` (the recurrent regularisers' masks, ``rnnkit.cells.Noise``)
+    for a cell; None: for none."""
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -58,7 +59,8 @@ def register_backend(backend: Backend) -> None:
     BACKENDS[backend.name] = backend
 
 
-register_backend(Backend("reference", reference.run_layer, lambda spec, x, training: True, noise=True))
+register_backend(Backend("reference", reference.run_layer, lambda spec, x, training: True,
+                         noise=lambda spec: True))
 register_backend(Backend("torch", native.run_layer, native.supports))  # cuDNN on CUDA
 
 
@@ -79,19 +81,20 @@ def _describe_call(spec: CellSpec, x: Tensor, training: bool) -> str:
 def select_backend(spec: CellSpec, x: Tensor, training: bool, backend: str = "auto",
                    noisy: bool = False) -> Backend:
     """The backend that will run this call: the named one, or the preferred one that supports it
-    (with noisy, the recurrent regularisers' masks: one whose ``noise`` flag is set)."""
+    (with noisy, the recurrent regularisers' masks: one whose ``noise`` takes this cell)."""
     check_backend(backend)
     if backend != "auto":
         chosen = BACKENDS[backend]
-        if noisy and not chosen.noise:
-            raise ValueError(f"backend: {backend!r} does not run recurrent_dropout or zoneout; use backend='auto' "
-                             f"or one of {sorted(n for n, b in BACKENDS.items() if b.noise)}")
+        if noisy and not (chosen.noise and chosen.noise(spec)):
+            takers = sorted(n for n, b in BACKENDS.items() if b.noise and b.noise(spec))
+            raise ValueError(f"backend: {backend!r} does not run recurrent_dropout or zoneout for this cell; "
+                             f"use backend='auto' or one of {takers}")
         if not chosen.supports(spec, x, training):
             raise ValueError(f"backend: {backend!r} does not run this call: {_describe_call(spec, x, training)}; "
                              "use backend='auto' or 'reference'")
         return chosen
     for candidate in reversed(BACKENDS.values()):
-        if (candidate.noise or not noisy) and candidate.supports(spec, x, training):
+        if (not noisy or (candidate.noise and candidate.noise(spec))) and candidate.supports(spec, x, training):
             return candidate
     raise RuntimeError("no backend supports this call")  # unreachable: reference supports all
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import distributed
 from ..config import Config
@@ -62,13 +62,34 @@ class LMDataConfig(TextFileConfig):
     bptt: int = Field(20, ge=1, description="truncated-BPTT length: steps unrolled per chunk")
 
 
+class LMTrainConfig(TrainConfig):
+    """The trainer's settings plus the language model's activation regularisation (Merity et al.
+    2017, AWD-LSTM): ``ar · mean(m ⊙ h_t)²`` on the last layer's output after its dropout, and
+    ``tar · mean((h_t - h_{t-1})²)`` on it before the dropout, both added to the training loss."""
+
+    ar: float = Field(0.0, ge=0.0, description=(
+        "activation regularisation: weight of the mean squared last-layer output after dropout (AWD-LSTM: 2)"))
+    tar: float = Field(0.0, ge=0.0, description=(
+        "temporal activation regularisation: weight of the mean squared step-to-step change of the "
+        "last layer's output before dropout (AWD-LSTM: 1)"))
+
+
 class LMExperiment(Config):
     """A language-model run: `rnnkit train CONFIG` with task = "language_model"."""
 
     task: Literal["language_model"] = Field("language_model", description="the task this config trains")
     data: LMDataConfig = Field(default_factory=LMDataConfig, description="corpus, tokenizer, batches")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(cell="lstm", hidden_size=200, embedding_dim=200, num_layers=2), description="the network; vocab and output sizes are set from the corpus")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="optimiser, schedule, checkpoints")
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig, description=(
+        "optimiser, schedule, checkpoints; ar / tar activation regularisation"))
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _plain_train_config(cls, value: Any) -> Any:
+        """A plain ``TrainConfig`` is taken as an ``LMTrainConfig`` without AR/TAR."""
+        if isinstance(value, TrainConfig) and not isinstance(value, LMTrainConfig):
+            return value.model_dump()
+        return value
 
 
 def make_tokenizer(cfg: LMDataConfig, train_text: str) -> Tokenizer:
@@ -104,6 +125,28 @@ def load_corpora(cfg: LMDataConfig, given: dict[str, str] | None = None) -> dict
         cut = int(len(texts["train"]) * (1 - cfg.valid_fraction))
         texts["train"], texts["valid"] = texts["train"][:cut], texts["train"][cut:]
     return texts
+
+
+class _OutputActivations:
+    """The last recurrent layer's output of the model's latest call, before and after its dropout, for
+    AR/TAR: read off the model's output dropout (``SequenceModel.drop``), whose last call in a forward
+    pass is on the stack's output."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        self.raw = self.dropped = None
+        model.drop.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.raw, self.dropped = inputs[0], output
+
+    def penalty(self, ar: float, tar: float) -> torch.Tensor:
+        """``ar · mean(dropped²) + tar · mean((raw_t - raw_{t-1})²)`` over <f>[B, T, H] (batch first)."""
+        total = self.raw.new_zeros(())
+        if ar:
+            total = total + ar * self.dropped.pow(2).mean()
+        if tar and self.raw.shape[1] > 1:
+            total = total + tar * (self.raw[:, 1:] - self.raw[:, :-1]).pow(2).mean()
+        return total
 
 
 def _joined_texts(value: Any, arg: str) -> str:
@@ -220,10 +263,16 @@ class LanguageModel(Task):
         distributed.per_rank(data.batch_size, "data.batch_size", world_size)
         train_stream = LMStream(ids["train"], data.batch_size, data.bptt, rank=rank, world_size=world_size)
 
+        # a plain TrainConfig (put in by model_copy, which skips validation) has no AR/TAR
+        ar, tar = (getattr(self.experiment.train, name, 0.0) for name in ("ar", "tar"))
+        seen = _OutputActivations(self.model) if (ar or tar) else None
+
         def loss_fn(net, batch, state):
             inputs, targets = batch
             log_probs, state = net(inputs, state=state, target=targets)  # adaptive softmax: only the targets' clusters
             loss = -log_probs.mean()
+            if seen is not None:
+                loss = loss + seen.penalty(ar, tar)
             return loss, state, targets.numel()
 
         def evaluate_fn(net):
