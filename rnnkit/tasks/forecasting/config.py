@@ -84,14 +84,33 @@ class ForecastConfig(Config):
                              "from the validation span's absolute errors per horizon step, for any output (needs "
                              "data.val of at least data.horizon steps)")
     samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
-    normalize: Literal["none", "last", "mean", "seasonal"] = Field(
+    normalize: Literal["none", "last", "mean", "seasonal", "auto_ets", "auto_arima", "auto_theta"] = Field(
         "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets; "
                             "seasonal: inputs relative to the last value, targets to the seasonal-naive forecast "
-                            "(period evaluate.season), so that the network learns the correction to it")
+                            "(period evaluate.season), so that the network learns the correction to it; auto_ets, "
+                            "auto_arima, auto_theta: a hybrid, targets relative to that statsforecast model's "
+                            "forecast from each origin (fitted per series on its transformed training part, on "
+                            "the history before the first origin in a backtest, on the history given when "
+                            "forecasting), the network learning the correction to it")
+    combine: Literal["none", "auto_ets", "auto_arima", "auto_theta"] = Field(
+        "none", description="a hybrid: the forecast is the weighted mean (in the transformed, scaled space) of the "
+                            "network's and that statsforecast model's forecast, the model fitted per series as for "
+                            "normalize = 'auto_*'; intervals move with the point")
+    combine_weight: float = Field(0.5, ge=0, le=1, description="the network's weight in forecast.combine")
     seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
+
+    def statistical(self) -> str:
+        """The statsforecast model a hybrid fits ('' for none): forecast.normalize's or forecast.combine's."""
+        if self.normalize.startswith("auto_"):
+            return self.normalize
+        return "" if self.combine == "none" else self.combine
 
     @model_validator(mode="after")
     def _check(self) -> ForecastConfig:
+        if self.normalize.startswith("auto_") and self.combine not in ("none", self.normalize):
+            raise ValueError(f"forecast.combine: a hybrid fits one statistical model; got normalize "
+                             f"{self.normalize!r} and combine {self.combine!r}; set both to the same or combine "
+                             "to 'none'")
         q = self.quantiles
         if self.output == "quantile":
             if (len(q) < 3 or any(not 0 < v < 1 for v in q) or any(b <= a for a, b in zip(q, q[1:]))
@@ -161,6 +180,9 @@ class ForecastExperiment(Config):
         if self.model.vocab_size:
             raise ValueError(f"model.vocab_size: a forecaster reads continuous values, expected 0, "
                              f"got {self.model.vocab_size}")
+        if self.forecast.normalize not in ("none", "last", "mean") and self.forecast.strategy != "direct":
+            raise ValueError(f"forecast.normalize: {self.forecast.normalize!r} needs strategy='direct' (the "
+                             f"reference is a forecast of the whole horizon), got {self.forecast.strategy!r}")
         if self.forecast.normalize == "seasonal":
             season = self.evaluate.season
             if self.forecast.strategy != "direct" or season < 2 or self.data.lookback < season:

@@ -4,7 +4,7 @@ after the last target, future dates, and windows gathered from arrays in model s
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,23 +99,26 @@ class _Batch:
     """Windows in model space: targets (transformed, scaled) and covariates (scaled).
 
     y_in <float32>[W, L, C] (NaN where missing); past <float32>[W, L, Pc]; fut_in <float32>[W, L, Fc];
-    fut_out <float32>[W, h, Fc]; y_out <float32>[W, h, C] or None (forecasting past the data)."""
+    fut_out <float32>[W, h, Fc]; y_out <float32>[W, h, C] or None (forecasting past the data);
+    statistical <float32>[W, h, C]: a statistical model's forecast from each origin (a hybrid's
+    reference, NaN where it failed), or None."""
 
     y_in: np.ndarray
     past: np.ndarray
     fut_in: np.ndarray
     fut_out: np.ndarray
     y_out: np.ndarray | None = None
+    statistical: np.ndarray | None = None
 
 
-def _gather(y: np.ndarray, past: np.ndarray, fut: np.ndarray, origins: np.ndarray, lookback: int, horizon: int,
-            with_targets: bool) -> _Batch:
-    """Windows ending at each origin (the first forecast step) from full arrays over time."""
+def _gather(p: _Prepared, origins: np.ndarray, lookback: int, horizon: int, with_targets: bool) -> _Batch:
+    """Windows ending at each origin (the first forecast step) from a series' arrays over time."""
     steps_in = origins[:, None] - lookback + np.arange(lookback)
     steps_out = origins[:, None] + np.arange(horizon)
     f32 = np.float32
-    return _Batch(y[steps_in].astype(f32), past[steps_in].astype(f32), fut[steps_in].astype(f32),
-                  fut[steps_out].astype(f32), y[steps_out].astype(f32) if with_targets else None)
+    return _Batch(p.y[steps_in].astype(f32), p.past[steps_in].astype(f32), p.fut[steps_in].astype(f32),
+                  p.fut[steps_out].astype(f32), p.y[steps_out].astype(f32) if with_targets else None,
+                  p.statistical(origins, horizon) if p.statistical is not None else None)
 
 
 @dataclass
@@ -129,6 +132,8 @@ class _Prepared:
     fut: np.ndarray     # <float64>[N + ahead, Fc] scaled (+ the one-hot static categories)
     ahead: int
     scalers: dict[str, Scaler | None] = field(default_factory=dict)  # those that scaled it
+    # a hybrid's statistical model: (origins, horizon) -> its forecasts <float32>[W, horizon, C] in model space
+    statistical: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
 # ------------------------------------------------------------------------- categorical covariates

@@ -56,10 +56,12 @@ class _Network:
         self.fc, self.data, self.season = experiment.forecast, experiment.data, experiment.evaluate.season
         self.c, self.pc, self.fcov = sizes["target"], sizes["past"], sizes["future"]
         self.k = {"point": 1, "gaussian": 2, "quantile": len(self.fc.quantiles)}[self.fc.output]
+        # a hybrid reads its statistical forecast (relative to the last value) at each horizon step
+        self.stat = self.c if self.fc.normalize not in ("none", "last", "mean", "seasonal") else 0
         if self.fc.strategy == "recursive":
             self.layout = "recursive"
         else:
-            self.layout = "steps" if self.fcov else "last"
+            self.layout = "steps" if self.fcov or self.stat else "last"
 
     def model_fields(self) -> dict[str, Any]:
         """The ModelConfig fields that the data decides."""
@@ -67,26 +69,32 @@ class _Network:
         if self.layout == "last":
             return {"input_size": c + self.pc, "output_size": h * c * k, "output_per": "sequence",
                     "pooling": "last", "vocab_size": 0, "output_activation": "linear"}
-        return {"input_size": c + self.pc + self.fcov + 1, "output_size": c * k, "output_per": "step",
+        return {"input_size": c + self.pc + self.fcov + self.stat + 1, "output_size": c * k, "output_per": "step",
                 "vocab_size": 0, "output_activation": "linear"}
 
     # ---------------------------------------------------------------------------- inputs
     def inputs(self, b: _Batch, horizon: int) -> tuple[Tensor, np.ndarray]:
         """(x, reference) for ``horizon`` steps; for "recursive" x holds the lookback steps only
         unless ``b.y_out`` is given (teacher forcing). The reference is <float32>[W, 1, C], or
-        [W, horizon, C] for ``normalize = "seasonal"`` (inputs relative to the last value, targets
-        to the seasonal-naive forecast)."""
-        ref = _reference(b.y_in, "last" if self.fc.normalize == "seasonal" else self.fc.normalize)
+        [W, horizon, C] for ``normalize = "seasonal"`` or a statistical model (inputs relative to the
+        last value, targets to the seasonal-naive or the statistical forecast, the last value where
+        that failed)."""
+        how = self.fc.normalize
+        ref = last = _reference(b.y_in, how if how in ("none", "last", "mean") else "last")
         y_in = np.nan_to_num(b.y_in - ref)
-        if self.fc.normalize == "seasonal":
+        if how == "seasonal":
             ref = _seasonal_reference(b.y_in, horizon, self.season, ref)
+        elif self.stat:
+            ref = np.where(np.isnan(b.statistical[:, :horizon]), ref, b.statistical[:, :horizon]).astype(np.float32)
         w, lookback = y_in.shape[:2]
         if self.layout == "last":
             return torch.from_numpy(np.concatenate([y_in, b.past], axis=2)), ref
         if self.layout == "steps":
-            hist = np.concatenate([y_in, b.past, b.fut_in, np.ones((w, lookback, 1), np.float32)], axis=2)
+            hist = np.concatenate([y_in, b.past, b.fut_in, np.zeros((w, lookback, self.stat), np.float32),
+                                   np.ones((w, lookback, 1), np.float32)], axis=2)
+            stat = (ref - last) if self.stat else np.zeros((w, horizon, 0), np.float32)
             ahead = np.concatenate([np.zeros((w, horizon, self.c + self.pc), np.float32), b.fut_out[:, :horizon],
-                                    np.zeros((w, horizon, 1), np.float32)], axis=2)
+                                    stat, np.zeros((w, horizon, 1), np.float32)], axis=2)
             return torch.from_numpy(np.concatenate([hist, ahead], axis=1)), ref
         # recursive: step t reads y_t, past_t (while observed), future covariates of step t+1, flag
         fut_next = np.concatenate([b.fut_in[:, 1:], b.fut_out[:, :1]], axis=1)
@@ -142,7 +150,8 @@ class _Network:
     @torch.no_grad()
     def forecast(self, model: SequenceModel, b: _Batch, horizon: int, level: float) -> dict[str, np.ndarray]:
         """Forecasts in model space plus the reference: {"point", "lower", "upper", "quantiles"}, each
-        <float32>[W, horizon, C] ("quantiles": [W, horizon, C, Q]); intervals only when probabilistic."""
+        <float32>[W, horizon, C] ("quantiles": [W, horizon, C, Q]); intervals only when probabilistic;
+        a hybrid's statistical forecast alone as "statistical"."""
         model.eval()
         device = next(model.parameters()).device
         x, ref = self.inputs(b, horizon)
@@ -152,7 +161,20 @@ class _Network:
             out = self._read(params, level)
         else:
             out = self._recursive(model, x.to(device), b, horizon, level, device)
-        return {name: (v + (ref[..., None] if v.ndim == 4 else ref)).astype(np.float32) for name, v in out.items()}
+        out = {name: (v + (ref[..., None] if v.ndim == 4 else ref)).astype(np.float32) for name, v in out.items()}
+        if b.statistical is None:
+            return out
+        if self.stat:  # the network corrected the statistical forecast, its reference
+            out["statistical"] = np.broadcast_to(ref, out["point"].shape).astype(np.float32)
+        else:
+            stat = b.statistical[:, :horizon]
+            out["statistical"] = np.where(np.isnan(stat), out["point"], stat)
+        if self.fc.combine != "none":  # the weighted mean of the two; the interval moves with the point
+            w = self.fc.combine_weight
+            shift = (1 - w) * (out["statistical"] - out["point"])
+            out = {name: v + (shift[..., None] if v.ndim == 4 else shift) if name != "statistical" else v
+                   for name, v in out.items()}
+        return out
 
     def _read(self, params: Tensor, level: float) -> dict[str, np.ndarray]:
         if self.fc.output == "point":

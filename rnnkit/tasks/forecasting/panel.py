@@ -65,14 +65,16 @@ class ManySeries:
         return experiment, {"panel": panel, "splits": splits, "series_scalers": series_scalers, "scalers": {},
                             "columns": columns, "evaluate": given["evaluate"]}
 
-    def _panel_arrays(self, s: PanelSeries, future_cov: np.ndarray | None = None) -> _Prepared:
+    def _panel_arrays(self, s: PanelSeries, future_cov: np.ndarray | None = None, fit_end: int | None = None
+                      ) -> _Prepared:
         """One of many series in model space, with its own scalers (fitted on its whole history when
-        the series was not among those trained on) and its one-hot static categories."""
+        the series was not among those trained on) and its one-hot static categories; ``fit_end``
+        as ``_arrays``'."""
         scalers = self.series_scalers.get(s.id)
         if scalers is None:
             cfg = self.experiment.data
             scalers = _fit_scalers(cfg.scaler, s, cfg.transform, self.columns["target"], slice(0, len(s)))
-        return self._arrays(s, future_cov, scalers, self._one_hot(s))
+        return self._arrays(s, future_cov, scalers, self._one_hot(s), fit_end)
 
     def _one_hot(self, s: PanelSeries) -> np.ndarray:
         """<float64>[sum of category counts]: the series' static categories, one-hot per column."""
@@ -146,9 +148,12 @@ class ManySeries:
             truth, observed = s.target, np.where(s.target_mask, s.target, np.nan)
             actuals = np.stack([observed[o:o + horizon] for o in origins])
             t0 = _now()
-            out = self._run(self._panel_arrays(s), origins, horizon, level)
+            out = self._run(self._panel_arrays(s, fit_end=int(start)), origins, horizon, level)
             seconds["model"] = seconds.get("model", 0.0) + _now() - t0
             runs = {"model": Backtest(origins, out["point"], actuals)}
+            if "statistical" in out:  # a hybrid's statistical component alone
+                name = f"component_{self.experiment.forecast.statistical()}"
+                runs[name] = Backtest(origins, out["statistical"], actuals)
             if baselines:
                 baseline_runs, baseline_seconds = self._baseline_runs(truth, int(start), horizon, stride, actuals,
                                                                       df is None, series_id=s.id)

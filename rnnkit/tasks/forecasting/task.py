@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, halfwidth
 from .panel import ManySeries
+from .statistical import StatisticalModel
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Forecaster(ManySeries, Task):
         self.backtests: dict[int, ForecastBacktest] = {}
         self.conformal: dict[str, Any] | None = None  # calibration scores of conformal intervals
         self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
+        self._statistical_fits: dict[tuple, StatisticalModel] = {}  # a hybrid's models, by series and span
 
     # ------------------------------------------------------------------------------ fit
     keywords = {"target": "data.target_columns"}
@@ -164,7 +167,8 @@ class Forecaster(ManySeries, Task):
         if "panel" in prepared:  # one global model: the windows of every series, each in its own scale
             parts = {"train": [], "val": []}
             for s in prepared["panel"].series:
-                split, arrays = prepared["splits"][s.id], self._panel_arrays(s)
+                split = prepared["splits"][s.id]
+                arrays = self._panel_arrays(s, fit_end=split.train.stop)
                 for part, span in (("train", split.train), ("val", split.val)):
                     if span.stop - span.start >= horizon:
                         windows = self._windows(arrays, span, part, required=False)
@@ -176,7 +180,7 @@ class Forecaster(ManySeries, Task):
             val_set = tuple(torch.cat(t) for t in zip(*parts["val"])) if parts["val"] else None
         else:
             split = prepared["split"]
-            arrays = self._arrays(prepared["series"], None)
+            arrays = self._arrays(prepared["series"], None, fit_end=split.train.stop)
             train_set = self._windows(arrays, split.train, "train")
             val_set = self._windows(arrays, split.val, "val") if split.val.stop > split.val.start else None
             if val_set is None and split.val.stop > split.val.start:
@@ -241,9 +245,12 @@ class Forecaster(ManySeries, Task):
         """<float>[W, H, C]: forecast − actual in model space over the validation span (every series)."""
         horizon = self.experiment.data.horizon
         if "panel" in prepared:
-            series = [(self._panel_arrays(s), prepared["splits"][s.id].val) for s in prepared["panel"].series]
+            splits = prepared["splits"]
+            series = [(self._panel_arrays(s, fit_end=splits[s.id].train.stop), splits[s.id].val)
+                      for s in prepared["panel"].series]
         else:
-            series = [(self._arrays(prepared["series"], None), prepared["split"].val)]
+            split = prepared["split"]
+            series = [(self._arrays(prepared["series"], None, fit_end=split.train.stop), split.val)]
         errors = []
         for p, val in series:
             origins = np.arange(val.start, val.stop - horizon + 1, dtype=np.int64)
@@ -301,7 +308,7 @@ class Forecaster(ManySeries, Task):
                 return None
             raise ValueError(f"data: every {part} window has an all-NaN input or target "
                              f"({windows.dropped} dropped); check the missing values of {list(self.columns['target'])}")
-        b = _gather(p.y, p.past, p.fut, windows.starts + cfg.lookback, cfg.lookback, cfg.horizon, True)
+        b = _gather(p, windows.starts + cfg.lookback, cfg.lookback, cfg.horizon, True)
         x, ref = self.net.inputs(b, cfg.horizon)
         return x.contiguous(), self.net.targets(b, ref).contiguous()
 
@@ -331,11 +338,14 @@ class Forecaster(ManySeries, Task):
 
     # ----------------------------------------------------------------------- preparation
     def _arrays(self, series: SeriesData | PanelSeries, future_cov: np.ndarray | None,
-                scalers: dict[str, Scaler | None] | None = None, static: np.ndarray | None = None) -> _Prepared:
+                scalers: dict[str, Scaler | None] | None = None, static: np.ndarray | None = None,
+                fit_end: int | None = None) -> _Prepared:
         """A cleaned series (and the raw future covariates past its end, <float>[ahead, Fc]) in model space;
-        ``scalers`` default to the forecaster's; ``static``: the one-hot categories, appended at every step."""
+        ``scalers`` default to the forecaster's; ``static``: the one-hot categories, appended at every step;
+        ``fit_end``: a hybrid's statistical model is fitted on the steps before it (default: all)."""
         scalers = self.scalers if scalers is None else scalers
         y = _transform(series.target, self.columns["transform"], self.columns["target"], series.index)
+        statistical = self._statistical(series, y, len(series) if fit_end is None else fit_end, scalers["target"])
         y = _scale(scalers["target"], y)
         past = _scale(scalers["past"], series.past)
         fut = series.future
@@ -345,7 +355,20 @@ class Forecaster(ManySeries, Task):
         fut = _scale(scalers["future"], fut)
         if static is not None and static.size:
             fut = np.concatenate([fut, np.tile(static, (len(fut), 1))], axis=1)
-        return _Prepared(series, y, past, fut, ahead, scalers)
+        return _Prepared(series, y, past, fut, ahead, scalers, statistical)
+
+    def _statistical(self, series: SeriesData | PanelSeries, y: np.ndarray, fit_end: int,
+                     scaler: Scaler | None) -> Callable[[np.ndarray, int], np.ndarray] | None:
+        """A hybrid's reference: its statistical model fitted on ``y[:fit_end]`` (the transformed targets;
+        a fit kept for the next call on the same values, e.g. backtests at several horizons) run over
+        ``y``; None for other forecasters."""
+        name = self.experiment.forecast.statistical()
+        if not name:
+            return None
+        key = (getattr(series, "id", None), fit_end, hash(np.ascontiguousarray(y[:fit_end]).tobytes()))
+        if key not in self._statistical_fits:
+            self._statistical_fits[key] = StatisticalModel(name, self.experiment.evaluate.season, y[:fit_end])
+        return self._statistical_fits[key].reference(y, scaler)
 
     def _freq(self, freq: str | None) -> str | None:
         """The frequency of new data: the trained one, or ``freq`` where training had none (irregular dates)."""
@@ -500,7 +523,7 @@ class Forecaster(ManySeries, Task):
                              f"than the lookback {lookback}")
         parts: list[dict[str, np.ndarray]] = []
         for i in range(0, len(origins), batch):
-            b = _gather(p.y, p.past, p.fut, origins[i:i + batch], lookback, horizon, False)
+            b = _gather(p, origins[i:i + batch], lookback, horizon, False)
             empty = np.isnan(b.y_in).all(axis=(1, 2))
             if empty.any():
                 at = p.data.index[int(origins[i + int(np.argmax(empty))]) - 1]
@@ -602,7 +625,7 @@ class Forecaster(ManySeries, Task):
                              f"{n - horizon}] for a series of {n} steps, got {start}")
         # past the data end the direct "steps" layout needs no covariates (step h reads up to h),
         # so the arrays cover exactly the series
-        p = self._arrays(series, None)
+        p = self._arrays(series, None, fit_end=int(start))
         origins = np.arange(start, n - horizon + 1, stride, dtype=np.int64)
         # the baselines run on the filled series; only observed values are scored (a gap's filled value is no actual)
         truth, observed = series.target, np.where(series.target_mask, series.target, np.nan)
@@ -612,6 +635,8 @@ class Forecaster(ManySeries, Task):
         out = self._run(p, origins, horizon, level)
         seconds["model"] = _now() - t0
         runs = {"model": Backtest(origins, out["point"], actuals)}
+        if "statistical" in out:  # a hybrid's statistical component alone
+            runs[f"component_{self.experiment.forecast.statistical()}"] = Backtest(origins, out["statistical"], actuals)
         if baselines:
             baseline_runs, baseline_seconds = self._baseline_runs(truth, int(start), horizon, stride, actuals, df is None)
             runs.update(baseline_runs)

@@ -1,0 +1,71 @@
+"""A statistical model as the window's reference: the hybrid forecaster (``forecast.normalize =
+"auto_ets" | "auto_arima" | "auto_theta"``), after ES-RNN's recipe of a statistical component that a
+network corrects.
+
+The statsforecast model is fitted on one series' transformed targets (``data.transform`` applied,
+before scaling) up to ``fit_end``: the training part when training, the part before the first
+origin in a backtest, the whole history given when forecasting past it. From each origin it then
+forecasts the horizon with the fitted parameters run over the history up to that origin
+(``rnnkit.baselines``' ``predict``), and those forecasts, scaled like the targets, are what the
+network's outputs are added to. A fit that fails (a series too short or constant) falls back to
+seasonal naive (or naive), and an origin whose forecast fails to the window's last value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from ...baselines import AutoARIMA, AutoETS, AutoTheta, Naive, SeasonalNaive
+from ...data.series import Scaler
+from .data import _scale
+
+logger = logging.getLogger(__name__)
+
+MODELS = {"auto_ets": AutoETS, "auto_arima": AutoARIMA, "auto_theta": AutoTheta}
+
+
+def filled(y: np.ndarray) -> np.ndarray:
+    """<float64>[N, C] with missing values interpolated in time (and the ends carried)."""
+    return pd.DataFrame(y).interpolate(limit_direction="both").to_numpy(np.float64)
+
+
+class StatisticalModel:
+    """A statsforecast model fitted on ``train`` <float>[N, C] (transformed targets; NaN filled in time)
+    with ``MODELS[name](season)``; seasonal naive (or naive) where that fit fails."""
+
+    def __init__(self, name: str, season: int, train: np.ndarray) -> None:
+        self.name, self.fallback = name, ""
+        train = filled(train)
+        try:
+            self.model = MODELS[name](season).fit(train)
+        except Exception as error:  # statsforecast raises several kinds on short or flat series
+            simple = SeasonalNaive(season) if season > 1 and len(train) >= season else Naive()
+            self.model, self.fallback = simple.fit(train), f"{type(simple).__name__} ({error})"
+            logger.info("forecast.normalize=%r: the fit on %d steps failed (%s); using %s", name, len(train),
+                        error, type(simple).__name__)
+
+    def forecasts(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        """<float64>[W, horizon, C]: the forecast from each origin over the history ``y[:origin]`` (filled);
+        NaN where it failed (e.g. a history shorter than the model needs)."""
+        out = np.full((len(origins), horizon, y.shape[1]), np.nan)
+        for k, origin in enumerate(origins):
+            try:
+                out[k] = self.model.predict(y[:int(origin)], horizon)
+            except Exception:  # the window's last value is taken instead (heads._Network.inputs)
+                continue
+        return out
+
+    def reference(self, y: np.ndarray, scaler: Scaler | None) -> Callable[[np.ndarray, int], np.ndarray]:
+        """(origins, horizon) -> <float32>[W, horizon, C]: the forecasts over the series ``y`` <float>[N, C]
+        (transformed), scaled by ``scaler`` like the targets."""
+        history = filled(y)
+
+        def run(origins: np.ndarray, horizon: int) -> np.ndarray:
+            out = self.forecasts(history, origins, horizon)
+            return _scale(scaler, out.reshape(-1, out.shape[2])).reshape(out.shape).astype(np.float32)
+
+        return run
