@@ -61,7 +61,9 @@ def experiment(df: pd.DataFrame, train: pd.DataFrame, horizon: int, season: int,
                  "test": horizon, "val": horizon if args.validate else 0, "lookback": lookback, "horizon": horizon,
                  "transform": transform, "scaler": "standard", "batch_size": args.batch_size},
         "forecast": {"strategy": "direct", "output": "point",
-                     "normalize": args.normalize if season > 1 or args.normalize != "seasonal" else "last"},
+                     "normalize": args.normalize if season > 1 or args.normalize != "seasonal" else "last",
+                     "combine": args.combine, "combine_weight": args.combine_weight,
+                     "statistical_space": args.statistical_space},
         "model": {"cell": "gru", "hidden_size": args.hidden, "num_layers": 1, "dropout": args.dropout},
         "train": {"epochs": args.epochs, "lr": args.lr, "max_minutes": args.minutes, "log_every": 10**9,
                   "seed": args.seed, "device": "cpu", "early_stop_patience": args.patience if args.validate else 0},
@@ -128,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="window reference: the last value, or (seasonal) targets relative to the seasonal-naive "
                              "forecast (the last value where m = 1), or (auto_*) the hybrid: targets relative to that "
                              "statsforecast model's forecast, fitted per series on its log training part")
+    parser.add_argument("--combine", default="none", choices=["none", "auto_ets", "auto_arima", "auto_theta"],
+                        help="the hybrid that averages the network's forecast with this statsforecast model's, fitted "
+                             "per series (forecast.combine)")
+    parser.add_argument("--combine-weight", type=float, default=0.5, help="the network's weight in --combine")
+    parser.add_argument("--statistical-space", default="data", choices=["data", "transformed"],
+                        help="fit the hybrid's statistical model on the series' own units or on its log")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_competitions")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

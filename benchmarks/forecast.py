@@ -11,8 +11,9 @@ Three studies, each a rolling-origin backtest over a held-out test span (origins
   48-month test span). Naive, seasonal naive (m = 12), statsforecast's AutoETS, AutoARIMA and
   AutoTheta (m = 12) and Holt-Winters (additive trend, multiplicative season) are fitted on the 96
   months before the test.
-- sunspots: configs/sunspots.toml (last 20% as test), horizons 1 and 12, one seed; the statsforecast
-  baselines with m = 12.
+- sunspots: configs/sunspots.toml (last 20% as test), horizons 1 and 12, ``--sunspots-seeds`` seeds
+  (one by default; with more, the table of seed 0, the mean ± sd and the ensemble as for airline); the
+  statsforecast baselines with m = 12, fitted once.
 - covariates: a generated daily series, 3 channels sharing an AR(1) factor, a weekend effect and a
   random known-future "promo" covariate; the same model with (promo + day-of-week calendar) and
   without covariates, 3 training seeds each; horizon 7; season 7.
@@ -93,6 +94,35 @@ def table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def json_table(frame: pd.DataFrame) -> dict:
+    return {k: {m: (None if isinstance(v, float) and math.isnan(v) else v) for m, v in row.items()}
+            for k, row in frame.to_dict(orient="index").items()}
+
+
+def ensemble_table(members: list[Forecaster], h: int, label: str) -> pd.DataFrame:
+    """Seed 0, the mean ± sd over the members, their ensemble (mean forecast; with Gaussian members the
+    mixture's interval) and the first member's baseline rows, at horizon ``h``; printed."""
+    bts = [m.backtests[h] for m in members]
+    base, season = bts[0], members[0].experiment.evaluate.season
+    rows = {"model (seed 0)": base.metrics.loc["model"].to_dict()}
+    per_seed = pd.DataFrame([bt.metrics.loc["model"] for bt in bts])
+    rows[f"model mean of {len(bts)} seeds"] = per_seed.mean().to_dict()
+    rows[f"model sd over {len(bts)} seeds"] = per_seed.std(ddof=1).to_dict() if len(bts) > 1 else {}
+    point = np.stack([bt.backtests["model"].forecasts for bt in bts]).mean(axis=0)
+    lower, upper = (mixture_interval(np.stack([bt.lower for bt in bts]), np.stack([bt.upper for bt in bts]),
+                                     base.level) if base.lower is not None else (None, None))
+    train = members[0].data.target[:members[0].test_start]
+    rows[f"ensemble of {len(bts)} seeds"] = score_forecast(base.backtests["model"].actuals, point, train, season,
+                                                           lower, upper)
+    for name in base.metrics.index[1:]:
+        rows[name] = base.metrics.loc[name].to_dict()
+    frame = table(rows)
+    print(f"\n{label}, horizon {h}: {len(base.origin_dates)} origins {base.origin_dates[0].date()} .. "
+          f"{base.origin_dates[-1].date()}; interval level {base.level}")
+    print(format_metrics(frame))
+    return frame
+
+
 # ----------------------------------------------------------------------------------- airline
 def airline(args, out: Path) -> dict:
     exp = experiment("airline.toml", args.data_dir, args.airline_set)
@@ -104,28 +134,9 @@ def airline(args, out: Path) -> dict:
         print(f"  airline seed {seed}: fit + backtests {seconds:.1f} s", flush=True)
     results = {"config": exp.to_dict(), "fit_seconds": fit_seconds, "tables": {}}
     first = members[0]
-    train = first.data.target[:first.test_start]
     for h in (1, 12):
-        bts = [m.backtests[h] for m in members]
-        base = bts[0]
-        rows = {"model (seed 0)": base.metrics.loc["model"].to_dict()}
-        per_seed = pd.DataFrame([bt.metrics.loc["model"] for bt in bts])
-        rows[f"model mean of {len(bts)} seeds"] = per_seed.mean().to_dict()
-        rows[f"model sd over {len(bts)} seeds"] = per_seed.std(ddof=1).to_dict() if len(bts) > 1 else {}
-        forecasts = np.stack([bt.backtests["model"].forecasts for bt in bts])
-        point = forecasts.mean(axis=0)
-        lower, upper = (mixture_interval(np.stack([bt.lower for bt in bts]), np.stack([bt.upper for bt in bts]),
-                                         base.level) if base.lower is not None else (None, None))
-        actual = base.backtests["model"].actuals
-        rows[f"ensemble of {len(bts)} seeds"] = score_forecast(actual, point, train, 12, lower, upper)
-        for name in base.metrics.index[1:]:
-            rows[name] = base.metrics.loc[name].to_dict()
-        frame = table(rows)
-        results["tables"][f"h{h}"] = {k: {m: (None if isinstance(v, float) and math.isnan(v) else v)
-                                          for m, v in row.items()} for k, row in frame.to_dict(orient="index").items()}
-        print(f"\nairline, horizon {h}: {len(base.origin_dates)} origins {base.origin_dates[0].date()} .. "
-              f"{base.origin_dates[-1].date()}; interval level {base.level}")
-        print(format_metrics(frame))
+        frame = ensemble_table(members, h, "airline")
+        results["tables"][f"h{h}"] = json_table(frame)
         if h == 1:
             print(f"reference: Keras LSTM tutorial test RMSE {KERAS_TUTORIAL_RMSE} (one step ahead)")
             results["keras_tutorial_rmse"] = KERAS_TUTORIAL_RMSE
@@ -157,10 +168,19 @@ def sunspots(args, out: Path) -> dict:
     baselines = {name: sum(bt.seconds.get(name, 0) for bt in fc.backtests.values()) for name in exp.evaluate.statistical}
     print(f"  sunspots: fit + backtests {seconds:.1f} s (model {fc.backtests[1].seconds['model']:.2f} s; fit and "
           "backtest of " + ", ".join(f"{k} {v:.1f} s" for k, v in baselines.items()) + ")")
-    results = {"config": exp.to_dict(), "seconds": seconds, "tables": {}}
+    members, fit_seconds = [fc], [seconds]
+    for seed in range(1, args.sunspots_seeds):  # the baselines once, with seed 0
+        member, spent = quiet_fit(apply_overrides(exp, [f"train.seed={seed}", 'evaluate.statistical="none"']))
+        members.append(member)
+        fit_seconds.append(spent)
+        print(f"  sunspots seed {seed}: fit + backtests {spent:.1f} s", flush=True)
+    results = {"config": exp.to_dict(), "seconds": seconds, "fit_seconds": fit_seconds, "tables": {}}
     for h, bt in fc.backtests.items():
-        print(f"\n{bt.table()}")
-        results["tables"][f"h{h}"] = bt.to_dict()
+        if len(members) == 1:
+            print(f"\n{bt.table()}")
+            results["tables"][f"h{h}"] = bt.to_dict()
+        else:
+            results["tables"][f"h{h}"] = json_table(ensemble_table(members, h, "sunspots"))
     return results
 
 
@@ -202,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_forecast")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--seeds", type=int, default=5, help="airline seeds (ensemble members)")
+    parser.add_argument("--sunspots-seeds", type=int, default=1, help="sunspots seeds (ensemble members)")
     parser.add_argument("--only", default="airline,sunspots,covariates", help="comma-separated studies")
     parser.add_argument("--airline-set", action="append", default=[], help="override for airline.toml, key=value")
     parser.add_argument("--sunspots-set", action="append", default=[], help="override for sunspots.toml, key=value")

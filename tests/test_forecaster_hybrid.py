@@ -100,6 +100,17 @@ def test_a_combining_hybrid_averages_the_network_and_its_component_in_the_transf
     assert not np.allclose(network, component, rtol=1e-3)
 
 
+def test_the_component_may_be_fitted_in_the_datas_own_units():
+    df = monthly()
+    exp = experiment("seasonal", forecast={"combine": "auto_ets", "combine_weight": 0.0, "statistical_space": "data"})
+    bt = Forecaster.fit(df, experiment=exp).backtests[6]
+    y = df["y"].to_numpy()
+    ets = AutoETS(12).fit(y[:72])  # on the passengers themselves, not their log
+    expected = np.stack([ets.predict(y[:o], 6) for o in range(72, 96 - 6 + 1)])
+    np.testing.assert_allclose(bt.backtests["component_auto_ets"].forecasts[..., 0], expected, rtol=1e-4)
+    np.testing.assert_allclose(bt.backtests["model"].forecasts[..., 0], expected, rtol=1e-4)  # weight 0
+
+
 def test_a_recursive_hybrid_is_refused_naming_the_key():
     with pytest.raises(ValueError, match="forecast.normalize.*strategy='direct'"):
         ForecastExperiment.from_dict({"forecast": {"normalize": "auto_arima", "strategy": "recursive"}})

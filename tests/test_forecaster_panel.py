@@ -145,3 +145,22 @@ def test_series_too_short_for_a_validation_part_train_without_one():
     assert fc.test_starts == {"s0": 40, "s1": 40, "short": 18}
     bt = fc.backtest(4, baselines=False)
     assert set(bt.series_metrics.index.get_level_values("series")) == {"s0", "s1", "short"}
+
+
+def test_many_series_forecast_with_numeric_known_future_covariates():
+    rng = np.random.default_rng(1)
+    df = panel(n_series=3, n=60)
+    df["promo"] = rng.integers(0, 2, len(df)).astype(float)
+    df["y"] = df["y"] * (1 + 0.5 * df["promo"])       # a promotion lifts each series by half
+    fc = Forecaster.fit(df, experiment=tiny(40, data={"future_covariates": ["promo"]}), evaluate=False)
+    with pytest.raises(ValueError, match="future: expected the future covariates"):
+        fc.predict(4)
+
+    def plan(value: float) -> pd.DataFrame:
+        return pd.DataFrame([{"unique_id": f"s{i}", "ds": 60 + k, "promo": value} for i in range(3) for k in range(4)])
+
+    on, off = fc.predict(4, future=plan(1.0)), fc.predict(4, future=plan(0.0))
+    assert list(on.columns[:3]) == ["unique_id", "ds", "y"] and len(on) == 12
+    assert (on["y"].to_numpy() > 1.15 * off["y"].to_numpy()).all()    # the covariates reach every series
+    with pytest.raises(ValueError, match="future: series 's2' lacks its future covariates"):
+        fc.predict(4, future=plan(1.0).iloc[:-1])

@@ -97,6 +97,9 @@ class ForecastConfig(Config):
                             "network's and that statsforecast model's forecast, the model fitted per series as for "
                             "normalize = 'auto_*'; intervals move with the point")
     combine_weight: float = Field(0.5, ge=0, le=1, description="the network's weight in forecast.combine")
+    statistical_space: Literal["transformed", "data"] = Field(
+        "transformed", description="a hybrid's statsforecast model is fitted on the targets after data.transform "
+                                   "(e.g. log), or on the data's own units (its forecast then transformed)")
     seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
 
     def statistical(self) -> str:

@@ -112,14 +112,21 @@ class ManySeries:
     def _predict_panel(self, horizon: int, df: Any, future: Any, level: float | None) -> pd.DataFrame:
         """The next ``horizon`` steps of every series, as a long frame: id, time, targets (+ intervals)."""
         cols = self.columns
-        if cols["future"] or future is not None:
-            raise ValueError(f"future: forecasting many series with future covariates {cols['future']} is not "
-                             "supported; backtest() scores them over the data")
+        if future is not None and not cols["future"]:
+            raise ValueError("future: this model was trained without future covariates and will not forecast with "
+                             "covariates it was not trained with")
+        if cols["future"] and future is None:
+            raise ValueError(f"future: expected the future covariates {cols['future']} of the {horizon} steps after "
+                             f"each series' end, as a long frame with the columns {cols['id_column']!r}, "
+                             f"{cols['date_column']!r} and {cols['future']}; got none")
+        given = self._future_frame(future) if cols["future"] else None
         rows = []
         for s in self._history_panel(df).series:
             steps = self._future_steps(s, horizon)
-            ahead = (calendar_features(steps, cols["calendar"], cols["calendar_encoding"]).to_numpy()
-                     if cols["calendar"] else np.zeros((horizon, 0)))  # the static categories go on past the end
+            parts = [self._series_future(given, s, steps)] if given is not None else []
+            if cols["calendar"]:
+                parts.append(calendar_features(steps, cols["calendar"], cols["calendar_encoding"]).to_numpy())
+            ahead = np.concatenate(parts, axis=1) if parts else np.zeros((horizon, 0))  # static categories go on
             out = self._run(self._panel_arrays(s, ahead), np.array([len(s)]), horizon, level)
             frame = {cols["id_column"]: s.id, cols["date_column"]: steps}
             for c, name in enumerate(cols["target"]):
@@ -128,6 +135,34 @@ class ManySeries:
                     frame[f"{name}_lower"], frame[f"{name}_upper"] = out["lower"][0, :, c], out["upper"][0, :, c]
             rows.append(pd.DataFrame(frame))
         return pd.concat(rows, ignore_index=True)
+
+    def _future_frame(self, future: Any) -> pd.DataFrame:
+        """The known-future covariates of many series (a long frame or CSV path), one-hot where categorical,
+        indexed by (id as text, time)."""
+        cols = self.columns
+        frame = _load_frame(future, cols["date_column"])
+        missing = [c for c in (cols["id_column"], cols["date_column"], *cols["future"]) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"future: expected the columns {cols['id_column']!r}, {cols['date_column']!r} and "
+                             f"{cols['future']}; missing {missing}")
+        categorical = cols.get("categorical", {})
+        frame = encode_categories(frame, categorical, "future")
+        names = expand(cols["future"], categorical)
+        time = frame[cols["date_column"]]
+        time = time.astype(np.int64) if cols["integer_time"] else pd.to_datetime(time, errors="coerce")
+        values = frame[names].apply(pd.to_numeric, errors="coerce")
+        values.index = pd.MultiIndex.from_arrays([frame[cols["id_column"]].astype(str), time])
+        return values[~values.index.duplicated(keep="last")]
+
+    def _series_future(self, given: pd.DataFrame, s: PanelSeries, steps: pd.Index) -> np.ndarray:
+        """<float64>[len(steps), F]: series ``s``'s future covariates at ``steps``, all of them required."""
+        got = given.reindex(pd.MultiIndex.from_arrays([[str(s.id)] * len(steps), steps])).to_numpy(np.float64)
+        lacking = np.isnan(got).any(axis=1)
+        if lacking.any():
+            raise ValueError(f"future: series {s.id!r} lacks its future covariates {self.columns['future']} (or has "
+                             f"values that are not numbers) at {int(lacking.sum())} of the {len(steps)} steps after its "
+                             f"end, first at {steps[int(np.argmax(lacking))]}")
+        return got
 
     def _backtest_panel(self, horizon: int, df: Any, stride: int, level: float | None,
                         baselines: bool) -> PanelBacktest:

@@ -3,7 +3,7 @@
 network corrects.
 
 The statsforecast model is fitted on one series' transformed targets (``data.transform`` applied,
-before scaling) up to ``fit_end``: the training part when training, the part before the first
+before scaling; or on the data's own units with ``forecast.statistical_space = "data"``) up to ``fit_end``: the training part when training, the part before the first
 origin in a backtest, the whole history given when forecasting past it. From each origin it then
 forecasts the horizon with the fitted parameters run over the history up to that origin
 (``rnnkit.baselines``' ``predict``), and those forecasts, scaled like the targets, are what the
@@ -20,8 +20,14 @@ import numpy as np
 import pandas as pd
 
 from ...baselines import AutoARIMA, AutoETS, AutoTheta, Naive, SeasonalNaive
-from ...data.series import Scaler
-from .data import _scale
+from .data import _transform
+
+LOWEST = {"log": 1e-6, "log1p": -1 + 1e-6}  # a forecast in the data's units is floored here before the transform
+
+
+def transformed(forecast: np.ndarray, kind: str, columns: list[str]) -> np.ndarray:
+    """A forecast <float>[M, C] in the data's units through ``data.transform`` (floored into its domain)."""
+    return _transform(np.maximum(forecast, LOWEST[kind]) if kind in LOWEST else forecast, kind, columns)
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +65,14 @@ class StatisticalModel:
                 continue
         return out
 
-    def reference(self, y: np.ndarray, scaler: Scaler | None) -> Callable[[np.ndarray, int], np.ndarray]:
+    def reference(self, y: np.ndarray, to_model: Callable[[np.ndarray], np.ndarray]
+                  ) -> Callable[[np.ndarray, int], np.ndarray]:
         """(origins, horizon) -> <float32>[W, horizon, C]: the forecasts over the series ``y`` <float>[N, C]
-        (transformed), scaled by ``scaler`` like the targets."""
+        (in the space the model was fitted in), taken to model space by ``to_model`` (<float>[M, C] -> [M, C])."""
         history = filled(y)
 
         def run(origins: np.ndarray, horizon: int) -> np.ndarray:
             out = self.forecasts(history, origins, horizon)
-            return _scale(scaler, out.reshape(-1, out.shape[2])).reshape(out.shape).astype(np.float32)
+            return to_model(out.reshape(-1, out.shape[2])).reshape(out.shape).astype(np.float32)
 
         return run

@@ -32,7 +32,7 @@ from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, halfwidth
 from .panel import ManySeries
-from .statistical import StatisticalModel
+from .statistical import StatisticalModel, transformed
 
 logger = logging.getLogger(__name__)
 
@@ -359,16 +359,27 @@ class Forecaster(ManySeries, Task):
 
     def _statistical(self, series: SeriesData | PanelSeries, y: np.ndarray, fit_end: int,
                      scaler: Scaler | None) -> Callable[[np.ndarray, int], np.ndarray] | None:
-        """A hybrid's reference: its statistical model fitted on ``y[:fit_end]`` (the transformed targets;
-        a fit kept for the next call on the same values, e.g. backtests at several horizons) run over
-        ``y``; None for other forecasters."""
-        name = self.experiment.forecast.statistical()
+        """A hybrid's reference: its statistical model fitted on the first ``fit_end`` steps of the
+        transformed targets ``y`` (or of the data's, ``forecast.statistical_space``; a fit is kept for the
+        next call on the same values, e.g. backtests at several horizons) run over the series; None
+        for other forecasters."""
+        fc, kind = self.experiment.forecast, self.columns["transform"]
+        name = fc.statistical()
         if not name:
             return None
-        key = (getattr(series, "id", None), fit_end, hash(np.ascontiguousarray(y[:fit_end]).tobytes()))
+        if fc.statistical_space == "data":
+            values = series.target
+            def to_model(v: np.ndarray) -> np.ndarray:
+                return _scale(scaler, transformed(v, kind, self.columns["target"]))
+        else:
+            values = y
+            def to_model(v: np.ndarray) -> np.ndarray:
+                return _scale(scaler, v)
+        key = (getattr(series, "id", None), fit_end, fc.statistical_space,
+               hash(np.ascontiguousarray(values[:fit_end]).tobytes()))
         if key not in self._statistical_fits:
-            self._statistical_fits[key] = StatisticalModel(name, self.experiment.evaluate.season, y[:fit_end])
-        return self._statistical_fits[key].reference(y, scaler)
+            self._statistical_fits[key] = StatisticalModel(name, self.experiment.evaluate.season, values[:fit_end])
+        return self._statistical_fits[key].reference(values, to_model)
 
     def _freq(self, freq: str | None) -> str | None:
         """The frequency of new data: the trained one, or ``freq`` where training had none (irregular dates)."""
@@ -557,7 +568,8 @@ class Forecaster(ManySeries, Task):
         df: the history to forecast from (a DataFrame or CSV path with the trained columns); default:
             the series given to ``fit``. Rows after the last target value may carry the future
             covariates of the horizon.
-        future: the future covariates of the horizon (DataFrame with the date column), instead.
+        future: the future covariates of the horizon (DataFrame with the date column), instead; with
+            many series a long frame (or CSV path) with the id and time columns, the only way to give them.
         level: interval probability (gaussian output; default ``forecast.level``).
         extra_columns: "error" (default) refuses columns the model was not trained with; "ignore".
         freq: the dates' frequency ('D', 'MS', 'h') where the training dates were too irregular to
