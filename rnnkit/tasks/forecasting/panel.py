@@ -159,9 +159,9 @@ class ManySeries:
         got = given.reindex(pd.MultiIndex.from_arrays([[str(s.id)] * len(steps), steps])).to_numpy(np.float64)
         lacking = np.isnan(got).any(axis=1)
         if lacking.any():
-            raise ValueError(f"future: series {s.id!r} lacks its future covariates {self.columns['future']} (or has "
-                             f"values that are not numbers) at {int(lacking.sum())} of the {len(steps)} steps after its "
-                             f"end, first at {steps[int(np.argmax(lacking))]}")
+            raise ValueError(f"future: series {s.id!r} lacks its future covariates {self.columns['future']} (or "
+                             f"has values that are not numbers) at {int(lacking.sum())} of the {len(steps)} steps "
+                             f"after its end, first at {steps[int(np.argmax(lacking))]}")
         return got
 
     def _backtest_panel(self, horizon: int, df: Any, stride: int, level: float | None,

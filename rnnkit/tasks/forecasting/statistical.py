@@ -1,14 +1,16 @@
-"""A statistical model as the window's reference: the hybrid forecaster (``forecast.normalize =
-"auto_ets" | "auto_arima" | "auto_theta"``), after ES-RNN's recipe of a statistical component that a
-network corrects.
+"""A statistical model beside the network: the hybrid forecasters. ``forecast.normalize = "auto_ets" |
+"auto_arima" | "auto_theta"`` makes the network's outputs corrections to that model's forecast (ES-RNN's
+recipe of a statistical component that a network corrects); ``forecast.combine`` averages the two
+forecasts (a forecast combination).
 
 The statsforecast model is fitted on one series' transformed targets (``data.transform`` applied,
-before scaling; or on the data's own units with ``forecast.statistical_space = "data"``) up to ``fit_end``: the training part when training, the part before the first
-origin in a backtest, the whole history given when forecasting past it. From each origin it then
-forecasts the horizon with the fitted parameters run over the history up to that origin
-(``rnnkit.baselines``' ``predict``), and those forecasts, scaled like the targets, are what the
-network's outputs are added to. A fit that fails (a series too short or constant) falls back to
-seasonal naive (or naive), and an origin whose forecast fails to the window's last value.
+before scaling; or on the data's own units with ``forecast.statistical_space = "data"``) up to
+``fit_end``: the training part when training, the part before the first origin in a backtest, the
+whole history given when forecasting past it. From each origin it then forecasts the horizon with
+the fitted parameters run over the history up to that origin (``rnnkit.baselines``' ``predict``),
+and those forecasts are taken into model space (transformed, scaled like the targets). A fit that
+fails (a series too short or constant) falls back to seasonal naive (or naive), and an origin
+whose forecast fails to the window's last value.
 """
 
 from __future__ import annotations
