@@ -92,7 +92,7 @@ def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states
 
 def differentiable_grads(spec: CellSpec, x: Tensor, mask: Tensor | None, weights: list[DirectionWeights],
                          states: list[State], reverse: bool, grads: list[Tensor],
-                         inputs: list[Tensor | None]) -> list[Tensor | None]:
+                         inputs: list[Tensor | None], noise: list[Noise] | None = None) -> list[Tensor | None]:
     """Double backward for a fast kernel: the gradients of its layer w.r.t. ``inputs`` (a fast
     Function's own inputs; None where none is needed) as tensors autograd can differentiate again,
     by rerunning this reference on them and differentiating it with ``create_graph``. A fast
@@ -100,11 +100,12 @@ def differentiable_grads(spec: CellSpec, x: Tensor, mask: Tensor | None, weights
 
     x <f>[T, B, I], mask <bool>[T, B, 1] or None; one DirectionWeights and state per direction, the
     second reversed (the first too with ``reverse``); grads: those of the output and of each
-    direction's final state tensors, in that order."""
+    direction's final state tensors, in that order; noise: the regularisers' masks per direction, or None."""
     with torch.enable_grad():
         outs, finals = [], []
         for d, (w, s) in enumerate(zip(weights, states)):
-            out, final = run_direction(spec, x, w, s, mask, reverse=reverse or d == 1)
+            out, final = run_direction(spec, x, w, s, mask, reverse=reverse or d == 1,
+                                       noise=noise[d] if noise else None)
             outs.append(out)
             finals += final
         wanted = [t for t in inputs if t is not None]
