@@ -107,6 +107,9 @@ def test_command_line_entry_points_write_long_frames(global_model, tmp_path):
     assert "4 series, 20 origins; means over series" in result.table()
     rows = pd.read_csv(tmp_path / "bt.csv")
     assert len(rows) == 4 * 5 * 4 and set(rows.columns) >= {"series", "origin", "step", "actual", "forecast"}
+    # a plot per series (the first four): the series with the forecasts from its origins
+    assert sorted(p.name for p in tmp_path.glob("bt*.png")) == [f"bt_s{i}.png" for i in range(4)]
+    assert all(p.stat().st_size > 5_000 for p in tmp_path.glob("bt*.png"))
     with pytest.raises(ValueError, match=r"test: a model of many series backtests each over its last data.test"):
         backtest_to_files(tmp_path / "ckpt", tmp_path / "series.csv", test=10)
 

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 
 from ...data.series import chronological_split
-from .backtest import ForecastBacktest
+from .backtest import ForecastBacktest, PanelBacktest
 from .task import Forecaster
 
 
 # ------------------------------------------------------------------------- CLI entry points
 SHOWN = 6  # origins whose forecasts a backtest plot draws
+SERIES_SHOWN = 4  # series of a many-series backtest that get a plot each (the first ones)
 def _load(checkpoint: str | Path) -> Forecaster:
     return Forecaster.load(checkpoint)
 
@@ -87,14 +88,39 @@ def _plot_backtest(fc: Forecaster, series: Any, result: ForecastBacktest, prefix
     return pngs
 
 
+def _plot_panel_backtest(fc: Forecaster, panel: Any, result: PanelBacktest, prefix: Path) -> list[Path]:
+    """``<prefix>_<id>.png`` (``<prefix>_<id>_<target>.png`` for several targets) for the first
+    ``SERIES_SHOWN`` series: each series with the forecasts from up to ``SHOWN`` of its origins."""
+    from ...plots import plot_backtest
+    rows, targets = result.forecasts, result.target_columns
+    label = f"{result.level:.0%} interval" if result.level is not None else "interval"
+    pngs = []
+    for s in panel.series[:SERIES_SHOWN]:
+        observed = np.where(s.target_mask, s.target, np.nan)
+        for c, name in enumerate(targets):
+            mine = rows[(rows["series"] == s.id) & (rows["column"] == name)]
+            grid = {k: mine.pivot(index="origin", columns="step", values=k) for k in ("forecast", "lower", "upper")
+                    if k in mine}
+            origins = s.index.get_indexer(grid["forecast"].index)
+            bands = {k: grid[k].to_numpy() for k in ("lower", "upper") if k in grid}
+            path = prefix.with_name(f"{prefix.name}_{s.id}" + (f"_{name}" if len(targets) > 1 else "") + ".png")
+            shown = f" ({SHOWN} shown)" if len(origins) > SHOWN else ""
+            pngs.append(plot_backtest(observed[:, c], origins, grid["forecast"].to_numpy(), path, index=s.index,
+                                      show=SHOWN, interval_label=label, ylabel=_label(fc, name),
+                                      title=f"series {s.id}, {name}: {result.horizon}-step forecasts from "
+                                            f"{len(origins)} origins{shown}", **bands))
+    return pngs
+
+
 def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, horizon: int | None = None,
                       start: int | None = None, test: int | float | None = None, stride: int | None = None,
                       level: float | None = None, out_prefix: str | Path | None = None,
                       extra_columns: str = "error", freq: str | None = None) -> ForecastBacktest:
     """`rnnkit backtest CHECKPOINT --input series.csv --horizon 12 [--test 48] [--out bt]`: rolling-origin
     backtest beside the baselines; with ``out_prefix`` writes ``<out_prefix>.json`` (metrics),
-    ``<out_prefix>.csv`` (the model's forecasts per origin and step) and, for one series,
-    ``<out_prefix>.png`` (the forecasts from several origins over the series). Print ``result.table()``.
+    ``<out_prefix>.csv`` (the model's forecasts per origin and step) and ``<out_prefix>.png`` (the
+    forecasts from several origins over the series; with many series ``<out_prefix>_<id>.png`` for
+    the first ``SERIES_SHOWN``). Print ``result.table()``.
 
     test: the test part (count or fraction) whose start is the first origin, when ``start`` is not given."""
     fc = _load(checkpoint)
@@ -111,6 +137,8 @@ def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
         prefix.parent.mkdir(parents=True, exist_ok=True)
         prefix.with_name(prefix.name + ".json").write_text(json.dumps(result.to_dict(), indent=2))
         result.frame().to_csv(prefix.with_name(prefix.name + ".csv"), index=False)
-        if not fc.columns.get("id_column"):
+        if fc.columns.get("id_column"):
+            _plot_panel_backtest(fc, fc._history_panel(input), result, prefix)
+        else:
             _plot_backtest(fc, fc._read_history(input, extra_columns, fc._freq(freq))[0], result, prefix)
     return result
