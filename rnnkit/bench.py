@@ -39,12 +39,14 @@ import statistics
 import time
 from pathlib import Path
 
+import numba
+import numpy as np
 import torch
 
 import rnnkit
 
 from .kernels import fused as _fused
-from .kernels.fused.gemm import linear_pointwise
+from .kernels.fused.gemm import linear_pointwise, reorder_weight
 
 # --malloc tuned: glibc's malloc keeps freed memory (no heap trimming, no mmap for large blocks), so a
 # training step does not fault its buffers in again. torch.nn's training rows gain most; rnnkit reuses
@@ -214,6 +216,8 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
         fns = {name: make(m, x) for name, m in models.items()}
         if jax_fns is not None:
             fns["jax"] = jax_fns[mode == "train"]
+        if B == 1 and device == "cpu":  # the weight-read floor: a read of W_hh per step (two in training)
+            fns["floor"] = read_floor(step_weights(cell, I, H, streaming=False), T * (2 if mode == "train" else 1))
         first = {}
         for name, fn in fns.items():  # warm-up; the first call includes compilation (cached on disk)
             t = time.perf_counter()
@@ -239,7 +243,8 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
                 fn()
                 torch.cuda.synchronize()
                 peak_mib[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-        for name in fns:
+        floor = med.pop("floor", None)
+        for name in med:
             rows.append({
                 "cell": cell, "B": B, "T": T, "I": I, "H": H, "mode": mode, "impl": name, "device": device,
                 "peak_mib": peak_mib.get(name),
@@ -248,31 +253,50 @@ def bench_one(cell, cfg, backends, repeat, min_time, device="cpu", with_jax=True
                 "ratio_vs_reference": med[name] / med["reference"] if "reference" in med else None,
                 "ratio_vs_jax": med[name] / med["jax"] if "jax" in med else None,
                 "gflops": flops / med[name] / 1e6,
+                "floor_ms": floor, "ratio_vs_floor": med[name] / floor if floor else None,
                 "samples_ms": samples[name], "calls_per_sample": number[name],
             })
     return rows
+
+
+SEQUENCE_STEPS = 1000  # the steps of the whole-sequence call whose time per step the streaming rows show
+FLOOR_PASSES = 100  # reads of the weights per call of the floor's timing (no Python cost per pass)
 
 
 def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000, threads: int = 1) -> dict:
     """Streaming, batch 1: µs per call of one step of a 1-layer cell (input size = hidden), no grad,
     on one thread: torch.nn's *Cell (where torch.nn has the cell) against rnnkit's
     ``layer.step(x_t, state)``, the kernel it calls (``rnnkit.kernels.fused.stream_step``, state in
-    and out as tensors) and ``layer.streamer()`` (the state kept inside: a compiled
-    ``fused.Streamer``), also writing into a preallocated output (``streamer(x, out=y)``). With
-    threads > 1, also a streamer made and run on that many threads (``streamer_threads``: with large
-    weights it shares the hidden units among them, see the policy's ``stream_units_min_weight``)."""
+    and out as tensors), ``layer.streamer()`` (the state kept inside: a compiled ``fused.Streamer``),
+    also writing into a preallocated output (``streamer(x, out=y)``), and a step inside one layer call
+    of ``SEQUENCE_STEPS`` steps (``sequence``, µs per step). Beside them, the host's floors: one read
+    of the weights a step reads (``step_weights``): every weight for a streaming step (``floor``), W_hh
+    for a step inside a call (``floor_w_hh``: the input projection is one GEMM over all steps); and a
+    Python call that returns a new tensor of y_t's shape (``new_tensor``: what any call pays that
+    allocates its output). With threads > 1, also
+    a streamer made and run on that many threads (``streamer_threads``: with large weights it shares
+    the hidden units among them, see the policy's ``stream_units_min_weight``). Rounds interleave the
+    contenders in a new order each."""
     cls, _, kw, _ = CELLS[cell]
     torch.manual_seed(0)
     m = cls(hidden, hidden, **kw)
     weights = [m.direction_weights(0, 0)]
-    x = torch.randn(1, hidden)
+    x, xs = torch.randn(1, hidden), torch.randn(SEQUENCE_STEPS, 1, hidden)
     h = torch.zeros(1, 1, hidden)
     c = torch.zeros(1, 1, hidden) if len(m.spec.state_sizes) == 2 else None
     with _threads_set(1):
         streamer, y = m.streamer(1), torch.empty(1, hidden)
     state = h if c is None else (h, c)
+
+    def new_tensor(x_t):
+        return torch.empty_like(y)
     fns = {"layer.step": lambda: m.step(x, state), "fused": lambda: _fused.stream_step(m.spec, x, weights, h, c),
-           "streamer": lambda: streamer(x), "streamer_out": lambda: streamer(x, out=y)}
+           "streamer": lambda: streamer(x), "streamer_out": lambda: streamer(x, out=y),
+           "sequence": lambda: m(xs), "new_tensor": lambda: new_tensor(x),
+           "floor": read_floor(step_weights(cell, hidden, hidden, streaming=True), FLOOR_PASSES),
+           "floor_w_hh": read_floor(step_weights(cell, hidden, hidden, streaming=False), FLOOR_PASSES)}
+    per_call = {name: 1 for name in fns}  # units a call times: steps of the sequence, reads of the floor
+    per_call.update(sequence=SEQUENCE_STEPS, floor=FLOOR_PASSES, floor_w_hh=FLOOR_PASSES)
     torch_cell = {"rnn": torch.nn.RNNCell, "rnn_relu": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell,
                   "gru": torch.nn.GRUCell}.get(cell)  # torch.nn has no layer-normalised LSTM cell
     if torch_cell is not None:
@@ -284,14 +308,17 @@ def bench_stream(cell: str, hidden: int, repeat: int, number: int = 2000, thread
         with _threads_set(threads):
             shared = m.streamer(1)
         fns["streamer_threads"], on["streamer_threads"] = (lambda: shared(x)), threads
+    calls = {name: max(1, number // per_call.get(name, 1)) for name in fns}
+    order, shuffle = list(fns), random.Random(0).shuffle
     with torch.no_grad():
         samples = {name: [] for name in fns}
         for i in range(repeat + 1):  # the first round warms up
-            for name, fn in fns.items():
+            shuffle(order)
+            for name in order:
                 with _threads_set(on[name]):
-                    ms = timed(fn, number if i else 1)
+                    ms = timed(fns[name], calls[name] if i else 1)
                 if i:
-                    samples[name].append(ms * 1e3)
+                    samples[name].append(ms * 1e3 / per_call.get(name, 1))
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
@@ -349,14 +376,49 @@ def fma_peak(threads: int, info: dict[str, str] | None = None) -> tuple[float | 
     return peak, f"{threads} threads × 2 FMA pipes × {lanes} float32 lanes ({isa}) × 2 FLOPs × {ghz:.2f} GHz"
 
 
-def gemm_gflops(repeat: int = 5) -> float:
-    """This machine's float32 GEMM rate now (GFLOP/s, median): 2048³ through oneDNN with the current
-    thread count — the ceiling that every row's % of peak should be read against."""
-    n = 2048
+def gemm_gflops(repeat: int = 5, n: int = 2048) -> float:
+    """This machine's float32 GEMM rate now (GFLOP/s): n³ on the current thread count, the faster
+    (median of ``repeat``) of MKL (``torch.mm``) and oneDNN's linear on a prepacked weight — the
+    ceiling that every row's % of the GEMM rate is read against."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    linear_pointwise(a, b, None, "none", [], "")
-    times = [timed(lambda: linear_pointwise(a, b, None, "none", [], ""), 1) for _ in range(repeat)]
-    return 2.0 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
+    packed = reorder_weight(b, n)
+    fns = (lambda: torch.mm(a, b), lambda: linear_pointwise(a, packed, None, "none", [], ""))
+    best = float("inf")
+    for fn in fns:
+        fn()
+        best = min(best, statistics.median(timed(fn, 1) for _ in range(repeat)))
+    return 2.0 * n ** 3 / (best * 1e-3) / 1e9
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def read_passes(a, passes):
+    """The sum of a float32[n] taken ``passes`` times, each pass reading every element: its time ÷
+    passes is the time of one plain read of those bytes from where they stay between passes (L1, L2
+    or memory), the floor of any step that reads them once."""
+    total = 0.0
+    for _ in range(passes):
+        s = np.float32(0)
+        for i in range(a.shape[0]):
+            s += a[i]
+        total += s
+    return total
+
+
+def step_weights(cell: str, I: int, H: int, streaming: bool) -> int:
+    """Bytes of float32 weights one step reads: in a whole-sequence call the recurrent W_hh (the input
+    projection is one GEMM over all steps, outside the time loop); in a streaming step every weight of
+    the one-layer cell (W_ih, W_hh and both biases, and a layer-normalised LSTM's 10H gains and shifts)."""
+    G = CELLS[cell][3] * H
+    ln = 10 * H if cell == "lstm_ln" else 0
+    return 4 * (G * H + ((G * I + 2 * G + ln) if streaming else 0))
+
+
+def read_floor(nbytes: int, passes: int):
+    """A callable making ``passes`` reads of a float32 buffer of nbytes (its own, not a model's weights:
+    the same bytes, the same cache level), in one compiled call (no Python cost per pass)."""
+    buf = np.ones(max(1, nbytes // 4), np.float32)
+    read_passes(buf, 1)  # compiles (or loads the cache) outside the timings
+    return lambda: read_passes(buf, passes)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -417,11 +479,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         gemm = peak = peak_from = None
         print(f"GPU {torch.cuda.get_device_name()}; rnnkit with backend='auto' (%pk: of the CPU peak, "
               f"meaningless here); peak MiB: the most memory one call holds beyond its inputs", flush=True)
-    header = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {ours + ' ms':>9} {'ratio':>6} "
-              f"{ours + ' %pk':>9} {'peer %pk':>9} | {'ref ms':>9} {ours + '/ref':>9}"
-              + (f" | {'peer MiB':>9} {ours + ' MiB':>9}" if args.device == "cuda" else ""))
-    print(header)
-    print("-" * len(header))
+    print(HEADER.format(ours=ours) + (f" | {'peer MiB':>9} {ours + ' MiB':>9}" if args.device == "cuda" else ""))
+    print("-" * len(HEADER.format(ours=ours)))
     rows = []
     for cell in cells:
         for cfg in configs:
@@ -430,20 +489,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                        args.device, not args.no_jax)
             for row in got:
                 row["peak_pct"] = 100 * row["gflops"] / peak if peak else None
+                row["gemm_pct"] = 100 * row["gflops"] / gemm if gemm else None
             rows += got
             for mode in ("inference", "train"):
-                r = {row["impl"]: row for row in got if row["mode"] == mode}
-                f, t, ref = r[ours], r.get(peer_name(cell)), r.get("reference")
-                extra = "" if args.device == "cpu" else \
-                    f" | {t['peak_mib'] if t else float('nan'):9.1f} {f['peak_mib']:9.1f}"
-                if "jax" in r:
-                    extra += f" | jax {r['jax']['median_ms']:9.2f} ms, {ours}/jax {f['ratio_vs_jax']:5.2f}"
-                print(f"{cell:8} {','.join(map(str, cfg)):>16} {mode:9} | {peer_name(cell) or '-':>11} "
-                      f"{t['median_ms'] if t else float('nan'):9.2f} {f['median_ms']:9.2f} "
-                      f"{(f['ratio_vs_peer'] if t else float('nan')):6.2f} {_pct(f)}% {_pct(t)}% | "
-                      f"{ref['median_ms'] if ref else float('nan'):9.2f} "
-                      f"{(f['ratio_vs_reference'] if ref else float('nan')):9.3f}{extra}", flush=True)
-    # summary: median ratio over configs per cell and mode
+                print(table_line({row["impl"]: row for row in got if row["mode"] == mode}, ours), flush=True)
     print()
     for cell in cells:
         if configs and peer_name(cell) is None:
@@ -463,18 +512,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     stream = []
     if not args.no_stream and args.device == "cpu":
         print()
-        print("streaming step, batch 1, one layer, input = hidden, one thread (µs per call, median; ratio to torch.nn):")
+        print(f"streaming, batch 1, one layer, input = hidden, one thread; µs per call (per step in a "
+              f"{SEQUENCE_STEPS}-step call); floor: one read of the step's weights; new tensor: a Python call "
+              f"that returns one")
+        print(STREAM_HEADER.format(threads=args.threads))
+        print("-" * len(STREAM_HEADER.format(threads=args.threads)))
         for cell in cells:
             for hidden in (64, 256):
                 r = bench_stream(cell, hidden, args.repeat, threads=args.threads)
-                stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()}})
-                t = r.get("torch", float("nan"))
-                shared = (f"   streamer on {args.threads} threads {r['streamer_threads']:7.2f} µs "
-                          f"({r['streamer_threads'] / t:.2f})" if "streamer_threads" in r else "")
-                print(f"{cell:8} H={hidden:<4} torch.nn cell {t:7.2f} µs   layer.step {r['layer.step']:7.2f} µs "
-                      f"({r['layer.step'] / t:.2f})   stream_step {r['fused']:7.2f} µs ({r['fused'] / t:.2f})   "
-                      f"layer.streamer() {r['streamer']:7.2f} µs ({r['streamer'] / t:.2f})   "
-                      f"with out= {r['streamer_out']:7.2f} µs ({r['streamer_out'] / t:.2f}){shared}")
+                stream.append({"cell": cell, "H": hidden, **{f"{k}_us": v for k, v in r.items()},
+                               "floor_bytes": step_weights(cell, hidden, hidden, True)})
+                print(stream_line(stream[-1]), flush=True)
+    found = checks(rows, stream, ours)
+    if found:
+        print()
+        print("targets (docs/performance.md):")
+        for c in found:
+            print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['text']}")
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat, "device": args.device,
@@ -483,7 +537,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
               "cpu": cpu_name(info), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
               "peak_gflops": peak, "peak_from": peak_from,
-              "rows": rows, "summary": summary, "stream": stream}
+              "rows": rows, "summary": summary, "stream": stream, "checks": found}
     for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -492,25 +546,123 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return 0
 
 
-def _pct(row: dict | None, spec: str = "8.1f") -> str:
-    """A row's share of the FMA peak, for the tables: nan without a row or a known peak."""
-    pct = row.get("peak_pct") if row else None
-    return format(pct if pct is not None else float("nan"), spec)
+HEADER = (f"{'cell':8} {'B,T,I,H':>16} {'mode':9} | {'peer':>11} {'peer ms':>9} {{ours}} ms {'ratio':>6} "
+          f"{{ours}} %gemm {'peer %gemm':>10} | {'floor ms':>9} {{ours}}/floor | {'ref ms':>9} {{ours}}/ref")
+STREAM_HEADER = (f"{'cell':8} {'H':>4} | {'torch.nn':>8} {'.step':>7} {'stream_step':>11} {'streamer':>8} {'out=':>7} "
+                 f"{'{threads} threads':>9} {'in a call':>9} | {'floor':>6} {'streamer/floor':>14} "
+                 f"{'W_hh floor':>10} {'in-a-call/floor':>15} | {'new tensor':>10}")
+
+
+def _num(value, spec: str) -> str:
+    """value formatted, or "-" in the same width where there is none."""
+    width = spec.split(".")[0]
+    return format(value, spec) if value is not None else format("-", f">{width}")
+
+
+def table_line(r: dict[str, dict], ours: str) -> str:
+    """One line of the table from one cell, config and mode's rows by contender (``r[impl]``):
+    times, ratio to the peer, shares of the host's GEMM rate, ratio to the weight-read floor (batch 1),
+    ratio to the reference backend (and JAX's and GPU memory where they ran)."""
+    f = r[ours]
+    t, ref = r.get(f["peer"]), r.get("reference")
+    cfg = ",".join(str(f[k]) for k in "BTIH")
+    line = (f"{f['cell']:8} {cfg:>16} {f['mode']:9} | {f['peer'] or '-':>11} {_num(t and t['median_ms'], '9.2f')} "
+            f"{f['median_ms']:{len(ours) + 3}.2f} {_num(f['ratio_vs_peer'], '6.2f')} "
+            f"{_num(f.get('gemm_pct'), f'{len(ours) + 5}.1f')}% {_num(t and t.get('gemm_pct'), '9.1f')}% | "
+            f"{_num(f['floor_ms'], '9.3f')} {_num(f['ratio_vs_floor'], f'{len(ours) + 6}.2f')} | "
+            f"{_num(ref and ref['median_ms'], '9.2f')} {_num(f['ratio_vs_reference'], f'{len(ours) + 4}.3f')}")
+    if f["device"] == "cuda":
+        line += f" | {_num(t and t['peak_mib'], '9.1f')} {f['peak_mib']:9.1f}"
+    if "jax" in r:
+        line += f" | jax {r['jax']['median_ms']:9.2f} ms, {ours}/jax {f['ratio_vs_jax']:5.2f}"
+    return line
+
+
+def stream_line(s: dict) -> str:
+    """One line of the streaming table from a ``bench_stream`` result (µs, keys ``<name>_us``)."""
+    def us(name: str, width: int = 7) -> str:
+        return _num(s.get(f"{name}_us"), f"{width}.2f")
+    return (f"{s['cell']:8} {s['H']:>4} | {us('torch', 8)} {us('layer.step')} {us('fused', 11)} {us('streamer', 8)} "
+            f"{us('streamer_out')} {us('streamer_threads', 9)} {us('sequence', 9)} | {us('floor', 6)} "
+            f"{s['streamer_us'] / s['floor_us']:14.1f} {us('floor_w_hh', 10)} "
+            f"{s['sequence_us'] / s['floor_w_hh_us']:15.1f} | "
+            f"{us('new_tensor', 10)}")
+
+
+PEER_BAR = 1.03  # rnnkit ÷ torch.nn on every row
+GEMM_BARS = {(256, 50, 256, 512): 85.0, (64, 100, 128, 256): 75.0}  # % of the host's GEMM rate, large shapes
+FLOOR_BAR = 1.5  # a batch-1 step ÷ one read of its weights
+STREAMER_BAR_US = {64: 2.5}  # layer.streamer() µs a call, by H
+
+
+def checks(rows: list[dict], stream: list[dict], ours: str) -> list[dict]:
+    """The targets as pass/fail, from the rows that ran: per cell and mode the worst ratio to torch.nn
+    (<= PEER_BAR), the large shapes' shares of the GEMM rate (GEMM_BARS), the batch-1 rows' and the
+    streaming rows' ratios to the weight-read floor (<= FLOOR_BAR), and layer.streamer()'s µs a call
+    (STREAMER_BAR_US). Each: ``{"passed", "value", "bar", "text"}``."""
+    found = []
+
+    def check(passed: bool, value: float, bar: float, text: str) -> None:
+        found.append({"passed": passed, "value": value, "bar": bar, "text": text})
+    mine = [r for r in rows if r["impl"] == ours]
+    for cell in dict.fromkeys(r["cell"] for r in mine):
+        for mode in ("inference", "train"):
+            these = [r for r in mine if r["cell"] == cell and r["mode"] == mode]
+            judged = [r for r in these if r["peer"] == "torch"]
+            if judged:
+                worst = max(judged, key=lambda r: r["ratio_vs_peer"])
+                check(worst["ratio_vs_peer"] <= PEER_BAR, worst["ratio_vs_peer"], PEER_BAR,
+                      f"{cell:8} {mode:9} worst {ours}/torch.nn {worst['ratio_vs_peer']:.2f} (at {_cfg(worst)}), "
+                      f"bar <= {PEER_BAR}")
+            for r in these:
+                bar = GEMM_BARS.get(tuple(r[k] for k in "BTIH"))
+                if bar is not None and r.get("gemm_pct") is not None:
+                    check(r["gemm_pct"] >= bar, r["gemm_pct"], bar, f"{cell:8} {mode:9} {_cfg(r)}: "
+                          f"{r['gemm_pct']:.1f}% of the host's GEMM rate, bar >= {bar:.0f}%")
+                if r["ratio_vs_floor"] is not None:
+                    check(r["ratio_vs_floor"] <= FLOOR_BAR, r["ratio_vs_floor"], FLOOR_BAR,
+                          f"{cell:8} {mode:9} {_cfg(r)}: {r['ratio_vs_floor']:.2f}x the weight-read floor "
+                          f"({r['floor_ms']:.3f} ms), bar <= {FLOOR_BAR}x")
+    for s in stream:
+        where = f"{s['cell']:8} H={s['H']:<4}"
+        bar = STREAMER_BAR_US.get(s["H"])
+        if bar is not None:
+            check(s["streamer_us"] <= bar, s["streamer_us"], bar,
+                  f"{where} layer.streamer() {s['streamer_us']:.2f} µs a call, bar <= {bar} µs (a Python call "
+                  f"returning a new tensor: {s['new_tensor_us']:.2f} µs)")
+        for name, floor, what in (("streamer", "floor", "layer.streamer()"),
+                                  ("sequence", "floor_w_hh", f"a step in a {SEQUENCE_STEPS}-step call")):
+            ratio = s[f"{name}_us"] / s[f"{floor}_us"]
+            check(ratio <= FLOOR_BAR, ratio, FLOOR_BAR, f"{where} {what}: {ratio:.1f}x the weight-read floor "
+                  f"({s[f'{floor}_us']:.2f} µs), bar <= {FLOOR_BAR}x")
+    return found
+
+
+def _cfg(row: dict) -> str:
+    return ",".join(str(row[k]) for k in "BTIH")
 
 
 def markdown(report: dict) -> str:
-    """The README's tables from a report: fused vs peer per cell, config and mode; the medians;
-    the streaming step."""
-    lines = ["| cell | B, T, I, H | mode | peer | peer ms | rnnkit ms | ratio | rnnkit % of peak |", "|" + "---|" * 8]
+    """The docs' tables from a report: rnnkit against its peer per cell, config and mode (with the
+    shares of the host's GEMM rate and, at batch 1, the ratio to the weight-read floor); the medians;
+    the streaming step; the targets, pass or fail."""
+    def cell_text(value, spec: str, suffix: str = "") -> str:
+        return "-" if value is None else format(value, spec) + suffix
+    lines = [f"Host: {report['cpu']}, {report['threads']} threads; 2048³ float32 GEMM "
+             f"{cell_text(report['gemm_gflops'], '.0f')} GFLOP/s.", "",
+             "| cell | B, T, I, H | mode | peer | peer ms | rnnkit ms | ratio | rnnkit % of GEMM | peer % of GEMM "
+             "| floor ms | rnnkit ÷ floor |", "|" + "---|" * 11]
     by_key = {(r["cell"], r["B"], r["T"], r["I"], r["H"], r["mode"], r["impl"]): r for r in report["rows"]}
+    ours = report.get("ours", "fused")
     for (cell, B, T, I, H, mode, impl), r in by_key.items():
-        if impl != report.get("ours", "fused"):  # rnnkit's rows; JAX's have a table of their own
+        if impl != ours:  # rnnkit's rows; JAX's have a table of their own
             continue
         peer = by_key.get((cell, B, T, I, H, mode, r["peer"])) if r["peer"] else None
         lines.append(f"| {cell} | {B}, {T}, {I}, {H} | {mode} | {r['peer'] or '-'} | "
-                     f"{peer['median_ms'] if peer else float('nan'):.2f} | {r['median_ms']:.2f} | "
-                     f"{r['ratio_vs_peer'] if peer else float('nan'):.2f} | {_pct(r, '.0f')}% |")
-    ours = report.get("ours", "fused")
+                     f"{cell_text(peer and peer['median_ms'], '.2f')} | {r['median_ms']:.2f} | "
+                     f"{cell_text(r['ratio_vs_peer'], '.2f')} | {cell_text(r.get('gemm_pct'), '.0f', '%')} | "
+                     f"{cell_text(peer and peer.get('gemm_pct'), '.0f', '%')} | {cell_text(r['floor_ms'], '.3f')} | "
+                     f"{cell_text(r['ratio_vs_floor'], '.2f')} |")
     jax_rows = [(key, r) for key, r in by_key.items() if key[-1] == "jax"]
     if jax_rows:
         lines += ["", "| B, T, I, H | mode | JAX lax.scan LSTM ms | rnnkit ms | ratio |", "|---|---|---|---|---|"]
@@ -524,9 +676,18 @@ def markdown(report: dict) -> str:
         lines.append(f"| {cell} | {mode} | {against[0] if against else peer_name(cell)} | {v['median_ratio']:.2f} | "
                      f"{v['max_ratio']:.2f} |")
     if report["stream"]:
-        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs | streamer(x, out=y) µs | "
-                  f"streamer on {report['threads']} threads µs |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {s['cell']} | {s['H']} | {s.get('torch_us', float('nan')):.2f} | {s['layer.step_us']:.2f} | "
-                  f"{s['streamer_us']:.2f} | {s.get('streamer_out_us', float('nan')):.2f} | "
-                  f"{s.get('streamer_threads_us', float('nan')):.2f} |" for s in report["stream"]]
+        lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs | "
+                  f"streamer(x, out=y) µs | streamer on {report['threads']} threads µs | a step in a {SEQUENCE_STEPS}-step call µs | "
+                  "weight-read floor µs | streamer ÷ floor | W_hh floor µs | step in a call ÷ W_hh floor | "
+                  "new tensor µs |", "|" + "---|" * 13]
+        lines += [f"| {s['cell']} | {s['H']} | {cell_text(s.get('torch_us'), '.2f')} | {s['layer.step_us']:.2f} | "
+                  f"{s['streamer_us']:.2f} | {s['streamer_out_us']:.2f} | "
+                  f"{cell_text(s.get('streamer_threads_us'), '.2f')} | {s['sequence_us']:.2f} | {s['floor_us']:.2f} | "
+                  f"{s['streamer_us'] / s['floor_us']:.1f} | {s['floor_w_hh_us']:.2f} | "
+                  f"{s['sequence_us'] / s['floor_w_hh_us']:.1f} | "
+                  f"{s['new_tensor_us']:.2f} |" for s in report["stream"]]
+    if report.get("checks"):
+        lines += ["", "| target | result |", "|---|---|"]
+        lines += [f"| {' '.join(c['text'].split())} | {'pass' if c['passed'] else '**fail**'} |"
+                  for c in report["checks"]]
     return "\n".join(lines) + "\n"

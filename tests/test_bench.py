@@ -28,12 +28,27 @@ def test_bench_writes_ratios_and_streaming(tmp_path):
     assert set(report["summary"]) == {f"{c}/{m}" for c in ("gru", "lstm", "lstm_ln") for m in ("inference", "train")}
     assert {(s["cell"], s["H"]) for s in report["stream"]} == {(c, h) for c in ("gru", "lstm", "lstm_ln") for h in (64, 256)}
     assert all(s["layer.step_us"] > 0 and s["streamer_us"] > 0 and s["streamer_out_us"] > 0 for s in report["stream"])
-    assert [line.count("|") for line in table if line.startswith("| lstm_ln | 64 |")] == [8]  # seven columns
+    assert [line.count("|") for line in table if line.startswith("| lstm_ln | 64 |")] == [14]  # thirteen columns
+    assert all(s["floor_us"] > 0 and s["floor_w_hh_us"] > 0 and s["sequence_us"] > 0 and s["new_tensor_us"] > 0
+               for s in report["stream"])
+    gru64 = [s for s in report["stream"] if (s["cell"], s["H"]) == ("gru", 64)]
+    assert [s["floor_bytes"] for s in gru64] == [4 * (2 * 192 * 64 + 2 * 192)]  # W_ih, W_hh and both biases
     assert all("streamer_threads_us" not in s for s in report["stream"])  # --threads 1: no shared streamer
     assert all(("torch_us" in s) == (s["cell"] != "lstm_ln") for s in report["stream"])  # torch.nn has no LN cell
     assert report["gemm_gflops"] > 0 and report["cpu"]  # the host and its GEMM rate, to read %pk against
     assert report["peak_gflops"] == 50 and report["peak_from"] == "--peak-gflops"
     assert all(r["peak_pct"] == pytest.approx(2 * r["gflops"]) for r in report["rows"])
+    assert all(r["gemm_pct"] == pytest.approx(100 * r["gflops"] / report["gemm_gflops"]) for r in report["rows"])
+    assert all(r["floor_ms"] is None and r["ratio_vs_floor"] is None for r in report["rows"])  # B = 2: no floor
+    # the targets as pass/fail: worst ratio to torch.nn per judged cell and mode (not lstm_ln, whose peer is
+    # rnnkit's LSTM), the streamer's µs at H = 64 and the streaming rows against the weight-read floor
+    texts = [c["text"] for c in report["checks"]]
+    assert sum("worst fused/torch.nn" in t for t in texts) == 4 and not any(t.startswith("lstm_ln ") and "worst" in t
+                                                                            for t in texts)
+    assert sum("layer.streamer()" in t and "bar <= 2.5 µs" in t for t in texts) == 3  # H = 64 of three cells
+    assert sum("the weight-read floor" in t for t in texts) == 12  # streamer and a step in a call, 6 rows
+    assert all(c["passed"] == (c["value"] <= c["bar"]) for c in report["checks"])
+    assert sum(line.startswith("| ") and line.endswith(("| pass |", "| **fail** |")) for line in table) == len(texts)
 
 
 ZEN3 = {"vendor_id": "AuthenticAMD", "cpu family": "25", "cpu MHz": "2445.406", "flags": "fpu sse2 fma avx avx2"}
@@ -179,14 +194,69 @@ def test_stream_units_benchmark_runs():
 
 def test_stream_floor_benchmark_runs():
     """benchmarks/stream_floor.py takes a streaming call apart: per cell and size the whole call, its
-    fixed costs, the step alone (less than the call: no check, allocation or dispatch) and the rate
-    at which the step reads its weights."""
+    fixed costs, the step alone, and one read of the step's weights (the floor) with the rates at
+    which the step and that read go through them (positive figures; their order is the host's)."""
     import re
     lines = _run_benchmark_script("stream_floor.py", "--hidden", "8,16", "--cells", "lstm,gru", "--rounds", "1",
                                   "--calls", "20")
-    rows = [line for line in lines if " call " in line and "fixed" in line]
+    rows = [line for line in lines if " call " in line and "fixed " in line and "H=" in line]
     assert [line.split()[:2] for line in rows] == [["lstm", "H=8"], ["lstm", "H=16"], ["gru", "H=8"], ["gru", "H=16"]]
     for line in rows:
-        call, fixed, step = (float(re.search(rf"{key}\s+([0-9.]+)", line).group(1)) for key in ("call", "fixed", "step"))
-        assert 0 < step < call and fixed > 0
-    assert sum("GB/s" in line for line in lines) == 4
+        figures = [float(re.search(rf"{key}\s+([0-9.]+)", line).group(1)) for key in ("call", "fixed", "step", "entry")]
+        assert all(v > 0 for v in figures)
+    floors = [line for line in lines if line.strip().startswith("floor")]
+    assert len(floors) == 4 and all(float(re.search(r"floor ([0-9.]+) µs", line).group(1)) > 0 for line in floors)
+
+
+def test_read_floor_reads_every_weight_each_pass():
+    """The weight-read floor's loop reads the whole buffer on every pass (its result is the sum of
+    every element times the passes), and a buffer of the step's weights has their bytes."""
+    import numpy as np
+
+    from rnnkit.bench import read_floor, read_passes, step_weights
+    a = np.arange(1, 1001, dtype=np.float32)
+    assert read_passes(a, 3) == pytest.approx(3 * a.sum())
+    assert read_passes(a, 0) == 0
+    assert read_floor(4 * 1000, 7)() == pytest.approx(7 * 1000)  # a buffer of ones: 1000 floats, 7 passes
+    # a whole-sequence step reads W_hh; a streaming step every weight of the layer
+    assert step_weights("lstm", 32, 64, streaming=False) == 4 * (256 * 64)
+    assert step_weights("lstm", 32, 64, streaming=True) == 4 * (256 * 64 + 256 * 32 + 2 * 256)
+    assert step_weights("rnn", 64, 64, streaming=True) == 4 * (64 * 64 * 2 + 2 * 64)
+    assert step_weights("lstm_ln", 8, 8, streaming=True) == 4 * (32 * 8 * 2 + 2 * 32 + 80)
+    lstm = torch.nn.LSTM(32, 64)
+    assert step_weights("lstm", 32, 64, streaming=True) == sum(p.numel() * 4 for p in lstm.parameters())
+
+
+def test_batch1_rows_carry_the_weight_read_floor(tmp_path):
+    """A batch-1 row is timed beside T reads of W_hh (2T in training: forward and backward), and its
+    ratio to that floor is the row's time over it; the table and the targets show it."""
+    out, md = tmp_path / "b1.json", tmp_path / "b1.md"
+    assert main(["--configs", "1x20x4x8", "--cells", "rnn", "--repeat", "1", "--threads", "1", "--min-time", "0.001",
+                 "--no-stream", "--no-reference", "--json", str(out), "--markdown", str(md)]) == 0
+    report = json.loads(out.read_text())
+    fused = {r["mode"]: r for r in report["rows"] if r["impl"] == "fused"}
+    assert {r["impl"] for r in report["rows"]} == {"fused", "torch"}  # the floor is a column, not a contender
+    for r in fused.values():
+        assert r["floor_ms"] > 0 and r["ratio_vs_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"])
+    texts = [c["text"] for c in report["checks"]]
+    assert sum("1,20,4,8" in t and "weight-read floor" in t for t in texts) == 2
+    assert "| rnn | 1, 20, 4, 8 | inference | torch |" in md.read_text()
+
+
+def test_checks_judge_the_large_shapes_against_the_gemm_rate():
+    """GEMM_BARS: the large shapes' rows are judged by their share of the host's GEMM rate, against 85%
+    (256, 50, 256, 512) and 75% (64, 100, 128, 256); other shapes are not. The worst ratio to torch.nn
+    of a cell and mode is judged against 1.03 and names its configuration."""
+    from rnnkit.bench import checks
+
+    def row(cfg, pct, ratio=1.0):
+        B, T, I, H = cfg
+        return {"cell": "gru", "mode": "train", "impl": "fused", "peer": "torch", "B": B, "T": T, "I": I, "H": H,
+                "gemm_pct": pct, "ratio_vs_peer": ratio, "ratio_vs_floor": None, "floor_ms": None}
+    got = checks([row((256, 50, 256, 512), 84.9), row((64, 100, 128, 256), 75.0, 1.04), row((32, 200, 64, 128), 10.0)],
+                 [], "fused")
+    by_shape = {c["text"].split(":")[0].split()[-1]: c for c in got if "GEMM" in c["text"]}
+    assert set(by_shape) == {"256,50,256,512", "64,100,128,256"}
+    assert not by_shape["256,50,256,512"]["passed"] and by_shape["64,100,128,256"]["passed"]
+    worst = [c for c in got if "worst" in c["text"]]
+    assert len(worst) == 1 and not worst[0]["passed"] and "1.04 (at 64,100,128,256)" in worst[0]["text"]
