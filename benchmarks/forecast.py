@@ -120,6 +120,10 @@ def ensemble_table(members: list[Forecaster], h: int, label: str) -> pd.DataFram
     print(f"\n{label}, horizon {h}: {len(base.origin_dates)} origins {base.origin_dates[0].date()} .. "
           f"{base.origin_dates[-1].date()}; interval level {base.level}")
     print(format_metrics(frame))
+    steps = base.coverage_by_step()
+    if steps is not None:
+        print("seed 0 interval coverage by step: " + " ".join(f"{v:.2f}" for v in steps))
+        frame.attrs["coverage_by_step"] = [float(v) for v in steps]
     return frame
 
 
@@ -137,6 +141,7 @@ def airline(args, out: Path) -> dict:
     for h in (1, 12):
         frame = ensemble_table(members, h, "airline")
         results["tables"][f"h{h}"] = json_table(frame)
+        results["tables"][f"h{h}"]["coverage_by_step (seed 0)"] = frame.attrs.get("coverage_by_step")
         if h == 1:
             print(f"reference: Keras LSTM tutorial test RMSE {KERAS_TUTORIAL_RMSE} (one step ahead)")
             results["keras_tutorial_rmse"] = KERAS_TUTORIAL_RMSE

@@ -15,7 +15,9 @@ whose forecast fails to the window's last value.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -39,6 +41,23 @@ MODELS = {"auto_ets": AutoETS, "auto_arima": AutoARIMA, "auto_theta": AutoTheta}
 def filled(y: np.ndarray) -> np.ndarray:
     """<float64>[N, C] with missing values interpolated in time (and the ends carried)."""
     return pd.DataFrame(y).interpolate(limit_direction="both").to_numpy(np.float64)
+
+
+FITS_KEPT = 4096  # fits kept for the next call on the same values (backtests at several horizons, seeds)
+_fits: OrderedDict[tuple, StatisticalModel] = OrderedDict()
+
+
+def fitted(name: str, season: int, train: np.ndarray) -> StatisticalModel:
+    """``StatisticalModel(name, season, train)``, or the same fit made before on equal values."""
+    train = np.ascontiguousarray(train, dtype=np.float64)
+    key = (name, season, train.shape, hashlib.sha1(train.tobytes()).hexdigest())
+    if key in _fits:
+        _fits.move_to_end(key)
+    else:
+        _fits[key] = StatisticalModel(name, season, train)
+        if len(_fits) > FITS_KEPT:
+            _fits.popitem(last=False)
+    return _fits[key]
 
 
 class StatisticalModel:

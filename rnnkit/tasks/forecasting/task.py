@@ -3,6 +3,7 @@ backtest (see the package docstring)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, halfwidth
 from .panel import ManySeries
-from .statistical import StatisticalModel, transformed
+from .statistical import fitted, transformed
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ class Forecaster(ManySeries, Task):
         self.backtests: dict[int, ForecastBacktest] = {}
         self.conformal: dict[str, Any] | None = None  # calibration scores of conformal intervals
         self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
-        self._statistical_fits: dict[tuple, StatisticalModel] = {}  # a hybrid's models, by series and span
 
     # ------------------------------------------------------------------------------ fit
     keywords = {"target": "data.target_columns"}
@@ -302,6 +302,8 @@ class Forecaster(ManySeries, Task):
                            n_span, cfg.horizon)
             return None
         stride = cfg.stride if part == "train" else 1
+        if not self.net.stat:  # a combining hybrid trains the network alone: no statistical forecasts needed
+            p = dataclasses.replace(p, statistical=None)
         windows = make_windows(p.y, cfg.lookback, cfg.horizon, span=span, stride=stride, all_nan="drop")
         if len(windows) == 0:
             if not required:
@@ -360,9 +362,8 @@ class Forecaster(ManySeries, Task):
     def _statistical(self, series: SeriesData | PanelSeries, y: np.ndarray, fit_end: int,
                      scaler: Scaler | None) -> Callable[[np.ndarray, int], np.ndarray] | None:
         """A hybrid's reference: its statistical model fitted on the first ``fit_end`` steps of the
-        transformed targets ``y`` (or of the data's, ``forecast.statistical_space``; a fit is kept for the
-        next call on the same values, e.g. backtests at several horizons) run over the series; None
-        for other forecasters."""
+        transformed targets ``y`` (or of the data's, ``forecast.statistical_space``) run over the
+        series; None for other forecasters."""
         fc, kind = self.experiment.forecast, self.columns["transform"]
         name = fc.statistical()
         if not name:
@@ -375,11 +376,7 @@ class Forecaster(ManySeries, Task):
             values = y
             def to_model(v: np.ndarray) -> np.ndarray:
                 return _scale(scaler, v)
-        key = (getattr(series, "id", None), fit_end, fc.statistical_space,
-               hash(np.ascontiguousarray(values[:fit_end]).tobytes()))
-        if key not in self._statistical_fits:
-            self._statistical_fits[key] = StatisticalModel(name, self.experiment.evaluate.season, values[:fit_end])
-        return self._statistical_fits[key].reference(values, to_model)
+        return fitted(name, self.experiment.evaluate.season, values[:fit_end]).reference(values, to_model)
 
     def _freq(self, freq: str | None) -> str | None:
         """The frequency of new data: the trained one, or ``freq`` where training had none (irregular dates)."""
