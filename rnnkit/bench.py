@@ -6,11 +6,15 @@ training step (forward + backward of an MSE loss) for torch.nn and for rnnkit wi
 round (in a shuffled order each round) so that machine noise hits every contender alike. Each cell
 and config runs in a fresh process, so that a row does not depend on the rows run before it: in one
 process a row's timing depended on the rows run before it (docs/performance.md). It prints
-medians (ms), the ratio rnnkit ÷ torch.nn and the share of this CPU's FMA peak on the threads used
-(``fma_peak``: reckoned from /proc/cpuinfo), and can write
-JSON. The streaming rows time one step at batch 1 on one thread: torch.nn's cell, ``layer.step``,
-the kernel under it, ``layer.streamer()`` and the streamer writing into a preallocated output; and
-with ``--threads`` above 1, a streamer on that many threads (it shares large weights among them).
+medians (ms), the ratio rnnkit ÷ torch.nn, each contender's share of the host's float32 GEMM rate
+(``gemm_gflops``, measured at the start; the FMA peak, ``fma_peak``, goes to the header and the JSON),
+and for batch-1 rows the ratio to the host's weight-read floor (``read_floor``: T reads of the step's
+W_hh, timed beside them), and can write JSON and markdown. The streaming rows time one step at batch 1
+on one thread: torch.nn's cell, ``layer.step``, the kernel under it, ``layer.streamer()``, the streamer
+writing into a preallocated output, a step inside a 1000-step layer call, and with ``--threads`` above
+1 a streamer on that many threads (it shares large weights among them); beside them the floors: one
+read of the step's weights and a Python call that returns a new tensor. Last, the targets
+(``checks``) as PASS / FAIL lines.
 
     rnnkit bench --repeat 5                       (or: python benchmarks/speed.py --repeat 5)
     rnnkit bench --cells lstm,gru --configs 64x100x128x256 --json out/speed.json
@@ -530,12 +534,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         for c in found:
             print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['text']}")
     load1 = os.getloadavg()
-    print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    gemm_end = gemm_gflops() if gemm else None  # the rate again: a host that changed speed shows here
+    print(f"load average at the end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}"
+          + (f"; 2048³ GEMM at the end {gemm_end:.0f} GFLOP/s (at the start {gemm:.0f}, the % gemm columns' rate)"
+             if gemm else ""))
     report = {"torch": torch.__version__, "threads": args.threads, "repeat": args.repeat, "device": args.device,
               "malloc": args.malloc,
               "ours": ours, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-              "cpu": cpu_name(info), "gemm_gflops": gemm, "load_start": load0, "load_end": load1,
+              "cpu": cpu_name(info), "gemm_gflops": gemm, "gemm_gflops_end": gemm_end, "load_start": load0, "load_end": load1,
               "peak_gflops": peak, "peak_from": peak_from,
               "rows": rows, "summary": summary, "stream": stream, "checks": found}
     for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):
