@@ -62,7 +62,8 @@ def fitted(name: str, season: int, train: np.ndarray) -> StatisticalModel:
 
 class StatisticalModel:
     """A statsforecast model fitted on ``train`` <float>[N, C] (transformed targets; NaN filled in time)
-    with ``MODELS[name](season)``; seasonal naive (or naive) where that fit fails."""
+    with ``MODELS[name](season)``; seasonal naive (or naive) where that fit fails (``fallback`` then
+    holds the error)."""
 
     def __init__(self, name: str, season: int, train: np.ndarray) -> None:
         self.name, self.fallback = name, ""
@@ -71,7 +72,7 @@ class StatisticalModel:
             self.model = MODELS[name](season).fit(train)
         except Exception as error:  # statsforecast raises several kinds on short or flat series
             simple = SeasonalNaive(season) if season > 1 and len(train) >= season else Naive()
-            self.model, self.fallback = simple.fit(train), f"{type(simple).__name__} ({error})"
+            self.model, self.fallback = simple.fit(train), f"{type(error).__name__}: {error}"
             logger.info("forecast.normalize=%r: the fit on %d steps failed (%s); using %s", name, len(train),
                         error, type(simple).__name__)
 

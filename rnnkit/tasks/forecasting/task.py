@@ -33,7 +33,7 @@ from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, halfwidth
 from .panel import ManySeries
-from .statistical import fitted, transformed
+from .statistical import MODELS as STATISTICAL_MODELS, fitted as statistical_fit, transformed
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class Forecaster(ManySeries, Task):
             values = y
             def to_model(v: np.ndarray) -> np.ndarray:
                 return _scale(scaler, v)
-        return fitted(name, self.experiment.evaluate.season, values[:fit_end]).reference(values, to_model)
+        return statistical_fit(name, self.experiment.evaluate.season, values[:fit_end]).reference(values, to_model)
 
     def _freq(self, freq: str | None) -> str | None:
         """The frequency of new data: the trained one, or ``freq`` where training had none (irregular dates)."""
@@ -672,10 +672,15 @@ class Forecaster(ManySeries, Task):
             key = (name, start) if series_id is None else (name, series_id, start)
             try:
                 fitted = self._fitted_baselines.get(key) if reuse else None
+                if fitted is None and name in STATISTICAL_MODELS:  # shared with a hybrid's component, seeds
+                    shared = statistical_fit(name, self.experiment.evaluate.season, truth[:start])
+                    if shared.fallback:
+                        raise ValueError(shared.fallback)
+                    fitted = shared.model
                 if fitted is None:
                     fitted = model.fit(truth[:start])
-                    if reuse:
-                        self._fitted_baselines[key] = fitted
+                if reuse:
+                    self._fitted_baselines[key] = fitted
                 run = baseline_backtest(fitted.predict, truth, start, horizon, stride)
                 runs[name] = Backtest(run.origins, run.forecasts, actuals)
             except ValueError as error:
