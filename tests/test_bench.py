@@ -213,7 +213,7 @@ def test_read_floor_reads_every_weight_each_pass():
     every element times the passes), and a buffer of the step's weights has their bytes."""
     import numpy as np
 
-    from rnnkit.bench import read_floor, read_passes, step_weights
+    from rnnkit.bench import CELLS, read_floor, read_passes, step_weights
     a = np.arange(1, 1001, dtype=np.float32)
     assert read_passes(a, 3) == pytest.approx(3 * a.sum())
     assert read_passes(a, 0) == 0
@@ -223,8 +223,9 @@ def test_read_floor_reads_every_weight_each_pass():
     assert step_weights("lstm", 32, 64, streaming=True) == 4 * (256 * 64 + 256 * 32 + 2 * 256)
     assert step_weights("rnn", 64, 64, streaming=True) == 4 * (64 * 64 * 2 + 2 * 64)
     assert step_weights("lstm_ln", 8, 8, streaming=True) == 4 * (32 * 8 * 2 + 2 * 32 + 80)
-    lstm = torch.nn.LSTM(32, 64)
-    assert step_weights("lstm", 32, 64, streaming=True) == sum(p.numel() * 4 for p in lstm.parameters())
+    for cell in ("rnn", "lstm", "gru", "lstm_ln"):  # a streaming step reads every parameter of the layer
+        layer = CELLS[cell][0](32, 64, **CELLS[cell][2])
+        assert step_weights(cell, 32, 64, streaming=True) == sum(p.numel() * 4 for p in layer.parameters())
 
 
 def test_batch1_rows_carry_the_weight_read_floor(tmp_path):
