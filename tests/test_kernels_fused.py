@@ -1090,8 +1090,8 @@ def test_warm_up_compiles_the_small_training_driver():
         K = runtime.loops()
         for group in warmup.WARM_UP_GROUPS:
             warmup.warm_up_cells(group, (torch.float64,))
-        print(sum(any(str(sig[0]).startswith("array(float64") for sig in getattr(K, f"{cell}_small_{part}").signatures)
-                  for cell in ("rnn", "lstm", "gru") for part in ("forward", "backward")))
+        print(sum(any(str(sig[0]).startswith("array(float64") for sig in kernel.signatures)
+                  for cell in (K.rnn, K.lstm, K.gru) for kernel in (cell.small_forward, cell.small_backward)))
     """)
     out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "6"

@@ -14,7 +14,8 @@ this CPU model): ``explain(layer, x)`` shows it. The modules:
 - ``streaming``: whole stacks, one step (or a small call) in one compiled call; ``Streamer``.
 - ``backend``: the entry points ``rnnkit.kernels`` calls. ``warmup``: compiling every loop into numba's
   cache. ``tune``: ``rnnkit tune``.
-- ``runtime``: the compiled loops (``rnnkit.kernels.fused_loops``), loaded on first use, and threads.
+- ``loops``: the compiled loops (numba), one module per cell family; ``runtime``: those loops, loaded
+  on first use, and the threads they may run on.
 """
 
 from __future__ import annotations

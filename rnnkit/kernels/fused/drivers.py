@@ -1,7 +1,7 @@
 """The table of cells: for each, the compiled loops that run it and the Python drivers that call them
 for one direction of a layer (``layer.py`` runs the directions).
 
-Adding a cell: its loops (``fused_loops``), its forward and backward drivers below, and one entry in
+Adding a cell: its loops (a module of ``loops``), its forward and backward drivers below, and one entry in
 ``_build``. A driver's arguments: ``Forward`` / ``Backward`` (one direction's arrays, the plan), the
 direction's weights and states; it runs the plan's loop (``compiled_loop``: serial or split by rows;
 ``step_loop``: a Python loop on oneDNN's GEMM, ``gemm.step_forward``).
@@ -94,14 +94,27 @@ class Backward:
 
 
 @dataclass(frozen=True)
+class Small:
+    """A cell's drivers for one direction of the ``small_train`` path (``small.SmallLayer``), each one
+    compiled call. forward(spec, x, head, initial, reverse, out_np, off) → (the final states after h,
+    what backward needs); head = (x, w_ih, b_ih, b_hh, w_hh, h) as numpy, h updated in place; initial the
+    initial states. backward(spec, x_np, saved, out_np, off, state, initial, dstates, tail) adds the
+    direction's gradients: state = (h0, w_ih, w_hh, dh), tail = (reverse, dout, dx, *weight gradients),
+    dstates the final states' gradients, which become the initial states'."""
+
+    forward: Callable
+    backward: Callable
+
+
+@dataclass(frozen=True)
 class Cell:
     """One cell's entry: its drivers (forward(f, w_hh, w_hr, b_hh, h, c0) → finals; backward(b, w_hh,
-    w_hr, dc0) → (g_w_hh, g_b_hh or "same", g_w_hr, dc), b.dg filled), its small-training kernels (or None),
+    w_hr, dc0) → (g_w_hh, g_b_hh or "same", g_w_hr, dc), b.dg filled), its small-training drivers (or None),
     its streaming kernels and the flag they take."""
 
     forward: Callable
     backward: Callable
-    small: tuple | None
+    small: Small | None
     stream: Split
     stream_units: Callable | None
     flag: Callable[[CellSpec], bool]
@@ -112,10 +125,10 @@ def _rnn_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     T, B = f.gates.shape[:2]
     relu, keep_h, gates_np, h_np = f.spec.mode == "RNN_RELU", f.train and f.has_mask, as_np(f.gates), as_np(h)
     if f.plan.stepwise:
-        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.rnn_forward_step(
+        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.rnn.forward_step(
             t, gates_np, gh, h_np, relu, f.mask_np, f.has_mask, keep_h, f.out_np, f.off, f.hs_np))
     else:
-        Split(K.rnn_forward, K.rnn_forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, h_np, relu,
+        Split(K.rnn.forward, K.rnn.forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, h_np, relu,
                                                 f.mask_np, f.has_mask, f.reverse, keep_h, f.out_np, f.off, f.hs_np)
     f.keep.pop("gates", None)  # the RNN backward needs only the states
     return [h]
@@ -127,10 +140,10 @@ def _rnn_backward(b: Backward, w_hh, w_hr, dc0):
     relu, dg = b.spec.mode == "RNN_RELU", b.dg
     dg_np, dh_np = as_np(dg), as_np(b.dh)
     if b.plan.stepwise:
-        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.rnn_backward_step(
+        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.rnn.backward_step(
             t, tprev, tmp, b.hseq_np, b.hoff, dh_np, relu, b.mask_np, b.has_mask, b.dout_np, b.off, dg_np))
     else:
-        Split(K.rnn_backward, K.rnn_backward_par)(b.plan.chunks, b.hseq_np, b.hoff, as_np(w_hh), dh_np, relu,
+        Split(K.rnn.backward, K.rnn.backward_par)(b.plan.chunks, b.hseq_np, b.hoff, as_np(w_hh), dh_np, relu,
                                                   b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np)
     g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
     return g_w_hh, "same", None, None
@@ -145,11 +158,11 @@ def _lstm_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     cs_np = as_np(cs) if f.train else dummy(f.gates.dtype, 3)
     gates_np, h_np, c_np = as_np(f.gates), as_np(h), as_np(c)
     if f.plan.stepwise:
-        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.lstm_forward_step(
+        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.lstm.forward_step(
             t, gates_np, gh, h_np, c_np, f.mask_np, f.has_mask, f.train, f.out_np, f.off, f.hs_np, cs_np))
     else:
         w_hr_np = as_np(contiguous(w_hr)) if w_hr is not None else dummy(f.gates.dtype, 2)
-        Split(K.lstm_forward, K.lstm_forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, w_hr_np, h_np,
+        Split(K.lstm.forward, K.lstm.forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, w_hr_np, h_np,
                                                   c_np, f.mask_np, f.has_mask, f.reverse, f.train, f.out_np, f.off,
                                                   f.hs_np, cs_np)
     if f.train:
@@ -167,7 +180,7 @@ def _lstm_backward(b: Backward, w_hh, w_hr, dc0):
                                                    as_np(dc0), as_np(dg), as_np(b.dh))
     g_w_hr = None
     if b.plan.stepwise:
-        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.lstm_backward_step(
+        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.lstm.backward_step(
             t, tprev, tmp, b.reverse, gates_np, cs_np, c0_np, dh_np, dc_np, b.mask_np, b.has_mask, b.dout_np, b.off,
             dg_np))
     else:
@@ -175,7 +188,7 @@ def _lstm_backward(b: Backward, w_hh, w_hr, dc0):
         dhs = pool.empty((T, B, P), dtype) if proj else None
         hcs = pool.empty((T, B, H), dtype) if proj else None
         none3 = dummy(dtype, 3)
-        Split(K.lstm_backward, K.lstm_backward_par)(
+        Split(K.lstm.backward, K.lstm.backward_par)(
             b.plan.chunks, gates_np, cs_np, c0_np, as_np(w_hh), as_np(contiguous(w_hr)) if proj else dummy(dtype, 2),
             dh_np, dc_np, b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np,
             as_np(dhs) if proj else none3, as_np(hcs) if proj else none3)
@@ -194,10 +207,10 @@ def _gru_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     ghn_np = as_np(ghn) if f.train else dummy(f.gates.dtype, 3)
     gates_np, h_np, b_hn_np = as_np(f.gates), as_np(h), as_np(b_hn)
     if f.plan.stepwise:
-        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.gru_forward_step(
+        step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.gru.forward_step(
             t, gates_np, gh, b_hn_np, h_np, f.mask_np, f.has_mask, f.train, f.out_np, f.off, f.hs_np, ghn_np))
     else:
-        Split(K.gru_forward, K.gru_forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, b_hn_np, h_np,
+        Split(K.gru.forward, K.gru.forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, b_hn_np, h_np,
                                                 f.mask_np, f.has_mask, f.reverse, f.train, f.out_np, f.off, f.hs_np,
                                                 ghn_np)
     if f.train:
@@ -214,11 +227,11 @@ def _gru_backward(b: Backward, w_hh, w_hr, dc0):
     if b.plan.stepwise:
         dgh = torch.empty(B, 3 * H, dtype=b.dh.dtype)
         dgh_np = as_np(dgh)
-        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dgh, lambda t, tprev, tmp: K.gru_backward_step(
+        step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dgh, lambda t, tprev, tmp: K.gru.backward_step(
             t, tprev, tmp, b.reverse, *saved, dh_np, b.mask_np, b.has_mask, b.dout_np, b.off, dg_np, dghn_np,
             dgh_np))
     else:
-        Split(K.gru_backward, K.gru_backward_par)(b.plan.chunks, *saved, as_np(w_hh), dh_np, b.mask_np, b.has_mask,
+        Split(K.gru.backward, K.gru.backward_par)(b.plan.chunks, *saved, as_np(w_hh), dh_np, b.mask_np, b.has_mask,
                                                   b.reverse, b.dout_np, b.off, dg_np, dghn_np)
     g_w_hh = g_b_hh = None
     if b.need[1]:
@@ -232,9 +245,9 @@ def _gru_backward(b: Backward, w_hh, w_hr, dc0):
 def _grux_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     K = runtime.loops()
     H = f.spec.hidden_size
-    Split(K.grux_forward, K.grux_forward_par)(f.plan.chunks, as_np(f.gates), f.w(w_hh[: 2 * H]), f.w(w_hh[2 * H:]),
-                                              f.transposed, as_np(h), f.mask_np, f.has_mask, f.reverse, f.train,
-                                              f.out_np, f.off, f.hs_np)
+    Split(K.gru.grux_forward, K.gru.grux_forward_par)(
+        f.plan.chunks, as_np(f.gates), f.w(w_hh[: 2 * H]), f.w(w_hh[2 * H:]), f.transposed, as_np(h), f.mask_np,
+        f.has_mask, f.reverse, f.train, f.out_np, f.off, f.hs_np)
     return [h]
 
 
@@ -242,7 +255,7 @@ def _grux_backward(b: Backward, w_hh, w_hr, dc0):
     K = runtime.loops()
     T, B = b.hprev.shape[:2]
     H, dg_in, rhs = b.spec.hidden_size, b.dg, b.buffer(b.spec.hidden_size)
-    Split(K.grux_backward, K.grux_backward_par)(
+    Split(K.gru.grux_backward, K.gru.grux_backward_par)(
         b.plan.chunks, as_np(b.keep["gates"]), as_np(b.h0), b.hseq_np, b.hoff, as_np(contiguous(w_hh[: 2 * H])),
         as_np(contiguous(w_hh[2 * H:])), as_np(b.dh), b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off,
         as_np(dg_in), as_np(rhs))
@@ -251,6 +264,41 @@ def _grux_backward(b: Backward, w_hh, w_hr, dc0):
         g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], b.hprev, b.h0, b.reverse),
                             dg_in[:, :, 2 * H:].reshape(T * B, H).t().mm(rhs.view(T * B, H))])
     return g_w_hh, "same", None, None
+
+
+def _rnn_small_forward(spec, x, head, initial, reverse, out_np, off):
+    runtime.loops().rnn.small_forward(*head, spec.mode == "RNN_RELU", reverse, out_np, off)
+    return [], []
+
+
+def _rnn_small_backward(spec, x_np, saved, out_np, off, state, initial, dstates, tail):
+    runtime.loops().rnn.small_backward(x_np, out_np, off, *state, spec.mode == "RNN_RELU", *tail)
+
+
+def _lstm_small_forward(spec, x, head, initial, reverse, out_np, off):
+    T, B, _ = x.shape
+    c = initial[1].clone()
+    gates, cs = x.new_empty(T, B, 4 * spec.hidden_size), x.new_empty(T, B, spec.hidden_size)
+    runtime.loops().lstm.small_forward(*head, c.numpy(), reverse, out_np, off, gates.numpy(), cs.numpy())
+    return [c], [gates, cs]
+
+
+def _lstm_small_backward(spec, x_np, saved, out_np, off, state, initial, dstates, tail):
+    gates, cs = saved
+    runtime.loops().lstm.small_backward(x_np, gates.numpy(), cs.numpy(), initial[1].numpy(), out_np, off, *state,
+                                        dstates[1].numpy(), *tail)
+
+
+def _gru_small_forward(spec, x, head, initial, reverse, out_np, off):
+    T, B, _ = x.shape
+    gates, ghn = x.new_empty(T, B, 3 * spec.hidden_size), x.new_empty(T, B, spec.hidden_size)
+    runtime.loops().gru.small_forward(*head, reverse, out_np, off, gates.numpy(), ghn.numpy())
+    return [], [gates, ghn]
+
+
+def _gru_small_backward(spec, x_np, saved, out_np, off, state, initial, dstates, tail):
+    gates, ghn = saved
+    runtime.loops().gru.small_backward(x_np, gates.numpy(), ghn.numpy(), out_np, off, *state, *tail)
 
 
 def key(spec: CellSpec) -> str:
@@ -267,16 +315,16 @@ def _build() -> dict[str, Cell]:
     K = runtime.loops()
     never = None
     return {
-        "rnn": Cell(_rnn_forward, _rnn_backward, (K.rnn_small_forward, K.rnn_small_backward),
-                    Split(K.stream_rnn, K.stream_rnn_par), K.stream_rnn_units, lambda s: s.mode == "RNN_RELU"),
-        "lstm": Cell(_lstm_forward, _lstm_backward, (K.lstm_small_forward, K.lstm_small_backward),
-                     Split(K.stream_lstm, K.stream_lstm_par), K.stream_lstm_units, lambda s: False),
-        "gru": Cell(_gru_forward, _gru_backward, (K.gru_small_forward, K.gru_small_backward),
-                    Split(K.stream_gru, K.stream_gru_par), K.stream_gru_units, lambda s: True),
-        "grux": Cell(_grux_forward, _grux_backward, never, Split(K.stream_gru, K.stream_gru_par), never,
+        "rnn": Cell(_rnn_forward, _rnn_backward, Small(_rnn_small_forward, _rnn_small_backward),
+                    Split(K.rnn.stream, K.rnn.stream_par), K.rnn.stream_units, lambda s: s.mode == "RNN_RELU"),
+        "lstm": Cell(_lstm_forward, _lstm_backward, Small(_lstm_small_forward, _lstm_small_backward),
+                     Split(K.lstm.stream, K.lstm.stream_par), K.lstm.stream_units, lambda s: False),
+        "gru": Cell(_gru_forward, _gru_backward, Small(_gru_small_forward, _gru_small_backward),
+                    Split(K.gru.stream, K.gru.stream_par), K.gru.stream_units, lambda s: True),
+        "grux": Cell(_grux_forward, _grux_backward, never, Split(K.gru.stream, K.gru.stream_par), never,
                      lambda s: False),
         # the layer-normalised LSTM's layer drivers are ln.py's (an autograd Function per direction)
-        "ln_lstm": Cell(never, never, never, Split(K.stream_ln_lstm, K.stream_ln_lstm_par), never, lambda s: False),
+        "ln_lstm": Cell(never, never, never, Split(K.ln.stream, K.ln.stream_par), never, lambda s: False),
     }
 
 

@@ -67,14 +67,14 @@ def _forward(p: Plan, policy: Policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mas
     gates_np, ln_np, h_np, c_np = as_np(gates), as_np(ln), as_np(h), as_np(c)
     bufs = [as_np(out), *kept]
     with OneBlasThread():
-        _rows_pass(K.ln_input_forward, T * B, p.call.threads, policy, gates_np.reshape(T * B, G), ln_np, bias_np,
+        _rows_pass(K.ln.input_forward, T * B, p.call.threads, policy, gates_np.reshape(T * B, G), ln_np, bias_np,
                    train, ri_rows, rstd_rows)
         if p.stepwise:
-            step_forward(T, reverse, h, w_hh, lambda t, gh: K.ln_lstm_forward_step(
+            step_forward(T, reverse, h, w_hh, lambda t, gh: K.ln.forward_step(
                 t, gates_np, gh, ln_np, h_np, c_np, mask_np, has_mask, train, *bufs))
         else:
-            Split(K.ln_lstm_forward, K.ln_lstm_forward_par)(p.chunks, gates_np, as_np(w_hh), ln_np, h_np, c_np, mask_np,
-                                                            has_mask, reverse, train, *bufs)
+            Split(K.ln.forward, K.ln.forward_par)(p.chunks, gates_np, as_np(w_hh), ln_np, h_np, c_np, mask_np,
+                                                  has_mask, reverse, train, *bufs)
     saved = (x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln, mask) if train else None
     return out, h, c, saved
 
@@ -119,13 +119,13 @@ class _Recurrence(torch.autograd.Function):
         with OneBlasThread():
             if p.stepwise:
                 step_backward(T, ctx.reverse, dh_np, w_hh, B, lambda t: drh[t], lambda t, tprev, tmp:
-                              K.ln_lstm_backward_step(t, tprev, tmp, ctx.reverse, *saved, ln_np, dh_np, dc_np, mask_np,
-                                                      has_mask, *tail))
+                              K.ln.backward_step(t, tprev, tmp, ctx.reverse, *saved, ln_np, dh_np, dc_np, mask_np,
+                                                 has_mask, *tail))
             else:
-                Split(K.ln_lstm_backward, K.ln_lstm_backward_par)(p.chunks, *saved, as_np(w_hh), ln_np, dh_np, dc_np,
-                                                                  mask_np, has_mask, ctx.reverse, *tail)
+                Split(K.ln.backward, K.ln.backward_par)(p.chunks, *saved, as_np(w_hh), ln_np, dh_np, dc_np,
+                                                        mask_np, has_mask, ctx.reverse, *tail)
             # dg: from ∂L/∂(the gates' pre-activation) to ∂L/∂(x W_ih^T); the gains' and biases' sums
-            _rows_pass(K.ln_input_backward, T * B, p.call.threads, ctx.policy, as_np(dg), as_np(ri), as_np(rh),
+            _rows_pass(K.ln.input_backward, T * B, p.call.threads, ctx.policy, as_np(dg), as_np(ri), as_np(rh),
                        as_np(rstd), ln_np, mask_np, has_mask, as_np(dpar))
         dg2 = dg.view(T * B, G)
         dx = dg2.mm(w_ih).view(x.shape) if need[0] else None

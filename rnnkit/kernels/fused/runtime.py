@@ -24,15 +24,15 @@ os.register_at_fork(after_in_child=_mark_forked)
 
 
 def loops():
-    """The compiled loops (``rnnkit.kernels.fused_loops``), imported on first use (numba's import and
-    cache load cost ~0.3 s)."""
+    """The compiled loops (the package ``rnnkit.kernels.fused.loops``), imported on first use (numba's
+    import and cache load cost ~0.3 s)."""
     global _loops
     if _loops is None:
         threads = torch.get_num_threads()
-        from .. import fused_loops
+        from . import loops as compiled
         # starting numba's OpenMP pool (on the libgomp torch has loaded) resets the count torch reads
         torch.set_num_threads(threads)
-        _loops = fused_loops
+        _loops = compiled
     return _loops
 
 

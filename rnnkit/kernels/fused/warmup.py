@@ -20,9 +20,9 @@ WARM_UP_GROUPS = (
     (CellSpec("RNN_TANH", 3), CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False)),
     (CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2), CellSpec("LSTM", 3, layer_norm=True)),
 )
-"""The cells ``warm_up`` compiles, in groups that share no compiled function (rnn_*, gru_*, grux_* |
-lstm_*, ln_lstm_*): numba keeps one index file per function, which two processes compiling it at
-once could each rewrite, losing the other's entry. The two groups take about as long to compile."""
+"""The cells ``warm_up`` compiles, in groups that share no compiled function (``loops.rnn``, ``loops.gru``
+| ``loops.lstm``, ``loops.ln``): numba keeps one index file per function, which two processes compiling
+it at once could each rewrite, losing the other's entry. The two groups take about as long to compile."""
 
 NEVER = 1 << 62
 

@@ -1,0 +1,378 @@
+"""The GRU's loops: reset_after=True (torch.nn's: ``forward``, ``backward``, their one-step forms, the
+small-training calls) and reset_after=False (Cho et al., the driver table's "grux": ``grux_forward``,
+``grux_backward``); ``stream`` takes both (its flag: reset_after)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.extending import register_jitable
+
+from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, past_end, prev_step, put_rows, set_, sigmoid_,
+                     tanh_, zero_)
+from .jit import jit, parallel
+from .small import no_mask, project, small_grads
+from .stream import kernels, layer_weights, put_top, step_rows, units
+
+
+@register_jitable
+def _new_state(g, nb, hb, ob):
+    """A row's new state h = n + z·(h - n) into hb and the output row ob, given n <f>[H] in nb; the gate
+    row g <f>[3H] (r, z, n) keeps n in its n block (for backward)."""
+    H = hb.shape[0]
+    for j in range(H):
+        hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+    for j in range(H):
+        g[2 * H + j] = nb[j]
+    set_(ob, hb)
+
+
+@register_jitable
+def _fwd_ew(t, b0, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
+    B, H = h.shape
+    nb = np.empty(H, h.dtype)
+    for b in range(B):
+        ob = out[t, b0 + b, off:off + H]
+        if past_end(t, b0 + b, ob, mask, has_mask):
+            continue
+        g, ghb, hb = gates[t, b0 + b], gh[b], h[b]
+        for j in range(2 * H):
+            g[j] = sigmoid_(g[j] + ghb[j])
+        for j in range(H):
+            ghb[2 * H + j] = ghb[2 * H + j] + b_hn[j]
+        for j in range(H):
+            nb[j] = tanh_(g[2 * H + j] + g[j] * ghb[2 * H + j])
+        _new_state(g, nb, hb, ob)
+        if train:
+            set_(ghn[t, b0 + b], ghb[2 * H:])
+
+
+@register_jitable
+def _forward_rows(k, n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+    b0, b1 = chunk(k, n, h.shape[0])
+    T, _, G = gates.shape
+    ab = consts(gates)
+    hc = get_rows(h, b0, b1)
+    gh = np.empty((b1 - b0, G), gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hh, gh, ab, False, not wt)
+        _fwd_ew(t, b0, gates, gh, b_hn, hc, mask, has_mask, train, out, off, ghn)
+        if train and has_mask:
+            put_rows(hs[t], b0, hc)
+    put_rows(h, b0, hc)
+
+
+@jit
+def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+    """GRU, reset_after=True (torch.nn's), gate order r, z, n. gates hold x W_ih^T + b_ih with
+    b_hh folded into r and z; b_hn <f>[H] stays inside r·(W_hn h + b_hn). w_hh <f>[3H, H] is W_hh,
+    or W_hh^T when wt.
+    train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask."""
+    _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn)
+
+
+forward_par = parallel(_forward_rows)
+"""``forward`` with the batch in n chunks, one per thread."""
+
+
+@jit
+def forward_step(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, hs, ghn):
+    """One step of ``forward`` given gh = h W_hh^T."""
+    _fwd_ew(t, 0, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn)
+    if train and has_mask:
+        put_rows(hs[t], 0, h)
+
+
+@register_jitable
+def _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh):
+    """dgi[t], dghn[t] and the recurrent-side gradient dgh = [dgi_r, dgi_z, dghn] (0 past a length);
+    leaves the direct part dh·z in dh (the mat-mul adds dgh W_hh)."""
+    B, H = dh.shape
+    one = one_(dgi)
+    dhv = np.empty(H, dh.dtype)
+    for b in range(B):
+        r = b0 + b
+        dgb = dgi[t, r]
+        dgh_b = dgh[b]
+        if has_mask and not mask[t, r]:
+            zero_(dgb)
+            zero_(dghn[t, r])
+            zero_(dgh_b)
+            continue
+        g = gates[t, r]
+        a = ghn[t, r]
+        hp = h0[r] if first else hseq[tp, r, hoff:hoff + H]
+        do = dout[t, r, doff:doff + H]
+        dhb = dh[b]
+        dnb = dghn[t, r]
+        for j in range(H):
+            dhv[j] = dhb[j] + do[j]
+        for j in range(H):
+            n = g[2 * H + j]
+            dgb[2 * H + j] = dhv[j] * (one - g[H + j]) * (one - n * n)
+        for j in range(H):
+            rg = g[j]
+            dgb[j] = dgb[2 * H + j] * a[j] * rg * (one - rg)
+        for j in range(H):
+            z = g[H + j]
+            dgb[H + j] = dhv[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
+        for j in range(H):
+            dnb[j] = dgb[2 * H + j] * g[j]
+        for j in range(2 * H):
+            dgh_b[j] = dgb[j]
+        for j in range(H):
+            dgh_b[2 * H + j] = dnb[j]
+        for j in range(H):
+            dhb[j] = dhv[j] * g[H + j]
+
+
+@register_jitable
+def _backward_rows(k, n, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi,
+                   dghn):
+    b0, b1 = chunk(k, n, dh.shape[0])
+    T, G, ab = dgi.shape[0], dgi.shape[2], consts(dgi)
+    dhc = get_rows(dh, b0, b1)
+    dgh = np.empty((b1 - b0, G), dgi.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = prev_step(t, T, reverse)
+        _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dhc, mask, has_mask, dout, doff, dgi, dghn, dgh)
+        dot(dgh, w_hh, dhc, ab, True, False)  # masked rows of dgh are 0: their dh passes through
+    put_rows(dh, b0, dhc)
+
+
+@jit
+def backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn):
+    """Backward of ``forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
+    (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
+    [dgi_r, dgi_z, dghn]."""
+    _backward_rows(0, 1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
+                   dgi, dghn)
+
+
+backward_par = parallel(_backward_rows)
+"""``backward`` with the batch in n chunks, one per thread."""
+
+
+@jit
+def backward_step(t, tprev, tmp, reverse, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff,
+                  dgi, dghn, dgh):
+    """Add tmp = dgh W_hh of step tprev to dh if tprev >= 0, then step t's elementwise (into dgh)."""
+    if tprev >= 0:
+        merge_acc(dh, tmp)
+    if t >= 0:
+        tp, first = prev_step(t, gates.shape[0], reverse)
+        _bwd_ew(t, 0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
+
+
+@register_jitable
+def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
+    b0, b1 = chunk(k, n, h.shape[0])
+    T, _, G = gates.shape
+    H = G // 3
+    B = b1 - b0
+    ab = consts(gates)
+    hc = get_rows(h, b0, b1)
+    ghrz = np.empty((B, 2 * H), gates.dtype)
+    rh = np.empty((B, H), gates.dtype)
+    ghn = np.empty((B, H), gates.dtype)
+    nb = np.empty(H, gates.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hrz, ghrz, ab, False, not wt)
+        for b in range(B):
+            g, gb, hb, rb = gates[t, b0 + b], ghrz[b], hc[b], rh[b]
+            for j in range(2 * H):
+                g[j] = sigmoid_(g[j] + gb[j])
+            for j in range(H):
+                rb[j] = g[j] * hb[j]
+        dot(rh, w_hn, ghn, ab, False, not wt)
+        for b in range(B):
+            ob = out[t, b0 + b, off:off + H]
+            if past_end(t, b0 + b, ob, mask, has_mask):
+                continue
+            g, gn, hb = gates[t, b0 + b], ghn[b], hc[b]
+            for j in range(H):
+                nb[j] = tanh_(g[2 * H + j] + gn[j])
+            _new_state(g, nb, hb, ob)
+        if train and has_mask:
+            put_rows(hs[t], b0, hc)
+    put_rows(h, b0, hc)
+
+
+@jit
+def grux_forward(gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
+    """GRU, reset_after=False (Cho et al.): n = tanh(gi_n + W_hn (r·h) + b_hn), all biases folded into
+    gates. w_hrz <f>[2H, H] = W_h[rz]; w_hn <f>[H, H] = W_hn (both transposed when wt). train: keep
+    r, z, n in ``gates``
+    and h_t in hs with a mask. (Whole-loop only: its two mat-muls per step make a Python-driven
+    loop twice as costly.)"""
+    _grux_forward_rows(0, 1, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs)
+
+
+grux_forward_par = parallel(_grux_forward_rows)
+"""``grux_forward`` with the batch in n chunks, one per thread."""
+
+
+@register_jitable
+def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg,
+                        rhs):
+    b0, b1 = chunk(k, n, dh.shape[0])
+    T, _, G = dg.shape
+    H = G // 3
+    B = b1 - b0
+    one = one_(dg)
+    ab = consts(dg)
+    dhc = get_rows(dh, b0, b1)
+    dnp_s = np.empty((B, H), dg.dtype)
+    drh = np.empty((B, H), dg.dtype)
+    drz = np.empty((B, 2 * H), dg.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = prev_step(t, T, reverse)
+        for b in range(B):
+            r = b0 + b
+            if past_end(t, r, dg[t, r], mask, has_mask):
+                zero_(dnp_s[b])
+                continue
+            g, dhb, dgb, dn = gates[t, r], dhc[b], dg[t, r], dnp_s[b]
+            acc_(dhb, dout[t, r, doff:doff + H])
+            for j in range(H):
+                n = g[2 * H + j]
+                dn[j] = dhb[j] * (one - g[H + j]) * (one - n * n)
+            for j in range(H):
+                dgb[2 * H + j] = dn[j]
+        dot(dnp_s, w_hn, drh, ab, False, False)
+        for b in range(B):
+            r = b0 + b
+            if past_end(t, r, rhs[t, r], mask, has_mask):
+                zero_(drz[b])
+                continue
+            g = gates[t, r]
+            hp = h0[r] if first else hseq[tp, r, hoff:hoff + H]
+            dhb = dhc[b]
+            dgb = dg[t, r]
+            db = drh[b]
+            dzb = drz[b]
+            rb = rhs[t, r]
+            for j in range(H):
+                rg = g[j]
+                dgb[j] = db[j] * hp[j] * rg * (one - rg)
+            for j in range(H):
+                z = g[H + j]
+                dgb[H + j] = dhb[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
+            for j in range(2 * H):
+                dzb[j] = dgb[j]
+            for j in range(H):
+                rb[j] = g[j] * hp[j]
+            for j in range(H):
+                dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
+        dot(drz, w_hrz, dhc, ab, True, False)  # masked rows of drz are 0: their dh passes through
+    put_rows(dh, b0, dhc)
+
+
+@jit
+def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs):
+    """Backward of ``grux_forward``: dg <f>[T, B, 3H] the pre-activation gradients (the same on the
+    input and recurrent side); rhs <f>[T, B, H] = r_t·h_{t-1} (0 past a length), for dW_hn."""
+    _grux_backward_rows(0, 1, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff,
+                        dg, rhs)
+
+
+grux_backward_par = parallel(_grux_backward_rows)
+"""``grux_backward`` with the batch in n chunks, one per thread."""
+
+
+@jit
+def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, reverse, out, off, gates, ghn):
+    """One direction of a GRU layer (reset_after): gates <f>[T, B, 3H] and ghn = W_hn h + b_hn
+    <f>[T, B, H] are kept for backward."""
+    H = h.shape[1]
+    project(x, w_ih, b_ih, b_hh, 2 * H, gates)
+    _forward_rows(0, 1, gates, w_hh, False, b_hh[2 * H:], h, no_mask(), False, reverse, True, out,
+                  off, np.empty((1, 1, 1), x.dtype), ghn)
+
+
+@jit
+def small_backward(x, gates, ghn, out, off, h0, w_ih, w_hh, dh, reverse, dout, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Backward of ``small_forward``: the recurrent gradient is dgi's r and z parts and dghn."""
+    T, B, G = gates.shape
+    H = G // 3
+    dgi = np.empty(gates.shape, x.dtype)
+    dghn = np.empty((T, B, H), x.dtype)
+    _backward_rows(0, 1, gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn)
+    dgh = np.empty(gates.shape, x.dtype)
+    dgh[:, :, : 2 * H] = dgi[:, :, : 2 * H]
+    dgh[:, :, 2 * H:] = dghn
+    small_grads(x, dgi, dgh, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
+
+
+@register_jitable
+def _stream_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, unused, reset_after):
+    """Steps of a GRU stack (flag: reset_after) (see ``loops.stream``)."""
+    L, B, H = h.shape
+    G = 3 * H
+    ab = consts(h)
+    gates = np.empty((B, G), h.dtype)
+    gh = np.empty((B, G), h.dtype)
+    ghrz = np.empty((B, 2 * H), h.dtype)
+    rh = np.empty((B, H), h.dtype)
+    ghn = np.empty((B, H), h.dtype)
+    nb = np.empty(H, h.dtype)
+    for t in range(steps):
+        xin, yout = step_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = layer_weights(ptrs[layer], h, G, H)
+            hl = h[layer]
+            dot(xin, w_ih, gates, ab, False, True)
+            if reset_after:
+                dot(hl, w_hh, gh, ab, False, True)
+            else:
+                dot(hl, w_hh[: 2 * H], ghrz, ab, False, True)
+            src = gh if reset_after else ghrz
+            for b in range(B):
+                g = gates[b]
+                sb = src[b]
+                for j in range(2 * H):
+                    g[j] = sigmoid_(g[j] + bi[j] + sb[j] + bh[j])
+                hb = hl[b]
+                if reset_after:
+                    for j in range(H):
+                        nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + g[j] * (sb[2 * H + j] + bh[2 * H + j]))
+                    for j in range(H):
+                        hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+                else:
+                    rb = rh[b]
+                    for j in range(H):
+                        rb[j] = g[j] * hb[j]
+            if not reset_after:
+                dot(rh, w_hh[2 * H:], ghn, ab, False, True)
+                for b in range(B):
+                    g = gates[b]
+                    gnb = ghn[b]
+                    for j in range(H):
+                        nb[j] = tanh_(g[2 * H + j] + bi[2 * H + j] + gnb[j] + bh[2 * H + j])
+                    hb = hl[b]
+                    for j in range(H):
+                        hb[j] = nb[j] + g[H + j] * (hb[j] - nb[j])
+            xin = hl
+        put_top(yout, h)
+
+
+stream, stream_par = kernels(_stream_rows, False)
+
+
+@register_jitable
+def _unit_update(gx, gh, hold, h, c, layer, u0, u1, unused):
+    """``stream_units``' step on units u0:u1 (reset_after): n = tanh(gx_n + r·gh_n), h = n + z·(h - n)."""
+    H = h.shape[0]
+    xr, xz, xn = gx[u0:u1], gx[H + u0:H + u1], gx[2 * H + u0:2 * H + u1]
+    hr, hz, hn = gh[u0:u1], gh[H + u0:H + u1], gh[2 * H + u0:2 * H + u1]
+    ho, hu = hold[u0:u1], h[u0:u1]
+    for j in range(u1 - u0):
+        nv = tanh_(xn[j] + sigmoid_(xr[j] + hr[j]) * hn[j])
+        hu[j] = nv + sigmoid_(xz[j] + hz[j]) * (ho[j] - nv)
+
+
+stream_units = units(_unit_update, 3)
+"""``stream`` (reset_after) at batch 1 with each layer's units in n chunks, one per thread."""

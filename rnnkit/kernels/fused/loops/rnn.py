@@ -1,0 +1,186 @@
+"""The Elman RNN's loops (tanh or ReLU): the sequence forward and backward, their one-step forms for the
+step loop, the small-training calls and the streaming stack step (conventions: the package's docstring)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.extending import register_jitable
+
+from .common import chunk, consts, dot, get_rows, merge_set, one_, past_end, put_rows, tanh_
+from .jit import jit, parallel
+from .small import no_mask, project, small_grads
+from .stream import kernels, layer_weights, put_top, step_rows, units
+
+
+@register_jitable
+def _fwd_ew(t, b0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
+    B, H = h.shape
+    zero = one_(h) - one_(h)
+    for b in range(B):
+        ob = out[t, b0 + b, off:off + H]
+        if past_end(t, b0 + b, ob, mask, has_mask):
+            continue
+        g = gates[t, b0 + b]
+        ghb = gh[b]
+        hb = h[b]
+        if relu:
+            for j in range(H):
+                v = g[j] + ghb[j]
+                v = v if v > 0 else zero
+                hb[j] = v
+                ob[j] = v
+        else:
+            for j in range(H):
+                v = tanh_(g[j] + ghb[j])
+                hb[j] = v
+                ob[j] = v
+    if keep_h:
+        put_rows(hs[t], b0, h)
+
+
+@register_jitable
+def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+    b0, b1 = chunk(k, n, h.shape[0])
+    T = gates.shape[0]
+    ab = consts(gates)
+    hc = get_rows(h, b0, b1)
+    gh = np.empty(hc.shape, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        dot(hc, w_hh, gh, ab, False, not wt)
+        _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs)
+    put_rows(h, b0, hc)
+
+
+@jit
+def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+    """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``)."""
+    _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs)
+
+
+forward_par = parallel(_forward_rows)
+"""``forward`` with the batch in n chunks, one per thread."""
+
+
+@jit
+def forward_step(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
+    """One step of ``forward`` given gh = h W_hh^T."""
+    _fwd_ew(t, 0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
+
+
+@register_jitable
+def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
+    B, H = dh.shape
+    one = one_(dg)
+    zero = one - one
+    for b in range(B):
+        dgb = dg[t, b0 + b]
+        if past_end(t, b0 + b, dgb, mask, has_mask):
+            continue
+        hv = hseq[t, b0 + b, hoff:hoff + H]
+        do = dout[t, b0 + b, doff:doff + H]
+        dhb = dh[b]
+        if relu:
+            for j in range(H):
+                dgb[j] = (dhb[j] + do[j]) if hv[j] > 0 else zero
+        else:
+            for j in range(H):
+                dgb[j] = (dhb[j] + do[j]) * (one - hv[j] * hv[j])
+
+
+@register_jitable
+def _backward_rows(k, n, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+    b0, b1 = chunk(k, n, dh.shape[0])
+    T, ab = dg.shape[0], consts(dg)
+    dhc = get_rows(dh, b0, b1)
+    tmp = np.empty(dhc.shape, dh.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        _bwd_ew(t, b0, hseq, hoff, dhc, relu, mask, has_mask, dout, doff, dg)
+        dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
+        merge_set(t, b0, dhc, tmp, mask, has_mask)
+    put_rows(dh, b0, dhc)
+
+
+@jit
+def backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+    """Backward of ``forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
+    hoff:hoff+H] is the state after step t."""
+    _backward_rows(0, 1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg)
+
+
+backward_par = parallel(_backward_rows)
+"""``backward`` with the batch in n chunks, one per thread."""
+
+
+@jit
+def backward_step(t, tprev, tmp, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
+    """Finish step tprev (tmp = dg[tprev] W_hh) if tprev >= 0, then step t's elementwise if t >= 0."""
+    if tprev >= 0:
+        merge_set(tprev, 0, dh, tmp, mask, has_mask)
+    if t >= 0:
+        _bwd_ew(t, 0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
+
+
+@jit
+def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, relu, reverse, out, off):
+    """One direction of an Elman RNN layer over x <f>[T, B, I] from h <f>[B, H] (updated in place)."""
+    T, B, _ = x.shape
+    gates = np.empty((T, B, h.shape[1]), x.dtype)
+    project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
+    _forward_rows(0, 1, gates, w_hh, False, h, relu, no_mask(), False, reverse, False, out, off,
+                  np.empty((1, 1, 1), x.dtype))
+
+
+@jit
+def small_backward(x, out, off, h0, w_ih, w_hh, dh, relu, reverse, dout, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Backward of ``small_forward``: adds to dx and the weight gradients; dh <f>[B, H], the final
+    state's gradient, becomes h0's."""
+    dg = np.empty((x.shape[0], x.shape[1], h0.shape[1]), x.dtype)
+    _backward_rows(0, 1, out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg)
+    small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
+
+
+@register_jitable
+def _stream_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, unused, relu):
+    """Steps of an Elman RNN stack (flag: relu) (see ``loops.stream``)."""
+    L, B, H = h.shape
+    ab = consts(h)
+    zero = one_(h) - one_(h)
+    gates = np.empty((B, H), h.dtype)
+    for t in range(steps):
+        xin, yout = step_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
+        for layer in range(L):
+            w_ih, w_hh, bi, bh = layer_weights(ptrs[layer], h, H, H)
+            dot(xin, w_ih, gates, ab, False, True)
+            dot(h[layer], w_hh, gates, ab, True, True)
+            for b in range(B):
+                g = gates[b]
+                ob = h[layer, b]
+                for j in range(H):
+                    g[j] = g[j] + bi[j] + bh[j]
+                if relu:
+                    for j in range(H):
+                        ob[j] = g[j] if g[j] > 0 else zero
+                else:
+                    for j in range(H):
+                        ob[j] = tanh_(g[j])
+            xin = h[layer]
+        put_top(yout, h)
+
+
+stream, stream_par = kernels(_stream_rows, False)
+
+
+@register_jitable
+def _unit_update(gx, gh, hold, h, c, layer, u0, u1, relu):
+    """``stream_units``' step: h = tanh or ReLU of gx + gh on units u0:u1."""
+    zero = one_(h) - one_(h)
+    a, b, hu = gx[u0:u1], gh[u0:u1], h[u0:u1]
+    for j in range(u1 - u0):
+        v = a[j] + b[j]
+        hu[j] = (v if v > 0 else zero) if relu else tanh_(v)
+
+
+stream_units = units(_unit_update, 1)
+"""``stream`` at batch 1 with each layer's units in n chunks, one per thread (flag: relu)."""
