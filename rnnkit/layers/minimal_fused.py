@@ -1,16 +1,17 @@
 """The minimal cells' CPU fast path: one compiled pass forward and one backward (numba).
 
-Given the input projection gi <float>[B, T, G*H] of a whole sequence (one GEMM, outside), the
-forward pass computes every step's coefficients a_t, b_t from gi and runs h_t = a_t ⊙ h_{t-1} + b_t
-in the same loop; the backward pass runs the reverse scan and the coefficients' derivatives in one
-loop and returns ∂loss/∂gi, from which autograd's GEMMs give the weight and input gradients. Each
-pass reads and writes every element once, where torch's elementwise ops make ~25 passes with a
-fresh allocation each. Lanes (one sequence, 64 hidden units) run in parallel; time is sequential.
+The input projection gi = x W^T of a whole sequence is one GEMM (into a buffer kept from call to
+call); the forward pass adds the bias, computes every step's coefficients a_t, b_t and runs
+h_t = a_t ⊙ h_{t-1} + b_t in the same loop; the backward pass runs the reverse scan and the
+coefficients' derivatives in one loop, writing ∂loss/∂gi and summing the bias gradient as it goes,
+and two GEMMs give the input and weight gradients. Each pass reads and writes every element once,
+where torch's elementwise ops make ~25 passes with a fresh allocation each. Lanes (one sequence, up
+to 256 hidden units) run in parallel; time is sequential, so no log space is needed.
 
 Padding (``valid`` False) keeps the state and gives no gradient, as ``rnnkit.layers.minimal``'s
 other scans. Float32 and float64; in float32 the sigmoid is the fused loops' branch-free rational
-form (absolute error ~1e-7), so that the loops vectorise; float64 is exact. minLSTM's two softplus
-terms come from torch (vectorised there; numba has no vector exp or log without SVML).
+form (absolute error ~1e-7) and exp a branch-free polynomial (relative error < 3e-7), so that the
+loops vectorise; float64 is exact.
 
 This is a driver in all but name: it belongs in the fused backend's per-cell driver table
 (``rnnkit.kernels.fused``) once that takes cells without recurrent weights.
@@ -23,118 +24,255 @@ import math
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 from torch import Tensor
-from torch.nn import functional as F
 
 from ..kernels.base import check_out
-from ..kernels.fused import runtime
+from ..kernels.buffers import pool
+from ..kernels.fused import gemm, runtime
 from ..kernels.fused.policies import current
 
 # the fused backend's compiled helpers (float32: a branch-free sigmoid, so loops vectorise) and its
-# compile options; loaded through runtime.loops(), which keeps torch's thread count as numba starts
+# compiler (``jit``: its on-disk cache is stamped with the whole loops package, whose helpers these
+# loops inline); loaded through runtime.loops(), which keeps torch's thread count as numba starts
 _LOOPS = runtime.loops()
-one_, sigmoid_, _JIT = _LOOPS.one_, _LOOPS.sigmoid_, _LOOPS._JIT
+one_, sigmoid_, jit = _LOOPS.common.one_, _LOOPS.common.sigmoid_, _LOOPS.jit.jit
+_INLINE = dict(_LOOPS.jit.OPTIONS, inline="always")  # helpers compiled into the loops that call them
 _LANE = 256  # hidden units per parallel job: 1 KB runs of each row (64-unit runs cost a TLB miss a row a step)
 CELLS = {"MINGRU": 0, "MINLSTM": 1}  # the kernels' ``cell`` argument; G = 2 + cell gate blocks
 
 
-@njit(inline="always", **_JIT)
+def _prefetcher(write: int):
+    """An intrinsic ``prefetch(a, i)``: LLVM's prefetch of a[i]'s cache line (for a write if ``write``)."""
+    @intrinsic
+    def prefetch(typingctx, array, index):
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+            address = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+            builder.call(fn, [address, ir.Constant(i32, write), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+        return types.void(array, types.intp), codegen
+    return prefetch
+
+
+_prefetch_read, _prefetch_write = _prefetcher(0), _prefetcher(1)
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n for a float32 n holding an integer in [-126, 127], built from its exponent bits."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+    return types.float32(types.float32), codegen
+
+
+_LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+_EXP_MIN, _HALF32 = np.float32(-87.0), np.float32(0.5)
+_EXP_TAYLOR = tuple(np.float32(1.0 / math.factorial(k)) for k in range(6, -1, -1))  # 1/6!, ..., 1/1!, 1/0!
+
+
+@njit(**_INLINE)
+def _exp32(x):
+    """exp(x) for float32 x <= 0 (x < -87 gives ~1e-38), branch-free so that loops vectorise (numba's
+    exp does not without SVML): 2**n e**r with r = x - n ln 2 in [-ln2/2, ln2/2] and e**r by its
+    Taylor polynomial to r**7; relative error < 3e-7."""
+    x = _EXP_MIN if x < _EXP_MIN else x
+    n = np.floor(x * _LOG2E + _HALF32)
+    r = x - n * _LN2_HI - n * _LN2_LO
+    p = np.float32(1.0 / 5040.0)  # 1/7!
+    for c in _EXP_TAYLOR:  # Horner's rule (a constant tuple: unrolled)
+        p = r * p + c
+    return p * _pow2(n)
+
+
+def exp_(x):
+    """exp for the loops (the polynomial above in float32, libm in float64)."""
+    return math.exp(x)
+
+
+@overload(exp_)
+def _ol_exp(x):
+    if x == types.float32:
+        return lambda x: _exp32(x)
+    return lambda x: math.exp(x)
+
+
+@njit(**_INLINE)
+def _minlstm_gates(kf, ki, one):
+    """minLSTM's normalised gates (a, 1 - a) = (f, i) / (f + i), f = σ(kf), i = σ(ki): with
+    E = exp(-k), f / (f + i) = (1 + E_i) / (2 + E_i + E_f), every term scaled by exp(-m),
+    m = max(0, -kf, -ki), so that no exp overflows and the denominator is >= 1 (the paper's log-space
+    form, softplus differences, needs a log as well; this needs three exps)."""
+    zero = one - one
+    m = max(zero, max(-kf, -ki))
+    em, ef, ei = exp_(-m), exp_(-kf - m), exp_(-ki - m)
+    c = one / (em + em + ef + ei)
+    return (em + ei) * c, (em + ef) * c
+
+
+@njit(**_INLINE)
 def _g(u, s, one):
     """min_g(u) given s = σ(u) (computed on both sides so the choice is a select); ``one`` is 1 in
     the arrays' dtype (a float64 literal would turn float32 arithmetic into float64)."""
     return u + one / (one + one) if u >= 0.0 else s
 
 
-@njit(inline="always", **_JIT)
+@njit(**_INLINE)
 def _dg(u, s, one):
     return one if u >= 0.0 else s * (one - s)
 
 
-@njit(inline="always", **_JIT)
-def _softplus(x):
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
-
-
-@njit(inline="always", **_JIT)
-def _coefficients(cell, row, aux, j, hidden):
-    """(a, b) at one step and unit. minGRU: a = 1 - σ(k), b = σ(k) g(u). minLSTM: a = f/(f+i) = σ(-d),
-    b = i/(f+i) g(u), d = log i - log f = aux[j] - aux[hidden + j] with aux = softplus(-[kf | ki])
-    (from torch, whose softplus is vectorised; numba's exp and log are not without SVML)."""
+@njit(**_INLINE)
+def _coefficients(cell, row, bias, j, hidden):
+    """(a, b) at one step and unit from the step's projection row + bias. minGRU: a = 1 - σ(k),
+    b = σ(k) g(u). minLSTM: a = f/(f+i), b = i/(f+i) g(u)."""
     one = one_(row)
     if cell == 0:
-        k, u = row[j], row[hidden + j]
+        k, u = row[j] + bias[j], row[hidden + j] + bias[hidden + j]
         z = sigmoid_(k)
         return one - z, z * _g(u, sigmoid_(u), one)
-    u, d = row[2 * hidden + j], aux[j] - aux[hidden + j]
-    return sigmoid_(-d), sigmoid_(d) * _g(u, sigmoid_(u), one)
+    a, ia = _minlstm_gates(row[j] + bias[j], row[hidden + j] + bias[hidden + j], one)
+    u = row[2 * hidden + j] + bias[2 * hidden + j]
+    return a, ia * _g(u, sigmoid_(u), one)
 
 
-@njit(inline="always", **_JIT)
-def _mingru_backward_step(row, aux, drow, dh, prev, g, gbuf, j0, j1, hidden):
-    """One step of minGRU's reverse scan over units j0..j1: ∂loss/∂(k, u) into drow, and g (∂loss/∂h
-    through later steps) carried back one step. Loops that each write one array, so that LLVM's
-    alias checks stay few and every loop vectorises (one loop writing three did not)."""
+@njit(**_INLINE)
+def _prefetch_rows(t, b, j0, j1, gi, dgi, dout, hs, reverse):
+    """Prefetch units j0..j1 of the rows the backward scan reads and writes at step t (the step after
+    the current one): the scan walks each sequence's rows from the last to the first, a descending
+    stream the hardware prefetcher follows poorly (without this the loop ran ~1.4x slower than the
+    same loop walking the rows ascending)."""
+    time, hidden = hs.shape[1], hs.shape[2]
+    if 0 <= t < time:
+        p = t + 1 if reverse else t - 1
+        line = 64 // gi.itemsize
+        for gate in range(gi.shape[2] // hidden):
+            for j in range(gate * hidden + j0, gate * hidden + j1, line):
+                _prefetch_read(gi[b, t], j)
+                _prefetch_write(dgi[b, t], j)
+        for j in range(j0, j1, line):
+            _prefetch_read(dout[b, t], j)
+            if 0 <= p < time:
+                _prefetch_read(hs[b, p], j)
+
+
+@njit(**_INLINE)
+def _mingru_backward_step(row, bias, drow, dh, prev, g, gb, zb, sb, db, j0, j1, hidden):
+    """One step of minGRU's reverse scan over units j0..j1: ∂loss/∂(k, u) into drow and added to db
+    (the bias gradient), and g (∂loss/∂h through later steps) carried back one step. One loop per
+    array written, each from index 0, so that LLVM's alias checks stay few and every loop
+    vectorises; σ(k) and σ(u) once each, into zb and sb."""
     one = one_(row)
-    for j in range(j1 - j0):
-        gbuf[j] = g[j] + dh[j0 + j]  # ∂loss/∂h_t
-    for j in range(j1 - j0):  # ∂/∂k: da/dk = -z(1-z), db/dk = z(1-z) g(u)
-        k, u = row[j0 + j], row[hidden + j0 + j]
-        z = sigmoid_(k)
-        drow[j0 + j] = gbuf[j] * (_g(u, sigmoid_(u), one) - prev[j0 + j]) * z * (one - z)
-    for j in range(j1 - j0):  # ∂/∂u: db/du = z g'(u)
-        u = row[hidden + j0 + j]
-        drow[hidden + j0 + j] = gbuf[j] * sigmoid_(row[j0 + j]) * _dg(u, sigmoid_(u), one)
-    for j in range(j1 - j0):  # ∂loss/∂h_{t-1} = a_t ∂loss/∂h_t
-        g[j] = (one - sigmoid_(row[j0 + j])) * gbuf[j]
+    k, u, dk, du = row[j0:j1], row[hidden + j0:hidden + j1], drow[j0:j1], drow[hidden + j0:hidden + j1]
+    bk, bu, dbk, dbu = bias[j0:j1], bias[hidden + j0:hidden + j1], db[j0:j1], db[hidden + j0:hidden + j1]
+    n = j1 - j0
+    for j in range(n):
+        zb[j] = sigmoid_(k[j] + bk[j])
+    for j in range(n):
+        sb[j] = sigmoid_(u[j] + bu[j])
+    for j in range(n):
+        gb[j] = g[j] + dh[j]  # ∂loss/∂h_t
+    for j in range(n):  # ∂/∂k: da/dk = -z(1-z), db/dk = z(1-z) g(u)
+        dk[j] = gb[j] * (_g(u[j] + bu[j], sb[j], one) - prev[j]) * zb[j] * (one - zb[j])
+    for j in range(n):  # ∂/∂u: db/du = z g'(u)
+        du[j] = gb[j] * zb[j] * _dg(u[j] + bu[j], sb[j], one)
+    for j in range(n):  # ∂loss/∂h_{t-1} = a_t ∂loss/∂h_t
+        g[j] = (one - zb[j]) * gb[j]
+    for j in range(n):
+        dbk[j] += dk[j]
+    for j in range(n):
+        dbu[j] += du[j]
 
 
-@njit(inline="always", **_JIT)
-def _minlstm_backward_step(row, aux, drow, dh, prev, g, gbuf, j0, j1, hidden):
-    """The same for minLSTM: with a = σ(-d), i' = σ(d), da/dd = -a i' and db/dd = a i' g(u), and
-    ∂d/∂kf = -(1 - f) = -σ(-kf), ∂d/∂ki = σ(-ki)."""
+@njit(**_INLINE)
+def _minlstm_backward_step(row, bias, drow, dh, prev, g, gb, ab, sb, db, j0, j1, hidden):
+    """The same for minLSTM: a = f/(f+i) = σ(-d) with d = log i - log f, i' = σ(d) = 1 - a,
+    da/dd = -a i' and db/dd = a i' g(u), ∂d/∂kf = -(1 - f) = -σ(-kf), ∂d/∂ki = σ(-ki); ab holds a,
+    sb σ(u)."""
     one = one_(row)
-    for j in range(j1 - j0):
-        gbuf[j] = g[j] + dh[j0 + j]
-    for gate in range(2):  # ∂/∂kf (sign -), ∂/∂ki (sign +)
-        sign = (one + one) * gate - one
-        for j in range(j1 - j0):
-            d, u = aux[j0 + j] - aux[hidden + j0 + j], row[2 * hidden + j0 + j]
-            a = sigmoid_(-d)
-            common = gbuf[j] * (_g(u, sigmoid_(u), one) - prev[j0 + j]) * a * (one - a)
-            drow[gate * hidden + j0 + j] = sign * common * sigmoid_(-row[gate * hidden + j0 + j])
-    for j in range(j1 - j0):  # ∂/∂u: db/du = i' g'(u)
-        d, u = aux[j0 + j] - aux[hidden + j0 + j], row[2 * hidden + j0 + j]
-        drow[2 * hidden + j0 + j] = gbuf[j] * sigmoid_(d) * _dg(u, sigmoid_(u), one)
-    for j in range(j1 - j0):
-        g[j] = sigmoid_(aux[hidden + j0 + j] - aux[j0 + j]) * gbuf[j]
+    kf, ki, u = row[j0:j1], row[hidden + j0:hidden + j1], row[2 * hidden + j0:2 * hidden + j1]
+    bf, bi, bu = bias[j0:j1], bias[hidden + j0:hidden + j1], bias[2 * hidden + j0:2 * hidden + j1]
+    df, di, du = drow[j0:j1], drow[hidden + j0:hidden + j1], drow[2 * hidden + j0:2 * hidden + j1]
+    n = j1 - j0
+    for j in range(n):
+        gb[j] = g[j] + dh[j]
+    for j in range(n):
+        ab[j] = _minlstm_gates(kf[j] + bf[j], ki[j] + bi[j], one)[0]
+    for j in range(n):
+        sb[j] = sigmoid_(u[j] + bu[j])
+    for j in range(n):  # ∂loss/∂d, kept in df until the two gates are done
+        df[j] = gb[j] * (_g(u[j] + bu[j], sb[j], one) - prev[j]) * ab[j] * (one - ab[j])
+    for j in range(n):
+        di[j] = df[j] * sigmoid_(-(ki[j] + bi[j]))
+    for j in range(n):
+        df[j] = -df[j] * sigmoid_(-(kf[j] + bf[j]))
+    for j in range(n):  # ∂/∂u: db/du = i' g'(u)
+        du[j] = gb[j] * (one - ab[j]) * _dg(u[j] + bu[j], sb[j], one)
+    for j in range(n):
+        g[j] = ab[j] * gb[j]
+    for gate in range(3):
+        dbg, dg = db[gate * hidden + j0:gate * hidden + j1], drow[gate * hidden + j0:gate * hidden + j1]
+        for j in range(n):
+            dbg[j] += dg[j]
 
 
-@njit(parallel=True, **_JIT)
-def forward_loop(cell, gi, aux, h0, valid, reverse, hs):
+@njit(**_INLINE)
+def _forward_step(cell, row, bias, h, out, ab, j0, j1, hidden):
+    """One step over units j0..j1: h ← a ⊙ h + b into out and h. One loop per array written, each
+    from index 0, so that every loop vectorises (ab: the step's a)."""
+    one = one_(row)
+    n = j1 - j0
+    c0, c1 = (1 + cell) * hidden + j0, (1 + cell) * hidden + j1  # the candidate's block: the last
+    k, bk, u, bu = row[j0:j1], bias[j0:j1], row[c0:c1], bias[c0:c1]
+    if cell == 0:
+        for j in range(n):
+            ab[j] = one - sigmoid_(k[j] + bk[j])
+    else:
+        ki, bi = row[hidden + j0:hidden + j1], bias[hidden + j0:hidden + j1]
+        for j in range(n):
+            ab[j] = _minlstm_gates(k[j] + bk[j], ki[j] + bi[j], one)[0]
+    for j in range(n):
+        v = u[j] + bu[j]
+        out[j] = ab[j] * h[j] + (one - ab[j]) * _g(v, sigmoid_(v), one)
+    for j in range(n):
+        h[j] = out[j]
+
+
+@jit(parallel=True)
+def forward_loop(cell, gi, bias, h0, valid, reverse, hs):
     """hs[:, t] = a_t ⊙ hs[:, t-1] + b_t (hs[:, -1] = h0), batch first, the steps in reverse with
-    ``reverse``; where valid[b, t] is False the state is kept. aux: minLSTM's softplus(-[kf | ki])
-    <f>[B, T, 2H] (unread for minGRU)."""
+    ``reverse``; where valid[b, t] is False the state is kept. gi <f>[B, T, G*H]: the input
+    projection without its bias, bias <f>[G*H] (added here, not by the GEMM: a GEMM into a kept
+    buffer first copies the bias into every row)."""
     batch, time, hidden = hs.shape
     blocks = (hidden + _LANE - 1) // _LANE
     for job in prange(batch * blocks):
         b, j0 = job // blocks, (job % blocks) * _LANE
         j1 = min(j0 + _LANE, hidden)
         h = h0[b, j0:j1].copy()
+        ab = np.empty_like(h)
         for s in range(time):
             t = time - 1 - s if reverse else s
+            out = hs[b, t, j0:j1]
             if valid[b, t]:
-                row, arow = gi[b, t], aux[b, t]
-                for j in range(j0, j1):
-                    a, bb = _coefficients(cell, row, arow, j, hidden)
-                    h[j - j0] = a * h[j - j0] + bb
-            for j in range(j0, j1):
-                hs[b, t, j] = h[j - j0]
+                _forward_step(cell, gi[b, t], bias, h, out, ab, j0, j1, hidden)
+            else:
+                for j in range(j1 - j0):
+                    out[j] = h[j]
 
 
-@njit(parallel=True, **_JIT)
-def backward_loop(cell, gi, aux, h0, valid, reverse, hs, dout, dfinal, dgi, dh0):
-    """The reverse scan of ``forward_loop``: dgi from dout (∂loss/∂hs) and dfinal (∂loss/∂h_n), and dh0."""
+@jit(parallel=True)
+def backward_loop(cell, gi, bias, h0, valid, reverse, hs, dout, dfinal, dgi, dh0, db):
+    """The reverse scan of ``forward_loop``: dgi from dout (∂loss/∂hs) and dfinal (∂loss/∂h_n), dh0,
+    and db <f>[B, G*H], each sequence's sum of its dgi rows over time (the bias gradient, summed over
+    the batch outside), so that no pass over dgi is needed for it."""
     batch, time, hidden = hs.shape
     gates = 2 + cell
     zero = one_(gi) - one_(gi)
@@ -143,16 +281,22 @@ def backward_loop(cell, gi, aux, h0, valid, reverse, hs, dout, dfinal, dgi, dh0)
         b, j0 = job // blocks, (job % blocks) * _LANE
         j1 = min(j0 + _LANE, hidden)
         g = dfinal[b, j0:j1].copy()  # ∂loss/∂h_t through every later step
-        gbuf = np.empty_like(g)
+        gb, zb, sb = np.empty_like(g), np.empty_like(g), np.empty_like(g)
+        for gate in range(gates):
+            for j in range(j0, j1):
+                db[b, gate * hidden + j] = zero
         for s in range(time):
             t = s if reverse else time - 1 - s
             p = t + 1 if reverse else t - 1  # the step before t in the scan's order
+            _prefetch_rows(p, b, j0, j1, gi, dgi, dout, hs, reverse)
             if valid[b, t]:
-                prev = hs[b, p] if 0 <= p < time else h0[b]
+                prev = hs[b, p, j0:j1] if 0 <= p < time else h0[b, j0:j1]
                 if cell == 0:
-                    _mingru_backward_step(gi[b, t], aux[b, t], dgi[b, t], dout[b, t], prev, g, gbuf, j0, j1, hidden)
+                    _mingru_backward_step(gi[b, t], bias, dgi[b, t], dout[b, t, j0:j1], prev, g, gb, zb, sb,
+                                          db[b], j0, j1, hidden)
                 else:
-                    _minlstm_backward_step(gi[b, t], aux[b, t], dgi[b, t], dout[b, t], prev, g, gbuf, j0, j1, hidden)
+                    _minlstm_backward_step(gi[b, t], bias, dgi[b, t], dout[b, t, j0:j1], prev, g, gb, zb, sb,
+                                           db[b], j0, j1, hidden)
             else:
                 for gate in range(gates):
                     for j in range(j0, j1):
@@ -161,23 +305,20 @@ def backward_loop(cell, gi, aux, h0, valid, reverse, hs, dout, dfinal, dgi, dh0)
             dh0[b, j] = g[j - j0]
 
 
-@njit(**_JIT)
-def stream_layer(cell, x, w, bias, h, gi, aux):
+@jit
+def stream_layer(cell, x, w, bias, h, gi):
     """One step of one layer in place, for streaming: h <f>[B, H] ← a ⊙ h + b from x <f>[B, I],
-    w <f>[G*H, I], bias <f>[G*H]; gi <f>[G*H] and aux <f>[2H] scratch. Not parallel: a step is
-    microseconds."""
+    w <f>[G*H, I], bias <f>[G*H]; gi <f>[G*H] scratch. Not parallel: a step is microseconds."""
     batch, hidden = h.shape
+    zero = one_(gi) - one_(gi)
     for b in range(batch):
-        for r in range(gi.shape[0]):
-            acc = bias[r]
+        for r in range(gi.shape[0]):  # the projection without the bias, as the whole-sequence loops take it
+            acc = zero
             for i in range(x.shape[1]):
                 acc += w[r, i] * x[b, i]
             gi[r] = acc
-        if cell == 1:
-            for r in range(2 * hidden):
-                aux[r] = _softplus(-gi[r])
         for j in range(hidden):
-            a, bb = _coefficients(cell, gi, aux, j, hidden)
+            a, bb = _coefficients(cell, gi, bias, j, hidden)
             h[b, j] = a * h[b, j] + bb
 
 
@@ -196,7 +337,6 @@ class FusedStreamer:
             bias = w.b_ih.detach() if w.b_ih is not None else like.new_zeros(w.w_ih.shape[0])
             self._weights.append((w.w_ih.detach().numpy(), bias.numpy()))
         self._gi = like.new_empty(layer.spec.gates * layer.hidden_size).numpy()
-        self._aux = like.new_empty(2 * layer.hidden_size).numpy()
 
     def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
         layer = self.layer
@@ -208,7 +348,7 @@ class FusedStreamer:
             check_out(out, (self.batch_size, layer.hidden_size), self._h.dtype, self._h.device)
         x = x_t.detach().contiguous().numpy()
         for (w, bias), h in zip(self._weights, self._h.numpy()):
-            stream_layer(self.cell, x, w, bias, h, self._gi, self._aux)
+            stream_layer(self.cell, x, w, bias, h, self._gi)
             x = h
         y = self._h[-1]
         return y.clone() if out is None else out.copy_(y)
@@ -225,49 +365,55 @@ def _threads() -> None:
     numba.set_num_threads(runtime.threads(current()))
 
 
-class FusedMinScan(torch.autograd.Function):
-    """(gi <f>[B, T, G*H], h0 <f>[B, H], valid <bool>[B, T] or None, mode, reverse) →
-    (h <f>[B, T, H], zero past each end; h_n <f>[B, H]). Batch first: each sequence's steps are
-    consecutive rows, read in order. First-order differentiable in gi and h0."""
+class FusedMinLayer(torch.autograd.Function):
+    """(x <f>[B, T, I], w <f>[G*H, I], b <f>[G*H] or None, h0 <f>[B, H], valid <bool>[B, T] or None,
+    mode, reverse) → (h <f>[B, T, H], zero past each end; h_n <f>[B, H]): one direction of a layer,
+    batch first (each sequence's steps are consecutive rows, read in order). The input projection
+    gi = x w^T + b is one GEMM into a pooled buffer, kept for the backward; the backward scan writes
+    ∂loss/∂gi into another and sums the bias gradient as it goes, and two GEMMs give ∂loss/∂x and
+    ∂loss/∂w. First-order differentiable in x, w, b and h0."""
 
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, valid: Tensor | None, mode: str, reverse: bool):
-        gi, h0 = gi.detach().contiguous(), h0.detach().contiguous()
-        batch, time = gi.shape[:2]
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, h0: Tensor, valid: Tensor | None, mode: str,
+                reverse: bool):
+        batch, time = x.shape[:2]
+        x, w, h0 = x.detach().contiguous(), w.detach(), h0.detach().contiguous()
+        gi = gemm.linear(x.view(batch * time, x.shape[2]), w, None, current(), pooled=True)
+        gi = gi.view(batch, time, w.shape[0])
+        bias = gi.new_zeros(gi.shape[2]) if b is None else b.detach().contiguous()
         ok = (torch.ones(batch, time, dtype=torch.bool) if valid is None else valid.contiguous())
-        aux = _aux(gi, mode)
         hs = gi.new_empty(batch, time, h0.shape[1])
         _threads()
-        forward_loop(CELLS[mode], gi.numpy(), aux.numpy(), h0.numpy(), ok.numpy(), reverse, hs.numpy())
-        ctx.save_for_backward(gi, h0, ok, hs)
-        ctx.mode, ctx.reverse = mode, reverse
+        forward_loop(CELLS[mode], gi.numpy(), bias.numpy(), h0.numpy(), ok.numpy(), reverse, hs.numpy())
+        ctx.save_for_backward(x, w, gi, bias, h0, ok, hs)
+        ctx.mode, ctx.reverse, ctx.has_bias = mode, reverse, b is not None
         final = hs[:, 0 if reverse else -1].clone()
         return (hs if valid is None else hs * ok.unsqueeze(-1)), final
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: Tensor | None, dfinal: Tensor | None):
-        gi, h0, ok, hs = ctx.saved_tensors
+        x, w, gi, bias, h0, ok, hs = ctx.saved_tensors
         dout = torch.zeros_like(hs) if dout is None else dout.contiguous()
         dfinal = torch.zeros_like(h0) if dfinal is None else dfinal.contiguous()
-        dgi, dh0 = torch.empty_like(gi), torch.empty_like(h0)
+        dgi, dh0 = pool.empty(tuple(gi.shape), gi.dtype), torch.empty_like(h0)
+        db = gi.new_empty(gi.shape[0], gi.shape[2])  # each sequence's bias gradient
         _threads()
-        backward_loop(CELLS[ctx.mode], gi.numpy(), _aux(gi, ctx.mode).numpy(), h0.numpy(), ok.numpy(), ctx.reverse,
-                      hs.numpy(), dout.numpy(), dfinal.numpy(), dgi.numpy(), dh0.numpy())
-        return dgi, dh0, None, None, None
+        backward_loop(CELLS[ctx.mode], gi.numpy(), bias.numpy(), h0.numpy(), ok.numpy(), ctx.reverse, hs.numpy(),
+                      dout.numpy(), dfinal.numpy(), dgi.numpy(), dh0.numpy(), db.numpy())
+        rows = dgi.view(x.shape[0] * x.shape[1], dgi.shape[2])
+        dx = dw = None
+        if ctx.needs_input_grad[0]:  # dx = dgi w, as oneDNN's x w^T with w^T (a small copy)
+            dx = gemm.linear(rows, w.t().contiguous(), None, current()).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dw = gemm.grad_input_weight(rows, x.view(rows.shape[0], x.shape[2]))
+        return dx, dw, db.sum(0) if ctx.has_bias else None, dh0, None, None, None
 
 
-def _aux(gi: Tensor, mode: str) -> Tensor:
-    """minLSTM's softplus(-[kf | ki]) <f>[B, T, 2H] (torch's vectorised softplus; recomputed for the
-    backward rather than kept); for minGRU gi itself, which the loops do not read as aux."""
-    if mode != "MINLSTM":
-        return gi
-    return F.softplus(-gi[..., : 2 * (gi.shape[-1] // 3)]).contiguous()
+def fused_layer(x: Tensor, w: Tensor, b: Tensor | None, h0: Tensor, valid: Tensor | None, mode: str,
+                reverse: bool) -> tuple[Tensor, Tensor]:
+    """One direction of a minimal layer from its batch-first input (see ``FusedMinLayer``)."""
+    return FusedMinLayer.apply(x, w, b, h0, valid, mode, reverse)
 
 
-def fused_scan(gi: Tensor, h0: Tensor, valid: Tensor | None, mode: str, reverse: bool) -> tuple[Tensor, Tensor]:
-    """One direction of a minimal cell from its input projection (see ``FusedMinScan``)."""
-    return FusedMinScan.apply(gi, h0, valid, mode, reverse)
-
-
-__all__ = ["fused_scan", "forward_loop", "backward_loop", "stream_layer", "FusedStreamer"]
+__all__ = ["fused_layer", "forward_loop", "backward_loop", "stream_layer", "FusedStreamer"]
