@@ -16,8 +16,10 @@ import threading
 import weakref
 from typing import Callable
 
+import numba
 import numpy as np
 import torch
+from numba.core.dispatcher import Dispatcher
 from torch import Tensor
 
 from ...cells import CellSpec
@@ -56,7 +58,7 @@ _stacks: dict = {}
 
 def stack_pointers(spec: CellSpec, layers: list[DirectionWeights]) -> tuple[np.ndarray, list[Tensor]]:
     """The weights of a stack for the streaming kernels: ptrs <int64>[L, 7] (per layer the addresses
-    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, ln or 0, and the layer's input size; see fused_loops), and
+    of w_ih, w_hh, b_ih, b_hh, w_hr or 0, ln or 0, and the layer's input size; see ``loops.stream``), and
     the tensors they point into: the parameters themselves where contiguous (so every in-place update
     is seen), else copies. The caller keeps those alive while it uses ptrs. Every shape and dtype is
     checked here (the compiled code does not). ptrs are cached per spec and parameters, while the
@@ -190,9 +192,11 @@ class Streamer:
         self._ptrs, self._alive = stack_pointers(spec, layers)  # _alive: what ptrs point into
         self.plan = planned(current(), spec, "step", 1, batch, w0.shape[1], w0.dtype, layers=L)
         self._kernel, self._flag = kernel(spec, self.plan)  # recorded as it runs: by step(), not per call
+        self._run = compiled_entry(self._kernel, (self._ptrs, 0, 0, 1, self.h, self.c, self._flag))
         self._units = self.plan.units > 1
         self._shape_x, self._dtype = torch.Size((batch, w0.shape[1])), w0.dtype
         self._like_y = torch.empty((batch, P), dtype=w0.dtype)  # empty_like(it) is cheaper than empty(shape)
+        self._shape_y = self._like_y.shape
 
     @property
     def splits_units(self) -> bool:
@@ -202,12 +206,18 @@ class Streamer:
     def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
         """y_t for x_t, the state advanced; out: a tensor <f>[B, P] to write y_t into and return
         (no allocation per call), else a new tensor."""
-        x_t = self._checked(x_t)
+        # The usual x_t and out pass each in one test of the attributes that cost least to read (a
+        # tensor's .device builds an object); anything else, or a streamer that splits units (which
+        # _checked may take back to one thread), goes through the full checks and their messages.
+        if not (type(x_t) is Tensor and x_t.shape == self._shape_x and x_t.dtype == self._dtype and x_t.is_cpu
+                and x_t.is_contiguous()) or self._units:
+            x_t = self._checked(x_t)
         if out is None:
             out = torch.empty_like(self._like_y)
-        else:
-            check_out(out, self._like_y.shape, self._dtype, CPU)
-        self._kernel(self._ptrs, x_t.data_ptr(), out.data_ptr(), 1, self.h, self.c, self._flag)
+        elif not (type(out) is Tensor and out.shape == self._shape_y and out.dtype == self._dtype and out.is_cpu
+                  and out.is_contiguous() and not out.requires_grad):
+            check_out(out, self._shape_y, self._dtype, CPU)
+        self._run(self._ptrs, x_t.data_ptr(), out.data_ptr(), 1, self.h, self.c, self._flag)
         return out
 
     def _checked(self, x_t: Tensor) -> Tensor:
@@ -216,6 +226,7 @@ class Streamer:
         (GNU OpenMP, which runs numba's threads, is not fork-safe)."""
         if self._units and runtime.forked():
             self._kernel, self._units = drivers.cell(self.spec).stream.serial, False
+            self._run = compiled_entry(self._kernel, (self._ptrs, 0, 0, 1, self.h, self.c, self._flag))
         if not isinstance(x_t, Tensor):
             raise TypeError(f"x_t: expected a torch.Tensor, got {type(x_t).__name__}")
         if x_t.shape != self._shape_x or x_t.dtype != self._dtype or not x_t.is_cpu:
@@ -244,6 +255,16 @@ class Streamer:
         # the kernel's weight addresses cannot travel with a copy or a pickle
         raise TypeError("Streamer: cannot be copied or pickled; to fork the state, make another with "
                         "layer.streamer(batch_size, state=streamer.state)")
+
+
+def compiled_entry(run, args: tuple):
+    """``run``'s compiled code for the types of ``args``, to call without numba's dispatcher, which
+    matches the types of every call's arguments to its compiled versions (about half of a dispatch
+    with three arrays); ``run`` itself where it is not a dispatcher (a kernel split across threads).
+    The arrays passed later must keep these types: the Streamer's own state and pointer arrays do."""
+    if not isinstance(run, Dispatcher):
+        return run
+    return run.compile(tuple(map(numba.typeof, args)))
 
 
 def _describe(x) -> str:
