@@ -69,6 +69,12 @@ def test_a_hybrid_forecast_refits_its_component_on_the_history_given_and_survive
     logy = np.log(history["y"].to_numpy())
     expected = np.exp(AutoTheta(12).fit(logy).predict(logy, 6))
     np.testing.assert_allclose(loaded.predict(df=history)["y"].to_numpy(), expected, rtol=1e-5)
+    # `rnnkit backtest`'s path: the component refitted on the history before the first origin it is given
+    bt = loaded.backtest(6, df=history, start=60, baselines=False)
+    before = np.exp(AutoTheta(12).fit(logy[:60]).predict(logy[:60], 6))
+    np.testing.assert_allclose(bt.backtests["component_auto_theta"].forecasts[0, :, 0], before, rtol=1e-5)
+    np.testing.assert_allclose(bt.backtests["model"].forecasts, bt.backtests["component_auto_theta"].forecasts,
+                               rtol=1e-5)
 
 
 def test_many_series_each_get_their_own_component():

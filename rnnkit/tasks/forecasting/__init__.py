@@ -47,6 +47,10 @@ mean ± z·spread at ``forecast.level``; a recursive model samples ``forecast.sa
 "quantile" (pinball loss on ``forecast.quantiles``; the interval spans the outer two). Intervals
 are quantiles of the transformed series, and every step back (shift, scaling, exp) is monotone,
 so they stay quantiles in the data's units; the point forecast of a log model is a median.
+
+Hybrids (``statistical.py``): a statsforecast model fitted per series beside the network, either
+averaged with its forecast (``forecast.combine``) or corrected by it (``forecast.normalize =
+"auto_*"``); its forecasts alone are the backtests' ``component_<name>`` row.
 """
 
 from __future__ import annotations
