@@ -542,7 +542,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
               "malloc": args.malloc,
               "ours": ours, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
               "machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-              "cpu": cpu_name(info), "gemm_gflops": gemm, "gemm_gflops_end": gemm_end, "load_start": load0, "load_end": load1,
+              "cpu": cpu_name(info), "gemm_gflops": gemm, "gemm_gflops_end": gemm_end,
+              "load_start": load0, "load_end": load1,
               "peak_gflops": peak, "peak_from": peak_from,
               "rows": rows, "summary": summary, "stream": stream, "checks": found}
     for path, text in ((args.json, lambda: json.dumps(report, indent=1)), (args.markdown, lambda: markdown(report))):
@@ -635,8 +636,9 @@ def checks(rows: list[dict], stream: list[dict], ours: str) -> list[dict]:
         bar = STREAMER_BAR_US.get(s["H"])
         if bar is not None:
             check(s["streamer_us"] <= bar, s["streamer_us"], bar,
-                  f"{where} layer.streamer() {s['streamer_us']:.2f} µs a call, bar <= {bar} µs (a Python call "
-                  f"returning a new tensor: {s['new_tensor_us']:.2f} µs)")
+                  f"{where} layer.streamer() {s['streamer_us']:.2f} µs a call, bar <= {bar} µs (with out=: "
+                  f"{s['streamer_out_us']:.2f} µs; a Python call returning a new tensor: "
+                  f"{s['new_tensor_us']:.2f} µs)")
         for name, floor, what in (("streamer", "floor", "layer.streamer()"),
                                   ("sequence", "floor_w_hh", f"a step in a {SEQUENCE_STEPS}-step call")):
             ratio = s[f"{name}_us"] / s[f"{floor}_us"]
@@ -684,7 +686,8 @@ def markdown(report: dict) -> str:
                      f"{v['max_ratio']:.2f} |")
     if report["stream"]:
         lines += ["", "| cell | H | torch.nn cell µs | layer.step µs | layer.streamer() µs | "
-                  f"streamer(x, out=y) µs | streamer on {report['threads']} threads µs | a step in a {SEQUENCE_STEPS}-step call µs | "
+                  f"streamer(x, out=y) µs | streamer on {report['threads']} threads µs | "
+                  f"a step in a {SEQUENCE_STEPS}-step call µs | "
                   "weight-read floor µs | streamer ÷ floor | W_hh floor µs | step in a call ÷ W_hh floor | "
                   "new tensor µs |", "|" + "---|" * 13]
         lines += [f"| {s['cell']} | {s['H']} | {cell_text(s.get('torch_us'), '.2f')} | {s['layer.step_us']:.2f} | "
