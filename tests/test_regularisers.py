@@ -5,12 +5,15 @@ direction: weight_drop's mask of W_hh, recurrent dropout's of h, zoneout's of h,
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 import rnnkit
-from rnnkit.kernels.fused import record
+from rnnkit import kernels
+from rnnkit.kernels.fused import current, record, runtime
 
 CLASSES = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "ln_lstm": rnnkit.LayerNormLSTM}
 
@@ -92,11 +95,11 @@ def _layer(kind, backend, **kw):
     return CLASSES[kind](3, 4, backend=backend, dtype=torch.float64, **kw)
 
 
-def _compare(kind, backend, rates, lengths=None, num_layers=1, bidirectional=False, train=True):
+def _compare(kind, backend, rates, lengths=None, num_layers=1, bidirectional=False, train=True, batch=3):
     wd, rd, zone = rates
     layer = _layer(kind, backend, num_layers=num_layers, bidirectional=bidirectional, weight_drop=wd,
                    recurrent_dropout=rd, zoneout=zone).train(train)
-    T, B = 5, 3
+    T, B = 5, batch
     x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
     zh, zc = (zone, zone) if not isinstance(zone, tuple) else zone
     zc = zc if kind in ("lstm", "ln_lstm") else 0.0
@@ -141,6 +144,81 @@ def test_lengths_bidirectional_stack(kind, backend):
 def test_lstm_zoneout_rates_of_its_own():
     _compare("lstm", "auto", (0.0, 0.0, (0.5, 0.0)))
     _compare("lstm", "auto", (0.0, 0.0, (0.0, 0.5)), lengths=[3, 5, 1])
+
+
+FUSED = ("rnn", "lstm", "gru", "ln_lstm")
+"""The cells whose compiled loops take recurrent dropout and zoneout (all four layers; a projected LSTM
+and GRU reset_after=False run them on the reference)."""
+
+
+def _paths(layer, x, **kw):
+    with record() as plans:
+        out, _ = layer(x, **kw)
+        out.sum().backward()
+    return {p.path for p in plans}
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_fused_backend_runs_the_masks_itself(kind):
+    """A regularised training call of RNN, LSTM or GRU runs on the fused backend's compiled loop
+    (never the reference, oneDNN's LSTM layer, the small-training or the step loop); float32 too."""
+    torch.manual_seed(0)
+    layer = CLASSES[kind](3, 4, recurrent_dropout=0.3, zoneout=0.2)
+    x = torch.randn(6, 2, 3, requires_grad=True)
+    paths = _paths(layer, x, lengths=[6, 4])
+    assert paths == {"compiled_loop"}
+    # the other paths planned everywhere (oneDNN's LSTM layer, the step loop, the small-training path):
+    # the regularised call still takes the compiled loop, the plain one does not
+    everywhere = dataclasses.replace(current(), onednn_lstm_min_macs=0, onednn_lstm_train_min_macs=0,
+                                     step_loop_min_weight=0, step_loop_min_batch=1, step_loop_min_steps=1,
+                                     small_train_max_macs=1 << 62)
+    with kernels.policy(everywhere):
+        assert _paths(layer, x) == {"compiled_loop"}
+        assert "compiled_loop" not in _paths(CLASSES[kind](3, 4), x)
+
+
+@pytest.mark.parametrize("kind", FUSED)
+@pytest.mark.parametrize("loop", ["split", "transposed"])
+def test_fused_split_and_transposed_loops(kind, loop):
+    """The batch split across threads (the rows functions' chunks) and W_hh transposed at batch 1."""
+    if loop == "split" and runtime.loops().MAX_THREADS < 2:
+        pytest.skip("numba has one thread here")
+    options = {"par_min_rows": 1, "par_row_bytes": 1 << 62, "threads": 2} if loop == "split" else {
+        "transpose_min_steps": 1}
+    with kernels.policy(dataclasses.replace(current(), **options)):
+        _compare(kind, "auto", (0.0, 0.3, 0.3), lengths=[5, 3, 4] if loop == "split" else None,
+                 batch=3 if loop == "split" else 1)
+
+
+@pytest.mark.parametrize("kind", FUSED)
+def test_fused_float32_matches_reference(kind):
+    x = torch.randn(6, 3, 3)
+    outs = []
+    for backend in ("fused", "reference"):
+        torch.manual_seed(0)
+        layer = CLASSES[kind](3, 4, backend=backend, recurrent_dropout=0.3, zoneout=0.2, bidirectional=True)
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        out, _ = layer(xi, lengths=[6, 2, 5])
+        out.pow(2).sum().backward()
+        outs.append((out, xi.grad, layer.weight_hh_l0.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_double_backward_keeps_the_masks():
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(3, 4, dtype=torch.float64, recurrent_dropout=0.4, zoneout=0.3)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for backend in ("fused", "reference"):
+        layer.backend = backend
+        torch.manual_seed(2)
+        out, _ = layer(x)
+        (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        grads.append((g, gg))
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("kind", sorted(CLASSES))
@@ -211,6 +289,18 @@ def test_zoneout_pair_only_for_lstms():
         rnnkit.LSTM(3, 4, zoneout=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match=r"zoneout: expected a number in \[0, 1\).*got 2"):
         rnnkit.LSTM(3, 4, zoneout=(0.1, 2))
+
+
+def test_other_cells_run_the_masks_on_the_reference():
+    """A projected LSTM and GRU reset_after=False: the fused backend leaves the call to the reference
+    (no fused plan runs), which matches the direct implementation."""
+    torch.manual_seed(0)
+    for layer in (rnnkit.LSTM(3, 4, proj_size=2, zoneout=0.3, recurrent_dropout=0.2),
+                  rnnkit.GRU(3, 4, reset_after=False, zoneout=0.3, recurrent_dropout=0.2)):
+        assert _paths(layer, torch.randn(5, 2, 3)) == set()
+        with pytest.raises(ValueError, match="backend: 'fused' does not run recurrent_dropout or zoneout"):
+            layer.backend = "fused"
+            layer(torch.randn(5, 2, 3))
 
 
 def test_torch_backend_refuses_noise():

@@ -23,6 +23,7 @@ from __future__ import annotations
 from .. import Backend, register_backend
 from . import runtime
 from .backend import run_layer, stream_step_if_planned, streamer_if_supported, supports
+from .drivers import takes_noise
 from .explain import explain
 from .plan import Call, Plan, plan, record
 from .policies import Host, Policy, current, default_policy, policy
@@ -33,4 +34,5 @@ from .warmup import WARM_UP_GROUPS, warm_up
 __all__ = ["Call", "Host", "Plan", "Policy", "Streamer", "WARM_UP_GROUPS", "current", "default_policy", "explain",
            "plan", "policy", "record", "run_layer", "runtime", "stream_step", "stream_supports", "supports", "warm_up"]
 
-register_backend(Backend("fused", run_layer, supports, stream_step_if_planned, streamer_if_supported))
+register_backend(Backend("fused", run_layer, supports, stream_step_if_planned, streamer_if_supported,
+                         noise=takes_noise))

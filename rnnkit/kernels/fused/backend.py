@@ -23,14 +23,18 @@ def supports(spec: CellSpec, x: Tensor, training: bool) -> bool:
 
 
 def run_layer(spec: CellSpec, x: Tensor, weights: list[DirectionWeights], states: list[State],
-              mask: Tensor | None) -> tuple[Tensor, list[State]]:
+              mask: Tensor | None, noise: list | None = None) -> tuple[Tensor, list[State]]:
     """The backend entry point (see ``rnnkit.kernels``): output <f>[T, B, D*P], final states; the
-    plan's path runs it."""
+    plan's path runs it. noise: recurrent dropout's and zoneout's masks per direction (``rnnkit.cells.Noise``;
+    the cells of ``drivers.takes_noise``), or None."""
     p = current()
     flat = flatten(weights, states)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *flat))
     T, B, I = x.shape
-    chosen = ran(planned(p, spec, "layer", T, B, I, x.dtype, need_grad, mask is not None, 1, len(weights)))
+    chosen = ran(planned(p, spec, "layer", T, B, I, x.dtype, need_grad, mask is not None, 1, len(weights),
+                         noisy=noise is not None))
+    if noise is not None:  # the plan sends a noisy call to the compiled loop only
+        return _loop(chosen, p, x, weights, states, mask, flat, noise)
     return _PATHS[chosen.path](chosen, p, x, weights, states, mask, flat)
 
 
@@ -56,15 +60,15 @@ def _single(chosen: Plan, p: Policy, x, weights, states, mask, flat):
     return _per_direction(chosen.call.spec, out, finals, len(weights))
 
 
-def _loop(chosen: Plan, p: Policy, x, weights, states, mask, flat):
+def _loop(chosen: Plan, p: Policy, x, weights, states, mask, flat, noise=None):
     spec = chosen.call.spec
     if spec.layer_norm:
-        return ln.run_layer(chosen, p, x, weights, states, mask)
+        return ln.run_layer(chosen, p, x, weights, states, mask, noise)
     if chosen.call.training:
-        out, *finals = FusedLayer.apply(chosen, p, x, mask, *flat)
+        out, *finals = FusedLayer.apply(chosen, p, x, mask, noise, *flat)
     else:
         with torch.no_grad():
-            out, finals, _, _ = forward(chosen, p, x, mask, flat, train=False)
+            out, finals, _, _ = forward(chosen, p, x, mask, flat, train=False, noise=noise)
     return _per_direction(spec, out, finals, len(weights))
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ...cells import CellSpec
+from ...cells import CellSpec, Noise
 from ..buffers import pool
 from . import runtime
 from .gemm import as_np, contiguous, dummy, grad_recurrent, step_backward, step_forward
@@ -56,6 +56,7 @@ class Forward:
     has_mask: bool
     hs_np: object
     keep: dict
+    noise: Noise | None = None
 
     @property
     def transposed(self) -> bool:
@@ -87,6 +88,7 @@ class Backward:
     dh: Tensor
     need: tuple
     dg: Tensor
+    noise: Noise | None = None
 
     def buffer(self, width: int) -> Tensor:
         """A pooled <f>[T, B, width] buffer of this direction's dtype (a gradient over the sequence)."""
@@ -120,17 +122,39 @@ class Cell:
     flag: Callable[[CellSpec], bool]
 
 
+def noise_arrays(noise: Noise | None, T: int, B: int, P: int, H: int, dtype: torch.dtype) -> tuple:
+    """The regularisers' masks as the loops take them (``loops.noise``): rd <f>[B, P], zh <f>[T, B, P],
+    zc <f>[T, B, H] (an evaluation's zoneout rate broadcast to every row and unit), or placeholders of
+    size 0 where one is off."""
+    parts = noise if noise is not None else (None, None, None)
+    shapes = ((B, P), (T, B, P), (T, B, H))
+    return tuple(as_np(torch.empty((0,) * len(shape), dtype=dtype)) if t is None
+                 else as_np(t.detach().to(dtype).expand(shape).contiguous()) for t, shape in zip(parts, shapes))
+
+
+def dropped_states(b: Backward) -> tuple[Tensor, Tensor]:
+    """The state sequence and initial state as they entered W_hh (times recurrent dropout's mask),
+    for W_hh's gradient."""
+    rd = b.noise.recurrent if b.noise is not None else None
+    if rd is None:
+        return b.hprev, b.h0
+    return b.hprev * rd, b.h0 * rd
+
+
 def _rnn_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     K = runtime.loops()
     T, B = f.gates.shape[:2]
     relu, keep_h, gates_np, h_np = f.spec.mode == "RNN_RELU", f.train and f.has_mask, as_np(f.gates), as_np(h)
+    rd, zh, _ = noise_arrays(f.noise, T, B, f.spec.output_size, f.spec.hidden_size, f.gates.dtype)
     if f.plan.stepwise:
         step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.rnn.forward_step(
             t, gates_np, gh, h_np, relu, f.mask_np, f.has_mask, keep_h, f.out_np, f.off, f.hs_np))
     else:
         Split(K.rnn.forward, K.rnn.forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, h_np, relu,
-                                                f.mask_np, f.has_mask, f.reverse, keep_h, f.out_np, f.off, f.hs_np)
-    f.keep.pop("gates", None)  # the RNN backward needs only the states
+                                                f.mask_np, f.has_mask, f.reverse, keep_h, f.out_np, f.off, f.hs_np,
+                                                rd, zh)
+    if zh.shape[0] == 0:
+        f.keep.pop("gates", None)  # the RNN backward needs only the states (with zoneout, gates hold h̃_t)
     return [h]
 
 
@@ -139,13 +163,16 @@ def _rnn_backward(b: Backward, w_hh, w_hr, dc0):
     T, B = b.hprev.shape[:2]
     relu, dg = b.spec.mode == "RNN_RELU", b.dg
     dg_np, dh_np = as_np(dg), as_np(b.dh)
+    rd, zh, _ = noise_arrays(b.noise, T, B, b.spec.output_size, b.spec.hidden_size, dg.dtype)
+    ht = as_np(b.keep["gates"]) if zh.shape[0] else dg_np
     if b.plan.stepwise:
         step_backward(T, b.reverse, dh_np, w_hh, B, lambda t: dg[t], lambda t, tprev, tmp: K.rnn.backward_step(
             t, tprev, tmp, b.hseq_np, b.hoff, dh_np, relu, b.mask_np, b.has_mask, b.dout_np, b.off, dg_np))
     else:
         Split(K.rnn.backward, K.rnn.backward_par)(b.plan.chunks, b.hseq_np, b.hoff, as_np(w_hh), dh_np, relu,
-                                                  b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np)
-    g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
+                                                  b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np, ht, rd,
+                                                  zh)
+    g_w_hh = grad_recurrent(dg, *dropped_states(b), b.reverse) if b.need[1] else None
     return g_w_hh, "same", None, None
 
 
@@ -157,6 +184,8 @@ def _lstm_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     cs = pool.empty((T, B, f.spec.hidden_size), f.gates.dtype) if f.train else None
     cs_np = as_np(cs) if f.train else dummy(f.gates.dtype, 3)
     gates_np, h_np, c_np = as_np(f.gates), as_np(h), as_np(c)
+    rd, zh, zc = noise_arrays(f.noise, T, B, f.spec.output_size, f.spec.hidden_size, f.gates.dtype)
+    cz = pool.empty((T, B, f.spec.hidden_size), f.gates.dtype) if (f.train and zc.shape[0]) else None
     if f.plan.stepwise:
         step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.lstm.forward_step(
             t, gates_np, gh, h_np, c_np, f.mask_np, f.has_mask, f.train, f.out_np, f.off, f.hs_np, cs_np))
@@ -164,9 +193,10 @@ def _lstm_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
         w_hr_np = as_np(contiguous(w_hr)) if w_hr is not None else dummy(f.gates.dtype, 2)
         Split(K.lstm.forward, K.lstm.forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, w_hr_np, h_np,
                                                   c_np, f.mask_np, f.has_mask, f.reverse, f.train, f.out_np, f.off,
-                                                  f.hs_np, cs_np)
+                                                  f.hs_np, cs_np, rd, zh, zc,
+                                                  as_np(cz) if cz is not None else zc)
     if f.train:
-        f.keep.update(cs=cs, c0=c0)
+        f.keep.update(cs=cs, c0=c0, cz=cz)
     return [h, c]
 
 
@@ -188,13 +218,15 @@ def _lstm_backward(b: Backward, w_hh, w_hr, dc0):
         dhs = pool.empty((T, B, P), dtype) if proj else None
         hcs = pool.empty((T, B, H), dtype) if proj else None
         none3 = dummy(dtype, 3)
+        rd, zh, zc = noise_arrays(b.noise, T, B, P, H, dtype)
+        cz = as_np(keep["cz"]) if keep.get("cz") is not None else zc
         Split(K.lstm.backward, K.lstm.backward_par)(
             b.plan.chunks, gates_np, cs_np, c0_np, as_np(w_hh), as_np(contiguous(w_hr)) if proj else dummy(dtype, 2),
             dh_np, dc_np, b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off, dg_np,
-            as_np(dhs) if proj else none3, as_np(hcs) if proj else none3)
+            as_np(dhs) if proj else none3, as_np(hcs) if proj else none3, rd, zh, zc, cz)
         if proj and b.need[4]:
             g_w_hr = dhs.view(T * B, P).t().mm(hcs.view(T * B, H))
-    g_w_hh = grad_recurrent(dg, b.hprev, b.h0, b.reverse) if b.need[1] else None
+    g_w_hh = grad_recurrent(dg, *dropped_states(b), b.reverse) if b.need[1] else None
     return g_w_hh, "same", g_w_hr, dc0
 
 
@@ -206,13 +238,14 @@ def _gru_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     ghn = pool.empty((T, B, H), f.gates.dtype) if f.train else None
     ghn_np = as_np(ghn) if f.train else dummy(f.gates.dtype, 3)
     gates_np, h_np, b_hn_np = as_np(f.gates), as_np(h), as_np(b_hn)
+    rd, zh, _ = noise_arrays(f.noise, T, B, H, H, f.gates.dtype)
     if f.plan.stepwise:
         step_forward(T, f.reverse, h, w_hh, lambda t, gh: K.gru.forward_step(
             t, gates_np, gh, b_hn_np, h_np, f.mask_np, f.has_mask, f.train, f.out_np, f.off, f.hs_np, ghn_np))
     else:
         Split(K.gru.forward, K.gru.forward_par)(f.plan.chunks, gates_np, f.w(w_hh), f.transposed, b_hn_np, h_np,
                                                 f.mask_np, f.has_mask, f.reverse, f.train, f.out_np, f.off, f.hs_np,
-                                                ghn_np)
+                                                ghn_np, rd, zh)
     if f.train:
         f.keep["ghn"] = ghn
     return [h]
@@ -231,12 +264,14 @@ def _gru_backward(b: Backward, w_hh, w_hr, dc0):
             t, tprev, tmp, b.reverse, *saved, dh_np, b.mask_np, b.has_mask, b.dout_np, b.off, dg_np, dghn_np,
             dgh_np))
     else:
+        rd, zh, _ = noise_arrays(b.noise, T, B, H, H, b.dh.dtype)
         Split(K.gru.backward, K.gru.backward_par)(b.plan.chunks, *saved, as_np(w_hh), dh_np, b.mask_np, b.has_mask,
-                                                  b.reverse, b.dout_np, b.off, dg_np, dghn_np)
+                                                  b.reverse, b.dout_np, b.off, dg_np, dghn_np, rd, zh)
     g_w_hh = g_b_hh = None
     if b.need[1]:
-        g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], b.hprev, b.h0, b.reverse),
-                            grad_recurrent(dghn, b.hprev, b.h0, b.reverse)])
+        hprev, h0 = dropped_states(b)
+        g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], hprev, h0, b.reverse),
+                            grad_recurrent(dghn, hprev, h0, b.reverse)])
     if b.need[3]:
         g_b_hh = torch.cat([dg_in[:, :, : 2 * H].sum((0, 1)), dghn.sum((0, 1))])
     return g_w_hh, g_b_hh, None, None
@@ -299,6 +334,13 @@ def _gru_small_forward(spec, x, head, initial, reverse, out_np, off):
 def _gru_small_backward(spec, x_np, saved, out_np, off, state, initial, dstates, tail):
     gates, ghn = saved
     runtime.loops().gru.small_backward(x_np, gates.numpy(), ghn.numpy(), out_np, off, *state, *tail)
+
+
+def takes_noise(spec: CellSpec) -> bool:
+    """Whether the cell's loops take recurrent dropout and zoneout (``Noise``): RNN, LSTM without
+    projection (layer-normalised or not), GRU with reset_after; the others run them on the reference."""
+    return (spec.mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU") and not spec.proj_size
+            and not (spec.mode == "GRU" and not spec.reset_after))
 
 
 def key(spec: CellSpec) -> str:

@@ -51,9 +51,11 @@ def state_grad(grad: Tensor | None, like: Tensor) -> Tensor:
     return grad.detach().clone(memory_format=torch.contiguous_format)
 
 
-def forward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: list, train: bool):
+def forward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: list, train: bool,
+            noise: list | None = None):
     """Run the layer on the plan's loop. Returns output <f>[T, B, D*P], final states (flat), per
-    direction what backward needs (a dict of tensors), and the (contiguous, detached) input."""
+    direction what backward needs (a dict of tensors), and the (contiguous, detached) input.
+    noise: the regularisers' masks per direction (``rnnkit.cells.Noise``), or None."""
     spec = plan.call.spec
     cell = drivers.cell(spec)
     T, B, I = x.shape
@@ -75,16 +77,17 @@ def forward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: li
             hs = pool.empty((T, B, P), x.dtype) if (train and has_mask) else None
             keep: dict[str, Tensor] = {"gates": gates, "h0": h0, "hs": hs} if train else {}
             f = drivers.Forward(spec, plan, d == 1, d * P, train, gates, as_np(out), mask_np, has_mask,
-                                as_np(hs) if hs is not None else dummy(x.dtype, 3), keep)
+                                as_np(hs) if hs is not None else dummy(x.dtype, 3), keep, noise[d] if noise else None)
             finals += cell.forward(f, contiguous(w_hh), w_hr, b_hh, h0.clone(), c0)
             saved.append(keep)
     return out, finals, saved, x
 
 
 def backward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: list, out: Tensor,
-             saved: list[dict], dout: Tensor, dfinals: list, needs: tuple) -> tuple[Tensor | None, list]:
+             saved: list[dict], dout: Tensor, dfinals: list, needs: tuple,
+             noise: list | None = None) -> tuple[Tensor | None, list]:
     """Gradients of the layer: dx and, flattened per direction, those of flat (None where not needed).
-    needs: needs_input_grad of flat, then of x."""
+    needs: needs_input_grad of flat, then of x; noise: as forward's."""
     spec = plan.call.spec
     cell = drivers.cell(spec)
     T, B, I = x.shape
@@ -109,7 +112,7 @@ def backward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: l
             dc0 = state_grad(dfin[1], keep["c0"]) if nstate == 2 else None
             dg_in = pool.empty((T, B, G), x.dtype)
             b = drivers.Backward(spec, plan, d == 1, off, as_np(dout), mask_np, has_mask, keep, h0, as_np(hseq), hoff,
-                                 hseq[:, :, hoff:hoff + P], dh, need, dg_in)
+                                 hseq[:, :, hoff:hoff + P], dh, need, dg_in, noise[d] if noise else None)
             g_w_hh, g_b_hh, g_w_hr, dc = cell.backward(b, contiguous(w_hh), w_hr, dc0)
             dg2 = dg_in.view(T * B, G)
             g_w_ih = grad_input_weight(dg2, x.view(T * B, I)) if need[0] else None
@@ -127,12 +130,13 @@ def backward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: l
 
 
 class FusedLayer(torch.autograd.Function):
-    """One layer, all directions: (plan, policy, x, mask, *flat) → (output, *final states)."""
+    """One layer, all directions: (plan, policy, x, mask, noise, *flat) → (output, *final states);
+    noise: the regularisers' masks per direction, or None."""
 
     @staticmethod
-    def forward(ctx, plan, policy, x_in, mask, *flat):
-        out, finals, saved, x = forward(plan, policy, x_in, mask, list(flat), train=True)
-        ctx.plan, ctx.policy = plan, policy
+    def forward(ctx, plan, policy, x_in, mask, noise, *flat):
+        out, finals, saved, x = forward(plan, policy, x_in, mask, list(flat), train=True, noise=noise)
+        ctx.plan, ctx.policy, ctx.noise = plan, policy, noise
         ctx.layout = [sorted(k for k, v in keep.items() if v is not None) for keep in saved]
         weights = [t for i, t in enumerate(flat) if i % PER_DIRECTION < 5]
         tensors = [x, mask, out, *weights]
@@ -145,10 +149,11 @@ class FusedLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *dfinals):
-        wanted = ctx.needs_input_grad[2:3] + ctx.needs_input_grad[4:]  # x and flat, which forward saved last
+        wanted = ctx.needs_input_grad[2:3] + ctx.needs_input_grad[5:]  # x and flat, which forward saved last
         if torch.is_grad_enabled():  # create_graph=True: gradients that autograd can differentiate again
-            dx, *grads = double_backward(ctx, ctx.plan.call.spec, wanted, ctx.saved_tensors[1], [dout, *dfinals])
-            return (None, None, dx, None, *grads)
+            dx, *grads = double_backward(ctx, ctx.plan.call.spec, wanted, ctx.saved_tensors[1], [dout, *dfinals],
+                                         ctx.noise)
+            return (None, None, dx, None, None, *grads)
         x, mask, out, *rest = ctx.saved_tensors[:-len(wanted)]
         D = len(ctx.layout)
         weights, rest = rest[: 5 * D], rest[5 * D:]
@@ -159,21 +164,22 @@ class FusedLayer(torch.autograd.Function):
             keep.setdefault("hs", None)
             rest = rest[len(keys):]
             saved.append(keep)
-        needs = tuple(ctx.needs_input_grad[4:]) + (ctx.needs_input_grad[2],)
-        dx, grads = backward(ctx.plan, ctx.policy, x, mask, flat, out, saved, dout, list(dfinals), needs)
-        return (None, None, dx, None, *grads)
+        needs = tuple(ctx.needs_input_grad[5:]) + (ctx.needs_input_grad[2],)
+        dx, grads = backward(ctx.plan, ctx.policy, x, mask, flat, out, saved, dout, list(dfinals), needs, ctx.noise)
+        return (None, None, dx, None, None, *grads)
 
 
-def double_backward(ctx, spec: CellSpec, needs: tuple, mask: Tensor | None, grads: list) -> list:
+def double_backward(ctx, spec: CellSpec, needs: tuple, mask: Tensor | None, grads: list,
+                    noise: list | None = None) -> list:
     """Double backward of a layer Function (``create_graph=True``) whose forward saved its inputs x and
     flat last: the gradients w.r.t. x and each of flat (None where ``needs`` says no), differentiable,
-    through ``reference.differentiable_grads``."""
+    through ``reference.differentiable_grads`` (with the same regularisers' masks, ``noise``)."""
     x, *flat = ctx.saved_tensors[-len(needs):]
     parts = [flat[d:d + PER_DIRECTION] for d in range(0, len(flat), PER_DIRECTION)]
     weights = [DirectionWeights(*part[:5]) for part in parts]
     states = [tuple(t for t in part[5:] if t is not None) for part in parts]
     inputs = [t if need else None for t, need in zip((x, *flat), needs)]
-    return reference.differentiable_grads(spec, x, mask, weights, states, False, grads, inputs)
+    return reference.differentiable_grads(spec, x, mask, weights, states, False, grads, inputs, noise)
 
 
 def onednn_lstm(x: Tensor, weights: list[DirectionWeights], states: list[State], train: bool):

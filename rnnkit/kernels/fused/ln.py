@@ -25,7 +25,7 @@ from .. import reference
 from ..base import DirectionWeights
 from ..buffers import pool
 from . import runtime
-from .drivers import Split
+from .drivers import Split, noise_arrays
 from .gemm import (NO_MASK, OneBlasThread, add, as_np, contiguous, dummy, grad_input_weight, grad_recurrent, linear,
                    step_backward, step_forward)
 from .plan import Plan
@@ -39,10 +39,11 @@ def _rows_pass(kernel, rows: int, threads: int, policy: Policy, *args) -> None:
     kernel(n, *args)
 
 
-def _forward(p: Plan, policy: Policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, train):
+def _forward(p: Plan, policy: Policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, train, noise=None):
     """One direction: (x <f>[T, B, I], its weights, h0, c0, mask <bool>[T, B] | None, ...) → out
-    <f>[T, B, H], h_n, c_n and, with train, what backward needs (a tuple, ``_Recurrence``'s order);
-    without it, None (inference passes placeholders for the buffers the loop would keep)."""
+    <f>[T, B, H], h_n, c_n and, with train, what backward needs (a tuple, ``_Recurrence``'s order, and
+    zoneout's zoned c sequence or None); without it, None (inference passes placeholders for the
+    buffers the loop would keep). noise: the regularisers' masks (``rnnkit.cells.Noise``) or None."""
     K = runtime.loops()
     T, B, I = x.shape
     G = w_ih.shape[0]
@@ -66,6 +67,8 @@ def _forward(p: Plan, policy: Policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mas
     mask_np = as_np(mask) if has_mask else NO_MASK
     gates_np, ln_np, h_np, c_np = as_np(gates), as_np(ln), as_np(h), as_np(c)
     bufs = [as_np(out), *kept]
+    rd, zh, zc = noise_arrays(noise, T, B, H, H, x.dtype)
+    cz = pool.empty((T, B, H), x.dtype) if (train and zc.shape[0]) else None
     with OneBlasThread():
         _rows_pass(K.ln.input_forward, T * B, p.call.threads, policy, gates_np.reshape(T * B, G), ln_np, bias_np,
                    train, ri_rows, rstd_rows)
@@ -74,20 +77,23 @@ def _forward(p: Plan, policy: Policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mas
                 t, gates_np, gh, ln_np, h_np, c_np, mask_np, has_mask, train, *bufs))
         else:
             Split(K.ln.forward, K.ln.forward_par)(p.chunks, gates_np, as_np(w_hh), ln_np, h_np, c_np, mask_np,
-                                                  has_mask, reverse, train, *bufs)
+                                                  has_mask, reverse, train, *bufs, rd, zh, zc,
+                                                  as_np(cz) if cz is not None else zc)
     saved = (x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln, mask) if train else None
-    return out, h, c, saved
+    return out, h, c, (saved, cz) if train else None
 
 
 class _Recurrence(torch.autograd.Function):
     """(plan, policy, x <f>[T, B, I], w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask <bool>[T, B] | None, reverse)
-    → (out <f>[T, B, H], h_n, c_n), through ``_forward``, keeping what backward needs."""
+    → (out <f>[T, B, H], h_n, c_n), through ``_forward``, keeping what backward needs; a last argument
+    noise: the regularisers' masks or None."""
 
     @staticmethod
-    def forward(ctx, p, policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse):
-        out, h, c, saved = _forward(p, policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, True)
+    def forward(ctx, p, policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, noise):
+        out, h, c, (saved, cz) = _forward(p, policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mask, reverse, True,
+                                          noise)
         ctx.save_for_backward(*saved, x, w_ih, b_ih, w_hh, ln, b_hh)  # the inputs themselves, for double backward
-        ctx.plan, ctx.policy, ctx.reverse = p, policy, reverse
+        ctx.plan, ctx.policy, ctx.reverse, ctx.noise, ctx.cz = p, policy, reverse, noise, cz
         return out, h, c
 
     @staticmethod
@@ -101,8 +107,9 @@ class _Recurrence(torch.autograd.Function):
             weights = DirectionWeights(w_ih_in, w_hh_in, b_ih, b_hh, None, ln_in)
             grads = reference.differentiable_grads(
                 spec, x_in, mask[..., None] if mask is not None else None, [weights], [(h0, c0)], ctx.reverse,
-                [dout, dhn, dcn], [t if n else None for t, n in zip(inputs, need)])
-            return (None, None, *grads, None, None)
+                [dout, dhn, dcn], [t if n else None for t, n in zip(inputs, need)],
+                [ctx.noise] if ctx.noise is not None else None)
+            return (None, None, *grads, None, None, None)
         K = runtime.loops()
         p = ctx.plan
         T, B, G = gates.shape
@@ -116,6 +123,8 @@ class _Recurrence(torch.autograd.Function):
         mask_np = as_np(mask) if has_mask else NO_MASK
         tail = (as_np(dout), as_np(dg), as_np(drh), as_np(dpar))
         ln_np, dh_np, dc_np = as_np(ln), as_np(dh), as_np(dc)
+        rd, zh, zc = noise_arrays(ctx.noise, T, B, G // 4, G // 4, dg.dtype)
+        cz = as_np(ctx.cz) if ctx.cz is not None else zc
         with OneBlasThread():
             if p.stepwise:
                 step_backward(T, ctx.reverse, dh_np, w_hh, B, lambda t: drh[t], lambda t, tprev, tmp:
@@ -123,31 +132,36 @@ class _Recurrence(torch.autograd.Function):
                                                  has_mask, *tail))
             else:
                 Split(K.ln.backward, K.ln.backward_par)(p.chunks, *saved, as_np(w_hh), ln_np, dh_np, dc_np,
-                                                        mask_np, has_mask, ctx.reverse, *tail)
+                                                        mask_np, has_mask, ctx.reverse, *tail, rd, zh, zc, cz)
             # dg: from ∂L/∂(the gates' pre-activation) to ∂L/∂(x W_ih^T); the gains' and biases' sums
             _rows_pass(K.ln.input_backward, T * B, p.call.threads, ctx.policy, as_np(dg), as_np(ri), as_np(rh),
                        as_np(rstd), ln_np, mask_np, has_mask, as_np(dpar))
         dg2 = dg.view(T * B, G)
         dx = dg2.mm(w_ih).view(x.shape) if need[0] else None
         dw_ih = grad_input_weight(dg2, x.view(T * B, -1)) if need[1] else None
-        dw_hh = grad_recurrent(drh, hs, h0.detach(), ctx.reverse) if need[3] else None
+        rec = ctx.noise.recurrent if ctx.noise is not None else None  # W_hh saw h times its mask
+        hs_in, h0_in = (hs, h0.detach()) if rec is None else (hs * rec, h0.detach() * rec)
+        dw_hh = grad_recurrent(drh, hs_in, h0_in, ctx.reverse) if need[3] else None
         dbias = dpar[ln.shape[0]:]  # b_ih and b_hh sit side by side in every pre-activation
         return (None, None, dx, dw_ih, dbias if need[2] else None, dw_hh, dpar[:ln.shape[0]] if need[4] else None,
-                dbias.clone() if need[5] else None, dh if need[6] else None, dc if need[7] else None, None, None)
+                dbias.clone() if need[5] else None, dh if need[6] else None, dc if need[7] else None, None, None,
+                None)
 
 
 def run_layer(p: Plan, policy: Policy, x: Tensor, weights: list[DirectionWeights], states: list[State],
-              mask: Tensor | None) -> tuple[Tensor, list[State]]:
-    """Both directions of a layer-normalised LSTM layer: output <f>[T, B, D*H], final (h, c) per direction."""
+              mask: Tensor | None, noise: list | None = None) -> tuple[Tensor, list[State]]:
+    """Both directions of a layer-normalised LSTM layer: output <f>[T, B, D*H], final (h, c) per direction;
+    noise: the regularisers' masks per direction, or None."""
     m = mask[:, :, 0].contiguous() if mask is not None else None
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
         args = (x, w.w_ih, w.b_ih, w.w_hh, w.ln, w.b_hh, h0, c0, m, d == 1)
+        nd = noise[d] if noise else None
         if p.call.training:
-            out, h, c = _Recurrence.apply(p, policy, *args)
+            out, h, c = _Recurrence.apply(p, policy, *args, nd)
         else:
             with torch.no_grad():
-                out, h, c, _ = _forward(p, policy, *args, False)
+                out, h, c, _ = _forward(p, policy, *args, False, nd)
         outs.append(out)
         finals.append((h, c))
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), finals

@@ -14,6 +14,7 @@ The paths:
 - ``small_train``: a small training call, each direction's forward and backward one compiled call.
 - ``compiled_loop``: the time loop compiled (numba), the recurrent GEMM through BLAS on the loop's
   thread; ``chunks`` > 1: the batch split across threads, each running the loop for its own rows.
+  The only path for a call with recurrent dropout or zoneout (``Call.noisy``): its rows take the masks.
 - ``step_loop``: a Python time loop whose recurrent GEMM is oneDNN's, prepacked, on all threads, plus
   one compiled elementwise call a step: large weights.
 - ``single_step``: a one-step call without autograd, through the streaming kernel per direction.
@@ -59,6 +60,8 @@ class Call:
     layers: int = 1
     directions: int = 1
     threads: int = 1
+    noisy: bool = False
+    """recurrent dropout or zoneout masks (``rnnkit.cells.Noise``): only the compiled loop takes them"""
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -89,7 +92,8 @@ class Call:
         extent = (f", {self.layers} layer{'s' * (self.layers > 1)}" if self.scope != "layer" else
                   ", bidirectional" if self.directions == 2 else "")
         return (f"{cell} {self.scope} ({shape}{extent}), {str(self.dtype).replace('torch.', '')}, "
-                f"{'training' if self.training else 'inference'}{', lengths' if self.masked else ''}, "
+                f"{'training' if self.training else 'inference'}{', lengths' if self.masked else ''}"
+                f"{', recurrent dropout / zoneout' if self.noisy else ''}, "
                 f"{self.threads} thread{'s' * (self.threads > 1)}")
 
 
@@ -155,7 +159,7 @@ def _chunks(call: Call, policy: Policy, row_bytes: int) -> int:
 def _onednn_lstm_fits(call: Call) -> bool:
     """Whether oneDNN's LSTM layer can run the call: float32 LSTM without projection, layer norm or lengths."""
     s = call.spec
-    return (s.mode == "LSTM" and not s.proj_size and not s.layer_norm and not call.masked
+    return (s.mode == "LSTM" and not s.proj_size and not s.layer_norm and not call.masked and not call.noisy
             and call.dtype == torch.float32)
 
 
@@ -201,6 +205,12 @@ def _plan_own_layer(call: Call, policy: Policy) -> Plan:
     reason = _onednn_lstm_reason(call, policy)
     if reason is not None:
         return Plan("onednn_lstm", reason, call)
+    if call.noisy:  # the masks enter the compiled loop's rows functions; no other path takes them
+        n = _chunks(call, policy, policy.par_row_bytes)
+        transposed = (n == 1 and call.batch == 1 and call.steps >= policy.transpose_min_steps
+                      and not call.spec.layer_norm)
+        return Plan("compiled_loop", "recurrent dropout or zoneout: the compiled loop takes the masks" +
+                    (f"; {call.batch // n}+ rows a thread" if n > 1 else ""), call, chunks=n, transposed=transposed)
     if call.training and not call.masked and not s.layer_norm and not s.proj_size and \
             not (s.mode == "GRU" and not s.reset_after):
         macs = call.steps * call.batch * call.stack_weights(1) * call.directions
@@ -291,17 +301,19 @@ _plans: dict = {}
 
 
 def planned(policy: Policy, spec: CellSpec, scope: str, steps: int, batch: int, input_size: int, dtype: torch.dtype,
-            training: bool = False, masked: bool = False, layers: int = 1, directions: int = 1) -> Plan:
+            training: bool = False, masked: bool = False, layers: int = 1, directions: int = 1,
+            noisy: bool = False) -> Plan:
     """``plan(Call(...), policy)`` for a call of this process (its threads: ``runtime.threads``), made
     once per distinct call and policy: a layer call pays a dictionary lookup, not the plan's ~10-25 µs."""
     threads = runtime.threads(policy)
     # by identity (the cache holds both objects, so their ids stay theirs): hashing them costs more
-    key = (id(policy), id(spec), scope, steps, batch, input_size, dtype, training, masked, layers, directions, threads)
+    key = (id(policy), id(spec), scope, steps, batch, input_size, dtype, training, masked, layers, directions, threads,
+           noisy)
     hit = _plans.get(key)
     if hit is not None and hit[0] is policy and hit[1] is spec:
         return hit[2]
-    made = plan(Call(spec, scope, steps, batch, input_size, dtype, training, masked, layers, directions, threads),
-                policy)
+    made = plan(Call(spec, scope, steps, batch, input_size, dtype, training, masked, layers, directions, threads,
+                     noisy), policy)
     if len(_plans) >= 4096:  # many distinct shapes (say, a new length every call): start afresh
         _plans.clear()
     _plans[key] = (policy, spec, made)

@@ -10,6 +10,7 @@ from numba.extending import register_jitable
 from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, past_end, prev_step, put_rows, set_, sigmoid_,
                      tanh_, zero_)
 from .jit import jit, parallel
+from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone, zone_split
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 
@@ -47,28 +48,37 @@ def _fwd_ew(t, b0, gates, gh, b_hn, h, mask, has_mask, train, out, off, ghn):
 
 
 @register_jitable
-def _forward_rows(k, n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+def _forward_rows(k, n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh):
     b0, b1 = chunk(k, n, h.shape[0])
     T, _, G = gates.shape
     ab = consts(gates)
     hc = get_rows(h, b0, b1)
     gh = np.empty((b1 - b0, G), gates.dtype)
+    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
+    hin = np.empty(hc.shape if has_rd else (0, 0), h.dtype)
+    hold = np.empty(hc.shape if has_zh else (0, 0), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(hc, w_hh, gh, ab, False, not wt)
+        dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)  # z ⊙ h_{t-1} keeps the whole state
+        if has_zh:
+            copy(hc, hold)
         _fwd_ew(t, b0, gates, gh, b_hn, hc, mask, has_mask, train, out, off, ghn)
+        if has_zh:
+            zone(t, b0, zh, hold, hc, mask, has_mask)
+            put_out(t, b0, hc, out, off, mask, has_mask)
         if train and has_mask:
             put_rows(hs[t], b0, hc)
     put_rows(h, b0, hc)
 
 
 @jit
-def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn):
+def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh):
     """GRU, reset_after=True (torch.nn's), gate order r, z, n. gates hold x W_ih^T + b_ih with
     b_hh folded into r and z; b_hn <f>[H] stays inside r·(W_hn h + b_hn). w_hh <f>[3H, H] is W_hh,
     or W_hh^T when wt.
-    train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask."""
-    _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn)
+    train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask.
+    rd, zh: recurrent dropout and zoneout (``noise``; size 0 when off)."""
+    _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
 
 
 forward_par = parallel(_forward_rows)
@@ -84,9 +94,11 @@ def forward_step(t, gates, gh, b_hn, h, mask, has_mask, train, out, off, hs, ghn
 
 
 @register_jitable
-def _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh):
+def _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh, zh,
+            keep):
     """dgi[t], dghn[t] and the recurrent-side gradient dgh = [dgi_r, dgi_z, dghn] (0 past a length);
-    leaves the direct part dh·z in dh (the mat-mul adds dgh W_hh)."""
+    leaves the direct part dh·z in dh (the mat-mul adds dgh W_hh). With zoneout (zh), zoneout's share
+    of ∂L/∂h_t, for h_{t-1}, goes to keep."""
     B, H = dh.shape
     one = one_(dgi)
     dhv = np.empty(H, dh.dtype)
@@ -107,6 +119,8 @@ def _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, do
         dnb = dghn[t, r]
         for j in range(H):
             dhv[j] = dhb[j] + do[j]
+        if zh.shape[0] > 0:
+            split_row(zh[t, r], dhv, keep[b])
         for j in range(H):
             n = g[2 * H + j]
             dgb[2 * H + j] = dhv[j] * (one - g[H + j]) * (one - n * n)
@@ -128,26 +142,37 @@ def _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, do
 
 @register_jitable
 def _backward_rows(k, n, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi,
-                   dghn):
+                   dghn, rd, zh):
     b0, b1 = chunk(k, n, dh.shape[0])
     T, G, ab = dgi.shape[0], dgi.shape[2], consts(dgi)
     dhc = get_rows(dh, b0, b1)
     dgh = np.empty((b1 - b0, G), dgi.dtype)
+    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
+    tmp = np.empty(dhc.shape if has_rd else (0, 0), dgi.dtype)
+    keep = np.empty(dhc.shape if has_zh else (0, 0), dgi.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = prev_step(t, T, reverse)
-        _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dhc, mask, has_mask, dout, doff, dgi, dghn, dgh)
-        dot(dgh, w_hh, dhc, ab, True, False)  # masked rows of dgh are 0: their dh passes through
+        _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dhc, mask, has_mask, dout, doff, dgi, dghn, dgh,
+                zh, keep)
+        if has_rd:  # through the dropped h: the mat-mul's part times the mask
+            dot(dgh, w_hh, tmp, ab, False, False)
+            scale(tmp, rd, b0)
+            merge_acc(dhc, tmp)
+        else:
+            dot(dgh, w_hh, dhc, ab, True, False)  # masked rows of dgh are 0: their dh passes through
+        if has_zh:
+            add_kept(t, b0, dhc, keep, mask, has_mask)
     put_rows(dh, b0, dhc)
 
 
 @jit
-def backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn):
+def backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn, rd, zh):
     """Backward of ``forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
     (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
     [dgi_r, dgi_z, dghn]."""
     _backward_rows(0, 1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
-                   dgi, dghn)
+                   dgi, dghn, rd, zh)
 
 
 backward_par = parallel(_backward_rows)
@@ -162,7 +187,8 @@ def backward_step(t, tprev, tmp, reverse, gates, ghn, h0, hseq, hoff, dh, mask, 
         merge_acc(dh, tmp)
     if t >= 0:
         tp, first = prev_step(t, gates.shape[0], reverse)
-        _bwd_ew(t, 0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh)
+        _bwd_ew(t, 0, first, tp, gates, ghn, h0, hseq, hoff, dh, mask, has_mask, dout, doff, dgi, dghn, dgh,
+                off3(dgi), off2(dgi))
 
 
 @register_jitable
@@ -290,7 +316,7 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, reverse, out, off, gates, ghn):
     H = h.shape[1]
     project(x, w_ih, b_ih, b_hh, 2 * H, gates)
     _forward_rows(0, 1, gates, w_hh, False, b_hh[2 * H:], h, no_mask(), False, reverse, True, out,
-                  off, np.empty((1, 1, 1), x.dtype), ghn)
+                  off, np.empty((1, 1, 1), x.dtype), ghn, off2(x), off3(x))
 
 
 @jit
@@ -300,7 +326,8 @@ def small_backward(x, gates, ghn, out, off, h0, w_ih, w_hh, dh, reverse, dout, d
     H = G // 3
     dgi = np.empty(gates.shape, x.dtype)
     dghn = np.empty((T, B, H), x.dtype)
-    _backward_rows(0, 1, gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn)
+    _backward_rows(0, 1, gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn,
+                   off2(x), off3(x))
     dgh = np.empty(gates.shape, x.dtype)
     dgh[:, :, : 2 * H] = dgi[:, :, : 2 * H]
     dgh[:, :, 2 * H:] = dghn

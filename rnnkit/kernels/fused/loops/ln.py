@@ -11,6 +11,7 @@ from numba.extending import register_jitable
 from .common import (acc_, chunk, consts, dot, get_rows, merge_set, one_, prev_step, put_rows, set_, tanh_,
                      zero_)
 from .jit import jit, parallel
+from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone
 from .lstm import activate_gates, gate_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows
 
@@ -131,7 +132,7 @@ def _fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs
 
 @register_jitable
 def _forward_rows(k, n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
-                  hs):
+                  hs, rd, zh, zc, cz):
     b0, b1 = chunk(k, n, h.shape[0])
     T, _, G = gates.shape
     ab = consts(gates)
@@ -140,16 +141,34 @@ def _forward_rows(k, n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, o
     gh = np.empty((b1 - b0, G), gates.dtype)
     scratch = np.empty((2, G), gates.dtype)
     k = _consts(gh)
+    # recurrent dropout and zoneout (``noise``): h as it enters W_hh, the old states
+    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
+    hin = np.empty(hc.shape if has_rd else (0, 0), gates.dtype)
+    hold = np.empty(hc.shape if has_zh else (0, 0), gates.dtype)
+    cold = np.empty(cc.shape if has_zc else (0, 0), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(hc, w_hh, gh, ab, False, True)
+        dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, True)
+        if has_zh:
+            copy(hc, hold)
+        if has_zc:
+            copy(cc, cold)
         _fwd_ew(t, b0, gates, gh, ln, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs, k, scratch)
+        if has_zh:  # the zoned h is the output and the state (cs and chat keep c̃_t's values)
+            zone(t, b0, zh, hold, hc, mask, has_mask)
+            put_out(t, b0, hc, out, 0, mask, has_mask)
+            if train and has_mask:
+                put_rows(hs[t], b0, hc)
+        if has_zc:
+            zone(t, b0, zc, cold, cc, mask, has_mask)
+            if train:
+                put_rows(cz[t], b0, cc)
     put_rows(h, b0, hc)
     put_rows(c, b0, cc)
 
 
 @jit
-def forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs):
+def forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs, rd, zh, zc, cz):
     """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o: the recurrent
     term's and the cell's normalisations inside the loop, the input term's before it.
 
@@ -159,9 +178,11 @@ def forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd
     train: keep the normalised recurrent term rh <f>[T, B, 4H], its and the cell's 1/std in
     rstd[:, :, 1:] (rstd <f>[T, B, 3]), c_t in cs, the normalised c_t in chat <f>[T, B, H] and, with a
     mask, h_t in hs <f>[T, B, H] (without one, out is the state sequence).
+    rd, zh, zc: recurrent dropout and zoneout (``noise``; size 0 when off); with zc, cs keeps c̃_t and
+    cz <f>[T, B, H] the zoned c_t.
     """
     _forward_rows(0, 1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
-                  chat, hs)
+                  chat, hs, rd, zh, zc, cz)
 
 
 forward_par = parallel(_forward_rows)
@@ -212,9 +233,10 @@ def forward_step(t, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, c
 
 @register_jitable
 def _bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh, dpar,
-            k, scratch):
+            k, scratch, zh, zc, cz, hkeep, ckeep):
     """Step t of ``backward`` up to drh[t] (the recurrent mat-mul and the carry follow).
-    k = _consts(dg); scratch <f>[3, 4H]."""
+    k = _consts(dg); scratch <f>[3, 4H]. With zoneout (zh, zc), its share of ∂L/∂h_t and ∂L/∂c_t,
+    for the old states, goes to hkeep and ckeep, and c_{t-1} is read from cz."""
     G = dg.shape[2]
     B = dh.shape[0]
     H = G // 4
@@ -232,9 +254,11 @@ def _bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, h
             continue
         dhb = dh[b]
         acc_(dhb, dout[t, r])
+        if zh.shape[0] > 0:
+            split_row(zh[t, r], dhb, hkeep[b])
         g = gates[t, r]
         nc = chat[t, r]
-        cp = c0[r] if first else cs[tp, r]
+        cp = c0[r] if first else (cz[tp, r] if cz.shape[0] > 0 else cs[tp, r])
         for j in range(H):
             tc[j] = tanh_(g_c[j] * nc[j] + b_c[j])
         for j in range(H):  # through h = o·tanh(LN(c)·γ_c + β_c): dn = ∂L/∂(LN(c)·γ_c + β_c)
@@ -247,6 +271,8 @@ def _bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, h
             dn[j] *= g_c[j]
         _normalise_backward(dn[:H], nc, rstd[t, r, 2], k[1], dcv)
         dcb = dc[b]
+        if zc.shape[0] > 0:
+            split_row(zc[t, r], dcb, ckeep[b])
         for j in range(H):
             dcv[j] += dcb[j]
         gate_grads(g, dcv, dhb, tc, cp, dcb, dgb)  # dgb: ∂L/∂(the gates' pre-activation)
@@ -294,7 +320,7 @@ def input_backward(n, dg, ri, rh, rstd, ln, mask, has_mask, dpar):
 
 @register_jitable
 def _backward_rows(k, n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout,
-                   dg, drh, dpar):
+                   dg, drh, dpar, rd, zh, zc, cz):
     b0, b1 = chunk(k, n, dh.shape[0])
     T, _, G = dg.shape
     ab = consts(dg)
@@ -303,37 +329,47 @@ def _backward_rows(k, n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, 
     tmp = np.empty(dhc.shape, dg.dtype)
     scratch = np.empty((3, G), dg.dtype)
     k = _consts(dg)
+    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
+    hkeep = np.empty(dhc.shape if has_zh else (0, 0), dg.dtype)
+    ckeep = np.empty(dcc.shape if has_zc else (0, 0), dg.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = prev_step(t, T, reverse)
         _bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg, drh,
-                dpar, k, scratch)
+                dpar, k, scratch, zh, zc, cz, hkeep, ckeep)
         dot(drh[t, b0:b1], w_hh, tmp, ab, False, False)
+        if has_rd:
+            scale(tmp, rd, b0)
         merge_set(t, b0, dhc, tmp, mask, has_mask)
+        if has_zh:
+            add_kept(t, b0, dhc, hkeep, mask, has_mask)
+        if has_zc:
+            add_kept(t, b0, dcc, ckeep, mask, has_mask)
     put_rows(dh, b0, dhc)
     put_rows(dc, b0, dcc)
 
 
 @jit
-def backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh, dpar):
+def backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh, dpar,
+             rd, zh, zc, cz):
     """Backward of ``forward`` (its saved buffers in). dh, dc <f>[B, H]: in ∂L/∂(final
     state), out ∂L/∂(initial state). Writes dg <f>[T, B, 4H] = ∂L/∂(the gates' pre-activation) (for
     ``input_backward``) and drh <f>[T, B, 4H] = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds
     the gradients of ln's γ_c and β_c into dpar[8H:10H] (dpar <f>[14H] = [γ_ih | γ_hh | γ_c | β_c |
-    the bias b_ih + b_hh])."""
+    the bias b_ih + b_hh]). rd, zh, zc, cz: as ``forward``'s."""
     _backward_rows(0, 1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
-                   dout, dg, drh, dpar)
+                   dout, dg, drh, dpar, rd, zh, zc, cz)
 
 
 @jit(parallel=True)
 def backward_par(n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh,
-                 dpar):
+                 dpar, rd, zh, zc, cz):
     """``backward`` with the batch in n chunks, one per thread; each sums its own share of
     the parameters' gradients in dpar, added to dpar at the end."""
     parts = np.zeros((n, dpar.shape[0]), dpar.dtype)
     for k in prange(n):
         _backward_rows(k, n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout,
-                       dg, drh, parts[k])
+                       dg, drh, parts[k], rd, zh, zc, cz)
     for k in range(n):
         acc_(dpar, parts[k])
 
@@ -347,4 +383,5 @@ def backward_step(t, tprev, tmp, reverse, gates, rh, rstd, cs, chat, c0, ln, dh,
     if t >= 0:
         tp, first = prev_step(t, gates.shape[0], reverse)
         _bwd_ew(t, 0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, mask, has_mask, dout, dg, drh,
-                dpar, _consts(dg), np.empty((3, dg.shape[2]), dg.dtype))
+                dpar, _consts(dg), np.empty((3, dg.shape[2]), dg.dtype), off3(dg), off3(dg), off3(dg), off2(dg),
+                off2(dg))

@@ -11,6 +11,7 @@ from numba.extending import register_jitable
 from .common import (add_dout, chunk, consts, dot, get_rows, merge_set, one_, past_end, prev_step, put_rows, set_,
                      sigmoid_, tanh_, zero_)
 from .jit import jit, parallel
+from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone, zone_split
 from .small import no_mask, project, small_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows, units
 
@@ -48,7 +49,8 @@ def _fwd_ew(t, b0, gates, gh, hdst, c, mask, has_mask, train, write_out, out, of
 
 
 @register_jitable
-def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
+def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc,
+                  cz):
     b0, b1 = chunk(k, n, h.shape[0])
     T, _, G = gates.shape
     H = G // 4
@@ -61,10 +63,26 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
     gh = np.empty((B, G), gates.dtype)
     hu = np.empty((B, H if proj else 0), gates.dtype)  # o·tanh(c) before the projection
     hp = np.empty((B, P if proj else 0), gates.dtype)
+    # recurrent dropout and zoneout (``noise``; not with a projection): h as it enters W_hh, the old states
+    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
+    hin = np.empty((B, P) if has_rd else (0, 0), gates.dtype)
+    hold = np.empty((B, P) if has_zh else (0, 0), gates.dtype)
+    cold = np.empty((B, H) if has_zc else (0, 0), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(hc, w_hh, gh, ab, False, not wt)
+        dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)
+        if has_zh:
+            copy(hc, hold)
+        if has_zc:
+            copy(cc, cold)
         _fwd_ew(t, b0, gates, gh, hu if proj else hc, cc, mask, has_mask, train, not proj, out, off, cs)
+        if has_zh:  # h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃_t, the output too
+            zone(t, b0, zh, hold, hc, mask, has_mask)
+            put_out(t, b0, hc, out, off, mask, has_mask)
+        if has_zc:  # cs keeps c̃_t (for tanh in backward), cz the zoned c_t (the next step's c_{t-1})
+            zone(t, b0, zc, cold, cc, mask, has_mask)
+            if train:
+                put_rows(cz[t], b0, cc)
         if proj:
             dot(hu, w_hr, hp, ab, False, True)
             for b in range(B):
@@ -80,11 +98,13 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
 
 
 @jit
-def forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs):
+def forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc, cz):
     """LSTM, gate order i, f, g, o. w_hh <f>[4H, P] is W_hh, or W_hh^T when wt; w_hr <f>[P, H] = W_hr
     or shape (0, 0) without projection. train: keep activated gates in ``gates``, c_t in
-    cs <f>[T, B, H] and, with a mask, h_t in hs."""
-    _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs)
+    cs <f>[T, B, H] and, with a mask, h_t in hs. rd, zh, zc: recurrent dropout and zoneout of h and c
+    (``noise``; size 0 when off); with zc, cs keeps c̃_t and cz <f>[T, B, H] the zoned c_t."""
+    _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc,
+                  cz)
 
 
 forward_par = parallel(_forward_rows)
@@ -122,8 +142,9 @@ def gate_grads(g, dcv, dho, tc, cp, dcb, dgb):
 
 
 @register_jitable
-def _bwd_ew(t, b0, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj, hcs):
-    """dg[t] from ∂L/∂(o·tanh c_t) = dsrc (dh, or dh W_hr with a projection) and the c carry."""
+def _bwd_ew(t, b0, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj, hcs, cz):
+    """dg[t] from ∂L/∂(o·tanh c_t) = dsrc (dh, or dh W_hr with a projection) and the c carry; with
+    zoneout of c, c_{t-1} is read from cz (the zoned states; cs holds c̃)."""
     B, H = dc.shape
     one = one_(dg)
     tc = np.empty(H, dg.dtype)
@@ -138,7 +159,7 @@ def _bwd_ew(t, b0, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj,
             continue
         g = gates[t, r]
         cv = cs[t, r]
-        cp = c0[r] if first else cs[tp, r]
+        cp = c0[r] if first else (cz[tp, r] if cz.shape[0] > 0 else cs[tp, r])
         src = dsrc[b]
         dcb = dc[b]
         for j in range(H):
@@ -154,7 +175,7 @@ def _bwd_ew(t, b0, first, tp, gates, cs, c0, dsrc, dc, mask, has_mask, dg, proj,
 
 @register_jitable
 def _backward_rows(k, n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs,
-                   hcs):
+                   hcs, rd, zh, zc, cz):
     b0, b1 = chunk(k, n, dh.shape[0])
     T, _, G = dg.shape
     H = G // 4
@@ -165,10 +186,17 @@ def _backward_rows(k, n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reve
     dcc = get_rows(dc, b0, b1)
     tmp = np.empty(dhc.shape, dg.dtype)
     dhu = np.empty((B, H if proj else 0), dg.dtype)  # ∂L/∂(o·tanh c) = dh W_hr
+    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
+    hkeep = np.empty(dhc.shape if has_zh else (0, 0), dg.dtype)  # zoneout's share of the old state
+    ckeep = np.empty(dcc.shape if has_zc else (0, 0), dg.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = prev_step(t, T, reverse)
         add_dout(t, b0, dhc, dout, doff, mask, has_mask)
+        if has_zh:
+            zone_split(t, b0, zh, dhc, hkeep, mask, has_mask)
+        if has_zc:
+            zone_split(t, b0, zc, dcc, ckeep, mask, has_mask)
         if proj:
             for b in range(B):
                 if has_mask and not mask[t, b0 + b]:
@@ -176,20 +204,26 @@ def _backward_rows(k, n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reve
                 else:
                     set_(dhs[t, b0 + b], dhc[b])
             dot(dhc, w_hr, dhu, ab, False, False)
-        _bwd_ew(t, b0, first, tp, gates, cs, c0, dhu if proj else dhc, dcc, mask, has_mask, dg, proj, hcs)
+        _bwd_ew(t, b0, first, tp, gates, cs, c0, dhu if proj else dhc, dcc, mask, has_mask, dg, proj, hcs, cz)
         dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
+        if has_rd:
+            scale(tmp, rd, b0)
         merge_set(t, b0, dhc, tmp, mask, has_mask)
+        if has_zh:
+            add_kept(t, b0, dhc, hkeep, mask, has_mask)
+        if has_zc:
+            add_kept(t, b0, dcc, ckeep, mask, has_mask)
     put_rows(dh, b0, dhc)
     put_rows(dc, b0, dcc)
 
 
 @jit
-def backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs):
+def backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs, rd, zh, zc, cz):
     """Backward of ``forward``: dg <f>[T, B, 4H] the pre-activation gate gradients; with a
     projection (w_hr <f>[P, H], else shape (0, 0)) also dhs <f>[T, B, P] (∂L/∂h_t, 0 past a length)
-    and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr."""
+    and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr. rd, zh, zc, cz: as ``forward``'s."""
     _backward_rows(0, 1, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg,
-                   dhs, hcs)
+                   dhs, hcs, rd, zh, zc, cz)
 
 
 backward_par = parallel(_backward_rows)
@@ -205,7 +239,7 @@ def backward_step(t, tprev, tmp, reverse, gates, cs, c0, dh, dc, mask, has_mask,
     if t >= 0:
         tp, first = prev_step(t, gates.shape[0], reverse)
         add_dout(t, 0, dh, dout, doff, mask, has_mask)
-        _bwd_ew(t, 0, first, tp, gates, cs, c0, dh, dc, mask, has_mask, dg, False, dg)
+        _bwd_ew(t, 0, first, tp, gates, cs, c0, dh, dc, mask, has_mask, dg, False, dg, off3(dg))
 
 
 @jit
@@ -214,7 +248,7 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, c, reverse, out, off, gates, cs)
     kept for backward (the activated gates, c_t)."""
     project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
     _forward_rows(0, 1, gates, w_hh, False, np.empty((0, 0), x.dtype), h, c, no_mask(), False,
-                  reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs)
+                  reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs, off2(x), off3(x), off3(x), off3(x))
 
 
 @jit
@@ -224,7 +258,7 @@ def small_backward(x, gates, cs, c0, out, off, h0, w_ih, w_hh, dh, dc, reverse, 
     dg = np.empty(gates.shape, x.dtype)
     dummy = np.empty((1, 1, 1), x.dtype)
     _backward_rows(0, 1, gates, cs, c0, w_hh, np.empty((0, 0), x.dtype), dh, dc, no_mask(), False,
-                   reverse, dout, off, dg, dummy, dummy)
+                   reverse, dout, off, dg, dummy, dummy, off2(x), off3(x), off3(x), off3(x))
     small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
 
 

@@ -8,6 +8,7 @@ from numba.extending import register_jitable
 
 from .common import chunk, consts, dot, get_rows, merge_set, one_, past_end, put_rows, tanh_
 from .jit import jit, parallel
+from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone, zone_split
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 
@@ -39,23 +40,36 @@ def _fwd_ew(t, b0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
 
 
 @register_jitable
-def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
+def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
     b0, b1 = chunk(k, n, h.shape[0])
     T = gates.shape[0]
     ab = consts(gates)
     hc = get_rows(h, b0, b1)
     gh = np.empty(hc.shape, h.dtype)
+    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
+    hin = np.empty(hc.shape if has_rd else (0, 0), h.dtype)
+    hold = np.empty(hc.shape if has_zh else (0, 0), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(hc, w_hh, gh, ab, False, not wt)
-        _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs)
+        dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)
+        if not has_zh:
+            _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs)
+            continue
+        copy(hc, hold)
+        _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, False, out, off, hs)
+        put_out(t, b0, hc, gates, 0, mask, has_mask)  # h̃_t into gates[t]: backward's activation derivative
+        zone(t, b0, zh, hold, hc, mask, has_mask)
+        put_out(t, b0, hc, out, off, mask, has_mask)
+        if keep_h:
+            put_rows(hs[t], b0, hc)
     put_rows(h, b0, hc)
 
 
 @jit
-def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs):
-    """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``)."""
-    _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs)
+def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
+    """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``). rd, zh:
+    recurrent dropout and zoneout (``noise``; size 0 when off); with zoneout, gates keep h̃_t."""
+    _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh)
 
 
 forward_par = parallel(_forward_rows)
@@ -69,8 +83,11 @@ def forward_step(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
 
 
 @register_jitable
-def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
+def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg, ht, zh, keep):
+    """dg[t] from dh + dout[t]; with zoneout (zh), h̃_t from ht (the kept gates), and zoneout's share of
+    the gradient, for h_{t-1}, into keep (dh then holds the rest, dout folded in)."""
     B, H = dh.shape
+    has_zh = zh.shape[0] > 0
     one = one_(dg)
     zero = one - one
     for b in range(B):
@@ -80,6 +97,18 @@ def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
         hv = hseq[t, b0 + b, hoff:hoff + H]
         do = dout[t, b0 + b, doff:doff + H]
         dhb = dh[b]
+        if has_zh:
+            hv = ht[t, b0 + b]
+            for j in range(H):
+                dhb[j] += do[j]
+            split_row(zh[t, b0 + b], dhb, keep[b])
+            if relu:
+                for j in range(H):
+                    dgb[j] = dhb[j] if hv[j] > 0 else zero
+            else:
+                for j in range(H):
+                    dgb[j] = dhb[j] * (one - hv[j] * hv[j])
+            continue
         if relu:
             for j in range(H):
                 dgb[j] = (dhb[j] + do[j]) if hv[j] > 0 else zero
@@ -89,24 +118,30 @@ def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg):
 
 
 @register_jitable
-def _backward_rows(k, n, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+def _backward_rows(k, n, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh):
     b0, b1 = chunk(k, n, dh.shape[0])
     T, ab = dg.shape[0], consts(dg)
     dhc = get_rows(dh, b0, b1)
     tmp = np.empty(dhc.shape, dh.dtype)
+    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
+    keep = np.empty(dhc.shape if has_zh else (0, 0), dh.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
-        _bwd_ew(t, b0, hseq, hoff, dhc, relu, mask, has_mask, dout, doff, dg)
+        _bwd_ew(t, b0, hseq, hoff, dhc, relu, mask, has_mask, dout, doff, dg, ht, zh, keep)
         dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
+        if has_rd:
+            scale(tmp, rd, b0)
         merge_set(t, b0, dhc, tmp, mask, has_mask)
+        if has_zh:
+            add_kept(t, b0, dhc, keep, mask, has_mask)
     put_rows(dh, b0, dhc)
 
 
 @jit
-def backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg):
+def backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh):
     """Backward of ``forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
-    hoff:hoff+H] is the state after step t."""
-    _backward_rows(0, 1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg)
+    hoff:hoff+H] is the state after step t; with zoneout (zh), ht <f>[T, B, H] holds h̃_t."""
+    _backward_rows(0, 1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh)
 
 
 backward_par = parallel(_backward_rows)
@@ -119,7 +154,7 @@ def backward_step(t, tprev, tmp, hseq, hoff, dh, relu, mask, has_mask, dout, dof
     if tprev >= 0:
         merge_set(tprev, 0, dh, tmp, mask, has_mask)
     if t >= 0:
-        _bwd_ew(t, 0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg)
+        _bwd_ew(t, 0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg, dg, off3(dg), off2(dg))
 
 
 @jit
@@ -129,7 +164,7 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, relu, reverse, out, off):
     gates = np.empty((T, B, h.shape[1]), x.dtype)
     project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
     _forward_rows(0, 1, gates, w_hh, False, h, relu, no_mask(), False, reverse, False, out, off,
-                  np.empty((1, 1, 1), x.dtype))
+                  np.empty((1, 1, 1), x.dtype), off2(x), off3(x))
 
 
 @jit
@@ -137,7 +172,7 @@ def small_backward(x, out, off, h0, w_ih, w_hh, dh, relu, reverse, dout, dx, dw_
     """Backward of ``small_forward``: adds to dx and the weight gradients; dh <f>[B, H], the final
     state's gradient, becomes h0's."""
     dg = np.empty((x.shape[0], x.shape[1], h0.shape[1]), x.dtype)
-    _backward_rows(0, 1, out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg)
+    _backward_rows(0, 1, out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg, dg, off2(x), off3(x))
     small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
 
 

@@ -1,0 +1,124 @@
+"""Recurrent dropout and zoneout inside the compiled loops (``rnnkit.cells.Noise``): the per-row pieces
+the cells' rows functions call around their elementwise step. Every array is a placeholder of size 0
+when its regulariser is off (the rows functions test ``shape[0] > 0``).
+
+    rd  <f>[B, P]      recurrent dropout's multiplier on h where it enters W_hh, the same every step
+    z   <f>[T, B, N]   zoneout's weight of the old state: new = z ⊙ old + (1 - z) ⊙ new
+
+Forward, per step: ``dropped(h)`` feeds the mat-mul, ``zone`` mixes the kept state into the new one
+(and ``put_out`` rewrites the output with it). Backward: after ∂L/∂h_t is complete, ``zone_split``
+sends z ⊙ ∂L/∂h_t straight to the old state (``add_kept`` adds it after the step) and leaves
+(1 - z) ⊙ ∂L/∂h_t for the cell; the mat-mul's ∂L/∂h_{t-1} is scaled by rd (``scale``). A step past
+a sequence's end is left alone (its state passes through)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba.extending import register_jitable
+
+from .common import dot, set_
+
+
+@register_jitable
+def dropped(hc, rd, b0, dst):
+    """dst[b] = hc[b] ⊙ rd[b0 + b]: the state as it enters the recurrent mat-mul."""
+    for b in range(hc.shape[0]):
+        r = rd[b0 + b]
+        hb = hc[b]
+        db = dst[b]
+        for j in range(hb.shape[0]):
+            db[j] = hb[j] * r[j]
+
+
+@register_jitable
+def dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, bt):
+    """gh = (hc ⊙ rd) W (``common.dot(·, w_hh, gh, ab, False, bt)``), through the scratch rows hin;
+    gh = hc W when recurrent dropout is off (rd of size 0)."""
+    if rd.shape[0] > 0:
+        dropped(hc, rd, b0, hin)
+        dot(hin, w_hh, gh, ab, False, bt)
+    else:
+        dot(hc, w_hh, gh, ab, False, bt)
+
+
+@register_jitable
+def copy(src, dst):
+    """dst[b] = src[b] for every row (the old state, kept for zoneout)."""
+    for b in range(src.shape[0]):
+        set_(dst[b], src[b])
+
+
+@register_jitable
+def zone(t, b0, z, old, new, mask, has_mask):
+    """new[b] = new[b] + z[t, b0 + b] ⊙ (old[b] - new[b]) on the rows valid at step t."""
+    for b in range(new.shape[0]):
+        if has_mask and not mask[t, b0 + b]:
+            continue
+        zb = z[t, b0 + b]
+        ob = old[b]
+        nb = new[b]
+        for j in range(nb.shape[0]):
+            nb[j] = nb[j] + zb[j] * (ob[j] - nb[j])
+
+
+@register_jitable
+def put_out(t, b0, hc, out, off, mask, has_mask):
+    """out[t, b0 + b, off:off + P] = hc[b] on the valid rows (the output after zoneout)."""
+    P = hc.shape[1]
+    for b in range(hc.shape[0]):
+        if has_mask and not mask[t, b0 + b]:
+            continue
+        set_(out[t, b0 + b, off:off + P], hc[b])
+
+
+@register_jitable
+def zone_split(t, b0, z, d, keep, mask, has_mask):
+    """Backward of ``zone`` on the valid rows: keep[b] = z ⊙ d[b] (to the old state), d[b] -= keep[b]
+    (the (1 - z) part, to the new state)."""
+    for b in range(d.shape[0]):
+        if has_mask and not mask[t, b0 + b]:
+            continue
+        split_row(z[t, b0 + b], d[b], keep[b])
+
+
+@register_jitable
+def split_row(zb, db, kb):
+    """One row of ``zone_split``: kb = zb ⊙ db, db -= kb."""
+    for j in range(db.shape[0]):
+        kb[j] = zb[j] * db[j]
+    for j in range(db.shape[0]):
+        db[j] = db[j] - kb[j]
+
+
+@register_jitable
+def add_kept(t, b0, d, keep, mask, has_mask):
+    """d[b] += keep[b] on the valid rows (``zone_split``'s part for the old state)."""
+    for b in range(d.shape[0]):
+        if has_mask and not mask[t, b0 + b]:
+            continue
+        db = d[b]
+        kb = keep[b]
+        for j in range(db.shape[0]):
+            db[j] += kb[j]
+
+
+@register_jitable
+def scale(tmp, rd, b0):
+    """tmp[b] ⊙= rd[b0 + b]: the mat-mul's ∂L/∂h_{t-1} through dropped(h)."""
+    for b in range(tmp.shape[0]):
+        r = rd[b0 + b]
+        tb = tmp[b]
+        for j in range(tb.shape[0]):
+            tb[j] = tb[j] * r[j]
+
+
+@register_jitable
+def off2(like):
+    """A 2-D placeholder of like's dtype: the regulariser is off."""
+    return np.empty((0, 0), like.dtype)
+
+
+@register_jitable
+def off3(like):
+    """A 3-D placeholder of like's dtype: the regulariser is off."""
+    return np.empty((0, 0, 0), like.dtype)
