@@ -10,7 +10,7 @@ from numba.extending import register_jitable
 from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, past_end, prev_step, put_rows, set_, sigmoid_,
                      tanh_, zero_)
 from .jit import jit, parallel
-from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone, zone_split
+from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 

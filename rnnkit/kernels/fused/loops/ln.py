@@ -11,7 +11,7 @@ from numba.extending import register_jitable
 from .common import (acc_, chunk, consts, dot, get_rows, merge_set, one_, prev_step, put_rows, set_, tanh_,
                      zero_)
 from .jit import jit, parallel
-from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone
+from .noise import carry, copy, dot_dropped, off2, off3, put_out, split_row, zone
 from .lstm import activate_gates, gate_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows
 
@@ -329,7 +329,7 @@ def _backward_rows(k, n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, 
     tmp = np.empty(dhc.shape, dg.dtype)
     scratch = np.empty((3, G), dg.dtype)
     k = _consts(dg)
-    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
+    has_zh, has_zc = zh.shape[0] > 0, zc.shape[0] > 0
     hkeep = np.empty(dhc.shape if has_zh else (0, 0), dg.dtype)
     ckeep = np.empty(dcc.shape if has_zc else (0, 0), dg.dtype)
     for s in range(T):
@@ -338,13 +338,7 @@ def _backward_rows(k, n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, 
         _bwd_ew(t, b0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dhc, dcc, mask, has_mask, dout, dg, drh,
                 dpar, k, scratch, zh, zc, cz, hkeep, ckeep)
         dot(drh[t, b0:b1], w_hh, tmp, ab, False, False)
-        if has_rd:
-            scale(tmp, rd, b0)
-        merge_set(t, b0, dhc, tmp, mask, has_mask)
-        if has_zh:
-            add_kept(t, b0, dhc, hkeep, mask, has_mask)
-        if has_zc:
-            add_kept(t, b0, dcc, ckeep, mask, has_mask)
+        carry(t, b0, dhc, tmp, rd, hkeep, dcc, ckeep, mask, has_mask)
     put_rows(dh, b0, dhc)
     put_rows(dc, b0, dcc)
 

@@ -11,7 +11,7 @@ from numba.extending import register_jitable
 from .common import (add_dout, chunk, consts, dot, get_rows, merge_set, one_, past_end, prev_step, put_rows, set_,
                      sigmoid_, tanh_, zero_)
 from .jit import jit, parallel
-from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone, zone_split
+from .noise import carry, copy, dot_dropped, off2, off3, put_out, zone, zone_split
 from .small import no_mask, project, small_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows, units
 
@@ -186,7 +186,7 @@ def _backward_rows(k, n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reve
     dcc = get_rows(dc, b0, b1)
     tmp = np.empty(dhc.shape, dg.dtype)
     dhu = np.empty((B, H if proj else 0), dg.dtype)  # ∂L/∂(o·tanh c) = dh W_hr
-    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
+    has_zh, has_zc = zh.shape[0] > 0, zc.shape[0] > 0
     hkeep = np.empty(dhc.shape if has_zh else (0, 0), dg.dtype)  # zoneout's share of the old state
     ckeep = np.empty(dcc.shape if has_zc else (0, 0), dg.dtype)
     for s in range(T):
@@ -206,13 +206,7 @@ def _backward_rows(k, n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reve
             dot(dhc, w_hr, dhu, ab, False, False)
         _bwd_ew(t, b0, first, tp, gates, cs, c0, dhu if proj else dhc, dcc, mask, has_mask, dg, proj, hcs, cz)
         dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
-        if has_rd:
-            scale(tmp, rd, b0)
-        merge_set(t, b0, dhc, tmp, mask, has_mask)
-        if has_zh:
-            add_kept(t, b0, dhc, hkeep, mask, has_mask)
-        if has_zc:
-            add_kept(t, b0, dcc, ckeep, mask, has_mask)
+        carry(t, b0, dhc, tmp, rd, hkeep, dcc, ckeep, mask, has_mask)
     put_rows(dh, b0, dhc)
     put_rows(dc, b0, dcc)
 

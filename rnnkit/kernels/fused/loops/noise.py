@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba.extending import register_jitable
 
-from .common import dot, set_
+from .common import dot, merge_set, set_
 
 
 @register_jitable
@@ -122,3 +122,17 @@ def off2(like):
 def off3(like):
     """A 3-D placeholder of like's dtype: the regulariser is off."""
     return np.empty((0, 0, 0), like.dtype)
+
+
+@register_jitable
+def carry(t, b0, dh, tmp, rd, hkeep, dc, ckeep, mask, has_mask):
+    """The carries after step t's mat-mul tmp = dg_t W_hh, on the rows valid at t (``merge_set``):
+    dh = tmp ⊙ rd (rd of size 0: tmp) plus zoneout's share hkeep, and dc += ckeep (either of size 0
+    when off)."""
+    if rd.shape[0] > 0:
+        scale(tmp, rd, b0)
+    merge_set(t, b0, dh, tmp, mask, has_mask)
+    if hkeep.shape[0] > 0:
+        add_kept(t, b0, dh, hkeep, mask, has_mask)
+    if ckeep.shape[0] > 0:
+        add_kept(t, b0, dc, ckeep, mask, has_mask)

@@ -8,7 +8,7 @@ from numba.extending import register_jitable
 
 from .common import chunk, consts, dot, get_rows, merge_set, one_, past_end, put_rows, tanh_
 from .jit import jit, parallel
-from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone, zone_split
+from .noise import carry, copy, dot_dropped, off2, off3, put_out, split_row, zone
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 
@@ -123,17 +123,12 @@ def _backward_rows(k, n, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, do
     T, ab = dg.shape[0], consts(dg)
     dhc = get_rows(dh, b0, b1)
     tmp = np.empty(dhc.shape, dh.dtype)
-    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
-    keep = np.empty(dhc.shape if has_zh else (0, 0), dh.dtype)
+    keep = np.empty(dhc.shape if zh.shape[0] > 0 else (0, 0), dh.dtype)  # zoneout's share of the old state
     for s in range(T):
         t = s if reverse else T - 1 - s
         _bwd_ew(t, b0, hseq, hoff, dhc, relu, mask, has_mask, dout, doff, dg, ht, zh, keep)
         dot(dg[t, b0:b1], w_hh, tmp, ab, False, False)
-        if has_rd:
-            scale(tmp, rd, b0)
-        merge_set(t, b0, dhc, tmp, mask, has_mask)
-        if has_zh:
-            add_kept(t, b0, dhc, keep, mask, has_mask)
+        carry(t, b0, dhc, tmp, rd, keep, dhc, keep[:0], mask, has_mask)
     put_rows(dh, b0, dhc)
 
 
