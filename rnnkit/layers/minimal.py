@@ -8,7 +8,7 @@ runs in one of four ways:
 
     "fused"  on CPU (float32/64): the input projection's GEMM, then one compiled pass that adds the
              bias, computes the coefficients and scans, and one for the backward that also sums the
-             bias gradient (``rnnkit.layers.minimal_fused``); the default on CPU
+             bias gradient (``rnnkit.kernels.fused.minimal``); the default on CPU
     "log"    the parallel scan in log space (Heinsen 2023; the paper's appendix B), chunked:
              h_t = exp(A_t) ⊙ h_0 + exp(A_t + logcumsumexp_{k<=t}(log b_k - A_k)),  A_t = Σ_{k<=t} log a_k,
              every product a sum of logs, so nothing underflows; parallel over the steps of a
@@ -220,10 +220,10 @@ class MinimalRecurrent(nn.Module):
                         reverse: bool, method: str) -> tuple[Tensor, Tensor]:
         """One direction by a parallel scan: output <f>[T, B, H] and the final state <f>[B, H]."""
         if method == "fused":  # numba: imported on first use, as the fused backend's loops
-            from .minimal_fused import fused_layer
+            from ..kernels.fused.minimal import fused_layer
             # batch first (free for a batch_first input): each sequence's steps are consecutive rows
             h, final = fused_layer(x.transpose(0, 1), w.w_ih, w.b_ih, h0, None if mask is None else mask[..., 0].t(),
-                                   self.mode, reverse)
+                                   self.spec, reverse)
             return h.transpose(0, 1), final
         gi = F.linear(x, w.w_ih, w.b_ih)  # every step's gates and candidate: one GEMM
         if reverse:
@@ -287,7 +287,7 @@ class MinimalRecurrent(nn.Module):
         if state is not None:
             self._check_hx(state, batch_size, like)
         if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64):
-            from .minimal_fused import FusedStreamer  # one compiled call per layer and step
+            from ..kernels.fused.minimal import FusedStreamer  # one compiled call per layer and step
             return FusedStreamer(self, batch_size, state)
         return _StepStreamer(self, batch_size, state)
 

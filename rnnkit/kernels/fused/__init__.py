@@ -9,7 +9,8 @@ this CPU model): ``explain(layer, x)`` shows it. The modules:
 - ``plan``: ``Call`` → ``Plan`` (path, threads, reason); ``record()`` collects the plans that ran.
 - ``drivers``: the table of cells (their compiled loops and Python drivers); ``layer``: a plain
   cell's layer as an autograd Function, and oneDNN's LSTM layer; ``small``: small training calls;
-  ``ln``: the layer-normalised LSTM.
+  ``ln``: the layer-normalised LSTM; ``minimal``: the minimal cells (MinGRU, MinLSTM) on their scan
+  loops.
 - ``gemm``: the whole-sequence products, weight gradients and oneDNN's per-step GEMM.
 - ``streaming``: whole stacks, one step (or a small call) in one compiled call; ``Streamer``.
 - ``backend``: the entry points ``rnnkit.kernels`` calls. ``warmup``: compiling every loop into numba's

@@ -343,8 +343,22 @@ def takes_noise(spec: CellSpec) -> bool:
             and not (spec.mode == "GRU" and not spec.reset_after))
 
 
+@dataclass(frozen=True)
+class Scan:
+    """A minimal cell's entry (h_t = a_t ⊙ h_{t-1} + b_t, a_t and b_t from the input projection alone;
+    ``fused.minimal`` runs it): its code in ``loops.minimal``, whose coefficient functions branch on it."""
+
+    code: int
+
+
+_MINIMAL = {"MINGRU": "mingru", "MINLSTM": "minlstm"}
+
+
 def key(spec: CellSpec) -> str:
-    """The table's key for a cell: "rnn", "lstm", "ln_lstm", "gru" (reset_after) or "grux"."""
+    """The table's key for a cell: "rnn", "lstm", "ln_lstm", "gru" (reset_after), "grux", "mingru" or
+    "minlstm"."""
+    if spec.mode in _MINIMAL:
+        return _MINIMAL[spec.mode]
     if spec.mode == "LSTM":
         return "ln_lstm" if spec.layer_norm else "lstm"
     if spec.mode == "GRU":
@@ -353,7 +367,7 @@ def key(spec: CellSpec) -> str:
 
 
 @functools.cache
-def _build() -> dict[str, Cell]:
+def _build() -> dict[str, Cell | Scan]:
     K = runtime.loops()
     never = None
     return {
@@ -367,9 +381,11 @@ def _build() -> dict[str, Cell]:
                      lambda s: False),
         # the layer-normalised LSTM's layer drivers are ln.py's (an autograd Function per direction)
         "ln_lstm": Cell(never, never, never, Split(K.ln.stream, K.ln.stream_par), never, lambda s: False),
+        "mingru": Scan(0),
+        "minlstm": Scan(1),
     }
 
 
-def cell(spec: CellSpec) -> Cell:
+def cell(spec: CellSpec) -> Cell | Scan:
     """The table's entry for this cell."""
     return _build()[key(spec)]

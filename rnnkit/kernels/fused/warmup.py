@@ -11,18 +11,20 @@ import torch
 
 from ...cells import CellSpec
 from ..base import DirectionWeights
-from . import runtime, streaming
+from . import minimal, runtime, streaming
 from .backend import run_layer
+from .drivers import Scan, cell
 from .plan import Plan
 from .policies import Policy, policy
 
 WARM_UP_GROUPS = (
     (CellSpec("RNN_TANH", 3), CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False)),
     (CellSpec("LSTM", 3), CellSpec("LSTM", 3, proj_size=2), CellSpec("LSTM", 3, layer_norm=True)),
+    (CellSpec("MINGRU", 3), CellSpec("MINLSTM", 3)),
 )
 """The cells ``warm_up`` compiles, in groups that share no compiled function (``loops.rnn``, ``loops.gru``
-| ``loops.lstm``, ``loops.ln``): numba keeps one index file per function, which two processes compiling
-it at once could each rewrite, losing the other's entry. The two groups take about as long to compile."""
+| ``loops.lstm``, ``loops.ln`` | ``loops.minimal``): numba keeps one index file per function, which two
+processes compiling it at once could each rewrite, losing the other's entry."""
 
 NEVER = 1 << 62
 
@@ -50,6 +52,9 @@ def warm_up_cells(specs, dtypes) -> None:
         drivers.append(replace(loops, step_loop_min_weight=NEVER, par_min_rows=1, par_row_bytes=NEVER))
     for dtype in dtypes:
         for spec in specs:
+            if isinstance(cell(spec), Scan):
+                warm_up_scan(spec, dtype)
+                continue
             g, h, p = spec.gates * spec.hidden_size, spec.hidden_size, spec.output_size
 
             def param(*shape):
@@ -75,3 +80,17 @@ def warm_up_cells(specs, dtypes) -> None:
                     streaming.stream_step(spec, x[0], layers, None, p=Plan("stream", "warm-up", chunks=chunks))
                 with policy(Policy(stream_units_min_weight=0, stream_units_min_layer_weight=0)):  # units split
                     streaming.stream_step(spec, x[0, :1], layers, None)
+
+
+def warm_up_scan(spec: CellSpec, dtype: torch.dtype) -> None:
+    """A minimal cell's loops once: forward and backward (with padding: its types are the same without)
+    and the streaming step."""
+    x = torch.randn(4, 2, 2, dtype=dtype, requires_grad=True)  # batch first
+    w = torch.randn(spec.gates * spec.hidden_size, 2, dtype=dtype, requires_grad=True)
+    b = torch.zeros(w.shape[0], dtype=dtype, requires_grad=True)
+    h0 = torch.zeros(4, spec.hidden_size, dtype=dtype)
+    h, final = minimal.fused_layer(x, w, b, h0, torch.ones(4, 2, dtype=torch.bool), spec, False)
+    (h.sum() + final.sum()).backward()
+    gi = w.new_empty(w.shape[0]).detach().numpy()
+    runtime.loops().minimal.stream_layer(cell(spec).code, x[:, 0].detach().contiguous().numpy(), w.detach().numpy(),
+                                         b.detach().numpy(), h0.numpy(), gi)

@@ -1,8 +1,8 @@
 """Compiled time loops of the fused CPU backend (numba): forward and backward of each cell over a
-sequence, one module per cell family (``rnn``, ``lstm``, ``gru``, ``ln``), with what they share in
-``common`` (activations, BLAS, row helpers), ``small`` and ``stream``; ``jit`` compiles them (numba's
-options and threads, the on-disk cache, the parallel twins). The Python side reaches them through
-``rnnkit.kernels.fused.runtime.loops()``, which imports this package on first use.
+sequence, one module per cell family (``rnn``, ``lstm``, ``gru``, ``ln``, ``minimal``), with what
+they share in ``common`` (activations, BLAS, row helpers), ``small`` and ``stream``; ``jit`` compiles
+them (numba's options and threads, the on-disk cache, the parallel twins). The Python side reaches
+them through ``rnnkit.kernels.fused.runtime.loops()``, which imports this package on first use.
 
 Each cell has an elementwise step (``_fwd_ew`` / ``_bwd_ew``: one fused pass over the batch at step t)
 and two drivers that share it:
@@ -41,8 +41,8 @@ noise); float64 uses libm, to match the reference to ~1e-12.
 
 from __future__ import annotations
 
-from . import gru, ln, lstm, rnn
+from . import gru, ln, lstm, minimal, rnn
 from .common import BLAS
 from .jit import MAX_THREADS, set_threads
 
-__all__ = ["BLAS", "MAX_THREADS", "gru", "ln", "lstm", "rnn", "set_threads"]
+__all__ = ["BLAS", "MAX_THREADS", "gru", "ln", "lstm", "minimal", "rnn", "set_threads"]

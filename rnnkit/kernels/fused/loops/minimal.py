@@ -1,47 +1,29 @@
-"""The minimal cells' CPU fast path: one compiled pass forward and one backward (numba).
+"""The minimal cells' loops (MinGRU, MinLSTM: h_t = a_t ⊙ h_{t-1} + b_t, a_t and b_t from the input
+projection alone): one compiled pass forward (adds the bias, computes every step's coefficients and
+scans) and one backward (the reverse scan and the coefficients' derivatives, writing ∂loss/∂gi and
+summing the bias gradient as it goes), and the streaming step of one layer. ``cell`` is the cell's code
+in the driver table (``fused.drivers``: 0 minGRU, 1 minLSTM; G = 2 + cell gate blocks). Lanes (one
+sequence, up to 256 hidden units) run in parallel; time is sequential, so no log space is needed.
 
-The input projection gi = x W^T of a whole sequence is one GEMM (into a buffer kept from call to
-call); the forward pass adds the bias, computes every step's coefficients a_t, b_t and runs
-h_t = a_t ⊙ h_{t-1} + b_t in the same loop; the backward pass runs the reverse scan and the
-coefficients' derivatives in one loop, writing ∂loss/∂gi and summing the bias gradient as it goes,
-and two GEMMs give the input and weight gradients. Each pass reads and writes every element once,
-where torch's elementwise ops make ~25 passes with a fresh allocation each. Lanes (one sequence, up
-to 256 hidden units) run in parallel; time is sequential, so no log space is needed.
-
-Padding (``valid`` False) keeps the state and gives no gradient, as ``rnnkit.layers.minimal``'s
-other scans. Float32 and float64; in float32 the sigmoid is the fused loops' branch-free rational
-form (absolute error ~1e-7) and exp a branch-free polynomial (relative error < 3e-7), so that the
-loops vectorise; float64 is exact.
-
-This is a driver in all but name: it belongs in the fused backend's per-cell driver table
-(``rnnkit.kernels.fused``) once that takes cells without recurrent weights.
+Float32 and float64; in float32 the sigmoid is ``common``'s branch-free rational form (absolute error
+~1e-7) and exp a branch-free polynomial (relative error < 3e-7), so that the loops vectorise; float64
+is exact.
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-import torch
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
-from torch import Tensor
 
-from ..kernels.base import check_out
-from ..kernels.buffers import pool
-from ..kernels.fused import gemm, runtime
-from ..kernels.fused.policies import current
+from .common import one_, sigmoid_
+from .jit import OPTIONS, jit
 
-# the fused backend's compiled helpers (float32: a branch-free sigmoid, so loops vectorise) and its
-# compiler (``jit``: its on-disk cache is stamped with the whole loops package, whose helpers these
-# loops inline); loaded through runtime.loops(), which keeps torch's thread count as numba starts
-_LOOPS = runtime.loops()
-one_, sigmoid_, jit = _LOOPS.common.one_, _LOOPS.common.sigmoid_, _LOOPS.jit.jit
-_INLINE = dict(_LOOPS.jit.OPTIONS, inline="always")  # helpers compiled into the loops that call them
+_INLINE = dict(OPTIONS, inline="always")  # helpers compiled into the loops that call them
 _LANE = 256  # hidden units per parallel job: 1 KB runs of each row (64-unit runs cost a TLB miss a row a step)
-CELLS = {"MINGRU": 0, "MINLSTM": 1}  # the kernels' ``cell`` argument; G = 2 + cell gate blocks
 
 
 def _prefetcher(write: int):
@@ -320,100 +302,3 @@ def stream_layer(cell, x, w, bias, h, gi):
         for j in range(hidden):
             a, bb = _coefficients(cell, gi, bias, j, hidden)
             h[b, j] = a * h[b, j] + bb
-
-
-class FusedStreamer:
-    """A minimal layer's stack streamed one compiled call per layer and step (``MinGRU.streamer``):
-    ``y_t = s(x_t)`` or ``s(x_t, out=y)``, ``s.state`` <f>[L, B, H]. Reads the parameters in place."""
-
-    def __init__(self, layer, batch_size: int, state: Tensor | None) -> None:
-        like = layer.weight_ih_l0.detach()
-        self.layer, self.batch_size, self.cell = layer, batch_size, CELLS[layer.mode]
-        h = like.new_zeros(layer.num_layers, batch_size, layer.hidden_size) if state is None else state.detach()
-        self._h = h.clone().contiguous()
-        self._weights = []
-        for index in range(layer.num_layers):
-            w = layer.direction_weights(index, 0)
-            bias = w.b_ih.detach() if w.b_ih is not None else like.new_zeros(w.w_ih.shape[0])
-            self._weights.append((w.w_ih.detach().numpy(), bias.numpy()))
-        self._gi = like.new_empty(layer.spec.gates * layer.hidden_size).numpy()
-
-    def __call__(self, x_t: Tensor, out: Tensor | None = None) -> Tensor:
-        layer = self.layer
-        layer._check_input(x_t, "x_t")
-        if x_t.shape[0] != self.batch_size:
-            raise ValueError(f"x_t: expected a batch of {self.batch_size} (the streamer's batch_size), "
-                             f"got shape {tuple(x_t.shape)}")
-        if out is not None:
-            check_out(out, (self.batch_size, layer.hidden_size), self._h.dtype, self._h.device)
-        x = x_t.detach().contiguous().numpy()
-        for (w, bias), h in zip(self._weights, self._h.numpy()):
-            stream_layer(self.cell, x, w, bias, h, self._gi)
-            x = h
-        y = self._h[-1]
-        return y.clone() if out is None else out.copy_(y)
-
-    @property
-    def state(self) -> Tensor:
-        """The current state <f>[L, B, H] (forward's hx layout), as a new tensor."""
-        return self._h.clone()
-
-
-def _threads() -> None:
-    """The fused backend's thread count for the parallel loops (the policy's, within numba's pool;
-    one thread in a forked child, where GNU OpenMP is not safe)."""
-    numba.set_num_threads(runtime.threads(current()))
-
-
-class FusedMinLayer(torch.autograd.Function):
-    """(x <f>[B, T, I], w <f>[G*H, I], b <f>[G*H] or None, h0 <f>[B, H], valid <bool>[B, T] or None,
-    mode, reverse) → (h <f>[B, T, H], zero past each end; h_n <f>[B, H]): one direction of a layer,
-    batch first (each sequence's steps are consecutive rows, read in order). The input projection
-    gi = x w^T + b is one GEMM into a pooled buffer, kept for the backward; the backward scan writes
-    ∂loss/∂gi into another and sums the bias gradient as it goes, and two GEMMs give ∂loss/∂x and
-    ∂loss/∂w. First-order differentiable in x, w, b and h0."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor | None, h0: Tensor, valid: Tensor | None, mode: str,
-                reverse: bool):
-        batch, time = x.shape[:2]
-        x, w, h0 = x.detach().contiguous(), w.detach(), h0.detach().contiguous()
-        gi = gemm.linear(x.view(batch * time, x.shape[2]), w, None, current(), pooled=True)
-        gi = gi.view(batch, time, w.shape[0])
-        bias = gi.new_zeros(gi.shape[2]) if b is None else b.detach().contiguous()
-        ok = (torch.ones(batch, time, dtype=torch.bool) if valid is None else valid.contiguous())
-        hs = gi.new_empty(batch, time, h0.shape[1])
-        _threads()
-        forward_loop(CELLS[mode], gi.numpy(), bias.numpy(), h0.numpy(), ok.numpy(), reverse, hs.numpy())
-        ctx.save_for_backward(x, w, gi, bias, h0, ok, hs)
-        ctx.mode, ctx.reverse, ctx.has_bias = mode, reverse, b is not None
-        final = hs[:, 0 if reverse else -1].clone()
-        return (hs if valid is None else hs * ok.unsqueeze(-1)), final
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout: Tensor | None, dfinal: Tensor | None):
-        x, w, gi, bias, h0, ok, hs = ctx.saved_tensors
-        dout = torch.zeros_like(hs) if dout is None else dout.contiguous()
-        dfinal = torch.zeros_like(h0) if dfinal is None else dfinal.contiguous()
-        dgi, dh0 = pool.empty(tuple(gi.shape), gi.dtype), torch.empty_like(h0)
-        db = gi.new_empty(gi.shape[0], gi.shape[2])  # each sequence's bias gradient
-        _threads()
-        backward_loop(CELLS[ctx.mode], gi.numpy(), bias.numpy(), h0.numpy(), ok.numpy(), ctx.reverse, hs.numpy(),
-                      dout.numpy(), dfinal.numpy(), dgi.numpy(), dh0.numpy(), db.numpy())
-        rows = dgi.view(x.shape[0] * x.shape[1], dgi.shape[2])
-        dx = dw = None
-        if ctx.needs_input_grad[0]:  # dx = dgi w, as oneDNN's x w^T with w^T (a small copy)
-            dx = gemm.linear(rows, w.t().contiguous(), None, current()).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            dw = gemm.grad_input_weight(rows, x.view(rows.shape[0], x.shape[2]))
-        return dx, dw, db.sum(0) if ctx.has_bias else None, dh0, None, None, None
-
-
-def fused_layer(x: Tensor, w: Tensor, b: Tensor | None, h0: Tensor, valid: Tensor | None, mode: str,
-                reverse: bool) -> tuple[Tensor, Tensor]:
-    """One direction of a minimal layer from its batch-first input (see ``FusedMinLayer``)."""
-    return FusedMinLayer.apply(x, w, b, h0, valid, mode, reverse)
-
-
-__all__ = ["fused_layer", "forward_loop", "backward_loop", "stream_layer", "FusedStreamer"]
