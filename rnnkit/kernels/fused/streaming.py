@@ -16,10 +16,8 @@ import threading
 import weakref
 from typing import Callable
 
-import numba
 import numpy as np
 import torch
-from numba.core.dispatcher import Dispatcher
 from torch import Tensor
 
 from ...cells import CellSpec
@@ -262,9 +260,11 @@ def compiled_entry(run, args: tuple):
     matches the types of every call's arguments to its compiled versions (about half of a dispatch
     with three arrays); ``run`` itself where it is not a dispatcher (a kernel split across threads).
     The arrays passed later must keep these types: the Streamer's own state and pointer arrays do."""
+    from numba import typeof  # here, not at the top: ``import rnnkit`` does not load numba (the loops do)
+    from numba.core.dispatcher import Dispatcher
     if not isinstance(run, Dispatcher):
         return run
-    return run.compile(tuple(map(numba.typeof, args)))
+    return run.compile(tuple(map(typeof, args)))
 
 
 def _describe(x) -> str:
