@@ -217,7 +217,8 @@ def generate(checkpoint: Annotated[Path, typer.Argument(help="language-model che
 @user_errors
 def experiment(name: Annotated[str, typer.Argument(help="adding | copy | vanishing | exploding")],
                length: Annotated[int, typer.Option(help="sequence length T (copy: the delay)")] = 200,
-               cells: Annotated[str, typer.Option(help="comma-separated: rnn,lstm,gru")] = "rnn,lstm,gru",
+               cells: Annotated[str, typer.Option(
+                   help="comma-separated: rnn,lstm,gru (adding and copy also: mingru,minlstm)")] = "rnn,lstm,gru",
                minutes: Annotated[float, typer.Option(help="training budget per cell")] = 10.0,
                out: Annotated[Path, typer.Option(help="where the JSON and PNG go")] = Path("runs/long_range"),
                init: Annotated[str, typer.Option(help="adding/copy: keras | torch | chrono (gated cells; "

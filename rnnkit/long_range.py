@@ -27,6 +27,7 @@ from .model import ModelConfig, SequenceModel
 from .train import NonFiniteError, TrainConfig, Trainer
 
 CELLS = ("rnn", "lstm", "gru")
+TRAINABLE = CELLS + ("mingru", "minlstm")  # the adding and copying problems also train the minimal cells
 
 
 def cell_init(cell: str, init: str) -> str:
@@ -171,9 +172,9 @@ def run_experiment(name: str, *, length: int, cells: list[str] | tuple[str, ...]
     stem = out / "-".join([name, str(length)] + [f"{k}{v}" if k != "init" else str(v)
                                                  for k, v in options.items() if v != defaults[k]])
     if name in ("adding", "copy"):
-        unknown = [c for c in cells if c not in CELLS]
+        unknown = [c for c in cells if c not in TRAINABLE]
         if unknown:
-            raise ValueError(f"cells: expected names from {list(CELLS)}, got {unknown}")
+            raise ValueError(f"cells: expected names from {list(TRAINABLE)}, got {unknown}")
         if init not in ("keras", "torch", "chrono"):
             raise ValueError(f"init: expected 'keras', 'torch' or 'chrono', got {init!r}")
         runs = [train_synthetic(name, cell, length, minutes=minutes, target=1e-3, init=init, hidden=hidden,

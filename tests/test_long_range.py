@@ -20,6 +20,15 @@ def test_lstm_learns_short_adding_problem():
     assert result["steps"] <= 400
 
 
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_minimal_cells_learn_short_adding_problem(cell, tmp_path):
+    result = long_range.train_synthetic("adding", cell, 10, minutes=1, eval_every=50, max_steps=1000,
+                                        hidden=32, lr=1e-2, target=0.01)
+    assert result["best_test_loss"] < 0.01 < result["curve"][0][1]
+    with pytest.raises(ValueError, match=r"cells: expected names from .*'minlstm'.*got \['lru'\]"):
+        long_range.run_experiment("adding", length=10, cells=[cell, "lru"], minutes=0.01, out=tmp_path)
+
+
 def test_exploding_without_clipping_is_caught_and_clipping_trains():
     result = long_range.exploding(50, hidden=64, steps=50, log_every=25)
     stopped, clipped = result["no_clipping"], result["clipping"]
