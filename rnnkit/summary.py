@@ -32,7 +32,8 @@ _CLASSES_SHOWN = 10  # class names printed in full up to this many; the record a
 
 def _cell_name(layer: nn.Module) -> str:
     spec = layer.spec
-    name = {"RNN_TANH": "RNN (tanh)", "RNN_RELU": "RNN (relu)"}.get(spec.mode, spec.mode)
+    name = {"RNN_TANH": "RNN (tanh)", "RNN_RELU": "RNN (relu)", "MINGRU": "minGRU",
+            "MINLSTM": "minLSTM"}.get(spec.mode, spec.mode)
     if spec.layer_norm:
         name = "layer-norm " + name
     extras = [f"x{layer.num_layers}"] if layer.num_layers > 1 else []
@@ -44,10 +45,14 @@ def _cell_name(layer: nn.Module) -> str:
 
 
 def _backend(layer: nn.Module, device: torch.device, batch: int) -> str:
-    """The backend a training call of ``batch`` sequences runs on (a probe input; nothing is run)."""
+    """The backend a training call of ``batch`` sequences runs on (a probe input; nothing is run);
+    for minGRU and minLSTM the scan that runs their recurrence."""
     from .kernels import select_backend
+    from .layers.minimal import MinimalRecurrent
     dtype = next(layer.parameters()).dtype
     x = torch.empty(2, max(1, batch), layer.input_size, device=device, dtype=dtype)
+    if isinstance(layer, MinimalRecurrent):
+        return f"{layer.scan_method(x)} scan"
     try:
         return select_backend(layer.spec, x, True, layer.backend).name
     except (ValueError, RuntimeError) as error:  # a forced backend that cannot run this call
@@ -56,10 +61,11 @@ def _backend(layer: nn.Module, device: torch.device, batch: int) -> str:
 
 def describe_model(model: nn.Module, device: torch.device | str = "cpu", batch: int = 1) -> dict[str, Any]:
     """Parameter counts, the recurrent layers' cells and the backend each one trains on."""
+    from .layers.minimal import MinimalRecurrent
     from .layers.recurrent import RecurrentBase
     device = torch.device(device)
     params = list(model.parameters())
-    layers = [m for m in model.modules() if isinstance(m, RecurrentBase)]
+    layers = [m for m in model.modules() if isinstance(m, (RecurrentBase, MinimalRecurrent))]
     return {"parameters": sum(p.numel() for p in params),
             "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
             "cells": [_cell_name(m) for m in layers],

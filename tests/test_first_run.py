@@ -223,6 +223,14 @@ def test_summary_is_printed_and_first_in_metrics(tmp_path, capsys):
     assert first["device"] == "cpu" and first["batches_per_epoch"] == 10
 
 
+def test_summary_names_the_minimal_cells_and_their_scan():
+    from rnnkit.summary import describe_model
+    model = nn.Sequential(rnnkit.MinGRU(3, 8, num_layers=2), rnnkit.MinLSTM(8, 4, bidirectional=True))
+    described = describe_model(model, batch=4)
+    assert described["cells"] == ["minGRU 8 x2", "minLSTM 4 bidirectional"]
+    assert described["backends"] == ["fused scan"]
+
+
 def test_summary_of_a_bare_trainer(tmp_path):
     model = nn.Sequential(nn.Linear(3, 2))
     batches = [(torch.randn(4, 3), torch.randn(4, 2)) for _ in range(5)]

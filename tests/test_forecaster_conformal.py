@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment
-from rnnkit.tasks.forecasting.conformal import calibrate, coverage_by_step, halfwidth
+from rnnkit.tasks.forecasting.conformal import calibrate, coverage_by_step, halfwidth, recalibrated
 
 torch.set_num_threads(1)
 
@@ -32,6 +32,23 @@ def test_split_conformal_quantile_by_hand():
     actuals = np.array([[[1.0], [5.0]], [[2.0], [np.nan]]])  # [2 origins, 2 steps, 1]
     cover = coverage_by_step(actuals, np.zeros((2, 2, 1)), np.full((2, 2, 1), 3.0))
     np.testing.assert_array_equal(cover, [1.0, 0.0])
+
+
+def test_recalibration_adds_the_errors_observed_before_each_origin():
+    cal = calibrate(np.ones((4, 2, 1)))                             # four validation scores of 1 at both steps
+    errors = np.array([[5.0, 5.0], [-7.0, np.nan], [9.0, 9.0]])[..., None]  # origins at steps 10, 11, 12
+    widths = recalibrated(cal, errors, np.array([10, 11, 12]), 0.8)[..., 0]
+    # origin 11, step 0: {1, 1, 1, 1, 5}, rank ceil(6 * 0.8) = 5; step 1's actual from 10 (at 11) not yet seen.
+    # origin 12, step 0: {1 x 4, 5, 7}, rank 6; step 1: {1 x 4, 5} (origin 11's step-1 actual unobserved)
+    np.testing.assert_array_equal(widths, [[1, 1], [5, 1], [7, 5]])
+    # decay 0.5: at origin 12, step 0 weighs 7 (actual at step 11, age 1) 0.5, 5 (age 2) 0.25, the validation
+    # 1s 0.25 each (two steps after the first origin): total 1.75; level 0.8 needs 0.8 * 2.75 = 2.2: unbounded;
+    # level 0.6 needs 1.65: the 1s (1.0), 5 (1.25), 7 (1.75): 7
+    decayed = recalibrated(cal, errors, np.array([10, 11, 12]), 0.6, decay=0.5)[..., 0]
+    assert decayed[2, 0] == 7 and np.isinf(recalibrated(cal, errors, np.array([10, 11, 12]), 0.8, decay=0.5)[2, 0, 0])
+    # with nothing observed yet every origin keeps the validation span's widths
+    np.testing.assert_array_equal(recalibrated(cal, errors, np.array([10, 10, 10]), 0.8)[..., 0],
+                                  np.broadcast_to(halfwidth(cal, 0.8, 2)[:, 0], (3, 2)))
 
 
 def random_walk(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -58,6 +75,14 @@ def test_conformal_intervals_widen_with_the_step_and_cover_the_test(tmp_path):
     steps = bt.coverage_by_step()
     assert steps.shape == (6,) and 0.6 <= bt.metrics.loc["model", "coverage"] <= 0.97
     assert "interval coverage by step:" in bt.table() and len(bt.to_dict()["coverage_by_step"]) == 6
+    # recalibrated at each origin by default; the validation span's widths alone with recalibrate = false
+    fc.experiment.forecast.recalibrate = False
+    fixed = fc.backtest(6, baselines=False)
+    np.testing.assert_allclose(fixed.upper - fixed.lower, (fixed.upper - fixed.lower)[:1].repeat(len(fixed.upper), 0),
+                               rtol=1e-5)
+    assert not np.allclose(bt.upper - bt.lower, fixed.upper - fixed.lower)
+    np.testing.assert_allclose(bt.upper[:1], fixed.upper[:1])
+    fc.experiment.forecast.recalibrate = True
     out = fc.predict()
     assert (out["y_lower"] < out["y"]).all() and (out["y"] < out["y_upper"]).all()
     wide, narrow = fc.predict(level=0.95), fc.predict(level=0.5)

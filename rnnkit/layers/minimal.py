@@ -184,7 +184,7 @@ class MinimalRecurrent(nn.Module):
     def _stream(self, x: Tensor, state) -> None:
         return None  # forward() and step() always take this layer's own paths
 
-    def _scan_method(self, x: Tensor) -> str:
+    def scan_method(self, x: Tensor) -> str:
         """The scan a call runs: the reference while torch records the model (export, tracing)."""
         if not kernels.eager():
             return "reference"
@@ -197,7 +197,7 @@ class MinimalRecurrent(nn.Module):
     def _layer_by_layer(self, x: Tensor, hx: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """forward() on time-major x <f>[T, B, I] (mask <bool>[T, B, 1] or None)."""
         states = self._initial_states(hx, x.shape[1], x)
-        method = self._scan_method(x)
+        method = self.scan_method(x)
         finals: list[Tensor] = []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:

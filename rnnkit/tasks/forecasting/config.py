@@ -83,6 +83,15 @@ class ForecastConfig(Config):
         "model", description="model: the gaussian or quantile head's intervals; conformal: split-conformal intervals "
                              "from the validation span's absolute errors per horizon step, for any output (needs "
                              "data.val of at least data.horizon steps)")
+    recalibrate: bool = Field(
+        True, description="conformal intervals in a backtest: recalibrate at each origin with the errors of the "
+                          "earlier origins already observed there (as a forecaster in use refreshes its intervals); "
+                          "false: the validation span's scores only")
+    conformal_decay: float = Field(
+        0.99, gt=0, le=1, description="recalibrated conformal intervals: each score weighs decay^age (age in steps "
+                                      "since its actual was observed; the weighted conformal quantile of Barber et "
+                                      "al. 2023, whose experiments use 0.99), so that recent errors count more where "
+                                      "they drift; 1: all alike")
     samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
     normalize: Literal["none", "last", "mean", "seasonal", "auto_ets", "auto_arima", "auto_theta"] = Field(
         "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets; "

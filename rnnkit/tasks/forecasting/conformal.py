@@ -7,6 +7,12 @@ and scaled), are the calibration scores. At level 1 − α the half-width of ste
 et al. 2018), so that ŷ ± q covers a new actual with probability at least 1 − α when errors are
 exchangeable. The interval is formed in model space and mapped back by the same monotone steps as
 the forecast (scaling, exp), so a log model's interval is asymmetric in the data's units.
+
+A backtest recalibrates as it goes (``recalibrated``): at each origin the scores are the validation
+span's and the errors of the earlier origins whose actuals were already observed there, as a
+forecaster in use would refresh its intervals with the errors it has seen (Darts's conformal models
+calibrate on past historical forecasts the same way). The exchangeability this needs holds better
+for the recent errors than for a validation span that may have been calmer than what followed.
 """
 
 from __future__ import annotations
@@ -37,22 +43,60 @@ def calibrate(errors: np.ndarray) -> dict[str, Any]:
 def halfwidth(calibration: dict[str, Any], level: float, horizon: int) -> np.ndarray:
     """<float64>[horizon, C]: the conformal half-width of each step at ``level`` (steps past the
     calibrated horizon take the last one's); inf where too few scores for that level."""
-    scores = np.array(calibration["scores"], dtype=np.float64)   # [K, H, C], NaN for None
-    count = np.asarray(calibration["count"], dtype=np.int64)     # [H, C]
-    out = np.empty(count.shape)
-    for (h, c), n in np.ndenumerate(count):
-        rank = math.ceil((n + 1) * level)
-        if rank > n:
-            out[h, c] = np.inf
-            continue
-        column = scores[:, h, c]
-        column = column[~np.isnan(column)]
-        if len(column) == n:
-            out[h, c] = column[rank - 1]
-        else:  # summarised: the same order statistic read off the kept quantiles
-            out[h, c] = np.quantile(column, (rank - 1) / max(n - 1, 1))
+    scores, weights = _scores(calibration)
+    out = np.array([[_order_statistic(v, w, level) for v, w in zip(*step)] for step in zip(scores, weights)])
     steps = np.minimum(np.arange(horizon), len(out) - 1)
     return out[steps]
+
+
+def recalibrated(calibration: dict[str, Any], errors: np.ndarray, times: np.ndarray, level: float,
+                 decay: float = 1.0) -> np.ndarray:
+    """<float64>[O, H, C]: the half-widths of a backtest's origins, each calibrated on the validation
+    scores and the earlier origins' errors already observed at it.
+
+    errors <float>[O, H, C]: forecast − actual of each origin in model space (NaN where the actual
+    was not observed); times <int>[O]: each origin's step index, ascending; the actual of step h
+    from origin j is known at origin i when ``times[j] + h < times[i]``. Steps past the calibrated
+    horizon start from the last calibrated step's scores. ``decay`` ρ < 1 weighs a score ρ^age (age
+    in steps since its actual; the validation scores count as observed at the first origin), the
+    weighted conformal quantile of Barber et al. 2023 for series whose errors drift."""
+    scores, weights = _scores(calibration)
+    n_origins, horizon, columns = errors.shape
+    out = np.empty(errors.shape)
+    for h in range(horizon):
+        base = min(h, len(scores) - 1)
+        for c in range(columns):
+            seen = np.abs(errors[:, h, c])
+            for i, t in enumerate(times):
+                known = (times[:i] + h < t) & ~np.isnan(seen[:i])
+                new, age = seen[:i][known], t - (times[:i][known] + h)
+                out[i, h, c] = _order_statistic(
+                    np.concatenate([scores[base][c], new]),
+                    np.concatenate([weights[base][c] * decay ** float(t - times[0]), decay ** age.astype(float)]),
+                    level)
+    return out
+
+
+def _scores(calibration: dict[str, Any]) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """The kept scores of each step and column, [H][C] arrays, and the errors each stands for (1 each,
+    or n / K where n errors were summarised by K quantiles)."""
+    kept = np.array(calibration["scores"], dtype=np.float64)   # [K, H, C], NaN for None
+    count = np.asarray(calibration["count"], dtype=np.int64)   # [H, C]
+    scores = [[kept[:, h, c][~np.isnan(kept[:, h, c])] for c in range(count.shape[1])] for h in range(count.shape[0])]
+    weights = [[np.full(len(v), n / len(v)) for v, n in zip(row, count[h])] for h, row in enumerate(scores)]
+    return scores, weights
+
+
+def _order_statistic(values: np.ndarray, weights: np.ndarray, level: float) -> float:
+    """The split-conformal quantile of weighted scores: the smallest score whose cumulative weight
+    reaches ``level`` of their total plus one (the new point's weight); with unit weights the
+    ⌈(n + 1) · level⌉-th smallest of n. inf where no score reaches it."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    need = (cumulative[-1] + 1) * level
+    rank = math.ceil(round(need, 9)) if np.all(weights == np.round(weights)) else need
+    reached = cumulative >= rank - 1e-9
+    return float(values[order][np.argmax(reached)]) if reached.any() else math.inf
 
 
 def coverage_by_step(actuals: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:

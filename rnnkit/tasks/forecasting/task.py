@@ -31,7 +31,7 @@ from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared,
                    _transform, _untransform, categories_of, encode_categories, expand)
 from .heads import _sizes, _Network
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
-from .conformal import calibrate, halfwidth
+from .conformal import calibrate, halfwidth, recalibrated
 from .panel import ManySeries
 from .statistical import MODELS as STATISTICAL_MODELS, fitted as statistical_fit, transformed
 
@@ -256,7 +256,7 @@ class Forecaster(ManySeries, Task):
             origins = np.arange(val.start, val.stop - horizon + 1, dtype=np.int64)
             if len(origins):
                 point = self._run(p, origins, horizon, None, model_space=True)["point"]
-                errors.append(point - np.stack([p.y[o:o + horizon] for o in origins]))
+                errors.append(point - _observed_targets(p, origins, horizon))
         if not errors:
             raise ValueError(f"data.val: the validation span is shorter than the horizon {horizon}; conformal "
                              "intervals need a forecast whose every step lies in it")
@@ -522,9 +522,10 @@ class Forecaster(ManySeries, Task):
 
     # -------------------------------------------------------------------------- forecast
     def _run(self, p: _Prepared, origins: np.ndarray, horizon: int, level: float | None,
-             batch: int = 1024, model_space: bool = False) -> dict[str, np.ndarray]:
+             batch: int = 1024, model_space: bool = False, widths: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Forecasts from each origin in the data's units (``model_space``: transformed and scaled, as the
-        network sees them): {"point", "lower", "upper", "quantiles"}; conformal intervals when calibrated."""
+        network sees them): {"point", "lower", "upper", "quantiles"}; conformal intervals when calibrated,
+        of half-widths ``widths`` <float>[origins, horizon, C] where given (else the calibrated ones)."""
         lookback = self.experiment.data.lookback
         if origins.size and origins.min() < lookback:
             raise ValueError(f"df: series of {origins.min()} steps before the first forecast origin is shorter "
@@ -543,7 +544,7 @@ class Forecaster(ManySeries, Task):
         if model_space:
             return out
         if self.conformal is not None and level is not None:
-            width = halfwidth(self.conformal, level, horizon)[None].astype(np.float32)
+            width = (halfwidth(self.conformal, level, horizon)[None] if widths is None else widths).astype(np.float32)
             out["lower"], out["upper"] = out["point"] - width, out["point"] + width
         scaler, kind = p.scalers["target"], self.columns["transform"]
 
@@ -641,7 +642,7 @@ class Forecaster(ManySeries, Task):
         actuals = np.stack([observed[o:o + horizon] for o in origins])
         seconds = {}
         t0 = _now()
-        out = self._run(p, origins, horizon, level)
+        out = self._run(p, origins, horizon, level, widths=self._recalibrated(p, origins, horizon, level))
         seconds["model"] = _now() - t0
         runs = {"model": Backtest(origins, out["point"], actuals)}
         if "statistical" in out:  # a hybrid's statistical component alone
@@ -657,6 +658,16 @@ class Forecaster(ManySeries, Task):
         metrics = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRICS))
         return ForecastBacktest(horizon, int(start), series.index[origins], tuple(self.columns["target"]), runs,
                                 out.get("lower"), out.get("upper"), level, metrics, seconds)
+
+    def _recalibrated(self, p: _Prepared, origins: np.ndarray, horizon: int, level: float | None
+                      ) -> np.ndarray | None:
+        """Conformal half-widths <float>[origins, horizon, C] recalibrated at each backtest origin with the
+        errors observed before it (``forecast.recalibrate``); None where the calibrated ones apply."""
+        if self.conformal is None or level is None or not self.experiment.forecast.recalibrate:
+            return None
+        point = self._run(p, origins, horizon, None, model_space=True)["point"]
+        return recalibrated(self.conformal, point - _observed_targets(p, origins, horizon), origins, level,
+                            self.experiment.forecast.conformal_decay)
 
     def _baseline_runs(self, truth: np.ndarray, start: int, horizon: int, stride: int, actuals: np.ndarray,
                        reuse: bool, series_id: Any = None) -> tuple[dict[str, Backtest], dict[str, float]]:
@@ -712,3 +723,10 @@ class Forecaster(ManySeries, Task):
             else:
                 models[name] = ARIMA(order=tuple(ev.arima_order), seasonal_order=tuple(ev.arima_seasonal_order))
         return models
+
+
+def _observed_targets(p: _Prepared, origins: np.ndarray, horizon: int) -> np.ndarray:
+    """<float64>[origins, horizon, C]: the model-space targets after each origin, NaN where not
+    observed (a gap filled for the inputs is no actual to score or calibrate on)."""
+    observed = np.where(p.data.target_mask, p.y, np.nan)
+    return np.stack([observed[o:o + horizon] for o in origins])
