@@ -167,3 +167,20 @@ def test_many_series_forecast_with_numeric_known_future_covariates():
     assert (on["y"].to_numpy() > 1.15 * off["y"].to_numpy()).all()    # the covariates reach every series
     with pytest.raises(ValueError, match="future: series 's2' lacks its future covariates"):
         fc.predict(4, future=plan(1.0).iloc[:-1])
+
+
+def test_conformal_intervals_recalibrate_per_series():
+    fc = Forecaster.fit(panel(n=60), experiment=tiny(epochs=5, data={"val": 8}, forecast={"intervals": "conformal"}))
+    bt = fc.backtests[4]
+    assert bt.coverage_by_step().shape == (4,)
+    # the scale of each series' own errors enters its widths (model space is scaled per series), so at a
+    # step's later origins the widths move away from the first origin's, differently per series
+    def spread(forecasts: pd.DataFrame) -> pd.Series:
+        """Per series: the largest step-1 interval width over its origins ÷ the smallest."""
+        rows = forecasts[forecasts["step"] == 1]
+        return (rows["upper"] - rows["lower"]).groupby(rows["series"]).agg(lambda w: w.max() / w.min())
+
+    # each series' own errors enter its later origins' widths; without recalibration one width per series
+    assert (spread(bt.forecasts) > 1.001).any()
+    fc.experiment.forecast.recalibrate = False
+    np.testing.assert_allclose(spread(fc.backtest(4, baselines=False).forecasts), 1.0, rtol=1e-5)
