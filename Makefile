@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml requirements.lock requirements-test.lock
 demo: $(STAMP)
 	$(PY) -m rnnkit.demo
 
-# the tests in two worker processes (pytest-xdist): 2 min 5-22 s against 3 min 8-22 s in one on 2 cores,
-# most tests being small and single-threaded; `.venv/bin/python -m pytest -p no:xdist` runs them in one
+# the tests in two worker processes (pytest-xdist), most tests being small and single-threaded;
+# `.venv/bin/python -m pytest -p no:xdist` runs them in one
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
