@@ -173,8 +173,7 @@ def test_conformal_intervals_recalibrate_per_series():
     fc = Forecaster.fit(panel(n=60), experiment=tiny(epochs=5, data={"val": 8}, forecast={"intervals": "conformal"}))
     bt = fc.backtests[4]
     assert bt.coverage_by_step().shape == (4,)
-    # the scale of each series' own errors enters its widths (model space is scaled per series), so at a
-    # step's later origins the widths move away from the first origin's, differently per series
+
     def spread(forecasts: pd.DataFrame) -> pd.Series:
         """Per series: the largest step-1 interval width over its origins ÷ the smallest."""
         rows = forecasts[forecasts["step"] == 1]

@@ -183,8 +183,7 @@ class ManySeries:
             truth, observed = s.target, np.where(s.target_mask, s.target, np.nan)
             actuals = np.stack([observed[o:o + horizon] for o in origins])
             t0 = _now()
-            p = self._panel_arrays(s, fit_end=int(start))
-            out = self._run(p, origins, horizon, level, widths=self._recalibrated(p, origins, horizon, level))
+            out = self._run(self._panel_arrays(s, fit_end=int(start)), origins, horizon, level, backtest=True)
             seconds["model"] = seconds.get("model", 0.0) + _now() - t0
             runs = {"model": Backtest(origins, out["point"], actuals)}
             if "statistical" in out:  # a hybrid's statistical component alone

@@ -522,10 +522,10 @@ class Forecaster(ManySeries, Task):
 
     # -------------------------------------------------------------------------- forecast
     def _run(self, p: _Prepared, origins: np.ndarray, horizon: int, level: float | None,
-             batch: int = 1024, model_space: bool = False, widths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             batch: int = 1024, model_space: bool = False, backtest: bool = False) -> dict[str, np.ndarray]:
         """Forecasts from each origin in the data's units (``model_space``: transformed and scaled, as the
         network sees them): {"point", "lower", "upper", "quantiles"}; conformal intervals when calibrated,
-        of half-widths ``widths`` <float>[origins, horizon, C] where given (else the calibrated ones)."""
+        recalibrated at each origin where ``backtest`` (``forecast.recalibrate``)."""
         lookback = self.experiment.data.lookback
         if origins.size and origins.min() < lookback:
             raise ValueError(f"df: series of {origins.min()} steps before the first forecast origin is shorter "
@@ -544,7 +544,12 @@ class Forecaster(ManySeries, Task):
         if model_space:
             return out
         if self.conformal is not None and level is not None:
-            width = (halfwidth(self.conformal, level, horizon)[None] if widths is None else widths).astype(np.float32)
+            if backtest and self.experiment.forecast.recalibrate:
+                width = recalibrated(self.conformal, out["point"] - _observed_targets(p, origins, horizon), origins,
+                                     level, self.experiment.forecast.conformal_decay)
+            else:
+                width = halfwidth(self.conformal, level, horizon)[None]
+            width = width.astype(np.float32)
             out["lower"], out["upper"] = out["point"] - width, out["point"] + width
         scaler, kind = p.scalers["target"], self.columns["transform"]
 
@@ -642,7 +647,7 @@ class Forecaster(ManySeries, Task):
         actuals = np.stack([observed[o:o + horizon] for o in origins])
         seconds = {}
         t0 = _now()
-        out = self._run(p, origins, horizon, level, widths=self._recalibrated(p, origins, horizon, level))
+        out = self._run(p, origins, horizon, level, backtest=True)
         seconds["model"] = _now() - t0
         runs = {"model": Backtest(origins, out["point"], actuals)}
         if "statistical" in out:  # a hybrid's statistical component alone
@@ -658,16 +663,6 @@ class Forecaster(ManySeries, Task):
         metrics = pd.DataFrame.from_dict(rows, orient="index", columns=list(METRICS))
         return ForecastBacktest(horizon, int(start), series.index[origins], tuple(self.columns["target"]), runs,
                                 out.get("lower"), out.get("upper"), level, metrics, seconds)
-
-    def _recalibrated(self, p: _Prepared, origins: np.ndarray, horizon: int, level: float | None
-                      ) -> np.ndarray | None:
-        """Conformal half-widths <float>[origins, horizon, C] recalibrated at each backtest origin with the
-        errors observed before it (``forecast.recalibrate``); None where the calibrated ones apply."""
-        if self.conformal is None or level is None or not self.experiment.forecast.recalibrate:
-            return None
-        point = self._run(p, origins, horizon, None, model_space=True)["point"]
-        return recalibrated(self.conformal, point - _observed_targets(p, origins, horizon), origins, level,
-                            self.experiment.forecast.conformal_decay)
 
     def _baseline_runs(self, truth: np.ndarray, start: int, horizon: int, stride: int, actuals: np.ndarray,
                        reuse: bool, series_id: Any = None) -> tuple[dict[str, Backtest], dict[str, float]]:
