@@ -1,11 +1,12 @@
-"""The recurrent regularisers (weight_drop, recurrent_dropout, zoneout) of RNN, LSTM, GRU and
-LayerNormLSTM against a direct implementation written here: a Python loop over the cell equations
+"""The recurrent regularisers (weight_drop, recurrent_dropout, zoneout) of RNN, LSTM (with and without
+a projection), GRU (both variants) and LayerNormLSTM against a direct implementation written here: a Python loop over the cell equations
 with the same masks, drawn from torch's generator in the layer's documented order (per layer and
 direction: weight_drop's mask of W_hh, recurrent dropout's of h, zoneout's of h, of c)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -15,20 +16,29 @@ import rnnkit
 from rnnkit import kernels
 from rnnkit.kernels.fused import current, record, runtime
 
-CLASSES = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "ln_lstm": rnnkit.LayerNormLSTM}
+CLASSES = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "ln_lstm": rnnkit.LayerNormLSTM,
+           "lstm_proj": functools.partial(rnnkit.LSTM, proj_size=2),
+           "grux": functools.partial(rnnkit.GRU, reset_after=False)}
+LSTMS = ("lstm", "ln_lstm", "lstm_proj")
+"""The kinds with a cell state c."""
 
 
-def _cell(kind, layer, x_t, h, c, w_ih, w_hh, b_ih, b_hh, ln, drop):
-    """One step of the cell, written out: (h̃, c̃); drop multiplies h where it enters W_hh."""
+def _cell(kind, x_t, h, c, w, w_hh, drop):
+    """One step of the cell with weights w (W_hh replaced by w_hh), written out: (h̃, c̃); drop
+    multiplies h where it enters W_hh."""
+    w_ih, b_ih, b_hh, ln = w.w_ih, w.b_ih, w.b_hh, w.ln
     hin = h if drop is None else h * drop
     if kind == "rnn":
         return torch.tanh(x_t @ w_ih.T + b_ih + hin @ w_hh.T + b_hh), None
-    if kind == "gru":
+    if kind in ("gru", "grux"):
         H = h.shape[1]
         gi, gh = x_t @ w_ih.T + b_ih, hin @ w_hh.T + b_hh
         r = torch.sigmoid(gi[:, :H] + gh[:, :H])
         z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-        n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        if kind == "gru":
+            n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+        else:  # reset_after=False: the reset gate scales the dropped h inside W_hn's product
+            n = torch.tanh(gi[:, 2 * H:] + (r * hin) @ w_hh[2 * H:].T + b_hh[2 * H:])
         return (1 - z) * n + z * h, None
     H = c.shape[1]
     if kind == "ln_lstm":
@@ -40,7 +50,8 @@ def _cell(kind, layer, x_t, h, c, w_ih, w_hh, b_ih, b_hh, ln, drop):
     i, f, g, o = (pre[:, k * H:(k + 1) * H] for k in range(4))
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     cc = F.layer_norm(c_new, (H,), ln[8 * H:9 * H], ln[9 * H:], 1e-5) if kind == "ln_lstm" else c_new
-    return torch.sigmoid(o) * torch.tanh(cc), c_new
+    h_new = torch.sigmoid(o) * torch.tanh(cc)
+    return (h_new if w.w_hr is None else h_new @ w.w_hr.T), c_new
 
 
 def _draw(layer, T, B, dtype, rates):
@@ -72,10 +83,10 @@ def _direct(kind, layer, x, masks, lengths):
             wm, rm, mh, mc = masks[k, d]
             w_hh = w.w_hh if wm is None else w.w_hh * wm
             h = x.new_zeros(B, layer.spec.output_size)
-            c = x.new_zeros(B, layer.hidden_size) if kind in ("lstm", "ln_lstm") else None
+            c = x.new_zeros(B, layer.hidden_size) if kind in LSTMS else None
             out = [None] * T
             for t in (reversed(range(T)) if d else range(T)):
-                hn, cn = _cell(kind, layer, x[t], h, c, w.w_ih, w_hh, w.b_ih, w.b_hh, w.ln, rm)
+                hn, cn = _cell(kind, x[t], h, c, w, w_hh, rm)
                 if mh is not None:
                     hn = mh[t] * h + (1 - mh[t]) * hn
                 if mc is not None:
@@ -102,7 +113,7 @@ def _compare(kind, backend, rates, lengths=None, num_layers=1, bidirectional=Fal
     T, B = 5, batch
     x = torch.randn(T, B, 3, dtype=torch.float64, requires_grad=True)
     zh, zc = (zone, zone) if not isinstance(zone, tuple) else zone
-    zc = zc if kind in ("lstm", "ln_lstm") else 0.0
+    zc = zc if kind in LSTMS else 0.0
     torch.manual_seed(7)
     out, hidden = layer(x, lengths=lengths)
     h_n = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -146,9 +157,8 @@ def test_lstm_zoneout_rates_of_its_own():
     _compare("lstm", "auto", (0.0, 0.0, (0.0, 0.5)), lengths=[3, 5, 1])
 
 
-FUSED = ("rnn", "lstm", "gru", "ln_lstm")
-"""The cells whose compiled loops take recurrent dropout and zoneout (all four layers; a projected LSTM
-and GRU reset_after=False run them on the reference)."""
+FUSED = tuple(sorted(CLASSES))
+"""The cells whose compiled loops take recurrent dropout and zoneout: all of them."""
 
 
 def _paths(layer, x, **kw):
@@ -174,7 +184,8 @@ def test_fused_backend_runs_the_masks_itself(kind):
                                      small_train_max_macs=1 << 62)
     with kernels.policy(everywhere):
         assert _paths(layer, x) == {"compiled_loop"}
-        assert "compiled_loop" not in _paths(CLASSES[kind](3, 4), x)
+        if kind not in ("lstm_proj", "grux"):  # these two have no other path
+            assert "compiled_loop" not in _paths(CLASSES[kind](3, 4), x)
 
 
 @pytest.mark.parametrize("kind", FUSED)
@@ -289,18 +300,6 @@ def test_zoneout_pair_only_for_lstms():
         rnnkit.LSTM(3, 4, zoneout=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match=r"zoneout: expected a number in \[0, 1\).*got 2"):
         rnnkit.LSTM(3, 4, zoneout=(0.1, 2))
-
-
-def test_other_cells_run_the_masks_on_the_reference():
-    """A projected LSTM and GRU reset_after=False: the fused backend leaves the call to the reference
-    (no fused plan runs), which matches the direct implementation."""
-    torch.manual_seed(0)
-    for layer in (rnnkit.LSTM(3, 4, proj_size=2, zoneout=0.3, recurrent_dropout=0.2),
-                  rnnkit.GRU(3, 4, reset_after=False, zoneout=0.3, recurrent_dropout=0.2)):
-        assert _paths(layer, torch.randn(5, 2, 3)) == set()
-        with pytest.raises(ValueError, match="backend: 'fused' does not run recurrent_dropout or zoneout"):
-            layer.backend = "fused"
-            layer(torch.randn(5, 2, 3))
 
 
 def test_torch_backend_refuses_noise():

@@ -279,10 +279,12 @@ def _gru_backward(b: Backward, w_hh, w_hr, dc0):
 
 def _grux_forward(f: Forward, w_hh, w_hr, b_hh, h, c0):
     K = runtime.loops()
+    T, B = f.gates.shape[:2]
     H = f.spec.hidden_size
+    rd, zh, _ = noise_arrays(f.noise, T, B, H, H, f.gates.dtype)
     Split(K.gru.grux_forward, K.gru.grux_forward_par)(
         f.plan.chunks, as_np(f.gates), f.w(w_hh[: 2 * H]), f.w(w_hh[2 * H:]), f.transposed, as_np(h), f.mask_np,
-        f.has_mask, f.reverse, f.train, f.out_np, f.off, f.hs_np)
+        f.has_mask, f.reverse, f.train, f.out_np, f.off, f.hs_np, rd, zh)
     return [h]
 
 
@@ -290,13 +292,14 @@ def _grux_backward(b: Backward, w_hh, w_hr, dc0):
     K = runtime.loops()
     T, B = b.hprev.shape[:2]
     H, dg_in, rhs = b.spec.hidden_size, b.dg, b.buffer(b.spec.hidden_size)
+    rd, zh, _ = noise_arrays(b.noise, T, B, H, H, dg_in.dtype)
     Split(K.gru.grux_backward, K.gru.grux_backward_par)(
         b.plan.chunks, as_np(b.keep["gates"]), as_np(b.h0), b.hseq_np, b.hoff, as_np(contiguous(w_hh[: 2 * H])),
         as_np(contiguous(w_hh[2 * H:])), as_np(b.dh), b.mask_np, b.has_mask, b.reverse, b.dout_np, b.off,
-        as_np(dg_in), as_np(rhs))
+        as_np(dg_in), as_np(rhs), rd, zh)
     g_w_hh = None
     if b.need[1]:
-        g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], b.hprev, b.h0, b.reverse),
+        g_w_hh = torch.cat([grad_recurrent(dg_in[:, :, : 2 * H], *dropped_states(b), b.reverse),
                             dg_in[:, :, 2 * H:].reshape(T * B, H).t().mm(rhs.view(T * B, H))])
     return g_w_hh, "same", None, None
 
@@ -337,10 +340,10 @@ def _gru_small_backward(spec, x_np, saved, out_np, off, state, initial, dstates,
 
 
 def takes_noise(spec: CellSpec) -> bool:
-    """Whether the cell's loops take recurrent dropout and zoneout (``Noise``): RNN, LSTM without
-    projection (layer-normalised or not), GRU with reset_after; the others run them on the reference."""
-    return (spec.mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU") and not spec.proj_size
-            and not (spec.mode == "GRU" and not spec.reset_after))
+    """Whether the cell's loops take recurrent dropout and zoneout (``Noise``): every cell with a
+    recurrent product (RNN, LSTM with or without projection or layer norm, both GRUs); the minimal
+    cells have none."""
+    return spec.mode in ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def backward_step(t, tprev, tmp, reverse, gates, ghn, h0, hseq, hoff, dh, mask, 
 
 
 @register_jitable
-def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
+def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs, rd, zh):
     b0, b1 = chunk(k, n, h.shape[0])
     T, _, G = gates.shape
     H = G // 3
@@ -203,16 +203,22 @@ def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse,
     rh = np.empty((B, H), gates.dtype)
     ghn = np.empty((B, H), gates.dtype)
     nb = np.empty(H, gates.dtype)
+    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
+    hin = np.empty(hc.shape if has_rd else (0, 0), h.dtype)
+    hold = np.empty(hc.shape if has_zh else (0, 0), h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot(hc, w_hrz, ghrz, ab, False, not wt)
+        dot_dropped(hc, rd, b0, hin, w_hrz, ghrz, ab, not wt)
+        hd = hin if has_rd else hc  # h as it enters both recurrent products
         for b in range(B):
-            g, gb, hb, rb = gates[t, b0 + b], ghrz[b], hc[b], rh[b]
+            g, gb, db, rb = gates[t, b0 + b], ghrz[b], hd[b], rh[b]
             for j in range(2 * H):
                 g[j] = sigmoid_(g[j] + gb[j])
             for j in range(H):
-                rb[j] = g[j] * hb[j]
+                rb[j] = g[j] * db[j]
         dot(rh, w_hn, ghn, ab, False, not wt)
+        if has_zh:
+            copy(hc, hold)
         for b in range(B):
             ob = out[t, b0 + b, off:off + H]
             if past_end(t, b0 + b, ob, mask, has_mask):
@@ -221,19 +227,23 @@ def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse,
             for j in range(H):
                 nb[j] = tanh_(g[2 * H + j] + gn[j])
             _new_state(g, nb, hb, ob)
+        if has_zh:
+            zone(t, b0, zh, hold, hc, mask, has_mask)
+            put_out(t, b0, hc, out, off, mask, has_mask)
         if train and has_mask:
             put_rows(hs[t], b0, hc)
     put_rows(h, b0, hc)
 
 
 @jit
-def grux_forward(gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs):
+def grux_forward(gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs, rd, zh):
     """GRU, reset_after=False (Cho et al.): n = tanh(gi_n + W_hn (r·h) + b_hn), all biases folded into
     gates. w_hrz <f>[2H, H] = W_h[rz]; w_hn <f>[H, H] = W_hn (both transposed when wt). train: keep
     r, z, n in ``gates``
-    and h_t in hs with a mask. (Whole-loop only: its two mat-muls per step make a Python-driven
+    and h_t in hs with a mask. rd, zh: recurrent dropout (on h in both recurrent products) and zoneout
+    (``noise``; size 0 when off). (Whole-loop only: its two mat-muls per step make a Python-driven
     loop twice as costly.)"""
-    _grux_forward_rows(0, 1, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs)
+    _grux_forward_rows(0, 1, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse, train, out, off, hs, rd, zh)
 
 
 grux_forward_par = parallel(_grux_forward_rows)
@@ -242,7 +252,7 @@ grux_forward_par = parallel(_grux_forward_rows)
 
 @register_jitable
 def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg,
-                        rhs):
+                        rhs, rd, zh):
     b0, b1 = chunk(k, n, dh.shape[0])
     T, _, G = dg.shape
     H = G // 3
@@ -253,6 +263,10 @@ def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_
     dnp_s = np.empty((B, H), dg.dtype)
     drh = np.empty((B, H), dg.dtype)
     drz = np.empty((B, 2 * H), dg.dtype)
+    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
+    dhd = np.empty(dhc.shape if has_rd else (0, 0), dg.dtype)  # ∂L/∂(h ⊙ rd) from both products
+    keep = np.empty(dhc.shape if has_zh else (0, 0), dg.dtype)
+    hd = np.empty(H, dg.dtype)
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp, first = prev_step(t, T, reverse)
@@ -263,6 +277,8 @@ def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_
                 continue
             g, dhb, dgb, dn = gates[t, r], dhc[b], dg[t, r], dnp_s[b]
             acc_(dhb, dout[t, r, doff:doff + H])
+            if has_zh:
+                split_row(zh[t, r], dhb, keep[b])
             for j in range(H):
                 n = g[2 * H + j]
                 dn[j] = dhb[j] * (one - g[H + j]) * (one - n * n)
@@ -273,9 +289,16 @@ def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_
             r = b0 + b
             if past_end(t, r, rhs[t, r], mask, has_mask):
                 zero_(drz[b])
+                if has_rd:
+                    zero_(dhd[b])
                 continue
             g = gates[t, r]
             hp = h0[r] if first else hseq[tp, r, hoff:hoff + H]
+            set_(hd, hp)
+            if has_rd:
+                rdb = rd[r]
+                for j in range(H):
+                    hd[j] = hd[j] * rdb[j]
             dhb = dhc[b]
             dgb = dg[t, r]
             db = drh[b]
@@ -283,26 +306,41 @@ def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_
             rb = rhs[t, r]
             for j in range(H):
                 rg = g[j]
-                dgb[j] = db[j] * hp[j] * rg * (one - rg)
+                dgb[j] = db[j] * hd[j] * rg * (one - rg)
             for j in range(H):
                 z = g[H + j]
                 dgb[H + j] = dhb[j] * (hp[j] - g[2 * H + j]) * z * (one - z)
             for j in range(2 * H):
                 dzb[j] = dgb[j]
             for j in range(H):
-                rb[j] = g[j] * hp[j]
-            for j in range(H):
-                dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
-        dot(drz, w_hrz, dhc, ab, True, False)  # masked rows of drz are 0: their dh passes through
+                rb[j] = g[j] * hd[j]
+            if has_rd:
+                ddb = dhd[b]
+                for j in range(H):
+                    dhb[j] = dhb[j] * g[H + j]
+                for j in range(H):
+                    ddb[j] = db[j] * g[j]
+            else:
+                for j in range(H):
+                    dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
+        if has_rd:  # both products read h ⊙ rd: their part of ∂L/∂h_{t-1} times the mask
+            dot(drz, w_hrz, dhd, ab, True, False)
+            scale(dhd, rd, b0)
+            merge_acc(dhc, dhd)
+        else:
+            dot(drz, w_hrz, dhc, ab, True, False)  # masked rows of drz are 0: their dh passes through
+        if has_zh:
+            add_kept(t, b0, dhc, keep, mask, has_mask)
     put_rows(dh, b0, dhc)
 
 
 @jit
-def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs):
+def grux_backward(gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff, dg, rhs, rd, zh):
     """Backward of ``grux_forward``: dg <f>[T, B, 3H] the pre-activation gradients (the same on the
-    input and recurrent side); rhs <f>[T, B, H] = r_t·h_{t-1} (0 past a length), for dW_hn."""
+    input and recurrent side); rhs <f>[T, B, H] = r_t·(h_{t-1} ⊙ rd) (0 past a length), for dW_hn.
+    rd, zh: as ``grux_forward``'s."""
     _grux_backward_rows(0, 1, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_mask, reverse, dout, doff,
-                        dg, rhs)
+                        dg, rhs, rd, zh)
 
 
 grux_backward_par = parallel(_grux_backward_rows)

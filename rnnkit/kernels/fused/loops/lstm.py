@@ -63,7 +63,7 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
     gh = np.empty((B, G), gates.dtype)
     hu = np.empty((B, H if proj else 0), gates.dtype)  # o·tanh(c) before the projection
     hp = np.empty((B, P if proj else 0), gates.dtype)
-    # recurrent dropout and zoneout (``noise``; not with a projection): h as it enters W_hh, the old states
+    # recurrent dropout and zoneout (``noise``): h as it enters W_hh, the old states
     has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
     hin = np.empty((B, P) if has_rd else (0, 0), gates.dtype)
     hold = np.empty((B, P) if has_zh else (0, 0), gates.dtype)
@@ -76,9 +76,6 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
         if has_zc:
             copy(cc, cold)
         _fwd_ew(t, b0, gates, gh, hu if proj else hc, cc, mask, has_mask, train, not proj, out, off, cs)
-        if has_zh:  # h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃_t, the output too
-            zone(t, b0, zh, hold, hc, mask, has_mask)
-            put_out(t, b0, hc, out, off, mask, has_mask)
         if has_zc:  # cs keeps c̃_t (for tanh in backward), cz the zoned c_t (the next step's c_{t-1})
             zone(t, b0, zc, cold, cc, mask, has_mask)
             if train:
@@ -91,6 +88,9 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
                     continue
                 set_(hc[b], hp[b])
                 set_(ob, hp[b])
+        if has_zh:  # h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃_t (after the projection), the output too
+            zone(t, b0, zh, hold, hc, mask, has_mask)
+            put_out(t, b0, hc, out, off, mask, has_mask)
         if train and has_mask:
             put_rows(hs[t], b0, hc)
     put_rows(h, b0, hc)
