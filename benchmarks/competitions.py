@@ -12,7 +12,7 @@ or ``--minutes``, whichever ends first, or until the validation loss (the last h
 each series long enough to spare them) stops improving: a GRU over log targets (log1p where a series has zeros), each
 series standardised on its own training part, inputs taken relative to each window's last value and
 targets to its seasonal-naive forecast (``--normalize``), the category one-hot when a collection has
-more than one. Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m
+more than one (``--no-category``: without it). Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m
 of the frequency) fitted on the training part. MASE is scaled by each series' in-sample seasonal-naive
 error (m), sMAPE in percent; both averaged over series. ``--series N`` takes the first N series of the
 file (a subset: its means are not the competition's). Writes ``competitions.json`` into ``--out``.
@@ -55,7 +55,7 @@ def experiment(df: pd.DataFrame, train: pd.DataFrame, horizon: int, season: int,
     transform = "log" if (df["y"] > 0).all() else "log1p"  # tourism has zeros
     shortest = int(train.groupby("unique_id").size().min())
     lookback = max(season, min(3 * season, shortest - horizon, args.max_lookback))
-    statics = ["category"] if train["category"].nunique() > 1 else []
+    statics = ["category"] if args.category and train["category"].nunique() > 1 else []
     return ForecastExperiment.from_dict({
         "data": {"id_column": "unique_id", "date_column": "ds", "target_columns": ["y"], "static_covariates": statics,
                  "test": horizon, "val": horizon if args.validate else 0, "lookback": lookback, "horizon": horizon,
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="hold out the last h training steps of each series long enough as validation: the best "
                              "epoch by validation loss, early stop after --patience epochs without improvement")
     parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--category", action=argparse.BooleanOptionalAction, default=True,
+                        help="the series' category as a static covariate, one-hot (where a collection has several); "
+                             "--no-category for the same model without it")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-lookback", type=int, default=36)
     parser.add_argument("--seed", type=int, default=0)
@@ -133,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--combine", default="none", choices=["none", "auto_ets", "auto_arima", "auto_theta"],
                         help="the hybrid that averages the network's forecast with this statsforecast model's, fitted "
                              "per series (forecast.combine)")
-    parser.add_argument("--combine-weight", type=float, default=0.5, help="the network's weight in --combine")
+    parser.add_argument("--combine-weight", type=lambda v: v if v == "validation" else float(v), default=0.5,
+                        help="the network's weight in --combine, or 'validation': per step from the validation "
+                             "errors (forecast.combine_weight)")
     parser.add_argument("--statistical-space", default="data", choices=["data", "transformed"],
                         help="fit the hybrid's statistical model on the series' own units or on its log")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_competitions")

@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+import rnnkit
 from rnnkit.baselines import AutoETS, AutoTheta
 from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment
+from rnnkit.tasks.forecasting.heads import fit_weights
 
 torch.set_num_threads(1)
 
@@ -104,6 +106,47 @@ def test_a_combining_hybrid_averages_the_network_and_its_component_in_the_transf
     expected = np.exp(0.25 * np.log(network) + 0.75 * np.log(component))
     np.testing.assert_allclose(combined.backtests["model"].forecasts, expected, rtol=1e-4)
     assert not np.allclose(network, component, rtol=1e-3)
+
+
+def test_validation_weights_weigh_each_step_by_its_inverse_squared_error_and_survive_a_checkpoint(tmp_path):
+    """combine_weight = "validation": one network weight per step, MSE_stat / (MSE_net + MSE_stat) over the
+    validation span's forecasts (the ratio is the same in log and in scaled log space), applied per step."""
+    df = monthly(120)
+    combine = {"combine": "auto_ets", "combine_weight": "validation"}
+    fc = Forecaster.fit(df, experiment=experiment("seasonal", forecast=combine, val=24), out_dir=tmp_path)
+    alone = Forecaster.fit(df, experiment=experiment("seasonal", forecast={**combine, "combine_weight": 1.0}, val=24))
+    # the validation span (steps 72-95) as a backtest of the network alone, its component fitted on steps 0-71
+    val = alone.backtest(6, df=df.iloc[:96], start=72, baselines=False).backtests
+    w = fc.net.weights
+    expected = fit_weights(*(np.log(a) for a in (val["model"].forecasts, val["component_auto_ets"].forecasts,
+                                                 val["model"].actuals)))
+    np.testing.assert_allclose(w, expected, rtol=1e-4)
+    assert w.shape == (6,) and ((w > 0) & (w < 1)).all() and np.ptp(w) > 0.01
+    test = fc.backtests[6].backtests
+    network, component = alone.backtests[6].backtests["model"].forecasts, test["component_auto_ets"].forecasts
+    np.testing.assert_allclose(test["model"].forecasts,
+                               np.exp(w[None, :, None] * np.log(network) + (1 - w[None, :, None]) * np.log(component)),
+                               rtol=1e-4)
+    loaded = rnnkit.load(tmp_path / "best")
+    np.testing.assert_allclose(loaded.net.weights, w)
+    np.testing.assert_allclose(loaded.predict(6, df=df)["y"], fc.predict(6, df=df)["y"], rtol=1e-5)
+
+
+def test_fit_weights_by_hand():
+    net = np.array([[[1.0], [0.0]], [[-1.0], [5.0]]])      # step 0: errors 1, -1 (MSE 1); step 1: 0 (MSE 0)
+    stat = np.array([[[3.0], [2.0]], [[0.0], [0.0]]])      # step 0: errors 3, 0 (MSE 4.5); step 1: 2 (MSE 4)
+    actual = np.array([[[0.0], [0.0]], [[0.0], [np.nan]]])  # no actual for window 1's step 1
+    np.testing.assert_allclose(fit_weights(net, stat, actual), [4.5 / 5.5, 1.0])
+    assert fit_weights(net, stat, np.full_like(actual, np.nan)).tolist() == [0.5, 0.5]
+
+
+def test_validation_weights_need_a_validation_span_and_a_combination():
+    with pytest.raises(ValueError, match=r"forecast.combine_weight: 'validation' .* set forecast.combine .*data.val"):
+        ForecastExperiment.from_dict({"forecast": {"combine": "auto_ets", "combine_weight": "validation"}})
+    with pytest.raises(ValueError, match=r"forecast.combine_weight: 'validation' .*got 'none'"):
+        ForecastExperiment.from_dict({"data": {"val": 12}, "forecast": {"combine_weight": "validation"}})
+    with pytest.raises(ValueError, match=r"combine_weight.*expected a number in \[0, 1\] or 'validation', got 1.5"):
+        ForecastExperiment.from_dict({"forecast": {"combine": "auto_ets", "combine_weight": 1.5}})
 
 
 def test_the_component_may_be_fitted_in_the_datas_own_units():

@@ -105,11 +105,22 @@ class ForecastConfig(Config):
         "none", description="a hybrid: the forecast is the weighted mean (in the transformed, scaled space) of the "
                             "network's and that statsforecast model's forecast, the model fitted per series as for "
                             "normalize = 'auto_*'; intervals move with the point")
-    combine_weight: float = Field(0.5, ge=0, le=1, description="the network's weight in forecast.combine")
+    combine_weight: float | Literal["validation"] = Field(
+        0.5, description="the network's weight in forecast.combine: a number in [0, 1] at every step, or "
+                         "'validation': one weight per step from the validation span's errors of the two "
+                         "forecasts, each weighed by its inverse mean squared error (Bates & Granger 1969), kept "
+                         "with the checkpoint")
     statistical_space: Literal["transformed", "data"] = Field(
         "transformed", description="a hybrid's statsforecast model is fitted on the targets after data.transform "
                                    "(e.g. log), or on the data's own units (its forecast then transformed)")
     seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
+
+    @field_validator("combine_weight")
+    @classmethod
+    def _weight(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 <= value <= 1:
+            raise ValueError(f"expected a number in [0, 1] or 'validation', got {value}")
+        return value
 
     def statistical(self) -> str:
         """The statsforecast model a hybrid fits ('' for none): forecast.normalize's or forecast.combine's."""
@@ -204,6 +215,10 @@ class ForecastExperiment(Config):
         if self.forecast.intervals == "conformal" and not self.data.val:
             raise ValueError("forecast.intervals: conformal intervals are calibrated on the validation span; set "
                              "data.val (a count of at least data.horizon steps, or a fraction)")
+        if self.forecast.combine_weight == "validation" and (self.forecast.combine == "none" or not self.data.val):
+            raise ValueError(f"forecast.combine_weight: 'validation' fits the weights of forecast.combine on the "
+                             f"validation span; set forecast.combine (got {self.forecast.combine!r}) and data.val "
+                             f"(got {self.data.val}: a count of at least data.horizon steps, or a fraction)")
         if self.forecast.strategy == "recursive" and self.model.bidirectional:
             raise ValueError("model.bidirectional: a recursive forecaster predicts each next step from the past "
                              "only; a backward direction would read the future. Set bidirectional = false")

@@ -62,6 +62,19 @@ class _Network:
             self.layout = "recursive"
         else:
             self.layout = "steps" if self.fcov or self.stat else "last"
+        # forecast.combine_weight = "validation": the network's weight per step, once fitted (``fit_weights``)
+        self.weights: np.ndarray | None = None
+
+    def network_weight(self, horizon: int) -> float | np.ndarray:
+        """The network's weight in forecast.combine: the configured number, or the fitted weights of the
+        first ``horizon`` steps as <float32>[1, horizon, 1] (the last one beyond the fitted steps); 1 (the
+        network alone) while they are being fitted."""
+        if self.fc.combine_weight != "validation":
+            return self.fc.combine_weight
+        if self.weights is None:
+            return 1.0
+        steps = np.minimum(np.arange(horizon), len(self.weights) - 1)
+        return self.weights[steps].astype(np.float32)[None, :, None]
 
     def model_fields(self) -> dict[str, Any]:
         """The ModelConfig fields that the data decides."""
@@ -170,8 +183,7 @@ class _Network:
             stat = b.statistical[:, :horizon]
             out["statistical"] = np.where(np.isnan(stat), out["point"], stat)
         if self.fc.combine != "none":  # the weighted mean of the two; the interval moves with the point
-            w = self.fc.combine_weight
-            shift = (1 - w) * (out["statistical"] - out["point"])
+            shift = (1 - self.network_weight(horizon)) * (out["statistical"] - out["point"])
             out = {name: v + (shift[..., None] if v.ndim == 4 else shift) if name != "statistical" else v
                    for name, v in out.items()}
         return out
@@ -223,3 +235,20 @@ class _Network:
             hi[:, 0] = params[..., 0] + z * self.spread(params[..., 1])
             out["lower"], out["upper"] = lo.numpy(), hi.numpy()
         return out
+
+
+def fit_weights(network: np.ndarray, statistical: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """<float64>[H]: the network's weight per step in the combination w·network + (1 − w)·statistical that
+    weighs each forecast by its inverse mean squared error over the windows and columns (Bates & Granger
+    1969): w = MSE_stat / (MSE_net + MSE_stat). All three <float>[W, H, C]; NaN actuals are skipped; a step
+    with no actual (or two perfect forecasts) gets 0.5.
+
+    >>> fit_weights(np.array([[[1.0]]]), np.array([[[2.0]]]), np.array([[[0.0]]]))
+    array([0.8])
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a step without any actual
+        mse_net = np.nanmean((network - actual) ** 2, axis=(0, 2))
+        mse_stat = np.nanmean((statistical - actual) ** 2, axis=(0, 2))
+    total = mse_net + mse_stat
+    return np.where(np.isfinite(total) & (total > 0), mse_stat / np.where(total > 0, total, 1.0), 0.5)

@@ -29,7 +29,7 @@ from ..base import Task, Training
 from .config import ForecastExperiment, ForecastDataConfig
 from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared, _scale, _trailing_future_rows,
                    _transform, _untransform, categories_of, encode_categories, expand)
-from .heads import _sizes, _Network
+from .heads import _sizes, _Network, fit_weights
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, halfwidth, recalibrated
 from .panel import ManySeries
@@ -214,13 +214,21 @@ class Forecaster(ManySeries, Task):
         """Backtests of the best model on the test part; with an out_dir, backtest.json/.txt there."""
         horizon = self.experiment.data.horizon
         self.results = {"best_epoch": float(trainer.best_epoch or 0), "epochs": float(trainer.epoch)}
-        if self.experiment.forecast.intervals == "conformal":
-            self.conformal = calibrate(self._validation_errors(prepared))
+        fc = self.experiment.forecast
+        if fc.intervals == "conformal" or fc.combine_weight == "validation":
+            out, actual = self._validation_forecasts(prepared)
+            if fc.combine_weight == "validation":  # out["point"] is the network's alone until they are fitted
+                self.net.weights = fit_weights(out["point"], out["statistical"], actual)
+                w = self.net.network_weight(horizon)
+                out["point"] = w * out["point"] + (1 - w) * out["statistical"]
+                logger.info("forecast.combine_weight: the network's weight per step, fitted on the validation "
+                            "span: %s", " ".join(f"{w:.2f}" for w in self.net.weights))
+            if fc.intervals == "conformal":
+                self.conformal = calibrate(out["point"] - actual)
             best = None if out_dir is None else out_dir / "best"
-            if best is not None and best.exists():  # the checkpoint was written before the calibration
+            if best is not None and best.exists():  # the checkpoint was written before the validation pass
                 ck = load_checkpoint(best)
-                save_checkpoint(best, ck.state_dict, ck.config, {**ck.extras, "conformal": self.conformal},
-                                ck.trainer_state)
+                save_checkpoint(best, ck.state_dict, ck.config, {**ck.extras, **self.extras()}, ck.trainer_state)
         splits = list(prepared["splits"].values()) if "panel" in prepared else [prepared["split"]]
         test_steps = min(split.test.stop - split.test.start for split in splits)
         if not prepared["evaluate"] or test_steps <= 0:
@@ -241,8 +249,9 @@ class Forecaster(ManySeries, Task):
                     json.dumps({str(h): bt.to_dict() for h, bt in self.backtests.items()}, indent=2))
                 (out_dir / "backtest.txt").write_text(format_tables(list(self.backtests.values())) + "\n")
 
-    def _validation_errors(self, prepared: dict) -> np.ndarray:
-        """<float>[W, H, C]: forecast − actual in model space over the validation span (every series)."""
+    def _validation_forecasts(self, prepared: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The forecasts from every origin of the validation span (every series) in model space, and their
+        observed actuals: ({"point", ...} and <float>[W, H, C], NaN where no actual was observed)."""
         horizon = self.experiment.data.horizon
         if "panel" in prepared:
             splits = prepared["splits"]
@@ -251,16 +260,16 @@ class Forecaster(ManySeries, Task):
         else:
             split = prepared["split"]
             series = [(self._arrays(prepared["series"], None, fit_end=split.train.stop), split.val)]
-        errors = []
+        outs, actuals = [], []
         for p, val in series:
             origins = np.arange(val.start, val.stop - horizon + 1, dtype=np.int64)
             if len(origins):
-                point = self._run(p, origins, horizon, None, model_space=True)["point"]
-                errors.append(point - _observed_targets(p, origins, horizon))
-        if not errors:
+                outs.append(self._run(p, origins, horizon, None, model_space=True))
+                actuals.append(_observed_targets(p, origins, horizon))
+        if not outs:
             raise ValueError(f"data.val: the validation span is shorter than the horizon {horizon}; conformal "
-                             "intervals need a forecast whose every step lies in it")
-        return np.concatenate(errors)
+                             "intervals and fitted combination weights need forecasts whose every step lies in it")
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}, np.concatenate(actuals)
 
     @staticmethod
     def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None
@@ -320,6 +329,8 @@ class Forecaster(ManySeries, Task):
                "columns": self.columns}
         if self.conformal is not None:
             out["conformal"] = self.conformal
+        if self.net.weights is not None:
+            out["combine_weights"] = [float(w) for w in self.net.weights]
         if self.series_scalers:
             out["series_scalers"] = {key: {role: (s.to_dict() if s is not None else None) for role, s in roles.items()}
                                      for key, roles in self.series_scalers.items()}
@@ -336,6 +347,8 @@ class Forecaster(ManySeries, Task):
         series_scalers = {key: read(states) for key, states in extras.get("series_scalers", {}).items()}
         fc = cls(model, experiment, read(extras["scaler"]), extras["columns"], series_scalers)
         fc.conformal = extras.get("conformal")
+        if extras.get("combine_weights") is not None:
+            fc.net.weights = np.asarray(extras["combine_weights"], dtype=np.float64)
         return fc
 
     # ----------------------------------------------------------------------- preparation
