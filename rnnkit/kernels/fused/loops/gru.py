@@ -10,7 +10,7 @@ from numba.extending import register_jitable
 from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, past_end, prev_step, put_rows, set_, sigmoid_,
                      tanh_, zero_)
 from .jit import jit, parallel
-from .noise import add_kept, copy, dot_dropped, off2, off3, put_out, scale, split_row, zone
+from .noise import carry_add, dot_dropped, noise_rows, off2, off3, split_row, state_out
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 
@@ -54,20 +54,15 @@ def _forward_rows(k, n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train
     ab = consts(gates)
     hc = get_rows(h, b0, b1)
     gh = np.empty((b1 - b0, G), gates.dtype)
-    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
-    hin = np.empty(hc.shape if has_rd else (0, 0), h.dtype)
-    hold = np.empty(hc.shape if has_zh else (0, 0), h.dtype)
+    has_zh = zh.shape[0] > 0  # zoneout (``noise``)
+    hin, hold = noise_rows(hc, rd, zh)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)  # z ⊙ h_{t-1} keeps the whole state
         if has_zh:
-            copy(hc, hold)
+            hold[:] = hc
         _fwd_ew(t, b0, gates, gh, b_hn, hc, mask, has_mask, train, out, off, ghn)
-        if has_zh:
-            zone(t, b0, zh, hold, hc, mask, has_mask)
-            put_out(t, b0, hc, out, off, mask, has_mask)
-        if train and has_mask:
-            put_rows(hs[t], b0, hc)
+        state_out(t, b0, zh, hold, hc, out, off, mask, has_mask, hs, train and has_mask)
     put_rows(h, b0, hc)
 
 
@@ -155,14 +150,7 @@ def _backward_rows(k, n, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, r
         tp, first = prev_step(t, T, reverse)
         _bwd_ew(t, b0, first, tp, gates, ghn, h0, hseq, hoff, dhc, mask, has_mask, dout, doff, dgi, dghn, dgh,
                 zh, keep)
-        if has_rd:  # through the dropped h: the mat-mul's part times the mask
-            dot(dgh, w_hh, tmp, ab, False, False)
-            scale(tmp, rd, b0)
-            merge_acc(dhc, tmp)
-        else:
-            dot(dgh, w_hh, dhc, ab, True, False)  # masked rows of dgh are 0: their dh passes through
-        if has_zh:
-            add_kept(t, b0, dhc, keep, mask, has_mask)
+        carry_add(t, b0, dgh, w_hh, dhc, tmp, False, ab, rd, keep, mask, has_mask)
     put_rows(dh, b0, dhc)
 
 
@@ -204,8 +192,7 @@ def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse,
     ghn = np.empty((B, H), gates.dtype)
     nb = np.empty(H, gates.dtype)
     has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
-    hin = np.empty(hc.shape if has_rd else (0, 0), h.dtype)
-    hold = np.empty(hc.shape if has_zh else (0, 0), h.dtype)
+    hin, hold = noise_rows(hc, rd, zh)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot_dropped(hc, rd, b0, hin, w_hrz, ghrz, ab, not wt)
@@ -218,7 +205,7 @@ def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse,
                 rb[j] = g[j] * db[j]
         dot(rh, w_hn, ghn, ab, False, not wt)
         if has_zh:
-            copy(hc, hold)
+            hold[:] = hc
         for b in range(B):
             ob = out[t, b0 + b, off:off + H]
             if past_end(t, b0 + b, ob, mask, has_mask):
@@ -227,11 +214,7 @@ def _grux_forward_rows(k, n, gates, w_hrz, w_hn, wt, h, mask, has_mask, reverse,
             for j in range(H):
                 nb[j] = tanh_(g[2 * H + j] + gn[j])
             _new_state(g, nb, hb, ob)
-        if has_zh:
-            zone(t, b0, zh, hold, hc, mask, has_mask)
-            put_out(t, b0, hc, out, off, mask, has_mask)
-        if train and has_mask:
-            put_rows(hs[t], b0, hc)
+        state_out(t, b0, zh, hold, hc, out, off, mask, has_mask, hs, train and has_mask)
     put_rows(h, b0, hc)
 
 
@@ -323,14 +306,7 @@ def _grux_backward_rows(k, n, gates, h0, hseq, hoff, w_hrz, w_hn, dh, mask, has_
             else:
                 for j in range(H):
                     dhb[j] = dhb[j] * g[H + j] + db[j] * g[j]
-        if has_rd:  # both products read h ⊙ rd: their part of ∂L/∂h_{t-1} times the mask
-            dot(drz, w_hrz, dhd, ab, True, False)
-            scale(dhd, rd, b0)
-            merge_acc(dhc, dhd)
-        else:
-            dot(drz, w_hrz, dhc, ab, True, False)  # masked rows of drz are 0: their dh passes through
-        if has_zh:
-            add_kept(t, b0, dhc, keep, mask, has_mask)
+        carry_add(t, b0, drz, w_hrz, dhc, dhd, True, ab, rd, keep, mask, has_mask)  # both products read h ⊙ rd
     put_rows(dh, b0, dhc)
 
 

@@ -11,7 +11,7 @@ from numba.extending import register_jitable
 from .common import (acc_, chunk, consts, dot, get_rows, merge_set, one_, prev_step, put_rows, set_, tanh_,
                      zero_)
 from .jit import jit, parallel
-from .noise import carry, copy, dot_dropped, off2, off3, put_out, split_row, zone
+from .noise import carry, dot_dropped, noise_rows, off2, off3, put_out, split_row, zone
 from .lstm import activate_gates, gate_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows
 
@@ -142,17 +142,16 @@ def _forward_rows(k, n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, o
     scratch = np.empty((2, G), gates.dtype)
     k = _consts(gh)
     # recurrent dropout and zoneout (``noise``): h as it enters W_hh, the old states
-    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
-    hin = np.empty(hc.shape if has_rd else (0, 0), gates.dtype)
-    hold = np.empty(hc.shape if has_zh else (0, 0), gates.dtype)
+    has_zh, has_zc = zh.shape[0] > 0, zc.shape[0] > 0
+    hin, hold = noise_rows(hc, rd, zh)
     cold = np.empty(cc.shape if has_zc else (0, 0), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, True)
         if has_zh:
-            copy(hc, hold)
+            hold[:] = hc
         if has_zc:
-            copy(cc, cold)
+            cold[:] = cc
         _fwd_ew(t, b0, gates, gh, ln, hc, cc, mask, has_mask, train, out, rh, rstd, cs, chat, hs, k, scratch)
         if has_zh:  # the zoned h is the output and the state (cs and chat keep c̃_t's values)
             zone(t, b0, zh, hold, hc, mask, has_mask)

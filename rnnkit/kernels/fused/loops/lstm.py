@@ -11,7 +11,7 @@ from numba.extending import register_jitable
 from .common import (add_dout, chunk, consts, dot, get_rows, merge_set, one_, past_end, prev_step, put_rows, set_,
                      sigmoid_, tanh_, zero_)
 from .jit import jit, parallel
-from .noise import carry, copy, dot_dropped, off2, off3, put_out, zone, zone_split
+from .noise import carry, dot_dropped, noise_rows, off2, off3, state_out, zone, zone_split
 from .small import no_mask, project, small_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows, units
 
@@ -64,17 +64,16 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
     hu = np.empty((B, H if proj else 0), gates.dtype)  # o·tanh(c) before the projection
     hp = np.empty((B, P if proj else 0), gates.dtype)
     # recurrent dropout and zoneout (``noise``): h as it enters W_hh, the old states
-    has_rd, has_zh, has_zc = rd.shape[0] > 0, zh.shape[0] > 0, zc.shape[0] > 0
-    hin = np.empty((B, P) if has_rd else (0, 0), gates.dtype)
-    hold = np.empty((B, P) if has_zh else (0, 0), gates.dtype)
+    has_zh, has_zc = zh.shape[0] > 0, zc.shape[0] > 0
+    hin, hold = noise_rows(hc, rd, zh)
     cold = np.empty((B, H) if has_zc else (0, 0), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)
         if has_zh:
-            copy(hc, hold)
+            hold[:] = hc
         if has_zc:
-            copy(cc, cold)
+            cold[:] = cc
         _fwd_ew(t, b0, gates, gh, hu if proj else hc, cc, mask, has_mask, train, not proj, out, off, cs)
         if has_zc:  # cs keeps c̃_t (for tanh in backward), cz the zoned c_t (the next step's c_{t-1})
             zone(t, b0, zc, cold, cc, mask, has_mask)
@@ -88,11 +87,8 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
                     continue
                 set_(hc[b], hp[b])
                 set_(ob, hp[b])
-        if has_zh:  # h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃_t (after the projection), the output too
-            zone(t, b0, zh, hold, hc, mask, has_mask)
-            put_out(t, b0, hc, out, off, mask, has_mask)
-        if train and has_mask:
-            put_rows(hs[t], b0, hc)
+        # zoneout of h after the projection: h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h̃_t, the output too
+        state_out(t, b0, zh, hold, hc, out, off, mask, has_mask, hs, train and has_mask)
     put_rows(h, b0, hc)
     put_rows(c, b0, cc)
 

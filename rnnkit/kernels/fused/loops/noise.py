@@ -5,18 +5,19 @@ when its regulariser is off (the rows functions test ``shape[0] > 0``).
     rd  <f>[B, P]      recurrent dropout's multiplier on h where it enters W_hh, the same every step
     z   <f>[T, B, N]   zoneout's weight of the old state: new = z ⊙ old + (1 - z) ⊙ new
 
-Forward, per step: ``dropped(h)`` feeds the mat-mul, ``zone`` mixes the kept state into the new one
-(and ``put_out`` rewrites the output with it). Backward: after ∂L/∂h_t is complete, ``zone_split``
-sends z ⊙ ∂L/∂h_t straight to the old state (``add_kept`` adds it after the step) and leaves
-(1 - z) ⊙ ∂L/∂h_t for the cell; the mat-mul's ∂L/∂h_{t-1} is scaled by rd (``scale``). A step past
-a sequence's end is left alone (its state passes through)."""
+Forward, per step (rows from ``noise_rows``): ``dropped(h)`` feeds the mat-mul, ``zone`` mixes the kept
+state into the new one (and ``put_out`` rewrites the output with it). Backward: after ∂L/∂h_t is
+complete, ``zone_split`` sends z ⊙ ∂L/∂h_t straight to the old state (``add_kept`` adds it after the
+step) and leaves (1 - z) ⊙ ∂L/∂h_t for the cell; the mat-mul's ∂L/∂h_{t-1} is scaled by rd (``scale``;
+``carry`` and ``carry_add`` do the whole carry). A step past a sequence's end is left alone (its state
+passes through)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba.extending import register_jitable
 
-from .common import dot, merge_set, set_
+from .common import dot, merge_acc, merge_set, put_rows, set_
 
 
 @register_jitable
@@ -42,10 +43,11 @@ def dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, bt):
 
 
 @register_jitable
-def copy(src, dst):
-    """dst[b] = src[b] for every row (the old state, kept for zoneout)."""
-    for b in range(src.shape[0]):
-        set_(dst[b], src[b])
+def noise_rows(like, rd, z):
+    """The forward's rows for the regularisers, shaped like ``like`` <f>[B, N]: hin (h ⊙ rd, for the
+    mat-mul) and hold (the old state, for zoneout), each of size 0 when its regulariser is off."""
+    return (np.empty(like.shape if rd.shape[0] > 0 else (0, 0), like.dtype),
+            np.empty(like.shape if z.shape[0] > 0 else (0, 0), like.dtype))
 
 
 @register_jitable
@@ -66,9 +68,19 @@ def put_out(t, b0, hc, out, off, mask, has_mask):
     """out[t, b0 + b, off:off + P] = hc[b] on the valid rows (the output after zoneout)."""
     P = hc.shape[1]
     for b in range(hc.shape[0]):
-        if has_mask and not mask[t, b0 + b]:
-            continue
-        set_(out[t, b0 + b, off:off + P], hc[b])
+        if not has_mask or mask[t, b0 + b]:
+            set_(out[t, b0 + b, off:off + P], hc[b])
+
+
+@register_jitable
+def state_out(t, b0, z, old, hc, out, off, mask, has_mask, hs, keep):
+    """The end of step t for the state hc: zoneout (z of size 0: off) mixes the old state into it on the
+    valid rows and rewrites the output with it; keep: hs[t] keeps hc (training with a mask)."""
+    if z.shape[0] > 0:
+        zone(t, b0, z, old, hc, mask, has_mask)
+        put_out(t, b0, hc, out, off, mask, has_mask)
+    if keep:
+        put_rows(hs[t], b0, hc)
 
 
 @register_jitable
@@ -136,3 +148,19 @@ def carry(t, b0, dh, tmp, rd, hkeep, dc, ckeep, mask, has_mask):
         add_kept(t, b0, dh, hkeep, mask, has_mask)
     if ckeep.shape[0] > 0:
         add_kept(t, b0, dc, ckeep, mask, has_mask)
+
+
+@register_jitable
+def carry_add(t, b0, dg, w, dh, tmp, acc, ab, rd, keep, mask, has_mask):
+    """The GRUs' carry after step t, where the mat-mul adds to the direct term already in dh:
+    dh += (dg W) ⊙ rd, the product formed in tmp (acc: added to what tmp holds), or dh += dg W in place
+    when recurrent dropout is off (rd of size 0; masked rows of dg are 0, so their dh passes through);
+    then zoneout's share keep on the valid rows (keep of size 0 when off)."""
+    if rd.shape[0] > 0:
+        dot(dg, w, tmp, ab, acc, False)
+        scale(tmp, rd, b0)
+        merge_acc(dh, tmp)
+    else:
+        dot(dg, w, dh, ab, True, False)
+    if keep.shape[0] > 0:
+        add_kept(t, b0, dh, keep, mask, has_mask)

@@ -8,7 +8,7 @@ from numba.extending import register_jitable
 
 from .common import chunk, consts, dot, get_rows, merge_set, one_, past_end, put_rows, tanh_
 from .jit import jit, parallel
-from .noise import carry, copy, dot_dropped, off2, off3, put_out, split_row, zone
+from .noise import carry, dot_dropped, noise_rows, off2, off3, put_out, split_row, zone
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 
@@ -46,16 +46,15 @@ def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_
     ab = consts(gates)
     hc = get_rows(h, b0, b1)
     gh = np.empty(hc.shape, h.dtype)
-    has_rd, has_zh = rd.shape[0] > 0, zh.shape[0] > 0  # recurrent dropout, zoneout (``noise``)
-    hin = np.empty(hc.shape if has_rd else (0, 0), h.dtype)
-    hold = np.empty(hc.shape if has_zh else (0, 0), h.dtype)
+    has_zh = zh.shape[0] > 0  # zoneout (``noise``)
+    hin, hold = noise_rows(hc, rd, zh)
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)
         if not has_zh:
             _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs)
             continue
-        copy(hc, hold)
+        hold[:] = hc
         _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, False, out, off, hs)
         put_out(t, b0, hc, gates, 0, mask, has_mask)  # h̃_t into gates[t]: backward's activation derivative
         zone(t, b0, zh, hold, hc, mask, has_mask)
