@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -54,6 +55,12 @@ def _cell(kind, x_t, h, c, w, w_hh, drop):
     return (h_new if w.w_hr is None else h_new @ w.w_hr.T), c_new
 
 
+def _zone_mask(shape, rate, dtype):
+    """Zoneout's mask as the layer documents it: numpy's PCG64 seeded from torch's generator."""
+    seed = int(torch.randint(0, 2**62, (1,)))
+    return torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32) < rate).to(dtype)
+
+
 def _draw(layer, T, B, dtype, rates):
     """The masks the layer draws, in its order, from torch's generator as it stands."""
     wd, rd, (zh, zc) = rates
@@ -64,8 +71,8 @@ def _draw(layer, T, B, dtype, rates):
             P, H = layer.spec.output_size, layer.hidden_size
             wm = torch.empty_like(w_hh).bernoulli_(1 - wd).div_(1 - wd) if wd else None
             rm = torch.empty(B, P, dtype=dtype).bernoulli_(1 - rd).div_(1 - rd) if rd else None
-            mh = torch.empty(T, B, P, dtype=dtype).bernoulli_(zh) if zh else None
-            mc = torch.empty(T, B, H, dtype=dtype).bernoulli_(zc) if zc else None
+            mh = _zone_mask((T, B, P), zh, dtype) if zh else None
+            mc = _zone_mask((T, B, H), zc, dtype) if zc else None
             masks[k, d] = (wm, rm, mh, mc)
     return masks
 
