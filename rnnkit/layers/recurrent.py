@@ -967,8 +967,8 @@ class GRU(RecurrentBase):
 def _zoneout_mask(shape: tuple[int, ...], rate: float, like: Tensor) -> Tensor:
     """Zoneout's mask <like's dtype and device>[shape]: 1 where a unit keeps its old value (probability
     ``rate``), drawn by numpy's PCG64 from a seed that torch's generator gives, so that
-    ``torch.manual_seed`` reproduces it; a mask has a value per step, row and unit, and PCG64 draws them
-    about three times faster than ``bernoulli_`` on the CPU."""
+    ``torch.manual_seed`` reproduces it; a mask has a value per step, row and unit, which PCG64 draws
+    faster than ``bernoulli_`` does on the CPU."""
     seed = int(torch.randint(0, 2**62, (1,)))
     keep = np.random.default_rng(seed).random(shape, dtype=np.float32) < rate
     return torch.from_numpy(keep).to(device=like.device, dtype=like.dtype)

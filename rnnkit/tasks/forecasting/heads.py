@@ -182,11 +182,14 @@ class _Network:
         else:
             stat = b.statistical[:, :horizon]
             out["statistical"] = np.where(np.isnan(stat), out["point"], stat)
-        if self.fc.combine != "none":  # the weighted mean of the two; the interval moves with the point
-            shift = (1 - self.network_weight(horizon)) * (out["statistical"] - out["point"])
-            out = {name: v + (shift[..., None] if v.ndim == 4 else shift) if name != "statistical" else v
-                   for name, v in out.items()}
-        return out
+        return self.combined(out, horizon) if self.fc.combine != "none" else out
+
+    def combined(self, out: dict[str, np.ndarray], horizon: int) -> dict[str, np.ndarray]:
+        """forecast.combine: the weighted mean of the network's point and out["statistical"]; the interval
+        and quantiles move with the point."""
+        shift = (1 - self.network_weight(horizon)) * (out["statistical"] - out["point"])
+        return {name: v + (shift[..., None] if v.ndim == 4 else shift) if name != "statistical" else v
+                for name, v in out.items()}
 
     def _read(self, params: Tensor, level: float) -> dict[str, np.ndarray]:
         if self.fc.output == "point":
@@ -246,9 +249,9 @@ def fit_weights(network: np.ndarray, statistical: np.ndarray, actual: np.ndarray
     >>> fit_weights(np.array([[[1.0]]]), np.array([[[2.0]]]), np.array([[[0.0]]]))
     array([0.8])
     """
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # a step without any actual
         mse_net = np.nanmean((network - actual) ** 2, axis=(0, 2))
         mse_stat = np.nanmean((statistical - actual) ** 2, axis=(0, 2))
-    total = mse_net + mse_stat
-    return np.where(np.isfinite(total) & (total > 0), mse_stat / np.where(total > 0, total, 1.0), 0.5)
+        w = mse_stat / (mse_net + mse_stat)
+    return np.where(np.isfinite(w), w, 0.5)

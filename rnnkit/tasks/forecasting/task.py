@@ -219,8 +219,7 @@ class Forecaster(ManySeries, Task):
             out, actual = self._validation_forecasts(prepared)
             if fc.combine_weight == "validation":  # out["point"] is the network's alone until they are fitted
                 self.net.weights = fit_weights(out["point"], out["statistical"], actual)
-                w = self.net.network_weight(horizon)
-                out["point"] = w * out["point"] + (1 - w) * out["statistical"]
+                out = self.net.combined(out, horizon)
                 logger.info("forecast.combine_weight: the network's weight per step, fitted on the validation "
                             "span: %s", " ".join(f"{w:.2f}" for w in self.net.weights))
             if fc.intervals == "conformal":
