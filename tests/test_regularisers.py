@@ -56,9 +56,30 @@ def _cell(kind, x_t, h, c, w, w_hh, drop):
 
 
 def _zone_mask(shape, rate, dtype):
-    """Zoneout's mask as the layer documents it: numpy's PCG64 seeded from torch's generator."""
+    """Zoneout's mask as ``loops.noise.zone_mask`` documents it, written in numpy: element i is 1 where the
+    low 32 bits of splitmix64's mix of seed + i * 0x9E3779B97F4A7C15 are below rate * 2^32, the seed
+    drawn from torch's generator."""
     seed = int(torch.randint(0, 2**62, (1,)))
-    return torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32) < rate).to(dtype)
+    u64 = np.uint64
+    with np.errstate(over="ignore"):
+        x = u64(seed) + np.arange(np.prod(shape), dtype=u64) * u64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> u64(27))) * u64(0x94D049BB133111EB)
+        x = x ^ (x >> u64(31))
+    keep = (x & u64(0xFFFFFFFF)) < u64(round(rate * 2**32))
+    return torch.from_numpy(keep.reshape(shape)).to(dtype)
+
+
+def test_zoneout_mask_rate_and_threads():
+    """The compiled draw keeps about rate of the units, the same mask on one thread or split over two."""
+    like = torch.empty(0)
+    torch.manual_seed(3)
+    z = kernels.zoneout_mask((64, 16, 128), 0.3, like)
+    assert set(z.unique().tolist()) == {0.0, 1.0} and abs(z.mean().item() - 0.3) < 0.01
+    torch.manual_seed(3)
+    with kernels.policy(dataclasses.replace(current(), threads=1)):
+        assert torch.equal(kernels.zoneout_mask((64, 16, 128), 0.3, like), z)
+    assert kernels.zoneout_mask((2, 3, 4), 1.0, like).eq(1).all() and kernels.zoneout_mask((2, 3, 4), 0.0, like).eq(0).all()
 
 
 def _draw(layer, T, B, dtype, rates):

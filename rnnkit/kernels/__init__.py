@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..cells import CellSpec, State
@@ -33,7 +34,7 @@ from . import native, reference
 from .base import DirectionWeights, eager
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "check_backend", "select_backend",
-           "run_layer", "stream_step", "streamer", "eager", "Policy", "explain", "policy", "cached_streamer"]
+           "run_layer", "stream_step", "streamer", "eager", "Policy", "explain", "policy", "cached_streamer", "zoneout_mask"]
 
 
 class Backend(NamedTuple):
@@ -120,6 +121,17 @@ def streamer(spec: CellSpec, weights: list[DirectionWeights], batch: int, h: Ten
              like: Tensor, backend: str = "auto") -> object | None:
     """A backend's stateful streamer for a unidirectional stack (see module docstring), or None."""
     return _first("streamer", backend, spec, weights, batch, h, c, like)
+
+
+def zoneout_mask(shape: tuple[int, int, int], rate: float, like: Tensor) -> Tensor:
+    """Zoneout's training mask <like's dtype and device>[T, B, N]: 1 where a unit keeps its old value
+    (probability ``rate``), from a seed that torch's generator gives, so that ``torch.manual_seed``
+    reproduces it. On the CPU (float32/64) the fused backend's counter-based generator draws it
+    (``fused.zoneout_mask``, one pass without an array of random numbers); elsewhere ``torch.rand`` on
+    the device."""
+    if like.device.type == "cpu" and like.dtype in fused.streaming.DTYPES:
+        return fused.zoneout_mask(shape, rate, int(torch.randint(0, 2**62, (1,))), like.dtype)
+    return (torch.rand(shape, device=like.device) < rate).to(like.dtype)
 
 
 def _first(field: str, backend: str, *args):

@@ -26,7 +26,6 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
@@ -415,7 +414,7 @@ class RecurrentBase(nn.Module):
                 if not rate:
                     continue
                 # training: 1 where the unit keeps its old value (probability rate); evaluation: the rate
-                z = _zoneout_mask((T, B, size), rate, x) if self.training else x.new_full((T, 1, 1), rate)
+                z = kernels.zoneout_mask((T, B, size), rate, x) if self.training else x.new_full((T, 1, 1), rate)
                 z_h, z_c = (z, z_c) if name == "h" else (z_h, z)
             noise.append(Noise(rec, z_h, z_c))
         if all(t is None for n in noise for t in n):
@@ -962,13 +961,3 @@ class GRU(RecurrentBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          reset_after=reset_after, device=device, dtype=dtype, init=init, backend=backend,
                          weight_drop=weight_drop, recurrent_dropout=recurrent_dropout, zoneout=zoneout)
-
-
-def _zoneout_mask(shape: tuple[int, ...], rate: float, like: Tensor) -> Tensor:
-    """Zoneout's mask <like's dtype and device>[shape]: 1 where a unit keeps its old value (probability
-    ``rate``), drawn by numpy's PCG64 from a seed that torch's generator gives, so that
-    ``torch.manual_seed`` reproduces it; a mask has a value per step, row and unit, which PCG64 draws
-    faster than ``bernoulli_`` does on the CPU."""
-    seed = int(torch.randint(0, 2**62, (1,)))
-    keep = np.random.default_rng(seed).random(shape, dtype=np.float32) < rate
-    return torch.from_numpy(keep).to(device=like.device, dtype=like.dtype)

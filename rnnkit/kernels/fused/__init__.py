@@ -13,7 +13,7 @@ this CPU model): ``explain(layer, x)`` shows it. The modules:
   loops.
 - ``gemm``: the whole-sequence products, weight gradients and oneDNN's per-step GEMM.
 - ``streaming``: whole stacks, one step (or a small call) in one compiled call; ``Streamer``.
-- ``backend``: the entry points ``rnnkit.kernels`` calls. ``warmup``: compiling every loop into numba's
+- ``backend``: the entry points ``rnnkit.kernels`` calls (and zoneout's mask draw). ``warmup``: compiling every loop into numba's
   cache. ``tune``: ``rnnkit tune``.
 - ``loops``: the compiled loops (numba), one module per cell family; ``runtime``: those loops, loaded
   on first use, and the threads they may run on.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from .. import Backend, register_backend
 from . import runtime
-from .backend import run_layer, stream_step_if_planned, streamer_if_supported, supports
+from .backend import run_layer, stream_step_if_planned, streamer_if_supported, supports, zoneout_mask
 from .drivers import takes_noise
 from .explain import explain
 from .plan import Call, Plan, plan, record
@@ -33,7 +33,8 @@ from .streaming import supports as stream_supports
 from .warmup import WARM_UP_GROUPS, warm_up
 
 __all__ = ["Call", "Host", "Plan", "Policy", "Streamer", "WARM_UP_GROUPS", "current", "default_policy", "explain",
-           "plan", "policy", "record", "run_layer", "runtime", "stream_step", "stream_supports", "supports", "warm_up"]
+           "plan", "policy", "record", "run_layer", "runtime", "stream_step", "stream_supports", "supports", "warm_up",
+           "zoneout_mask"]
 
 register_backend(Backend("fused", run_layer, supports, stream_step_if_planned, streamer_if_supported,
                          noise=takes_noise))

@@ -3,12 +3,14 @@ planned, then run on the plan's path) and the streaming step and streamer a back
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ...cells import CellSpec, State
 from ..base import DirectionWeights, whole_sequence_input
-from . import ln
+from . import ln, runtime
+from .drivers import Split
 from .layer import FusedLayer, flatten, forward, onednn_lstm
 from .plan import Plan, planned, ran
 from .policies import Policy, current
@@ -75,6 +77,22 @@ def _loop(chosen: Plan, p: Policy, x, weights, states, mask, flat, noise=None):
 _PATHS = {"onednn_lstm": _onednn, "small_train": _small, "single_step": _single, "compiled_loop": _loop,
           "step_loop": _loop}
 """What runs each path of a layer plan."""
+
+
+ZONE_MASK_PAR_MIN = 1 << 16
+"""Mask elements from which ``zoneout_mask`` splits its steps over threads (below, a thread launch costs
+more than the draw)."""
+
+
+def zoneout_mask(shape: tuple[int, int, int], rate: float, seed: int, dtype: torch.dtype) -> Tensor:
+    """Zoneout's training mask <dtype>[T, B, N]: 1 where a unit keeps its old value (probability rate),
+    drawn from seed (0 <= seed < 2^64) by the compiled counter-based generator ``loops.noise.zone_mask``
+    (the same mask on any number of threads)."""
+    z = torch.empty(shape, dtype=dtype)
+    noise = runtime.loops().noise
+    n = min(runtime.threads(current()), shape[0]) if z.numel() >= ZONE_MASK_PAR_MIN else 1
+    Split(noise.zone_mask, noise.zone_mask_par)(n, np.uint64(seed), np.uint64(round(rate * 2**32)), z.numpy())
+    return z
 
 
 def stream_step_if_planned(spec: CellSpec, x_t: Tensor, layers: list[DirectionWeights], h: Tensor,

@@ -12,7 +12,7 @@ import torch
 from ...cells import CellSpec
 from ..base import DirectionWeights
 from . import minimal, runtime, streaming
-from .backend import run_layer
+from .backend import ZONE_MASK_PAR_MIN, run_layer, zoneout_mask
 from .drivers import Scan, cell
 from .plan import Plan
 from .policies import Policy, policy
@@ -51,6 +51,9 @@ def warm_up_cells(specs, dtypes) -> None:
     if threads > 1:  # split across threads
         drivers.append(replace(loops, step_loop_min_weight=NEVER, par_min_rows=1, par_row_bytes=NEVER))
     for dtype in dtypes:
+        if tuple(specs) == WARM_UP_GROUPS[0]:  # zoneout's mask draw, serial and split
+            zoneout_mask((1, 1, 1), 0.5, 0, dtype)
+            zoneout_mask((2, 1, ZONE_MASK_PAR_MIN), 0.5, 0, dtype)
         for spec in specs:
             if isinstance(cell(spec), Scan):
                 warm_up_scan(spec, dtype)

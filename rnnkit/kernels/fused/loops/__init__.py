@@ -41,8 +41,8 @@ noise); float64 uses libm, to match the reference to ~1e-12.
 
 from __future__ import annotations
 
-from . import gru, ln, lstm, minimal, rnn
+from . import gru, ln, lstm, minimal, noise, rnn
 from .common import BLAS
 from .jit import MAX_THREADS, set_threads
 
-__all__ = ["BLAS", "MAX_THREADS", "gru", "ln", "lstm", "minimal", "rnn", "set_threads"]
+__all__ = ["BLAS", "MAX_THREADS", "gru", "ln", "lstm", "minimal", "noise", "rnn", "set_threads"]

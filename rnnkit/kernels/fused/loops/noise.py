@@ -10,14 +10,15 @@ state into the new one (and ``put_out`` rewrites the output with it). Backward: 
 complete, ``zone_split`` sends z ⊙ ∂L/∂h_t straight to the old state (``add_kept`` adds it after the
 step) and leaves (1 - z) ⊙ ∂L/∂h_t for the cell; the mat-mul's ∂L/∂h_{t-1} is scaled by rd (``scale``;
 ``carry`` and ``carry_add`` do the whole carry). A step past a sequence's end is left alone (its state
-passes through)."""
+passes through). ``zone_mask`` draws zoneout's training mask."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba.extending import register_jitable
 
-from .common import dot, merge_acc, merge_set, put_rows, set_
+from .common import chunk, dot, merge_acc, merge_set, one_, put_rows, set_
+from .jit import jit, parallel
 
 
 @register_jitable
@@ -164,3 +165,41 @@ def carry_add(t, b0, dg, w, dh, tmp, acc, ab, rd, keep, mask, has_mask):
         dot(dg, w, dh, ab, True, False)
     if keep.shape[0] > 0:
         add_kept(t, b0, dh, keep, mask, has_mask)
+
+
+_PHI = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (2^64 / golden ratio)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
+_LOW = np.uint64(0xFFFFFFFF)
+
+
+@register_jitable
+def _zone_mask_rows(k, n, seed, threshold, z):
+    """Steps of chunk k of n of ``zone_mask``."""
+    t0, t1 = chunk(k, n, z.shape[0])
+    _, B, N = z.shape
+    one = one_(z)
+    zero = one - one
+    for t in range(t0, t1):
+        for b in range(B):
+            row = z[t, b]
+            start = seed + np.uint64((t * B + b) * N) * _PHI
+            for j in range(N):
+                x = start + np.uint64(j) * _PHI
+                x = (x ^ (x >> _S30)) * _M1
+                x = (x ^ (x >> _S27)) * _M2
+                x = x ^ (x >> _S31)
+                row[j] = one if (x & _LOW) < threshold else zero
+
+
+@jit
+def zone_mask(seed, threshold, z):
+    """Zoneout's training mask z <f>[T, B, N]: element i (in C order) is 1 (the unit keeps its old value)
+    where the low 32 bits of splitmix64's mix of ``seed + i * 0x9E3779B97F4A7C15`` (uint64, wrapping)
+    are below threshold (rate * 2^32), else 0. A counter-based draw: each element from its index alone,
+    so any split over threads gives the same mask, without a T*B*N array of random numbers."""
+    _zone_mask_rows(0, 1, seed, threshold, z)
+
+
+zone_mask_par = parallel(_zone_mask_rows)
+"""``zone_mask`` with the steps in n chunks, one per thread."""

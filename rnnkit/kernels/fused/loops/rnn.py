@@ -8,15 +8,19 @@ from numba.extending import register_jitable
 
 from .common import chunk, consts, dot, get_rows, merge_set, one_, past_end, put_rows, tanh_
 from .jit import jit, parallel
-from .noise import carry, dot_dropped, noise_rows, off2, off3, put_out, split_row, zone
+from .noise import carry, dot_dropped, noise_rows, off2, off3
 from .small import no_mask, project, small_grads
 from .stream import kernels, layer_weights, put_top, step_rows, units
 
 
 @register_jitable
-def _fwd_ew(t, b0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
+def _fwd_ew(t, b0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs, zh):
+    """h = act(gates[t] + gh) on the valid rows, into h and out[t]; with zoneout (zh of size 0: off) in
+    the same pass, h̃_t = act(...) into gates[t] (the backward's activation derivative) and
+    h_t = h̃_t + z ⊙ (h_{t-1} - h̃_t)."""
     B, H = h.shape
     zero = one_(h) - one_(h)
+    has_zh = zh.shape[0] > 0
     for b in range(B):
         ob = out[t, b0 + b, off:off + H]
         if past_end(t, b0 + b, ob, mask, has_mask):
@@ -24,7 +28,16 @@ def _fwd_ew(t, b0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
         g = gates[t, b0 + b]
         ghb = gh[b]
         hb = h[b]
-        if relu:
+        if has_zh:
+            zb = zh[t, b0 + b]
+            for j in range(H):
+                v = g[j] + ghb[j]
+                v = (v if v > 0 else zero) if relu else tanh_(v)
+                g[j] = v
+                v = v + zb[j] * (hb[j] - v)
+                hb[j] = v
+                ob[j] = v
+        elif relu:
             for j in range(H):
                 v = g[j] + ghb[j]
                 v = v if v > 0 else zero
@@ -46,21 +59,11 @@ def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_
     ab = consts(gates)
     hc = get_rows(h, b0, b1)
     gh = np.empty(hc.shape, h.dtype)
-    has_zh = zh.shape[0] > 0  # zoneout (``noise``)
-    hin, hold = noise_rows(hc, rd, zh)
+    hin, _ = noise_rows(hc, rd, off3(gates))  # zoneout needs no copy of the old state
     for s in range(T):
         t = T - 1 - s if reverse else s
         dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)
-        if not has_zh:
-            _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs)
-            continue
-        hold[:] = hc
-        _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, False, out, off, hs)
-        put_out(t, b0, hc, gates, 0, mask, has_mask)  # h̃_t into gates[t]: backward's activation derivative
-        zone(t, b0, zh, hold, hc, mask, has_mask)
-        put_out(t, b0, hc, out, off, mask, has_mask)
-        if keep_h:
-            put_rows(hs[t], b0, hc)
+        _fwd_ew(t, b0, gates, gh, hc, relu, mask, has_mask, keep_h, out, off, hs, zh)
     put_rows(h, b0, hc)
 
 
@@ -78,13 +81,13 @@ forward_par = parallel(_forward_rows)
 @jit
 def forward_step(t, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs):
     """One step of ``forward`` given gh = h W_hh^T."""
-    _fwd_ew(t, 0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs)
+    _fwd_ew(t, 0, gates, gh, h, relu, mask, has_mask, keep_h, out, off, hs, off3(gates))
 
 
 @register_jitable
 def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg, ht, zh, keep):
-    """dg[t] from dh + dout[t]; with zoneout (zh), h̃_t from ht (the kept gates), and zoneout's share of
-    the gradient, for h_{t-1}, into keep (dh then holds the rest, dout folded in)."""
+    """dg[t] from dh + dout[t]; with zoneout (zh), in the same pass, zoneout's share z ⊙ (dh + dout[t])
+    into keep (for h_{t-1}) and the activation derivative at h̃_t from ht (the kept gates)."""
     B, H = dh.shape
     has_zh = zh.shape[0] > 0
     one = one_(dg)
@@ -93,21 +96,23 @@ def _bwd_ew(t, b0, hseq, hoff, dh, relu, mask, has_mask, dout, doff, dg, ht, zh,
         dgb = dg[t, b0 + b]
         if past_end(t, b0 + b, dgb, mask, has_mask):
             continue
-        hv = hseq[t, b0 + b, hoff:hoff + H]
         do = dout[t, b0 + b, doff:doff + H]
         dhb = dh[b]
         if has_zh:
             hv = ht[t, b0 + b]
+            zb = zh[t, b0 + b]
+            kb = keep[b]
             for j in range(H):
-                dhb[j] += do[j]
-            split_row(zh[t, b0 + b], dhb, keep[b])
-            if relu:
-                for j in range(H):
-                    dgb[j] = dhb[j] if hv[j] > 0 else zero
-            else:
-                for j in range(H):
-                    dgb[j] = dhb[j] * (one - hv[j] * hv[j])
+                d = dhb[j] + do[j]
+                kj = zb[j] * d
+                kb[j] = kj
+                d = d - kj
+                if relu:
+                    dgb[j] = d if hv[j] > 0 else zero
+                else:
+                    dgb[j] = d * (one - hv[j] * hv[j])
             continue
+        hv = hseq[t, b0 + b, hoff:hoff + H]
         if relu:
             for j in range(H):
                 dgb[j] = (dhb[j] + do[j]) if hv[j] > 0 else zero
