@@ -133,9 +133,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="window reference: the last value, or (seasonal) targets relative to the seasonal-naive "
                              "forecast (the last value where m = 1), or (auto_*) the hybrid: targets relative to that "
                              "statsforecast model's forecast, fitted per series on its log training part")
-    parser.add_argument("--combine", default="none", choices=["none", "auto_ets", "auto_arima", "auto_theta"],
+    parser.add_argument("--combine", default="none", type=lambda v: v.split(",") if "," in v else v,
                         help="the hybrid that averages the network's forecast with this statsforecast model's, fitted "
-                             "per series (forecast.combine)")
+                             "per series: none, auto_ets, auto_arima, auto_theta, or several comma-separated (their "
+                             "mean; forecast.combine)")
     parser.add_argument("--combine-weight", type=lambda v: v if v == "validation" else float(v), default=0.5,
                         help="the network's weight in --combine, or 'validation': per step from the validation "
                              "errors (forecast.combine_weight)")

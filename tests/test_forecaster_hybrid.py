@@ -1,5 +1,6 @@
 """The hybrid forecaster (forecast.normalize = "auto_ets" | "auto_arima" | "auto_theta"): the network's
-outputs are corrections to a statsforecast model's forecast from each origin. Generated series, tiny models."""
+outputs are corrections to a statsforecast model's forecast from each origin; forecast.combine averages the
+two. Generated series, tiny models."""
 
 from __future__ import annotations
 
@@ -106,6 +107,27 @@ def test_a_combining_hybrid_averages_the_network_and_its_component_in_the_transf
     expected = np.exp(0.25 * np.log(network) + 0.75 * np.log(component))
     np.testing.assert_allclose(combined.backtests["model"].forecasts, expected, rtol=1e-4)
     assert not np.allclose(network, component, rtol=1e-3)
+
+
+def test_several_statistical_models_combine_as_their_equal_mean_in_the_transformed_space(tmp_path):
+    """combine = ["auto_ets", "auto_theta"]: the component is the mean of the two fits' log forecasts, each
+    the same as that model's own component, and the list survives a checkpoint."""
+    df = monthly()
+    exp = experiment("seasonal", forecast={"combine": ["auto_ets", "auto_theta"], "combine_weight": 0.0})
+    fc = Forecaster.fit(df, experiment=exp)
+    both = fc.backtests[6]
+    assert "component_auto_ets+auto_theta" in both.metrics.index
+    each = [Forecaster.fit(df, experiment=experiment("seasonal", forecast={"combine": name})).backtests[6]
+            .backtests[f"component_{name}"].forecasts for name in ("auto_ets", "auto_theta")]
+    expected = np.exp((np.log(each[0]) + np.log(each[1])) / 2)
+    np.testing.assert_allclose(both.backtests["component_auto_ets+auto_theta"].forecasts, expected, rtol=1e-5)
+    np.testing.assert_allclose(both.backtests["model"].forecasts, expected, rtol=1e-4)  # weight 0: the component
+    assert Forecaster.load(fc.save(tmp_path / "both")).experiment.forecast.combine == ["auto_ets", "auto_theta"]
+    assert ForecastExperiment.from_dict({"forecast": {"combine": ["auto_theta"]}}).forecast.combine == "auto_theta"
+    with pytest.raises(ValueError, match=r"forecast.combine.*different statsforecast models, got \['auto_ets', 'auto_ets'\]"):
+        ForecastExperiment.from_dict({"forecast": {"combine": ["auto_ets", "auto_ets"]}})
+    with pytest.raises(ValueError, match=r"forecast.combine"):
+        ForecastExperiment.from_dict({"forecast": {"combine": ["auto_ets", "holt"]}})
 
 
 def test_validation_weights_weigh_each_step_by_its_inverse_squared_error_and_survive_a_checkpoint(tmp_path):

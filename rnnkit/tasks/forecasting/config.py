@@ -101,10 +101,12 @@ class ForecastConfig(Config):
                             "forecast from each origin (fitted per series on its transformed training part, on "
                             "the history before the first origin in a backtest, on the history given when "
                             "forecasting), the network learning the correction to it")
-    combine: Literal["none", "auto_ets", "auto_arima", "auto_theta"] = Field(
+    combine: Literal["none", "auto_ets", "auto_arima", "auto_theta"] | list[Literal["auto_ets", "auto_arima",
+                                                                                  "auto_theta"]] = Field(
         "none", description="a hybrid: the forecast is the weighted mean (in the transformed, scaled space) of the "
                             "network's and that statsforecast model's forecast, the model fitted per series as for "
-                            "normalize = 'auto_*'; intervals move with the point")
+                            "normalize = 'auto_*'; a list of models (e.g. ['auto_ets', 'auto_theta']): their equal "
+                            "mean takes the statistical side; intervals move with the point")
     combine_weight: float | Literal["validation"] = Field(
         0.5, description="the network's weight in forecast.combine: a number in [0, 1] at every step, or "
                          "'validation': one weight per step from the validation span's errors of the two "
@@ -122,10 +124,22 @@ class ForecastConfig(Config):
             raise ValueError(f"expected a number in [0, 1] or 'validation', got {value}")
         return value
 
+    @field_validator("combine")
+    @classmethod
+    def _models(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value or len(set(value)) < len(value):
+                raise ValueError(f"expected one or more different statsforecast models, got {value}")
+            return value[0] if len(value) == 1 else value
+        return value
+
     def statistical(self) -> str:
-        """The statsforecast model a hybrid fits ('' for none): forecast.normalize's or forecast.combine's."""
+        """The statsforecast model a hybrid fits ('' for none): forecast.normalize's or forecast.combine's,
+        several joined by '+' (``statistical.fitted`` fits each and averages them)."""
         if self.normalize.startswith("auto_"):
             return self.normalize
+        if isinstance(self.combine, list):
+            return "+".join(self.combine)
         return "" if self.combine == "none" else self.combine
 
     @model_validator(mode="after")

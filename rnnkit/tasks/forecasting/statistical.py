@@ -3,6 +3,10 @@
 recipe of a statistical component that a network corrects); ``forecast.combine`` averages the two
 forecasts (a forecast combination).
 
+Several models (``forecast.combine = ["auto_ets", "auto_theta"]``) are fitted each and their forecasts
+averaged (a ``Combination``): the equal-weight combination of statistical forecasts that has been hard
+to beat since the M3 competition.
+
 The statsforecast model is fitted on one series' transformed targets (``data.transform`` applied,
 before scaling; or on the data's own units with ``forecast.statistical_space = "data"``) up to
 ``fit_end``: the training part when training, the part before the first origin in a backtest, the
@@ -48,7 +52,10 @@ _fits: OrderedDict[tuple, StatisticalModel] = OrderedDict()
 
 
 def fitted(name: str, season: int, train: np.ndarray) -> StatisticalModel:
-    """``StatisticalModel(name, season, train)``, or the same fit made before on equal values."""
+    """``StatisticalModel(name, season, train)``, or the same fit made before on equal values; names
+    joined by '+' make a ``Combination`` of those fits."""
+    if "+" in name:
+        return Combination([fitted(part, season, train) for part in name.split("+")])
     train = np.ascontiguousarray(train, dtype=np.float64)
     key = (name, season, train.shape, hashlib.sha1(train.tobytes()).hexdigest())
     if key in _fits:
@@ -98,3 +105,18 @@ class StatisticalModel:
             return to_model(out.reshape(-1, out.shape[2])).reshape(out.shape).astype(np.float32)
 
         return run
+
+
+class Combination(StatisticalModel):
+    """The equal mean of several fitted models' forecasts, where each has one (NaN where none has)."""
+
+    def __init__(self, members: list[StatisticalModel]) -> None:
+        self.members = members
+        self.name = "+".join(m.name for m in members)
+        self.fallback = "; ".join(f"{m.name}: {m.fallback}" for m in members if m.fallback)
+
+    def forecasts(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+        each = np.stack([m.forecasts(y, origins, horizon) for m in self.members])
+        counted = np.isfinite(each).sum(axis=0)
+        total = np.where(np.isfinite(each), each, 0.0).sum(axis=0)
+        return np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
