@@ -15,7 +15,9 @@ targets to its seasonal-naive forecast (``--normalize``), the category one-hot w
 more than one (``--no-category``: without it). Per series: seasonal naive, AutoETS, AutoARIMA and AutoTheta (statsforecast, season m
 of the frequency) fitted on the training part. MASE is scaled by each series' in-sample seasonal-naive
 error (m), sMAPE in percent; both averaged over series. ``--series N`` takes the first N series of the
-file (a subset: its means are not the competition's). Writes ``competitions.json`` into ``--out``.
+file (a subset: its means are not the competition's). ``--seeds N`` trains N networks (seeds --seed,
+--seed + 1, ...) and scores each and their ensemble, the mean of their forecasts (N-BEATS's recipe of
+ensembling over seeds). Writes ``competitions.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -37,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from rnnkit.data.competitions import FREQUENCIES, SEASON, load_competition  # noqa: E402
 from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment  # noqa: E402
+from rnnkit.tasks.forecasting.backtest import score_forecast  # noqa: E402
 
 DEFAULT = ("tourism/monthly", "tourism/quarterly", "m3/monthly")
 
@@ -82,25 +86,52 @@ def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
     n = df["unique_id"].nunique()
     print(f"== {name} {frequency}: {n} series, h = {horizon}, m = {season}, lookback {exp.data.lookback}, "
           f"static {exp.data.static_covariates or 'none'}", flush=True)
-    t0 = time.perf_counter()
-    with open(os.devnull, "w") as devnull:  # the Trainer's epoch lines
-        stderr, sys.stderr = sys.stderr, devnull
-        try:
-            fc = Forecaster.fit(df, experiment=exp, evaluate=False)
-        finally:
-            sys.stderr = stderr
-    fit_seconds = time.perf_counter() - t0
-    bt = fc.backtest(horizon)
-    seconds = {"model": fit_seconds + bt.seconds["model"], **{k: v for k, v in bt.seconds.items() if k != "model"}}
-    rows = []
+    rows, members, epochs = [], [], []
     print(f"{'method':<20} {'MASE':>7} {'sMAPE':>7} {'seconds':>9}")
-    for method, row in bt.metrics.iterrows():
-        label = f"rnnkit global ({fc.results.get('epochs', 0):.0f} ep)" if method == "model" else method
-        spent = seconds.get(method, float("nan"))  # a hybrid's component is timed with the model
-        rows.append({"method": method, "MASE": row["MASE"], "sMAPE": row["sMAPE"], "seconds": spent})
-        print(f"{label:<20} {row['MASE']:7.3f} {row['sMAPE']:7.2f} {spent:9.1f}", flush=True)
+    for k in range(args.seeds):
+        member = exp if k == 0 else exp.model_copy(update={"train": exp.train.model_copy(update={"seed": args.seed + k})})
+        t0 = time.perf_counter()
+        with open(os.devnull, "w") as devnull:  # the Trainer's epoch lines
+            stderr, sys.stderr = sys.stderr, devnull
+            try:
+                fc = Forecaster.fit(df, experiment=member, evaluate=False)
+            finally:
+                sys.stderr = stderr
+        fit_seconds = time.perf_counter() - t0
+        bt = fc.backtest(horizon, baselines=k == 0)  # the baselines once: they do not depend on the seed
+        members.append(bt.forecasts)
+        epochs.append(fc.results.get("epochs", 0))
+        seconds = {"model": fit_seconds + bt.seconds["model"], **{m: v for m, v in bt.seconds.items() if m != "model"}}
+        for method, row in bt.metrics.iterrows():
+            if k and method != "model":
+                continue
+            label = f"rnnkit global ({epochs[-1]:.0f} ep)" if method == "model" else method
+            if method == "model" and args.seeds > 1:
+                label += f" seed {args.seed + k}"
+            spent = seconds.get(method, float("nan"))  # a hybrid's component is timed with the model
+            rows.append({"method": "model" if method == "model" and not k else
+                         (f"model seed {args.seed + k}" if method == "model" else method),
+                         "MASE": row["MASE"], "sMAPE": row["sMAPE"], "seconds": spent})
+            print(f"{label:<20} {row['MASE']:7.3f} {row['sMAPE']:7.2f} {spent:9.1f}", flush=True)
+    if args.seeds > 1:
+        mase, smape = ensemble_scores(members, train, season)
+        rows.append({"method": f"ensemble of {args.seeds} seeds", "MASE": mase, "sMAPE": smape,
+                     "seconds": sum(r["seconds"] for r in rows if r["method"].startswith("model"))})
+        print(f"{'ensemble of ' + str(args.seeds) + ' seeds':<20} {mase:7.3f} {smape:7.2f}", flush=True)
     return {"series": n, "horizon": horizon, "season": season, "subset": bool(args.series),
-            "epochs": fc.results.get("epochs"), "config": exp.to_dict(), "rows": rows}
+            "epochs": epochs, "config": exp.to_dict(), "rows": rows}
+
+
+def ensemble_scores(members: list[pd.DataFrame], train: pd.DataFrame, season: int) -> tuple[float, float]:
+    """Mean MASE and sMAPE over series of the members' mean forecast (each member: a backtest's forecast
+    rows), MASE scaled by each series' own training part, as the backtest scores a single model."""
+    keys = ["series", "origin", "step", "column"]
+    mean = pd.concat(members).groupby(keys, sort=False).agg(actual=("actual", "first"), forecast=("forecast", "mean"))
+    history = {str(sid): y.to_numpy(np.float64) for sid, y in train.groupby("unique_id")["y"]}
+    scores = [score_forecast(part["actual"].to_numpy()[None, :, None], part["forecast"].to_numpy()[None, :, None],
+                             history[str(sid)][:, None], season)
+              for sid, part in mean.groupby(level="series", sort=False)]
+    return float(np.mean([x["MASE"] for x in scores])), float(np.mean([x["sMAPE"] for x in scores]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-lookback", type=int, default=36)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="networks trained with seeds --seed, --seed + 1, ...; "
+                                                             "with more than one, their ensemble (mean forecast) too")
     parser.add_argument("--baselines", default="auto_ets,auto_arima,auto_theta",
                         help="statistical baselines per series, comma-separated, or 'none' (naive and seasonal naive "
                              "always run)")
