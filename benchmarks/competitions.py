@@ -89,7 +89,8 @@ def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
     rows, members, epochs = [], [], []
     print(f"{'method':<20} {'MASE':>7} {'sMAPE':>7} {'seconds':>9}")
     for k in range(args.seeds):
-        member = exp if k == 0 else exp.model_copy(update={"train": exp.train.model_copy(update={"seed": args.seed + k})})
+        seed = exp.train.model_copy(update={"seed": args.seed + k})
+        member = exp if k == 0 else exp.model_copy(update={"train": seed})
         t0 = time.perf_counter()
         with open(os.devnull, "w") as devnull:  # the Trainer's epoch lines
             stderr, sys.stderr = sys.stderr, devnull

@@ -58,3 +58,26 @@ def test_competition_counts(name, frequency, series, h):
     train, test = load_competition(name, frequency, data_dir=SHARED)
     assert train.unique_id.nunique() == series
     assert (test.groupby("unique_id").size() == h).all()
+
+
+def test_benchmark_ensemble_of_seeds(tmp_path, monkeypatch):
+    """benchmarks/competitions.py --seeds 2 scores each network and their ensemble: the mean forecast's
+    absolute errors are at most the members' mean (per series, so the mean MASE is too)."""
+    import math
+    import subprocess
+    import sys
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "m3").mkdir()
+    waves = {f"N{k}": [100 + 10 * k + 5 * math.sin(2 * math.pi * t / 12) + t * (k % 3) + (t * 7919 + k) % 13 / 4
+                     for t in range(90)] for k in range(6)}
+    (tmp_path / "m3" / "m3_data.json").write_text(json.dumps(
+        {name: _series("MONTHLY", y[:72], y[72:]) for name, y in waves.items()}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "competitions.py"
+    subprocess.run([sys.executable, str(script), "--data-dir", str(tmp_path), "--competition", "m3", "--frequency",
+                    "monthly", "--seeds", "2", "--epochs", "2", "--baselines", "none", "--out", str(tmp_path / "out")],
+                   check=True, capture_output=True, text=True, timeout=300)
+    report = json.loads((tmp_path / "out" / "competitions.json").read_text())
+    rows = {r["method"]: r for r in report["m3/monthly"]["rows"]}
+    members = [rows["model"]["MASE"], rows["model seed 1"]["MASE"]]
+    assert rows["model"]["MASE"] != rows["model seed 1"]["MASE"]  # two different networks
+    assert rows["ensemble of 2 seeds"]["MASE"] <= sum(members) / 2 + 1e-9

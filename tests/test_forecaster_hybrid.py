@@ -124,7 +124,7 @@ def test_several_statistical_models_combine_as_their_equal_mean_in_the_transform
     np.testing.assert_allclose(both.backtests["model"].forecasts, expected, rtol=1e-4)  # weight 0: the component
     assert Forecaster.load(fc.save(tmp_path / "both")).experiment.forecast.combine == ["auto_ets", "auto_theta"]
     assert ForecastExperiment.from_dict({"forecast": {"combine": ["auto_theta"]}}).forecast.combine == "auto_theta"
-    with pytest.raises(ValueError, match=r"forecast.combine.*different statsforecast models, got \['auto_ets', 'auto_ets'\]"):
+    with pytest.raises(ValueError, match=r"combine.*different statsforecast models, got \['auto_ets', 'auto_ets'\]"):
         ForecastExperiment.from_dict({"forecast": {"combine": ["auto_ets", "auto_ets"]}})
     with pytest.raises(ValueError, match=r"forecast.combine"):
         ForecastExperiment.from_dict({"forecast": {"combine": ["auto_ets", "holt"]}})
