@@ -10,7 +10,8 @@ Three studies, each a rolling-origin backtest over a held-out test span (origins
   a "deep ensemble"). Reference: the Keras LSTM tutorial's test RMSE of 47.5 (one step ahead, same
   48-month test span). Naive, seasonal naive (m = 12), statsforecast's AutoETS, AutoARIMA and
   AutoTheta (m = 12) and Holt-Winters (additive trend, multiplicative season) are fitted on the 96
-  months before the test.
+  months before the test. ``--airline-validate``: the same on the validation span instead (months 73-96
+  held out, trained on 1-72; no PNGs), to choose a setting without the test.
 - sunspots: configs/sunspots.toml (last 20% as test), horizons 1 and 12, ``--sunspots-seeds`` seeds
   (one by default; with more, the table of seed 0, the mean ± sd and the ensemble as for airline); the
   statsforecast baselines with m = 12, fitted once.
@@ -134,9 +135,13 @@ def ensemble_table(members: list[Forecaster], h: int, label: str) -> pd.DataFram
 # ----------------------------------------------------------------------------------- airline
 def airline(args, out: Path) -> dict:
     exp = experiment("airline.toml", args.data_dir, args.airline_set)
+    data = None  # the config's file, whole
+    if args.airline_validate:  # the 24 months before the test span as the test, trained on what precedes
+        data = pd.read_csv(Path(args.data_dir) / exp.data.dataset / exp.data.file).iloc[:-exp.data.test]
+        exp = apply_overrides(exp, ["data.test=24"])
     members, fit_seconds = [], []
     for seed in range(args.seeds):
-        fc, seconds = quiet_fit(apply_overrides(exp, [f"train.seed={seed}"]))
+        fc, seconds = quiet_fit(data, experiment=apply_overrides(exp, [f"train.seed={seed}"]))
         members.append(fc)
         fit_seconds.append(seconds)
         print(f"  airline seed {seed}: fit + backtests {seconds:.1f} s", flush=True)
@@ -149,6 +154,8 @@ def airline(args, out: Path) -> dict:
         if h == 1:
             print(f"reference: Keras LSTM tutorial test RMSE {KERAS_TUTORIAL_RMSE} (one step ahead)")
             results["keras_tutorial_rmse"] = KERAS_TUTORIAL_RMSE
+    if args.airline_validate:
+        return results
 
     # forecast PNGs: past the data (via the checkpoint, as `rnnkit forecast` does) and the 1960 test year
     checkpoint = first.save(out / "airline_checkpoint")
@@ -280,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--macro-validate", action="store_true",
                         help="macro: backtest the 40 quarters before the held-out last 40 instead")
     parser.add_argument("--airline-set", action="append", default=[], help="override for airline.toml, key=value")
+    parser.add_argument("--airline-validate", action="store_true",
+                        help="airline's validation span: months 73-96 as the test, trained on 1-72 (the 48 test "
+                             "months unseen), for choosing a setting before it meets the test")
     parser.add_argument("--sunspots-set", action="append", default=[], help="override for sunspots.toml, key=value")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
