@@ -89,8 +89,8 @@ def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
     rows, members, epochs = [], [], []
     print(f"{'method':<20} {'MASE':>7} {'sMAPE':>7} {'seconds':>9}")
     for k in range(args.seeds):
-        seed = exp.train.model_copy(update={"seed": args.seed + k})
-        member = exp if k == 0 else exp.model_copy(update={"train": seed})
+        seed = args.seed + k
+        member = exp.model_copy(update={"train": exp.train.model_copy(update={"seed": seed})})
         t0 = time.perf_counter()
         with open(os.devnull, "w") as devnull:  # the Trainer's epoch lines
             stderr, sys.stderr = sys.stderr, devnull
@@ -104,15 +104,15 @@ def run(name: str, frequency: str, args: argparse.Namespace) -> dict:
         epochs.append(fc.results.get("epochs", 0))
         seconds = {"model": fit_seconds + bt.seconds["model"], **{m: v for m, v in bt.seconds.items() if m != "model"}}
         for method, row in bt.metrics.iterrows():
-            if k and method != "model":
-                continue
-            label = f"rnnkit global ({epochs[-1]:.0f} ep)" if method == "model" else method
-            if method == "model" and args.seeds > 1:
-                label += f" seed {args.seed + k}"
+            if method == "model":  # the first network is "model", the others "model seed S"
+                key = f"model seed {seed}" if k else "model"
+                label = f"rnnkit global ({epochs[-1]:.0f} ep)" + (f" seed {seed}" if args.seeds > 1 else "")
+            elif k:
+                continue  # the baselines and the component were printed with the first network
+            else:
+                key = label = method
             spent = seconds.get(method, float("nan"))  # a hybrid's component is timed with the model
-            rows.append({"method": "model" if method == "model" and not k else
-                         (f"model seed {args.seed + k}" if method == "model" else method),
-                         "MASE": row["MASE"], "sMAPE": row["sMAPE"], "seconds": spent})
+            rows.append({"method": key, "MASE": row["MASE"], "sMAPE": row["sMAPE"], "seconds": spent})
             print(f"{label:<20} {row['MASE']:7.3f} {row['sMAPE']:7.2f} {spent:9.1f}", flush=True)
     if args.seeds > 1:
         mase, smape = ensemble_scores(members, train, season)

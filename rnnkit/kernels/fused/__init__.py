@@ -13,8 +13,8 @@ this CPU model): ``explain(layer, x)`` shows it. The modules:
   loops.
 - ``gemm``: the whole-sequence products, weight gradients and oneDNN's per-step GEMM.
 - ``streaming``: whole stacks, one step (or a small call) in one compiled call; ``Streamer``.
-- ``backend``: the entry points ``rnnkit.kernels`` calls (and zoneout's mask draw). ``warmup``: compiling every loop into numba's
-  cache. ``tune``: ``rnnkit tune``.
+- ``backend``: the entry points ``rnnkit.kernels`` calls (and zoneout's mask draw). ``warmup``:
+  compiling every loop into numba's cache. ``tune``: ``rnnkit tune``.
 - ``loops``: the compiled loops (numba), one module per cell family; ``runtime``: those loops, loaded
   on first use, and the threads they may run on.
 """

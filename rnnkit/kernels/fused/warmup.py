@@ -32,13 +32,23 @@ NEVER = 1 << 62
 def warm_up(dtypes=(torch.float32, torch.float64), processes: int = 2) -> None:
     """Compile every loop of this backend into numba's cache. The groups of ``WARM_UP_GROUPS`` compile in
     ``processes`` processes at once (numba compiles on one thread: two processes take about half the
-    time on two cores)."""
+    time on two cores), beside zoneout's mask draw (``warm_up_masks``)."""
     if processes > 1:
         with ProcessPoolExecutor(min(processes, len(WARM_UP_GROUPS)), multiprocessing.get_context("spawn")) as pool:
+            masks = pool.submit(warm_up_masks, dtypes)
             list(pool.map(warm_up_cells, WARM_UP_GROUPS, [dtypes] * len(WARM_UP_GROUPS)))
+            masks.result()
     else:
         for group in WARM_UP_GROUPS:
             warm_up_cells(group, dtypes)
+        warm_up_masks(dtypes)
+
+
+def warm_up_masks(dtypes) -> None:
+    """Zoneout's mask draw once per dtype, on one thread and split over threads."""
+    for dtype in dtypes:
+        zoneout_mask((1, 1, 1), 0.5, 0, dtype)
+        zoneout_mask((2, 1, ZONE_MASK_PAR_MIN), 0.5, 0, dtype)
 
 
 def warm_up_cells(specs, dtypes) -> None:
@@ -51,9 +61,6 @@ def warm_up_cells(specs, dtypes) -> None:
     if threads > 1:  # split across threads
         drivers.append(replace(loops, step_loop_min_weight=NEVER, par_min_rows=1, par_row_bytes=NEVER))
     for dtype in dtypes:
-        if tuple(specs) == WARM_UP_GROUPS[0]:  # zoneout's mask draw, serial and split
-            zoneout_mask((1, 1, 1), 0.5, 0, dtype)
-            zoneout_mask((2, 1, ZONE_MASK_PAR_MIN), 0.5, 0, dtype)
         for spec in specs:
             if isinstance(cell(spec), Scan):
                 warm_up_scan(spec, dtype)

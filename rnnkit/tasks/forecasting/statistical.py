@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -117,6 +118,6 @@ class Combination(StatisticalModel):
 
     def forecasts(self, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
         each = np.stack([m.forecasts(y, origins, horizon) for m in self.members])
-        counted = np.isfinite(each).sum(axis=0)
-        total = np.where(np.isfinite(each), each, 0.0).sum(axis=0)
-        return np.where(counted > 0, total / np.maximum(counted, 1), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an origin where every member failed: NaN
+            return np.nanmean(each, axis=0)
