@@ -242,7 +242,7 @@ def bench(ctx: typer.Context) -> None:
 
 @app.command()
 @user_errors
-def tune(rounds: Annotated[int, typer.Option(help="timed rounds per shape and candidate (medians)")] = 5,
+def tune(rounds: Annotated[int, typer.Option(help="timed rounds per shape and candidate (medians)")] = 7,
          save: Annotated[bool, typer.Option(help="store the decisions for this CPU model")] = True) -> None:
     """Time the kernel paths that can tie on this CPU (seconds) and store the faster ones in the user's cache."""
     from .kernels.fused import tune as tuning

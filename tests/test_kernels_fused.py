@@ -309,6 +309,21 @@ def test_lstm_goes_to_onednn_by_the_policy():
     torch.testing.assert_close(inference, out.detach())
 
 
+def test_lstm_stack_streams_split_only_where_the_layer_would_not_go_to_onednn():
+    """A no-grad LSTM stack splits the streaming kernel across threads only within the split layer loop's
+    weight rule (``loop_lstm_inference_max_weight``; 0, as ``rnnkit tune`` may decide: no split loop)."""
+    def stack(policy, B=32, T=200, I=64, H=128):
+        return plan(Call(CellSpec("LSTM", H), "stack", T, B, I, torch.float32, threads=2), policy)
+    assert stack(REFERENCE).path == "stream" and stack(REFERENCE).chunks == 2
+    no_small_loop = using(loop_lstm_inference_max_weight=0)
+    p = stack(no_small_loop)
+    assert p.path == "layer_by_layer" and p.layers[0].path == "onednn_lstm"
+    assert "not split: oneDNN's LSTM layer from onednn_lstm_min_macs" in p.reason
+    assert stack(no_small_loop, B=1, T=100, I=32, H=64).path == "stream"  # small: one compiled call, unsplit
+    gru = plan(Call(CellSpec("GRU", 128), "stack", 200, 32, 64, torch.float32, threads=2), no_small_loop)
+    assert gru.path == "stream" and gru.chunks == 2  # only the LSTM has oneDNN's layer to go to
+
+
 def test_step_loop_and_split_rules():
     """The time-loop driver follows step_loop_min_weight / _batch / _steps; the batch splits by par_row_bytes."""
     rule = using(small_train_max_macs=-1, step_loop_min_weight=0, step_loop_min_batch=1, step_loop_min_steps=1)

@@ -189,6 +189,19 @@ def _onednn_lstm_reason(call: Call, policy: Policy) -> str | None:
     return None
 
 
+def _onednn_lstm_over_split(call: Call, policy: Policy) -> str | None:
+    """Why a no-grad LSTM stack call leaves oneDNN's layer to no split loop, streaming or per layer:
+    per-step multiply-adds from ``onednn_lstm_min_macs`` and a W_hh above ``loop_lstm_inference_max_weight``
+    (the rule for a split layer loop holds for the split stream too); None otherwise."""
+    macs = call.batch * 4 * call.spec.hidden_size ** 2
+    if _onednn_lstm_fits(call) and macs >= policy.onednn_lstm_min_macs and \
+            call.recurrent_bytes > policy.loop_lstm_inference_max_weight:
+        return (f"oneDNN's LSTM layer from onednn_lstm_min_macs {policy.onednn_lstm_min_macs:,} (B·4H·H = {macs:,}) "
+                f"with a W_hh of {_kb(call.recurrent_bytes)} > loop_lstm_inference_max_weight "
+                f"{_kb(policy.loop_lstm_inference_max_weight)}")
+    return None
+
+
 def _plan_layer(call: Call, policy: Policy) -> Plan:
     p = _plan_own_layer(call, policy)
     if _onednn_lstm_fits(call) and p.path != "onednn_lstm" and p.path != "single_step":
@@ -271,8 +284,10 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
         n = _max_chunks(call, policy)
         weight = s.gates * s.hidden_size * (max(call.input_size, s.output_size) + s.output_size) * call.itemsize
         units = _units(call, policy, call.batch)
+        onednn = _onednn_lstm_over_split(call, policy)
         if n > 1 and macs >= policy.stream_par_min_macs and weight <= max(
-                policy.stream_par_cached_weight, policy.stream_par_row_bytes * (call.batch // n)):
+                policy.stream_par_cached_weight, policy.stream_par_row_bytes * (call.batch // n)) \
+                and onednn is None:
             row = _kb(weight // (call.batch // n))
             return Plan("stream", f"multiply-adds {macs:,} >= stream_par_min_macs {policy.stream_par_min_macs:,}; "
                                   f"the largest layer's W_ih and W_hh, {_kb(weight)} ({row} a row), within "
@@ -283,7 +298,8 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
                                   f"{policy.stream_sequence_max_macs:,}" if units == 1 else
                         "batch 1" + _units_reason(call, policy, units)[1:], call, units=units)
         reason = (f"multiply-adds {macs:,} > stream_sequence_max_macs {policy.stream_sequence_max_macs:,}: "
-                  "whole-sequence GEMMs win")
+                  "whole-sequence GEMMs win" if onednn is None else
+                  f"multiply-adds {macs:,}, not split: {onednn}")
     return layer_by_layer(call, policy, reason)
 
 

@@ -1,9 +1,11 @@
 """``rnnkit tune``: where two paths can tie on a CPU, time both on this host and keep the faster one.
 
 Each ``Decision`` is a ``Policy`` field with two candidate values (the host's default and its
-alternative), timed through rnnkit's own layers on a few representative shapes, interleaved round by
-round in a new order each round (medians). A candidate our rules prefer is kept only where it is faster
-on every shape; otherwise the other one (for the LSTM: oneDNN's layer, torch.nn.LSTM's own path). The
+alternative), timed through rnnkit's own layers on a few shapes that the field's rule governs (``given``:
+other fields set alike in both, so that the rule applies), interleaved round by round in a new order
+each round (medians). A candidate our rules prefer is kept only where it is faster over the shapes and
+never slower than ``TIE`` on any; otherwise the other one (for the LSTM: oneDNN's layer, torch.nn.LSTM's
+own path). A shape where both candidates run the same plan is not timed. The
 decisions go to ``$XDG_CACHE_HOME/rnnkit/tune/<cpu>.json`` (``policies.tune_path``), which the default
 policy reads once per process. A run takes seconds (at most ``budget_s``).
 """
@@ -34,15 +36,33 @@ class Decision:
     shapes: tuple
     training: bool
     alternative: object = None  # the value timed against the default (None: the opposite bool)
+    given: tuple = ()  # (field, value) pairs set in both candidates: the rule this decision is timed under
 
+
+SAMPLE_S = 0.02
+"""Seconds of calls one timed sample takes at least: a single call of a millisecond moved by 10-25% from
+one sample to the next, enough to flip a decision between two paths within 10% of each other."""
+
+TIE = 1.03
+"""The first candidate (the host's default, or our loops) is kept where it is faster over the shapes
+(geometric mean of the ratios <= 1) and no shape is slower than this ratio: the bench's bar for "never
+slower than torch.nn", whose LSTM layer is the alternative in the LSTM decisions."""
 
 DECISIONS = (
-    Decision("lstm_loops_inference", "float32 LSTM inference: our loops, or oneDNN's LSTM layer", "lstm",
-             ((32, 100, 64, 128), (8, 100, 32, 64), (1, 500, 32, 64)), False),
-    Decision("lstm_loops_training", "float32 LSTM training: our loops, or oneDNN's LSTM layer", "lstm",
-             ((32, 50, 64, 128), (1, 300, 32, 64)), True),
+    Decision("lstm_loops_inference", "float32 LSTM inference at small batches: our loops, or oneDNN's LSTM layer",
+             "lstm", ((1, 500, 32, 64), (2, 200, 32, 64), (1, 200, 32, 96)), False),
+    Decision("loop_lstm_inference_max_weight", "float32 LSTM inference at larger batches: our loop split across "
+             "threads where W_hh is small, or oneDNN's LSTM layer", "lstm",
+             ((16, 100, 32, 64), (32, 200, 64, 128), (64, 50, 128, 256)), False, alternative=0,
+             given=(("lstm_loops_inference", True),)),
+    Decision("lstm_loops_training", "float32 LSTM training below onednn_lstm_train_min_macs a step, unsplit: our "
+             "loop, or oneDNN's LSTM layer", "lstm", ((1, 300, 32, 64), (4, 100, 32, 64), (8, 100, 32, 64),
+                                                     (16, 50, 64, 128)), True, given=(("par_row_bytes_lstm", 0),)),
+    Decision("par_row_bytes_lstm", "float32 LSTM training at larger batches: our loop split across threads, or "
+             "oneDNN's LSTM layer", "lstm", ((32, 50, 64, 128), (64, 50, 128, 256)), True, alternative=0,
+             given=(("lstm_loops_training", True),)),
     Decision("par_row_bytes", "the batch split across threads at up to 4x smaller rows, or not", "gru",
-             ((8, 50, 64, 256), (16, 25, 64, 384)), True, alternative="quarter"),
+             ((8, 50, 64, 256), (16, 25, 64, 384), (8, 25, 128, 512)), True, alternative="quarter"),
 )
 
 
@@ -52,18 +72,32 @@ def _layer(cell: str, I: int, H: int):
     return {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}[cell](I, H, batch_first=True)
 
 
-def _timed(layer, x, training: bool) -> float:
+def _timed(layer, x, training: bool, calls: int = 1) -> float:
+    """Seconds a call takes, the mean over ``calls`` calls in a row."""
     start = time.perf_counter()
-    if training:
-        layer(x)[0].sum().backward()
-    else:
-        with torch.no_grad():
-            layer(x)
-    return time.perf_counter() - start
+    for _ in range(calls):
+        if training:
+            layer(x)[0].sum().backward()
+        else:
+            with torch.no_grad():
+                layer(x)
+    return (time.perf_counter() - start) / calls
+
+
+def keeps_first(ratios: list[float]) -> bool:
+    """Whether the first candidate stays, from its time ÷ the other's at each shape: faster over the
+    shapes (geometric mean <= 1) and never slower than ``TIE`` at any."""
+    return max(ratios) <= TIE and statistics.geometric_mean(ratios) <= 1.0
+
+
+def _runs(p) -> tuple:
+    """What a plan runs, without its reason: two candidates that run the same need no timing."""
+    return p.path, p.chunks, p.units, p.transposed
 
 
 def _candidates(d: Decision, base: Policy) -> tuple[Policy, Policy]:
     """(the default, its alternative) for decision d."""
+    base = dataclasses.replace(base, **dict(d.given))
     default = getattr(base, d.field)
     if d.alternative == "quarter":
         other = default // 4
@@ -76,7 +110,7 @@ def _candidates(d: Decision, base: Policy) -> tuple[Policy, Policy]:
     return base, dataclasses.replace(base, **{d.field: other})
 
 
-def run(rounds: int = 5, path: Path | None = None, budget_s: float = 60.0, decisions=DECISIONS,
+def run(rounds: int = 7, path: Path | None = None, budget_s: float = 60.0, decisions=DECISIONS,
         echo=print) -> dict:
     """Time every decision on this host and store the result at path (default: ``tune_path()``; None
     in the returned dict's "path" when not saved: path=False). Returns what it stores."""
@@ -100,28 +134,35 @@ def run(rounds: int = 5, path: Path | None = None, budget_s: float = 60.0, decis
                 with policy(candidate):
                     _timed(layer, x, d.training)  # warm: compiled code loaded, buffers taken
                     p = explain(layer, x, training=d.training)
-                    plans.append(p.layers[0].path if p.layers else p.path)
+                    plans.append(p.layers[0] if p.layers else p)
+            if _runs(plans[0]) == _runs(plans[1]):  # the rule does not apply at this shape here: nothing to time
+                echo(f"  {d.field:22s} {d.cell} {B},{T},{I},{H} both candidates run {plans[0].path}: not timed")
+                continue
+            calls = max(1, round(SAMPLE_S / min(_timed(layer, x, d.training) for _ in range(2))))
             times: list[list[float]] = [[], []]
             for _ in range(rounds):
                 order = [0, 1]
                 random.shuffle(order)
                 for k in order:
                     with policy((first, second)[k]):
-                        times[k].append(_timed(layer, x, d.training))
+                        times[k].append(_timed(layer, x, d.training, calls))
                 if time.perf_counter() - started > budget_s * 0.8:
                     break
             a, b = (statistics.median(t) * 1e3 for t in times)
             ratios.append(a / b)
             measurements.append({"field": d.field, "cell": d.cell, "shape": [B, T, I, H],
                                  "mode": "train" if d.training else "inference",
-                                 "candidates": [{"value": getattr(c, d.field), "path": path_, "median_ms": round(m, 3)}
-                                                for c, path_, m in zip((first, second), plans, (a, b))]})
+                                 "candidates": [{"value": getattr(c, d.field), "path": p.path, "median_ms": round(m, 3)}
+                                                for c, p, m in zip((first, second), plans, (a, b))]})
             echo(f"  {d.field:22s} {d.cell} {B},{T},{I},{H} {'train' if d.training else 'inference':9s} "
-                 f"{getattr(first, d.field)!s:>8} ({plans[0]}) {a:8.2f} ms   {getattr(second, d.field)!s:>8} "
-                 f"({plans[1]}) {b:8.2f} ms   ratio {a / b:.2f}")
-        keep_first = max(ratios) <= 1.0  # the default (or our loops) only where it is never slower
-        chosen[d.field] = getattr(first if keep_first else second, d.field)
-        echo(f"{d.question}: {d.field} = {chosen[d.field]!r} (worst ratio {max(ratios):.2f})")
+                 f"{getattr(first, d.field)!s:>8} ({plans[0].path}) {a:8.2f} ms   {getattr(second, d.field)!s:>8} "
+                 f"({plans[1].path}) {b:8.2f} ms   ratio {a / b:.2f}")
+        if not ratios:  # the host's rules already give both candidates the same paths: keep its default
+            echo(f"{d.question}: {d.field} not decided (the same path at every shape)")
+            continue
+        chosen[d.field] = getattr(first if keeps_first(ratios) else second, d.field)
+        echo(f"{d.question}: {d.field} = {chosen[d.field]!r} (worst ratio {max(ratios):.2f}, "
+             f"geometric mean {statistics.geometric_mean(ratios):.2f})")
     seconds = time.perf_counter() - started
     result = {"version": TUNE_VERSION, "cpu": host.key, "host": dataclasses.asdict(host), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "rounds": rounds, "seconds": round(seconds, 1),
