@@ -57,6 +57,17 @@ def test_text_values_for_the_horizon_and_the_checkpoint(wind_model, tmp_path):
         loaded.predict(df=history, future=ahead.assign(wind="NNE"))
 
 
+def test_text_and_numeric_covariates_in_one_list():
+    """A categorical covariate beside numeric ones keeps each numeric column as it is and one-hots the text."""
+    df = windy(120).assign(rain=lambda d: np.random.default_rng(1).random(len(d)))
+    fc = Forecaster.fit(df, target="y", lookback=14, horizon=3, test=30, epochs=1, season=7, statistical="none",
+                        hidden_size=8, log_every=10**6, horizons=[3], future_covariates=["rain", "wind"],
+                        categorical=["wind"])
+    assert fc.experiment.model.input_size == 1 + 1 + 3 + 1   # target, rain, one-hot wind, observed flag
+    out = fc.predict(df=df.iloc[:-3], future=df.iloc[-3:][["date", "rain", "wind"]])
+    assert out["y"].notna().all() and len(out) == 3
+
+
 def test_categorical_config_errors():
     with pytest.raises(ValueError, match=r"categorical: \['wind'\] must also be named in past_covariates or "
                                          r"future_covariates"):

@@ -153,7 +153,7 @@ def categories_of(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, list[s
 
 def expand(names: Sequence[str], categories: dict[str, list[str]]) -> list[str]:
     """Covariate names with each categorical column replaced by its one-hot columns ('wind=NW', ...)."""
-    return [f"{n}={v}" for n in names for v in categories[n]] if categories else list(names)
+    return [f"{n}={v}" if n in categories else n for n in names for v in categories.get(n, [None])]
 
 
 def encode_categories(frame: pd.DataFrame, categories: dict[str, list[str]], arg: str) -> pd.DataFrame:
