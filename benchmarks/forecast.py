@@ -238,6 +238,23 @@ def covariates(args, out: Path) -> dict:
                                               for m, v in row.items()} for k, row in frame.to_dict(orient="index").items()}}
 
 
+def covariate_tables(fits: dict[str, list[Forecaster]], horizons, label: str, note: str = "") -> dict:
+    """Per horizon, the mean over seeds of each variant's model row (``fits``: variant label → members, the
+    first variant's first member holding the baselines) beside those baselines; printed, JSON-ready."""
+    tables = {}
+    for h in horizons:
+        rows = {f"model {variant} (mean of {len(fcs)} seeds)": pd.DataFrame(
+            [fc.backtests[h].metrics.loc["model"] for fc in fcs]).mean().to_dict() for variant, fcs in fits.items()}
+        first = next(iter(fits.values()))[0].backtests[h]
+        rows.update({name: first.metrics.loc[name].to_dict() for name in first.metrics.index[1:]})
+        frame = table(rows)
+        print(f"\n{label}, horizon {h}: {len(first.origin_dates)} origins {first.origin_dates[0].date()} .. "
+              f"{first.origin_dates[-1].date()}{note}")
+        print(format_metrics(frame))
+        tables[f"h{h}"] = json_table(frame)
+    return tables
+
+
 # ------------------------------------------------------------------------------------ macro
 def macro_frame() -> pd.DataFrame:
     """US quarterly macro data (statsmodels.datasets.macrodata: 1959Q1-2009Q3, from the St. Louis Fed's
@@ -263,23 +280,12 @@ def macro(args, out: Path) -> dict:
         "model": {"cell": "gru", "hidden_size": 16, "dropout": 0.2},
         "train": {"epochs": 60, "lr": 3e-3, "log_every": 100000},
         "evaluate": {"season": 4, "horizons": [1, 4], "statistical": ["auto_ets", "auto_arima", "auto_theta"]}})
-    results = {"tables": {}}
     fits = {}
     for label, names in (("with covariates", covariates), ("without covariates", [])):
         exp = apply_overrides(base, [f"data.past_covariates={json.dumps(names)}"])
         fits[label] = [quiet_fit(df[["quarter", "unemp", *names]], experiment=apply_overrides(
             exp, [f"train.seed={seed}"] + ([] if names else ['evaluate.statistical="none"'])))[0] for seed in range(3)]
-    for h in (1, 4):
-        rows = {f"model {label} (mean of 3 seeds)": pd.DataFrame([fc.backtests[h].metrics.loc["model"] for fc in fcs]
-                                                                  ).mean().to_dict() for label, fcs in fits.items()}
-        first = fits["with covariates"][0].backtests[h]
-        rows.update({name: first.metrics.loc[name].to_dict() for name in first.metrics.index[1:]})
-        frame = table(rows)
-        print(f"\nmacro (unemployment), horizon {h}: {len(first.origin_dates)} origins "
-              f"{first.origin_dates[0].date()} .. {first.origin_dates[-1].date()}")
-        print(format_metrics(frame))
-        results["tables"][f"h{h}"] = json_table(frame)
-    return results
+    return {"tables": covariate_tables(fits, (1, 4), "macro (unemployment)")}
 
 
 # ------------------------------------------------------------------------------ electricity
@@ -316,19 +322,9 @@ def electricity(args, out: Path) -> dict:
         fits[label] = [quiet_fit(df, experiment=apply_overrides(base, [*overrides, f"train.seed={seed}"]))[0]
                        for seed in range(3)]
         seconds[label] = time.perf_counter() - t0
-    results = {"tables": {}, "seconds": seconds}
-    for h in (1, 7):
-        rows = {f"model {label} (mean of 3 seeds)": pd.DataFrame([fc.backtests[h].metrics.loc["model"] for fc in fcs]
-                                                                  ).mean().to_dict() for label, fcs in fits.items()}
-        first = fits["with covariates"][0].backtests[h]
-        rows.update({name: first.metrics.loc[name].to_dict() for name in first.metrics.index[1:]})
-        frame = table(rows)
-        print(f"\nelectricity (Victoria, daily demand), horizon {h}: {len(first.origin_dates)} origins "
-              f"{first.origin_dates[0].date()} .. {first.origin_dates[-1].date()}; fits+backtests of 3 seeds "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-        print(format_metrics(frame))
-        results["tables"][f"h{h}"] = json_table(frame)
-    return results
+    timing = "; fits+backtests of 3 seeds " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+    return {"tables": covariate_tables(fits, (1, 7), "electricity (Victoria, daily demand)", timing),
+            "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
