@@ -292,6 +292,9 @@ def test_lstm_goes_to_onednn_by_the_policy():
         assert path(ties, training) == "onednn_lstm" and "not measured faster" in \
             _layer_plan(ties, "lstm", 3, 2, 5, 4, training).reason
         assert path(ties, training, B=1, H=64) == "onednn_lstm"
+    many = _layer_plan(using(lstm_loops_training=False, onednn_lstm_train_max_elements=23), "lstm", 3, 2, 5, 4, True)
+    assert many.path != "onednn_lstm" and "T·B·H = 24 > onednn_lstm_train_max_elements 23" in many.reason
+    assert path(using(lstm_loops_training=False, onednn_lstm_train_max_elements=24), True) == "onednn_lstm"
     assert _layer_plan(ties, "lstm", 1, 2, 5, 4, False).path == "single_step"  # one step: the streaming kernel
     assert _layer_plan(ties, "lstm", 3, 2, 5, 4, False, proj_size=2).path != "onednn_lstm"
     # through a layer, against the reference

@@ -97,6 +97,10 @@ class Policy:
     oneDNN's layer, as fast as torch.nn by construction."""
     lstm_loops_training: bool = True
     """The same for training calls."""
+    onednn_lstm_train_max_elements: int = 1 << 62
+    """Where lstm_loops_training is False, oneDNN's layer still leaves training calls of more state
+    elements T·B·H than this to our loops: its per-call workspace (a few floats an element) is allocated
+    and faulted in afresh each call, which our pooled buffers avoid (``rnnkit tune``; no limit by default)."""
     step_loop_min_weight: int = 1024 * KB
     """W_hh bytes from which an unsplit loop runs in Python on oneDNN's prepacked GEMM (all threads):
     prepacking and ~10 µs of Python a step pay off only for large weights."""

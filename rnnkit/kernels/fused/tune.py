@@ -58,6 +58,9 @@ DECISIONS = (
     Decision("lstm_loops_training", "float32 LSTM training below onednn_lstm_train_min_macs a step, unsplit: our "
              "loop, or oneDNN's LSTM layer", "lstm", ((1, 300, 32, 64), (4, 100, 32, 64), (8, 100, 32, 64),
                                                      (16, 50, 64, 128)), True, given=(("par_row_bytes_lstm", 0),)),
+    Decision("onednn_lstm_train_max_elements", "float32 LSTM training of many state elements T·B·H (from 786,432): "
+             "oneDNN's LSTM layer, or our loops", "lstm", ((32, 200, 64, 128), (128, 50, 64, 128), (64, 100, 128, 256)),
+             True, alternative=786_432, given=(("lstm_loops_training", False),)),
     Decision("par_row_bytes_lstm", "float32 LSTM training at larger batches: our loop split across threads, or "
              "oneDNN's LSTM layer", "lstm", ((32, 50, 64, 128), (64, 50, 128, 256)), True, alternative=0,
              given=(("lstm_loops_training", True),)),
