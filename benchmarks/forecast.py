@@ -333,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--seeds", type=int, default=5, help="airline seeds (ensemble members)")
     parser.add_argument("--sunspots-seeds", type=int, default=1, help="sunspots seeds (ensemble members)")
-    parser.add_argument("--only", default="airline,sunspots,covariates", help="comma-separated studies (and macro, electricity)")
+    parser.add_argument("--only", default="airline,sunspots,covariates",
+                        help="comma-separated studies (and macro, electricity)")
     parser.add_argument("--electricity-validate", action="store_true",
                         help="electricity: backtest 2013 instead of 2014, trained on 2012")
     parser.add_argument("--macro-validate", action="store_true",

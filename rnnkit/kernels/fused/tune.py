@@ -93,6 +93,11 @@ def keeps_first(ratios: list[float]) -> bool:
     return max(ratios) <= TIE and statistics.geometric_mean(ratios) <= 1.0
 
 
+def _shown(value) -> str:
+    """A candidate's value as the tune's lines print it: "no limit" for the policies' unbounded ints."""
+    return "no limit" if isinstance(value, int) and not isinstance(value, bool) and value >= 1 << 62 else str(value)
+
+
 def _runs(p) -> tuple:
     """What a plan runs, without its reason: two candidates that run the same need no timing."""
     return p.path, p.chunks, p.units, p.transposed
@@ -158,7 +163,8 @@ def run(rounds: int = 7, path: Path | None = None, budget_s: float = 60.0, decis
                                  "candidates": [{"value": getattr(c, d.field), "path": p.path, "median_ms": round(m, 3)}
                                                 for c, p, m in zip((first, second), plans, (a, b))]})
             echo(f"  {d.field:22s} {d.cell} {B},{T},{I},{H} {'train' if d.training else 'inference':9s} "
-                 f"{getattr(first, d.field)!s:>8} ({plans[0].path}) {a:8.2f} ms   {getattr(second, d.field)!s:>8} "
+                 f"{_shown(getattr(first, d.field)):>8} ({plans[0].path}) {a:8.2f} ms   "
+                 f"{_shown(getattr(second, d.field)):>8} "
                  f"({plans[1].path}) {b:8.2f} ms   ratio {a / b:.2f}")
         if not ratios:  # the host's rules already give both candidates the same paths: keep its default
             echo(f"{d.question}: {d.field} not decided (the same path at every shape)")
