@@ -295,6 +295,8 @@ def test_lstm_goes_to_onednn_by_the_policy():
     many = _layer_plan(using(lstm_loops_training=False, onednn_lstm_train_max_elements=23), "lstm", 3, 2, 5, 4, True)
     assert many.path != "onednn_lstm" and "T·B·H = 24 > onednn_lstm_train_max_elements 23" in many.reason
     assert path(using(lstm_loops_training=False, onednn_lstm_train_max_elements=24), True) == "onednn_lstm"
+    # where our loops take LSTM training, the LSTM's own rules decide, whatever the element limit
+    assert path(using(onednn_lstm_train_max_elements=23, onednn_lstm_train_min_macs=0), True) == "onednn_lstm"
     assert _layer_plan(ties, "lstm", 1, 2, 5, 4, False).path == "single_step"  # one step: the streaming kernel
     assert _layer_plan(ties, "lstm", 3, 2, 5, 4, False, proj_size=2).path != "onednn_lstm"
     # through a layer, against the reference

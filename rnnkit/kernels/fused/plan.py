@@ -169,10 +169,10 @@ def _onednn_lstm_reason(call: Call, policy: Policy) -> str | None:
         return None
     macs = call.batch * 4 * call.spec.hidden_size ** 2
     if call.training:
-        elements, most = call.steps * call.batch * call.spec.hidden_size, policy.onednn_lstm_train_max_elements
-        if elements > most:  # many state elements: our loops, by the rules of any other cell
-            return None
         if not policy.lstm_loops_training:
+            elements, most = call.steps * call.batch * call.spec.hidden_size, policy.onednn_lstm_train_max_elements
+            if elements > most:  # many state elements: our loops, by the rules of any other cell
+                return None
             return ("float32 LSTM training: our loops are not measured faster than oneDNN's layer on this CPU"
                     + (f" up to onednn_lstm_train_max_elements {most:,} (T·B·H = {elements:,})" if most < 1 << 62
                        else ""))
@@ -214,7 +214,7 @@ def _plan_layer(call: Call, policy: Policy) -> Plan:
         least = policy.onednn_lstm_train_min_macs if call.training else policy.onednn_lstm_min_macs
         why = (f"B·4H·H = {macs:,} < {'onednn_lstm_train_min_macs' if call.training else 'onednn_lstm_min_macs'} "
                f"{least:,}" if macs < least else "the loop splits with a small enough W_hh a row")
-        if call.training and call.steps * call.batch * call.spec.hidden_size > policy.onednn_lstm_train_max_elements:
+        if call.training and not policy.lstm_loops_training:
             why = (f"T·B·H = {call.steps * call.batch * call.spec.hidden_size:,} > onednn_lstm_train_max_elements "
                    f"{policy.onednn_lstm_train_max_elements:,}")
         p = dataclasses.replace(p, reason=f"not oneDNN's LSTM layer: {why}; {p.reason}")

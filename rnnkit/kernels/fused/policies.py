@@ -98,9 +98,11 @@ class Policy:
     lstm_loops_training: bool = True
     """The same for training calls."""
     onednn_lstm_train_max_elements: int = 1 << 62
-    """oneDNN's layer takes no LSTM training call of more state elements T·B·H than this (our loops do, by
-    the rules of any other cell): its per-call workspace (a few floats an element) is allocated and
-    faulted in afresh each call, which our pooled buffers avoid (``rnnkit tune``; no limit by default)."""
+    """Where lstm_loops_training is False, oneDNN's layer still leaves training calls of more state
+    elements T·B·H than this to our loops (by the rules of any other cell): its per-call workspace (a few
+    floats an element) is allocated and faulted in afresh each call, which our pooled buffers avoid
+    (``rnnkit tune``; no limit by default). Where lstm_loops_training is True the LSTM's own split rules
+    decide (``par_row_bytes_lstm``, ``onednn_lstm_train_min_macs``), as measured on the reference host."""
     step_loop_min_weight: int = 1024 * KB
     """W_hh bytes from which an unsplit loop runs in Python on oneDNN's prepacked GEMM (all threads):
     prepacking and ~10 µs of Python a step pay off only for large weights."""
