@@ -55,6 +55,14 @@ def test_given_fields_and_shapes_where_the_candidates_run_the_same_plan(tmp_path
     assert any("not timed" in line for line in lines) and any("not decided" in line for line in lines)
 
 
+def test_every_decision_names_policy_fields_and_two_different_values():
+    base = Policy.for_host(tune.Host.detect())
+    for d in tune.DECISIONS:
+        first, second = tune._candidates(d, base)  # given fields: replace() raises on an unknown name
+        assert getattr(first, d.field) != getattr(second, d.field), d.field
+        assert all(getattr(first, f) == getattr(second, f) == v for f, v in d.given), d.field
+
+
 def test_keeps_the_first_candidate_only_if_faster_overall_and_never_slower_than_the_tie():
     assert tune.keeps_first([0.7, 1.02]) and tune.keeps_first([1.0])
     assert not tune.keeps_first([0.7, 1.05])  # slower than the bench's bar at one shape
