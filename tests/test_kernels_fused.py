@@ -329,6 +329,18 @@ def test_lstm_stack_streams_split_only_where_the_layer_would_not_go_to_onednn():
     assert gru.path == "stream" and gru.chunks == 2  # only the LSTM has oneDNN's layer to go to
 
 
+def test_input_weight_gradient_in_either_form():
+    """dW_ih = dG^T x, direct or as (x^T dG)^T by the policy's rule: the same values."""
+    torch.manual_seed(0)
+    dg, x = torch.randn(50, 24), torch.randn(50, 6)
+    direct = gemm.grad_input_weight(dg, x, using(grad_weight_transposed_max_input=0))
+    transposed = gemm.grad_input_weight(dg, x, using(grad_weight_transposed_max_input=6,
+                                                     grad_weight_transposed_min_ratio=4))
+    torch.testing.assert_close(direct, dg.t() @ x)
+    torch.testing.assert_close(transposed, direct)
+    assert transposed.is_contiguous() and transposed.shape == (24, 6)
+
+
 def test_step_loop_and_split_rules():
     """The time-loop driver follows step_loop_min_weight / _batch / _steps; the batch splits by par_row_bytes."""
     rule = using(small_train_max_macs=-1, step_loop_min_weight=0, step_loop_min_batch=1, step_loop_min_steps=1)
@@ -354,6 +366,7 @@ def test_policy_follows_the_host():
     assert p.par_row_bytes == 1 << 20 and p.stream_par_cached_weight == 2 << 20 and p.step_loop_min_weight == 4 << 20
     assert p.onednn_lstm_min_macs == 2 * REFERENCE.onednn_lstm_min_macs
     assert not p.lstm_loops_inference and not p.lstm_loops_training
+    assert (p.grad_weight_transposed_max_input, p.grad_weight_transposed_min_ratio) == (1 << 30, 0)
     assert _layer_plan(p, "lstm", 200, 32, 64, 128, False, threads=2).path == "onednn_lstm"
     assert plan(Call(CellSpec("LSTM", 128), "stack", 200, 32, 64, torch.float32, threads=2), p).path == \
         "layer_by_layer"  # the streaming kernel does not take it either

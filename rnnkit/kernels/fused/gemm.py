@@ -85,10 +85,11 @@ def onednn_shapes() -> frozenset:
     return frozenset(_onednn_shapes)
 
 
-def grad_input_weight(dg: Tensor, x: Tensor) -> Tensor:
-    """dW_ih = dG^T x for dg <f>[N, G] and x <f>[N, I]. With few input features MKL's sgemm is 4x
-    faster on (x^T dG)^T; otherwise the direct form."""
-    if x.shape[1] <= 32 and x.shape[1] * 8 <= dg.shape[1]:
+def grad_input_weight(dg: Tensor, x: Tensor, policy: Policy) -> Tensor:
+    """dW_ih = dG^T x for dg <f>[N, G] and x <f>[N, I]: as (x^T dG)^T where the policy's rule says MKL's
+    sgemm is faster on it (few input features, many gates), otherwise the direct form."""
+    i, g = x.shape[1], dg.shape[1]
+    if i <= policy.grad_weight_transposed_max_input and i * policy.grad_weight_transposed_min_ratio <= g:
         return x.t().mm(dg).t().contiguous()
     return dg.t().mm(x)
 

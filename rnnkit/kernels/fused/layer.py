@@ -115,7 +115,7 @@ def backward(plan: Plan, policy: Policy, x: Tensor, mask: Tensor | None, flat: l
                                  hseq[:, :, hoff:hoff + P], dh, need, dg_in, noise[d] if noise else None)
             g_w_hh, g_b_hh, g_w_hr, dc = cell.backward(b, contiguous(w_hh), w_hr, dc0)
             dg2 = dg_in.view(T * B, G)
-            g_w_ih = grad_input_weight(dg2, x.view(T * B, I)) if need[0] else None
+            g_w_ih = grad_input_weight(dg2, x.view(T * B, I), policy) if need[0] else None
             same = isinstance(g_b_hh, str)  # b_hh's gradient is b_ih's: one sum, a copy for the second
             g_b_ih = dg2.sum(0) if (need[2] or (need[3] and same)) else None
             if same:

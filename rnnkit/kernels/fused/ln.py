@@ -138,7 +138,7 @@ class _Recurrence(torch.autograd.Function):
                        as_np(rstd), ln_np, mask_np, has_mask, as_np(dpar))
         dg2 = dg.view(T * B, G)
         dx = dg2.mm(w_ih).view(x.shape) if need[0] else None
-        dw_ih = grad_input_weight(dg2, x.view(T * B, -1)) if need[1] else None
+        dw_ih = grad_input_weight(dg2, x.view(T * B, -1), ctx.policy) if need[1] else None
         rec = ctx.noise.recurrent if ctx.noise is not None else None  # W_hh saw h times its mask
         hs_in, h0_in = (hs, h0.detach()) if rec is None else (hs * rec, h0.detach() * rec)
         dw_hh = grad_recurrent(drh, hs_in, h0_in, ctx.reverse) if need[3] else None

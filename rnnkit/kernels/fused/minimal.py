@@ -112,7 +112,7 @@ class FusedMinLayer(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dx = dgi w, as oneDNN's x w^T with w^T (a small copy)
             dx = gemm.linear(rows, w.t().contiguous(), None, current()).view(x.shape)
         if ctx.needs_input_grad[1]:
-            dw = gemm.grad_input_weight(rows, x.view(rows.shape[0], x.shape[2]))
+            dw = gemm.grad_input_weight(rows, x.view(rows.shape[0], x.shape[2]), current())
         return dx, dw, db.sum(0) if ctx.has_bias else None, dh0, None, None, None
 
 
