@@ -120,7 +120,7 @@ class Policy:
     """dW_ih = (x^T dG)^T, MKL's sgemm on the transposed product, for up to this many input features I
     and at least this many gate columns per feature (G >= ratio * I); dG^T x otherwise. The reference
     host: 4x faster for few features; on Intel (MKL's AVX-512 path) 0.67-0.94 of the direct form's time
-    at every measured shape (I = 32-256, G = 384-1536), so for_host lifts both limits there."""
+    at every measured shape (I = 32-256, G = 384-1536), so for_host lifts both limits on Intel hosts."""
     linear_pool_min_bytes: int = 32 << 20
     """Input projections from this size go into a pooled buffer (glibc maps larger blocks afresh)."""
     par_min_rows: int = 4
@@ -165,13 +165,14 @@ class Policy:
         thresholds (fixed costs against arithmetic) with its SIMD width. On AMD hosts, where every
         rule was measured, our loops take the LSTM calls the rules give them; elsewhere the LSTM ties
         go to oneDNN's layer until ``rnnkit tune`` measures otherwise (torch.nn is faster there: MKL
-        takes its fast path on Intel), and the input weights' gradient takes MKL's transposed form
+        takes its fast path on Intel); on Intel the input weights' gradient takes MKL's transposed form
         (``grad_weight_transposed_*``) at any size."""
         l2, simd = host.l2_bytes, host.vector_bytes / REFERENCE_VECTOR
-        amd = host.vendor == "AuthenticAMD"
+        amd, intel = host.vendor == "AuthenticAMD", host.vendor == "GenuineIntel"
         return cls(
             lstm_loops_inference=amd, lstm_loops_training=amd,
-            grad_weight_transposed_max_input=32 if amd else 1 << 30, grad_weight_transposed_min_ratio=8 if amd else 0,
+            grad_weight_transposed_max_input=1 << 30 if intel else 32,
+            grad_weight_transposed_min_ratio=0 if intel else 8,
             step_loop_min_weight=2 * l2, par_row_bytes=l2 // 2, par_row_bytes_lstm=l2 // 8,
             loop_lstm_inference_row_bytes=l2 // 32, loop_lstm_inference_max_weight=l2 // 2,
             stream_par_row_bytes=l2 // 16, stream_par_cached_weight=l2,
