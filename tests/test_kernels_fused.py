@@ -367,6 +367,7 @@ def test_policy_follows_the_host():
     assert p.onednn_lstm_min_macs == 2 * REFERENCE.onednn_lstm_min_macs
     assert not p.lstm_loops_inference and not p.lstm_loops_training
     assert (p.grad_weight_transposed_max_input, p.grad_weight_transposed_min_ratio) == (1 << 30, 0)
+    assert (p.stream_units_min_weight, p.stream_units_min_layer_weight) == (1536 << 10, 1 << 20)  # not L2-scaled
     arm = Policy.for_host(fused.Host("Neoverse-N1", "unknown", 2, 1 << 20, 32 << 20, 16))
     assert (arm.grad_weight_transposed_max_input, arm.grad_weight_transposed_min_ratio) == (32, 8)  # measured on AMD
     assert _layer_plan(p, "lstm", 200, 32, 64, 128, False, threads=2).path == "onednn_lstm"

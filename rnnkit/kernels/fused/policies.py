@@ -153,9 +153,11 @@ class Policy:
     much a row of its chunk (L2 / 16), or at most this much in all, which stays in L2 (L2)."""
     stream_units_min_weight: int = 1536 * KB
     stream_units_min_layer_weight: int = 1024 * KB
-    """At batch 1, from this many bytes of W_ih and W_hh in all (3 L2) and a layer on average (2 L2),
-    a streaming step shares each layer's hidden units among the threads: a parallel region per layer
-    (~2 µs) that only halving the weight each thread reads repays."""
+    """At batch 1, from this many bytes of W_ih and W_hh in all and a layer on average, a streaming
+    step shares each layer's hidden units among the threads: a parallel region per layer (~2 µs) that
+    only halving the weight each thread reads repays. Not scaled with the L2: the crossover was 1-1.5 MB
+    both on the reference host (512 KB L2) and on an Intel host with 2 MB, where the L2-scaled 6 MB left
+    an LSTM of 256 units streaming at 2.3x the split's time."""
     row_pass_min_rows: int = 64
     """The layer-norm LSTM's passes over every row use all threads from this many rows per thread."""
 
@@ -176,7 +178,6 @@ class Policy:
             step_loop_min_weight=2 * l2, par_row_bytes=l2 // 2, par_row_bytes_lstm=l2 // 8,
             loop_lstm_inference_row_bytes=l2 // 32, loop_lstm_inference_max_weight=l2 // 2,
             stream_par_row_bytes=l2 // 16, stream_par_cached_weight=l2,
-            stream_units_min_weight=3 * l2, stream_units_min_layer_weight=2 * l2,
             onednn_lstm_min_macs=int(65_536 * simd), onednn_lstm_train_min_macs=int(1_000_000 * simd),
             small_train_max_macs=int(1_500_000 * simd), stream_sequence_max_macs=int(16_000_000 * simd),
             stream_par_min_macs=int(12_000_000 * simd))
