@@ -292,8 +292,13 @@ def test_lstm_goes_to_onednn_by_the_policy():
         assert path(ties, training) == "onednn_lstm" and "not measured faster" in \
             _layer_plan(ties, "lstm", 3, 2, 5, 4, training).reason
         assert path(ties, training, B=1, H=64) == "onednn_lstm"
-    many = _layer_plan(using(lstm_loops_training=False, onednn_lstm_train_max_elements=23), "lstm", 3, 2, 5, 4, True)
-    assert many.path != "onednn_lstm" and "T·B·H = 24 > onednn_lstm_train_max_elements 23" in many.reason
+    limit = using(lstm_loops_training=False, onednn_lstm_train_max_elements=23, par_min_rows=1,
+                  small_train_max_macs=-1)
+    many = _layer_plan(limit, "lstm", 3, 2, 5, 4, True, threads=2)
+    assert many.path == "compiled_loop" and many.chunks == 2
+    assert "T·B·H = 24 > onednn_lstm_train_max_elements 23 and the loop splits" in many.reason
+    unsplit = _layer_plan(limit, "lstm", 3, 2, 5, 4, True, threads=1)
+    assert unsplit.path == "onednn_lstm" and "but the loop would not split" in unsplit.reason
     assert path(using(lstm_loops_training=False, onednn_lstm_train_max_elements=24), True) == "onednn_lstm"
     # where our loops take LSTM training, the LSTM's own rules decide, whatever the element limit
     assert path(using(onednn_lstm_train_max_elements=23, onednn_lstm_train_min_macs=0), True) == "onednn_lstm"

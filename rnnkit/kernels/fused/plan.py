@@ -171,11 +171,13 @@ def _onednn_lstm_reason(call: Call, policy: Policy) -> str | None:
     if call.training:
         if not policy.lstm_loops_training:
             elements, most = call.steps * call.batch * call.spec.hidden_size, policy.onednn_lstm_train_max_elements
-            if elements > most:  # many state elements: our loops, by the rules of any other cell
+            if elements > most and _chunks(call, policy, policy.par_row_bytes) > 1:  # as measured: a split loop
                 return None
+            beyond = (f" (T·B·H = {elements:,} > onednn_lstm_train_max_elements {most:,}, but the loop would not "
+                      "split)" if elements > most else f" up to onednn_lstm_train_max_elements {most:,} (T·B·H = "
+                      f"{elements:,})")
             return ("float32 LSTM training: our loops are not measured faster than oneDNN's layer on this CPU"
-                    + (f" up to onednn_lstm_train_max_elements {most:,} (T·B·H = {elements:,})" if most < 1 << 62
-                       else ""))
+                    + (beyond if most < 1 << 62 else ""))
         split = _chunks(call, policy, policy.par_row_bytes_lstm)
         if macs >= policy.onednn_lstm_train_min_macs and split == 1:
             return (f"per-step multiply-adds B·4H·H = {macs:,} >= onednn_lstm_train_min_macs "
@@ -216,7 +218,7 @@ def _plan_layer(call: Call, policy: Policy) -> Plan:
                f"{least:,}" if macs < least else "the loop splits with a small enough W_hh a row")
         if call.training and not policy.lstm_loops_training:
             why = (f"T·B·H = {call.steps * call.batch * call.spec.hidden_size:,} > onednn_lstm_train_max_elements "
-                   f"{policy.onednn_lstm_train_max_elements:,}")
+                   f"{policy.onednn_lstm_train_max_elements:,} and the loop splits")
         p = dataclasses.replace(p, reason=f"not oneDNN's LSTM layer: {why}; {p.reason}")
     return p
 

@@ -99,8 +99,9 @@ class Policy:
     """The same for training calls."""
     onednn_lstm_train_max_elements: int = 1 << 62
     """Where lstm_loops_training is False, oneDNN's layer still leaves training calls of more state
-    elements T·B·H than this to our loops (by the rules of any other cell): its per-call workspace (a few
-    floats an element) is allocated and faulted in afresh each call, which our pooled buffers avoid
+    elements T·B·H than this to our loop split across threads (``par_row_bytes``; as measured, unsplit calls
+    stay): its per-call workspace (a few floats an element) is allocated and faulted in afresh each call,
+    which our pooled buffers avoid
     (``rnnkit tune``; no limit by default). Where lstm_loops_training is True the LSTM's own split rules
     decide (``par_row_bytes_lstm``, ``onednn_lstm_train_min_macs``), as measured on the reference host."""
     step_loop_min_weight: int = 1024 * KB
