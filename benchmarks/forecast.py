@@ -333,11 +333,11 @@ def electricity(args, out: Path) -> dict:
 
 def electricity_plot(df: pd.DataFrame, fits: dict[str, list[Forecaster]], path: Path) -> Path:
     """The first 10 weeks of the test year: demand, the one-day-ahead forecasts of seed 0 with and without
-    the covariates, and the day's highest temperature below."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, height_ratios=(3, 1))
+    the covariates, and the day's highest temperature below (matplotlib's Agg canvas, as rnnkit.plots)."""
+    from matplotlib import dates as mdates
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 5.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     runs = {label: fcs[0].backtests[1] for label, fcs in fits.items()}
     first = next(iter(runs.values()))
     days = first.origin_dates[:70]
@@ -351,12 +351,12 @@ def electricity_plot(df: pd.DataFrame, fits: dict[str, list[Forecaster]], path: 
     bottom.plot(days, temperature.to_numpy(), color="tab:red", lw=1.2)
     bottom.set_ylabel("max temp. (°C)")
     bottom.set_xlabel("date (2014)")
-    fig.autofmt_xdate()
+    locator = mdates.AutoDateLocator()
+    bottom.xaxis.set_major_locator(locator)
+    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -27,9 +27,8 @@ from rnnkit import kernels
 from rnnkit.cells import CellSpec
 from rnnkit.kernels import fused
 from rnnkit.kernels.fused import Call, Policy, gemm, plan, record, runtime
-from rnnkit.kernels.fused.policies import REFERENCE_HOST
+from rnnkit.kernels.fused.policies import NEVER, REFERENCE_HOST
 
-NEVER = 1 << 62
 REFERENCE = Policy.for_host(REFERENCE_HOST)
 """The policy of the host the rules were measured on: every test here runs under it (``reference_policy``),
 whatever this host's defaults or tuned decisions, unless it names another."""

@@ -37,7 +37,7 @@ def test_tune_times_both_candidates_and_stores_policy_fields(tmp_path):
     assert "not saved" in lines[-1]
 
 
-def test_given_fields_and_shapes_where_the_candidates_run_the_same_plan(tmp_path):
+def test_given_fields_and_shapes_where_the_candidates_run_the_same_plan():
     """``given`` fields are set in both candidates; a shape where both run the same plan is not timed, and a
     decision with no timed shape is left to the host's default (not stored)."""
     base = Policy.for_host(tune.Host.detect())

@@ -35,7 +35,7 @@ import torch
 
 from ...cells import CellSpec
 from . import runtime
-from .policies import KB, Policy
+from .policies import KB, NEVER, Policy
 
 SCOPES = ("layer", "stack", "step")
 
@@ -70,6 +70,17 @@ class Call:
     @property
     def itemsize(self) -> int:
         return self.dtype.itemsize
+
+    @property
+    def recurrent_macs(self) -> int:
+        """Multiply-adds of one step's recurrent product over the batch, B·G·H·P (B·4H·H for an LSTM)."""
+        s = self.spec
+        return self.batch * s.gates * s.hidden_size * s.output_size
+
+    @property
+    def state_elements(self) -> int:
+        """T·B·H: the hidden states one direction computes over the call."""
+        return self.steps * self.batch * self.spec.hidden_size
 
     @property
     def recurrent_bytes(self) -> int:
@@ -167,17 +178,17 @@ def _onednn_lstm_reason(call: Call, policy: Policy) -> str | None:
     """Why a layer call goes to oneDNN's LSTM layer, or None when it does not."""
     if not _onednn_lstm_fits(call) or (call.steps == 1 and not call.training):
         return None
-    macs = call.batch * 4 * call.spec.hidden_size ** 2
+    macs = call.recurrent_macs
     if call.training:
         if not policy.lstm_loops_training:
-            elements, most = call.steps * call.batch * call.spec.hidden_size, policy.onednn_lstm_train_max_elements
+            elements, most = call.state_elements, policy.onednn_lstm_train_max_elements
             if elements > most and _chunks(call, policy, policy.par_row_bytes) > 1:  # as measured: a split loop
                 return None
             beyond = (f" (T·B·H = {elements:,} > onednn_lstm_train_max_elements {most:,}, but the loop would not "
                       "split)" if elements > most else f" up to onednn_lstm_train_max_elements {most:,} (T·B·H = "
                       f"{elements:,})")
             return ("float32 LSTM training: our loops are not measured faster than oneDNN's layer on this CPU"
-                    + (beyond if most < 1 << 62 else ""))
+                    + (beyond if most < NEVER else ""))
         split = _chunks(call, policy, policy.par_row_bytes_lstm)
         if macs >= policy.onednn_lstm_train_min_macs and split == 1:
             return (f"per-step multiply-adds B·4H·H = {macs:,} >= onednn_lstm_train_min_macs "
@@ -200,7 +211,7 @@ def _onednn_lstm_over_split(call: Call, policy: Policy) -> str | None:
     """Why a no-grad LSTM stack call leaves oneDNN's layer to no split loop, streaming or per layer:
     per-step multiply-adds from ``onednn_lstm_min_macs`` and a W_hh above ``loop_lstm_inference_max_weight``
     (the rule for a split layer loop holds for the split stream too); None otherwise."""
-    macs = call.batch * 4 * call.spec.hidden_size ** 2
+    macs = call.recurrent_macs
     if _onednn_lstm_fits(call) and macs >= policy.onednn_lstm_min_macs and \
             call.recurrent_bytes > policy.loop_lstm_inference_max_weight:
         return (f"oneDNN's LSTM layer from onednn_lstm_min_macs {policy.onednn_lstm_min_macs:,} (B·4H·H = {macs:,}) "
@@ -212,12 +223,12 @@ def _onednn_lstm_over_split(call: Call, policy: Policy) -> str | None:
 def _plan_layer(call: Call, policy: Policy) -> Plan:
     p = _plan_own_layer(call, policy)
     if _onednn_lstm_fits(call) and p.path != "onednn_lstm" and p.path != "single_step":
-        macs = call.batch * 4 * call.spec.hidden_size ** 2
+        macs = call.recurrent_macs
         least = policy.onednn_lstm_train_min_macs if call.training else policy.onednn_lstm_min_macs
         why = (f"B·4H·H = {macs:,} < {'onednn_lstm_train_min_macs' if call.training else 'onednn_lstm_min_macs'} "
                f"{least:,}" if macs < least else "the loop splits with a small enough W_hh a row")
         if call.training and not policy.lstm_loops_training:
-            why = (f"T·B·H = {call.steps * call.batch * call.spec.hidden_size:,} > onednn_lstm_train_max_elements "
+            why = (f"T·B·H = {call.state_elements:,} > onednn_lstm_train_max_elements "
                    f"{policy.onednn_lstm_train_max_elements:,} and the loop splits")
         p = dataclasses.replace(p, reason=f"not oneDNN's LSTM layer: {why}; {p.reason}")
     return p

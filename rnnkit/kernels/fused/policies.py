@@ -85,6 +85,10 @@ REFERENCE_HOST = Host("AMD EPYC", "AuthenticAMD", 2, REFERENCE_L2, 32 << 20, REF
 """The reference host most rules were measured on: ``Policy.for_host(REFERENCE_HOST)`` gives its values."""
 
 
+NEVER = 1 << 62
+"""A threshold no call reaches: the rule it bounds never applies (or, as a lower bound, always does)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """Every quantity the plan reads (``plan.plan``). One line per field says what it trades off."""
@@ -97,13 +101,13 @@ class Policy:
     oneDNN's layer, as fast as torch.nn by construction."""
     lstm_loops_training: bool = True
     """The same for training calls."""
-    onednn_lstm_train_max_elements: int = 1 << 62
+    onednn_lstm_train_max_elements: int = NEVER
     """Where lstm_loops_training is False, oneDNN's layer still leaves training calls of more state
     elements T·B·H than this to our loop split across threads (``par_row_bytes``; as measured, unsplit calls
     stay): its per-call workspace (a few floats an element) is allocated and faulted in afresh each call,
-    which our pooled buffers avoid
-    (``rnnkit tune``; no limit by default). Where lstm_loops_training is True the LSTM's own split rules
-    decide (``par_row_bytes_lstm``, ``onednn_lstm_train_min_macs``), as measured on the reference host."""
+    which our pooled buffers avoid (``rnnkit tune``; no limit by default). Where lstm_loops_training is
+    True the LSTM's own split rules decide (``par_row_bytes_lstm``, ``onednn_lstm_train_min_macs``), as
+    measured on the reference host."""
     step_loop_min_weight: int = 1024 * KB
     """W_hh bytes from which an unsplit loop runs in Python on oneDNN's prepacked GEMM (all threads):
     prepacking and ~10 µs of Python a step pay off only for large weights."""

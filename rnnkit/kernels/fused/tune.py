@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .explain import explain
-from .policies import TUNE_VERSION, Host, Policy, policy, tune_path
+from .policies import NEVER, TUNE_VERSION, Host, Policy, policy, tune_path
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def keeps_first(ratios: list[float]) -> bool:
 
 def _shown(value) -> str:
     """A candidate's value as the tune's lines print it: "no limit" for the policies' unbounded ints."""
-    return "no limit" if isinstance(value, int) and not isinstance(value, bool) and value >= 1 << 62 else str(value)
+    return "no limit" if type(value) is int and value >= NEVER else str(value)
 
 
 def _runs(p) -> tuple:

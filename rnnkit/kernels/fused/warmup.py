@@ -15,7 +15,7 @@ from . import minimal, runtime, streaming
 from .backend import ZONE_MASK_PAR_MIN, run_layer, zoneout_mask
 from .drivers import Scan, cell
 from .plan import Plan
-from .policies import Policy, policy
+from .policies import NEVER, Policy, policy
 
 WARM_UP_GROUPS = (
     (CellSpec("RNN_TANH", 3), CellSpec("GRU", 3), CellSpec("GRU", 3, reset_after=False)),
@@ -25,8 +25,6 @@ WARM_UP_GROUPS = (
 """The cells ``warm_up`` compiles, in groups that share no compiled function (``loops.rnn``, ``loops.gru``
 | ``loops.lstm``, ``loops.ln`` | ``loops.minimal``): numba keeps one index file per function, which two
 processes compiling it at once could each rewrite, losing the other's entry."""
-
-NEVER = 1 << 62
 
 
 def warm_up(dtypes=(torch.float32, torch.float64), processes: int = 2) -> None:
