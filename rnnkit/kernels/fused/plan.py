@@ -317,7 +317,7 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
         if macs <= policy.stream_sequence_max_macs or units > 1:
             return Plan("stream", f"multiply-adds {macs:,} <= stream_sequence_max_macs "
                                   f"{policy.stream_sequence_max_macs:,}" if units == 1 else
-                        "batch 1" + _units_reason(call, policy, units)[1:], call, units=units)
+                        _units_reason(call, policy, units)[2:], call, units=units)
         reason = (f"multiply-adds {macs:,} > stream_sequence_max_macs {policy.stream_sequence_max_macs:,}: "
                   "whole-sequence GEMMs win" if onednn is None else
                   f"multiply-adds {macs:,}, not split: {onednn}")
