@@ -51,6 +51,23 @@ def test_recalibration_adds_the_errors_observed_before_each_origin():
                                   np.broadcast_to(halfwidth(cal, 0.8, 2)[:, 0], (3, 2)))
 
 
+def test_adaptive_conformal_widens_after_misses():
+    cal = calibrate(np.ones((4, 1, 1)))                      # four validation scores of 1, one step
+    errors = np.full((4, 1, 1), 3.0)                         # every origin's actual 3 away from its forecast
+    times = np.array([0, 1, 2, 3])
+    # without adapting, level 0.5 takes the ceil((n + 1) / 2)-th smallest: a 1 at every origin
+    np.testing.assert_array_equal(recalibrated(cal, errors, times, 0.5)[:, 0, 0], [1, 1, 1, 1])
+    # ACI, gamma 0.25: origin 0 misses (3 > 1), so origin 1 has alpha 0.375 (level 0.625, the 4th of
+    # {1, 1, 1, 1, 3}: 1) and misses; origin 2 has alpha 0.25 (level 0.75, the 6th of {1 x 4, 3, 3}: 3) and
+    # covers its actual (3 is not above 3); origin 3 has alpha 0.375 again (the 5th of {1 x 4, 3 x 3}: 3)
+    np.testing.assert_array_equal(recalibrated(cal, errors, times, 0.5, adapt=0.25)[:, 0, 0], [1, 1, 3, 3])
+    # gamma 0.9: after origin 0's miss alpha is 0.05, a level of 0.95 beyond the five scores: the largest, 3
+    # (not an unbounded width), which covers; back at alpha 0.5 origin 2 takes the 4th of six, 1, and so on
+    np.testing.assert_array_equal(recalibrated(cal, errors, times, 0.5, adapt=0.9)[:, 0, 0], [1, 3, 1, 3])
+    with pytest.raises(ValueError, match="conformal_adapt"):
+        ForecastExperiment.from_dict({"data": {"target_columns": ["y"]}, "forecast": {"conformal_adapt": -0.1}})
+
+
 def random_walk(n: int = 400, seed: int = 0) -> pd.DataFrame:
     y = 50 + np.cumsum(np.random.default_rng(seed).normal(0, 1, n))
     return pd.DataFrame({"date": pd.date_range("2000-01-01", periods=n, freq="D"), "y": y})

@@ -92,6 +92,11 @@ class ForecastConfig(Config):
                                       "since its actual was observed; the weighted conformal quantile of Barber et "
                                       "al. 2023, whose experiments use 0.99), so that recent errors count more where "
                                       "they drift; 1: all alike")
+    conformal_adapt: float = Field(
+        0.0, ge=0, lt=1, description="recalibrated conformal intervals: adaptive conformal inference (Gibbs & "
+                                     "Candès 2021), each step's level moved by this step size after each observed "
+                                     "actual (up after one outside its interval, down after one inside), so that "
+                                     "coverage holds where the errors drift; 0: off")
     samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
     normalize: Literal["none", "last", "mean", "seasonal", "auto_ets", "auto_arima", "auto_theta"] = Field(
         "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets; "

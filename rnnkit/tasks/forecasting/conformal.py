@@ -12,7 +12,12 @@ A backtest recalibrates as it goes (``recalibrated``): at each origin the scores
 span's and the errors of the earlier origins whose actuals were already observed there, as a
 forecaster in use would refresh its intervals with the errors it has seen (Darts's conformal models
 calibrate on past historical forecasts the same way). The exchangeability this needs holds better
-for the recent errors than for a validation span that may have been calmer than what followed.
+for the recent errors than for a validation span that may have been calmer than what followed. With
+``adapt`` γ > 0 the level itself moves too, by adaptive conformal inference (ACI; Gibbs & Candès 2021,
+"Adaptive conformal inference under distribution shift"): each step's miscoverage rate starts at
+α = 1 − level and, as each earlier origin's actual of that step is observed, moves by γ·(α − miss)
+(miss = 1 where the actual fell outside its interval), so the intervals widen after misses and narrow
+after hits and the long-run coverage holds whatever the drift.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def halfwidth(calibration: dict[str, Any], level: float, horizon: int) -> np.nda
 
 
 def recalibrated(calibration: dict[str, Any], errors: np.ndarray, times: np.ndarray, level: float,
-                 decay: float = 1.0) -> np.ndarray:
+                 decay: float = 1.0, adapt: float = 0.0) -> np.ndarray:
     """<float64>[O, H, C]: the half-widths of a backtest's origins, each calibrated on the validation
     scores and the earlier origins' errors already observed at it.
 
@@ -59,21 +64,30 @@ def recalibrated(calibration: dict[str, Any], errors: np.ndarray, times: np.ndar
     from origin j is known at origin i when ``times[j] + h < times[i]``. Steps past the calibrated
     horizon start from the last calibrated step's scores. ``decay`` ρ < 1 weighs a score ρ^age (age
     in steps since its actual; the validation scores count as observed at the first origin), the
-    weighted conformal quantile of Barber et al. 2023 for series whose errors drift."""
+    weighted conformal quantile of Barber et al. 2023 for series whose errors drift. ``adapt`` γ > 0:
+    origin i's level for step h is 1 − α_i, α_i = α + γ Σ_j (α − miss_j) over the earlier origins j
+    whose step-h actual is known at it (ACI), clipped to [0, 1]; where no score reaches that level, the
+    largest score (a finite interval, where ACI's own would be unbounded)."""
     scores, weights = _scores(calibration)
     n_origins, horizon, columns = errors.shape
     out = np.empty(errors.shape)
+    alpha = 1 - level
     for h in range(horizon):
         base = min(h, len(scores) - 1)
         for c in range(columns):
             seen = np.abs(errors[:, h, c])
+            missed = np.zeros(n_origins)
             for i, t in enumerate(times):
                 known = (times[:i] + h < t) & ~np.isnan(seen[:i])
                 new, age = seen[:i][known], t - (times[:i][known] + h)
-                out[i, h, c] = _order_statistic(
-                    np.concatenate([scores[base][c], new]),
+                values = np.concatenate([scores[base][c], new])
+                adapted = alpha + adapt * float(np.sum(alpha - missed[:i][known]))
+                width = _order_statistic(
+                    values,
                     np.concatenate([weights[base][c] * decay ** float(t - times[0]), decay ** age.astype(float)]),
-                    level)
+                    min(max(1 - adapted, 0.0), 1.0))
+                out[i, h, c] = values.max() if adapt and math.isinf(width) else width
+                missed[i] = seen[i] > out[i, h, c]
     return out
 
 

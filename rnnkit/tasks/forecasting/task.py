@@ -558,7 +558,8 @@ class Forecaster(ManySeries, Task):
         if self.conformal is not None and level is not None:
             if backtest and self.experiment.forecast.recalibrate:
                 width = recalibrated(self.conformal, out["point"] - _observed_targets(p, origins, horizon), origins,
-                                     level, self.experiment.forecast.conformal_decay)
+                                     level, self.experiment.forecast.conformal_decay,
+                                     self.experiment.forecast.conformal_adapt)
             else:
                 width = halfwidth(self.conformal, level, horizon)[None]
             width = width.astype(np.float32)
