@@ -151,7 +151,8 @@ class Policy:
     """Multiply-adds up to which a no-grad call of a unidirectional stack runs every step and layer in
     one compiled call (no GEMM setup); beyond, whole-sequence GEMMs win (scaled with SIMD)."""
     stream_par_min_macs: int = 12_000_000
-    """From here such a call may split the batch across threads: below, starting them costs more."""
+    """From here such a call may split the batch across threads: below, starting them costs more (scaled
+    with SIMD; ``rnnkit tune`` times 1 M against it, where the split paid from ~1 M on an Intel host)."""
     stream_par_row_bytes: int = 32 * KB
     stream_par_cached_weight: int = 512 * KB
     """It splits when each thread can afford to read a layer's W_ih and W_hh each step: at most this

@@ -66,6 +66,9 @@ DECISIONS = (
              given=(("lstm_loops_training", True),)),
     Decision("par_row_bytes", "the batch split across threads at up to 4x smaller rows, or not", "gru",
              ((8, 50, 64, 256), (16, 25, 64, 384), (8, 25, 128, 512)), True, alternative="quarter"),
+    Decision("stream_par_min_macs", "a small no-grad call in one compiled call: the batch split across threads "
+             "from 1 M multiply-adds, or only from the host's default", "gru",
+             ((16, 20, 32, 64), (8, 50, 64, 64), (8, 100, 64, 64)), False, alternative=1_000_000),
 )
 
 
@@ -96,6 +99,11 @@ def keeps_first(ratios: list[float]) -> bool:
 def _shown(value) -> str:
     """A candidate's value as the tune's lines print it: "no limit" for the policies' unbounded ints."""
     return "no limit" if type(value) is int and value >= NEVER else str(value)
+
+
+def _path(p) -> str:
+    """A plan's path as the tune's lines print it, with the threads sharing the batch where it splits."""
+    return p.path + (f" x{p.chunks}" if p.chunks > 1 else "")
 
 
 def _runs(p) -> tuple:
@@ -163,9 +171,9 @@ def run(rounds: int = 7, path: Path | None = None, budget_s: float = 60.0, decis
                                  "candidates": [{"value": getattr(c, d.field), "path": p.path, "median_ms": round(m, 3)}
                                                 for c, p, m in zip((first, second), plans, (a, b))]})
             echo(f"  {d.field:22s} {d.cell} {B},{T},{I},{H} {'train' if d.training else 'inference':9s} "
-                 f"{_shown(getattr(first, d.field)):>8} ({plans[0].path}) {a:8.2f} ms   "
+                 f"{_shown(getattr(first, d.field)):>8} ({_path(plans[0])}) {a:8.2f} ms   "
                  f"{_shown(getattr(second, d.field)):>8} "
-                 f"({plans[1].path}) {b:8.2f} ms   ratio {a / b:.2f}")
+                 f"({_path(plans[1])}) {b:8.2f} ms   ratio {a / b:.2f}")
         if not ratios:  # the host's rules already give both candidates the same paths: keep its default
             echo(f"{d.question}: {d.field} not decided (the same path at every shape)")
             continue
