@@ -18,7 +18,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rnnkit: recurrent neural networks from their equations, on PyTorch.")
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, KeyError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, KeyError,
+               ConnectionError)
 
 
 def user_errors(fn):
@@ -308,6 +309,7 @@ def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
 
 
 @app.command()
+@user_errors
 def datasets(data_dir: Annotated[Optional[Path], typer.Option(help=DATA_DIR_HELP)] = None,
              download: Annotated[Optional[list[str]], typer.Option(help=(
                  "fetch the missing files of this data set (repeatable) into the first root (--data-dir, else "

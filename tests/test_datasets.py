@@ -161,9 +161,23 @@ def test_download_tampered_file_fails_and_leaves_nothing(tmp_path, serve):
 
 
 def test_download_http_error(tmp_path, serve):
-    with pytest.raises(OSError, match="could not fetch http://127.0.0.1:.*/timeseries/airline-passengers.csv"):
+    with pytest.raises(ConnectionError, match="could not fetch http://127.0.0.1:.*/timeseries/airline-passengers.csv"
+                       ".*put the file at .*airline-passengers.csv yourself"):
         dataset_file(*AIRLINE, data_dir=tmp_path / "d", download=True, base_url=serve(tmp_path))
     assert list((tmp_path / "d" / "timeseries").iterdir()) == []
+
+
+def test_cli_datasets_download_failure_is_one_line(tmp_path, serve, monkeypatch):
+    """A download that cannot be fetched (here: a mirror without the file) ends `rnnkit datasets` with one
+    line naming the URL and what to do, exit code 2, no traceback."""
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    monkeypatch.setenv("RNNKIT_DATA_URL", serve(tmp_path / "empty"))
+    result = CliRunner().invoke(app, ["datasets", "--data-dir", str(tmp_path / "d"), "--download", "timeseries"])
+    assert result.exit_code == 2, result.output
+    assert "error: download: could not fetch http://127.0.0.1:" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_download_without_public_url_needs_a_mirror(tmp_path):

@@ -289,8 +289,10 @@ def _download(url: str, dest: Path, sha256: str) -> None:
         if got != sha256:
             raise ValueError(f"download: {url} has sha256 {got}, expected {sha256}; the download was discarded")
         os.replace(tmp, dest)
-    except urllib.error.URLError as exc:
-        raise OSError(f"download: could not fetch {url}: {exc.reason}") from exc
+    except (urllib.error.URLError, TimeoutError) as exc:
+        raise ConnectionError(f"download: could not fetch {url}: {getattr(exc, 'reason', exc)}; check the "
+                              "network, set RNNKIT_DATA_URL to a mirror laid out as <name>/<file>, or put the "
+                              f"file at {dest} yourself (sha256 {sha256})") from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
