@@ -267,7 +267,9 @@ def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
              input: Annotated[Path, typer.Option(help="CSV with the history (and known-future covariates); or a "
                                                  "file of the data set the checkpoint was trained on")],
              horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
-             out: Annotated[Path, typer.Option(help="output prefix: <out>.csv and <out>.png")] = Path("forecast"),
+             out: Annotated[Path, typer.Option(help=(
+                 "output prefix: <out>.csv and <out>.png (<out>_<target>.png for several targets; the CSV alone "
+                 "for a model of many series)"))] = Path("forecast"),
              future: Annotated[Optional[Path], typer.Option(help="CSV of known-future covariates")] = None,
              level: Annotated[Optional[float], typer.Option(help="prediction-interval level, e.g. 0.8")] = None,
              ignore_extra_columns: Annotated[bool, typer.Option(
@@ -281,7 +283,7 @@ def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
     result = forecast_to_files(checkpoint, input, horizon, out, future=future, level=level,
                                extra_columns="ignore" if ignore_extra_columns else "error", freq=freq)
     typer.echo(result["forecast"].to_string())
-    typer.echo(f"wrote {result['csv']}, " + ", ".join(map(str, result["png"])))
+    typer.echo("wrote " + ", ".join(map(str, [result["csv"], *result["png"]])))
 
 
 @app.command()

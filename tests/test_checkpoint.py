@@ -133,6 +133,10 @@ def test_missing_directory_and_files(tmp_path):
     (path / "checkpoint.json").unlink()
     with pytest.raises(FileNotFoundError, match="checkpoint.json"):
         load_checkpoint(path)
+    save_example(tmp_path / "run" / "best", TiedLM())  # a training run's folder: its checkpoints one level down
+    with pytest.raises(FileNotFoundError, match=r"run: not a checkpoint, but a run's folder holding the checkpoints "
+                                                r".*run/best; load one of those"):
+        load_checkpoint(tmp_path / "run")
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "trainer.safetensors"])

@@ -255,6 +255,15 @@ def test_non_numeric_target_names_column_and_row():
     df.loc[7, "y"] = "n/a"
     with pytest.raises(ValueError, match=r"target_columns 'y': expected numbers, got 'n/a' at row 7"):
         Forecaster.fit(df, experiment=tiny(), target_columns="y", lookback=6, horizon=3, test=6)
+    # rows out of date order are sorted before they are read; an error still names the row of the file
+    shuffled = df.sample(frac=1, random_state=0).reset_index(drop=True)
+    row = int(np.flatnonzero(shuffled["y"].eq("n/a"))[0])
+    with pytest.raises(ValueError, match=rf"expected numbers, got 'n/a' at row {row} "):
+        Forecaster.fit(shuffled, experiment=tiny(), target_columns="y", lookback=6, horizon=3, test=6)
+    dates = monthly(40).astype({"date": str})
+    dates.loc[5, "date"] = "2021-13-45"
+    with pytest.raises(ValueError, match=r"expected dates, got '2021-13-45' at row 5 "):
+        Forecaster.fit(dates, experiment=tiny(), target_columns="y", lookback=6, horizon=3, test=6)
 
 
 def test_missing_date_column_and_unknown_column(tmp_path):

@@ -66,6 +66,10 @@ def test_adaptive_conformal_widens_after_misses():
     np.testing.assert_array_equal(recalibrated(cal, errors, times, 0.5, adapt=0.9)[:, 0, 0], [1, 3, 1, 3])
     with pytest.raises(ValueError, match="conformal_adapt"):
         ForecastExperiment.from_dict({"data": {"target_columns": ["y"]}, "forecast": {"conformal_adapt": -0.1}})
+    with pytest.raises(ValueError, match=r"forecast.conformal_adapt: adapts recalibrated conformal intervals .*\(got "
+                                         r"intervals 'model', recalibrate True\)"):
+        ForecastExperiment.from_dict({"data": {"target_columns": ["y"], "val": 12},
+                                      "forecast": {"conformal_adapt": 0.05}})
 
 
 def random_walk(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -104,6 +108,9 @@ def test_conformal_intervals_widen_with_the_step_and_cover_the_test(tmp_path):
     assert (out["y_lower"] < out["y"]).all() and (out["y"] < out["y_upper"]).all()
     wide, narrow = fc.predict(level=0.95), fc.predict(level=0.5)
     assert ((wide.y_upper - wide.y_lower) > (narrow.y_upper - narrow.y_lower)).all()
+    # 0.999 needs 999 errors a step for a bounded interval: said, not left to a plot without a band
+    with pytest.warns(UserWarning, match=r"level: 0.999 needs at least 999 calibration errors a step .* gave \d+"):
+        assert np.isinf(fc.predict(level=0.999)["y_upper"]).all()
     # the calibration travels with the checkpoint written before it was made
     loaded = Forecaster.load(tmp_path / "run" / "best")
     pd.testing.assert_frame_equal(loaded.predict(df=random_walk()), out)

@@ -153,12 +153,21 @@ def test_question_answering_fits_parsed_stories_and_files(tmp_path, no_files):
 
 def test_forecaster_fits_a_dataframe_with_target_and_overrides(no_files):
     fc = Forecaster.fit(monthly(), target="y", horizon=3, lookback=6, test=6, epochs=2, hidden_size=4, cell="gru",
-                        evaluate=False)
+                        evaluate=False, output="gaussian")
     exp = fc.experiment
     assert exp.data.target_columns == ["y"] and (exp.data.horizon, exp.model.hidden_size, exp.train.epochs) == (3, 4, 2)
     assert exp.model.cell == "gru"
-    assert len(fc.predict()) == 3
+    assert exp.forecast.output == "gaussian" and exp.model.output == "full"  # the forecaster's output, not the LM's
+    assert {"y", "y_lower", "y_upper"} <= set(fc.predict().columns) and len(fc.predict()) == 3
     assert no_files() == []
+
+
+def test_forecaster_warns_when_a_long_frame_is_read_as_one_series():
+    one = monthly()
+    long = pd.concat([one.assign(store="a"), one.assign(store="b", y=one["y"] * 2)], ignore_index=True)
+    with pytest.warns(UserWarning, match=r"timestamps occur more than once .*averaged into one series.*"
+                                         r"data\.id_column \(id_column=\).*e\.g\. one of \['store'\]"):
+        Forecaster.fit(long, target="y", horizon=3, lookback=6, test=6, epochs=1, hidden_size=4, evaluate=False)
 
 
 # -------------------------------------------------------------------------------- the config form

@@ -165,13 +165,20 @@ def _check_columns(df: pd.DataFrame, date_column: str, roles: dict[str, list[str
             seen[name] = arg
 
 
+def _row(raw: pd.Series, position: int) -> int:
+    """The row of ``position`` as an error names it: the frame's integer label where it has one (a file's
+    row, kept when the forecaster sorts a frame by date), else the position; from 0, the first data row."""
+    label = raw.index[position]
+    return int(label) if pd.api.types.is_integer_dtype(raw.index) else position
+
+
 def _parse_dates(raw: pd.Series, date_column: str, date_format: str | None) -> pd.Series:
     dates = pd.to_datetime(raw, format=date_format, errors="coerce")
     bad = np.flatnonzero(dates.isna().to_numpy())
     if bad.size:
         row = int(bad[0])
-        raise ValueError(f"date_column {date_column!r}: expected dates, got {raw.iloc[row]!r} at row {row} "
-                         f"({bad.size} unparsable in all; date_format={date_format!r})")
+        raise ValueError(f"date_column {date_column!r}: expected dates, got {raw.iloc[row]!r} at row "
+                         f"{_row(raw, row)} ({bad.size} unparsable in all; date_format={date_format!r})")
     return dates
 
 
@@ -186,7 +193,7 @@ def _to_numeric(df: pd.DataFrame, roles: dict[str, list[str]], dates: pd.Series)
                 row = int(bad[0])
                 hint = ("; a covariate of categories (text) is one-hot when named in the forecaster's "
                         "data.categorical" if arg != "target_columns" else "")
-                raise ValueError(f"{arg} {name!r}: expected numbers, got {raw.iloc[row]!r} at row {row} "
+                raise ValueError(f"{arg} {name!r}: expected numbers, got {raw.iloc[row]!r} at row {_row(raw, row)} "
                                  f"(date {_when(dates.iloc[row])}; {bad.size} non-numeric in all){hint}")
             out[name] = values.to_numpy(np.float64)
     return pd.DataFrame(out, index=pd.DatetimeIndex(dates))

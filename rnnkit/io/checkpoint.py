@@ -280,6 +280,11 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module | None = Non
     reference that leads out of the directory (``..``, an absolute path, a symbolic link).
     """
     directory = _resolve(Path(path))
+    if directory.is_dir() and not (directory / MANIFEST).exists():
+        inside = [name for name in ("best", "last") if (directory / name / MANIFEST).is_file()]
+        if inside:  # a training run's folder: its checkpoints are one level down
+            raise FileNotFoundError(f"{directory}: not a checkpoint, but a run's folder holding the checkpoints "
+                                    f"{' and '.join(str(directory / n) for n in inside)}; load one of those")
     manifest = _read_json(_member(directory, MANIFEST))
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:

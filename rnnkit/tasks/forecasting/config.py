@@ -231,6 +231,11 @@ class ForecastExperiment(Config):
                 raise ValueError(f"forecast.normalize: 'seasonal' needs strategy='direct', evaluate.season >= 2 and "
                                  f"data.lookback >= evaluate.season; got {self.forecast.strategy!r}, season "
                                  f"{season}, lookback {self.data.lookback}")
+        fc = self.forecast
+        if fc.conformal_adapt and not (fc.intervals == "conformal" and fc.recalibrate):
+            raise ValueError(f"forecast.conformal_adapt: adapts recalibrated conformal intervals in a backtest; set "
+                             f"forecast.intervals = \"conformal\" and forecast.recalibrate = true, or "
+                             f"conformal_adapt = 0 (got intervals {fc.intervals!r}, recalibrate {fc.recalibrate})")
         if self.forecast.intervals == "conformal" and not self.data.val:
             raise ValueError("forecast.intervals: conformal intervals are calibrated on the validation span; set "
                              "data.val (a count of at least data.horizon steps, or a fraction)")

@@ -79,7 +79,7 @@ def _trailing_future_rows(df: pd.DataFrame, date_column: str, targets: Sequence[
     if date_column not in df.columns or any(t not in df.columns for t in targets):
         return df, df.iloc[:0]  # read_series names what is missing
     order = np.argsort(pd.to_datetime(df[date_column], errors="coerce").to_numpy(), kind="stable")
-    df = df.iloc[order].reset_index(drop=True)
+    df = df.iloc[order]  # the original row labels stay: an error names the file's row
     has_target = df[list(targets)].notna().any(axis=1).to_numpy()
     last = int(np.flatnonzero(has_target)[-1]) + 1 if has_target.any() else 0
     return df.iloc[:last], df.iloc[last:]

@@ -61,7 +61,7 @@ class Forecaster(ManySeries, Task):
         self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
 
     # ------------------------------------------------------------------------------ fit
-    keywords = {"target": "data.target_columns"}
+    keywords = {"target": "data.target_columns", "output": "forecast.output"}  # not the LM's model.output
 
     @classmethod
     def fit(cls, data: ForecastExperiment | pd.DataFrame | str | Path | None = None, out_dir: str | Path | None = None,
@@ -296,9 +296,17 @@ class Forecaster(ManySeries, Task):
         frame, future_rows = _trailing_future_rows(frame, cfg.date_column, cfg.target_columns)
         if len(future_rows):
             warnings.warn(f"data: ignored the last {len(future_rows)} rows, which have no target value", stacklevel=3)
-        return read_series(frame, cfg.date_column, cfg.target_columns, past, future,
-                           missing=cfg.missing, freq=cfg.freq or None, date_format=cfg.date_format or None,
-                           calendar=cfg.calendar, calendar_encoding=cfg.calendar_encoding), categorical
+        series = read_series(frame, cfg.date_column, cfg.target_columns, past, future,
+                             missing=cfg.missing, freq=cfg.freq or None, date_format=cfg.date_format or None,
+                             calendar=cfg.calendar, calendar_encoding=cfg.calendar_encoding)
+        if series.report.duplicate_rows:
+            used = {cfg.date_column, *cfg.target_columns, *cfg.past_covariates, *cfg.future_covariates}
+            others = [c for c in frame.columns if c not in used]
+            warnings.warn(f"data: {len(series.report.duplicate_timestamps)} timestamps occur more than once and "
+                          f"their {series.report.duplicate_rows} extra rows were averaged into one series; a frame "
+                          "of several series in long format needs data.id_column (id_column=), the column naming "
+                          f"each series" + (f", e.g. one of {others}" if others else ""), stacklevel=3)
+        return series, categorical
 
     def _windows(self, p: _Prepared, span: slice, part: str, required: bool = True) -> tuple[Tensor, Tensor] | None:
         """Training or validation tensors (x, target) of the windows whose horizon lies in ``span``;
@@ -562,6 +570,12 @@ class Forecaster(ManySeries, Task):
                                      self.experiment.forecast.conformal_adapt)
             else:
                 width = halfwidth(self.conformal, level, horizon)[None]
+            if np.isinf(width).any():
+                scores = int(np.min(self.conformal["count"]))
+                warnings.warn(f"level: {level:g} needs at least {math.ceil(level / (1 - level) - 1e-9)} calibration "
+                              f"errors a step for a bounded conformal interval, the validation span gave {scores}: "
+                              "the interval is unbounded (inf) where they fall short; lower the level or lengthen "
+                              "data.val", stacklevel=3)
             width = width.astype(np.float32)
             out["lower"], out["upper"] = out["point"] - width, out["point"] + width
         scaler, kind = p.scalers["target"], self.columns["transform"]
