@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -152,9 +153,13 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
             raise ValueError(f"--nproc: expected an integer >= 1, got {nproc}")
         results = _train_one(config, overrides, out, resume)
     if distributed.is_main():
-        typer.echo(json.dumps({**trained_checkpoint(out), **results}, indent=2))
-        if (out / "backtest.txt").exists():  # forecasters: rnnkit's backtest beside the baselines
-            typer.echo((out / "backtest.txt").read_text())
+        report, tables = {**trained_checkpoint(out), **results}, out / "backtest.txt"
+        if tables.exists():  # forecasters: the tables of rnnkit beside the baselines, each metric in backtest.json
+            report = {k: v for k, v in report.items() if not re.match(r"h\d+_", k)}
+            report["backtest"] = str(out / "backtest.json")
+        typer.echo(json.dumps(report, indent=2))
+        if tables.exists():
+            typer.echo(tables.read_text())
     distributed.shutdown()
 
 

@@ -361,3 +361,24 @@ def test_seasonal_normalisation_takes_targets_relative_to_the_seasonal_naive_for
     with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal' needs strategy='direct', "
                                          r"evaluate.season >= 2 and data.lookback >= evaluate.season"):
         tiny(forecast={"normalize": "seasonal"}, data={"lookback": 6})
+
+
+def test_train_command_prints_the_checkpoint_and_the_backtest_tables(tmp_path):
+    """`rnnkit train` on a forecasting config: the run's facts as JSON (each metric stays in backtest.json),
+    then the backtest tables beside the baselines."""
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    monthly(48).to_csv(tmp_path / "series.csv", index=False)
+    (tmp_path / "f.toml").write_text(
+        f'task = "forecaster"\n[data]\npath = "{tmp_path / "series.csv"}"\ndate_column = "date"\n'
+        'target_columns = ["y"]\nlookback = 6\nhorizon = 3\ntest = 6\n[model]\nhidden_size = 4\n'
+        '[train]\nepochs = 1\nlog_every = 1000\n[evaluate]\nstatistical = "none"\n')
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "f.toml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):result.output.index("}") + 1])
+    assert report["checkpoint"] == str(tmp_path / "run" / "best")
+    assert report["backtest"] == str(tmp_path / "run" / "backtest.json")
+    assert not [k for k in report if k.startswith("h3_")]  # the metrics: in the tables and backtest.json
+    assert "model" in json.loads((tmp_path / "run" / "backtest.json").read_text())["3"]["metrics"]
+    assert "backtest horizon 3:" in result.output and "\nnaive " in result.output
