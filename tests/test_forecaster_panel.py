@@ -80,6 +80,19 @@ def test_per_series_scaling_makes_the_forecast_scale_equivariant():
     np.testing.assert_allclose(out["s1"].to_numpy(), 1000 * out["s0"].to_numpy(), rtol=1e-4)
 
 
+def test_a_series_not_trained_on_is_named_and_backtested_on_its_past_only(global_model):
+    new = panel(n_series=1, seed=1).assign(unique_id="new")
+    with pytest.warns(UserWarning, match=r"df: 1 series the model was not trained on \('new'\): each is scaled"):
+        out = global_model.predict(df=new)
+    assert out.unique_id.tolist() == ["new"] * 4
+    # a backtest scales it on the steps before its first origin: a test span ten times larger moves nothing
+    spiked = new.copy()
+    spiked.loc[spiked.index[-8:], "y"] *= 10
+    with pytest.warns(UserWarning, match="not trained on"):
+        calm, jump = (global_model.backtest(4, df=frame, baselines=False) for frame in (new, spiked))
+    np.testing.assert_allclose(jump.frame()["forecast"].iloc[:1], calm.frame()["forecast"].iloc[:1], rtol=1e-5)
+
+
 def test_static_category_is_an_input_kept_with_the_checkpoint(global_model, tmp_path):
     assert global_model.columns["categories"] == {"category": ["a", "b"]}
     # the input per step: target, the one-hot category (2, as future covariates known at every step), a flag

@@ -67,13 +67,14 @@ class ManySeries:
 
     def _panel_arrays(self, s: PanelSeries, future_cov: np.ndarray | None = None, fit_end: int | None = None
                       ) -> _Prepared:
-        """One of many series in model space, with its own scalers (fitted on its whole history when
-        the series was not among those trained on) and its one-hot static categories; ``fit_end``
-        as ``_arrays``'."""
+        """One of many series in model space, with its own scalers (for a series not among those trained
+        on, fitted on its history before ``fit_end``: all of it to forecast, the steps before the first
+        origin in a backtest) and its one-hot static categories; ``fit_end`` as ``_arrays``'."""
         scalers = self.series_scalers.get(s.id)
         if scalers is None:
             cfg = self.experiment.data
-            scalers = _fit_scalers(cfg.scaler, s, cfg.transform, self.columns["target"], slice(0, len(s)))
+            seen = len(s) if fit_end is None else fit_end
+            scalers = _fit_scalers(cfg.scaler, s, cfg.transform, self.columns["target"], slice(0, seen))
         return self._arrays(s, future_cov, scalers, self._one_hot(s), fit_end)
 
     def _one_hot(self, s: PanelSeries) -> np.ndarray:
@@ -98,11 +99,17 @@ class ManySeries:
         cols, cfg = self.columns, self.experiment.data
         categorical = cols.get("categorical", {})
         frame = encode_categories(_load_frame(df, cols["date_column"]), categorical, "df")
-        return read_panel(frame, cols["id_column"], cols["date_column"], cols["target"],
-                          expand(cols["past"], categorical), expand(cols["future"], categorical), cols["static"],
-                          missing=cfg.missing, freq=cols["freq"] or None,
-                          date_format=cfg.date_format or None, calendar=cols["calendar"],
-                          calendar_encoding=cols["calendar_encoding"])
+        panel = read_panel(frame, cols["id_column"], cols["date_column"], cols["target"],
+                           expand(cols["past"], categorical), expand(cols["future"], categorical), cols["static"],
+                           missing=cfg.missing, freq=cols["freq"] or None,
+                           date_format=cfg.date_format or None, calendar=cols["calendar"],
+                           calendar_encoding=cols["calendar_encoding"])
+        new = [s.id for s in panel.series if s.id not in self.series_scalers]
+        if new:
+            warnings.warn(f"df: {len(new)} series the model was not trained on ({', '.join(map(repr, new[:5]))}"
+                          f"{', ...' if len(new) > 5 else ''}): each is scaled on its own history (in a backtest, "
+                          "the steps before its first origin)", stacklevel=4)
+        return panel
 
     def _future_steps(self, s: PanelSeries, steps: int) -> pd.Index:
         if self.columns["integer_time"]:
