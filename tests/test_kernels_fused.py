@@ -354,8 +354,13 @@ def test_lstm_stack_streams_split_only_where_the_layer_would_not_go_to_onednn():
     no_small_loop = using(loop_lstm_inference_max_weight=0)
     p = stack(no_small_loop)
     assert p.path == "layer_by_layer" and p.layers[0].path == "onednn_lstm"
-    assert "not split: oneDNN's LSTM layer from onednn_lstm_min_macs" in p.reason
+    assert "> stream_onednn_lstm_max_macs 8,000,000, not split: oneDNN's LSTM layer from onednn_lstm_min_macs" \
+        in p.reason
     assert stack(no_small_loop, B=1, T=100, I=32, H=64).path == "stream"  # small: one compiled call, unsplit
+    # where oneDNN's layer would run it, one compiled call only up to stream_onednn_lstm_max_macs (8 M)
+    assert stack(no_small_loop, B=8, T=25, I=64, H=64).path == "stream"  # 6.6 M multiply-adds
+    mid = stack(no_small_loop, B=8, T=50, I=64, H=64)  # 13.1 M, within stream_sequence_max_macs
+    assert mid.path == "layer_by_layer" and mid.layers[0].path == "onednn_lstm"
     gru = plan(Call(CellSpec("GRU", 128), "stack", 200, 32, 64, torch.float32, threads=2), no_small_loop)
     assert gru.path == "stream" and gru.chunks == 2  # only the LSTM has oneDNN's layer to go to
 

@@ -189,9 +189,8 @@ def onednn_lstm(x: Tensor, weights: list[DirectionWeights], states: list[State],
     x = x.contiguous()
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
-        zeros = x.new_zeros(4 * H)
-        b_ih = w.b_ih.contiguous() if w.b_ih is not None else zeros
-        b_hh = w.b_hh.contiguous() if w.b_hh is not None else zeros
+        b_ih = w.b_ih.contiguous() if w.b_ih is not None else x.new_zeros(4 * H)
+        b_hh = w.b_hh.contiguous() if w.b_hh is not None else x.new_zeros(4 * H)
         y, hn, cn, _ = torch.ops.aten.mkldnn_rnn_layer(
             x, w.w_ih.contiguous(), w.w_hh.contiguous(), b_ih, b_hh, h0.contiguous(), c0.contiguous(), d == 1, [], 2,
             H, 1, True, False, False, train)

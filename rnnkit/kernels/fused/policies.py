@@ -150,6 +150,10 @@ class Policy:
     stream_sequence_max_macs: int = 16_000_000
     """Multiply-adds up to which a no-grad call of a unidirectional stack runs every step and layer in
     one compiled call (no GEMM setup); beyond, whole-sequence GEMMs win (scaled with SIMD)."""
+    stream_onednn_lstm_max_macs: int = 8_000_000
+    """The same for an LSTM stack that oneDNN's layer would run rather than our split loop (the
+    host's ``loop_lstm_inference_max_weight``): beyond this, oneDNN's layer is faster than one
+    compiled call on one thread (not scaled: measured on an AVX-512 host)."""
     stream_par_min_macs: int = 12_000_000
     """From here such a call may split the batch across threads: below, starting them costs more (scaled
     with SIMD; ``rnnkit tune`` times 1 M against it, where the split paid from ~1 M on an Intel host)."""
