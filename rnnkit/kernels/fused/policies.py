@@ -137,7 +137,7 @@ class Policy:
     """The same where the other choice is oneDNN's LSTM layer (LSTM training) (L2 / 8)."""
     onednn_lstm_min_macs: int = 65_536
     """Per-step multiply-adds B·4H·H from which LSTM inference goes to oneDNN's layer: below, our
-    loop's lower fixed cost wins (scaled with the SIMD width)."""
+    loop's lower fixed cost wins (scaled with the SIMD width; ``rnnkit tune`` times half of it)."""
     loop_lstm_inference_row_bytes: int = 16 * KB
     loop_lstm_inference_max_weight: int = 256 * KB
     """LSTM inference stays in our loop when it splits with at most this much W_hh a row (L2 / 32) and

@@ -55,6 +55,11 @@ DECISIONS = (
              "threads where W_hh is small, or oneDNN's LSTM layer", "lstm",
              ((16, 100, 32, 64), (32, 200, 64, 128), (64, 50, 128, 256)), False, alternative=0,
              given=(("lstm_loops_inference", True),)),
+    Decision("onednn_lstm_min_macs", "float32 LSTM inference at batches of a few rows: oneDNN's LSTM layer from "
+             "the host's per-step multiply-adds B·4H·H, or from half of them", "lstm",
+             ((4, 250, 64, 64), (6, 100, 64, 64), (2, 300, 96, 96), (3, 200, 64, 64), (2, 300, 80, 80),
+              (1, 500, 64, 96)), False, alternative="half",
+             given=(("lstm_loops_inference", True), ("loop_lstm_inference_max_weight", 0))),
     Decision("lstm_loops_training", "float32 LSTM training below onednn_lstm_train_min_macs a step, unsplit: our "
              "loop, or oneDNN's LSTM layer", "lstm", ((1, 300, 32, 64), (4, 100, 32, 64), (8, 100, 32, 64),
                                                      (16, 50, 64, 128)), True, given=(("par_row_bytes_lstm", 0),)),
@@ -115,8 +120,8 @@ def _candidates(d: Decision, base: Policy) -> tuple[Policy, Policy]:
     """(the default, its alternative) for decision d."""
     base = dataclasses.replace(base, **dict(d.given))
     default = getattr(base, d.field)
-    if d.alternative == "quarter":
-        other = default // 4
+    if d.alternative in ("half", "quarter"):
+        other = default // (2 if d.alternative == "half" else 4)
     elif isinstance(default, bool):
         other = not default
     else:
