@@ -6,6 +6,7 @@ without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -33,6 +34,19 @@ def user_errors(fn):
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
     return wrapper
+
+
+@contextlib.contextmanager
+def _as_options(**names: str):
+    """Errors of the Python API that name an argument (``df: ...``) name the command's option instead
+    (``--input: ...``): ``with _as_options(df="--input"):``."""
+    try:
+        yield
+    except ValueError as error:
+        head, sep, rest = str(error).partition(": ")
+        if sep and head in names:
+            raise ValueError(f"{names[head]}: {rest}") from None
+        raise
 
 
 def _show_warnings() -> None:
@@ -285,8 +299,9 @@ def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
     from .tasks.forecasting import forecast_to_files
     _show_warnings()
     input = data_path(load_for(checkpoint, "forecast"), input, data_dir)
-    result = forecast_to_files(checkpoint, input, horizon, out, future=future, level=level,
-                               extra_columns="ignore" if ignore_extra_columns else "error", freq=freq)
+    with _as_options(df="--input", future="--future", freq="--freq", level="--level", horizon="--horizon"):
+        result = forecast_to_files(checkpoint, input, horizon, out, future=future, level=level,
+                                   extra_columns="ignore" if ignore_extra_columns else "error", freq=freq)
     typer.echo(result["forecast"].to_string())
     typer.echo("wrote " + ", ".join(map(str, [result["csv"], *result["png"]])))
 
@@ -301,7 +316,9 @@ def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
              start: Annotated[Optional[int], typer.Option(help="first origin (row index), instead of --test")] = None,
              stride: Annotated[Optional[int], typer.Option(help="steps between origins")] = None,
              level: Annotated[Optional[float], typer.Option(help="prediction-interval level")] = None,
-             out: Annotated[Optional[Path], typer.Option(help="output prefix for <out>.json and <out>.csv")] = None,
+             out: Annotated[Optional[Path], typer.Option(help=(
+                 "output prefix for <out>.json (metrics), <out>.csv (forecasts) and <out>.png (<out>_<id>.png "
+                 "for the first series of a model of many)"))] = None,
              ignore_extra_columns: Annotated[bool, typer.Option(
                  help="ignore columns the model was not trained with")] = False,
              freq: Annotated[Optional[str], typer.Option(help=FREQ_HELP)] = None,
@@ -310,8 +327,11 @@ def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
     from .tasks.forecasting import backtest_to_files
     input = data_path(load_for(checkpoint, "backtest"), input, data_dir)
     span = None if test is None else (float(test) if "." in test else int(test))
-    result = backtest_to_files(checkpoint, input, horizon, start=start, test=span, stride=stride, level=level,
-                               out_prefix=out, extra_columns="ignore" if ignore_extra_columns else "error", freq=freq)
+    with _as_options(df="--input", test="--test", start="--start", stride="--stride", level="--level",
+                     freq="--freq", horizon="--horizon"):
+        result = backtest_to_files(checkpoint, input, horizon, start=start, test=span, stride=stride, level=level,
+                                   out_prefix=out, extra_columns="ignore" if ignore_extra_columns else "error",
+                                   freq=freq)
     typer.echo(result.table())
 
 

@@ -224,6 +224,13 @@ def test_forecast_to_files_writes_csv_and_png(gaussian_model, tmp_path):
     frame = pd.read_csv(out["csv"], index_col="date", parse_dates=True)
     assert list(frame.columns) == ["y", "y_lower", "y_upper"] and len(frame) == 4
     assert out["png"][0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # on the command line an error about the history names --input, not Python's df
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    monthly().iloc[:8].to_csv(tmp_path / "short.csv", index=False)
+    result = CliRunner().invoke(app, ["forecast", str(checkpoint), "--input", str(tmp_path / "short.csv")])
+    assert result.exit_code == 2 and "error: --input: " in result.output and "error: df:" not in result.output
 
 
 def test_backtest_to_files_writes_metrics_and_rows(point_model, tmp_path):
