@@ -162,6 +162,20 @@ def test_forecaster_fits_a_dataframe_with_target_and_overrides(no_files):
     assert no_files() == []
 
 
+def test_forecaster_season_comes_from_the_frequency_unless_given(tmp_path):
+    fc = Forecaster.fit(monthly(), target="y", horizon=3, lookback=6, test=6, epochs=1, hidden_size=4,
+                        statistical="none", out_dir=tmp_path / "run")
+    assert fc.experiment.evaluate.season == 12 and "seasonal_naive_12" in fc.backtests[3].metrics.index
+    assert tasks.load(tmp_path / "run" / "best").experiment.evaluate.season == 12  # kept with the checkpoint
+    daily = monthly().assign(date=pd.date_range("2015-01-01", periods=60, freq="D"))
+    assert Forecaster.fit(daily, target="y", horizon=3, lookback=6, test=6, epochs=1, hidden_size=4,
+                          evaluate=False).experiment.evaluate.season == 7
+    assert Forecaster.fit(monthly(), target="y", horizon=3, lookback=6, test=6, epochs=1, hidden_size=4,
+                          evaluate=False, season=1).experiment.evaluate.season == 1  # given: kept
+    with pytest.raises(ValueError, match=r"'seasonal' needs .* season 12 \(from the frequency\), lookback 6"):
+        Forecaster.fit(monthly(), target="y", horizon=3, lookback=6, test=6, epochs=1, normalize="seasonal")
+
+
 def test_forecaster_warns_when_a_long_frame_is_read_as_one_series():
     one = monthly()
     long = pd.concat([one.assign(store="a"), one.assign(store="b", y=one["y"] * 2)], ignore_index=True)

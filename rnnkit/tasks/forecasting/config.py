@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from ...config import Config
@@ -172,7 +173,10 @@ STATISTICAL = ("auto_ets", "auto_arima", "auto_theta", "holt_winters", "arima")
 class EvaluationConfig(Config):
     """Backtests after training: horizons, the seasonal period and the statistical baselines."""
 
-    season: int = Field(1, ge=1, description="seasonal period m (12 for monthly data): seasonal naive and MASE's scale")
+    season: int = Field(0, ge=0, description="seasonal period m: seasonal naive, MASE's scale and the statistical "
+                                             "models' season; 0: from the data's frequency (``season_of``: 12 "
+                                             "monthly, 4 quarterly, 52 weekly, 7 daily, the steps of a day below "
+                                             "daily; 1 yearly or irregular)")
     horizons: list[int] = Field(default_factory=list, description="backtest horizons; empty = [1, data.horizon]")
     stride: int = Field(1, ge=1, description="steps between backtest origins")
     statistical: list[str] = Field(
@@ -225,12 +229,8 @@ class ForecastExperiment(Config):
         if self.forecast.normalize not in ("none", "last", "mean") and self.forecast.strategy != "direct":
             raise ValueError(f"forecast.normalize: {self.forecast.normalize!r} needs strategy='direct' (the "
                              f"reference is a forecast of the whole horizon), got {self.forecast.strategy!r}")
-        if self.forecast.normalize == "seasonal":
-            season = self.evaluate.season
-            if self.forecast.strategy != "direct" or season < 2 or self.data.lookback < season:
-                raise ValueError(f"forecast.normalize: 'seasonal' needs strategy='direct', evaluate.season >= 2 and "
-                                 f"data.lookback >= evaluate.season; got {self.forecast.strategy!r}, season "
-                                 f"{season}, lookback {self.data.lookback}")
+        if self.evaluate.season:  # a season inferred from the data is checked once known (``with_season``)
+            self.check_season(self.evaluate.season)
         fc = self.forecast
         if fc.conformal_adapt and not (fc.intervals == "conformal" and fc.recalibrate):
             raise ValueError(f"forecast.conformal_adapt: adapts recalibrated conformal intervals in a backtest; set "
@@ -247,3 +247,53 @@ class ForecastExperiment(Config):
             raise ValueError("model.bidirectional: a recursive forecaster predicts each next step from the past "
                              "only; a backward direction would read the future. Set bidirectional = false")
         return self
+
+    def check_season(self, season: int) -> None:
+        """The seasonal reference (``forecast.normalize = "seasonal"``) needs a season of 2 or more that
+        the lookback covers."""
+        if self.forecast.normalize == "seasonal" and (self.forecast.strategy != "direct" or season < 2
+                                                      or self.data.lookback < season):
+            raise ValueError(f"forecast.normalize: 'seasonal' needs strategy='direct', evaluate.season >= 2 and "
+                             f"data.lookback >= evaluate.season; got {self.forecast.strategy!r}, season "
+                             f"{season}{'' if self.evaluate.season else ' (from the frequency)'}, lookback "
+                             f"{self.data.lookback}")
+
+    def with_season(self, freq: str | None) -> ForecastExperiment:
+        """This config with ``evaluate.season`` inferred from the data's frequency where it is 0."""
+        if self.evaluate.season:
+            return self
+        season = season_of(freq)
+        self.check_season(season)
+        return self.model_copy(update={"evaluate": self.evaluate.model_copy(update={"season": season})})
+
+
+def season_of(freq: str | None) -> int:
+    """The usual seasonal period of a pandas frequency: 12 monthly, 4 quarterly, 52 weekly, 7 daily (5
+    business days), the steps of a day below daily (24 hourly, 48 half-hourly, up to 288 five-minute steps);
+    1 yearly, irregular (None) or anything else.
+
+    Examples:
+        >>> season_of("MS"), season_of("QE-DEC"), season_of("W-SUN"), season_of("D"), season_of("30min")
+        (12, 4, 52, 7, 48)
+    """
+    if not freq:
+        return 1
+    offset = pd.tseries.frequencies.to_offset(freq)
+    name = offset.name.split("-")[0]
+    if offset.n == 1 and name in ("MS", "ME", "M", "BMS", "BME", "SMS"):
+        return 12
+    if offset.n == 1 and name in ("QS", "QE", "Q", "BQS", "BQE"):
+        return 4
+    if offset.n == 1 and name == "W":
+        return 52
+    if offset.n == 1 and name == "D":
+        return 7
+    if offset.n == 1 and name in ("B", "C"):
+        return 5
+    try:
+        step = pd.Timedelta(offset)
+    except ValueError:  # months, years and other calendar offsets of no fixed length
+        return 1
+    day = pd.Timedelta(days=1)
+    per_day = day // step if step < day and day % step == pd.Timedelta(0) else 1
+    return int(per_day) if per_day <= 288 else 1  # minutes or seconds: no day-long season guessed

@@ -59,6 +59,7 @@ class ManySeries:
                    "future_all": list(panel.future_columns), "calendar": list(cfg.calendar),
                    "calendar_encoding": cfg.calendar_encoding, "freq": panel.freq, "integer_time": panel.integer_time,
                    "transform": cfg.transform, "static": list(panel.static_columns), "categories": categories}
+        experiment = experiment.with_season(None if panel.integer_time else panel.freq)
         model_fields = _Network(experiment, _sizes(columns)).model_fields()
         experiment = experiment.model_copy(update={"model": ModelConfig.from_dict(
             {**experiment.model.to_dict(), **model_fields}, "model")})

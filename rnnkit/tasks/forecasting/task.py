@@ -145,6 +145,7 @@ class Forecaster(ManySeries, Task):
                    "calendar": list(cfg.calendar),
                    "calendar_encoding": cfg.calendar_encoding, "freq": series.report.freq,
                    "transform": cfg.transform, "train_end": str(series.index[n_train - 1])}
+        experiment = experiment.with_season(series.report.freq)
         model_fields = _Network(experiment, _sizes(columns)).model_fields()
         experiment = experiment.model_copy(update={"model": ModelConfig.from_dict(
             {**experiment.model.to_dict(), **model_fields}, "model")})
