@@ -4,6 +4,8 @@ irregular dates forecasts dated steps when given ``freq``."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,11 +55,16 @@ def test_irregular_training_dates_forecast_with_freq(tmp_path):
     fc = fit(sparse, test=10)
     assert fc.columns["freq"] is None
     assert isinstance(fc.predict().index, pd.RangeIndex)  # undated without a frequency
-    dated = fc.predict(df=sparse, freq="D")
+    with pytest.warns(UserWarning, match=r"freq: the model was trained on irregular dates, one row a step; on the "
+                                         r"'D' grid 120 of 200 steps were filled"):
+        dated = fc.predict(df=sparse, freq="D")
     assert list(dated.index) == list(pd.date_range(sparse.date.iloc[-1], periods=4, freq="D")[1:])
     fc.save(tmp_path / "ckpt")
     sparse.to_csv(tmp_path / "sparse.csv", index=False)
-    files = forecast_to_files(tmp_path / "ckpt", tmp_path / "sparse.csv", out_prefix=tmp_path / "fc", freq="D")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        files = forecast_to_files(tmp_path / "ckpt", tmp_path / "sparse.csv", out_prefix=tmp_path / "fc", freq="D")
+    assert sum("trained on irregular dates" in str(w.message) for w in seen) == 1  # said once, not per reading
     assert pd.read_csv(files["csv"]).date.tolist()[0] == str(dated.index[0].date())
     with pytest.raises(ValueError, match=r"freq: expected a pandas frequency such as 'D', 'MS' or 'h', got 'daily'"):
         fc.predict(df=sparse, freq="daily")

@@ -4,6 +4,7 @@ JSON and PNG files from a checkpoint."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
     if fc.columns.get("id_column"):  # many series: the long frame, no plot
         forecast.to_csv(csv, index=False)
         return {"forecast": forecast, "csv": csv, "png": []}
-    series, _ = fc._read_history(input, extra_columns, fc._freq(freq))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # predict has said what reading the input found
+        series, _ = fc._read_history(input, extra_columns, fc._freq(freq))
     forecast.to_csv(csv)
     pngs = []
     targets = fc.columns["target"]

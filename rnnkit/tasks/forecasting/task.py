@@ -432,6 +432,12 @@ class Forecaster(ManySeries, Task):
                              freq=freq or cols["freq"] or None,
                              date_format=self.experiment.data.date_format or None, calendar=cols["calendar"],
                              calendar_encoding=cols["calendar_encoding"])
+        if freq and not cols["freq"] and series.report.gaps_filled:
+            warnings.warn(f"freq: the model was trained on irregular dates, one row a step; on the {freq!r} grid "
+                          f"{series.report.gaps_filled} of {len(series)} steps were filled "
+                          f"(data.missing = {self.experiment.data.missing!r}) and the lookback of "
+                          f"{self.experiment.data.lookback} steps spans {self.experiment.data.lookback} x {freq!r}",
+                          stacklevel=4)
         return series, future_rows
 
     def _check_columns(self, frame: pd.DataFrame, arg: str, extra_columns: str, with_targets: bool) -> None:
