@@ -283,6 +283,9 @@ def test_missing_date_column_and_unknown_column(tmp_path):
         Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", lookbak=6)
     with pytest.raises(ValueError, match="data.target_columns: expected at least one column"):
         Forecaster.fit(monthly(40), experiment=tiny())
+    with pytest.raises(ValueError, match=r"data.calendar: unknown calendar feature\(s\) \['weekday'\]; known: "
+                                         r"\['month', 'day_of_week'"):
+        Forecaster.fit(monthly(40), experiment=tiny(), target_columns="y", calendar=["weekday"])
 
 
 def test_log_transform_needs_positive_values():

@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from ...config import Config
+from ...data.series import CALENDAR_FEATURES
 from ...data.text import TextFileConfig
 from ...model import ModelConfig
 from ...train import TrainConfig
@@ -47,6 +48,14 @@ class ForecastDataConfig(TextFileConfig):
     missing: Literal["interpolate", "ffill", "mask"] = Field(
         "interpolate", description="missing values: interpolate in time, carry forward, or mask (left out of "
                                    "the loss and the scores, read as the window's reference level)")
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in CALENDAR_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown calendar feature(s) {unknown}; known: {list(CALENDAR_FEATURES)}")
+        return value
+
     val: int | float = Field(0, ge=0, description="validation part before the test: a count of steps or a "
                                                   "fraction; 0 = none (the best epoch is then by training loss)")
     test: int | float = Field(0.2, ge=0, description="test part at the end: a count of steps or a fraction")

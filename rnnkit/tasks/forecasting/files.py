@@ -56,7 +56,7 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
                    "interval_label": f"{level_used:.0%} interval"} if f"{name}_lower" in forecast else {})
         pngs.append(plot_forecast(tail[name].to_numpy(), forecast[name].to_numpy(), path,
                                   history_index=tail.index, forecast_index=forecast.index,
-                                  title=f"{name}: {len(forecast)}-step forecast from {_when(series.index[-1])}",
+                                  title=f"{name}: {len(forecast)}-step forecast after {_when(series.index[-1])}",
                                   ylabel=_label(fc, name), **bounds))
     return {"forecast": forecast, "csv": csv, "png": pngs}
 

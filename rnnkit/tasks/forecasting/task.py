@@ -125,12 +125,14 @@ class Forecaster(ManySeries, Task):
         lookback, horizon = cfg.lookback, cfg.horizon
         if len(series) < lookback + horizon:
             raise ValueError(f"data: series of {len(series)} steps is shorter than lookback + horizon = "
-                             f"{lookback} + {horizon} = {lookback + horizon}")
+                             f"{lookback} + {horizon} = {lookback + horizon}; shorten data.lookback or "
+                             "data.horizon, or give a longer series")
         split = chronological_split(len(series), val=cfg.val, test=cfg.test)
         n_train = split.train.stop
         if n_train < lookback + horizon:
             raise ValueError(f"data: the training part ({n_train} of {len(series)} steps, after val={cfg.val} and "
-                             f"test={cfg.test}) is shorter than lookback + horizon = {lookback + horizon}")
+                             f"test={cfg.test}) is shorter than lookback + horizon = {lookback + horizon}; shorten "
+                             "data.lookback, data.horizon, data.val or data.test")
 
         y = _transform(series.target, cfg.transform, series.target_columns, series.index)
         scalers = {"target": _make_scaler(cfg.scaler),
