@@ -16,6 +16,14 @@ from ...train import TrainConfig
 
 
 # ------------------------------------------------------------------------------------ configs
+def known_names(names: list[str], known, alternatives: str = "") -> list[str]:
+    """``names`` where each is one of ``known``, else a ValueError listing them."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"expected names from {list(known)}{alternatives}, got {unknown}")
+    return names
+
+
 class ForecastDataConfig(TextFileConfig):
     """The series: where it comes from, which columns play which role, the split and the windows."""
 
@@ -48,13 +56,11 @@ class ForecastDataConfig(TextFileConfig):
     missing: Literal["interpolate", "ffill", "mask"] = Field(
         "interpolate", description="missing values: interpolate in time, carry forward, or mask (left out of "
                                    "the loss and the scores, read as the window's reference level)")
+
     @field_validator("calendar")
     @classmethod
     def _known_calendar(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in CALENDAR_FEATURES]
-        if unknown:
-            raise ValueError(f"unknown calendar feature(s) {unknown}; known: {list(CALENDAR_FEATURES)}")
-        return value
+        return known_names(value, CALENDAR_FEATURES)
 
     val: int | float = Field(0, ge=0, description="validation part before the test: a count of steps or a "
                                                   "fraction; 0 = none (the best epoch is then by training loss)")
@@ -211,10 +217,7 @@ class EvaluationConfig(Config):
     @field_validator("statistical")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
-        unknown = [v for v in value if v not in STATISTICAL]
-        if unknown:
-            raise ValueError(f"expected names from {list(STATISTICAL)} (or 'none'), got {unknown}")
-        return value
+        return known_names(value, STATISTICAL, " (or 'none')")
 
 
 class ForecastExperiment(Config):
