@@ -34,7 +34,7 @@ from . import native, reference
 from .base import DirectionWeights, eager
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "check_backend", "select_backend",
-           "run_layer", "stream_step", "streamer", "eager", "Policy", "explain", "policy", "cached_streamer",
+           "run_layer", "stream_step", "streamer", "eager", "choice_key", "Policy", "explain", "policy", "cached_streamer",
            "zoneout_mask"]
 
 
@@ -116,6 +116,13 @@ def stream_step(spec: CellSpec, x_t: Tensor, weights: list[DirectionWeights], h:
     """One no-autograd step of a stack through the named backend's (or the preferred) streaming step
     (see module docstring for shapes); None when no such backend can run it."""
     return _first("stream_step", backend, spec, x_t, weights, h, c)
+
+
+def choice_key() -> tuple:
+    """What a backend's choice of path depends on besides the call itself: the fused backend's policy
+    (compared by identity first, then by value) and torch's thread count. A caller may keep a choice for
+    a call of the same shape, dtype and device while this is unchanged."""
+    return fused.policies.current(), torch.get_num_threads()
 
 
 def streamer(spec: CellSpec, weights: list[DirectionWeights], batch: int, h: Tensor | None, c: Tensor | None,
