@@ -34,8 +34,8 @@ from . import native, reference
 from .base import DirectionWeights, eager
 
 __all__ = ["Backend", "DirectionWeights", "BACKENDS", "register_backend", "check_backend", "select_backend",
-           "run_layer", "stream_step", "streamer", "eager", "choice_key", "Policy", "explain", "policy", "cached_streamer",
-           "zoneout_mask"]
+           "run_layer", "stream_step", "streamer", "eager", "choice_key", "Policy", "explain", "policy",
+           "cached_streamer", "zoneout_mask"]
 
 
 class Backend(NamedTuple):

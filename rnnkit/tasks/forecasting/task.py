@@ -499,8 +499,8 @@ class Forecaster(ManySeries, Task):
                 raise ValueError(
                     f"future: expected the future covariates {cols['future']} for the {steps} steps after "
                     f"{series.index[-1].date()} ({index[0].date()} .. {index[-1].date()}), as rows after the last "
-                    f"target value or as future= (rnnkit forecast --future FILE); missing or not numeric from {first.date()} "
-                    f"({int(lacking.sum())} of {steps} steps)")
+                    f"target value or as future= (rnnkit forecast --future FILE); missing or not numeric from "
+                    f"{first.date()} ({int(lacking.sum())} of {steps} steps)")
             parts.append(got.to_numpy())
         if cols["calendar"]:
             parts.append(calendar_features(index, cols["calendar"], cols["calendar_encoding"]).to_numpy())
