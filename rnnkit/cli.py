@@ -167,13 +167,14 @@ def train(config: Annotated[Path, typer.Argument(help="experiment TOML, e.g. con
             raise ValueError(f"--nproc: expected an integer >= 1, got {nproc}")
         results = _train_one(config, overrides, out, resume)
     if distributed.is_main():
-        report, tables = {**trained_checkpoint(out), **results}, out / "backtest.txt"
-        if tables.exists():  # forecasters: the tables of rnnkit beside the baselines, each metric in backtest.json
+        report = {**trained_checkpoint(out), **results}
+        tables = (out / "backtest.txt").read_text() if (out / "backtest.txt").exists() else None
+        if tables is not None:  # forecasters: the tables of rnnkit beside the baselines, each metric in backtest.json
             report = {k: v for k, v in report.items() if not re.match(r"h\d+_", k)}
             report["backtest"] = str(out / "backtest.json")
         typer.echo(json.dumps(report, indent=2))
-        if tables.exists():
-            typer.echo(tables.read_text())
+        if tables is not None:
+            typer.echo(tables)
     distributed.shutdown()
 
 

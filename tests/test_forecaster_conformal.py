@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment
-from rnnkit.tasks.forecasting.conformal import calibrate, coverage_by_step, halfwidth, recalibrated
+from rnnkit.tasks.forecasting.conformal import (calibrate, coverage_by_step, fewest_scores, halfwidth,
+                                                recalibrated)
 
 torch.set_num_threads(1)
 
@@ -22,6 +23,10 @@ def test_split_conformal_quantile_by_hand():
     # past the calibrated horizon the last step's width; too few scores for 0.95 (rank 10 of 9): unbounded
     np.testing.assert_array_equal(halfwidth(cal, 0.8, 4)[:, 0], [8.0, 16.0, 16.0, 16.0])
     assert np.isinf(halfwidth(cal, 0.95, 1)).all()
+    for level in (0.75, 0.8, 0.9, 0.95):  # fewest_scores: the first count whose width is bounded
+        n = fewest_scores(level)
+        assert np.isfinite(halfwidth(calibrate(np.ones((n, 1, 1))), level, 1)).all()
+        assert np.isinf(halfwidth(calibrate(np.ones((n - 1, 1, 1))), level, 1)).all()
     # a NaN (unobserved actual) is left out of its step's count
     with_gap = errors.copy()
     with_gap[0, 0, 0] = np.nan

@@ -95,6 +95,7 @@ class RecurrentBase(nn.Module):
         self.recurrent_dropout = _rate("recurrent_dropout", recurrent_dropout)
         self.zoneout = zoneout
         self._zone = _zone_rates(zoneout, self.mode == "LSTM")
+        self._unstreamed: tuple | None = None  # the last whole-sequence call no backend streamed (``_stream``)
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[nonlinearity] if self.mode == "RNN" else self.mode
         if layer_norm and (self.mode != "LSTM" or proj_size):
             raise ValueError("layer_norm: only an LSTM without projection has a layer-normalised cell")
@@ -437,13 +438,13 @@ class RecurrentBase(nn.Module):
         # (a cheap key against ~8 µs of backend and plan lookups in front of every small layer call)
         key = (x.shape, x.dtype, x.device, state is None, self.backend, kernels.choice_key()) \
             if x.dim() == 3 and kernels.eager() else None
-        if key is not None and key == self.__dict__.get("_unstreamed"):
+        if key is not None and key == self._unstreamed:
             return None
         weights = [self.direction_weights(layer, 0) for layer in range(self.num_layers)]
         fast = kernels.stream_step(self.spec, x, weights, *self._state_parts(state, batch, x), self.backend)
         if fast is None:
             if key is not None:
-                self.__dict__["_unstreamed"] = key
+                self._unstreamed = key
             return None
         return fast[0], (fast[1] if fast[2] is None else (fast[1], fast[2]))
 

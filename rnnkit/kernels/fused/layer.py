@@ -32,6 +32,7 @@ from .gemm import (NO_MASK, OneBlasThread, as_np, contiguous, dummy, folded_bias
                    pooled_contiguous)
 from .plan import Plan
 from .policies import Policy
+from .streaming import zeros
 
 PER_DIRECTION = 7  # flattened per direction: w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0
 
@@ -189,8 +190,8 @@ def onednn_lstm(x: Tensor, weights: list[DirectionWeights], states: list[State],
     x = x.contiguous()
     outs, finals = [], []
     for d, (w, (h0, c0)) in enumerate(zip(weights, states)):
-        b_ih = w.b_ih.contiguous() if w.b_ih is not None else x.new_zeros(4 * H)
-        b_hh = w.b_hh.contiguous() if w.b_hh is not None else x.new_zeros(4 * H)
+        b_ih = w.b_ih.contiguous() if w.b_ih is not None else zeros(4 * H, x.dtype)
+        b_hh = w.b_hh.contiguous() if w.b_hh is not None else zeros(4 * H, x.dtype)
         y, hn, cn, _ = torch.ops.aten.mkldnn_rnn_layer(
             x, w.w_ih.contiguous(), w.w_hh.contiguous(), b_ih, b_hh, h0.contiguous(), c0.contiguous(), d == 1, [], 2,
             H, 1, True, False, False, train)

@@ -314,15 +314,14 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
                                   f"the largest layer's W_ih and W_hh, {_kb(weight)} ({row} a row), within "
                                   f"stream_par_cached_weight {_kb(policy.stream_par_cached_weight)} or "
                                   f"stream_par_row_bytes {_kb(policy.stream_par_row_bytes)} a row", call, chunks=n)
-        most = policy.stream_sequence_max_macs if onednn is None else min(policy.stream_sequence_max_macs,
-                                                                            policy.stream_onednn_lstm_max_macs)
-        limit = "stream_sequence_max_macs" if most == policy.stream_sequence_max_macs else "stream_onednn_lstm_max_macs"
+        limit = "stream_onednn_lstm_max_macs" if onednn is not None and \
+            policy.stream_onednn_lstm_max_macs < policy.stream_sequence_max_macs else "stream_sequence_max_macs"
+        most = getattr(policy, limit)
         if macs <= most or units > 1:
             return Plan("stream", f"multiply-adds {macs:,} <= {limit} {most:,}" if units == 1 else
                         _units_reason(call, policy, units)[2:], call, units=units)
-        reason = (f"multiply-adds {macs:,} > stream_sequence_max_macs {policy.stream_sequence_max_macs:,}: "
-                  "whole-sequence GEMMs win" if onednn is None else
-                  f"multiply-adds {macs:,} > {limit} {most:,}, not split: {onednn}")
+        reason = f"multiply-adds {macs:,} > {limit} {most:,}" + (
+            ": whole-sequence GEMMs win" if onednn is None else f", not split: {onednn}")
     return layer_by_layer(call, policy, reason)
 
 

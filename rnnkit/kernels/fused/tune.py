@@ -48,6 +48,9 @@ TIE = 1.03
 (geometric mean of the ratios <= 1) and no shape is slower than this ratio: the bench's bar for "never
 slower than torch.nn", whose LSTM layer is the alternative in the LSTM decisions."""
 
+FRACTIONS = {"half": 2, "quarter": 4}
+"""A Decision's alternative given as a fraction of the host's default."""
+
 DECISIONS = (
     Decision("lstm_loops_inference", "float32 LSTM inference at small batches: our loops, or oneDNN's LSTM layer",
              "lstm", ((1, 500, 32, 64), (2, 200, 32, 64), (1, 200, 32, 96)), False),
@@ -120,8 +123,8 @@ def _candidates(d: Decision, base: Policy) -> tuple[Policy, Policy]:
     """(the default, its alternative) for decision d."""
     base = dataclasses.replace(base, **dict(d.given))
     default = getattr(base, d.field)
-    if d.alternative in ("half", "quarter"):
-        other = default // (2 if d.alternative == "half" else 4)
+    if d.alternative in FRACTIONS:
+        other = default // FRACTIONS[d.alternative]
     elif isinstance(default, bool):
         other = not default
     else:

@@ -279,6 +279,11 @@ class ForecastExperiment(Config):
         return self.model_copy(update={"evaluate": self.evaluate.model_copy(update={"season": season})})
 
 
+SEASONS = {**dict.fromkeys(("MS", "ME", "M", "BMS", "BME", "SMS"), 12),
+           **dict.fromkeys(("QS", "QE", "Q", "BQS", "BQE"), 4), "W": 52, "D": 7, "B": 5, "C": 5}
+"""A calendar frequency's seasonal period (steps a year, or days a week)."""
+
+
 def season_of(freq: str | None) -> int:
     """The usual seasonal period of a pandas frequency: 12 monthly, 4 quarterly, 52 weekly, 7 daily (5
     business days), the steps of a day below daily (24 hourly, 48 half-hourly, up to 288 five-minute steps);
@@ -291,17 +296,9 @@ def season_of(freq: str | None) -> int:
     if not freq:
         return 1
     offset = pd.tseries.frequencies.to_offset(freq)
-    name = offset.name.split("-")[0]
-    if offset.n == 1 and name in ("MS", "ME", "M", "BMS", "BME", "SMS"):
-        return 12
-    if offset.n == 1 and name in ("QS", "QE", "Q", "BQS", "BQE"):
-        return 4
-    if offset.n == 1 and name == "W":
-        return 52
-    if offset.n == 1 and name == "D":
-        return 7
-    if offset.n == 1 and name in ("B", "C"):
-        return 5
+    name = offset.name.split("-")[0]  # "W-SUN", "QE-DEC": the anchor does not change the period
+    if offset.n == 1 and name in SEASONS:
+        return SEASONS[name]
     try:
         step = pd.Timedelta(offset)
     except ValueError:  # months, years and other calendar offsets of no fixed length

@@ -91,6 +91,12 @@ def recalibrated(calibration: dict[str, Any], errors: np.ndarray, times: np.ndar
     return out
 
 
+def fewest_scores(level: float) -> int:
+    """The fewest scores a step needs for a bounded interval at ``level``: the ⌈(n + 1)·level⌉-th smallest
+    of n exists from n = ⌈level / (1 − level)⌉."""
+    return math.ceil(level / (1 - level) - 1e-9)
+
+
 def _scores(calibration: dict[str, Any]) -> tuple[list[list[np.ndarray]], list[list[np.ndarray]]]:
     """The kept scores of each step and column, [H][C] arrays, and the errors each stands for (1 each,
     or n / K where n errors were summarised by K quantiles)."""

@@ -31,7 +31,7 @@ from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared,
                    _transform, _untransform, categories_of, encode_categories, expand)
 from .heads import _sizes, _Network, fit_weights
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
-from .conformal import calibrate, halfwidth, recalibrated
+from .conformal import calibrate, fewest_scores, halfwidth, recalibrated
 from .panel import ManySeries
 from .statistical import MODELS as STATISTICAL_MODELS, fitted as statistical_fit, transformed
 
@@ -304,7 +304,7 @@ class Forecaster(ManySeries, Task):
                              calendar=cfg.calendar, calendar_encoding=cfg.calendar_encoding)
         if series.report.duplicate_rows:
             used = {cfg.date_column, *cfg.target_columns, *cfg.past_covariates, *cfg.future_covariates}
-            others = [c for c in frame.columns if c not in used]
+            others = [c for c in frame.columns if c not in used and not pd.api.types.is_numeric_dtype(frame[c])]
             warnings.warn(f"data: {len(series.report.duplicate_timestamps)} timestamps occur more than once and "
                           f"their {series.report.duplicate_rows} extra rows were averaged into one series; a frame "
                           "of several series in long format needs data.id_column (id_column=), the column naming "
@@ -581,7 +581,7 @@ class Forecaster(ManySeries, Task):
                 width = halfwidth(self.conformal, level, horizon)[None]
             if np.isinf(width).any():
                 scores = int(np.min(self.conformal["count"]))
-                warnings.warn(f"level: {level:g} needs at least {math.ceil(level / (1 - level) - 1e-9)} calibration "
+                warnings.warn(f"level: {level:g} needs at least {fewest_scores(level)} calibration "
                               f"errors a step for a bounded conformal interval, the validation span gave {scores}: "
                               "the interval is unbounded (inf) where they fall short; lower the level or lengthen "
                               "data.val", stacklevel=3)
