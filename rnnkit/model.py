@@ -373,6 +373,42 @@ class SequenceModel(nn.Module):
         return self.output.activate(logits)
 
 
+class Ensemble(nn.Module):
+    """``size`` SequenceModels of one configuration, each from its own initial weights, run on the same
+    input: a deep ensemble (Lakshminarayanan et al. 2017). The task that owns it combines the members'
+    outputs (e.g. the forecaster averages their forecasts).
+
+    Args:
+        config: the members' ModelConfig.
+        size: how many members (at least 2).
+
+    Shape:
+        x as for SequenceModel; returns the members' logits stacked on a new first dimension,
+        <float>[size, B, T, O] (or [size, B, O]), and the list of their final states.
+
+    Example::
+
+        >>> net = Ensemble(ModelConfig(input_size=3, output_size=2, vocab_size=0, hidden_size=8), size=4)
+        >>> logits, states = net(torch.randn(5, 7, 3))
+        >>> logits.shape, len(states)
+        (torch.Size([4, 5, 7, 2]), 4)
+    """
+
+    def __init__(self, config: ModelConfig, size: int) -> None:
+        super().__init__()
+        if size < 2:
+            raise ValueError(f"size: an ensemble needs at least 2 members, got {size}; use a SequenceModel")
+        self.config = config
+        self.members = nn.ModuleList(SequenceModel(config) for _ in range(size))
+
+    def forward(self, x: Tensor, *, state: Sequence[Hidden | None] | None = None,
+                **kwargs: Any) -> tuple[Tensor, list[Hidden]]:
+        """Each member on ``x`` (with its own entry of ``state``); keywords go to every member."""
+        states = [None] * len(self.members) if state is None else state
+        outputs = [member(x, state=s, **kwargs) for member, s in zip(self.members, states, strict=True)]
+        return torch.stack([logits for logits, _ in outputs]), [final for _, final in outputs]
+
+
 # torch.load(..., weights_only=True) of a whole saved SequenceModel: its class and the config it holds
 # (the layers register theirs in rnnkit.layers).
 torch.serialization.add_safe_globals([SequenceModel, ModelConfig])

@@ -60,15 +60,18 @@ def _backend(layer: nn.Module, device: torch.device, batch: int) -> str:
 
 
 def describe_model(model: nn.Module, device: torch.device | str = "cpu", batch: int = 1) -> dict[str, Any]:
-    """Parameter counts, the recurrent layers' cells and the backend each one trains on."""
+    """Parameter counts, the recurrent layers' cells (of one member, for an ensemble) and the backend
+    each one trains on."""
     from .layers.minimal import MinimalRecurrent
     from .layers.recurrent import RecurrentBase
+    from .model import Ensemble
     device = torch.device(device)
     params = list(model.parameters())
-    layers = [m for m in model.modules() if isinstance(m, (RecurrentBase, MinimalRecurrent))]
+    networks = list(model.members) if isinstance(model, Ensemble) else [model]
+    layers = [m for m in networks[0].modules() if isinstance(m, (RecurrentBase, MinimalRecurrent))]
     return {"parameters": sum(p.numel() for p in params),
             "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
-            "cells": [_cell_name(m) for m in layers],
+            "cells": [_cell_name(m) for m in layers], "networks": len(networks),
             "backends": sorted({_backend(m, device, batch) for m in layers})}
 
 
@@ -97,7 +100,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         unit = summary.get("unit", "examples")
         rows.append(("data", f"{', '.join(f'{k} {_count(v)}' for k, v in splits.items())} {unit}"))
     known = {"task", "unit", "splits", "parameters", "trainable_parameters", "cells", "backends", "threads",
-             "device", "batches_per_epoch", "classes"}
+             "device", "batches_per_epoch", "classes", "networks"}
     if "classes" in summary:
         names = list(summary["classes"])
         shown = ", ".join(map(str, names[:_CLASSES_SHOWN])) + (", ..." if len(names) > _CLASSES_SHOWN else "")
@@ -105,8 +108,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows += [(key.replace("_", " "), _count(value)) for key, value in summary.items() if key not in known]
     trainable = summary.get("trainable_parameters")
     frozen = "" if trainable == summary.get("parameters") else f" ({_count(trainable)} trainable)"
+    cells = ", ".join(summary.get("cells") or []) or "no recurrent layer"
+    networks = summary.get("networks", 1)
     rows.append(("model", f"{_count(summary.get('parameters'))} parameters{frozen}; "
-                          f"{', '.join(summary.get('cells') or []) or 'no recurrent layer'}"))
+                          + (f"{networks} networks of {cells}" if networks > 1 else cells)))
     rows.append(("runs on", f"{summary.get('device')}, {summary.get('threads')} threads, backend "
                             f"{', '.join(summary.get('backends') or []) or '-'}"))
     rows.append(("batches", f"{_count(summary.get('batches_per_epoch') or '?')} per epoch"))

@@ -23,7 +23,8 @@ average over series; ``predict`` returns a long frame (id, time, targets).
 The data path: ``read_series`` (clean, sorted, numeric; calendar features) → transform ("log",
 "log1p") → scalers fitted on the training part only → windows of ``lookback`` inputs and
 ``horizon`` targets → each window shifted by its reference level (``forecast.normalize``: the last
-observed value, so that a trend beyond the training range stays in range) → the network. Outputs
+observed value, so that a trend beyond the training range stays in range; or per horizon step the
+seasonal-naive forecast, plain or moved by the last season's change) → the network. Outputs
 take the way back: + reference → inverse scaling → inverse transform. The split is chronological:
 train | val | test, the test being the tail (``data.test``: a count of steps or a fraction).
 
@@ -51,6 +52,11 @@ so they stay quantiles in the data's units; the point forecast of a log model is
 Hybrids (``statistical.py``): a statsforecast model fitted per series beside the network, either
 averaged with its forecast (``forecast.combine``) or corrected by it (``forecast.normalize =
 "auto_*"``); its forecasts alone are the backtests' ``component_<name>`` row.
+
+Ensembles (``forecast.ensemble``): networks trained side by side from their own initial weights
+(``rnnkit.model.Ensemble``, whose output stacks the members' on a first dimension); the forecast is the
+members' mean point, the mixture of their Gaussians (pooled sample paths when recursive), their mean
+quantiles.
 """
 
 from __future__ import annotations

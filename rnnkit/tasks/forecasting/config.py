@@ -114,10 +114,14 @@ class ForecastConfig(Config):
                                      "actual (up after one outside its interval, down after one inside), so that "
                                      "coverage holds where the errors drift; 0: off")
     samples: int = Field(200, ge=10, description="recursive gaussian: sampled paths for the intervals")
-    normalize: Literal["none", "last", "mean", "seasonal", "auto_ets", "auto_arima", "auto_theta"] = Field(
+    normalize: Literal["none", "last", "mean", "seasonal", "seasonal_trend", "auto_ets", "auto_arima",
+                       "auto_theta"] = Field(
         "last", description="subtract each window's last observed (or mean) scaled target from inputs and targets; "
                             "seasonal: inputs relative to the last value, targets to the seasonal-naive forecast "
-                            "(period evaluate.season), so that the network learns the correction to it; auto_ets, "
+                            "(period evaluate.season), so that the network learns the correction to it; "
+                            "seasonal_trend: the same, the seasonal-naive forecast moved by the change over the "
+                            "last season (the forecast of ARIMA(0,1,0)(0,1,0) with that period: for a growing "
+                            "seasonal series); auto_ets, "
                             "auto_arima, auto_theta: a hybrid, targets relative to that statsforecast model's "
                             "forecast from each origin (fitted per series on its transformed training part, on "
                             "the history before the first origin in a backtest, on the history given when "
@@ -136,6 +140,11 @@ class ForecastConfig(Config):
     statistical_space: Literal["transformed", "data"] = Field(
         "transformed", description="a hybrid's statsforecast model is fitted on the targets after data.transform "
                                    "(e.g. log), or on the data's own units (its forecast then transformed)")
+    ensemble: int = Field(
+        1, ge=1, le=64, description="networks trained side by side on the same batches, each from its own initial "
+                                    "weights (a deep ensemble; N-BEATS's recipe): the forecast is their mean, a "
+                                    "Gaussian interval their mixture's, quantiles their mean; training and "
+                                    "forecasting cost this many networks")
     seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
 
     @field_validator("combine_weight")
@@ -261,12 +270,15 @@ class ForecastExperiment(Config):
         return self
 
     def check_season(self, season: int) -> None:
-        """The seasonal reference (``forecast.normalize = "seasonal"``) needs a season of 2 or more that
-        the lookback covers."""
-        if self.forecast.normalize == "seasonal" and (self.forecast.strategy != "direct" or season < 2
-                                                      or self.data.lookback < season):
-            raise ValueError(f"forecast.normalize: 'seasonal' needs strategy='direct', evaluate.season >= 2 and "
-                             f"data.lookback >= evaluate.season; got {self.forecast.strategy!r}, season "
+        """The seasonal references (``forecast.normalize = "seasonal"`` or ``"seasonal_trend"``) need a
+        season of 2 or more that the lookback covers (and one step more for the trend)."""
+        how = self.forecast.normalize
+        if how not in ("seasonal", "seasonal_trend"):
+            return
+        need = "evaluate.season" + (" + 1" if how == "seasonal_trend" else "")
+        if self.forecast.strategy != "direct" or season < 2 or self.data.lookback < season + (how != "seasonal"):
+            raise ValueError(f"forecast.normalize: {how!r} needs strategy='direct', evaluate.season >= 2 and "
+                             f"data.lookback >= {need}; got {self.forecast.strategy!r}, season "
                              f"{season}{'' if self.evaluate.season else ' (from the frequency)'}, lookback "
                              f"{self.data.lookback}")
 

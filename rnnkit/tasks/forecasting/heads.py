@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ...model import SequenceModel
+from ...model import Ensemble, SequenceModel
 from .config import ForecastExperiment
 from .data import _Batch
 
@@ -32,11 +32,16 @@ def _reference(y_in: np.ndarray, how: str) -> np.ndarray:
     return np.nan_to_num(ref).astype(np.float32)
 
 
-def _seasonal_reference(y_in: np.ndarray, horizon: int, season: int, last: np.ndarray) -> np.ndarray:
+def _seasonal_reference(y_in: np.ndarray, horizon: int, season: int, last: np.ndarray,
+                        trend: bool = False) -> np.ndarray:
     """<float32>[W, horizon, C]: the seasonal-naive forecast of each window, y at the same point of
-    the last season (``last`` where that value is missing)."""
-    lookback = y_in.shape[1]
-    ref = y_in[:, lookback - season + np.arange(horizon) % season]
+    the last season (``last`` where that value is missing); with ``trend``, moved by the change over
+    the last season once per season ahead (the forecast of the seasonal random walk, ARIMA(0,1,0)(0,1,0)s)."""
+    lookback, steps = y_in.shape[1], np.arange(horizon)
+    ref = y_in[:, lookback - season + steps % season]
+    if trend:
+        change = np.nan_to_num(y_in[:, -1:] - y_in[:, -1 - season:-season])        # [W, 1, C]
+        ref = ref + change * (steps // season + 1)[None, :, None]
     return np.where(np.isnan(ref), last, ref).astype(np.float32)
 
 
@@ -57,7 +62,7 @@ class _Network:
         self.c, self.pc, self.fcov = sizes["target"], sizes["past"], sizes["future"]
         self.k = {"point": 1, "gaussian": 2, "quantile": len(self.fc.quantiles)}[self.fc.output]
         # a hybrid reads its statistical forecast (relative to the last value) at each horizon step
-        self.stat = self.c if self.fc.normalize not in ("none", "last", "mean", "seasonal") else 0
+        self.stat = self.c if self.fc.normalize not in ("none", "last", "mean", "seasonal", "seasonal_trend") else 0
         if self.fc.strategy == "recursive":
             self.layout = "recursive"
         else:
@@ -95,8 +100,8 @@ class _Network:
         how = self.fc.normalize
         ref = last = _reference(b.y_in, how if how in ("none", "last", "mean") else "last")
         y_in = np.nan_to_num(b.y_in - ref)
-        if how == "seasonal":
-            ref = _seasonal_reference(b.y_in, horizon, self.season, ref)
+        if how in ("seasonal", "seasonal_trend"):
+            ref = _seasonal_reference(b.y_in, horizon, self.season, ref, trend=how == "seasonal_trend")
         elif self.stat:
             ref = np.where(np.isnan(b.statistical[:, :horizon]), ref, b.statistical[:, :horizon]).astype(np.float32)
         w, lookback = y_in.shape[:2]
@@ -132,7 +137,14 @@ class _Network:
         return torch.from_numpy(b.y_out - ref)
 
     def split_outputs(self, logits: Tensor, horizon: int) -> Tensor:
-        """Network output → <float>[W, steps, C, K] (steps: horizon, or every step for recursive)."""
+        """Network output → <float>[W, steps, C, K] (steps: horizon, or every step for recursive); an
+        ensemble's (forecast.ensemble > 1: its members' outputs stacked) → [members, W, steps, C, K]."""
+        if self.fc.ensemble > 1:
+            out = self._split(logits.flatten(0, 1), horizon)
+            return out.reshape(len(logits), -1, *out.shape[1:])
+        return self._split(logits, horizon)
+
+    def _split(self, logits: Tensor, horizon: int) -> Tensor:
         w = logits.shape[0]
         if self.layout == "last":
             return logits.view(w, self.data.horizon, self.c, self.k)[:, :horizon]
@@ -141,7 +153,8 @@ class _Network:
 
     # ------------------------------------------------------------------------------ loss
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        """Mean loss over the observed targets: MSE, Gaussian NLL or pinball."""
+        """Mean loss over the observed targets (and an ensemble's members): MSE, Gaussian NLL or pinball."""
+        target = target.expand(out.shape[:-1])
         mask = ~torch.isnan(target)
         t = torch.nan_to_num(target)
         if self.fc.output == "point":
@@ -161,19 +174,22 @@ class _Network:
 
     # ------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def forecast(self, model: SequenceModel, b: _Batch, horizon: int, level: float) -> dict[str, np.ndarray]:
+    def forecast(self, model: SequenceModel | Ensemble, b: _Batch, horizon: int,
+                 level: float) -> dict[str, np.ndarray]:
         """Forecasts in model space plus the reference: {"point", "lower", "upper", "quantiles"}, each
         <float32>[W, horizon, C] ("quantiles": [W, horizon, C, Q]); intervals only when probabilistic;
-        a hybrid's statistical forecast alone as "statistical"."""
+        a hybrid's statistical forecast alone as "statistical". An ensemble's members are combined:
+        the mean point, the Gaussian mixture's interval, the mean quantiles."""
         model.eval()
         device = next(model.parameters()).device
         x, ref = self.inputs(b, horizon)
+        members = list(model.members) if isinstance(model, Ensemble) else [model]
         if self.layout != "recursive":
             logits, _ = model(x.to(device))
             params = self.split_outputs(logits, horizon).cpu()
-            out = self._read(params, level)
+            out = self._read(params if isinstance(model, Ensemble) else params[None], level)
         else:
-            out = self._recursive(model, x.to(device), b, horizon, level, device)
+            out = self._recursive(members, x.to(device), b, horizon, level, device)
         out = {name: (v + (ref[..., None] if v.ndim == 4 else ref)).astype(np.float32) for name, v in out.items()}
         if b.statistical is None:
             return out
@@ -192,22 +208,24 @@ class _Network:
                 for name, v in out.items()}
 
     def _read(self, params: Tensor, level: float) -> dict[str, np.ndarray]:
+        """The members' <float>[M, W, steps, C, K] outputs → forecasts (``forecast``'s keys)."""
         if self.fc.output == "point":
-            return {"point": params[..., 0].numpy()}
+            return {"point": params[..., 0].mean(0).numpy()}
         if self.fc.output == "gaussian":
             mu, sigma = params[..., 0], self.spread(params[..., 1])
-            z = NormalDist().inv_cdf(0.5 + level / 2)
-            return {"point": mu.numpy(), "lower": (mu - z * sigma).numpy(), "upper": (mu + z * sigma).numpy()}
-        qs = params.sort(dim=-1).values.numpy()
+            lower, upper = gaussian_interval(mu, sigma, level)
+            return {"point": mu.mean(0).numpy(), "lower": lower.numpy(), "upper": upper.numpy()}
+        qs = params.sort(dim=-1).values.mean(0).numpy()
         return {"point": qs[..., self.fc.quantiles.index(0.5)], "lower": qs[..., 0], "upper": qs[..., -1],
                 "quantiles": qs}
 
-    def _recursive(self, model: SequenceModel, x: Tensor, b: _Batch, horizon: int, level: float,
+    def _recursive(self, members: list[SequenceModel], x: Tensor, b: _Batch, horizon: int, level: float,
                    device: torch.device) -> dict[str, np.ndarray]:
-        """Feed the mean back for the point forecast; sample paths for the Gaussian interval."""
+        """Feed the mean back for the point forecast (the members' mean); sample paths for the Gaussian
+        interval (pooled over the members: their mixture's)."""
         fut_next = torch.from_numpy(np.ascontiguousarray(b.fut_out[:, 1:horizon])).to(device)
 
-        def run(inputs: Tensor, sample: torch.Generator | None, reps: int) -> Tensor:
+        def run(model: SequenceModel, inputs: Tensor, sample: torch.Generator | None, reps: int) -> Tensor:
             logits, state = model(inputs.repeat(reps, 1, 1) if reps > 1 else inputs)
             steps = []
             for k in range(horizon):
@@ -226,18 +244,42 @@ class _Network:
                 logits, state = model(step, state=state)
             return torch.stack(steps, dim=1).cpu()  # [reps*W, horizon, C]
 
-        out = {"point": run(x, None, 1).numpy()}
+        out = {"point": torch.stack([run(model, x, None, 1) for model in members]).mean(0).numpy()}
         if self.fc.output == "gaussian":
-            first, _ = model(x)
             w, reps = x.shape[0], self.fc.samples
-            paths = run(x, torch.Generator().manual_seed(self.fc.seed), reps).view(reps, w, horizon, self.c)
+            paths = torch.cat([run(model, x, torch.Generator().manual_seed(self.fc.seed), reps)
+                               .view(reps, w, horizon, self.c) for model in members])
             lo, hi = torch.quantile(paths, torch.tensor([0.5 - level / 2, 0.5 + level / 2]), dim=0)
-            params = first[:, -1].view(w, self.c, self.k).cpu()   # step 1: the exact Gaussian
-            z = NormalDist().inv_cdf(0.5 + level / 2)
-            lo[:, 0] = params[..., 0] - z * self.spread(params[..., 1])
-            hi[:, 0] = params[..., 0] + z * self.spread(params[..., 1])
+            # step 1: the exact Gaussian (mixture)
+            first = torch.stack([model(x)[0][:, -1].view(w, self.c, self.k).cpu() for model in members])
+            lo[:, 0], hi[:, 0] = gaussian_interval(first[..., 0], self.spread(first[..., 1]), level)
             out["lower"], out["upper"] = lo.numpy(), hi.numpy()
         return out
+
+
+def gaussian_interval(mu: Tensor, sigma: Tensor, level: float) -> tuple[Tensor, Tensor]:
+    """The central ``level`` interval of the equal-weight mixture of the Gaussians N(mu[i], sigma[i]),
+    members on the first dimension: exact for one member, else by bisection on the mixture's CDF.
+
+    mu, sigma: <float>[M, ...]; returns (lower, upper), each <float>[...].
+
+    >>> lo, hi = gaussian_interval(torch.tensor([[-1.0], [1.0]]), torch.tensor([[1e-3], [1e-3]]), 0.5)
+    >>> [round(v, 2) for v in (lo.item(), hi.item())]
+    [-1.0, 1.0]
+    """
+    if len(mu) == 1:
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        return mu[0] - z * sigma[0], mu[0] + z * sigma[0]
+
+    def quantile(p: float) -> Tensor:
+        a, b = (mu - 8 * sigma).amin(0), (mu + 8 * sigma).amax(0)
+        for _ in range(48):
+            mid = (a + b) / 2
+            below = torch.special.ndtr((mid - mu) / sigma).mean(0) < p
+            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+        return (a + b) / 2
+
+    return quantile(0.5 - level / 2), quantile(0.5 + level / 2)
 
 
 def fit_weights(network: np.ndarray, statistical: np.ndarray, actual: np.ndarray) -> np.ndarray:

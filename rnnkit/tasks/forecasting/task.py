@@ -23,7 +23,7 @@ from ...data.datasets import dataset_file
 from ...data.series import (Panel, PanelSeries, Scaler, SeriesData, calendar_features, chronological_split,
                             make_windows, read_panel, read_series)
 from ...io.checkpoint import load_checkpoint, save_checkpoint
-from ...model import ModelConfig, SequenceModel
+from ...model import Ensemble, ModelConfig, SequenceModel
 from ...train import Trainer
 from ..base import Task, Training
 from .config import ForecastExperiment, ForecastDataConfig
@@ -45,8 +45,8 @@ class Forecaster(ManySeries, Task):
     name = "forecaster"
     experiment_cls = ForecastExperiment
 
-    def __init__(self, model: SequenceModel, experiment: ForecastExperiment, scalers: dict[str, Scaler | None],
-                 columns: dict[str, Any], series_scalers: dict[str, dict[str, Scaler | None]] | None = None) -> None:
+    def __init__(self, model: SequenceModel | Ensemble, experiment: ForecastExperiment,
+                 scalers: dict[str, Scaler | None], columns: dict[str, Any], series_scalers: dict[str, dict[str, Scaler | None]] | None = None) -> None:
         super().__init__(model, experiment)
         self.scalers, self.columns = scalers, columns
         # many series: {id: {role: scaler}}, each fitted on that series' training part
@@ -156,7 +156,7 @@ class Forecaster(ManySeries, Task):
 
     @classmethod
     def _build(cls, experiment: ForecastExperiment, prepared: dict) -> Forecaster:
-        fc = cls(SequenceModel(experiment.model), experiment, prepared["scalers"], prepared["columns"],
+        fc = cls(cls._model(experiment), experiment, prepared["scalers"], prepared["columns"],
                  prepared.get("series_scalers"))
         if "panel" in prepared:
             fc.panel = prepared["panel"]
@@ -164,6 +164,12 @@ class Forecaster(ManySeries, Task):
         else:
             fc.data, fc.test_start = prepared["series"], prepared["split"].test.start
         return fc
+
+    @classmethod
+    def _model(cls, experiment: ForecastExperiment) -> SequenceModel | Ensemble:
+        """The network, or ``forecast.ensemble`` of them side by side."""
+        size = experiment.forecast.ensemble
+        return SequenceModel(experiment.model) if size == 1 else Ensemble(experiment.model, size)
 
     def _training(self, prepared: dict, rank: int, world_size: int) -> Training:
         cfg, horizon = self.experiment.data, self.experiment.data.horizon
@@ -347,7 +353,7 @@ class Forecaster(ManySeries, Task):
         return out
 
     @classmethod
-    def from_parts(cls, model: SequenceModel, experiment: ForecastExperiment, extras: dict) -> Forecaster:
+    def from_parts(cls, model: SequenceModel | Ensemble, experiment: ForecastExperiment, extras: dict) -> Forecaster:
         for name in ("scaler", "columns"):
             if name not in extras:
                 raise ValueError(f"checkpoint: expected {name}.json beside the model, found none")
