@@ -392,3 +392,53 @@ def test_train_command_prints_the_checkpoint_and_the_backtest_tables(tmp_path):
     assert not [k for k in report if k.startswith("h3_")]  # the metrics: in the tables and backtest.json
     assert "model" in json.loads((tmp_path / "run" / "backtest.json").read_text())["3"]["metrics"]
     assert "backtest horizon 3:" in result.output and "\nnaive " in result.output
+
+
+# ------------------------------------------------------------------------------- a date from several columns
+def hourly_parts(n: int = 96) -> pd.DataFrame:
+    """An hourly series whose date is spread over year, month (names), day and hour columns."""
+    stamps = pd.date_range("2021-02-27 00:00", periods=n, freq="h")
+    t = np.arange(n)
+    return pd.DataFrame({"year": stamps.year, "month": stamps.strftime("%B"), "day": stamps.day,
+                         "hour": stamps.hour, "load": 50 + 10 * np.sin(2 * np.pi * t / 24)})
+
+
+def test_a_date_assembled_from_year_month_day_hour_columns_dates_the_forecast(tmp_path):
+    parts = ["year", "month", "day", "hour"]
+    fc = Forecaster.fit(hourly_parts(), experiment=tiny(2), date_parts=parts, date_column="time",
+                        target_columns="load", lookback=24, horizon=6, test=24, evaluate=False)
+    assert fc.data.report.freq == "h" and fc.experiment.evaluate.season == 12  # tiny() gives the season
+    out = fc.predict()
+    assert list(out.index) == list(pd.date_range("2021-03-03 00:00", periods=6, freq="h"))
+    assert out.index.name == "time"
+    # a checkpoint keeps the parts: a new history file in the same layout forecasts on the command line
+    checkpoint = fc.save(tmp_path / "fc")
+    hourly_parts().to_csv(tmp_path / "history.csv", index=False)
+    files = forecast_to_files(checkpoint, tmp_path / "history.csv", horizon=3, out_prefix=tmp_path / "f")
+    assert list(files["forecast"].index) == list(out.index[:3])
+    np.testing.assert_allclose(files["forecast"]["load"].to_numpy(), out["load"].to_numpy()[:3], rtol=1e-5)
+
+
+def test_date_parts_errors_name_the_column_the_row_and_the_fix():
+    fit = dict(experiment=tiny(1), target_columns="load", lookback=24, horizon=6, test=24, evaluate=False)
+    bad = hourly_parts()
+    bad.loc[5, "month"] = "Febuary"
+    with pytest.raises(ValueError, match=r"data: date part 'month' \(month\): expected whole numbers or month "
+                                         r"names, got 'Febuary' at row 5"):
+        Forecaster.fit(bad, date_parts=["year", "month", "day", "hour"], **fit)
+    bad = hourly_parts()
+    bad["day"] = bad["day"].astype(object)
+    bad.loc[7, "day"] = 30          # 30 February
+    with pytest.raises(ValueError, match=r"data: the date parts \['year', 'month', 'day', 'hour'\] make no date at "
+                                         r"row 7 \(year 2021, month 2, day 30, hour 7\)"):
+        Forecaster.fit(bad, date_parts=["year", "month", "day", "hour"], **fit)
+    with pytest.raises(ValueError, match=r"data: expected the columns of the date's parts \['year', 'month', "
+                                         r"'minute'\] \(data.date_parts\); missing \['minute'\]"):
+        Forecaster.fit(hourly_parts(), date_parts=["year", "month", "minute"], **fit)
+    with pytest.raises(ValueError, match=r"data: has a column 'load' \(data.date_column\) and the date parts"):
+        Forecaster.fit(hourly_parts(), date_parts=["year", "month"], date_column="load",
+                       **{**fit, "target_columns": "hour"})
+    with pytest.raises(ValueError, match=r"date_parts: \['hour'\] also named in future_covariates"):
+        tiny(data={"date_parts": ["year", "hour"], "future_covariates": ["hour"]})
+    with pytest.raises(ValueError, match=r"date_parts.*expected up to 6 different columns"):
+        tiny(data={"date_parts": ["year", "year"]})

@@ -33,6 +33,11 @@ class ForecastDataConfig(TextFileConfig):
     file: str = Field("", description="file of the data set, e.g. 'airline-passengers.csv'")
     data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
     date_column: str = Field("date", description="column of timestamps (with id_column: dates or integer step numbers)")
+    date_parts: list[str] = Field(default_factory=list,
+                                  description="columns that together hold the date, in the order year, month, day, "
+                                              "hour, minute, second (later ones may be left out: ['year', 'month'] "
+                                              "for monthly data; month names are read too), assembled into "
+                                              "date_column; [] = the dates are in date_column")
     id_column: str = Field("", description="column naming the series of a long-format frame (one row per series and "
                                            "step): one global model over all of them; '' = one series")
     static_covariates: list[str] = Field(default_factory=list,
@@ -73,8 +78,24 @@ class ForecastDataConfig(TextFileConfig):
     batch_size: int = Field(32, ge=1, description="windows per training batch")
     stride: int = Field(1, ge=1, description="steps between training windows")
 
+    @field_validator("date_parts")
+    @classmethod
+    def _parts(cls, value: list[str]) -> list[str]:
+        if len(value) > 6 or len(set(value)) < len(value):
+            raise ValueError(f"expected up to 6 different columns (year, month, day, hour, minute, second), "
+                             f"got {value}")
+        return value
+
     @model_validator(mode="after")
     def _check_panel(self) -> ForecastDataConfig:
+        roles = {"target_columns": self.target_columns, "past_covariates": self.past_covariates,
+                 "future_covariates": self.future_covariates, "static_covariates": self.static_covariates,
+                 "id_column": [self.id_column], "date_column": [self.date_column]}
+        for role, names in roles.items():
+            shared = [c for c in self.date_parts if c in names]
+            if shared:
+                raise ValueError(f"date_parts: {shared} also named in {role}; the date's parts are read into the "
+                                 "date only (calendar features give a model the month or the hour)")
         unknown = [c for c in self.categorical if c not in (*self.past_covariates, *self.future_covariates)]
         if unknown:
             raise ValueError(f"categorical: {unknown} must also be named in past_covariates or future_covariates")

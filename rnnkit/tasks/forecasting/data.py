@@ -3,6 +3,7 @@ after the last target, future dates, and windows gathered from arrays in model s
 
 from __future__ import annotations
 
+import calendar
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,19 +59,73 @@ def _fit_scalers(kind: str, s: PanelSeries, transform: str, targets: Sequence[st
 
 
 # ------------------------------------------------------------------------------- reading
-def _load_frame(source: Any, date_column: str, reading: dict | None = None) -> pd.DataFrame:
+def _load_frame(source: Any, date_column: str, reading: dict | None = None, parts: Sequence[str] = (),
+                arg: str = "df") -> pd.DataFrame:
     """A CSV path or DataFrame as a DataFrame with the dates in ``date_column`` (a DatetimeIndex is
-    taken as the date column when the frame has no such column). ``reading``: ``read_csv``'s
-    decoding keywords (``TextFileConfig.reading()``)."""
+    taken as the date column when the frame has no such column; with ``parts``, the date is assembled
+    from those columns, see ``_assemble_date``). ``reading``: ``read_csv``'s decoding keywords
+    (``TextFileConfig.reading()``); ``arg`` names the frame in errors."""
     if isinstance(source, (str, Path)):
-        return read_csv(source, **(reading or {}))
+        return _assemble_date(read_csv(source, **(reading or {})), date_column, parts, arg)
     if not isinstance(source, pd.DataFrame):
-        raise TypeError(f"df: expected a pandas DataFrame or a CSV path, got {type(source).__name__}")
+        raise TypeError(f"{arg}: expected a pandas DataFrame or a CSV path, got {type(source).__name__}")
     df = source.copy()
     if date_column not in df.columns and isinstance(df.index, pd.DatetimeIndex):
         df.index.name = date_column
         df = df.reset_index()
-    return df
+    return _assemble_date(df, date_column, parts, arg)
+
+
+DATE_PARTS = ("year", "month", "day", "hour", "minute", "second")
+_MONTHS = {name.lower(): k for k in range(1, 13)
+           for name in (calendar.month_name[k], calendar.month_abbr[k])}
+
+
+def _assemble_date(df: pd.DataFrame, date_column: str, parts: Sequence[str], arg: str) -> pd.DataFrame:
+    """``df`` with the column ``date_column`` built from the columns ``parts`` (year, month, day, hour,
+    minute, second, in that order; month and day 1 and the time 0 where left out; months as numbers
+    or English names), the part columns dropped. A frame that has ``date_column`` and none of the
+    parts (e.g. future covariates given with dates) is taken as it is.
+
+    >>> _assemble_date(pd.DataFrame({"yr": [2020, 2020], "mo": ["Jan", "feb"], "y": [1, 2]}), "date",
+    ...                ["yr", "mo"], "df")
+            date  y
+    0 2020-01-01  1
+    1 2020-02-01  2
+    """
+    present = [p for p in parts if p in df.columns]
+    if not parts or (date_column in df.columns and not present):
+        return df
+    if date_column in df.columns:
+        raise ValueError(f"{arg}: has a column {date_column!r} (data.date_column) and the date parts {list(parts)} "
+                         "(data.date_parts); name the assembled date otherwise (date_column=) or drop that column")
+    if len(present) < len(parts):
+        raise ValueError(f"{arg}: expected the columns of the date's parts {list(parts)} (data.date_parts); "
+                         f"missing {[p for p in parts if p not in present]}; the columns: {list(df.columns)}")
+    units = {}
+    for unit, name in zip(DATE_PARTS, parts):
+        raw = df[name]
+        values = pd.to_numeric(raw, errors="coerce")
+        if unit == "month" and not pd.api.types.is_numeric_dtype(raw):
+            values = values.fillna(raw.astype(str).str.strip().str.lower().map(_MONTHS))
+        bad = (values.isna() | (values != values.round())).to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{arg}: date part {name!r} ({unit}): expected whole numbers"
+                             f"{' or month names' if unit == 'month' else ''}, got {raw.iloc[row]!r} at row {row}")
+        units[unit] = values.astype(np.int64).to_numpy()
+    units = {"month": 1, "day": 1, **units}
+    stamps = pd.to_datetime(pd.DataFrame(units, index=df.index)[[u for u in DATE_PARTS if u in units]],
+                            errors="coerce")
+    if stamps.isna().any():
+        row = int(np.argmax(stamps.isna().to_numpy()))
+        got = ", ".join(f"{unit} {units[unit] if np.ndim(units[unit]) == 0 else units[unit][row]}"
+                        for unit in DATE_PARTS if unit in units)
+        raise ValueError(f"{arg}: the date parts {list(parts)} make no date at row {row} ({got})")
+    at = min(df.columns.get_loc(p) for p in parts)
+    out = df.drop(columns=list(parts))
+    out.insert(at, date_column, stamps)   # where the first part's column was
+    return out
 
 
 def _trailing_future_rows(df: pd.DataFrame, date_column: str, targets: Sequence[str]

@@ -53,7 +53,8 @@ class ManySeries:
                           "steps; they train on all their steps before the test and are left out of validation",
                           stacklevel=4)
         categories = {name: sorted({s.static[i] for s in panel.series}) for i, name in enumerate(panel.static_columns)}
-        columns = {"date_column": cfg.date_column, "id_column": cfg.id_column, "target": list(panel.target_columns),
+        columns = {"date_column": cfg.date_column, "date_parts": list(cfg.date_parts), "id_column": cfg.id_column,
+                   "target": list(panel.target_columns),
                    "past": list(cfg.past_covariates), "future": list(cfg.future_covariates),
                    "categorical": categorical,
                    "future_all": list(panel.future_columns), "calendar": list(cfg.calendar),
@@ -99,7 +100,8 @@ class ManySeries:
             return self.panel
         cols, cfg = self.columns, self.experiment.data
         categorical = cols.get("categorical", {})
-        frame = encode_categories(_load_frame(df, cols["date_column"]), categorical, "df")
+        frame = encode_categories(_load_frame(df, cols["date_column"], parts=cols.get("date_parts", ())), categorical,
+                                  "df")
         panel = read_panel(frame, cols["id_column"], cols["date_column"], cols["target"],
                            expand(cols["past"], categorical), expand(cols["future"], categorical), cols["static"],
                            missing=cfg.missing, freq=cols["freq"] or None,
@@ -148,7 +150,7 @@ class ManySeries:
         """The known-future covariates of many series (a long frame or CSV path), one-hot where categorical,
         indexed by (id as text, time)."""
         cols = self.columns
-        frame = _load_frame(future, cols["date_column"])
+        frame = _load_frame(future, cols["date_column"], parts=cols.get("date_parts", ()), arg="future")
         missing = [c for c in (cols["id_column"], cols["date_column"], *cols["future"]) if c not in frame.columns]
         if missing:
             raise ValueError(f"future: expected the columns {cols['id_column']!r}, {cols['date_column']!r} and "

@@ -141,7 +141,8 @@ class Forecaster(ManySeries, Task):
         for role, values in (("target", y), ("past", series.past), ("future", series.future)):
             if scalers[role] is not None:
                 scalers[role].fit(values[split.train])
-        columns = {"date_column": cfg.date_column, "target": list(series.target_columns),
+        columns = {"date_column": cfg.date_column, "date_parts": list(cfg.date_parts),
+                   "target": list(series.target_columns),
                    "past": list(cfg.past_covariates), "future": list(cfg.future_covariates),
                    "categorical": categorical, "future_all": list(series.future_columns),
                    "calendar": list(cfg.calendar),
@@ -291,9 +292,9 @@ class Forecaster(ManySeries, Task):
             else:
                 raise ValueError("data.path: expected a CSV file (or data.dataset and data.file, or a DataFrame "
                                  "given to Forecaster.fit), got none")
-            frame = _load_frame(source, cfg.date_column, cfg.reading())
+            frame = _load_frame(source, cfg.date_column, cfg.reading(), cfg.date_parts, "data")
         else:
-            frame = _load_frame(frame, cfg.date_column)
+            frame = _load_frame(frame, cfg.date_column, parts=cfg.date_parts, arg="data")
         categorical = categories_of(frame, cfg.categorical)
         frame = encode_categories(frame, categorical, "data")
         past, future = expand(cfg.past_covariates, categorical), expand(cfg.future_covariates, categorical)
@@ -426,7 +427,7 @@ class Forecaster(ManySeries, Task):
         if extra_columns not in ("error", "ignore"):
             raise ValueError(f"extra_columns: expected 'error' or 'ignore', got {extra_columns!r}")
         cols = self.columns
-        frame = _load_frame(df, cols["date_column"])
+        frame = _load_frame(df, cols["date_column"], parts=cols.get("date_parts", ()))
         self._check_columns(frame, "df", extra_columns, with_targets=True)
         frame, future_rows = _trailing_future_rows(frame, cols["date_column"], cols["target"])
         if len(future_rows) and not cols["future"]:
@@ -476,7 +477,7 @@ class Forecaster(ManySeries, Task):
         cols = self.columns
         if not cols["future_all"]:
             if future is not None:
-                frame = _load_frame(future, cols["date_column"])
+                frame = _load_frame(future, cols["date_column"], parts=cols.get("date_parts", ()), arg="future")
                 extra = [str(c) for c in frame.columns if c != cols["date_column"]]
                 raise ValueError(f"future: this model was trained without future covariates and will not forecast "
                                  f"with covariates it was not trained with; got {extra}")
@@ -488,7 +489,7 @@ class Forecaster(ManySeries, Task):
                 if len(future_rows):
                     raise ValueError("future: the history already ends with rows of future covariates; give them "
                                      "one way, not both")
-                rows = _load_frame(future, cols["date_column"])
+                rows = _load_frame(future, cols["date_column"], parts=cols.get("date_parts", ()), arg="future")
                 self._check_columns(rows, "future", extra_columns, with_targets=False)
             else:
                 rows = future_rows
