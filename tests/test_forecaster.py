@@ -368,9 +368,12 @@ def test_seasonal_normalisation_takes_targets_relative_to_the_seasonal_naive_for
                         lookback=12, horizon=6, test=24, evaluate=False)
     out = fc.backtest(6, baselines=False)
     assert out.metrics.loc["model", "MASE"] < 1.0
-    with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal' needs strategy='direct', "
-                                         r"evaluate.season >= 2 and data.lookback >= evaluate.season"):
+    with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal' needs data.lookback >= 12 \(a season; "
+                                         r"season 12\), got 6"):
         tiny(forecast={"normalize": "seasonal"}, data={"lookback": 6})
+    with pytest.raises(ValueError, match=r"'seasonal' needs a season of 2 or more \(got season 1: no seasonal "
+                                         r"period\); set evaluate.season or use normalize='last'"):
+        tiny(forecast={"normalize": "seasonal"}, evaluate={"season": 1})
 
 
 def test_train_command_prints_the_checkpoint_and_the_backtest_tables(tmp_path):
@@ -411,6 +414,9 @@ def test_a_date_assembled_from_year_month_day_hour_columns_dates_the_forecast(tm
     out = fc.predict()
     assert list(out.index) == list(pd.date_range("2021-03-03 00:00", periods=6, freq="h"))
     assert out.index.name == "time"
+    # hourly origins are named with their hour (a date alone is midnight)
+    header = fc.backtest(3, baselines=False).table().splitlines()[0]
+    assert header.endswith("22 origins 2021-03-02 .. 2021-03-02 21:00:00"), header
     # a checkpoint keeps the parts: a new history file in the same layout forecasts on the command line
     checkpoint = fc.save(tmp_path / "fc")
     hourly_parts().to_csv(tmp_path / "history.csv", index=False)
@@ -442,3 +448,18 @@ def test_date_parts_errors_name_the_column_the_row_and_the_fix():
         tiny(data={"date_parts": ["year", "hour"], "future_covariates": ["hour"]})
     with pytest.raises(ValueError, match=r"date_parts.*expected up to 6 different columns"):
         tiny(data={"date_parts": ["year", "year"]})
+
+
+def test_date_parts_out_of_range_or_missing_are_errors_not_carried_into_the_next_day(tmp_path):
+    fit = dict(experiment=tiny(1), date_parts=["year", "month", "day", "hour"], target_columns="load", lookback=24,
+               horizon=6, test=24, evaluate=False)
+    for value, got in ((25, "25"), (-1, "-1"), (3.5, "3.5"), (np.nan, "a missing value")):
+        bad = hourly_parts()
+        bad["hour"] = bad["hour"].astype(object)
+        bad.loc[9, "hour"] = value
+        with pytest.raises(ValueError, match=rf"data: date part 'hour' \(hour\): expected whole numbers from 0 to "
+                                             rf"23, got {got} at row 9"):
+            Forecaster.fit(bad, **fit)
+    sept = hourly_parts()
+    sept["month"] = "Sept"
+    assert (Forecaster.fit(sept, **fit).data.index.month == 9).all()

@@ -123,8 +123,13 @@ def test_command_line_entry_points_write_long_frames(global_model, tmp_path):
     # a plot per series (the first four): the series with the forecasts from its origins
     assert sorted(p.name for p in tmp_path.glob("bt*.png")) == [f"bt_s{i}.png" for i in range(4)]
     assert all(p.stat().st_size > 5_000 for p in tmp_path.glob("bt*.png"))
-    with pytest.raises(ValueError, match=r"test: a model of many series backtests each over its last data.test"):
+    with pytest.raises(ValueError, match=r"test: a model of many series backtests each series over its own last "
+                                         r"data.test = \d+ steps; another test part is not supported \(got 10\): "
+                                         r"leave it out"):
         backtest_to_files(tmp_path / "ckpt", tmp_path / "series.csv", test=10)
+    # the model's own test part is accepted: the same backtest as without it
+    same = backtest_to_files(tmp_path / "ckpt", tmp_path / "series.csv", test=global_model.experiment.data.test)
+    pd.testing.assert_frame_equal(same.metrics, result.metrics)
 
 
 def test_dated_series_with_calendar_features():

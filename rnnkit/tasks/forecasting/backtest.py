@@ -15,6 +15,7 @@ import pandas as pd
 from ...baselines import Backtest
 from ...metrics import coverage, mae, mape, mase, rmse, smape
 from .conformal import coverage_by_step
+from .data import date_text
 
 
 # ------------------------------------------------------------------------------- backtests
@@ -57,7 +58,7 @@ class ForecastBacktest:
     def table(self) -> str:
         """The metrics as a plain-text table with a header line."""
         head = (f"backtest horizon {self.horizon}: {len(self.origin_dates)} origins "
-                f"{self.origin_dates[0].date()} .. {self.origin_dates[-1].date()}")
+                f"{date_text(self.origin_dates[0])} .. {date_text(self.origin_dates[-1])}")
         if self.level is not None:
             head += f"; interval level {self.level:g}"
         return head + "\n" + format_metrics(self.metrics) + _coverage_line(self.coverage_by_step())
@@ -73,7 +74,7 @@ class ForecastBacktest:
         steps = self.coverage_by_step()
         return {"horizon": self.horizon, "origins": len(self.origin_dates),
                 "coverage_by_step": None if steps is None else [None if math.isnan(v) else v for v in steps],
-                "first_origin": str(self.origin_dates[0].date()), "last_origin": str(self.origin_dates[-1].date()),
+                "first_origin": date_text(self.origin_dates[0]), "last_origin": date_text(self.origin_dates[-1]),
                 "level": self.level, "seconds": self.seconds,
                 "metrics": {name: {k: (None if math.isnan(v) else v) for k, v in row.items()}
                             for name, row in self.metrics.to_dict(orient="index").items()}}

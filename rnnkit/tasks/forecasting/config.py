@@ -291,17 +291,24 @@ class ForecastExperiment(Config):
         return self
 
     def check_season(self, season: int) -> None:
-        """The seasonal references (``forecast.normalize = "seasonal"`` or ``"seasonal_trend"``) need a
-        season of 2 or more that the lookback covers (and one step more for the trend)."""
+        """The seasonal references (``forecast.normalize = "seasonal"`` or ``"seasonal_trend"``) need the
+        direct strategy and a season of 2 or more that the lookback covers (one step more for the trend)."""
         how = self.forecast.normalize
         if how not in ("seasonal", "seasonal_trend"):
             return
-        need = "evaluate.season" + (" + 1" if how == "seasonal_trend" else "")
-        if self.forecast.strategy != "direct" or season < 2 or self.data.lookback < season + (how != "seasonal"):
-            raise ValueError(f"forecast.normalize: {how!r} needs strategy='direct', evaluate.season >= 2 and "
-                             f"data.lookback >= {need}; got {self.forecast.strategy!r}, season "
-                             f"{season}{'' if self.evaluate.season else ' (from the frequency)'}, lookback "
-                             f"{self.data.lookback}")
+        where = f"season {season}{'' if self.evaluate.season else ' (from the frequency)'}"
+        need = season + (how == "seasonal_trend")
+        if self.forecast.strategy != "direct":
+            problem = f"strategy='direct' (got {self.forecast.strategy!r})"
+        elif season < 2:
+            problem = (f"a season of 2 or more (got {where}: no seasonal period); set evaluate.season or use "
+                       "normalize='last'")
+        elif self.data.lookback < need:
+            problem = (f"data.lookback >= {need} (a season{' and one step' if need > season else ''}; {where}), "
+                       f"got {self.data.lookback}")
+        else:
+            return
+        raise ValueError(f"forecast.normalize: {how!r} needs {problem}")
 
     def with_season(self, freq: str | None) -> ForecastExperiment:
         """This config with ``evaluate.season`` inferred from the data's frequency where it is 0."""

@@ -25,7 +25,7 @@ def _transform(y: np.ndarray, kind: str, columns: Sequence[str], index: pd.Datet
     bad = np.argwhere(y <= low)
     if bad.size:
         row, col = (int(v) for v in bad[0])
-        when = (f" (date {index[row].date()})" if isinstance(index, pd.DatetimeIndex)
+        when = (f" (date {date_text(index[row])})" if isinstance(index, pd.DatetimeIndex)
                 else f" (step {index[row]})" if index is not None else "")
         raise ValueError(f"data.transform={kind!r}: expected target values > {low:g}, got {y[row, col]:g} in column "
                          f"{columns[col]!r} at row {row}{when}; use transform='log1p' or 'none'")
@@ -58,6 +58,11 @@ def _fit_scalers(kind: str, s: PanelSeries, transform: str, targets: Sequence[st
     return scalers
 
 
+def date_text(stamp: Any) -> str:
+    """A time for messages, tables and titles: the date alone at midnight, else the date and time."""
+    return str(stamp.date()) if stamp == stamp.normalize() else str(stamp)
+
+
 # ------------------------------------------------------------------------------- reading
 def _load_frame(source: Any, date_column: str, reading: dict | None = None, parts: Sequence[str] = (),
                 arg: str = "df") -> pd.DataFrame:
@@ -78,7 +83,8 @@ def _load_frame(source: Any, date_column: str, reading: dict | None = None, part
 
 DATE_PARTS = ("year", "month", "day", "hour", "minute", "second")
 _MONTHS = {name.lower(): k for k in range(1, 13)
-           for name in (calendar.month_name[k], calendar.month_abbr[k])}
+           for name in (calendar.month_name[k], calendar.month_abbr[k])} | {"sept": 9}
+_TIME_RANGE = {"hour": 24, "minute": 60, "second": 60}  # pandas would carry 25 h into the next day
 
 
 def _assemble_date(df: pd.DataFrame, date_column: str, parts: Sequence[str], arg: str) -> pd.DataFrame:
@@ -108,11 +114,15 @@ def _assemble_date(df: pd.DataFrame, date_column: str, parts: Sequence[str], arg
         values = pd.to_numeric(raw, errors="coerce")
         if unit == "month" and not pd.api.types.is_numeric_dtype(raw):
             values = values.fillna(raw.astype(str).str.strip().str.lower().map(_MONTHS))
-        bad = (values.isna() | (values != values.round())).to_numpy()
+        bad = (values.isna() | (values != values.round())
+               | ((values < 0) | (values >= _TIME_RANGE[unit]) if unit in _TIME_RANGE else False)).to_numpy()
         if bad.any():
             row = int(np.argmax(bad))
-            raise ValueError(f"{arg}: date part {name!r} ({unit}): expected whole numbers"
-                             f"{' or month names' if unit == 'month' else ''}, got {raw.iloc[row]!r} at row {row}")
+            value = raw.iloc[row]
+            got = "a missing value" if pd.isna(value) else repr(value.item() if isinstance(value, np.generic) else value)
+            expected = (f"whole numbers from 0 to {_TIME_RANGE[unit] - 1}" if unit in _TIME_RANGE
+                        else "whole numbers or month names" if unit == "month" else "whole numbers")
+            raise ValueError(f"{arg}: date part {name!r} ({unit}): expected {expected}, got {got} at row {row}")
         units[unit] = values.astype(np.int64).to_numpy()
     units = {"month": 1, "day": 1, **units}
     stamps = pd.to_datetime(pd.DataFrame(units, index=df.index)[[u for u in DATE_PARTS if u in units]],

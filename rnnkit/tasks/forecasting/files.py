@@ -13,6 +13,7 @@ import pandas as pd
 
 from ...data.series import chronological_split
 from .backtest import ForecastBacktest, PanelBacktest
+from .data import date_text
 from .task import Forecaster
 
 
@@ -56,14 +57,9 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
                    "interval_label": f"{level_used:.0%} interval"} if f"{name}_lower" in forecast else {})
         pngs.append(plot_forecast(tail[name].to_numpy(), forecast[name].to_numpy(), path,
                                   history_index=tail.index, forecast_index=forecast.index,
-                                  title=f"{name}: {len(forecast)}-step forecast after {_when(series.index[-1])}",
+                                  title=f"{name}: {len(forecast)}-step forecast after {date_text(series.index[-1])}",
                                   ylabel=_label(fc, name), **bounds))
     return {"forecast": forecast, "csv": csv, "png": pngs}
-
-
-def _when(stamp: Any) -> str:
-    """A time for titles: the date alone at midnight."""
-    return str(stamp.date()) if stamp == stamp.normalize() else str(stamp)
 
 
 def _label(fc: Forecaster, name: str) -> str:
@@ -128,8 +124,11 @@ def backtest_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
     test: the test part (count or fraction) whose start is the first origin, when ``start`` is not given."""
     fc = _load(checkpoint)
     if test is not None and fc.columns.get("id_column"):
-        raise ValueError(f"test: a model of many series backtests each over its last data.test = "
-                         f"{fc.experiment.data.test} steps; got test={test}")
+        if test != fc.experiment.data.test:
+            raise ValueError(f"test: a model of many series backtests each series over its own last data.test = "
+                             f"{fc.experiment.data.test} steps; another test part is not supported (got {test}): "
+                             "leave it out")
+        test = None
     if start is None and test is not None:
         series, _ = fc._read_history(input, extra_columns, fc._freq(freq))
         start = chronological_split(len(series), test=test).test.start

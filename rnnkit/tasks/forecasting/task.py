@@ -28,7 +28,7 @@ from ...train import Trainer
 from ..base import Task, Training
 from .config import ForecastExperiment, ForecastDataConfig
 from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared, _scale, _trailing_future_rows,
-                   _transform, _untransform, categories_of, encode_categories, expand)
+                   _transform, _untransform, categories_of, date_text, encode_categories, expand)
 from .heads import _sizes, _Network, fit_weights
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, fewest_scores, halfwidth, recalibrated
@@ -505,9 +505,9 @@ class Forecaster(ManySeries, Task):
                 first = index[int(np.argmax(lacking))]
                 raise ValueError(
                     f"future: expected the future covariates {cols['future']} for the {steps} steps after "
-                    f"{series.index[-1].date()} ({index[0].date()} .. {index[-1].date()}), as rows after the last "
-                    f"target value or as future= (rnnkit forecast --future FILE); missing or not numeric from "
-                    f"{first.date()} ({int(lacking.sum())} of {steps} steps)")
+                    f"{date_text(series.index[-1])} ({date_text(index[0])} .. {date_text(index[-1])}), as rows "
+                    f"after the last target value or as future= (rnnkit forecast --future FILE); missing or not "
+                    f"numeric from {date_text(first)} ({int(lacking.sum())} of {steps} steps)")
             parts.append(got.to_numpy())
         if cols["calendar"]:
             parts.append(calendar_features(index, cols["calendar"], cols["calendar_encoding"]).to_numpy())
@@ -571,8 +571,7 @@ class Forecaster(ManySeries, Task):
             b = _gather(p, origins[i:i + batch], lookback, horizon, False)
             empty = np.isnan(b.y_in).all(axis=(1, 2))
             if empty.any():
-                at = p.data.index[int(origins[i + int(np.argmax(empty))]) - 1]
-                at = at.date() if at == at.normalize() else at
+                at = date_text(p.data.index[int(origins[i + int(np.argmax(empty))]) - 1])
                 raise ValueError(f"df: the {lookback} lookback steps up to {at} have no target value (all NaN); "
                                  "cannot forecast from them")
             parts.append(self.net.forecast(self.model, b, horizon, level if level is not None else 0.8))
