@@ -368,10 +368,10 @@ def test_seasonal_normalisation_takes_targets_relative_to_the_seasonal_naive_for
                         lookback=12, horizon=6, test=24, evaluate=False)
     out = fc.backtest(6, baselines=False)
     assert out.metrics.loc["model", "MASE"] < 1.0
-    with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal' needs data.lookback >= 12 \(a season; "
-                                         r"season 12\), got 6"):
+    with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal' needs data.lookback >= 12 \(a season of "
+                                         r"12\), got 6"):
         tiny(forecast={"normalize": "seasonal"}, data={"lookback": 6})
-    with pytest.raises(ValueError, match=r"'seasonal' needs a season of 2 or more \(got season 1: no seasonal "
+    with pytest.raises(ValueError, match=r"'seasonal' needs a season of 2 or more \(got 1: no seasonal "
                                          r"period\); set evaluate.season or use normalize='last'"):
         tiny(forecast={"normalize": "seasonal"}, evaluate={"season": 1})
 

@@ -150,6 +150,6 @@ def test_seasonal_trend_normalisation_forecasts_a_growing_seasonal_series():
     fc = Forecaster.fit(monthly(), experiment=experiment(1, epochs=6, normalize="seasonal_trend"), evaluate=False)
     assert fc.backtest(6, baselines=False).metrics.loc["model", "MASE"] < 1.0
     with pytest.raises(ValueError, match=r"forecast.normalize: 'seasonal_trend' needs data.lookback >= 13 \(a "
-                                         r"season and one step; season 12\), got 12"):
+                                         r"season of 12, and one step\), got 12"):
         ForecastExperiment.from_dict({"data": {"lookback": 12}, "forecast": {"normalize": "seasonal_trend"},
                                       "evaluate": {"season": 12}})

@@ -172,7 +172,8 @@ def test_forecaster_season_comes_from_the_frequency_unless_given(tmp_path):
                           evaluate=False).experiment.evaluate.season == 7
     assert Forecaster.fit(monthly(), target="y", horizon=3, lookback=6, test=6, epochs=1, hidden_size=4,
                           evaluate=False, season=1).experiment.evaluate.season == 1  # given: kept
-    with pytest.raises(ValueError, match=r"'seasonal' needs .* season 12 \(from the frequency\), lookback 6"):
+    with pytest.raises(ValueError, match=r"'seasonal' needs data.lookback >= 12 \(a season of 12, from the "
+                                         r"frequency\), got 6"):
         Forecaster.fit(monthly(), target="y", horizon=3, lookback=6, test=6, epochs=1, normalize="seasonal")
 
 

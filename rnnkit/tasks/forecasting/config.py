@@ -296,7 +296,7 @@ class ForecastExperiment(Config):
         how = self.forecast.normalize
         if how not in ("seasonal", "seasonal_trend"):
             return
-        where = f"season {season}{'' if self.evaluate.season else ' (from the frequency)'}"
+        where = f"{season}{'' if self.evaluate.season else ', from the frequency'}"
         need = season + (how == "seasonal_trend")
         if self.forecast.strategy != "direct":
             problem = f"strategy='direct' (got {self.forecast.strategy!r})"
@@ -304,7 +304,7 @@ class ForecastExperiment(Config):
             problem = (f"a season of 2 or more (got {where}: no seasonal period); set evaluate.season or use "
                        "normalize='last'")
         elif self.data.lookback < need:
-            problem = (f"data.lookback >= {need} (a season{' and one step' if need > season else ''}; {where}), "
+            problem = (f"data.lookback >= {need} (a season of {where}{', and one step' if need > season else ''}), "
                        f"got {self.data.lookback}")
         else:
             return
