@@ -81,3 +81,30 @@ def test_benchmark_ensemble_of_seeds(tmp_path, monkeypatch):
     members = [rows["model"]["MASE"], rows["model seed 1"]["MASE"]]
     assert rows["model"]["MASE"] != rows["model seed 1"]["MASE"]  # two different networks
     assert rows["ensemble of 2 seeds"]["MASE"] <= sum(members) / 2 + 1e-9
+
+
+def test_a_forecasting_config_reads_a_collection_and_backtests_its_holdout(root):
+    import numpy as np
+
+    from rnnkit.data.competitions import competition_frame
+    from rnnkit.tasks.forecasting import Forecaster, ForecastExperiment
+    frame = competition_frame("m3/monthly", data_dir=root)
+    assert frame[frame.unique_id == "N2"].y.tolist() == [10.5, 11, 12, 13, 14, 15, 16]   # training part, hold-out
+    rng = np.random.default_rng(0)
+    series = {f"S{i}": rng.normal(100 + 10 * i, 5, 46).round(1).tolist() for i in range(4)}
+    (root / "m3" / "m3_data.json").write_text(json.dumps(
+        {key: _series("MONTHLY", y[:40], y[40:], "MICRO" if i % 2 else "MACRO") for i, (key, y) in
+         enumerate(series.items())}))
+    exp = ForecastExperiment.from_dict({
+        "data": {"competition": "m3/monthly", "data_dir": str(root), "id_column": "unique_id", "date_column": "ds",
+                 "target_columns": ["y"], "static_covariates": ["category"], "test": 6, "lookback": 12,
+                 "horizon": 6},
+        "model": {"hidden_size": 4}, "train": {"epochs": 1, "log_every": 10_000},
+        "evaluate": {"season": 12, "statistical": "none", "horizons": [6]}})
+    fc = Forecaster.fit(exp)
+    bt = fc.backtests[6]
+    rows = bt.forecasts   # one origin per series: its hold-out, forecast from its training part
+    assert rows.groupby("series").origin.nunique().eq(1).all() and len(rows) == 4 * 6
+    np.testing.assert_allclose(rows[rows.series == "S3"].actual, series["S3"][40:])
+    with pytest.raises(ValueError, match=r"data.competition.*expected one of \[.*'m3/monthly'.*got 'm4/monthly'"):
+        ForecastExperiment.from_dict({"data": {"competition": "m4/monthly"}})

@@ -337,7 +337,8 @@ def test_config_errors():
     assert ForecastExperiment().evaluate.statistical == ["auto_ets", "auto_arima", "auto_theta"]
 
 
-@pytest.mark.parametrize("name", ["airline.toml", "sunspots.toml"])
+@pytest.mark.parametrize("name", ["airline.toml", "sunspots.toml", "tourism_monthly.toml", "tourism_quarterly.toml",
+                                  "m3_monthly.toml"])
 def test_shipped_configs_load(name):
     experiment = load_toml(REPO / "configs" / name, ForecastExperiment)
     assert experiment.task == "forecaster" and experiment.data.target_columns

@@ -12,6 +12,7 @@ hold-out continues the numbering of the training part. Forecast ``test`` from ``
     train, test = load_competition("tourism", "monthly")
     train.groupby("unique_id").size().min()   # shortest training part
     SEASON["monthly"]                         # 12, the seasonal-naive period of MASE's scale
+    competition_frame("tourism/monthly")      # both parts as one frame (``data.competition``)
 """
 
 from __future__ import annotations
@@ -67,3 +68,13 @@ def load_competition(name: str, frequency: str, data_dir: str | os.PathLike | No
     if not train:
         raise ValueError(f"{path}: no {frequency} series in the file")
     return tuple(pd.concat(part, ignore_index=True).astype({"y": "float64"}) for part in (train, test))
+
+
+def competition_frame(collection: str, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """One collection, ``"<competition>/<frequency>"`` (e.g. ``"tourism/monthly"``), as one long frame:
+    each series' training part followed by its hold-out (``load_competition``'s two frames joined and
+    sorted by series and step), so that a backtest over each series' last h steps (``data.test`` = the
+    competition's horizon) forecasts the hold-out from the training part alone."""
+    name, _, frequency = collection.partition("/")
+    train, test = load_competition(name, frequency, data_dir)
+    return pd.concat([train, test]).sort_values(["unique_id", "ds"], kind="stable", ignore_index=True)

@@ -32,6 +32,11 @@ class ForecastDataConfig(TextFileConfig):
     dataset: str = Field("", description="a registered data set holding the file, e.g. 'timeseries'")
     file: str = Field("", description="file of the data set, e.g. 'airline-passengers.csv'")
     data_dir: str = Field("", description="root holding <dataset>/<file> (default: $RNNKIT_DATA, then the cache)")
+    competition: str = Field("", description="a forecasting competition's collection, e.g. 'tourism/monthly' or "
+                                             "'m3/monthly' (rnnkit.data.competitions): each series' training part "
+                                             "then its hold-out, as a long frame with the columns unique_id, ds "
+                                             "(step), y and category; with data.test = the competition's horizon "
+                                             "the backtest forecasts the hold-out")
     date_column: str = Field("date", description="column of timestamps (with id_column: dates or integer step numbers)")
     date_parts: list[str] = Field(default_factory=list,
                                   description="columns that together hold the date, in the order year, month, day, "
@@ -77,6 +82,16 @@ class ForecastDataConfig(TextFileConfig):
         "standard", description="per-column scaling fitted on the training part (targets and covariates)")
     batch_size: int = Field(32, ge=1, description="windows per training batch")
     stride: int = Field(1, ge=1, description="steps between training windows")
+
+    @field_validator("competition")
+    @classmethod
+    def _collection(cls, value: str) -> str:
+        from ...data.competitions import FREQUENCIES
+        name, _, frequency = value.partition("/")
+        if value and frequency not in FREQUENCIES.get(name, ()):
+            known = [f"{n}/{f}" for n, frequencies in FREQUENCIES.items() for f in frequencies]
+            raise ValueError(f"expected one of {known}, got {value!r}")
+        return value
 
     @field_validator("date_parts")
     @classmethod

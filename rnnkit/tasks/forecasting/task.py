@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ...baselines import (ARIMA, AutoARIMA, AutoETS, AutoTheta, Backtest, HoltWinters, Naive, SeasonalNaive,
                           backtest as baseline_backtest)
+from ...data.competitions import competition_frame
 from ...data.datasets import dataset_file
 from ...data.series import (Panel, PanelSeries, Scaler, SeriesData, calendar_features, chronological_split,
                             make_windows, read_panel, read_series)
@@ -284,14 +285,16 @@ class Forecaster(ManySeries, Task):
     def _read_training(cfg: ForecastDataConfig, frame: pd.DataFrame | None
                        ) -> tuple[SeriesData | Panel, dict[str, list[str]]]:
         """The training data, with the categories of its categorical covariates (one-hot in the data)."""
+        if frame is None and cfg.competition:
+            frame = competition_frame(cfg.competition, cfg.data_dir or None)
         if frame is None:
             if cfg.path:
                 source: Any = cfg.path
             elif cfg.dataset and cfg.file:
                 source = dataset_file(cfg.dataset, cfg.file, data_dir=cfg.data_dir or None)
             else:
-                raise ValueError("data.path: expected a CSV file (or data.dataset and data.file, or a DataFrame "
-                                 "given to Forecaster.fit), got none")
+                raise ValueError("data.path: expected a CSV file (or data.dataset and data.file, data.competition, "
+                                 "or a DataFrame given to Forecaster.fit), got none")
             frame = _load_frame(source, cfg.date_column, cfg.reading(), cfg.date_parts, "data")
         else:
             frame = _load_frame(frame, cfg.date_column, parts=cfg.date_parts, arg="data")
