@@ -4,6 +4,8 @@ Generated series, tiny models."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -153,3 +155,40 @@ def test_seasonal_trend_normalisation_forecasts_a_growing_seasonal_series():
                                          r"season of 12, and one step\), got 12"):
         ForecastExperiment.from_dict({"data": {"lookback": 12}, "forecast": {"normalize": "seasonal_trend"},
                                       "evaluate": {"season": 12}})
+
+
+# ------------------------------------------------------------------------------- each member's own best epoch
+def test_member_best_keeps_each_members_lowest_loss_epoch_and_waits_for_the_last():
+    from rnnkit.tasks.forecasting.heads import MemberBest
+    torch.manual_seed(0)
+    net = Ensemble(ModelConfig(input_size=2, output_size=1, vocab_size=0, hidden_size=4), size=2)
+    best, weights = MemberBest(2), []
+    for losses in ([3.0, 5.0], [1.0, 6.0], [2.0, 4.0], [2.5, float("nan")]):   # member 0 best at epoch 2, 1 at 3
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(1.0)
+        weights.append([{k: v.clone() for k, v in m.state_dict().items()} for m in net.members])
+        metrics = best.update(net, losses)
+        assert metrics["val_loss_members"] == pytest.approx(np.mean(losses)) or np.isnan(losses[1])
+    assert best.best == [1.0, 4.0]
+    # the monitored loss fell while either member improved: 4.0, 3.5 (member 0), 2.5 (member 1), then stays
+    assert metrics["val_loss"] == pytest.approx(2.5)
+    best.restore(net)
+    for k, epoch in ((0, 1), (1, 2)):
+        for name, value in net.members[k].state_dict().items():
+            torch.testing.assert_close(value, weights[epoch][k][name])
+
+
+def test_an_ensemble_with_validation_saves_each_members_best_weights(tmp_path):
+    fc = Forecaster.fit(monthly(), experiment=experiment(2, epochs=4), val=12, out_dir=tmp_path / "run",
+                        evaluate=False)
+    assert fc.member_best is not None and len(fc.member_best.best) == 2
+    for member, state in zip(fc.model.members, fc.member_best.states):
+        for name, value in member.state_dict().items():
+            torch.testing.assert_close(value, state[name])
+    saved = Forecaster.load(tmp_path / "run" / "best")
+    for name, value in fc.model.state_dict().items():
+        torch.testing.assert_close(saved.model.state_dict()[name], value)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [line for line in lines if "val_loss_members" in line]
+    assert len(epochs) == 4 and all(e["val_loss"] <= e["val_loss_members"] + 1e-9 for e in epochs)

@@ -179,7 +179,9 @@ class ForecastConfig(Config):
     ensemble: int = Field(
         1, ge=1, le=64, description="networks trained side by side on the same batches, each from its own initial "
                                     "weights (a deep ensemble; N-BEATS's recipe): the forecast is their mean, a "
-                                    "Gaussian interval their mixture's, quantiles their mean; training and "
+                                    "Gaussian interval their mixture's, quantiles their mean; with a validation "
+                                    "part each keeps its own best epoch (val_loss: the mean of their best losses "
+                                    "so far, so an early stop waits for the last to stop improving); training and "
                                     "forecasting cost this many networks")
     seed: int = Field(0, description="seed of the sampled paths (recursive gaussian)")
 

@@ -3,6 +3,7 @@ output heads (point, Gaussian, quantile) with their losses, and forecasting (rec
 
 from __future__ import annotations
 
+import math
 import warnings
 from statistics import NormalDist
 from typing import Any
@@ -255,6 +256,32 @@ class _Network:
             lo[:, 0], hi[:, 0] = gaussian_interval(first[..., 0], self.spread(first[..., 1]), level)
             out["lower"], out["upper"] = lo.numpy(), hi.numpy()
         return out
+
+
+class MemberBest:
+    """Each member of an ensemble keeps its own best epoch, as if trained alone with early stopping.
+
+    After each validation pass, ``update(model, losses)`` takes the members' validation losses, keeps a
+    CPU copy of every member whose loss is its lowest so far and returns the epoch's metrics:
+    ``val_loss``, the mean of the members' lowest losses so far (what the Trainer monitors: it improves
+    while any member improves, so an early stop waits for the last one), and ``val_loss_members``, the
+    mean of this epoch's. ``restore(model)`` puts each member's best weights back."""
+
+    def __init__(self, size: int) -> None:
+        self.best = [math.inf] * size
+        self.states: list[dict[str, Tensor] | None] = [None] * size
+
+    def update(self, model: Ensemble, losses: list[float]) -> dict[str, float]:
+        for k, loss in enumerate(losses):
+            if loss < self.best[k]:
+                self.best[k] = loss
+                self.states[k] = {name: t.detach().cpu().clone() for name, t in model.members[k].state_dict().items()}
+        return {"val_loss": float(np.mean(self.best)), "val_loss_members": float(np.mean(losses))}
+
+    def restore(self, model: Ensemble) -> None:
+        for member, state in zip(model.members, self.states):
+            if state is not None:
+                member.load_state_dict(state)
 
 
 def gaussian_interval(mu: Tensor, sigma: Tensor, level: float) -> tuple[Tensor, Tensor]:

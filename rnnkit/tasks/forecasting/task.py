@@ -30,7 +30,7 @@ from ..base import Task, Training
 from .config import ForecastExperiment, ForecastDataConfig
 from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared, _scale, _trailing_future_rows,
                    _transform, _untransform, categories_of, date_text, encode_categories, expand)
-from .heads import _sizes, _Network, fit_weights
+from .heads import MemberBest, _sizes, _Network, fit_weights
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, fewest_scores, halfwidth, recalibrated
 from .panel import ManySeries
@@ -60,6 +60,7 @@ class Forecaster(ManySeries, Task):
         self.backtests: dict[int, ForecastBacktest] = {}
         self.conformal: dict[str, Any] | None = None  # calibration scores of conformal intervals
         self._fitted_baselines: dict[tuple[str, int], Any] = {}  # (name, first origin) → fitted on self.data
+        self.member_best: MemberBest | None = None  # an ensemble's members' own best epochs, while training
 
     # ------------------------------------------------------------------------------ fit
     keywords = {"target": "data.target_columns", "output": "forecast.output"}  # not the LM's model.output
@@ -202,10 +203,16 @@ class Forecaster(ManySeries, Task):
             logits, _ = net(x)
             return self.net.loss(self.net.split_outputs(logits, horizon), target), None, x.shape[0]
 
+        size = self.experiment.forecast.ensemble
+        self.member_best = MemberBest(size) if size > 1 and val_set else None
+
         def evaluate_fn(net):
             x, target = val_set
             logits, _ = net(x.to(next(net.parameters()).device))
-            return {"val_loss": self.net.loss(self.net.split_outputs(logits, horizon), target.to(logits.device)).item()}
+            out, target = self.net.split_outputs(logits, horizon), target.to(logits.device)
+            if self.member_best is None:
+                return {"val_loss": self.net.loss(out, target).item()}
+            return self.member_best.update(net, [self.net.loss(member, target).item() for member in out])
 
         seed, batch_size, (x_all, t_all) = self.experiment.train.seed, cfg.batch_size, train_set
 
@@ -226,6 +233,8 @@ class Forecaster(ManySeries, Task):
         horizon = self.experiment.data.horizon
         self.results = {"best_epoch": float(trainer.best_epoch or 0), "epochs": float(trainer.epoch)}
         fc = self.experiment.forecast
+        if self.member_best is not None:  # each member's own best epoch, not the one they last shared
+            self.member_best.restore(self.model)
         if fc.intervals == "conformal" or fc.combine_weight == "validation":
             out, actual = self._validation_forecasts(prepared)
             if fc.combine_weight == "validation":  # out["point"] is the network's alone until they are fitted
@@ -235,10 +244,13 @@ class Forecaster(ManySeries, Task):
                             "span: %s", " ".join(f"{w:.2f}" for w in self.net.weights))
             if fc.intervals == "conformal":
                 self.conformal = calibrate(out["point"] - actual)
-            best = None if out_dir is None else out_dir / "best"
-            if best is not None and best.exists():  # the checkpoint was written before the validation pass
-                ck = load_checkpoint(best)
-                save_checkpoint(best, ck.state_dict, ck.config, {**ck.extras, **self.extras()}, ck.trainer_state)
+        best = None if out_dir is None else out_dir / "best"
+        if best is not None and best.exists() and (self.member_best is not None or fc.intervals == "conformal"
+                                                   or fc.combine_weight == "validation"):
+            # the checkpoint was written before the members' best epochs and the validation pass were known
+            ck = load_checkpoint(best)
+            save_checkpoint(best, self.model.state_dict(), ck.config, {**ck.extras, **self.extras()},
+                            ck.trainer_state)
         splits = list(prepared["splits"].values()) if "panel" in prepared else [prepared["split"]]
         test_steps = min(split.test.stop - split.test.start for split in splits)
         if not prepared["evaluate"] or test_steps <= 0:
