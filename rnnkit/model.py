@@ -401,11 +401,16 @@ class Ensemble(nn.Module):
         self.config = config
         self.members = nn.ModuleList(SequenceModel(config) for _ in range(size))
 
-    def forward(self, x: Tensor, *, state: Sequence[Hidden | None] | None = None,
+    def forward(self, x: Tensor, *, state: Sequence[Hidden | None] | None = None, per_member: bool = False,
                 **kwargs: Any) -> tuple[Tensor, list[Hidden]]:
-        """Each member on ``x`` (with its own entry of ``state``); keywords go to every member."""
+        """Each member on ``x`` (with its own entry of ``state``), or with ``per_member`` on its own input
+        ``x[k]`` (x: the members' inputs stacked, <float>[size, B, T, I]); keywords go to every member."""
         states = [None] * len(self.members) if state is None else state
-        outputs = [member(x, state=s, **kwargs) for member, s in zip(self.members, states, strict=True)]
+        inputs = x if per_member else [x] * len(self.members)
+        if per_member and len(x) != len(self.members):
+            raise ValueError(f"x: expected the {len(self.members)} members' inputs stacked on the first dimension, "
+                             f"got shape {tuple(x.shape)}")
+        outputs = [member(xk, state=s, **kwargs) for member, xk, s in zip(self.members, inputs, states, strict=True)]
         return torch.stack([logits for logits, _ in outputs]), [final for _, final in outputs]
 
 

@@ -192,3 +192,27 @@ def test_an_ensemble_with_validation_saves_each_members_best_weights(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     epochs = [line for line in lines if "val_loss_members" in line]
     assert len(epochs) == 4 and all(e["val_loss"] <= e["val_loss_members"] + 1e-9 for e in epochs)
+
+
+def test_members_train_on_their_own_orders_of_the_windows_member_0_on_the_single_networks():
+    def first_batches(size: int):
+        exp, prepared = Forecaster._read_data(experiment(size), {"frame": monthly(), "evaluate": False})
+        return Forecaster._build(exp, prepared)._training(prepared, 0, 1).batches(1)
+    single, ensemble = first_batches(1), first_batches(3)
+    assert len(single) == len(ensemble)
+    x, target = ensemble[0]
+    assert x.shape[0] == 3 and x.shape[1:] == single[0][0].shape and target.shape[1:] == single[0][1].shape
+    torch.testing.assert_close(x[0], single[0][0])
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
+    # every member still sees every window once an epoch
+    every = torch.cat([xb for xb, _ in single]).sum(0)
+    for k in range(3):
+        torch.testing.assert_close(torch.cat([xb[k] for xb, _ in ensemble]).sum(0), every, rtol=1e-4, atol=1e-3)
+    # the module runs each member on its own input
+    net = Ensemble(ModelConfig(input_size=3, output_size=2, vocab_size=0, hidden_size=4), size=2)
+    xs = torch.randn(2, 5, 7, 3)
+    logits, _ = net(xs, per_member=True)
+    torch.testing.assert_close(logits[1], net.members[1](xs[1])[0])
+    with pytest.raises(ValueError, match=r"x: expected the 2 members' inputs stacked on the first dimension, got "
+                                         r"shape \(3, 5, 7, 3\)"):
+        net(torch.randn(3, 5, 7, 3), per_member=True)

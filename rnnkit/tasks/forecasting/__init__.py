@@ -53,7 +53,8 @@ Hybrids (``statistical.py``): a statsforecast model fitted per series beside the
 averaged with its forecast (``forecast.combine``) or corrected by it (``forecast.normalize =
 "auto_*"``); its forecasts alone are the backtests' ``component_<name>`` row.
 
-Ensembles (``forecast.ensemble``): networks trained side by side from their own initial weights
+Ensembles (``forecast.ensemble``): networks trained side by side from their own initial weights, each
+on its own order of the windows and keeping its own best epoch
 (``rnnkit.model.Ensemble``, whose output stacks the members' on a first dimension); the forecast is the
 members' mean point, the mixture of their Gaussians (pooled sample paths when recursive), their mean
 quantiles.

@@ -177,8 +177,9 @@ class ForecastConfig(Config):
         "transformed", description="a hybrid's statsforecast model is fitted on the targets after data.transform "
                                    "(e.g. log), or on the data's own units (its forecast then transformed)")
     ensemble: int = Field(
-        1, ge=1, le=64, description="networks trained side by side on the same batches, each from its own initial "
-                                    "weights (a deep ensemble; N-BEATS's recipe): the forecast is their mean, a "
+        1, ge=1, le=64, description="networks trained side by side, each from its own initial weights and on its "
+                                    "own order of the windows (a deep ensemble; N-BEATS's recipe: as if trained "
+                                    "apart): the forecast is their mean, a "
                                     "Gaussian interval their mixture's, quantiles their mean; with a validation "
                                     "part each keeps its own best epoch (val_loss: the mean of their best losses "
                                     "so far, so an early stop waits for the last to stop improving); training and "

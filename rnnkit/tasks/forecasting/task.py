@@ -198,13 +198,13 @@ class Forecaster(ManySeries, Task):
             if val_set is None and split.val.stop > split.val.start:
                 logger.warning("data.val: the validation part holds no window; selecting the epoch by training loss")
 
-        def loss_fn(net, batch, state):
-            x, target = batch
-            logits, _ = net(x)
-            return self.net.loss(self.net.split_outputs(logits, horizon), target), None, x.shape[0]
-
         size = self.experiment.forecast.ensemble
         self.member_best = MemberBest(size) if size > 1 and val_set else None
+
+        def loss_fn(net, batch, state):
+            x, target = batch  # an ensemble's: each member's own batch, stacked on a first dimension
+            logits, _ = net(x, per_member=True) if size > 1 else net(x)
+            return self.net.loss(self.net.split_outputs(logits, horizon), target), None, target.shape[-3]
 
         def evaluate_fn(net):
             x, target = val_set
@@ -217,10 +217,15 @@ class Forecaster(ManySeries, Task):
         seed, batch_size, (x_all, t_all) = self.experiment.train.seed, cfg.batch_size, train_set
 
         def batches(epoch: int) -> list[tuple[Tensor, Tensor]]:
-            """Shuffled from the epoch's own seed; with several processes each takes its share of a batch."""
-            order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-            return [(x_all[i[rank::world_size]], t_all[i[rank::world_size]]) for i in order.split(batch_size)
-                    if len(i) >= world_size]
+            """Shuffled from the epoch's own seed; with several processes each takes its share of a batch. An
+            ensemble's members each draw their own order (member 0 the single network's), so that they differ
+            by the order of their data as well as by their initial weights, as if trained apart."""
+            orders = [torch.randperm(len(x_all), generator=torch.Generator().manual_seed(
+                seed * 100_003 + epoch + 1_000_003 * k)).split(batch_size) for k in range(size)]
+            steps = [[i[rank::world_size] for i in step] for step in zip(*orders) if len(step[0]) >= world_size]
+            if size == 1:
+                return [(x_all[i], t_all[i]) for i, in steps]
+            return [(torch.stack([x_all[i] for i in step]), torch.stack([t_all[i] for i in step])) for step in steps]
 
         splits = {"train": len(x_all), **({"valid": len(val_set[0])} if val_set else {})}
         count = len(prepared["panel"]) if "panel" in prepared else 1
