@@ -119,7 +119,8 @@ def _assemble_date(df: pd.DataFrame, date_column: str, parts: Sequence[str], arg
         if bad.any():
             row = int(np.argmax(bad))
             value = raw.iloc[row]
-            got = "a missing value" if pd.isna(value) else repr(value.item() if isinstance(value, np.generic) else value)
+            plain = value.item() if isinstance(value, np.generic) else value
+            got = "a missing value" if pd.isna(value) else repr(plain)
             expected = (f"whole numbers from 0 to {_TIME_RANGE[unit] - 1}" if unit in _TIME_RANGE
                         else "whole numbers or month names" if unit == "month" else "whole numbers")
             raise ValueError(f"{arg}: date part {name!r} ({unit}): expected {expected}, got {got} at row {row}")

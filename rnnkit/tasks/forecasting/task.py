@@ -47,7 +47,8 @@ class Forecaster(ManySeries, Task):
     experiment_cls = ForecastExperiment
 
     def __init__(self, model: SequenceModel | Ensemble, experiment: ForecastExperiment,
-                 scalers: dict[str, Scaler | None], columns: dict[str, Any], series_scalers: dict[str, dict[str, Scaler | None]] | None = None) -> None:
+                 scalers: dict[str, Scaler | None], columns: dict[str, Any],
+                 series_scalers: dict[str, dict[str, Scaler | None]] | None = None) -> None:
         super().__init__(model, experiment)
         self.scalers, self.columns = scalers, columns
         # many series: {id: {role: scaler}}, each fitted on that series' training part
