@@ -72,15 +72,20 @@ def load_for(checkpoint: Path, command: str):
     return task
 
 
-def data_path(task, value: Path, data_dir: Optional[Path]) -> Path:
+def data_path(task, value: Path, data_dir: Optional[Path]):
     """``value`` itself when it exists; else, when it names a file of the registered data set the
     task was trained on (e.g. ``ptb.test.txt``), that file, found under ``data_dir`` (default: the
-    training config's), ``$RNNKIT_DATA`` or the cache."""
+    training config's), ``$RNNKIT_DATA`` or the cache; or, when it names the competition collection a
+    forecaster was trained on (``data.competition``, e.g. ``tourism/monthly``), that collection's frame."""
     from .data.datasets import resolve_data_path
     data = getattr(task.experiment, "data", None)
+    root = str(data_dir or "") or getattr(data, "data_dir", "") or None
+    if not value.exists() and getattr(data, "competition", "") and str(value) == data.competition:
+        from .data.competitions import competition_frame
+        return competition_frame(data.competition, root)
     if value.exists() or not getattr(data, "dataset", ""):
         return value
-    return resolve_data_path(data.dataset, str(value), str(data_dir or "") or getattr(data, "data_dir", "") or None)
+    return resolve_data_path(data.dataset, str(value), root)
 
 
 def trained_checkpoint(out: Path) -> dict:
@@ -285,7 +290,8 @@ def diagnose(checkpoint: Annotated[Path, typer.Argument(help="checkpoint directo
 @user_errors
 def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpoint directory")],
              input: Annotated[Path, typer.Option(help="CSV with the history (and known-future covariates); or a "
-                                                 "file of the data set the checkpoint was trained on")],
+                                                 "file of the data set the checkpoint was trained on, or its "
+                                                 "competition collection (e.g. tourism/monthly)")],
              horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
              out: Annotated[Path, typer.Option(help=(
                  "output prefix: <out>.csv and <out>.png (<out>_<target>.png for several targets; the CSV alone "
@@ -311,7 +317,8 @@ def forecast(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpo
 @user_errors
 def backtest(checkpoint: Annotated[Path, typer.Argument(help="forecaster checkpoint directory")],
              input: Annotated[Path, typer.Option(help="CSV with the whole series; or a file of the data set the "
-                                                 "checkpoint was trained on")],
+                                                 "checkpoint was trained on, or its competition collection "
+                                                 "(e.g. tourism/monthly)")],
              horizon: Annotated[Optional[int], typer.Option(help="steps ahead (default: the trained horizon)")] = None,
              test: Annotated[Optional[str], typer.Option(help="test span: a count (48) or a fraction (0.2)")] = None,
              start: Annotated[Optional[int], typer.Option(help="first origin (row index), instead of --test")] = None,

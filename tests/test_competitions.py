@@ -101,10 +101,18 @@ def test_a_forecasting_config_reads_a_collection_and_backtests_its_holdout(root)
                  "horizon": 6},
         "model": {"hidden_size": 4}, "train": {"epochs": 1, "log_every": 10_000},
         "evaluate": {"season": 12, "statistical": "none", "horizons": [6]}})
-    fc = Forecaster.fit(exp)
+    fc = Forecaster.fit(exp, out_dir=root / "run")
     bt = fc.backtests[6]
     rows = bt.forecasts   # one origin per series: its hold-out, forecast from its training part
     assert rows.groupby("series").origin.nunique().eq(1).all() and len(rows) == 4 * 6
     np.testing.assert_allclose(rows[rows.series == "S3"].actual, series["S3"][40:])
+    # on the command line the collection's name stands for its frame
+    from typer.testing import CliRunner
+
+    from rnnkit.cli import app
+    result = CliRunner().invoke(app, ["backtest", str(root / "run" / "best"), "--input", "m3/monthly",
+                                      "--data-dir", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "4 series, 4 origins" in result.output
     with pytest.raises(ValueError, match=r"data.competition.*expected one of \[.*'m3/monthly'.*got 'm4/monthly'"):
         ForecastExperiment.from_dict({"data": {"competition": "m4/monthly"}})
