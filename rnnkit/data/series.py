@@ -34,8 +34,8 @@ DUPLICATE_POLICIES = ("mean", "first", "last", "error")
 
 
 # ------------------------------------------------------------------------------------ reading
-def _when(stamp: pd.Timestamp) -> str:
-    """A timestamp for messages: the date alone at midnight."""
+def date_text(stamp: pd.Timestamp) -> str:
+    """A time for messages, tables and titles: the date alone at midnight, else the date and time."""
     return str(stamp.date()) if stamp == stamp.normalize() else str(stamp)
 
 
@@ -64,10 +64,10 @@ class SeriesReport:
             out.append("timestamps were not in order; sorted")
         if self.duplicate_timestamps:
             out.append(f"{len(self.duplicate_timestamps)} duplicate timestamps "
-                       f"(first {_when(self.duplicate_timestamps[0])}); {self.duplicate_rows} rows merged")
+                       f"(first {date_text(self.duplicate_timestamps[0])}); {self.duplicate_rows} rows merged")
         if self.irregular_steps:
             out.append(f"{len(self.irregular_steps)} irregular steps (first ending at "
-                       f"{_when(self.irregular_steps[0])}); pass freq= to put the series on a regular grid")
+                       f"{date_text(self.irregular_steps[0])}); pass freq= to put the series on a regular grid")
         if self.gaps_filled:
             out.append(f"{self.gaps_filled} missing timestamps added on the {self.freq!r} grid")
         missing = {c: n for c, n in self.missing.items() if n}
@@ -76,7 +76,7 @@ class SeriesReport:
         return out
 
     def summary(self) -> str:
-        head = f"{self.length} steps {_when(self.start)} .. {_when(self.end)}, freq {self.freq}"
+        head = f"{self.length} steps {date_text(self.start)} .. {date_text(self.end)}, freq {self.freq}"
         return "; ".join([head, *self.issues])
 
 
@@ -194,7 +194,7 @@ def _to_numeric(df: pd.DataFrame, roles: dict[str, list[str]], dates: pd.Series)
                 hint = ("; a covariate of categories (text) is one-hot when named in the forecaster's "
                         "data.categorical" if arg != "target_columns" else "")
                 raise ValueError(f"{arg} {name!r}: expected numbers, got {raw.iloc[row]!r} at row {_row(raw, row)} "
-                                 f"(date {_when(dates.iloc[row])}; {bad.size} non-numeric in all){hint}")
+                                 f"(date {date_text(dates.iloc[row])}; {bad.size} non-numeric in all){hint}")
             out[name] = values.to_numpy(np.float64)
     return pd.DataFrame(out, index=pd.DatetimeIndex(dates))
 
@@ -205,7 +205,7 @@ def _merge_duplicates(df: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, tupl
     if not stamps:
         return df, stamps, 0
     if policy == "error":
-        raise ValueError(f"duplicates: {len(stamps)} timestamps occur more than once (first {_when(stamps[0])}); "
+        raise ValueError(f"duplicates: {len(stamps)} timestamps occur more than once (first {date_text(stamps[0])}); "
                          f"choose one of {DUPLICATE_POLICIES[:-1]} to merge them")
     if policy == "mean":
         merged = df.groupby(level=0, sort=False).mean()
@@ -254,8 +254,8 @@ def _regularize(df: pd.DataFrame, freq: str | None) -> tuple[pd.DataFrame, str |
         grid = pd.date_range(index[0], index[-1], freq=freq)
         off = index.difference(grid)
         if len(off):
-            raise ValueError(f"freq: {len(off)} timestamps are not on the {freq!r} grid from {_when(index[0])} "
-                             f"(first {_when(off[0])})")
+            raise ValueError(f"freq: {len(off)} timestamps are not on the {freq!r} grid from {date_text(index[0])} "
+                             f"(first {date_text(off[0])})")
         return df.reindex(grid), freq, (), len(grid) - len(index)
     if len(index) < 3:
         return df, None, (), 0

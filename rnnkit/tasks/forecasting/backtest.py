@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from ...baselines import Backtest
+from ...data.series import date_text
 from ...metrics import coverage, mae, mape, mase, rmse, smape
 from .conformal import coverage_by_step
-from .data import date_text
 
 
 # ------------------------------------------------------------------------------- backtests

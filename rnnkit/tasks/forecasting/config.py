@@ -16,6 +16,10 @@ from ...train import TrainConfig
 
 
 # ------------------------------------------------------------------------------------ configs
+SEASONAL_REFERENCES = ("seasonal", "seasonal_trend")
+"""The values of forecast.normalize whose reference is a seasonal-naive forecast (one per horizon step)."""
+
+
 def known_names(names: list[str], known, alternatives: str = "") -> list[str]:
     """``names`` where each is one of ``known``, else a ValueError listing them."""
     unknown = [name for name in names if name not in known]
@@ -312,7 +316,7 @@ class ForecastExperiment(Config):
         """The seasonal references (``forecast.normalize = "seasonal"`` or ``"seasonal_trend"``) need the
         direct strategy and a season of 2 or more that the lookback covers (one step more for the trend)."""
         how = self.forecast.normalize
-        if how not in ("seasonal", "seasonal_trend"):
+        if how not in SEASONAL_REFERENCES:
             return
         where = f"{season}{'' if self.evaluate.season else ', from the frequency'}"
         need = season + (how == "seasonal_trend")

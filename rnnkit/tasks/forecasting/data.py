@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ...data.series import MinMaxScaler, PanelSeries, RobustScaler, Scaler, SeriesData, StandardScaler, read_csv
+from ...data.series import (MinMaxScaler, PanelSeries, RobustScaler, Scaler, SeriesData, StandardScaler, date_text,
+                            read_csv)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -56,11 +57,6 @@ def _fit_scalers(kind: str, s: PanelSeries, transform: str, targets: Sequence[st
         if scalers[role] is not None:
             scalers[role].fit(values[train])
     return scalers
-
-
-def date_text(stamp: Any) -> str:
-    """A time for messages, tables and titles: the date alone at midnight, else the date and time."""
-    return str(stamp.date()) if stamp == stamp.normalize() else str(stamp)
 
 
 # ------------------------------------------------------------------------------- reading

@@ -4,16 +4,14 @@ JSON and PNG files from a checkpoint."""
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ...data.series import chronological_split
+from ...data.series import chronological_split, date_text
 from .backtest import ForecastBacktest, PanelBacktest
-from .data import date_text
 from .task import Forecaster
 
 
@@ -36,16 +34,13 @@ def forecast_to_files(checkpoint: str | Path, input: str | Path | pd.DataFrame, 
     Returns {"forecast": DataFrame, "csv": Path, "png": [Path, ...]}."""
     from ...plots import plot_forecast
     fc = _load(checkpoint)
-    forecast = fc.predict(horizon, df=input, future=future, level=level, extra_columns=extra_columns, freq=freq)
+    forecast, series = fc._predict_with_history(horizon, input, future, level, extra_columns, freq)
     prefix = Path(out_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     csv = prefix.with_name(prefix.name + ".csv")
-    if fc.columns.get("id_column"):  # many series: the long frame, no plot
+    if series is None:  # many series: the long frame, no plot
         forecast.to_csv(csv, index=False)
         return {"forecast": forecast, "csv": csv, "png": []}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # predict has said what reading the input found
-        series, _ = fc._read_history(input, extra_columns, fc._freq(freq))
     forecast.to_csv(csv)
     pngs = []
     targets = fc.columns["target"]

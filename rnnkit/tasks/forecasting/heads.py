@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ...model import Ensemble, SequenceModel
-from .config import ForecastExperiment
+from .config import SEASONAL_REFERENCES, ForecastExperiment
 from .data import _Batch
 
 
@@ -63,7 +63,7 @@ class _Network:
         self.c, self.pc, self.fcov = sizes["target"], sizes["past"], sizes["future"]
         self.k = {"point": 1, "gaussian": 2, "quantile": len(self.fc.quantiles)}[self.fc.output]
         # a hybrid reads its statistical forecast (relative to the last value) at each horizon step
-        self.stat = self.c if self.fc.normalize not in ("none", "last", "mean", "seasonal", "seasonal_trend") else 0
+        self.stat = self.c if self.fc.normalize.startswith("auto_") else 0
         if self.fc.strategy == "recursive":
             self.layout = "recursive"
         else:
@@ -101,7 +101,7 @@ class _Network:
         how = self.fc.normalize
         ref = last = _reference(b.y_in, how if how in ("none", "last", "mean") else "last")
         y_in = np.nan_to_num(b.y_in - ref)
-        if how in ("seasonal", "seasonal_trend"):
+        if how in SEASONAL_REFERENCES:
             ref = _seasonal_reference(b.y_in, horizon, self.season, ref, trend=how == "seasonal_trend")
         elif self.stat:
             ref = np.where(np.isnan(b.statistical[:, :horizon]), ref, b.statistical[:, :horizon]).astype(np.float32)
@@ -184,13 +184,14 @@ class _Network:
         model.eval()
         device = next(model.parameters()).device
         x, ref = self.inputs(b, horizon)
-        members = list(model.members) if isinstance(model, Ensemble) else [model]
+        ensemble = isinstance(model, Ensemble)
         if self.layout != "recursive":
             logits, _ = model(x.to(device))
             params = self.split_outputs(logits, horizon).cpu()
-            out = self._read(params if isinstance(model, Ensemble) else params[None], level)
+            out = self._read(params if ensemble else params[None], level)
         else:
-            out = self._recursive(members, x.to(device), b, horizon, level, device)
+            out = self._recursive(list(model.members) if ensemble else [model], x.to(device), b, horizon, level,
+                                  device)
         out = {name: (v + (ref[..., None] if v.ndim == 4 else ref)).astype(np.float32) for name, v in out.items()}
         if b.statistical is None:
             return out

@@ -21,7 +21,7 @@ from ...baselines import (ARIMA, AutoARIMA, AutoETS, AutoTheta, Backtest, HoltWi
                           backtest as baseline_backtest)
 from ...data.competitions import competition_frame
 from ...data.datasets import dataset_file
-from ...data.series import (Panel, PanelSeries, Scaler, SeriesData, calendar_features, chronological_split,
+from ...data.series import (Panel, PanelSeries, Scaler, SeriesData, calendar_features, chronological_split, date_text,
                             make_windows, read_panel, read_series)
 from ...io.checkpoint import load_checkpoint, save_checkpoint
 from ...model import Ensemble, ModelConfig, SequenceModel
@@ -29,7 +29,7 @@ from ...train import Trainer
 from ..base import Task, Training
 from .config import ForecastExperiment, ForecastDataConfig
 from .data import (_future_index, _gather, _load_frame, _make_scaler, _Prepared, _scale, _trailing_future_rows,
-                   _transform, _untransform, categories_of, date_text, encode_categories, expand)
+                   _transform, _untransform, categories_of, encode_categories, expand)
 from .heads import MemberBest, _sizes, _Network, fit_weights
 from .backtest import METRICS, score_forecast, ForecastBacktest, format_tables, _now
 from .conformal import calibrate, fewest_scores, halfwidth, recalibrated
@@ -646,9 +646,15 @@ class Forecaster(ManySeries, Task):
         the forecaster is probabilistic. With many series (``data.id_column``): a long frame with
         the id and time columns, one block of rows per series (``df``: a long frame like fit's).
         """
+        return self._predict_with_history(horizon, df, future, level, extra_columns, freq)[0]
+
+    def _predict_with_history(self, horizon: int | None, df: Any, future: Any, level: float | None,
+                              extra_columns: str, freq: str | None) -> tuple[pd.DataFrame, SeriesData | None]:
+        """``predict``'s frame and the history it read (None for many series): what a plot of the
+        forecast needs, without reading the input again."""
         horizon, level, freq = self._horizon(horizon), self._level(level), self._freq(freq)
         if self.columns.get("id_column"):
-            return self._predict_panel(horizon, df, future, level)
+            return self._predict_panel(horizon, df, future, level), None
         p = self._prepare(df, future, horizon, extra_columns, freq)
         series = p.data
         out = self._run(p, np.array([len(series)]), horizon, level)
@@ -663,7 +669,7 @@ class Forecaster(ManySeries, Task):
             if "quantiles" in out:
                 for j, q in enumerate(self.experiment.forecast.quantiles):
                     frame[f"{name}_q{q:g}"] = out["quantiles"][0, :, c, j]
-        return pd.DataFrame(frame, index=index)
+        return pd.DataFrame(frame, index=index), series
 
     # -------------------------------------------------------------------------- backtest
     def backtest(self, horizon: int | None = None, df: Any = None, start: int | None = None, stride: int | None = None,
