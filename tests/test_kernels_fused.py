@@ -67,6 +67,7 @@ OPTIONS = [
     (1, True, [2, 7, 4, 6], False, False, 4),
     (2, False, None, True, True, 3),
     (1, True, [5], True, True, 1),
+    (2, True, None, True, True, 1),  # batch 1 without lengths: the loops' one-row form (``one_plain_row``)
     (1, True, None, True, False, 2),
 ]
 T, I, H = 7, 5, 6
@@ -767,7 +768,9 @@ def test_stream_sequence_dispatch():
     assert chunks("lstm", 64, 100, 128, 256) == 0  # 48 KB per row: oneDNN's layer
     assert chunks("gru", 64, 50, 256, 512) == 0  # 144 KB per row
     assert chunks("lstm", 32, 35, 256, 256, layers=2) == 0
-    assert chunks("rnn", 1, 1000, 32, 64) == 1  # 6.1 M: one thread
+    assert chunks("rnn", 1, 1000, 16, 32) == 1  # 1.5 M: one thread
+    assert chunks("gru", 1, 1000, 32, 64) == 0  # 18 M over 1,000 steps at batch 1: the one-row layer loop
+    assert chunks("gru", 1, 150, 64, 64) == 1  # 150 steps < stream_one_row_min_steps: the layer's fixed costs
     assert chunks("rnn", 1, 2000, 64, 128) == 0  # 49 M for one sequence: layer by layer
     assert chunks("gru", 1, 100, 256, 512) == 1  # 157 M, but 4.5 MB of weights: the threads share its units
 

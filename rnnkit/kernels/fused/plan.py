@@ -317,12 +317,27 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
         limit = "stream_onednn_lstm_max_macs" if onednn is not None and \
             policy.stream_onednn_lstm_max_macs < policy.stream_sequence_max_macs else "stream_sequence_max_macs"
         most = getattr(policy, limit)
+        if units == 1 and onednn is None and _one_row(call, policy) and macs >= policy.stream_one_row_min_macs \
+                and call.steps >= policy.stream_one_row_min_steps:
+            return layer_by_layer(call, policy, f"batch 1, {call.steps:,} steps >= stream_one_row_min_steps "
+                                                f"{policy.stream_one_row_min_steps:,} and multiply-adds {macs:,} >= "
+                                                f"stream_one_row_min_macs {policy.stream_one_row_min_macs:,}: "
+                                                "the layer loop's one-row form wins")
         if macs <= most or units > 1:
             return Plan("stream", f"multiply-adds {macs:,} <= {limit} {most:,}" if units == 1 else
                         _units_reason(call, policy, units)[2:], call, units=units)
         reason = f"multiply-adds {macs:,} > {limit} {most:,}" + (
             ": whole-sequence GEMMs win" if onednn is None else f", not split: {onednn}")
     return layer_by_layer(call, policy, reason)
+
+
+def _one_row(call: Call, policy: Policy) -> bool:
+    """Whether a layer loop would run this call in its one-row form (``loops.common.one_plain_row``):
+    batch 1, W_hh transposed, no lengths or noise; RNN, LSTM without projection or layer norm, GRU with
+    reset_after."""
+    s = call.spec
+    return (call.batch == 1 and call.steps >= policy.transpose_min_steps and not call.masked and not call.noisy
+            and not s.layer_norm and not s.proj_size and not (s.mode == "GRU" and not s.reset_after))
 
 
 def layer_by_layer(stack: Call, policy: Policy, reason: str) -> Plan:

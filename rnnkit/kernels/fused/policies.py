@@ -154,6 +154,11 @@ class Policy:
     """The same for an LSTM stack that oneDNN's layer would run rather than our split loop (the
     host's ``loop_lstm_inference_max_weight``): beyond this, oneDNN's layer is faster than one
     compiled call on one thread (not scaled: measured on an AVX-512 host)."""
+    stream_one_row_min_steps: int = 200
+    stream_one_row_min_macs: int = 5_000_000
+    """At batch 1, from this many steps and multiply-adds such a call runs layer by layer instead, where the
+    layer loop takes its one-row form (W_hh transposed, a branch-free step): up to 1.5x faster a step, which
+    must repay the layer path's fixed costs and its input GEMM (slow from a cold cache) (scaled with SIMD)."""
     stream_par_min_macs: int = 12_000_000
     """From here such a call may split the batch across threads: below, starting them costs more (scaled
     with SIMD; ``rnnkit tune`` times 1 M against it, where the split paid from ~1 M on an Intel host)."""
@@ -190,6 +195,7 @@ class Policy:
             stream_par_row_bytes=l2 // 16, stream_par_cached_weight=l2,
             onednn_lstm_min_macs=int(65_536 * simd), onednn_lstm_train_min_macs=int(1_000_000 * simd),
             small_train_max_macs=int(1_500_000 * simd), stream_sequence_max_macs=int(16_000_000 * simd),
+            stream_one_row_min_macs=int(5_000_000 * simd),
             stream_par_min_macs=int(12_000_000 * simd))
 
     def with_decisions(self, decisions: dict) -> Policy:

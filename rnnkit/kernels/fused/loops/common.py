@@ -157,28 +157,35 @@ def consts(a):
 
 
 @register_jitable
+def vec_mat(a, b, o):
+    """o[N] += a[K] · b[K, N] (C-contiguous), four rows of b per pass over o (4x fewer loads and
+    stores of o): the batch-1 mat-vec with a weight stored transposed, no horizontal sums."""
+    k = a.shape[0]
+    n = o.shape[0]
+    k4 = k - k % 4
+    for kk in range(0, k4, 4):
+        a0, a1, a2, a3 = a[kk], a[kk + 1], a[kk + 2], a[kk + 3]
+        b0, b1, b2, b3 = b[kk], b[kk + 1], b[kk + 2], b[kk + 3]
+        for j in range(n):
+            o[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
+    for kk in range(k4, k):
+        ak = a[kk]
+        bk = b[kk]
+        for j in range(n):
+            o[j] += ak * bk[j]
+
+
+@register_jitable
 def dot(a, b, out, ab, acc, bt):
     """out[M, N] (+)= a[M, K] · B, all C-contiguous, where B = b[K, N], or b[N, K]^T when bt (a weight
     in torch's [out, in] layout, no transposed copy); ab = consts(a); acc: add to out."""
     m, k = a.shape
     n = b.shape[0] if bt else b.shape[1]
     if m <= _SMALL_BATCH and not bt:
-        k4 = k - k % 4
         for i in range(m):
-            o = out[i]
             if not acc:
-                zero_(o)
-            ai = a[i]
-            for kk in range(0, k4, 4):  # four rows of b per pass over o: 4x less load/store of o
-                a0, a1, a2, a3 = ai[kk], ai[kk + 1], ai[kk + 2], ai[kk + 3]
-                b0, b1, b2, b3 = b[kk], b[kk + 1], b[kk + 2], b[kk + 3]
-                for j in range(n):
-                    o[j] += (a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
-            for kk in range(k4, k):
-                aik = ai[kk]
-                bk = b[kk]
-                for j in range(n):
-                    o[j] += aik * bk[j]
+                zero_(out[i])
+            vec_mat(a[i], b, out[i])
     elif m <= _SMALL_BATCH:
         n4 = n - n % 4
         for i in range(m):
@@ -230,6 +237,15 @@ def _gemm(a, b, out, ab, acc, bt, m, n, k):
     else:
         _dgemm(*args)
     _blas_threads(prev)
+
+
+@register_jitable
+def one_plain_row(h, wt, train, has_mask, rd, z):
+    """Whether a forward call takes its cell's one-row loop (``_forward_one``): batch 1 (h <f>[1, P]),
+    W_hh transposed (``wt``), inference, no lengths, no recurrent dropout (rd) or zoneout (z): the same
+    arithmetic without the general loop's per-step branches, row views and scratch, which cost as much
+    as the step itself at H = 64."""
+    return h.shape[0] == 1 and wt and not train and not has_mask and rd.shape[0] == 0 and z.shape[0] == 0
 
 
 @register_jitable

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba.extending import register_jitable
 
-from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, past_end, prev_step, put_rows, set_, sigmoid_,
-                     tanh_, zero_)
+from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, one_plain_row, past_end, prev_step, put_rows,
+                     set_, sigmoid_, tanh_, vec_mat, zero_)
 from .jit import jit, parallel
 from .noise import carry_add, dot_dropped, noise_rows, off2, off3, split_row, state_out
 from .small import no_mask, project, small_grads
@@ -66,6 +66,28 @@ def _forward_rows(k, n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train
     put_rows(h, b0, hc)
 
 
+@register_jitable
+def _forward_one(gates, w_t, b_hn, h, reverse, out, off):
+    """``forward`` at batch 1 for inference (``common.one_plain_row``), w_t = W_hh^T."""
+    T, _, G = gates.shape
+    H = G // 3
+    hv = h[0]
+    gh = np.empty(G, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        zero_(gh)
+        vec_mat(hv, w_t, gh)
+        g = gates[t, 0]
+        ob = out[t, 0, off:off + H]
+        for j in range(H):
+            r = sigmoid_(g[j] + gh[j])
+            z = sigmoid_(g[H + j] + gh[H + j])
+            n = tanh_(g[2 * H + j] + r * (gh[2 * H + j] + b_hn[j]))
+            v = n + z * (hv[j] - n)
+            hv[j] = v
+            ob[j] = v
+
+
 @jit
 def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh):
     """GRU, reset_after=True (torch.nn's), gate order r, z, n. gates hold x W_ih^T + b_ih with
@@ -73,7 +95,10 @@ def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, 
     or W_hh^T when wt.
     train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask.
     rd, zh: recurrent dropout and zoneout (``noise``; size 0 when off)."""
-    _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
+    if one_plain_row(h, wt, train, has_mask, rd, zh):
+        _forward_one(gates, w_hh, b_hn, h, reverse, out, off)
+    else:
+        _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
 
 
 forward_par = parallel(_forward_rows)

@@ -8,8 +8,8 @@ import numpy as np
 from numba import carray
 from numba.extending import register_jitable
 
-from .common import (add_dout, chunk, consts, dot, get_rows, merge_set, one_, past_end, prev_step, put_rows, set_,
-                     sigmoid_, tanh_, zero_)
+from .common import (add_dout, chunk, consts, dot, get_rows, merge_set, one_, one_plain_row, past_end, prev_step,
+                     put_rows, set_, sigmoid_, tanh_, vec_mat, zero_)
 from .jit import jit, parallel
 from .noise import carry, dot_dropped, noise_rows, off2, off3, state_out, zone, zone_split
 from .small import no_mask, project, small_grads
@@ -93,14 +93,42 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
     put_rows(c, b0, cc)
 
 
+@register_jitable
+def _forward_one(gates, w_t, h, c, reverse, out, off):
+    """``forward`` at batch 1 for inference without projection (``common.one_plain_row``), w_t = W_hh^T."""
+    T, _, G = gates.shape
+    H = G // 4
+    hv, cv = h[0], c[0]
+    gh = np.empty(G, h.dtype)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        zero_(gh)
+        vec_mat(hv, w_t, gh)
+        g = gates[t, 0]
+        ob = out[t, 0, off:off + H]
+        for j in range(H):
+            i = sigmoid_(g[j] + gh[j])
+            f = sigmoid_(g[H + j] + gh[H + j])
+            u = tanh_(g[2 * H + j] + gh[2 * H + j])
+            o = sigmoid_(g[3 * H + j] + gh[3 * H + j])
+            cj = f * cv[j] + i * u
+            cv[j] = cj
+            v = o * tanh_(cj)
+            hv[j] = v
+            ob[j] = v
+
+
 @jit
 def forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc, cz):
     """LSTM, gate order i, f, g, o. w_hh <f>[4H, P] is W_hh, or W_hh^T when wt; w_hr <f>[P, H] = W_hr
     or shape (0, 0) without projection. train: keep activated gates in ``gates``, c_t in
     cs <f>[T, B, H] and, with a mask, h_t in hs. rd, zh, zc: recurrent dropout and zoneout of h and c
     (``noise``; size 0 when off); with zc, cs keeps c̃_t and cz <f>[T, B, H] the zoned c_t."""
-    _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc,
-                  cz)
+    if one_plain_row(h, wt, train, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
+        _forward_one(gates, w_hh, h, c, reverse, out, off)
+    else:
+        _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh,
+                      zc, cz)
 
 
 forward_par = parallel(_forward_rows)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba.extending import register_jitable
 
-from .common import chunk, consts, dot, get_rows, merge_set, one_, past_end, put_rows, tanh_
+from .common import (chunk, consts, dot, get_rows, merge_set, one_, one_plain_row, past_end, put_rows, tanh_, vec_mat,
+                     zero_)
 from .jit import jit, parallel
 from .noise import carry, dot_dropped, noise_rows, off2, off3
 from .small import no_mask, project, small_grads
@@ -67,11 +68,34 @@ def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_
     put_rows(h, b0, hc)
 
 
+@register_jitable
+def _forward_one(gates, w_t, h, relu, reverse, out, off):
+    """``forward`` at batch 1 for inference (``common.one_plain_row``), w_t = W_hh^T."""
+    T, _, H = gates.shape
+    hv = h[0]
+    gh = np.empty(H, h.dtype)
+    zero = one_(h) - one_(h)
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        zero_(gh)
+        vec_mat(hv, w_t, gh)
+        g = gates[t, 0]
+        ob = out[t, 0, off:off + H]
+        for j in range(H):
+            v = g[j] + gh[j]
+            v = (v if v > 0 else zero) if relu else tanh_(v)
+            hv[j] = v
+            ob[j] = v
+
+
 @jit
 def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
     """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``). rd, zh:
     recurrent dropout and zoneout (``noise``; size 0 when off); with zoneout, gates keep h̃_t."""
-    _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh)
+    if one_plain_row(h, wt, keep_h, has_mask, rd, zh):
+        _forward_one(gates, w_hh, h, relu, reverse, out, off)
+    else:
+        _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh)
 
 
 forward_par = parallel(_forward_rows)
