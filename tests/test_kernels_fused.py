@@ -214,8 +214,9 @@ def test_few_input_features(cell):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_recurrent_dot_matches_numpy(dtype):
-    """The loops' mat-mul (``loops.common.dot``) against numpy: batch 1 in both weight layouts (eight rows
-    or dot products a pass, the rest one at a time), a few rows through BLAS, replacing or adding to out."""
+    """The loops' mat-mul (``loops.common.dot``) against numpy: batch 1 in both weight layouts (four rows
+    of b^T or eight dot products with rows of b a pass, the rest one at a time), a few rows through BLAS,
+    replacing or adding to out."""
     import numba
 
     from rnnkit.kernels.fused.loops.common import consts, dot

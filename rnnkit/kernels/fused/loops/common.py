@@ -187,31 +187,37 @@ def dot(a, b, out, ab, acc, bt):
                 zero_(out[i])
             vec_mat(a[i], b, out[i])
     elif m <= _SMALL_BATCH:
-        n4 = n - n % 4
+        n8 = n - n % 8
         for i in range(m):
             o = out[i]
             ai = a[i]
             zero = ai[0] - ai[0]
-            for j in range(0, n4, 4):  # four dot products per pass over a
+            for j in range(0, n8, 8):  # eight dot products per pass over a
                 b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
-                s0 = s1 = s2 = s3 = zero
+                b4, b5, b6, b7 = b[j + 4], b[j + 5], b[j + 6], b[j + 7]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for kk in range(k):
                     x = ai[kk]
                     s0 += x * b0[kk]
                     s1 += x * b1[kk]
                     s2 += x * b2[kk]
                     s3 += x * b3[kk]
+                    s4 += x * b4[kk]
+                    s5 += x * b5[kk]
+                    s6 += x * b6[kk]
+                    s7 += x * b7[kk]
                 if acc:
-                    o[j] += s0
-                    o[j + 1] += s1
-                    o[j + 2] += s2
-                    o[j + 3] += s3
-                else:
-                    o[j] = s0
-                    o[j + 1] = s1
-                    o[j + 2] = s2
-                    o[j + 3] = s3
-            for j in range(n4, n):
+                    s0 += o[j]
+                    s1 += o[j + 1]
+                    s2 += o[j + 2]
+                    s3 += o[j + 3]
+                    s4 += o[j + 4]
+                    s5 += o[j + 5]
+                    s6 += o[j + 6]
+                    s7 += o[j + 7]
+                o[j], o[j + 1], o[j + 2], o[j + 3] = s0, s1, s2, s3
+                o[j + 4], o[j + 5], o[j + 6], o[j + 7] = s4, s5, s6, s7
+            for j in range(n8, n):
                 bj = b[j]
                 s0 = zero
                 for kk in range(k):
