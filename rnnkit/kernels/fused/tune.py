@@ -74,6 +74,9 @@ DECISIONS = (
              given=(("lstm_loops_training", True),)),
     Decision("par_row_bytes", "the batch split across threads at up to 4x smaller rows, or not", "gru",
              ((8, 50, 64, 256), (16, 25, 64, 384), (8, 25, 128, 512)), True, alternative="quarter"),
+    Decision("stream_one_row_min_steps", "a long no-grad call at batch 1: the layer loop's one-row form from 200 "
+             "steps, or one compiled streaming call", "gru", ((1, 600, 32, 64), (1, 500, 64, 64), (1, 250, 64, 96)),
+             False, alternative=NEVER),
     Decision("stream_par_min_macs", "a small no-grad call in one compiled call: the batch split across threads "
              "from 1 M multiply-adds, or only from the host's default", "gru",
              ((16, 20, 32, 64), (8, 50, 64, 64), (8, 100, 64, 64)), False, alternative=1_000_000),
