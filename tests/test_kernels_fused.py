@@ -319,7 +319,7 @@ def test_lstm_goes_to_onednn_by_the_policy():
         ties = using(lstm_loops_inference=False, lstm_loops_training=False)
         assert path(ties, training) == "onednn_lstm" and "not measured faster" in \
             _layer_plan(ties, "lstm", 3, 2, 5, 4, training).reason
-        assert path(ties, training, B=1, H=64) == "onednn_lstm"
+        assert path(ties, training, B=1, H=64) != "onednn_lstm"  # batch 1 is no tie: our loops
     limit = using(lstm_loops_training=False, onednn_lstm_train_max_elements=23, par_min_rows=1,
                   small_train_max_macs=-1)
     many = _layer_plan(limit, "lstm", 3, 2, 5, 4, True, threads=2)

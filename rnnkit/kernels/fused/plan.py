@@ -180,7 +180,7 @@ def _onednn_lstm_reason(call: Call, policy: Policy) -> str | None:
         return None
     macs = call.recurrent_macs
     if call.training:
-        if not policy.lstm_loops_training:
+        if not policy.lstm_loops_training and call.batch > 1:
             elements, most = call.state_elements, policy.onednn_lstm_train_max_elements
             if elements > most and _chunks(call, policy, policy.par_row_bytes) > 1:  # as measured: a split loop
                 return None
@@ -195,7 +195,7 @@ def _onednn_lstm_reason(call: Call, policy: Policy) -> str | None:
                     f"{policy.onednn_lstm_train_min_macs:,} and the loop would not split (W_hh "
                     f"{_kb(call.recurrent_bytes)}, par_row_bytes_lstm {_kb(policy.par_row_bytes_lstm)} a row)")
         return None
-    if not policy.lstm_loops_inference:
+    if not policy.lstm_loops_inference and call.batch > 1:
         return "float32 LSTM inference: our loops are not measured faster than oneDNN's layer on this CPU"
     small = call.recurrent_bytes <= policy.loop_lstm_inference_max_weight
     split = _chunks(call, policy, policy.loop_lstm_inference_row_bytes) > 1
@@ -227,7 +227,7 @@ def _plan_layer(call: Call, policy: Policy) -> Plan:
         least = policy.onednn_lstm_train_min_macs if call.training else policy.onednn_lstm_min_macs
         why = (f"B·4H·H = {macs:,} < {'onednn_lstm_train_min_macs' if call.training else 'onednn_lstm_min_macs'} "
                f"{least:,}" if macs < least else "the loop splits with a small enough W_hh a row")
-        if call.training and not policy.lstm_loops_training:
+        if call.training and not policy.lstm_loops_training and call.batch > 1:
             why = (f"T·B·H = {call.state_elements:,} > onednn_lstm_train_max_elements "
                    f"{policy.onednn_lstm_train_max_elements:,} and the loop splits")
         p = dataclasses.replace(p, reason=f"not oneDNN's LSTM layer: {why}; {p.reason}")
@@ -296,7 +296,8 @@ def _units_reason(call: Call, policy: Policy, units: int) -> str:
 def _plan_stack(call: Call, policy: Policy) -> Plan:
     why = ("training" if call.training else "lengths" if call.masked else
            "bidirectional" if call.directions == 2 else None)
-    if why is None and _onednn_lstm_fits(call) and call.steps > 1 and not policy.lstm_loops_inference:
+    if why is None and _onednn_lstm_fits(call) and call.steps > 1 and call.batch > 1 and \
+            not policy.lstm_loops_inference:
         why = "float32 LSTM inference: our loops are not measured faster than oneDNN's layer on this CPU"
     reason = why
     if why is None:

@@ -97,10 +97,11 @@ class Policy:
     """Threads the compiled loops may use; None: torch's count (within numba's pool)."""
     lstm_loops_inference: bool = True
     """Our loops may run a float32 LSTM inference call that oneDNN's LSTM layer (torch.nn.LSTM's path)
-    could run, where the rules below prefer them; False: every such call of more than one step runs on
-    oneDNN's layer, as fast as torch.nn by construction."""
+    could run, where the rules below prefer them; False: every such call of more than one step and row
+    runs on oneDNN's layer, as fast as torch.nn by construction. Batch 1 is no tie (our loops took
+    0.55-0.80 of oneDNN's time on the Intel host, less on AMD), so the rules below decide it."""
     lstm_loops_training: bool = True
-    """The same for training calls."""
+    """The same for training calls (batch 1: 0.58-0.79 of oneDNN's time on the Intel host)."""
     onednn_lstm_train_max_elements: int = NEVER
     """Where lstm_loops_training is False, oneDNN's layer still leaves training calls of more state
     elements T·B·H than this to our loop split across threads (``par_row_bytes``; as measured, unsplit calls

@@ -53,7 +53,7 @@ FRACTIONS = {"half": 2, "quarter": 4}
 
 DECISIONS = (
     Decision("lstm_loops_inference", "float32 LSTM inference at small batches: our loops, or oneDNN's LSTM layer",
-             "lstm", ((1, 500, 32, 64), (2, 200, 32, 64), (1, 200, 32, 96)), False),
+             "lstm", ((2, 200, 32, 64), (2, 300, 32, 96), (3, 200, 32, 64)), False),
     Decision("loop_lstm_inference_max_weight", "float32 LSTM inference at larger batches: our loop split across "
              "threads where W_hh is small, or oneDNN's LSTM layer", "lstm",
              ((16, 100, 32, 64), (32, 200, 64, 128), (64, 50, 128, 256)), False, alternative=0,
@@ -64,7 +64,7 @@ DECISIONS = (
               (1, 500, 64, 96)), False, alternative="half",
              given=(("lstm_loops_inference", True), ("loop_lstm_inference_max_weight", 0))),
     Decision("lstm_loops_training", "float32 LSTM training below onednn_lstm_train_min_macs a step, unsplit: our "
-             "loop, or oneDNN's LSTM layer", "lstm", ((1, 300, 32, 64), (4, 100, 32, 64), (8, 100, 32, 64),
+             "loop, or oneDNN's LSTM layer", "lstm", ((2, 300, 32, 64), (4, 100, 32, 64), (8, 100, 32, 64),
                                                      (16, 50, 64, 128)), True, given=(("par_row_bytes_lstm", 0),)),
     Decision("onednn_lstm_train_max_elements", "float32 LSTM training of many state elements T·B·H (from 786,432): "
              "oneDNN's LSTM layer, or our loops", "lstm", ((32, 200, 64, 128), (128, 50, 64, 128), (64, 100, 128, 256)),
