@@ -131,7 +131,8 @@ class Plan:
         head = self.path if self.backend == "fused" else f"backend {self.backend}"
         extra = [f"{self.chunks} threads share the batch" if self.chunks > 1 else "",
                  f"{self.units} threads share the hidden units" if self.units > 1 else "",
-                 "W_hh transposed once" if self.transposed else ""]
+                 ("W_hh transposed once" + (" (the one-row loop)" if _one_row_form(self.call) else ""))
+                 if self.transposed else ""]
         lines = [f"{head}{''.join(f', {e}' for e in extra if e)}" +
                  (f"  [{self.call.describe()}]" if self.call is not None else ""),
                  f"  why: {self.reason}"]
@@ -333,11 +334,17 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
 
 
 def _one_row(call: Call, policy: Policy) -> bool:
-    """Whether a layer loop would run this call in its one-row form (``loops.common.one_plain_row``):
-    batch 1, W_hh transposed, no lengths or noise; RNN, LSTM without projection or layer norm, GRU with
-    reset_after."""
+    """Whether a layer loop would run this no-grad call in its one-row form: W_hh transposed
+    (``transpose_min_steps``) and ``_one_row_form``."""
+    return call.steps >= policy.transpose_min_steps and _one_row_form(dataclasses.replace(call, training=False))
+
+
+def _one_row_form(call: Call) -> bool:
+    """Whether the compiled loop runs this call, given W_hh transposed, in its one-row form
+    (``loops.common.one_plain_row``): batch 1, no lengths or noise, inference (an RNN's training too: it
+    keeps nothing per step); RNN, LSTM without projection or layer norm, GRU with reset_after."""
     s = call.spec
-    return (call.batch == 1 and call.steps >= policy.transpose_min_steps and not call.masked and not call.noisy
+    return (call.batch == 1 and not call.masked and not call.noisy and (not call.training or s.mode.startswith("RNN"))
             and not s.layer_norm and not s.proj_size and not (s.mode == "GRU" and not s.reset_after))
 
 
