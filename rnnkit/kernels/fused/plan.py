@@ -334,18 +334,18 @@ def _plan_stack(call: Call, policy: Policy) -> Plan:
 
 
 def _one_row(call: Call, policy: Policy) -> bool:
-    """Whether a layer loop would run this no-grad call in its one-row form: W_hh transposed
+    """Whether a layer loop would run this call in its one-row form: W_hh transposed
     (``transpose_min_steps``) and ``_one_row_form``."""
-    return call.steps >= policy.transpose_min_steps and _one_row_form(dataclasses.replace(call, training=False))
+    return call.steps >= policy.transpose_min_steps and _one_row_form(call)
 
 
 def _one_row_form(call: Call) -> bool:
     """Whether the compiled loop runs this call, given W_hh transposed, in its one-row form
-    (``loops.common.one_plain_row``): batch 1, no lengths or noise, inference (an RNN's training too: it
-    keeps nothing per step); RNN, LSTM without projection or layer norm, GRU with reset_after."""
+    (``loops.common.one_plain_row``): batch 1, no lengths or noise; RNN, LSTM without projection or layer
+    norm, GRU with reset_after."""
     s = call.spec
-    return (call.batch == 1 and not call.masked and not call.noisy and (not call.training or s.mode.startswith("RNN"))
-            and not s.layer_norm and not s.proj_size and not (s.mode == "GRU" and not s.reset_after))
+    return (call.batch == 1 and not call.masked and not call.noisy and not s.layer_norm and not s.proj_size
+            and not (s.mode == "GRU" and not s.reset_after))
 
 
 def layer_by_layer(stack: Call, policy: Policy, reason: str) -> Plan:

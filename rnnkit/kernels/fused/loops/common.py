@@ -246,12 +246,12 @@ def _gemm(a, b, out, ab, acc, bt, m, n, k):
 
 
 @register_jitable
-def one_plain_row(h, wt, train, has_mask, rd, z):
-    """Whether a forward call takes its cell's one-row loop (``_forward_one``): batch 1 (h <f>[1, P]),
-    W_hh transposed (``wt``), inference, no lengths, no recurrent dropout (rd) or zoneout (z): the same
-    arithmetic without the general loop's per-step branches, row views and scratch, which cost as much
-    as the step itself at H = 64."""
-    return h.shape[0] == 1 and wt and not train and not has_mask and rd.shape[0] == 0 and z.shape[0] == 0
+def one_plain_row(h, has_mask, rd, z):
+    """Whether a call takes its cell's one-row loops (``_forward_one``, given W_hh transposed, and
+    ``_backward_one``): batch 1 (h, or dh, <f>[1, P]), no lengths, no recurrent dropout (rd) or zoneout
+    (z): the same arithmetic without the general loops' per-step branches, row views and scratch, which
+    cost as much as the step itself at H = 64."""
+    return h.shape[0] == 1 and not has_mask and rd.shape[0] == 0 and z.shape[0] == 0
 
 
 @register_jitable

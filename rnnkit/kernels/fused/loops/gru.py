@@ -67,8 +67,9 @@ def _forward_rows(k, n, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train
 
 
 @register_jitable
-def _forward_one(gates, w_t, b_hn, h, reverse, out, off):
-    """``forward`` at batch 1 for inference (``common.one_plain_row``), w_t = W_hh^T."""
+def _forward_one(gates, w_t, b_hn, h, reverse, train, out, off, ghn):
+    """``forward`` at batch 1 (``common.one_plain_row``), w_t = W_hh^T; in training gates[t] keep r, z and
+    n and ghn[t] keeps W_hn h + b_hn."""
     T, _, G = gates.shape
     H = G // 3
     hv = h[0]
@@ -82,7 +83,11 @@ def _forward_one(gates, w_t, b_hn, h, reverse, out, off):
         for j in range(H):
             r = sigmoid_(g[j] + gh[j])
             z = sigmoid_(g[H + j] + gh[H + j])
-            n = tanh_(g[2 * H + j] + r * (gh[2 * H + j] + b_hn[j]))
+            hn = gh[2 * H + j] + b_hn[j]
+            n = tanh_(g[2 * H + j] + r * hn)
+            if train:
+                g[j], g[H + j], g[2 * H + j] = r, z, n
+                ghn[t, 0, j] = hn
             v = n + z * (hv[j] - n)
             hv[j] = v
             ob[j] = v
@@ -95,8 +100,8 @@ def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, 
     or W_hh^T when wt.
     train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask.
     rd, zh: recurrent dropout and zoneout (``noise``; size 0 when off)."""
-    if one_plain_row(h, wt, train, has_mask, rd, zh):
-        _forward_one(gates, w_hh, b_hn, h, reverse, out, off)
+    if wt and one_plain_row(h, has_mask, rd, zh):
+        _forward_one(gates, w_hh, b_hn, h, reverse, train, out, off, ghn)
     else:
         _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
 
@@ -179,13 +184,43 @@ def _backward_rows(k, n, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, r
     put_rows(dh, b0, dhc)
 
 
+@register_jitable
+def _backward_one(gates, ghn, h0, hseq, hoff, w_hh, dh, reverse, dout, doff, dgi, dghn):
+    """``backward`` at batch 1 (``common.one_plain_row``)."""
+    T, _, G = dgi.shape
+    H = G // 3
+    one = one_(dgi)
+    dhb = dh[0]
+    dgh = np.empty(G, dgi.dtype)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = prev_step(t, T, reverse)
+        g, a, dgb, dnb = gates[t, 0], ghn[t, 0], dgi[t, 0], dghn[t, 0]
+        hp = h0[0] if first else hseq[tp, 0, hoff:hoff + H]
+        do = dout[t, 0, doff:doff + H]
+        for j in range(H):
+            d = dhb[j] + do[j]
+            rg, z, n = g[j], g[H + j], g[2 * H + j]
+            dn = d * (one - z) * (one - n * n)
+            dr = dn * a[j] * rg * (one - rg)
+            dz = d * (hp[j] - n) * z * (one - z)
+            dgb[j], dgb[H + j], dgb[2 * H + j] = dr, dz, dn
+            dgh[j], dgh[H + j], dgh[2 * H + j] = dr, dz, dn * rg
+            dnb[j] = dn * rg
+            dhb[j] = d * z
+        vec_mat(dgh, w_hh, dhb)  # the direct term d·z, plus [dgi_r, dgi_z, dghn] W_hh
+
+
 @jit
 def backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn, rd, zh):
     """Backward of ``forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
     (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
     [dgi_r, dgi_z, dghn]."""
-    _backward_rows(0, 1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
-                   dgi, dghn, rd, zh)
+    if one_plain_row(dh, has_mask, rd, zh):
+        _backward_one(gates, ghn, h0, hseq, hoff, w_hh, dh, reverse, dout, doff, dgi, dghn)
+    else:
+        _backward_rows(0, 1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
+                       dgi, dghn, rd, zh)
 
 
 backward_par = parallel(_backward_rows)

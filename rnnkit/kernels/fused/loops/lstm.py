@@ -94,8 +94,9 @@ def _forward_rows(k, n, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, tr
 
 
 @register_jitable
-def _forward_one(gates, w_t, h, c, reverse, out, off):
-    """``forward`` at batch 1 for inference without projection (``common.one_plain_row``), w_t = W_hh^T."""
+def _forward_one(gates, w_t, h, c, reverse, train, out, off, cs):
+    """``forward`` at batch 1 without projection (``common.one_plain_row``), w_t = W_hh^T; in training
+    gates[t] keep the activated gates and cs[t] keeps c_t."""
     T, _, G = gates.shape
     H = G // 4
     hv, cv = h[0], c[0]
@@ -113,6 +114,9 @@ def _forward_one(gates, w_t, h, c, reverse, out, off):
             o = sigmoid_(g[3 * H + j] + gh[3 * H + j])
             cj = f * cv[j] + i * u
             cv[j] = cj
+            if train:
+                g[j], g[H + j], g[2 * H + j], g[3 * H + j] = i, f, u, o
+                cs[t, 0, j] = cj
             v = o * tanh_(cj)
             hv[j] = v
             ob[j] = v
@@ -124,8 +128,8 @@ def forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, of
     or shape (0, 0) without projection. train: keep activated gates in ``gates``, c_t in
     cs <f>[T, B, H] and, with a mask, h_t in hs. rd, zh, zc: recurrent dropout and zoneout of h and c
     (``noise``; size 0 when off); with zc, cs keeps c̃_t and cz <f>[T, B, H] the zoned c_t."""
-    if one_plain_row(h, wt, train, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
-        _forward_one(gates, w_hh, h, c, reverse, out, off)
+    if wt and one_plain_row(h, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
+        _forward_one(gates, w_hh, h, c, reverse, train, out, off, cs)
     else:
         _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh,
                       zc, cz)
@@ -235,13 +239,44 @@ def _backward_rows(k, n, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reve
     put_rows(dc, b0, dcc)
 
 
+@register_jitable
+def _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, doff, dg):
+    """``backward`` at batch 1 without projection (``common.one_plain_row``): ``_bwd_ew`` and
+    ``gate_grads`` in one pass a step."""
+    T, _, G = dg.shape
+    H = G // 4
+    one = one_(dg)
+    dhb, dcb = dh[0], dc[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = prev_step(t, T, reverse)
+        g, cv, dgb = gates[t, 0], cs[t, 0], dg[t, 0]
+        cp = c0[0] if first else cs[tp, 0]
+        do = dout[t, 0, doff:doff + H]
+        for j in range(H):
+            d = dhb[j] + do[j]
+            tc = tanh_(cv[j])
+            ig, fg, gg, og = g[j], g[H + j], g[2 * H + j], g[3 * H + j]
+            dcv = dcb[j] + d * og * (one - tc * tc)
+            dcb[j] = dcv * fg
+            dgb[j] = dcv * gg * ig * (one - ig)
+            dgb[H + j] = dcv * cp[j] * fg * (one - fg)
+            dgb[2 * H + j] = dcv * ig * (one - gg * gg)
+            dgb[3 * H + j] = d * tc * og * (one - og)
+        zero_(dhb)
+        vec_mat(dgb, w_hh, dhb)
+
+
 @jit
 def backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs, rd, zh, zc, cz):
     """Backward of ``forward``: dg <f>[T, B, 4H] the pre-activation gate gradients; with a
     projection (w_hr <f>[P, H], else shape (0, 0)) also dhs <f>[T, B, P] (∂L/∂h_t, 0 past a length)
     and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr. rd, zh, zc, cz: as ``forward``'s."""
-    _backward_rows(0, 1, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg,
-                   dhs, hcs, rd, zh, zc, cz)
+    if one_plain_row(dh, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
+        _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, doff, dg)
+    else:
+        _backward_rows(0, 1, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg,
+                       dhs, hcs, rd, zh, zc, cz)
 
 
 backward_par = parallel(_backward_rows)

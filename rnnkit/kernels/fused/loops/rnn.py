@@ -92,7 +92,7 @@ def _forward_one(gates, w_t, h, relu, reverse, out, off):
 def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
     """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``). rd, zh:
     recurrent dropout and zoneout (``noise``; size 0 when off); with zoneout, gates keep h̃_t."""
-    if one_plain_row(h, wt, keep_h, has_mask, rd, zh):
+    if wt and one_plain_row(h, has_mask, rd, zh):  # (keep_h needs a mask)
         _forward_one(gates, w_hh, h, relu, reverse, out, off)
     else:
         _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh)
@@ -160,11 +160,33 @@ def _backward_rows(k, n, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, do
     put_rows(dh, b0, dhc)
 
 
+@register_jitable
+def _backward_one(hseq, hoff, w_hh, dh, relu, reverse, dout, doff, dg):
+    """``backward`` at batch 1 (``common.one_plain_row``)."""
+    T, _, H = dg.shape
+    one = one_(dg)
+    zero = one - one
+    dhb = dh[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        hv = hseq[t, 0, hoff:hoff + H]
+        do = dout[t, 0, doff:doff + H]
+        dgb = dg[t, 0]
+        for j in range(H):
+            d = dhb[j] + do[j]
+            dgb[j] = (d if hv[j] > 0 else zero) if relu else d * (one - hv[j] * hv[j])
+        zero_(dhb)
+        vec_mat(dgb, w_hh, dhb)
+
+
 @jit
 def backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh):
     """Backward of ``forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
     hoff:hoff+H] is the state after step t; with zoneout (zh), ht <f>[T, B, H] holds h̃_t."""
-    _backward_rows(0, 1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh)
+    if one_plain_row(dh, has_mask, rd, zh):
+        _backward_one(hseq, hoff, w_hh, dh, relu, reverse, dout, doff, dg)
+    else:
+        _backward_rows(0, 1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh)
 
 
 backward_par = parallel(_backward_rows)
