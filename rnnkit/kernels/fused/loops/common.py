@@ -157,6 +157,18 @@ def consts(a):
 
 
 @register_jitable
+def transposed(w):
+    """A C-contiguous copy of w^T for w <f>[N, K] (the one-row loops' W_hh^T)."""
+    n, k = w.shape
+    wt = np.empty((k, n), w.dtype)
+    for i in range(n):
+        wi = w[i]
+        for j in range(k):
+            wt[j, i] = wi[j]
+    return wt
+
+
+@register_jitable
 def vec_mat(a, b, o):
     """o[N] += a[K] · b[K, N] (C-contiguous), four rows of b per pass over o (4x fewer loads and
     stores of o): the batch-1 mat-vec with a weight stored transposed, no horizontal sums."""

@@ -8,7 +8,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from .common import (acc_, chunk, consts, dot, get_rows, merge_acc, one_, one_plain_row, past_end, prev_step, put_rows,
-                     set_, sigmoid_, tanh_, vec_mat, zero_)
+                     set_, sigmoid_, tanh_, transposed, vec_mat, zero_)
 from .jit import jit, parallel
 from .noise import carry_add, dot_dropped, noise_rows, off2, off3, split_row, state_out
 from .small import no_mask, project, small_grads
@@ -389,8 +389,11 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, reverse, out, off, gates, ghn):
     <f>[T, B, H] are kept for backward."""
     H = h.shape[1]
     project(x, w_ih, b_ih, b_hh, 2 * H, gates)
-    _forward_rows(0, 1, gates, w_hh, False, b_hh[2 * H:], h, no_mask(), False, reverse, True, out,
-                  off, np.empty((1, 1, 1), x.dtype), ghn, off2(x), off3(x))
+    if h.shape[0] == 1:
+        _forward_one(gates, transposed(w_hh), b_hh[2 * H:], h, reverse, True, out, off, ghn)
+    else:
+        _forward_rows(0, 1, gates, w_hh, False, b_hh[2 * H:], h, no_mask(), False, reverse, True, out,
+                      off, np.empty((1, 1, 1), x.dtype), ghn, off2(x), off3(x))
 
 
 @jit
@@ -400,8 +403,11 @@ def small_backward(x, gates, ghn, out, off, h0, w_ih, w_hh, dh, reverse, dout, d
     H = G // 3
     dgi = np.empty(gates.shape, x.dtype)
     dghn = np.empty((T, B, H), x.dtype)
-    _backward_rows(0, 1, gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn,
-                   off2(x), off3(x))
+    if B == 1:
+        _backward_one(gates, ghn, h0, out, off, w_hh, dh, reverse, dout, off, dgi, dghn)
+    else:
+        _backward_rows(0, 1, gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn,
+                       off2(x), off3(x))
     dgh = np.empty(gates.shape, x.dtype)
     dgh[:, :, : 2 * H] = dgi[:, :, : 2 * H]
     dgh[:, :, 2 * H:] = dghn

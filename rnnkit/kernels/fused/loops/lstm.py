@@ -9,7 +9,7 @@ from numba import carray
 from numba.extending import register_jitable
 
 from .common import (add_dout, chunk, consts, dot, get_rows, merge_set, one_, one_plain_row, past_end, prev_step,
-                     put_rows, set_, sigmoid_, tanh_, vec_mat, zero_)
+                     put_rows, set_, sigmoid_, tanh_, transposed, vec_mat, zero_)
 from .jit import jit, parallel
 from .noise import carry, dot_dropped, noise_rows, off2, off3, state_out, zone, zone_split
 from .small import no_mask, project, small_grads
@@ -300,8 +300,11 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, c, reverse, out, off, gates, cs)
     """One direction of an LSTM layer (no projection): gates <f>[T, B, 4H] and cs <f>[T, B, H] are
     kept for backward (the activated gates, c_t)."""
     project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
-    _forward_rows(0, 1, gates, w_hh, False, np.empty((0, 0), x.dtype), h, c, no_mask(), False,
-                  reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs, off2(x), off3(x), off3(x), off3(x))
+    if h.shape[0] == 1:
+        _forward_one(gates, transposed(w_hh), h, c, reverse, True, out, off, cs)
+    else:
+        _forward_rows(0, 1, gates, w_hh, False, np.empty((0, 0), x.dtype), h, c, no_mask(), False,
+                      reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs, off2(x), off3(x), off3(x), off3(x))
 
 
 @jit
@@ -310,8 +313,11 @@ def small_backward(x, gates, cs, c0, out, off, h0, w_ih, w_hh, dh, dc, reverse, 
     """Backward of ``small_forward`` (dh, dc become h0's and c0's gradients)."""
     dg = np.empty(gates.shape, x.dtype)
     dummy = np.empty((1, 1, 1), x.dtype)
-    _backward_rows(0, 1, gates, cs, c0, w_hh, np.empty((0, 0), x.dtype), dh, dc, no_mask(), False,
-                   reverse, dout, off, dg, dummy, dummy, off2(x), off3(x), off3(x), off3(x))
+    if dh.shape[0] == 1:
+        _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, off, dg)
+    else:
+        _backward_rows(0, 1, gates, cs, c0, w_hh, np.empty((0, 0), x.dtype), dh, dc, no_mask(), False,
+                       reverse, dout, off, dg, dummy, dummy, off2(x), off3(x), off3(x), off3(x))
     small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
 
 

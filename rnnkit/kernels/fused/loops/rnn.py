@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba.extending import register_jitable
 
-from .common import (chunk, consts, dot, get_rows, merge_set, one_, one_plain_row, past_end, put_rows, tanh_, vec_mat,
-                     zero_)
+from .common import (chunk, consts, dot, get_rows, merge_set, one_, one_plain_row, past_end, put_rows, tanh_,
+                     transposed, vec_mat, zero_)
 from .jit import jit, parallel
 from .noise import carry, dot_dropped, noise_rows, off2, off3
 from .small import no_mask, project, small_grads
@@ -208,8 +208,11 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, relu, reverse, out, off):
     T, B, _ = x.shape
     gates = np.empty((T, B, h.shape[1]), x.dtype)
     project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
-    _forward_rows(0, 1, gates, w_hh, False, h, relu, no_mask(), False, reverse, False, out, off,
-                  np.empty((1, 1, 1), x.dtype), off2(x), off3(x))
+    if B == 1:
+        _forward_one(gates, transposed(w_hh), h, relu, reverse, out, off)
+    else:
+        _forward_rows(0, 1, gates, w_hh, False, h, relu, no_mask(), False, reverse, False, out, off,
+                      np.empty((1, 1, 1), x.dtype), off2(x), off3(x))
 
 
 @jit
@@ -217,7 +220,11 @@ def small_backward(x, out, off, h0, w_ih, w_hh, dh, relu, reverse, dout, dx, dw_
     """Backward of ``small_forward``: adds to dx and the weight gradients; dh <f>[B, H], the final
     state's gradient, becomes h0's."""
     dg = np.empty((x.shape[0], x.shape[1], h0.shape[1]), x.dtype)
-    _backward_rows(0, 1, out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg, dg, off2(x), off3(x))
+    if dh.shape[0] == 1:
+        _backward_one(out, off, w_hh, dh, relu, reverse, dout, off, dg)
+    else:
+        _backward_rows(0, 1, out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg, dg, off2(x),
+                       off3(x))
     small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
 
 
