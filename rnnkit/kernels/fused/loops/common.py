@@ -169,9 +169,12 @@ def transposed(w):
 
 
 @register_jitable
-def vec_mat(a, b, o):
-    """o[N] += a[K] · b[K, N] (C-contiguous), four rows of b per pass over o (4x fewer loads and
-    stores of o): the batch-1 mat-vec with a weight stored transposed, no horizontal sums."""
+def vec_mat(a, b, o, acc):
+    """o[N] (+)= a[K] · b[K, N] (C-contiguous), four rows of b per pass over o (4x fewer loads and
+    stores of o): the batch-1 mat-vec with a weight stored transposed, no horizontal sums. acc: add
+    to o, else replace it."""
+    if not acc:
+        zero_(o)
     k = a.shape[0]
     n = o.shape[0]
     k4 = k - k % 4
@@ -195,9 +198,7 @@ def dot(a, b, out, ab, acc, bt):
     n = b.shape[0] if bt else b.shape[1]
     if m <= _SMALL_BATCH and not bt:
         for i in range(m):
-            if not acc:
-                zero_(out[i])
-            vec_mat(a[i], b, out[i])
+            vec_mat(a[i], b, out[i], acc)
     elif m <= _SMALL_BATCH:
         n8 = n - n % 8
         for i in range(m):

@@ -76,10 +76,8 @@ def _forward_one(gates, w_t, b_hn, h, reverse, train, out, off, ghn):
     gh = np.empty(G, h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        zero_(gh)
-        vec_mat(hv, w_t, gh)
-        g = gates[t, 0]
-        ob = out[t, 0, off:off + H]
+        vec_mat(hv, w_t, gh, False)
+        g, ob = gates[t, 0], out[t, 0, off:off + H]
         for j in range(H):
             r = sigmoid_(g[j] + gh[j])
             z = sigmoid_(g[H + j] + gh[H + j])
@@ -208,7 +206,7 @@ def _backward_one(gates, ghn, h0, hseq, hoff, w_hh, dh, reverse, dout, doff, dgi
             dgh[j], dgh[H + j], dgh[2 * H + j] = dr, dz, dn * rg
             dnb[j] = dn * rg
             dhb[j] = d * z
-        vec_mat(dgh, w_hh, dhb)  # the direct term d·z, plus [dgi_r, dgi_z, dghn] W_hh
+        vec_mat(dgh, w_hh, dhb, True)  # the direct term d·z, plus [dgi_r, dgi_z, dghn] W_hh
 
 
 @jit

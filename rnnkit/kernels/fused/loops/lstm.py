@@ -103,10 +103,8 @@ def _forward_one(gates, w_t, h, c, reverse, train, out, off, cs):
     gh = np.empty(G, h.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        zero_(gh)
-        vec_mat(hv, w_t, gh)
-        g = gates[t, 0]
-        ob = out[t, 0, off:off + H]
+        vec_mat(hv, w_t, gh, False)
+        g, ob = gates[t, 0], out[t, 0, off:off + H]
         for j in range(H):
             i = sigmoid_(g[j] + gh[j])
             f = sigmoid_(g[H + j] + gh[H + j])
@@ -263,8 +261,7 @@ def _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, doff, dg):
             dgb[H + j] = dcv * cp[j] * fg * (one - fg)
             dgb[2 * H + j] = dcv * ig * (one - gg * gg)
             dgb[3 * H + j] = d * tc * og * (one - og)
-        zero_(dhb)
-        vec_mat(dgb, w_hh, dhb)
+        vec_mat(dgb, w_hh, dhb, False)
 
 
 @jit

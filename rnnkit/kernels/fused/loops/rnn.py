@@ -77,10 +77,8 @@ def _forward_one(gates, w_t, h, relu, reverse, out, off):
     zero = one_(h) - one_(h)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        zero_(gh)
-        vec_mat(hv, w_t, gh)
-        g = gates[t, 0]
-        ob = out[t, 0, off:off + H]
+        vec_mat(hv, w_t, gh, False)
+        g, ob = gates[t, 0], out[t, 0, off:off + H]
         for j in range(H):
             v = g[j] + gh[j]
             v = (v if v > 0 else zero) if relu else tanh_(v)
@@ -175,8 +173,7 @@ def _backward_one(hseq, hoff, w_hh, dh, relu, reverse, dout, doff, dg):
         for j in range(H):
             d = dhb[j] + do[j]
             dgb[j] = (d if hv[j] > 0 else zero) if relu else d * (one - hv[j] * hv[j])
-        zero_(dhb)
-        vec_mat(dgb, w_hh, dhb)
+        vec_mat(dgb, w_hh, dhb, False)
 
 
 @jit
