@@ -169,8 +169,6 @@ def test_matches_reference(cell, options, dtype, loop):
         pytest.skip("the split needs 2 rows")
     if loop == "onednn" and (dtype == torch.float64 or cell != "lstm" or options[2] is not None):
         pytest.skip("oneDNN's LSTM layer covers float32 LSTM without projection or lengths")
-    if loop == "compiled-wt" and cell == "lstm_ln":
-        pytest.skip("the layer-normalised LSTM's compiled loop has no transposed-W_hh variant")
     if loop == "compiled-wt" and options[5] != 1:
         pytest.skip("the transposed W_hh is used at batch 1 only")
     streams = not options[1] and options[2] is None  # unidirectional, no lengths

@@ -76,7 +76,8 @@ def _forward(p: Plan, policy: Policy, x, w_ih, b_ih, w_hh, ln, b_hh, h0, c0, mas
             step_forward(T, reverse, h, w_hh, lambda t, gh: K.ln.forward_step(
                 t, gates_np, gh, ln_np, h_np, c_np, mask_np, has_mask, train, *bufs))
         else:
-            Split(K.ln.forward, K.ln.forward_par)(p.chunks, gates_np, as_np(w_hh), ln_np, h_np, c_np, mask_np,
+            w = as_np(contiguous(w_hh.t())) if p.transposed else as_np(w_hh)
+            Split(K.ln.forward, K.ln.forward_par)(p.chunks, gates_np, w, p.transposed, ln_np, h_np, c_np, mask_np,
                                                   has_mask, reverse, train, *bufs, rd, zh, zc,
                                                   as_np(cz) if cz is not None else zc)
     saved = (x, w_ih, gates, ri, rh, rstd, cs, chat, hs if has_mask else out, h0, c0, w_hh, ln, mask) if train else None

@@ -242,8 +242,7 @@ def _plan_own_layer(call: Call, policy: Policy) -> Plan:
         return Plan("onednn_lstm", reason, call)
     if call.noisy:  # the masks enter the compiled loop's rows functions; no other path takes them
         n = _chunks(call, policy, policy.par_row_bytes)
-        transposed = (n == 1 and call.batch == 1 and call.steps >= policy.transpose_min_steps
-                      and not call.spec.layer_norm)
+        transposed = n == 1 and call.batch == 1 and call.steps >= policy.transpose_min_steps
         return Plan("compiled_loop", "recurrent dropout or zoneout: the compiled loop takes the masks" +
                     (f"; {call.batch // n}+ rows a thread" if n > 1 else ""), call, chunks=n, transposed=transposed)
     if call.training and not call.masked and not s.layer_norm and not s.proj_size and \
@@ -268,7 +267,7 @@ def _plan_own_layer(call: Call, policy: Policy) -> Plan:
         return Plan("step_loop", f"W_hh {_kb(call.recurrent_bytes)} >= step_loop_min_weight "
                                  f"{_kb(policy.step_loop_min_weight)}, B >= {policy.step_loop_min_batch}, "
                                  f"T >= {policy.step_loop_min_steps}", call)
-    transposed = call.batch == 1 and call.steps >= policy.transpose_min_steps and not s.layer_norm
+    transposed = call.batch == 1 and call.steps >= policy.transpose_min_steps
     why = ("no split (" + (f"B < 2·par_min_rows {policy.par_min_rows}" if _max_chunks(call, policy) <= 1 else
                            f"W_hh {_kb(call.recurrent_bytes)} > par_row_bytes {_kb(policy.par_row_bytes)} a row")
            + ") and a weight below step_loop_min_weight or a shape the step loop does not take")
@@ -341,10 +340,10 @@ def _one_row(call: Call, policy: Policy) -> bool:
 
 def _one_row_form(call: Call) -> bool:
     """Whether the compiled loop runs this call, given W_hh transposed, in its one-row form
-    (``loops.common.one_plain_row``): batch 1, no lengths or noise; RNN, LSTM without projection or layer
-    norm, GRU with reset_after."""
+    (``loops.common.one_plain_row``): batch 1, no lengths or noise; RNN, LSTM without projection (plain or
+    layer-normalised), GRU with reset_after."""
     s = call.spec
-    return (call.batch == 1 and not call.masked and not call.noisy and not s.layer_norm and not s.proj_size
+    return (call.batch == 1 and not call.masked and not call.noisy and not s.proj_size
             and not (s.mode == "GRU" and not s.reset_after))
 
 

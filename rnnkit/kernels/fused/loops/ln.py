@@ -8,10 +8,11 @@ import numpy as np
 from numba import carray, prange
 from numba.extending import register_jitable
 
-from .common import (acc_, chunk, consts, dot, get_rows, merge_set, one_, prev_step, put_rows, set_, tanh_,
-                     zero_)
+from .common import (acc_, chunk, consts, dot, get_rows, merge_set, one_, one_plain_row, prev_step, put_rows, set_,
+                     tanh_, vec_mat, zero_)
 from .jit import jit, parallel
 from .noise import carry, dot_dropped, noise_rows, off2, off3, put_out, split_row, zone
+from .small import no_mask
 from .lstm import activate_gates, gate_grads
 from .stream import at_address, kernels, layer_weights, put_top, step_rows
 
@@ -131,7 +132,7 @@ def _fwd_ew(t, b0, gates, gh, ln, h, c, mask, has_mask, train, out, rh, rstd, cs
 
 
 @register_jitable
-def _forward_rows(k, n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
+def _forward_rows(k, n, gates, w_hh, wt, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat,
                   hs, rd, zh, zc, cz):
     b0, b1 = chunk(k, n, h.shape[0])
     T, _, G = gates.shape
@@ -147,7 +148,7 @@ def _forward_rows(k, n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, o
     cold = np.empty(cc.shape if has_zc else (0, 0), gates.dtype)
     for s in range(T):
         t = T - 1 - s if reverse else s
-        dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, True)
+        dot_dropped(hc, rd, b0, hin, w_hh, gh, ab, not wt)
         if has_zh:
             hold[:] = hc
         if has_zc:
@@ -166,13 +167,30 @@ def _forward_rows(k, n, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, o
     put_rows(c, b0, cc)
 
 
+@register_jitable
+def _forward_one(gates, w_t, ln, h, c, reverse, train, out, rh, rstd, cs, chat, hs):
+    """``forward`` at batch 1 (``common.one_plain_row``), w_t = W_hh^T: ``_fwd_ew`` on the state rows in
+    place after the one-row mat-vec."""
+    T, _, G = gates.shape
+    gh = np.empty((1, G), gates.dtype)
+    scratch = np.empty((2, G), gates.dtype)
+    k = _consts(gh)
+    unmasked = no_mask()
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        vec_mat(h[0], w_t, gh[0], False)
+        _fwd_ew(t, 0, gates, gh, ln, h, c, unmasked, False, train, out, rh, rstd, cs, chat, hs, k, scratch)
+
+
 @jit
-def forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs, rd, zh, zc, cz):
+def forward(gates, w_hh, wt, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs, chat, hs, rd, zh, zc,
+            cz):
     """Layer-normalised LSTM (``rnnkit.cells.ln_lstm_step``), gate order i, f, g, o: the recurrent
     term's and the cell's normalisations inside the loop, the input term's before it.
 
     gates <f>[T, B, 4H]: in γ_ih·LN(x W_ih^T) + b_ih + b_hh (``input_forward``); out (train) the
-    activated gates. w_hh <f>[4H, H] (torch's layout); ln <f>[10H] = [γ_ih | γ_hh | γ_c | β_c];
+    activated gates. w_hh <f>[4H, H] (torch's layout), or W_hh^T when wt (batch 1); ln <f>[10H] =
+    [γ_ih | γ_hh | γ_c | β_c];
     out <f>[T, B, H].
     train: keep the normalised recurrent term rh <f>[T, B, 4H], its and the cell's 1/std in
     rstd[:, :, 1:] (rstd <f>[T, B, 3]), c_t in cs, the normalised c_t in chat <f>[T, B, H] and, with a
@@ -180,8 +198,11 @@ def forward(gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd
     rd, zh, zc: recurrent dropout and zoneout (``noise``; size 0 when off); with zc, cs keeps c̃_t and
     cz <f>[T, B, H] the zoned c_t.
     """
-    _forward_rows(0, 1, gates, w_hh, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
-                  chat, hs, rd, zh, zc, cz)
+    if wt and one_plain_row(h, has_mask, rd, zh) and zc.shape[0] == 0:
+        _forward_one(gates, w_hh, ln, h, c, reverse, train, out, rh, rstd, cs, chat, hs)
+    else:
+        _forward_rows(0, 1, gates, w_hh, wt, ln, h, c, mask, has_mask, reverse, train, out, rh, rstd, cs,
+                      chat, hs, rd, zh, zc, cz)
 
 
 forward_par = parallel(_forward_rows)
@@ -200,7 +221,7 @@ def _stream_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, c, unused):
     bias = np.empty(G, h.dtype)
     out = np.empty((1, B, H), h.dtype)
     scratch = np.empty((2, G), h.dtype)
-    no_mask = np.zeros((1, 1), np.bool_)
+    unmasked = no_mask()
     k = _consts(gh)
     for t in range(steps):
         xin, yout = step_rows(ptrs, x_addr, y_addr, t, batch, b0, h)
@@ -214,7 +235,7 @@ def _stream_rows(ptrs, x_addr, y_addr, steps, batch, b0, h, c, unused):
                 _input_row(gates[0, b], ln[:G], bias, scratch[0], k[0], k[2])
             dot(h[layer], w_hh, gh, ab, False, True)
             # not training and no mask: the kept-for-backward arrays are never touched (gates stands in)
-            _fwd_ew(0, 0, gates, gh, ln, h[layer], c[layer], no_mask, False, False, out, gates, gates, gates,
+            _fwd_ew(0, 0, gates, gh, ln, h[layer], c[layer], unmasked, False, False, out, gates, gates, gates,
                     gates, gates, k, scratch)
             xin = h[layer]
         put_top(yout, h)
@@ -342,6 +363,22 @@ def _backward_rows(k, n, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, 
     put_rows(dc, b0, dcc)
 
 
+@register_jitable
+def _backward_one(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, reverse, dout, dg, drh, dpar):
+    """``backward`` at batch 1 (``common.one_plain_row``): ``_bwd_ew`` on the carried rows in place, then
+    dh = drh[t] W_hh, one row."""
+    T, _, G = dg.shape
+    scratch = np.empty((3, G), dg.dtype)
+    k = _consts(dg)
+    unmasked, z2, z3 = no_mask(), off2(dg), off3(dg)
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp, first = prev_step(t, T, reverse)
+        _bwd_ew(t, 0, first, tp, gates, rh, rstd, cs, chat, c0, ln, dh, dc, unmasked, False, dout, dg, drh, dpar,
+                k, scratch, z3, z3, z3, z2, z2)
+        vec_mat(drh[t, 0], w_hh, dh[0], False)
+
+
 @jit
 def backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse, dout, dg, drh, dpar,
              rd, zh, zc, cz):
@@ -350,8 +387,11 @@ def backward(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, re
     ``input_backward``) and drh <f>[T, B, 4H] = ∂L/∂(h_{t-1} W_hh^T), both 0 past a length; adds
     the gradients of ln's γ_c and β_c into dpar[8H:10H] (dpar <f>[14H] = [γ_ih | γ_hh | γ_c | β_c |
     the bias b_ih + b_hh]). rd, zh, zc, cz: as ``forward``'s."""
-    _backward_rows(0, 1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
-                   dout, dg, drh, dpar, rd, zh, zc, cz)
+    if one_plain_row(dh, has_mask, rd, zh) and zc.shape[0] == 0:
+        _backward_one(gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, reverse, dout, dg, drh, dpar)
+    else:
+        _backward_rows(0, 1, gates, rh, rstd, cs, chat, c0, w_hh, ln, dh, dc, mask, has_mask, reverse,
+                       dout, dg, drh, dpar, rd, zh, zc, cz)
 
 
 @jit(parallel=True)
