@@ -91,6 +91,14 @@ def _forward_one(gates, w_t, b_hn, h, reverse, train, out, off, ghn):
             ob[j] = v
 
 
+@register_jitable
+def _forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh):
+    if wt and one_plain_row(h, has_mask, rd, zh):
+        _forward_one(gates, w_hh, b_hn, h, reverse, train, out, off, ghn)
+    else:
+        _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
+
+
 @jit
 def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh):
     """GRU, reset_after=True (torch.nn's), gate order r, z, n. gates hold x W_ih^T + b_ih with
@@ -98,10 +106,7 @@ def forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, 
     or W_hh^T when wt.
     train: keep r, z, n in ``gates``, W_hn h + b_hn in ghn <f>[T, B, H], h_t in hs with a mask.
     rd, zh: recurrent dropout and zoneout (``noise``; size 0 when off)."""
-    if wt and one_plain_row(h, has_mask, rd, zh):
-        _forward_one(gates, w_hh, b_hn, h, reverse, train, out, off, ghn)
-    else:
-        _forward_rows(0, 1, gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
+    _forward(gates, w_hh, wt, b_hn, h, mask, has_mask, reverse, train, out, off, hs, ghn, rd, zh)
 
 
 forward_par = parallel(_forward_rows)
@@ -209,16 +214,21 @@ def _backward_one(gates, ghn, h0, hseq, hoff, w_hh, dh, reverse, dout, doff, dgi
         vec_mat(dgh, w_hh, dhb, True)  # the direct term d·z, plus [dgi_r, dgi_z, dghn] W_hh
 
 
-@jit
-def backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn, rd, zh):
-    """Backward of ``forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
-    (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
-    [dgi_r, dgi_z, dghn]."""
+@register_jitable
+def _backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn, rd, zh):
     if one_plain_row(dh, has_mask, rd, zh):
         _backward_one(gates, ghn, h0, hseq, hoff, w_hh, dh, reverse, dout, doff, dgi, dghn)
     else:
         _backward_rows(0, 1, gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff,
                        dgi, dghn, rd, zh)
+
+
+@jit
+def backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn, rd, zh):
+    """Backward of ``forward``: dgi <f>[T, B, 3H] gradients of the input-side pre-activations
+    (r, z, n); dghn <f>[T, B, H] that of W_hn h + b_hn (= dgi_n·r). The recurrent-side gradient is
+    [dgi_r, dgi_z, dghn]."""
+    _backward(gates, ghn, h0, hseq, hoff, w_hh, dh, mask, has_mask, reverse, dout, doff, dgi, dghn, rd, zh)
 
 
 backward_par = parallel(_backward_rows)
@@ -387,11 +397,9 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, reverse, out, off, gates, ghn):
     <f>[T, B, H] are kept for backward."""
     H = h.shape[1]
     project(x, w_ih, b_ih, b_hh, 2 * H, gates)
-    if h.shape[0] == 1:
-        _forward_one(gates, transposed(w_hh), b_hh[2 * H:], h, reverse, True, out, off, ghn)
-    else:
-        _forward_rows(0, 1, gates, w_hh, False, b_hh[2 * H:], h, no_mask(), False, reverse, True, out,
-                      off, np.empty((1, 1, 1), x.dtype), ghn, off2(x), off3(x))
+    wt = h.shape[0] == 1  # the one-row loop, on W_hh^T
+    _forward(gates, transposed(w_hh) if wt else w_hh, wt, b_hh[2 * H:], h, no_mask(), False, reverse, True, out,
+             off, np.empty((1, 1, 1), x.dtype), ghn, off2(x), off3(x))
 
 
 @jit
@@ -401,11 +409,7 @@ def small_backward(x, gates, ghn, out, off, h0, w_ih, w_hh, dh, reverse, dout, d
     H = G // 3
     dgi = np.empty(gates.shape, x.dtype)
     dghn = np.empty((T, B, H), x.dtype)
-    if B == 1:
-        _backward_one(gates, ghn, h0, out, off, w_hh, dh, reverse, dout, off, dgi, dghn)
-    else:
-        _backward_rows(0, 1, gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn,
-                       off2(x), off3(x))
+    _backward(gates, ghn, h0, out, off, w_hh, dh, no_mask(), False, reverse, dout, off, dgi, dghn, off2(x), off3(x))
     dgh = np.empty(gates.shape, x.dtype)
     dgh[:, :, : 2 * H] = dgi[:, :, : 2 * H]
     dgh[:, :, 2 * H:] = dghn

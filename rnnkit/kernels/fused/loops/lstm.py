@@ -120,17 +120,22 @@ def _forward_one(gates, w_t, h, c, reverse, train, out, off, cs):
             ob[j] = v
 
 
+@register_jitable
+def _forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc, cz):
+    if wt and one_plain_row(h, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
+        _forward_one(gates, w_hh, h, c, reverse, train, out, off, cs)
+    else:
+        _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh,
+                      zc, cz)
+
+
 @jit
 def forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc, cz):
     """LSTM, gate order i, f, g, o. w_hh <f>[4H, P] is W_hh, or W_hh^T when wt; w_hr <f>[P, H] = W_hr
     or shape (0, 0) without projection. train: keep activated gates in ``gates``, c_t in
     cs <f>[T, B, H] and, with a mask, h_t in hs. rd, zh, zc: recurrent dropout and zoneout of h and c
     (``noise``; size 0 when off); with zc, cs keeps c̃_t and cz <f>[T, B, H] the zoned c_t."""
-    if wt and one_plain_row(h, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
-        _forward_one(gates, w_hh, h, c, reverse, train, out, off, cs)
-    else:
-        _forward_rows(0, 1, gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh,
-                      zc, cz)
+    _forward(gates, w_hh, wt, w_hr, h, c, mask, has_mask, reverse, train, out, off, hs, cs, rd, zh, zc, cz)
 
 
 forward_par = parallel(_forward_rows)
@@ -264,16 +269,21 @@ def _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, doff, dg):
         vec_mat(dgb, w_hh, dhb, False)
 
 
-@jit
-def backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs, rd, zh, zc, cz):
-    """Backward of ``forward``: dg <f>[T, B, 4H] the pre-activation gate gradients; with a
-    projection (w_hr <f>[P, H], else shape (0, 0)) also dhs <f>[T, B, P] (∂L/∂h_t, 0 past a length)
-    and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr. rd, zh, zc, cz: as ``forward``'s."""
+@register_jitable
+def _backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs, rd, zh, zc, cz):
     if one_plain_row(dh, has_mask, rd, zh) and zc.shape[0] == 0 and w_hr.shape[0] == 0:
         _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, doff, dg)
     else:
         _backward_rows(0, 1, gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg,
                        dhs, hcs, rd, zh, zc, cz)
+
+
+@jit
+def backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs, rd, zh, zc, cz):
+    """Backward of ``forward``: dg <f>[T, B, 4H] the pre-activation gate gradients; with a
+    projection (w_hr <f>[P, H], else shape (0, 0)) also dhs <f>[T, B, P] (∂L/∂h_t, 0 past a length)
+    and hcs <f>[T, B, H] = o_t·tanh(c_t) (0 past a length), for dW_hr. rd, zh, zc, cz: as ``forward``'s."""
+    _backward(gates, cs, c0, w_hh, w_hr, dh, dc, mask, has_mask, reverse, dout, doff, dg, dhs, hcs, rd, zh, zc, cz)
 
 
 backward_par = parallel(_backward_rows)
@@ -297,11 +307,9 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, c, reverse, out, off, gates, cs)
     """One direction of an LSTM layer (no projection): gates <f>[T, B, 4H] and cs <f>[T, B, H] are
     kept for backward (the activated gates, c_t)."""
     project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
-    if h.shape[0] == 1:
-        _forward_one(gates, transposed(w_hh), h, c, reverse, True, out, off, cs)
-    else:
-        _forward_rows(0, 1, gates, w_hh, False, np.empty((0, 0), x.dtype), h, c, no_mask(), False,
-                      reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs, off2(x), off3(x), off3(x), off3(x))
+    wt = h.shape[0] == 1  # the one-row loop, on W_hh^T
+    _forward(gates, transposed(w_hh) if wt else w_hh, wt, np.empty((0, 0), x.dtype), h, c, no_mask(), False,
+             reverse, True, out, off, np.empty((1, 1, 1), x.dtype), cs, off2(x), off3(x), off3(x), off3(x))
 
 
 @jit
@@ -310,11 +318,8 @@ def small_backward(x, gates, cs, c0, out, off, h0, w_ih, w_hh, dh, dc, reverse, 
     """Backward of ``small_forward`` (dh, dc become h0's and c0's gradients)."""
     dg = np.empty(gates.shape, x.dtype)
     dummy = np.empty((1, 1, 1), x.dtype)
-    if dh.shape[0] == 1:
-        _backward_one(gates, cs, c0, w_hh, dh, dc, reverse, dout, off, dg)
-    else:
-        _backward_rows(0, 1, gates, cs, c0, w_hh, np.empty((0, 0), x.dtype), dh, dc, no_mask(), False,
-                       reverse, dout, off, dg, dummy, dummy, off2(x), off3(x), off3(x), off3(x))
+    _backward(gates, cs, c0, w_hh, np.empty((0, 0), x.dtype), dh, dc, no_mask(), False, reverse, dout, off, dg,
+              dummy, dummy, off2(x), off3(x), off3(x), off3(x))
     small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
 
 

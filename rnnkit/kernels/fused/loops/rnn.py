@@ -70,7 +70,8 @@ def _forward_rows(k, n, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_
 
 @register_jitable
 def _forward_one(gates, w_t, h, relu, reverse, out, off):
-    """``forward`` at batch 1 for inference (``common.one_plain_row``), w_t = W_hh^T."""
+    """``forward`` at batch 1 (``common.one_plain_row``), w_t = W_hh^T; in training too (backward reads
+    only the outputs)."""
     T, _, H = gates.shape
     hv = h[0]
     gh = np.empty(H, h.dtype)
@@ -86,14 +87,19 @@ def _forward_one(gates, w_t, h, relu, reverse, out, off):
             ob[j] = v
 
 
-@jit
-def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
-    """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``). rd, zh:
-    recurrent dropout and zoneout (``noise``; size 0 when off); with zoneout, gates keep h̃_t."""
+@register_jitable
+def _forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
     if wt and one_plain_row(h, has_mask, rd, zh):  # (keep_h needs a mask)
         _forward_one(gates, w_hh, h, relu, reverse, out, off)
     else:
         _forward_rows(0, 1, gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh)
+
+
+@jit
+def forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh):
+    """Elman RNN over the sequence. w_hh <f>[H, H] is W_hh, or W_hh^T when wt (see ``dot``). rd, zh:
+    recurrent dropout and zoneout (``noise``; size 0 when off); with zoneout, gates keep h̃_t."""
+    _forward(gates, w_hh, wt, h, relu, mask, has_mask, reverse, keep_h, out, off, hs, rd, zh)
 
 
 forward_par = parallel(_forward_rows)
@@ -176,14 +182,19 @@ def _backward_one(hseq, hoff, w_hh, dh, relu, reverse, dout, doff, dg):
         vec_mat(dgb, w_hh, dhb, False)
 
 
-@jit
-def backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh):
-    """Backward of ``forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
-    hoff:hoff+H] is the state after step t; with zoneout (zh), ht <f>[T, B, H] holds h̃_t."""
+@register_jitable
+def _backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh):
     if one_plain_row(dh, has_mask, rd, zh):
         _backward_one(hseq, hoff, w_hh, dh, relu, reverse, dout, doff, dg)
     else:
         _backward_rows(0, 1, hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh)
+
+
+@jit
+def backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh):
+    """Backward of ``forward``: dg <f>[T, B, H] the pre-activation gradients. hseq[t, :,
+    hoff:hoff+H] is the state after step t; with zoneout (zh), ht <f>[T, B, H] holds h̃_t."""
+    _backward(hseq, hoff, w_hh, dh, relu, mask, has_mask, reverse, dout, doff, dg, ht, rd, zh)
 
 
 backward_par = parallel(_backward_rows)
@@ -205,11 +216,9 @@ def small_forward(x, w_ih, b_ih, b_hh, w_hh, h, relu, reverse, out, off):
     T, B, _ = x.shape
     gates = np.empty((T, B, h.shape[1]), x.dtype)
     project(x, w_ih, b_ih, b_hh, gates.shape[2], gates)
-    if B == 1:
-        _forward_one(gates, transposed(w_hh), h, relu, reverse, out, off)
-    else:
-        _forward_rows(0, 1, gates, w_hh, False, h, relu, no_mask(), False, reverse, False, out, off,
-                      np.empty((1, 1, 1), x.dtype), off2(x), off3(x))
+    wt = B == 1  # the one-row loop, on W_hh^T
+    _forward(gates, transposed(w_hh) if wt else w_hh, wt, h, relu, no_mask(), False, reverse, False, out, off,
+             np.empty((1, 1, 1), x.dtype), off2(x), off3(x))
 
 
 @jit
@@ -217,11 +226,7 @@ def small_backward(x, out, off, h0, w_ih, w_hh, dh, relu, reverse, dout, dx, dw_
     """Backward of ``small_forward``: adds to dx and the weight gradients; dh <f>[B, H], the final
     state's gradient, becomes h0's."""
     dg = np.empty((x.shape[0], x.shape[1], h0.shape[1]), x.dtype)
-    if dh.shape[0] == 1:
-        _backward_one(out, off, w_hh, dh, relu, reverse, dout, off, dg)
-    else:
-        _backward_rows(0, 1, out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg, dg, off2(x),
-                       off3(x))
+    _backward(out, off, w_hh, dh, relu, no_mask(), False, reverse, dout, off, dg, dg, off2(x), off3(x))
     small_grads(x, dg, dg, out, off, h0, reverse, w_ih, dx, dw_ih, dw_hh, db_ih, db_hh)
 
 
